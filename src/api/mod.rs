@@ -1,0 +1,100 @@
+//! The daemon's Unix-socket protocol: one JSON request line, one JSON response line, per
+//! connection. The socket is mode 0600 and the server checks the peer's credentials.
+
+pub mod client;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::flexvolume::Reply;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// FlexVolume `mount`: attach + stage + publish.
+    Mount {
+        /// Driver name.
+        driver: String,
+        /// Pod volume directory.
+        target: String,
+        /// kubelet's option map (secrets included: the socket is root-only).
+        options: BTreeMap<String, String>,
+    },
+    /// FlexVolume `unmount`: unpublish, then unstage + detach when no publish remains.
+    Unmount {
+        /// Driver name.
+        driver: String,
+        /// Pod volume directory.
+        target: String,
+    },
+    /// The volume table.
+    Status,
+}
+
+impl Request {
+    /// The operation name, for logs and metrics.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Mount { .. } => "mount",
+            Request::Unmount { .. } => "unmount",
+            Request::Status => "status",
+        }
+    }
+}
+
+/// A publish as `moor status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodUse {
+    /// Pod UID.
+    pub pod_uid: String,
+    /// Pod namespace.
+    pub namespace: Option<String>,
+    /// Pod volume directory.
+    pub target: String,
+    /// Read-only bind.
+    pub read_only: bool,
+    /// Publish phase.
+    pub phase: String,
+}
+
+/// A volume as `moor status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    /// Driver.
+    pub driver: String,
+    /// Volume key.
+    pub key: String,
+    /// Stage phase.
+    pub state: String,
+    /// Block device, when there is one.
+    pub device: Option<String>,
+    /// Source directory, for directory volumes.
+    pub source: String,
+    /// Filesystem type.
+    pub fs_type: Option<String>,
+    /// Stage path.
+    pub stage_path: String,
+    /// Pods using it.
+    pub pods: Vec<PodUse>,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to a FlexVolume operation.
+    Flex {
+        /// The reply to print.
+        reply: Reply,
+    },
+    /// Answer to `Status`.
+    Status {
+        /// Node name.
+        node: String,
+        /// Volumes.
+        volumes: Vec<VolumeStatus>,
+    },
+}

@@ -1,0 +1,240 @@
+//! The daemon's typed configuration: the YAML file (`/etc/moor/config.yaml`), then the
+//! environment, then flags — a later source wins, key by key. Errors name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/moor/config.yaml";
+
+/// Keys of the YAML file (kebab-case, the same names as the flags).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    /// kubelet's root directory.
+    pub kubelet_dir: Option<PathBuf>,
+    /// Durable state.
+    pub state_dir: Option<PathBuf>,
+    /// Runtime state (tmpfs).
+    pub run_dir: Option<PathBuf>,
+    /// The Unix socket.
+    pub socket: Option<PathBuf>,
+    /// `/metrics` listen address, or `off`.
+    pub metrics_addr: Option<String>,
+    /// This node's name.
+    pub node_name: Option<String>,
+    /// Deadline of one volume operation, seconds.
+    pub operation_timeout_seconds: Option<u64>,
+    /// Deadline of one filesystem mount, seconds.
+    pub mount_timeout_seconds: Option<u64>,
+    /// Reconciler period, seconds.
+    pub reconcile_interval_seconds: Option<u64>,
+    /// `text` or `json` (default: text on a TTY, JSON otherwise).
+    pub log_format: Option<String>,
+}
+
+/// Flag/env overrides (clap fills these).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// Config file path (flag `--config`, env `MOOR_CONFIG`).
+    pub config: Option<PathBuf>,
+    /// As in [`FileConfig`].
+    pub file: FileConfig,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// kubelet's root directory.
+    pub kubelet_dir: PathBuf,
+    /// Durable state.
+    pub state_dir: PathBuf,
+    /// Runtime state.
+    pub run_dir: PathBuf,
+    /// The Unix socket.
+    pub socket: PathBuf,
+    /// `/metrics` address; None disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// This node's name.
+    pub node_name: String,
+    /// Deadline of one volume operation.
+    pub operation_timeout: Duration,
+    /// Deadline of one filesystem mount.
+    pub mount_timeout: Duration,
+    /// Reconciler period.
+    pub reconcile_interval: Duration,
+    /// Log format override.
+    pub log_format: Option<String>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for moor.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// Path.
+        path: PathBuf,
+        /// Parser message (names the key).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config key {key}: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The default `/metrics` address: loopback only.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
+
+impl Config {
+    /// Resolves file → env/flags (already merged by clap) → defaults.
+    pub fn load(o: &Overrides) -> Result<Self, ConfigError> {
+        let (path, must_exist) = match &o.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let file = read_file(&path, must_exist)?;
+        Self::resolve(&file, &o.file)
+    }
+
+    /// Merges two layers, `top` winning.
+    pub fn resolve(file: &FileConfig, top: &FileConfig) -> Result<Self, ConfigError> {
+        fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
+            a.clone().or_else(|| b.clone())
+        }
+        let path_key = |key: &'static str, p: PathBuf| -> Result<PathBuf, ConfigError> {
+            if p.is_absolute() && crate::host::paths::is_clean_absolute(&p) {
+                Ok(p)
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{} must be a clean absolute path", p.display()),
+                })
+            }
+        };
+        let metrics = pick(&top.metrics_addr, &file.metrics_addr).unwrap_or_else(|| DEFAULT_METRICS_ADDR.into());
+        let metrics_addr = match metrics.as_str() {
+            "" | "off" | "none" => None,
+            a => Some(a.parse().map_err(|e| ConfigError::Invalid {
+                key: "metrics-addr",
+                message: format!("{a}: {e} (expected host:port, or off)"),
+            })?),
+        };
+        let secs = |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+            match v.unwrap_or(default) {
+                0 => Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                }),
+                n => Ok(Duration::from_secs(n)),
+            }
+        };
+        let log_format = pick(&top.log_format, &file.log_format);
+        if let Some(f) = &log_format {
+            if f != "text" && f != "json" {
+                return Err(ConfigError::Invalid {
+                    key: "log-format",
+                    message: format!("{f}: expected text or json"),
+                });
+            }
+        }
+        let node_name = match pick(&top.node_name, &file.node_name).filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .map_err(|e| ConfigError::Invalid {
+                    key: "node-name",
+                    message: format!("not set and the hostname cannot be read: {e}"),
+                })?,
+        };
+        Ok(Config {
+            kubelet_dir: path_key("kubelet-dir", pick(&top.kubelet_dir, &file.kubelet_dir).unwrap_or_else(|| "/var/lib/kubelet".into()))?,
+            state_dir: path_key("state-dir", pick(&top.state_dir, &file.state_dir).unwrap_or_else(|| "/var/lib/moor".into()))?,
+            run_dir: path_key("run-dir", pick(&top.run_dir, &file.run_dir).unwrap_or_else(|| "/run/moor".into()))?,
+            socket: path_key("socket", pick(&top.socket, &file.socket).unwrap_or_else(|| crate::api::client::DEFAULT_SOCKET.into()))?,
+            metrics_addr,
+            node_name,
+            operation_timeout: secs("operation-timeout-seconds", pick(&top.operation_timeout_seconds, &file.operation_timeout_seconds), 300)?,
+            mount_timeout: secs("mount-timeout-seconds", pick(&top.mount_timeout_seconds, &file.mount_timeout_seconds), 120)?,
+            reconcile_interval: secs("reconcile-interval-seconds", pick(&top.reconcile_interval_seconds, &file.reconcile_interval_seconds), 30)?,
+            log_format,
+        })
+    }
+}
+
+fn read_file(path: &Path, must_exist: bool) -> Result<FileConfig, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(FileConfig::default()),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let file: FileConfig = serde_saphyr::from_str("kubelet-dir: /k\nnode-name: file-node\nmetrics-addr: off\n").unwrap();
+        let top = FileConfig {
+            node_name: Some("flag-node".into()),
+            ..FileConfig::default()
+        };
+        let c = Config::resolve(&file, &top).unwrap();
+        assert_eq!(c.kubelet_dir, PathBuf::from("/k"));
+        assert_eq!(c.node_name, "flag-node");
+        assert_eq!(c.metrics_addr, None);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/moor"));
+        assert_eq!(c.socket, PathBuf::from("/run/moor/moor.sock"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("c.yaml");
+        std::fs::write(&p, "kubelet-dirr: /k\n").unwrap();
+        let e = Config::load(&Overrides { config: Some(p), file: FileConfig::default() }).unwrap_err();
+        assert!(e.to_string().contains("kubelet-dirr"), "{e}");
+        let bad = FileConfig { metrics_addr: Some("nope".into()), ..FileConfig::default() };
+        let e = Config::resolve(&FileConfig::default(), &bad).unwrap_err();
+        assert!(e.to_string().starts_with("config key metrics-addr:"), "{e}");
+        let bad = FileConfig { state_dir: Some("/var/../etc".into()), ..FileConfig::default() };
+        assert!(Config::resolve(&FileConfig::default(), &bad).unwrap_err().to_string().contains("state-dir"));
+    }
+
+    #[test]
+    fn a_missing_default_file_is_fine_but_a_named_one_is_not() {
+        let e = Config::load(&Overrides { config: Some("/nonexistent/moor.yaml".into()), file: FileConfig::default() });
+        assert!(matches!(e, Err(ConfigError::Read { .. })));
+    }
+}

@@ -1,0 +1,155 @@
+//! The handler table: one [`Driver`] per protocol turns options into a volume (its key and
+//! what to stage) and attaches/detaches it. Everything after the device — probe, format,
+//! stage, publish, reconstruction, metrics — is the lifecycle's, the same for every driver.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::flexvolume::{OptionsError, VolumeOptions};
+use crate::host::Host;
+use crate::journal::{StageRecord, StageSource};
+
+/// What a driver derived from the options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    /// Stable, path-safe key: two pods using the same volume share one stage.
+    pub key: String,
+    /// What to mount at the stage path.
+    pub source: StageSource,
+    /// Non-secret options persisted in the journal (to stage again or detach later).
+    pub persist: BTreeMap<String, String>,
+    /// Mount options for the stage mount (`mountOptions`).
+    pub mount_options: String,
+}
+
+/// A driver's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Bad options.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// The volume belongs to another node (local PV affinity, enforced on the node).
+    #[error("volume {volume} belongs to node {wanted}, this is node {this}; refusing to mount it here")]
+    WrongNode {
+        /// Volume.
+        volume: String,
+        /// The node the volume names.
+        wanted: String,
+        /// This node.
+        this: String,
+    },
+    /// A source path that cannot be used.
+    #[error("option path={path}: {detail}")]
+    BadSource {
+        /// The path.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl DriverError {
+    /// Stable reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DriverError::Options(_) => "bad_options",
+            DriverError::WrongNode { .. } => "wrong_node",
+            DriverError::BadSource { .. } => "bad_source",
+        }
+    }
+}
+
+/// What a driver may know about this node.
+#[derive(Debug, Clone)]
+pub struct NodeContext {
+    /// This node's name.
+    pub node_name: String,
+    /// kubelet's root directory (drivers refuse sources inside it).
+    pub kubelet_dir: std::path::PathBuf,
+}
+
+/// One protocol.
+pub trait Driver: Send + Sync {
+    /// FlexVolume driver name (`moor~<name>/<name>`).
+    fn name(&self) -> &'static str;
+    /// Validates options and derives the volume.
+    fn volume(&self, node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError>;
+    /// Makes the device appear on this node. Idempotent.
+    fn attach(&self, _host: &Host, _spec: &VolumeSpec, _opts: &VolumeOptions) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Makes the device go away. Idempotent; gets only the persisted record (no secrets).
+    fn detach(&self, _host: &Host, _rec: &StageRecord) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+/// The drivers by name.
+#[derive(Clone, Default)]
+pub struct Drivers(BTreeMap<&'static str, Arc<dyn Driver>>);
+
+impl Drivers {
+    /// Every driver moor ships.
+    pub fn builtin() -> Self {
+        let mut d = Drivers::default();
+        d.add(Arc::new(crate::local::LocalDriver));
+        d
+    }
+
+    /// Registers a driver.
+    pub fn add(&mut self, d: Arc<dyn Driver>) {
+        self.0.insert(d.name(), d);
+    }
+
+    /// Looks a driver up.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Driver>> {
+        self.0.get(name).cloned()
+    }
+
+    /// Names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.keys().copied().collect()
+    }
+}
+
+/// A readable, path-safe key from an identity string: a sanitised prefix for humans plus a
+/// hash of the whole identity, so distinct identities never share a key.
+pub fn volume_key(driver: &str, identity: &str) -> String {
+    let mut readable: String = identity
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    readable = readable.trim_matches('_').chars().take(60).collect();
+    let digest = Sha256::digest(format!("{driver}\0{identity}").as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    if readable.is_empty() {
+        format!("{driver}-{hex}")
+    } else {
+        format!("{driver}-{readable}-{hex}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn keys_are_readable_and_distinct() {
+        let a = volume_key("local", "/mnt/disks/ssd 1");
+        assert!(a.starts_with("local-mnt_disks_ssd_1-"), "{a}");
+        assert_ne!(a, volume_key("local", "/mnt/disks/ssd_1"));
+    }
+
+    proptest! {
+        #[test]
+        fn keys_are_path_safe(id in ".{0,200}") {
+            let k = volume_key("local", &id);
+            prop_assert!(k.len() <= 90);
+            prop_assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+            prop_assert!(k != "." && k != "..");
+        }
+    }
+}

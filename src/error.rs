@@ -1,0 +1,134 @@
+//! The top error of a volume operation, rolled up from the module errors. `reason()` is the
+//! stable, low-cardinality label used in metrics and as the FlexVolume message prefix.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::driver::DriverError;
+use crate::flexvolume::OptionsError;
+use crate::fs::FsError;
+use crate::host::{MountError, PathError};
+use crate::journal::JournalError;
+
+/// Why a volume operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad options.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// Bad path.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// Driver refused or failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// Probe/format/fsck refused or failed.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// A mount syscall failed.
+    #[error("volume {volume}: {source}")]
+    Mount {
+        /// Volume key or target.
+        volume: String,
+        /// The failure.
+        #[source]
+        source: MountError,
+    },
+    /// The journal could not be written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Unknown driver name.
+    #[error("unknown driver {0} (moor serves: {1})")]
+    UnknownDriver(String, String),
+    /// The pod directory already serves another volume, or holds a mount moor did not make.
+    #[error("{target}: {detail}")]
+    TargetBusy {
+        /// Pod volume dir.
+        target: PathBuf,
+        /// What is there.
+        detail: String,
+    },
+    /// A mount moor does not own: moor never unmounts it.
+    #[error("{target} is mounted, but not by moor (no record of it); leaving it alone")]
+    NotOwned {
+        /// The mount point.
+        target: PathBuf,
+    },
+    /// A different filesystem than the one moor staged before: the device path now points
+    /// at another disk.
+    #[error("volume {volume}: {device} now holds filesystem UUID {found}, but moor staged UUID {known} before; refusing to mount a different disk")]
+    DeviceChanged {
+        /// Volume key.
+        volume: String,
+        /// Device.
+        device: PathBuf,
+        /// UUID found now.
+        found: String,
+        /// UUID recorded.
+        known: String,
+    },
+    /// The operation's deadline passed (it may still finish in the background).
+    #[error("volume {volume}: {op} did not finish within {after:?}; kubelet will retry")]
+    Timeout {
+        /// Volume key or target.
+        volume: String,
+        /// Operation.
+        op: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+    /// A filesystem operation on a path failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon is shutting down or a worker died.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Stable, low-cardinality reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Options(_) => "bad_options",
+            Error::Path(_) => "bad_path",
+            Error::Driver(d) => d.reason(),
+            Error::Fs(f) => f.reason(),
+            Error::Mount { source, .. } => match source {
+                MountError::Timeout { .. } => "timeout",
+                MountError::Sys { errno, .. } if *errno == nix::errno::Errno::EBUSY => "mount_busy",
+                _ => "mount_failed",
+            },
+            Error::Journal(_) => "journal_failed",
+            Error::UnknownDriver(..) => "unknown_driver",
+            Error::TargetBusy { .. } => "target_busy",
+            Error::NotOwned { .. } => "not_owned",
+            Error::DeviceChanged { .. } => "device_changed",
+            Error::Timeout { .. } => "timeout",
+            Error::Io { .. } => "io_failed",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The FlexVolume message: the reason, then the whole cause chain.
+    pub fn flex_message(&self) -> String {
+        let mut msg = format!("{}: {}", self.reason(), self);
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            let text = s.to_string();
+            if !msg.contains(&text) {
+                msg.push_str(": ");
+                msg.push_str(&text);
+            }
+            src = s.source();
+        }
+        msg
+    }
+}

@@ -1,0 +1,16 @@
+//! The FlexVolume contract: argv and option parsing, the reply type, and the front end that
+//! kubelet executes. See `shared/notes/flexvolume.md` for the contract as kubelet drives it.
+//!
+//! Invariant: the front end prints exactly one JSON object on stdout and nothing on stderr,
+//! on every path (bad argv, malformed JSON, unknown op, dead daemon, panic), and has no side
+//! effect of its own: it validates, then forwards to the daemon.
+
+pub mod frontend;
+pub mod options;
+pub mod reply;
+
+pub use options::{OptionsError, VolumeOptions};
+pub use reply::{Capabilities, Reply, Status};
+
+/// The drivers moor serves, as FlexVolume driver names (`moor~<name>/<name>`).
+pub const DRIVERS: &[&str] = &["local"];

@@ -1,0 +1,125 @@
+//! The one JSON object a FlexVolume call prints, and its exit code.
+
+use serde::{Deserialize, Serialize};
+
+/// FlexVolume status strings (exact, case-sensitive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Done.
+    Success,
+    /// Failed; `message` says why.
+    Failure,
+    /// kubelet falls back to its own behaviour.
+    #[serde(rename = "Not supported")]
+    NotSupported,
+}
+
+/// What `init` advertises.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// false: kubelet calls only mount/unmount; attach happens inside mount.
+    pub attach: bool,
+    /// kubelet runs statfs on the pod volume dir for its volume stats.
+    #[serde(rename = "supportsMetrics")]
+    pub supports_metrics: bool,
+    /// false: moor applies fsGroup itself (to the volume root only), so kubelet must not
+    /// walk the volume recursively.
+    #[serde(rename = "fsGroup")]
+    pub fs_group: bool,
+    /// kubelet may let the runtime relabel the volume.
+    #[serde(rename = "selinuxRelabel")]
+    pub selinux_relabel: bool,
+}
+
+/// A FlexVolume reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Outcome.
+    pub status: Status,
+    /// Human message (short and actionable: it lands in pod events).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
+    /// `init` only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub capabilities: Option<Capabilities>,
+}
+
+impl Reply {
+    /// Success with no payload.
+    pub fn success() -> Self {
+        Reply {
+            status: Status::Success,
+            message: None,
+            capabilities: None,
+        }
+    }
+
+    /// Failure with a message.
+    pub fn failure(message: impl Into<String>) -> Self {
+        Reply {
+            status: Status::Failure,
+            message: Some(message.into()),
+            capabilities: None,
+        }
+    }
+
+    /// "Not supported": kubelet falls back to its default for this call.
+    pub fn not_supported(message: impl Into<String>) -> Self {
+        Reply {
+            status: Status::NotSupported,
+            message: Some(message.into()),
+            capabilities: None,
+        }
+    }
+
+    /// The `init` answer.
+    pub fn init() -> Self {
+        Reply {
+            status: Status::Success,
+            message: None,
+            capabilities: Some(Capabilities {
+                attach: false,
+                supports_metrics: true,
+                fs_group: false,
+                selinux_relabel: true,
+            }),
+        }
+    }
+
+    /// Exit code kubelet expects: 0 for Success, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self.status {
+            Status::Success => 0,
+            Status::Failure | Status::NotSupported => 1,
+        }
+    }
+
+    /// The single line printed on stdout.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"status":"Failure","message":"moor: cannot encode reply"}"#.to_owned()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_reply_is_what_kubelet_parses() {
+        assert_eq!(
+            Reply::init().to_json(),
+            r#"{"status":"Success","capabilities":{"attach":false,"supportsMetrics":true,"fsGroup":false,"selinuxRelabel":true}}"#
+        );
+        assert_eq!(Reply::init().exit_code(), 0);
+    }
+
+    #[test]
+    fn not_supported_is_spelled_exactly() {
+        let r = Reply::not_supported("x");
+        assert_eq!(r.to_json(), r#"{"status":"Not supported","message":"x"}"#);
+        assert_eq!(r.exit_code(), 1);
+        assert_eq!(Reply::failure("y").exit_code(), 1);
+    }
+}

@@ -1,0 +1,9 @@
+//! Filesystems on block devices: probe, format-if-blank, fsck.
+//!
+//! The never-format-data rule lives in one function, [`format::ensure_filesystem`].
+
+pub mod format;
+pub mod mkfs;
+pub mod probe;
+
+pub use format::{FsError, Prepared, ensure_filesystem, fsck};

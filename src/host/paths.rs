@@ -1,0 +1,283 @@
+//! Host paths: where kubelet, moor's state and the kernel's pseudo filesystems live, and
+//! the validation of every path kubelet hands us.
+//!
+//! Invariant: a pod volume directory that passes [`HostPaths::pod_volume_dir`] is
+//! `<kubelet-dir>/pods/<uid>/volumes/moor~<driver>/<name>`, has no `.`/`..` component, and no
+//! existing component below the kubelet dir is a symlink — so a mount can never be
+//! redirected outside the kubelet tree.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// The vendor part of moor's FlexVolume driver directories (`moor~<driver>`).
+pub const VENDOR: &str = "moor";
+
+/// Every host location moor uses, from one value so tests can point them at a temp tree.
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    /// kubelet's root directory (`/var/lib/kubelet`).
+    pub kubelet_dir: PathBuf,
+    /// Durable state: stage records (`/var/lib/moor`).
+    pub state_dir: PathBuf,
+    /// State that lives exactly as long as the mounts do: publish records, socket (`/run/moor`).
+    pub run_dir: PathBuf,
+    /// sysfs root (`/sys`).
+    pub sys: PathBuf,
+    /// devtmpfs root (`/dev`).
+    pub dev: PathBuf,
+    /// procfs root (`/proc`).
+    pub proc: PathBuf,
+}
+
+/// A path kubelet gave us that is not acceptable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    /// Not absolute, or has `.`/`..`/empty components.
+    #[error("{path}: not a clean absolute path (no '.', '..' or relative parts allowed)")]
+    NotClean {
+        /// The path.
+        path: String,
+    },
+    /// Not under the kubelet directory in kubelet's layout.
+    #[error("{path}: not a pod volume directory <kubelet-dir>/pods/<uid>/volumes/{VENDOR}~<driver>/<name> under {kubelet_dir}")]
+    NotPodVolumeDir {
+        /// The path.
+        path: String,
+        /// The configured kubelet dir.
+        kubelet_dir: String,
+    },
+    /// The directory belongs to another driver.
+    #[error("{path}: belongs to driver {found}, not {VENDOR}~{expected}")]
+    WrongDriver {
+        /// The path.
+        path: String,
+        /// The driver dir found in the path.
+        found: String,
+        /// The driver that was invoked.
+        expected: String,
+    },
+    /// A component is a symlink.
+    #[error("{path}: {component} is a symlink; refusing to follow it out of the kubelet dir")]
+    Symlink {
+        /// The path.
+        path: String,
+        /// The offending component.
+        component: String,
+    },
+    /// Could not be inspected.
+    #[error("{path}: {error}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The error text.
+        error: String,
+    },
+}
+
+/// A validated pod volume directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodVolumeDir {
+    /// The full path.
+    pub path: PathBuf,
+    /// The pod's UID.
+    pub pod_uid: String,
+    /// The driver name (after `moor~`).
+    pub driver: String,
+    /// The volume name (PV or inline volume name).
+    pub volume_name: String,
+}
+
+impl HostPaths {
+    /// The production layout.
+    pub fn system(kubelet_dir: PathBuf, state_dir: PathBuf, run_dir: PathBuf) -> Self {
+        HostPaths {
+            kubelet_dir,
+            state_dir,
+            run_dir,
+            sys: "/sys".into(),
+            dev: "/dev".into(),
+            proc: "/proc".into(),
+        }
+    }
+
+    /// Where a volume is staged: `<kubelet-dir>/plugins/moor/<driver>/<key>`.
+    pub fn stage_dir(&self, driver: &str, key: &str) -> PathBuf {
+        self.kubelet_dir.join("plugins").join(VENDOR).join(driver).join(key)
+    }
+
+    /// The root of moor's stage directories.
+    pub fn stage_root(&self) -> PathBuf {
+        self.kubelet_dir.join("plugins").join(VENDOR)
+    }
+
+    /// Validates a pod volume directory for `driver` (None: any moor driver).
+    pub fn pod_volume_dir(&self, raw: &str, driver: Option<&str>) -> Result<PodVolumeDir, PathError> {
+        let path = Path::new(raw);
+        if !is_clean_absolute(path) {
+            return Err(PathError::NotClean { path: raw.into() });
+        }
+        let not_pod = || PathError::NotPodVolumeDir {
+            path: raw.into(),
+            kubelet_dir: self.kubelet_dir.display().to_string(),
+        };
+        let rel = path.strip_prefix(&self.kubelet_dir).map_err(|_| not_pod())?;
+        let parts: Vec<&OsStr> = rel.iter().collect();
+        let [pods, uid, volumes, vendor_driver, name] = parts.as_slice() else {
+            return Err(not_pod());
+        };
+        if *pods != "pods" || *volumes != "volumes" || !is_name(uid) || !is_name(name) {
+            return Err(not_pod());
+        }
+        let vd = vendor_driver.to_string_lossy();
+        let found_driver = match vd.split_once('~') {
+            Some((VENDOR, d)) if !d.is_empty() && !d.contains('~') => d.to_owned(),
+            _ => {
+                return Err(PathError::WrongDriver {
+                    path: raw.into(),
+                    found: vd.into_owned(),
+                    expected: driver.unwrap_or("<driver>").into(),
+                });
+            }
+        };
+        if let Some(d) = driver {
+            if d != found_driver {
+                return Err(PathError::WrongDriver {
+                    path: raw.into(),
+                    found: vd.into_owned(),
+                    expected: d.into(),
+                });
+            }
+        }
+        self.refuse_symlinks(path, rel)?;
+        Ok(PodVolumeDir {
+            path: path.to_owned(),
+            pod_uid: uid.to_string_lossy().into_owned(),
+            driver: found_driver,
+            volume_name: name.to_string_lossy().into_owned(),
+        })
+    }
+
+    /// Fails when any existing component of `rel` below the kubelet dir is a symlink.
+    fn refuse_symlinks(&self, full: &Path, rel: &Path) -> Result<(), PathError> {
+        let mut cur = self.kubelet_dir.clone();
+        for c in rel.iter() {
+            cur.push(c);
+            match std::fs::symlink_metadata(&cur) {
+                Ok(md) if md.file_type().is_symlink() => {
+                    return Err(PathError::Symlink {
+                        path: full.display().to_string(),
+                        component: cur.display().to_string(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => {
+                    return Err(PathError::Io {
+                        path: cur.display().to_string(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Absolute, and made only of normal components (no `.`, `..`, or `//` artefacts).
+pub fn is_clean_absolute(p: &Path) -> bool {
+    let bytes = p.as_os_str().as_bytes();
+    if bytes.contains(&0) || bytes.windows(2).any(|w| w == b"//") {
+        return false;
+    }
+    let mut comps = p.components();
+    comps.next() == Some(Component::RootDir) && comps.all(|c| matches!(c, Component::Normal(_)))
+        && !bytes.split(|b| *b == b'/').any(|seg| seg == b"." || seg == b"..")
+}
+
+fn is_name(s: &OsStr) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty() && b != b"." && b != b".." && b.len() <= 253 && !b.iter().any(|c| c.is_ascii_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn paths(root: &Path) -> HostPaths {
+        HostPaths {
+            kubelet_dir: root.join("kubelet"),
+            state_dir: root.join("state"),
+            run_dir: root.join("run"),
+            sys: "/sys".into(),
+            dev: "/dev".into(),
+            proc: "/proc".into(),
+        }
+    }
+
+    #[test]
+    fn accepts_kubelets_layout() {
+        let t = tempfile::tempdir().unwrap();
+        let p = paths(t.path());
+        let raw = format!("{}/kubelet/pods/14e0/volumes/moor~local/pv-1", t.path().display());
+        let d = p.pod_volume_dir(&raw, Some("local")).unwrap();
+        assert_eq!(d.pod_uid, "14e0");
+        assert_eq!(d.driver, "local");
+        assert_eq!(d.volume_name, "pv-1");
+    }
+
+    #[test]
+    fn rejects_dotdot_other_layouts_and_drivers() {
+        let t = tempfile::tempdir().unwrap();
+        let p = paths(t.path());
+        let k = format!("{}/kubelet", t.path().display());
+        for bad in [
+            format!("{k}/pods/u/volumes/moor~local/../../../../etc"),
+            format!("{k}/pods/u/volumes/moor~local/./v"),
+            format!("{k}/pods/u/volumes/moor~local/v/"),
+            format!("{k}/pods//volumes/moor~local/v"),
+            "relative/pods/u/volumes/moor~local/v".to_owned(),
+        ] {
+            assert!(matches!(p.pod_volume_dir(&bad, Some("local")), Err(PathError::NotClean { .. })), "{bad}");
+        }
+        for bad in [
+            format!("{k}/pods/u/volumes/moor~local"),
+            format!("{k}/pods/u/volume/moor~local/v"),
+            "/etc/passwd".to_owned(),
+            format!("{k}/pods/u/volumes/moor~local/v/extra"),
+        ] {
+            assert!(matches!(p.pod_volume_dir(&bad, Some("local")), Err(PathError::NotPodVolumeDir { .. })), "{bad}");
+        }
+        let other = format!("{k}/pods/u/volumes/kubernetes.io~nfs/v");
+        assert!(matches!(p.pod_volume_dir(&other, Some("local")), Err(PathError::WrongDriver { .. })));
+        let other = format!("{k}/pods/u/volumes/moor~nfs/v");
+        assert!(matches!(p.pod_volume_dir(&other, Some("local")), Err(PathError::WrongDriver { .. })));
+    }
+
+    #[test]
+    fn rejects_a_symlinked_pod_dir() {
+        let t = tempfile::tempdir().unwrap();
+        let p = paths(t.path());
+        std::fs::create_dir_all(t.path().join("kubelet/pods")).unwrap();
+        std::fs::create_dir_all(t.path().join("outside/volumes/moor~local/v")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("kubelet/pods/evil")).unwrap();
+        let raw = format!("{}/kubelet/pods/evil/volumes/moor~local/v", t.path().display());
+        let err = p.pod_volume_dir(&raw, Some("local")).unwrap_err();
+        assert!(matches!(err, PathError::Symlink { .. }), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn no_accepted_path_escapes(segs in proptest::collection::vec("(\\.\\.|\\.|[a-z~]{1,4}|)", 0..8)) {
+            let t = Path::new("/k");
+            let p = HostPaths { kubelet_dir: t.into(), state_dir: "/s".into(), run_dir: "/r".into(),
+                sys: "/sys".into(), dev: "/dev".into(), proc: "/proc".into() };
+            let raw = format!("/k/{}", segs.join("/"));
+            if let Ok(d) = p.pod_volume_dir(&raw, None) {
+                prop_assert!(d.path.starts_with("/k/pods"));
+                prop_assert!(!raw.split('/').any(|s| s == ".." || s == "."));
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Record types. Secrets are never part of a record: drivers persist only what they need
+//! to find the volume again (portal, image, path), never credentials.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a stage mount comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageSource {
+    /// A directory bind-mounted as the stage.
+    Directory {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A block device with a filesystem.
+    Block {
+        /// The device path.
+        device: PathBuf,
+    },
+}
+
+/// Progress of a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StagePhase {
+    /// Intent recorded; attach/format/mount under way.
+    Staging,
+    /// Mounted at the stage path.
+    Staged,
+    /// Intent to unmount and detach recorded.
+    Unstaging,
+    /// Nothing mounted (e.g. after a reboot); kept so moor remembers the filesystem it saw.
+    Idle,
+}
+
+/// A staged volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Volume key (path-safe).
+    pub key: String,
+    /// Driver name.
+    pub driver: String,
+    /// What is mounted at the stage path.
+    pub source: StageSource,
+    /// Non-secret driver options needed to stage again or detach.
+    pub options: BTreeMap<String, String>,
+    /// Filesystem type mounted (block volumes).
+    pub fs_type: Option<String>,
+    /// Filesystem UUID seen (block volumes).
+    pub fs_uuid: Option<String>,
+    /// Stage mounted read-only.
+    pub read_only: bool,
+    /// Progress.
+    pub phase: StagePhase,
+    /// moor created the filesystem.
+    #[serde(default)]
+    pub formatted_by_moor: bool,
+}
+
+impl StageRecord {
+    /// The filesystem moor saw on this volume, as text for messages.
+    pub fn known_filesystem(&self) -> Option<String> {
+        self.fs_type.as_ref().map(|t| match &self.fs_uuid {
+            Some(u) => format!("{t} (UUID {u})"),
+            None => t.clone(),
+        })
+    }
+}
+
+/// Progress of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishPhase {
+    /// Intent recorded; bind under way.
+    Publishing,
+    /// Bound into the pod directory.
+    Published,
+    /// Intent to unbind recorded.
+    Unpublishing,
+}
+
+/// One pod's use of a staged volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRecord {
+    /// The pod volume directory.
+    pub target: PathBuf,
+    /// The stage it binds.
+    pub key: String,
+    /// Driver name.
+    pub driver: String,
+    /// Pod UID.
+    pub pod_uid: String,
+    /// PV or inline volume name.
+    pub volume_name: String,
+    /// Pod namespace, when kubelet said.
+    pub namespace: Option<String>,
+    /// Bound read-only.
+    pub read_only: bool,
+    /// Progress.
+    pub phase: PublishPhase,
+}

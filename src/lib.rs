@@ -1,0 +1,24 @@
+//! moor: a node-local storage agent for Kubernetes.
+//!
+//! One binary is the daemon (`moor daemon`), the FlexVolume driver kubelet executes (`moor
+//! flex …`, or through a `moor~<driver>/<driver>` symlink) and the operator's CLI. See
+//! `DESIGN.md` in the shared notes and the README for the architecture.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod driver;
+pub mod error;
+pub mod flexvolume;
+pub mod fs;
+pub mod host;
+pub mod http;
+pub mod journal;
+pub mod lifecycle;
+pub mod local;
+pub mod metrics;
+pub mod telemetry;
+
+pub use error::Error;

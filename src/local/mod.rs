@@ -1,0 +1,5 @@
+//! Local persistent volumes: a directory or a disk on this node, served only to this node.
+
+mod driver;
+
+pub use driver::LocalDriver;

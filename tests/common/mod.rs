@@ -1,0 +1,266 @@
+//! Helpers for host integration tests (tier 2): real loop devices, real mkfs, real mounts,
+//! a real `moor daemon` process driven through the real `moor flex` front end.
+//!
+//! These tests need root and a private mount namespace (`unshare -m`, as `run-tests`
+//! arranges). A missing capability FAILS the test with a message saying what is missing:
+//! a green run must mean the tests really ran.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Panics unless we are root in a mount namespace of our own, with `/` made private so
+/// nothing we mount propagates to the host.
+pub fn require_privileged_sandbox() {
+    assert!(nix::unistd::geteuid().is_root(), "host integration tests need root: run them through ./run-tests");
+    let ours = std::fs::read_link("/proc/self/ns/mnt").expect("read /proc/self/ns/mnt");
+    let init = std::fs::read_link("/proc/1/ns/mnt").expect("read /proc/1/ns/mnt (needs root)");
+    assert_ne!(
+        ours, init,
+        "host integration tests must run in a private mount namespace (unshare -m): run them through ./run-tests"
+    );
+    let status = Command::new("mount").args(["--make-rprivate", "/"]).status().expect("run mount");
+    assert!(status.success(), "mount --make-rprivate / failed");
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e} (is it installed?)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loop device over a sparse file, detached on drop.
+pub struct LoopDev {
+    pub path: PathBuf,
+    _file: tempfile::NamedTempFile,
+}
+
+impl LoopDev {
+    pub fn new(size_mib: u64) -> Self {
+        let file = tempfile::Builder::new().prefix("moor-loop").tempfile_in("/var/tmp").expect("backing file");
+        file.as_file().set_len(size_mib << 20).expect("size backing file");
+        let dev = sh("losetup", &["--find", "--show", file.path().to_str().unwrap()]);
+        LoopDev {
+            path: PathBuf::from(dev.trim()),
+            _file: file,
+        }
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// A running `moor daemon` on a temporary kubelet/state/run tree.
+pub struct Daemon {
+    pub root: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub node: String,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.root.path().join("kubelet")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.path().join("run")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir().join("moor.sock")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.root.path().join("daemon.log")
+    }
+
+    /// Starts a daemon on a fresh tree.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a daemon with extra environment (e.g. a pause point).
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let root = tempfile::Builder::new().prefix("moor-it").tempdir_in("/var/tmp").expect("tempdir");
+        let mut d = Daemon {
+            root,
+            child: None,
+            node: "node-it".into(),
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// (Re)starts the daemon process on the same tree.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moor"));
+        cmd.arg("daemon")
+            .arg("--kubelet-dir")
+            .arg(self.kubelet_dir())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--metrics-addr", "off", "--node-name", &self.node, "--log-format", "json"])
+            .env("MOOR_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let _ = std::fs::remove_file(self.socket());
+        self.child = Some(cmd.spawn().expect("spawn moor daemon"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early ({st}); log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not listen within 20 s; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    /// SIGKILL, no cleanup: what a crash looks like.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    /// The pod volume directory kubelet would use.
+    pub fn pod_dir(&self, pod_uid: &str, volume: &str) -> PathBuf {
+        self.kubelet_dir().join(format!("pods/{pod_uid}/volumes/moor~local/{volume}"))
+    }
+
+    /// Runs the real front end as kubelet does (through a `moor~local/local` symlink).
+    pub fn flex(&self, args: &[&str]) -> FlexResult {
+        let plugin = self.root.path().join("plugins/moor~local");
+        std::fs::create_dir_all(&plugin).unwrap();
+        let link = plugin.join("local");
+        if !link.exists() {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_moor"), &link).unwrap();
+        }
+        let out = Command::new(&link)
+            .args(args)
+            .env("MOOR_SOCKET", self.socket())
+            .output()
+            .expect("exec moor front end");
+        assert!(out.stderr.is_empty(), "front end wrote to stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+        let json: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("front end printed non-JSON {stdout:?}: {e}"));
+        assert_eq!(stdout.trim().lines().count(), 1, "exactly one JSON line: {stdout:?}");
+        FlexResult {
+            code: out.status.code(),
+            json,
+        }
+    }
+
+    /// `mount` with options, as kubelet would (it creates the directory first).
+    pub fn mount(&self, pod_uid: &str, volume: &str, opts: serde_json::Value) -> FlexResult {
+        let dir = self.pod_dir(pod_uid, volume);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut opts = opts;
+        let o = opts.as_object_mut().unwrap();
+        o.entry("kubernetes.io/pod.uid").or_insert(pod_uid.into());
+        o.entry("kubernetes.io/pod.namespace").or_insert("default".into());
+        o.entry("kubernetes.io/pvOrVolumeName").or_insert(volume.into());
+        o.entry("kubernetes.io/readwrite").or_insert("rw".into());
+        self.flex(&["mount", dir.to_str().unwrap(), &opts.to_string()])
+    }
+
+    /// `unmount`, then kubelet's rmdir on success.
+    pub fn unmount(&self, pod_uid: &str, volume: &str) -> FlexResult {
+        let dir = self.pod_dir(pod_uid, volume);
+        let r = self.flex(&["unmount", dir.to_str().unwrap()]);
+        if r.ok() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        r
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        // Leave nothing mounted under the tree before the tempdir is removed (rmdir-safe).
+        for m in mounts_under(self.root.path()).into_iter().rev() {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A FlexVolume reply as kubelet sees it.
+#[derive(Debug)]
+pub struct FlexResult {
+    pub code: Option<i32>,
+    pub json: serde_json::Value,
+}
+
+impl FlexResult {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0) && self.json["status"] == "Success"
+    }
+    pub fn status(&self) -> &str {
+        self.json["status"].as_str().unwrap_or("")
+    }
+    pub fn message(&self) -> &str {
+        self.json["message"].as_str().unwrap_or("")
+    }
+    #[track_caller]
+    pub fn assert_ok(&self) {
+        assert!(self.ok(), "expected Success, got {:?}: {}", self.code, self.json);
+    }
+}
+
+/// Mount points under `root`, from the live table.
+pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    moor::host::mountinfo::parse(&text)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(root))
+        .collect()
+}
+
+/// True when `p` is a mount point (from the live table).
+pub fn is_mounted(p: &Path) -> bool {
+    mounts_under(p).iter().any(|m| m == p)
+}
