@@ -169,12 +169,11 @@ pub fn run() -> Result<i32, CliError> {
     if argv.get(1).map(String::as_str) == Some("flex") {
         let mut rest = &argv[2..];
         let mut driver = None;
-        if let [flag, d, tail @ ..] = rest {
-            if flag == "--driver" {
+        if let [flag, d, tail @ ..] = rest
+            && flag == "--driver" {
                 driver = Some(d.clone());
                 rest = tail;
             }
-        }
         return Ok(flex_main(driver.as_deref(), rest));
     }
     let cli = Cli::parse();

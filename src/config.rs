@@ -147,14 +147,13 @@ impl Config {
             }
         };
         let log_format = pick(&top.log_format, &file.log_format);
-        if let Some(f) = &log_format {
-            if f != "text" && f != "json" {
+        if let Some(f) = &log_format
+            && f != "text" && f != "json" {
                 return Err(ConfigError::Invalid {
                     key: "log-format",
                     message: format!("{f}: expected text or json"),
                 });
             }
-        }
         let node_name = match pick(&top.node_name, &file.node_name).filter(|n| !n.is_empty()) {
             Some(n) => n,
             None => nix::unistd::gethostname()

@@ -20,5 +20,6 @@ pub mod lifecycle;
 pub mod local;
 pub mod metrics;
 pub mod telemetry;
+pub mod testhook;
 
 pub use error::Error;

@@ -27,6 +27,7 @@ use crate::fs::{self, Prepared, format::FormatRequest};
 use crate::host::mounts::split_options;
 use crate::host::{FsMount, Host, PodVolumeDir};
 use crate::journal::{Journal, PublishPhase, PublishRecord, StagePhase, StageRecord, StageSource};
+use crate::testhook::pause_point;
 
 /// Deadlines for the lifecycle's own syscalls.
 #[derive(Debug, Clone, Copy)]
@@ -128,14 +129,13 @@ impl State {
     }
 
     fn drop_publish(&mut self, target: &Path) {
-        if let Some(p) = self.publishes.remove(target) {
-            if let Some(u) = self.users.get_mut(&p.key) {
+        if let Some(p) = self.publishes.remove(target)
+            && let Some(u) = self.users.get_mut(&p.key) {
                 u.remove(target);
                 if u.is_empty() {
                     self.users.remove(&p.key);
                 }
             }
-        }
     }
 
     fn user_count(&self, key: &str) -> usize {
@@ -242,11 +242,10 @@ impl Lifecycle {
         }
         let stage = self.stage(plan)?;
         if let Err(e) = self.publish(plan, &stage) {
-            if self.state().user_count(&plan.spec.key) == 0 {
-                if let Err(u) = self.unstage(&plan.spec.key) {
+            if self.state().user_count(&plan.spec.key) == 0
+                && let Err(u) = self.unstage(&plan.spec.key) {
                     tracing::error!(volume = %plan.spec.key, error = %u, "rollback of the stage failed");
                 }
-            }
             return Err(e);
         }
         Ok(MountOutcome::Published)
@@ -276,8 +275,8 @@ impl Lifecycle {
         let key = plan.spec.key.as_str();
         let stage_path = self.stage_path(plan.driver.name(), key);
         let previous = self.state().stages.get(key).cloned();
-        if let Some(rec) = &previous {
-            if rec.phase == StagePhase::Staged && self.is_mount_point(&stage_path)? {
+        if let Some(rec) = &previous
+            && rec.phase == StagePhase::Staged && self.is_mount_point(&stage_path)? {
                 if rec.source != plan.spec.source {
                     return Err(Error::TargetBusy {
                         target: stage_path,
@@ -286,7 +285,6 @@ impl Lifecycle {
                 }
                 return self.upgrade_to_rw(rec, &stage_path, &plan.opts);
             }
-        }
         let is_block = matches!(plan.spec.source, StageSource::Block { .. });
         let mut rec = StageRecord {
             key: key.into(),
@@ -301,8 +299,10 @@ impl Lifecycle {
         };
         self.journal.put_stage(&rec)?;
         self.state().stages.insert(key.into(), rec.clone());
+        pause_point("stage:intent");
         match self.stage_steps(plan, &stage_path, &mut rec) {
             Ok(()) => {
+                pause_point("stage:mounted");
                 rec.phase = StagePhase::Staged;
                 self.journal.put_stage(&rec)?;
                 self.state().stages.insert(key.into(), rec.clone());
@@ -345,8 +345,8 @@ impl Lifecycle {
                         known: known.as_deref(),
                     },
                 )?;
-                if let (Some(known), Some(found)) = (&rec.fs_uuid, prepared.uuid()) {
-                    if known != found {
+                if let (Some(known), Some(found)) = (&rec.fs_uuid, prepared.uuid())
+                    && known != found {
                         return Err(Error::DeviceChanged {
                             volume: key.into(),
                             device: device.clone(),
@@ -354,7 +354,6 @@ impl Lifecycle {
                             known: known.clone(),
                         });
                     }
-                }
                 if !plan.opts.read_only {
                     fs::fsck(&self.host, key, device, prepared.fs_type())?;
                 }
@@ -399,12 +398,11 @@ impl Lifecycle {
 
     fn rollback_stage(&self, plan: &MountPlan, stage_path: &Path, rec: &StageRecord, previous: Option<StageRecord>) {
         let key = plan.spec.key.as_str();
-        if self.is_mount_point(stage_path).unwrap_or(false) {
-            if let Err(e) = self.host.mounter.unmount(stage_path, false, self.timeouts.unmount) {
+        if self.is_mount_point(stage_path).unwrap_or(false)
+            && let Err(e) = self.host.mounter.unmount(stage_path, false, self.timeouts.unmount) {
                 tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
                 return;
             }
-        }
         remove_empty_dir(stage_path);
         if let Err(e) = plan.driver.detach(&self.host, rec) {
             tracing::error!(volume = key, error = %e, "rollback: detach failed; record kept");
@@ -451,6 +449,7 @@ impl Lifecycle {
         };
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec.clone());
+        pause_point("publish:intent");
         let steps = || -> Result<(), Error> {
             make_dir(target, 0o750)?;
             if self.is_mount_point(target)? {
@@ -478,6 +477,7 @@ impl Lifecycle {
             self.state().drop_publish(target);
             return Err(e);
         }
+        pause_point("publish:bound");
         rec.phase = PublishPhase::Published;
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec);
@@ -492,11 +492,10 @@ impl Lifecycle {
             path: target.into(),
             source,
         })?;
-        if let Ok(s) = self.host.mounts.path_mount(stage_path) {
-            if s.is_mount_root && s.dev != t.dev {
+        if let Ok(s) = self.host.mounts.path_mount(stage_path)
+            && s.is_mount_root && s.dev != t.dev {
                 return Err(Error::NotOwned { target: target.into() });
             }
-        }
         self.host
             .mounter
             .unmount(target, false, self.timeouts.unmount)
@@ -518,10 +517,12 @@ impl Lifecycle {
         rec.phase = PublishPhase::Unpublishing;
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec.clone());
+        pause_point("unpublish:intent");
         if self.is_mount_point(&target)? {
             let stage_path = self.stage_path(&rec.driver, &rec.key);
             self.unmount_if_ours(&target, &stage_path, &rec.key)?;
         }
+        pause_point("unpublish:unmounted");
         self.journal.remove_publish(&target)?;
         let remaining = {
             let mut st = self.state();
@@ -544,6 +545,7 @@ impl Lifecycle {
         rec.phase = StagePhase::Unstaging;
         self.journal.put_stage(&rec)?;
         self.state().stages.insert(key.into(), rec.clone());
+        pause_point("unstage:intent");
         let stage_path = self.stage_path(&rec.driver, key);
         if self.is_mount_point(&stage_path)? {
             self.host
@@ -551,6 +553,7 @@ impl Lifecycle {
                 .unmount(&stage_path, false, self.timeouts.unmount)
                 .map_err(Self::mount_err(key))?;
         }
+        pause_point("unstage:unmounted");
         remove_empty_dir(&stage_path);
         let driver = self.driver(&rec.driver)?;
         driver.detach(&self.host, &rec)?;
@@ -614,14 +617,13 @@ impl Lifecycle {
             }
             PublishPhase::Publishing | PublishPhase::Unpublishing => {
                 // kubelet never got Success for a Publishing record: undo it, kubelet retries.
-                if mounted {
-                    if let Err(e) = self.unmount_if_ours(&p.target, &stage_path, &p.key) {
+                if mounted
+                    && let Err(e) = self.unmount_if_ours(&p.target, &stage_path, &p.key) {
                         report.problems.push(format!("{}: cannot undo: {e}", p.target.display()));
                         p.phase = PublishPhase::Unpublishing;
                         let _ = self.journal.put_publish(&p);
                         return;
                     }
-                }
                 if p.phase == PublishPhase::Publishing {
                     report.rolled_back_publishes += 1;
                 } else {

@@ -59,6 +59,9 @@ fn op_histogram() -> Histogram {
 
 type GaugeU = Gauge<u64, AtomicU64>;
 
+/// (name, help, family, unit) of one per-volume statistic.
+type StatSpec<'a> = (&'a str, &'a str, &'a Family<VolumeLabels, GaugeU>, Option<Unit>);
+
 /// Every metric moor exports.
 pub struct Metrics {
     registry: Registry,
@@ -143,7 +146,7 @@ impl Metrics {
         registry.register("reconstruction", "Start-up reconstruction outcomes", m.reconstruction.clone());
         registry.register("reconcile_runs", "Reconciler passes", m.reconcile_runs.clone());
         registry.register("healed_publishes", "Pod binds found missing and restored", m.healed_publishes.clone());
-        let stats: [(&str, &str, &Family<VolumeLabels, GaugeU>, Option<Unit>); 6] = [
+        let stats: [StatSpec<'_>; 6] = [
             ("volume_stats_capacity", "Volume capacity", &m.capacity_bytes, Some(Unit::Bytes)),
             ("volume_stats_available", "Volume bytes available to the pod", &m.available_bytes, Some(Unit::Bytes)),
             ("volume_stats_used", "Volume bytes used", &m.used_bytes, Some(Unit::Bytes)),

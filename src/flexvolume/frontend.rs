@@ -41,11 +41,10 @@ pub fn run(driver: Option<&str>, args: &[String]) -> Reply {
     let Some((op, rest)) = args.split_first() else {
         return Reply::failure("usage: <op> [args…]; ops: init, mount <dir> <json>, unmount <dir>");
     };
-    if let Some(d) = driver {
-        if !super::DRIVERS.contains(&d) {
+    if let Some(d) = driver
+        && !super::DRIVERS.contains(&d) {
             return Reply::failure(format!("unknown driver {d} (moor serves: {})", super::DRIVERS.join(", ")));
         }
-    }
     match op.as_str() {
         "init" if rest.is_empty() => Reply::init(),
         "mount" => match rest {

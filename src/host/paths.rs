@@ -140,15 +140,14 @@ impl HostPaths {
                 });
             }
         };
-        if let Some(d) = driver {
-            if d != found_driver {
+        if let Some(d) = driver
+            && d != found_driver {
                 return Err(PathError::WrongDriver {
                     path: raw.into(),
                     found: vd.into_owned(),
                     expected: d.into(),
                 });
             }
-        }
         self.refuse_symlinks(path, rel)?;
         Ok(PodVolumeDir {
             path: path.to_owned(),
@@ -184,10 +183,11 @@ impl HostPaths {
     }
 }
 
-/// Absolute, and made only of normal components (no `.`, `..`, or `//` artefacts).
+/// Absolute, and made only of normal components (no `.`, `..`, `//` or trailing `/`), so
+/// one directory has exactly one spelling.
 pub fn is_clean_absolute(p: &Path) -> bool {
     let bytes = p.as_os_str().as_bytes();
-    if bytes.contains(&0) || bytes.windows(2).any(|w| w == b"//") {
+    if bytes.contains(&0) || bytes.windows(2).any(|w| w == b"//") || (bytes.len() > 1 && bytes.ends_with(b"/")) {
         return false;
     }
     let mut comps = p.components();

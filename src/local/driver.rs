@@ -30,15 +30,14 @@ impl Driver for LocalDriver {
             path: path.into(),
             detail: detail.into(),
         };
-        if let Some(wanted) = opts.user.get("node").filter(|n| !n.is_empty()) {
-            if *wanted != node.node_name {
+        if let Some(wanted) = opts.user.get("node").filter(|n| !n.is_empty())
+            && *wanted != node.node_name {
                 return Err(DriverError::WrongNode {
                     volume: opts.pv_or_volume_name.clone().unwrap_or_else(|| path.into()),
                     wanted: wanted.clone(),
                     this: node.node_name.clone(),
                 });
             }
-        }
         let p = Path::new(path);
         if !is_clean_absolute(p) {
             return Err(bad("must be a clean absolute path (no '.', '..', '//')"));

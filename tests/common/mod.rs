@@ -14,14 +14,40 @@ use std::time::{Duration, Instant};
 /// nothing we mount propagates to the host.
 pub fn require_privileged_sandbox() {
     assert!(nix::unistd::geteuid().is_root(), "host integration tests need root: run them through ./run-tests");
-    let ours = std::fs::read_link("/proc/self/ns/mnt").expect("read /proc/self/ns/mnt");
-    let init = std::fs::read_link("/proc/1/ns/mnt").expect("read /proc/1/ns/mnt (needs root)");
-    assert_ne!(
-        ours, init,
-        "host integration tests must run in a private mount namespace (unshare -m): run them through ./run-tests"
+    assert!(
+        in_private_mount_namespace(),
+        "host integration tests must run in a mount namespace of their own (unshare -m): run them through ./run-tests"
     );
     let status = Command::new("mount").args(["--make-rprivate", "/"]).status().expect("run mount");
     assert!(status.success(), "mount --make-rprivate / failed");
+}
+
+/// True when an ancestor process lives in another mount namespace than we do: proof that
+/// someone between it and us ran `unshare -m`. (PID 1's namespace may be unreadable in a
+/// sandbox, so the chain of parents is walked instead.)
+fn in_private_mount_namespace() -> bool {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").expect("read /proc/self/ns/mnt");
+    let mut pid = std::process::id();
+    for _ in 0..64 {
+        let Some(ppid) = parent_of(pid) else { return false };
+        if ppid == 0 {
+            return false;
+        }
+        if let Ok(ns) = std::fs::read_link(format!("/proc/{ppid}/ns/mnt")) {
+            if ns != ours {
+                return true;
+            }
+        }
+        pid = ppid;
+    }
+    false
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields after the last ')' are fixed.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
 /// Runs a command, panicking with its output when it fails.
@@ -168,15 +194,20 @@ impl Daemon {
         self.kubelet_dir().join(format!("pods/{pod_uid}/volumes/moor~local/{volume}"))
     }
 
-    /// Runs the real front end as kubelet does (through a `moor~local/local` symlink).
-    pub fn flex(&self, args: &[&str]) -> FlexResult {
+    /// kubelet's view of the driver: `<plugin-dir>/moor~local/local`, a symlink to moor.
+    pub fn driver_link(&self) -> PathBuf {
         let plugin = self.root.path().join("plugins/moor~local");
         std::fs::create_dir_all(&plugin).unwrap();
         let link = plugin.join("local");
         if !link.exists() {
             std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_moor"), &link).unwrap();
         }
-        let out = Command::new(&link)
+        link
+    }
+
+    /// Runs the real front end as kubelet does (through a `moor~local/local` symlink).
+    pub fn flex(&self, args: &[&str]) -> FlexResult {
+        let out = Command::new(self.driver_link())
             .args(args)
             .env("MOOR_SOCKET", self.socket())
             .output()
@@ -264,3 +295,6 @@ pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
 pub fn is_mounted(p: &Path) -> bool {
     mounts_under(p).iter().any(|m| m == p)
 }
+
+/// Host-side checks (signatures, checksums, mount table, daemon log) and device setup.
+pub mod host;

@@ -43,7 +43,7 @@ _lab_elapsed() { awk -v a="$(date +%s.%N)" -v b="$LAB_T0" 'BEGIN { printf "%6.2f
 
 lab_log()  { printf '[%ss] %s\n' "$(_lab_elapsed)" "$*" >&2; }
 lab_step() { printf '[%ss] ==> %s\n' "$(_lab_elapsed)" "$*" >&2; }
-lab_die()  { printf '[%ss] FAIL: %s\n' "$(_lab_elapsed)" "$*" >&2; exit 1; }
+lab_die()  { printf '[%ss] FAIL: %s\n' "$(_lab_elapsed)" "$*" >&2; trap - ERR; exit 1; }
 
 lab_require_root() { [[ $(id -u) -eq 0 ]] || lab_die "must run as root"; }
 

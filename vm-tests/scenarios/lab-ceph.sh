@@ -51,7 +51,7 @@ lab_run rbd unmap "$dev"
 lab_step "RBD: mkfs/mount/write, watcher, exclusive lock add/ls/rm, remap ro and read back"
 
 # ---------------------------------------------------------------- CephFS
-lab_modprobe ceph
+lab_modprobe ceph fuse
 mkdir -p /mnt/cephfs /mnt/cephfs-fuse /mnt/cephfs-root
 lab_run lab_with_deadline 60 mount -t ceph "$CEPH_MON:$CEPH_FS_SUBDIR" /mnt/cephfs \
   -o "name=$CEPH_FS_USER,secretfile=$CEPH_FS_SECRET_FILE,mds_namespace=$CEPH_FS_NAME"

@@ -183,7 +183,9 @@ ceph_dump_logs() {
 }
 
 new_uuid() { cat /proc/sys/kernel/random/uuid; }
-gen_key()  { ceph-authtool --gen-print-key; }
+# A cephx secret without a process per key (ceph-authtool costs ~0.5 s each under TCG):
+# base64 of  u16 type=1 (AES) | u32 sec | u32 nsec | u16 len=16 | 16 random bytes
+gen_key() { { printf '\001\000\000\000\000\000\000\000\000\000\020\000'; head -c 16 /dev/urandom; } | base64 -w0; }
 
 # keyring ENTITY KEY CAPS... (caps as "mon" "allow *" pairs) -> DIR/keys/ENTITY.keyring
 write_keyring() {
@@ -382,6 +384,17 @@ def rbd_init(c):
     finally:
         io.close()
 
+def fs_mkdirs(c, path):
+    import cephfs
+    fs = cephfs.LibCephFS(rados_inst=c)
+    try:
+        fs.mount(filesystem_name=b"cephfs")
+        fs.mkdirs(path.encode(), 0o755)
+        fs.unmount()
+    finally:
+        fs.shutdown()
+    log("cephfs: %s exists" % path)
+
 def wait_ready(c, deadline, rbd_pool_init):
     last_summary = None
     inited = not rbd_pool_init
@@ -420,7 +433,12 @@ if what == "bootstrap":
 elif what == "wait-ready":
     deadline = time.time() + float(sys.argv[2])
     c = connect(deadline)
-    sys.exit(wait_ready(c, deadline, sys.argv[3] == "1"))
+    rc = wait_ready(c, deadline, sys.argv[3] == "1")
+    if rc == 0 and len(sys.argv) > 4:
+        fs_mkdirs(c, sys.argv[4])
+    sys.exit(rc)
+elif what == "fs-mkdir":
+    fs_mkdirs(connect(time.time() + 30), sys.argv[2])
 else:
     raise SystemExit("unknown helper command " + what)
 PY
@@ -483,7 +501,17 @@ cmd_start() {
     # exactly the caps `ceph fs authorize cephfs client.fs /volumes/moor rw` gives
     write_keyring client.fs "$(gen_key)" mon 'allow r fsname=cephfs' mds 'allow rw fsname=cephfs path=/volumes/moor' osd 'allow rw tag cephfs data=cephfs'
   fi
-  cat "$d"/keys/*.keyring > "$d/mkfs.keyring"
+  # The OSD's mkfs needs only ceph.conf (fsid), its uuid and key: run it now, in
+  # parallel with the mon's mkfs and the bootstrap commands (the id is always 0:
+  # `osd new` below must agree).
+  osd_uuid=$(new_uuid); osd_key=$(gen_key)
+  write_keyring osd.0 "$osd_key"
+  mkdir -p "$d/osd.0"
+  ceph-osd -i 0 -c "$d/ceph.conf" --mkfs --no-mon-config --key "$osd_key" --osd-uuid "$osd_uuid" \
+    >"$d/log/osd.0.mkfs.out" 2>&1 &
+  local mkfs_pid=$!
+  # everything but osd.0 (`osd new` creates that entity with its caps)
+  cat "$d"/keys/mon..keyring "$d"/keys/client.*.keyring "$d"/keys/m[dg][sr].*.keyring > "$d/mkfs.keyring"
   cp "$d/keys/mon..keyring" "$d/keys/mon.a.keyring"
   monmaptool --create --fsid "$fsid" --addv a "[v2:$CEPH_IP:3300,v1:$CEPH_IP:6789]" "$d/monmap" >/dev/null
   ceph-mon --mkfs -i a -c "$d/ceph.conf" --monmap "$d/monmap" --keyring "$d/mkfs.keyring" \
@@ -493,33 +521,27 @@ cmd_start() {
   daemon_start mon.a
   daemon_start mgr.x        # loads in parallel with everything below
 
-  osd_uuid=$(new_uuid); osd_key=$(gen_key)
   osd_id=$(run_py bootstrap "$osd_uuid" "$osd_key" 60) || cdie "bootstrap commands failed"
   [[ $osd_id == 0 ]] || cdie "unexpected osd id '$osd_id'"
-  write_keyring osd.0 "$osd_key"
-  mkdir -p "$d/osd.0"
-  ceph-osd -i 0 -c "$d/ceph.conf" --mkfs --key "$osd_key" --osd-uuid "$osd_uuid" \
-    >"$d/log/osd.0.mkfs.out" 2>&1 || { cat "$d/log/osd.0.mkfs.out" >&2; cdie "osd mkfs failed"; }
+  wait "$mkfs_pid" || { cat "$d/log/osd.0.mkfs.out" >&2; cdie "osd mkfs failed"; }
   clog "osd.0 mkfs done ($CEPH_STORE)"
   daemon_start osd.0
   [[ $WITH_FS == 1 ]] && daemon_start mds.a
 
-  cmd_wait_ready "${CEPH_READY_TIMEOUT:-240}" 1
-  if [[ $WITH_FS == 1 ]]; then
-    fs_mkdir /volumes/moor
-  fi
+  # ready, then pool init (done once the OSD is up) and the client's subdir
+  cmd_wait_ready "${CEPH_READY_TIMEOUT:-240}" 1 $([[ $WITH_FS == 1 ]] && echo /volumes/moor)
   clog "cluster ready in $(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.1f", a - b }') s; env: $d/env"
 }
 
 cmd_wait_ready() {
-  local secs=${1:-240} init=${2:-0}
+  local secs=${1:-240} init=${2:-0} mkdir=${3:-}
   [[ -s $CEPH_DIR/ceph.conf ]] || lab_die "ceph: no cluster in $CEPH_DIR (run start)"
   local n
   for n in "${DAEMONS_ALL[@]}"; do
     [[ $n == mds.a && $WITH_FS != 1 ]] && continue
     [[ -e $CEPH_DIR/run/$n.exit ]] && cdie "$n exited (status $(cat "$CEPH_DIR/run/$n.exit"))"
   done
-  run_py wait-ready "$secs" "$init" || cdie "cluster not ready within ${secs}s"
+  run_py wait-ready "$secs" "$init" ${mkdir:+"$mkdir"} || cdie "cluster not ready within ${secs}s"
 }
 
 # unmount/unmap every client of this cluster, so the daemons can go without leaving
@@ -596,18 +618,8 @@ cmd_restart() {
   cmd_wait_ready "${1:-${CEPH_READY_TIMEOUT:-240}}" 0
 }
 
-# admin ceph-fuse mount of the fs root for a moment
-with_admin_mount() {
-  local m=$CEPH_DIR/admin-mnt rc=0
-  mkdir -p "$m"
-  timeout -k 5 60 ceph-fuse -c "$CEPH_DIR/ceph.conf" -n client.admin "$m" >"$CEPH_DIR/log/admin-fuse.out" 2>&1 \
-    || { cat "$CEPH_DIR/log/admin-fuse.out" >&2; cdie "admin ceph-fuse mount failed"; }
-  "$@" "$m" || rc=$?
-  timeout -k 5 30 umount "$m" || timeout -k 5 10 umount -l "$m" || true
-  return $rc
-}
-_mkdir_in() { timeout -k 5 30 mkdir -p "$2$1"; }
-fs_mkdir() { with_admin_mount _mkdir_in "$1" || cdie "cannot create $1 in cephfs"; clog "cephfs: $1 exists"; }
+# mkdir -p in the CephFS through libcephfs (no mount, no FUSE needed)
+fs_mkdir() { run_py fs-mkdir "$1" || cdie "cannot create $1 in cephfs"; }
 
 cmd_fs_authorize() {
   local user=$1 path=$2 perm=${3:-rw} k=$CEPH_DIR/keys/client.$1
