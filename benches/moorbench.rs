@@ -64,8 +64,13 @@ fn parse_args() -> Result<Args> {
             other => bail!("unknown argument {other}"),
         }
     }
-    if a.moor.as_os_str().is_empty() || a.reference.as_os_str().is_empty() || a.root.as_os_str().is_empty() {
-        bail!("usage: moorbench --moor <bin> --reference <driver> --root <dir> [--floor <bin>] [--quick] [--no-scale] [--extra N]");
+    if a.moor.as_os_str().is_empty()
+        || a.reference.as_os_str().is_empty()
+        || a.root.as_os_str().is_empty()
+    {
+        bail!(
+            "usage: moorbench --moor <bin> --reference <driver> --root <dir> [--floor <bin>] [--quick] [--no-scale] [--extra N]"
+        );
     }
     Ok(a)
 }
@@ -108,7 +113,15 @@ struct Row {
 struct Table(Vec<Row>);
 
 impl Table {
-    fn row(&mut self, metric: &str, moor: String, reference: String, ratio: String, target: &str, pass: Option<bool>) {
+    fn row(
+        &mut self,
+        metric: &str,
+        moor: String,
+        reference: String,
+        ratio: String,
+        target: &str,
+        pass: Option<bool>,
+    ) {
         let r = Row {
             metric: metric.into(),
             moor,
@@ -130,7 +143,9 @@ impl Table {
     }
 
     fn markdown(&self) -> String {
-        let mut s = String::from("| metric | moor | reference | ratio | target | pass/miss |\n|---|---|---|---|---|---|\n");
+        let mut s = String::from(
+            "| metric | moor | reference | ratio | target | pass/miss |\n|---|---|---|---|---|---|\n",
+        );
         for r in &self.0 {
             let _ = writeln!(
                 s,
@@ -195,7 +210,8 @@ impl Bench {
         self.args.root.join("plugins/moor~local/local")
     }
     fn pod_dir(&self, uid: &str, vol: &str) -> PathBuf {
-        self.kubelet().join(format!("pods/{uid}/volumes/moor~local/{vol}"))
+        self.kubelet()
+            .join(format!("pods/{uid}/volumes/moor~local/{vol}"))
     }
 
     fn setup(&mut self) -> Result<()> {
@@ -207,8 +223,14 @@ impl Bench {
         // its own filesystem; /run always is). The state dir and the volume sources stay on
         // the root disk, so stage records pay a real fsync.
         for d in ["kubelet", "run"] {
-            nix::mount::mount(Some("tmpfs"), &root.join(d), Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
-                .with_context(|| format!("mount tmpfs on {d}"))?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                &root.join(d),
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("mode=0755"),
+            )
+            .with_context(|| format!("mount tmpfs on {d}"))?;
         }
         symlink(&self.args.moor, self.link())?;
         self.start_daemon()?;
@@ -216,7 +238,10 @@ impl Bench {
     }
 
     fn start_daemon(&mut self) -> Result<Duration> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())?;
         let mut cmd = Command::new(&self.args.moor);
         cmd.arg("daemon")
             .arg("--kubelet-dir")
@@ -227,7 +252,14 @@ impl Bench {
             .arg(self.run_dir())
             .arg("--socket")
             .arg(self.socket())
-            .args(["--metrics-addr", "off", "--node-name", "bench-node", "--log-format", "json"])
+            .args([
+                "--metrics-addr",
+                "off",
+                "--node-name",
+                "bench-node",
+                "--log-format",
+                "json",
+            ])
             .env_remove("MOOR_LOG")
             .env_remove("MOOR_CONFIG")
             .stdin(Stdio::null())
@@ -249,7 +281,10 @@ impl Bench {
                 break;
             }
             if let Some(st) = child.try_wait()? {
-                bail!("daemon exited early ({st}); log:\n{}", std::fs::read_to_string(self.log()).unwrap_or_default());
+                bail!(
+                    "daemon exited early ({st}); log:\n{}",
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
             }
             if Instant::now() > deadline {
                 bail!("daemon did not listen within 60 s");
@@ -263,7 +298,10 @@ impl Bench {
 
     fn stop_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = c.wait();
         }
     }
@@ -273,7 +311,8 @@ impl Bench {
     }
 
     fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid())).unwrap_or_default();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid()))
+            .unwrap_or_default();
         s.lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next())
@@ -287,8 +326,14 @@ impl Bench {
         for i in 0..n {
             let d = base.join(format!("m{i}"));
             std::fs::create_dir_all(&d)?;
-            nix::mount::mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::empty(), Some("size=64k"))
-                .with_context(|| format!("filler mount {i}"))?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                &d,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("size=64k"),
+            )
+            .with_context(|| format!("filler mount {i}"))?;
             self.filler.push(d);
         }
         Ok(t.elapsed())
@@ -361,8 +406,10 @@ fn mount_request(target: &Path, opts_json: &str) -> Vec<u8> {
 }
 
 fn unmount_request(target: &Path) -> Vec<u8> {
-    let mut v = serde_json::to_vec(&serde_json::json!({"op": "unmount", "driver": "local", "target": target}))
-        .unwrap_or_default();
+    let mut v = serde_json::to_vec(
+        &serde_json::json!({"op": "unmount", "driver": "local", "target": target}),
+    )
+    .unwrap_or_default();
     v.push(b'\n');
     v
 }
@@ -399,7 +446,9 @@ fn exec(prog: &Path, args: &[&str], sock: &Path, want_success: bool) -> Result<f
         .stderr(Stdio::piped())
         .output()?;
     let dt = t.elapsed().as_secs_f64();
-    if want_success && (!out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("Success")) {
+    if want_success
+        && (!out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("Success"))
+    {
         bail!(
             "{} {:?}: {} {} {}",
             prog.display(),
@@ -437,7 +486,10 @@ struct Ctx {
 
 /// publish+unpublish pairs through the socket API; returns pairs/s.
 fn api_pairs(c: &Ctx, n: usize) -> Result<f64> {
-    let (m, u) = (mount_request(&c.churn, &c.churn_json), unmount_request(&c.churn));
+    let (m, u) = (
+        mount_request(&c.churn, &c.churn_json),
+        unmount_request(&c.churn),
+    );
     let mut buf = Vec::with_capacity(512);
     let t = Instant::now();
     for _ in 0..n {
@@ -453,7 +505,13 @@ fn raw_pairs(c: &Ctx, n: usize) -> Result<f64> {
     std::fs::create_dir_all(&c.churn)?;
     let t = Instant::now();
     for _ in 0..n {
-        nix::mount::mount(Some(&c.stage0), &c.churn, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+        nix::mount::mount(
+            Some(&c.stage0),
+            &c.churn,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
         nix::mount::umount2(&c.churn, MntFlags::empty())?;
     }
     Ok(n as f64 / t.elapsed().as_secs_f64())
@@ -480,8 +538,10 @@ fn exec_pairs(b: &Bench, c: &Ctx, n: usize) -> Result<(f64, f64)> {
     let umount_bin = Path::new("/usr/bin/umount");
     let (mut tm, mut tu) = (0.0, 0.0);
     for i in 0..n + 10 {
-        let m = exec(&link, &["mount", churn, &c.churn_json], &c.sock, true)? + exec(&link, &["unmount", churn], &c.sock, true)?;
-        let u = exec(mount_bin, &["--bind", stage, churn], &c.sock, false)? + exec(umount_bin, &[churn], &c.sock, false)?;
+        let m = exec(&link, &["mount", churn, &c.churn_json], &c.sock, true)?
+            + exec(&link, &["unmount", churn], &c.sock, true)?;
+        let u = exec(mount_bin, &["--bind", stage, churn], &c.sock, false)?
+            + exec(umount_bin, &[churn], &c.sock, false)?;
         if i >= 10 {
             tm += m;
             tu += u;
@@ -493,13 +553,21 @@ fn exec_pairs(b: &Bench, c: &Ctx, n: usize) -> Result<(f64, f64)> {
 fn mount_path(b: &Bench, c: &Ctx, n_moor: usize, n_ref: usize) -> Result<(Lat, Lat)> {
     let held = c.held.to_str().unwrap_or_default();
     let moor = exec_n(n_moor, &b.link(), &["mount", held, &c.held_json], &c.sock)?;
-    let reference = exec_n(n_ref, &b.args.reference, &["mount", held, &c.held_json], &c.sock)?;
+    let reference = exec_n(
+        n_ref,
+        &b.args.reference,
+        &["mount", held, &c.held_json],
+        &c.sock,
+    )?;
     Ok((moor, reference))
 }
 
 fn reconstructed_ms(log: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().rev().find(|l| l.contains("state reconstructed"))?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("state reconstructed"))?;
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     v.get("elapsed_ms")?.as_f64()
 }
@@ -539,7 +607,11 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
         churn,
         churn_json,
     };
-    eprintln!("moorbench: daemon up, volume staged at {}, {} mounts in the table", c.stage0.display(), mount_count());
+    eprintln!(
+        "moorbench: daemon up, volume staged at {}, {} mounts in the table",
+        c.stage0.display(),
+        mount_count()
+    );
 
     // 1. init
     eprintln!("[1] init exec round trip");
@@ -592,7 +664,10 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
     let (rounds, n_api, n_raw) = (3, scale(1000, 300), scale(10_000, 3000));
     let (api0, raw0) = pair_rates(&c, rounds, n_api, n_raw)?;
     t.row(
-        &format!("publish+unpublish via daemon API, {} mounts in table", mount_count()),
+        &format!(
+            "publish+unpublish via daemon API, {} mounts in table",
+            mount_count()
+        ),
         rate(api0),
         format!("raw bind+umount2 loop: {}", rate(raw0)),
         format!("{:.3}", api0 / raw0),
@@ -608,7 +683,11 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
     t.row(
         &format!("publish+unpublish via FlexVolume exec ({n_x} pairs)"),
         format!("{} ({} per pair)", rate(xm), ms(1.0 / xm)),
-        format!("util-linux `mount --bind` + `umount`: {} ({} per pair)", rate(xu), ms(1.0 / xu)),
+        format!(
+            "util-linux `mount --bind` + `umount`: {} ({} per pair)",
+            rate(xu),
+            ms(1.0 / xu)
+        ),
         format!("{:.2}×", xm / xu),
         "moor faster (> 1.0×)",
         Some(xm > xu),
@@ -627,7 +706,11 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
             let uid = format!("pod-s{i}");
             let dir = b.pod_dir(&uid, &format!("v{i}"));
             std::fs::create_dir_all(&dir)?;
-            reqs.push((mount_request(&dir, &options_json(&uid, &format!("v{i}"), &src)), unmount_request(&dir), dir));
+            reqs.push((
+                mount_request(&dir, &options_json(&uid, &format!("v{i}"), &src)),
+                unmount_request(&dir),
+                dir,
+            ));
         }
         let t0 = Instant::now();
         for (m, _, _) in &reqs {
@@ -645,7 +728,11 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
         );
         t.row(
             &format!("daemon RSS: idle with 1 volume → {nv} published"),
-            format!("{:.1} MiB → {:.1} MiB", rss0 as f64 / 1024.0, rss1 as f64 / 1024.0),
+            format!(
+                "{:.1} MiB → {:.1} MiB",
+                rss0 as f64 / 1024.0,
+                rss1 as f64 / 1024.0
+            ),
             "-".into(),
             "-".into(),
             "report",
@@ -653,7 +740,10 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
         );
         let (api1k, raw1k) = pair_rates(&c, rounds, n_api, n_raw)?;
         t.row(
-            &format!("publish+unpublish via daemon API with {nv} volumes published ({} mounts)", mount_count()),
+            &format!(
+                "publish+unpublish via daemon API with {nv} volumes published ({} mounts)",
+                mount_count()
+            ),
             rate(api1k),
             format!("raw: {}", rate(raw1k)),
             format!("{:.3}", api1k / raw1k),
@@ -702,10 +792,17 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
         let n = b.args.extra;
         eprintln!("[6] again with {n} extra tmpfs mounts under the kubelet dir");
         let took = b.add_filler(n)?;
-        eprintln!("    {n} filler mounts in {:.2} s; {} mounts in the table", took.as_secs_f64(), mount_count());
+        eprintln!(
+            "    {n} filler mounts in {:.2} s; {} mounts in the table",
+            took.as_secs_f64(),
+            mount_count()
+        );
         let (apix, rawx) = pair_rates(&c, rounds, n_api, n_raw)?;
         t.row(
-            &format!("publish+unpublish via daemon API, {} mounts in table", mount_count()),
+            &format!(
+                "publish+unpublish via daemon API, {} mounts in table",
+                mount_count()
+            ),
             rate(apix),
             format!("raw bind+umount2 loop: {}", rate(rawx)),
             format!("{:.3}", apix / rawx),
@@ -715,7 +812,14 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
         let overheadx = 1.0 / apix - 1.0 / rawx;
         let base = overhead_1k.unwrap_or(overhead0);
         t.row(
-            &format!("moor's own cost per pair beyond the syscalls: {} → +{n} mounts", if overhead_1k.is_some() { "1k volumes" } else { "0 extra" }),
+            &format!(
+                "moor's own cost per pair beyond the syscalls: {} → +{n} mounts",
+                if overhead_1k.is_some() {
+                    "1k volumes"
+                } else {
+                    "0 extra"
+                }
+            ),
             format!("{} → {}", ms(base), ms(overheadx)),
             "kubelet GetMountRefs: 3.7 → 65 ms".into(),
             format!("{:.2}", overheadx / base),
@@ -725,7 +829,10 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
         let (n_m, n_r) = (scale(300, 60), scale(30, 10));
         let (mmx, mrx) = mount_path(b, &c, n_m, n_r)?;
         t.row(
-            &format!("FlexVolume `mount`, already published, {} mounts in table", mount_count()),
+            &format!(
+                "FlexVolume `mount`, already published, {} mounts in table",
+                mount_count()
+            ),
             lat_cell(&mmx),
             format!("bash+jq: {}", lat_cell(&mrx)),
             format!("{:.1}× faster (p50)", mrx.p50() / mmx.p50()),
@@ -751,7 +858,13 @@ fn sanity() -> Result<()> {
         bail!("must run in a private mount namespace; run it through benches/run");
     }
     // Belt and braces: nothing mounted here may propagate anywhere.
-    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
     Ok(())
 }
 
@@ -774,7 +887,10 @@ fn main() {
     b.cleanup();
     let left = mounts_under(&b.args.root);
     println!();
-    println!("## moor benchmark ({:.0} s)", started.elapsed().as_secs_f64());
+    println!(
+        "## moor benchmark ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     println!();
     print!("{}", t.markdown());
     let misses = t.0.iter().filter(|r| r.pass == Some(false)).count();
@@ -786,13 +902,19 @@ fn main() {
         misses
     );
     if !left.is_empty() {
-        println!("WARNING: mounts left under {}: {left:?}", b.args.root.display());
+        println!(
+            "WARNING: mounts left under {}: {left:?}",
+            b.args.root.display()
+        );
     }
     if let Err(e) = result {
         println!("BENCHMARK ABORTED: {e:#}");
         let log = std::fs::read_to_string(b.log()).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        println!("daemon log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        println!(
+            "daemon log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
         std::process::exit(1);
     }
 }

@@ -125,7 +125,10 @@ pub fn flex_driver_from_argv0(argv0: &str) -> Option<String> {
 /// so even a bug answers with a JSON object and not a backtrace on stderr.
 pub fn flex_main(driver: Option<&str>, args: &[String]) -> i32 {
     std::panic::set_hook(Box::new(|info| {
-        let where_ = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let where_ = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         let reply = Reply::failure(format!("internal: moor front end panicked{where_}"));
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", reply.to_json());
@@ -170,10 +173,11 @@ pub fn run() -> Result<i32, CliError> {
         let mut rest = &argv[2..];
         let mut driver = None;
         if let [flag, d, tail @ ..] = rest
-            && flag == "--driver" {
-                driver = Some(d.clone());
-                rest = tail;
-            }
+            && flag == "--driver"
+        {
+            driver = Some(d.clone());
+            rest = tail;
+        }
         return Ok(flex_main(driver.as_deref(), rest));
     }
     let cli = Cli::parse();
@@ -195,9 +199,15 @@ pub fn run() -> Result<i32, CliError> {
 }
 
 fn status(output: Output) -> Result<i32, CliError> {
-    let resp = client::call(&client::socket_path(), &Request::Status, Duration::from_secs(10))?;
+    let resp = client::call(
+        &client::socket_path(),
+        &Request::Status,
+        Duration::from_secs(10),
+    )?;
     let Response::Status { node, volumes } = resp else {
-        return Err(CliError::Other(format!("unexpected answer from the daemon: {resp:?}")));
+        return Err(CliError::Other(format!(
+            "unexpected answer from the daemon: {resp:?}"
+        )));
     };
     match output {
         Output::Json => {
@@ -225,7 +235,13 @@ pub fn status_table(node: &str, volumes: &[crate::api::VolumeStatus]) -> String 
         } else {
             v.pods
                 .iter()
-                .map(|p| format!("{}({})", short_uid(&p.pod_uid), if p.read_only { "ro" } else { "rw" }))
+                .map(|p| {
+                    format!(
+                        "{}({})",
+                        short_uid(&p.pod_uid),
+                        if p.read_only { "ro" } else { "rw" }
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -246,7 +262,11 @@ pub fn status_table(node: &str, volumes: &[crate::api::VolumeStatus]) -> String 
     }
     let mut out = format!("node {node}: {} volume(s)\n", volumes.len());
     for r in rows {
-        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -264,7 +284,10 @@ mod tests {
     #[test]
     fn symlink_names_select_flex_mode() {
         assert_eq!(
-            flex_driver_from_argv0("/usr/libexec/kubernetes/kubelet-plugins/volume/exec/moor~local/local").as_deref(),
+            flex_driver_from_argv0(
+                "/usr/libexec/kubernetes/kubelet-plugins/volume/exec/moor~local/local"
+            )
+            .as_deref(),
             Some("local")
         );
         assert_eq!(flex_driver_from_argv0("local").as_deref(), Some("local"));

@@ -129,7 +129,8 @@ impl Config {
                 })
             }
         };
-        let metrics = pick(&top.metrics_addr, &file.metrics_addr).unwrap_or_else(|| DEFAULT_METRICS_ADDR.into());
+        let metrics = pick(&top.metrics_addr, &file.metrics_addr)
+            .unwrap_or_else(|| DEFAULT_METRICS_ADDR.into());
         let metrics_addr = match metrics.as_str() {
             "" | "off" | "none" => None,
             a => Some(a.parse().map_err(|e| ConfigError::Invalid {
@@ -137,23 +138,26 @@ impl Config {
                 message: format!("{a}: {e} (expected host:port, or off)"),
             })?),
         };
-        let secs = |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
-            match v.unwrap_or(default) {
-                0 => Err(ConfigError::Invalid {
-                    key,
-                    message: "must be at least 1".into(),
-                }),
-                n => Ok(Duration::from_secs(n)),
-            }
-        };
+        let secs =
+            |key: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+                match v.unwrap_or(default) {
+                    0 => Err(ConfigError::Invalid {
+                        key,
+                        message: "must be at least 1".into(),
+                    }),
+                    n => Ok(Duration::from_secs(n)),
+                }
+            };
         let log_format = pick(&top.log_format, &file.log_format);
         if let Some(f) = &log_format
-            && f != "text" && f != "json" {
-                return Err(ConfigError::Invalid {
-                    key: "log-format",
-                    message: format!("{f}: expected text or json"),
-                });
-            }
+            && f != "text"
+            && f != "json"
+        {
+            return Err(ConfigError::Invalid {
+                key: "log-format",
+                message: format!("{f}: expected text or json"),
+            });
+        }
         let node_name = match pick(&top.node_name, &file.node_name).filter(|n| !n.is_empty()) {
             Some(n) => n,
             None => nix::unistd::gethostname()
@@ -164,15 +168,47 @@ impl Config {
                 })?,
         };
         Ok(Config {
-            kubelet_dir: path_key("kubelet-dir", pick(&top.kubelet_dir, &file.kubelet_dir).unwrap_or_else(|| "/var/lib/kubelet".into()))?,
-            state_dir: path_key("state-dir", pick(&top.state_dir, &file.state_dir).unwrap_or_else(|| "/var/lib/moor".into()))?,
-            run_dir: path_key("run-dir", pick(&top.run_dir, &file.run_dir).unwrap_or_else(|| "/run/moor".into()))?,
-            socket: path_key("socket", pick(&top.socket, &file.socket).unwrap_or_else(|| crate::api::client::DEFAULT_SOCKET.into()))?,
+            kubelet_dir: path_key(
+                "kubelet-dir",
+                pick(&top.kubelet_dir, &file.kubelet_dir)
+                    .unwrap_or_else(|| "/var/lib/kubelet".into()),
+            )?,
+            state_dir: path_key(
+                "state-dir",
+                pick(&top.state_dir, &file.state_dir).unwrap_or_else(|| "/var/lib/moor".into()),
+            )?,
+            run_dir: path_key(
+                "run-dir",
+                pick(&top.run_dir, &file.run_dir).unwrap_or_else(|| "/run/moor".into()),
+            )?,
+            socket: path_key(
+                "socket",
+                pick(&top.socket, &file.socket)
+                    .unwrap_or_else(|| crate::api::client::DEFAULT_SOCKET.into()),
+            )?,
             metrics_addr,
             node_name,
-            operation_timeout: secs("operation-timeout-seconds", pick(&top.operation_timeout_seconds, &file.operation_timeout_seconds), 300)?,
-            mount_timeout: secs("mount-timeout-seconds", pick(&top.mount_timeout_seconds, &file.mount_timeout_seconds), 120)?,
-            reconcile_interval: secs("reconcile-interval-seconds", pick(&top.reconcile_interval_seconds, &file.reconcile_interval_seconds), 30)?,
+            operation_timeout: secs(
+                "operation-timeout-seconds",
+                pick(
+                    &top.operation_timeout_seconds,
+                    &file.operation_timeout_seconds,
+                ),
+                300,
+            )?,
+            mount_timeout: secs(
+                "mount-timeout-seconds",
+                pick(&top.mount_timeout_seconds, &file.mount_timeout_seconds),
+                120,
+            )?,
+            reconcile_interval: secs(
+                "reconcile-interval-seconds",
+                pick(
+                    &top.reconcile_interval_seconds,
+                    &file.reconcile_interval_seconds,
+                ),
+                30,
+            )?,
             log_format,
         })
     }
@@ -181,7 +217,9 @@ impl Config {
 fn read_file(path: &Path, must_exist: bool) -> Result<FileConfig, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(FileConfig::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+            return Ok(FileConfig::default());
+        }
         Err(source) => {
             return Err(ConfigError::Read {
                 path: path.into(),
@@ -204,7 +242,9 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {
-        let file: FileConfig = serde_saphyr::from_str("kubelet-dir: /k\nnode-name: file-node\nmetrics-addr: off\n").unwrap();
+        let file: FileConfig =
+            serde_saphyr::from_str("kubelet-dir: /k\nnode-name: file-node\nmetrics-addr: off\n")
+                .unwrap();
         let top = FileConfig {
             node_name: Some("flag-node".into()),
             ..FileConfig::default()
@@ -222,18 +262,36 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("c.yaml");
         std::fs::write(&p, "kubelet-dirr: /k\n").unwrap();
-        let e = Config::load(&Overrides { config: Some(p), file: FileConfig::default() }).unwrap_err();
+        let e = Config::load(&Overrides {
+            config: Some(p),
+            file: FileConfig::default(),
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("kubelet-dirr"), "{e}");
-        let bad = FileConfig { metrics_addr: Some("nope".into()), ..FileConfig::default() };
+        let bad = FileConfig {
+            metrics_addr: Some("nope".into()),
+            ..FileConfig::default()
+        };
         let e = Config::resolve(&FileConfig::default(), &bad).unwrap_err();
         assert!(e.to_string().starts_with("config key metrics-addr:"), "{e}");
-        let bad = FileConfig { state_dir: Some("/var/../etc".into()), ..FileConfig::default() };
-        assert!(Config::resolve(&FileConfig::default(), &bad).unwrap_err().to_string().contains("state-dir"));
+        let bad = FileConfig {
+            state_dir: Some("/var/../etc".into()),
+            ..FileConfig::default()
+        };
+        assert!(
+            Config::resolve(&FileConfig::default(), &bad)
+                .unwrap_err()
+                .to_string()
+                .contains("state-dir")
+        );
     }
 
     #[test]
     fn a_missing_default_file_is_fine_but_a_named_one_is_not() {
-        let e = Config::load(&Overrides { config: Some("/nonexistent/moor.yaml".into()), file: FileConfig::default() });
+        let e = Config::load(&Overrides {
+            config: Some("/nonexistent/moor.yaml".into()),
+            file: FileConfig::default(),
+        });
         assert!(matches!(e, Err(ConfigError::Read { .. })));
     }
 }

@@ -58,13 +58,17 @@ impl Sandbox {
         self.root.join("plugins/moor~local/local")
     }
     fn pod_dir(&self, uid: &str) -> PathBuf {
-        self.kubelet().join(format!("pods/{uid}/volumes/moor~local/data"))
+        self.kubelet()
+            .join(format!("pods/{uid}/volumes/moor~local/data"))
     }
 
     fn stop_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             if let Ok(pid) = i32::try_from(c.id()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
             let _ = c.wait();
         }
@@ -104,7 +108,11 @@ struct Steps {
 }
 
 impl Steps {
-    fn run<T>(&mut self, what: &str, f: impl FnOnce() -> Result<(T, String), DemoError>) -> Result<T, DemoError> {
+    fn run<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce() -> Result<(T, String), DemoError>,
+    ) -> Result<T, DemoError> {
         self.n += 1;
         let t = Instant::now();
         let (v, note) = f()?;
@@ -126,8 +134,13 @@ pub fn run() -> Result<i32, DemoError> {
         loop_dev: None,
         daemon: None,
     };
-    println!("moor demo: a real daemon, driven as kubelet drives moor~local/local, on a {DISK_MIB} MiB loop-backed disk");
-    println!("    scratch tree {} (private mount namespace)\n", sb.root.display());
+    println!(
+        "moor demo: a real daemon, driven as kubelet drives moor~local/local, on a {DISK_MIB} MiB loop-backed disk"
+    );
+    println!(
+        "    scratch tree {} (private mount namespace)\n",
+        sb.root.display()
+    );
     let mut steps = Steps {
         started: Instant::now(),
         n: 0,
@@ -145,7 +158,10 @@ pub fn run() -> Result<i32, DemoError> {
             );
             Ok(0)
         }
-        Ok(()) => Err(fail("cleanup", format!("mounts left behind: {leftovers:?}"))),
+        Ok(()) => Err(fail(
+            "cleanup",
+            format!("mounts left behind: {leftovers:?}"),
+        )),
         Err(e) => Err(e),
     }
 }
@@ -153,8 +169,14 @@ pub fn run() -> Result<i32, DemoError> {
 fn private_mount_namespace() -> Result<(), DemoError> {
     use nix::mount::{MsFlags, mount};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| fail("unshare -m", e))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| fail("make / private", e))
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail("make / private", e))
 }
 
 fn tempdir() -> Result<PathBuf, DemoError> {
@@ -167,12 +189,14 @@ fn tempdir() -> Result<PathBuf, DemoError> {
 
 fn play(sb: &mut Sandbox, steps: &mut Steps) -> Result<(), DemoError> {
     let exe = std::env::current_exe().map_err(|e| fail("find moor", e))?;
-    std::os::unix::fs::symlink(&exe, sb.driver_exe()).map_err(|e| fail("install driver symlink", e))?;
+    std::os::unix::fs::symlink(&exe, sb.driver_exe())
+        .map_err(|e| fail("install driver symlink", e))?;
 
     let dev = steps.run("create a loop-backed disk", || {
         let img = sb.root.join("disk.img");
         let f = std::fs::File::create(&img).map_err(|e| fail("disk image", e))?;
-        f.set_len(DISK_MIB << 20).map_err(|e| fail("disk image", e))?;
+        f.set_len(DISK_MIB << 20)
+            .map_err(|e| fail("disk image", e))?;
         let out = SystemRunner
             .run(&Cmd::new("losetup").args(["--find", "--show"]).arg(&img))
             .map_err(|e| fail("losetup", e))?;
@@ -197,8 +221,8 @@ fn play(sb: &mut Sandbox, steps: &mut Steps) -> Result<(), DemoError> {
             .env("MOOR_SOCKET", sb.socket())
             .output()
             .map_err(|e| fail(args[0], e))?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| fail(args[0], format!("not one JSON object: {e}")))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| fail(args[0], format!("not one JSON object: {e}")))?;
         if v["status"] != "Success" {
             return Err(fail(args[0], v));
         }
@@ -213,7 +237,10 @@ fn play(sb: &mut Sandbox, steps: &mut Steps) -> Result<(), DemoError> {
         })
         .to_string()
     };
-    let (pod_a, pod_b) = ("a1b2c3d4-0000-4000-8000-00000000000a", "b5e6f7a8-0000-4000-8000-00000000000b");
+    let (pod_a, pod_b) = (
+        "a1b2c3d4-0000-4000-8000-00000000000a",
+        "b5e6f7a8-0000-4000-8000-00000000000b",
+    );
     let dir_a = sb.pod_dir(pod_a);
     let dir_b = sb.pod_dir(pod_b);
     for d in [&dir_a, &dir_b] {
@@ -234,11 +261,15 @@ fn play(sb: &mut Sandbox, steps: &mut Steps) -> Result<(), DemoError> {
         Ok(((), "shares pod A's stage".into()))
     })?;
     steps.run("write through A, read through B", || {
-        std::fs::write(dir_a.join("hello.txt"), "written by pod A\n").map_err(|e| fail("write", e))?;
+        std::fs::write(dir_a.join("hello.txt"), "written by pod A\n")
+            .map_err(|e| fail("write", e))?;
         let back = std::fs::read_to_string(dir_b.join("hello.txt")).map_err(|e| fail("read", e))?;
         let ro = std::fs::write(dir_b.join("x"), "x").map_err(|e| e.raw_os_error());
         if ro != Err(Some(libc::EROFS)) {
-            return Err(fail("ro check", format!("write through pod B gave {ro:?}, expected EROFS")));
+            return Err(fail(
+                "ro check",
+                format!("write through pod B gave {ro:?}, expected EROFS"),
+            ));
         }
         Ok(((), format!("B reads {:?}; B's write: EROFS", back.trim())))
     })?;
@@ -254,16 +285,26 @@ fn play(sb: &mut Sandbox, steps: &mut Steps) -> Result<(), DemoError> {
     })?;
     steps.run("unmount pod B (last user: unstage)", || {
         flex(&["unmount", &dir_b_s])?;
-        Ok(((), format!("{} mount(s) left", mounts_under(&sb.kubelet()).len())))
+        Ok((
+            (),
+            format!("{} mount(s) left", mounts_under(&sb.kubelet()).len()),
+        ))
     })?;
     let before = uuid(&dev);
     steps.run("mount pod A again (data must still be there)", || {
         flex(&["mount", &dir_a_s, &opts(pod_a, "rw")])?;
-        let back = std::fs::read_to_string(dir_a.join("hello.txt")).map_err(|e| fail("read back", e))?;
+        let back =
+            std::fs::read_to_string(dir_a.join("hello.txt")).map_err(|e| fail("read back", e))?;
         if uuid(&dev) != before {
-            return Err(fail("remount", "the filesystem UUID changed: the disk was formatted again"));
+            return Err(fail(
+                "remount",
+                "the filesystem UUID changed: the disk was formatted again",
+            ));
         }
-        Ok(((), format!("reads {:?}, same UUID: not formatted again", back.trim())))
+        Ok((
+            (),
+            format!("reads {:?}, same UUID: not formatted again", back.trim()),
+        ))
     })?;
     let excerpt = steps.run("scrape /metrics", || {
         let text = scrape(metrics_port)?;
@@ -301,7 +342,9 @@ fn uuid(dev: &str) -> String {
 
 fn free_port() -> Result<u16, DemoError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail("pick a port", e))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| fail("pick a port", e))
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| fail("pick a port", e))
 }
 
 /// Starts the daemon and waits for its READY=1 on a notify socket, as systemd would.
@@ -311,7 +354,8 @@ fn start_daemon(sb: &Sandbox, exe: &Path, port: u16) -> Result<(Child, String), 
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(|e| fail("notify socket", e))?;
-    let log = std::fs::File::create(sb.root.join("daemon.log")).map_err(|e| fail("daemon log", e))?;
+    let log =
+        std::fs::File::create(sb.root.join("daemon.log")).map_err(|e| fail("daemon log", e))?;
     let log2 = log.try_clone().map_err(|e| fail("daemon log", e))?;
     let child = Command::new(exe)
         .arg("daemon")
@@ -323,7 +367,12 @@ fn start_daemon(sb: &Sandbox, exe: &Path, port: u16) -> Result<(Child, String), 
         .arg(sb.root.join("run"))
         .arg("--socket")
         .arg(sb.socket())
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--node-name", "demo-node"])
+        .args([
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--node-name",
+            "demo-node",
+        ])
         .args(["--reconcile-interval-seconds", "1", "--log-format", "json"])
         .env("NOTIFY_SOCKET", &notify_path)
         .stdin(Stdio::null())
@@ -332,12 +381,18 @@ fn start_daemon(sb: &Sandbox, exe: &Path, port: u16) -> Result<(Child, String), 
         .spawn()
         .map_err(|e| fail("start daemon", e))?;
     let mut buf = [0u8; 256];
-    let n = notify
-        .recv(&mut buf)
-        .map_err(|e| fail("start daemon", format!("no READY=1 within 20 s ({e}); see the daemon log")))?;
+    let n = notify.recv(&mut buf).map_err(|e| {
+        fail(
+            "start daemon",
+            format!("no READY=1 within 20 s ({e}); see the daemon log"),
+        )
+    })?;
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     if !msg.contains("READY=1") {
-        return Err(fail("start daemon", format!("unexpected notification {msg:?}")));
+        return Err(fail(
+            "start daemon",
+            format!("unexpected notification {msg:?}"),
+        ));
     }
     Ok((child, "READY=1 received over sd_notify".into()))
 }
@@ -354,7 +409,8 @@ fn status(sb: &Sandbox) -> Result<String, DemoError> {
 fn scrape(port: u16) -> Result<String, DemoError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| fail("scrape", e))?;
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| fail("scrape", e))?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .map_err(|e| fail("scrape", e))?;
         let mut body = String::new();

@@ -31,7 +31,9 @@ pub enum DriverError {
     #[error(transparent)]
     Options(#[from] OptionsError),
     /// The volume belongs to another node (local PV affinity, enforced on the node).
-    #[error("volume {volume} belongs to node {wanted}, this is node {this}; refusing to mount it here")]
+    #[error(
+        "volume {volume} belongs to node {wanted}, this is node {this}; refusing to mount it here"
+    )]
     WrongNode {
         /// Volume.
         volume: String,
@@ -77,7 +79,12 @@ pub trait Driver: Send + Sync {
     /// Validates options and derives the volume.
     fn volume(&self, node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError>;
     /// Makes the device appear on this node. Idempotent.
-    fn attach(&self, _host: &Host, _spec: &VolumeSpec, _opts: &VolumeOptions) -> Result<(), DriverError> {
+    fn attach(
+        &self,
+        _host: &Host,
+        _spec: &VolumeSpec,
+        _opts: &VolumeOptions,
+    ) -> Result<(), DriverError> {
         Ok(())
     }
     /// Makes the device go away. Idempotent; gets only the persisted record (no secrets).
@@ -119,7 +126,13 @@ impl Drivers {
 pub fn volume_key(driver: &str, identity: &str) -> String {
     let mut readable: String = identity
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     readable = readable.trim_matches('_').chars().take(60).collect();
     let digest = Sha256::digest(format!("{driver}\0{identity}").as_bytes());

@@ -56,7 +56,9 @@ pub enum Error {
     },
     /// A different filesystem than the one moor staged before: the device path now points
     /// at another disk.
-    #[error("volume {volume}: {device} now holds filesystem UUID {found}, but moor staged UUID {known} before; refusing to mount a different disk")]
+    #[error(
+        "volume {volume}: {device} now holds filesystem UUID {found}, but moor staged UUID {known} before; refusing to mount a different disk"
+    )]
     DeviceChanged {
         /// Volume key.
         volume: String,

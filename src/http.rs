@@ -22,7 +22,10 @@ pub struct HttpState {
 
 async fn metrics(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
 }
@@ -40,7 +43,10 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> (StatusCode, &'static str) {
 }
 
 /// Binds `addr` and serves until the task is dropped. Returns the bound address.
-pub async fn serve(addr: SocketAddr, state: Arc<HttpState>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<HttpState>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new()

@@ -124,18 +124,22 @@ struct State {
 
 impl State {
     fn put_publish(&mut self, p: PublishRecord) {
-        self.users.entry(p.key.clone()).or_default().insert(p.target.clone());
+        self.users
+            .entry(p.key.clone())
+            .or_default()
+            .insert(p.target.clone());
         self.publishes.insert(p.target.clone(), p);
     }
 
     fn drop_publish(&mut self, target: &Path) {
         if let Some(p) = self.publishes.remove(target)
-            && let Some(u) = self.users.get_mut(&p.key) {
-                u.remove(target);
-                if u.is_empty() {
-                    self.users.remove(&p.key);
-                }
+            && let Some(u) = self.users.get_mut(&p.key)
+        {
+            u.remove(target);
+            if u.is_empty() {
+                self.users.remove(&p.key);
             }
+        }
     }
 
     fn user_count(&self, key: &str) -> usize {
@@ -155,7 +159,13 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// A lifecycle with an empty in-memory state (call [`Lifecycle::reconstruct`] next).
-    pub fn new(host: Host, journal: Journal, drivers: Drivers, node_name: String, timeouts: Timeouts) -> Self {
+    pub fn new(
+        host: Host,
+        journal: Journal,
+        drivers: Drivers,
+        node_name: String,
+        timeouts: Timeouts,
+    ) -> Self {
         let node = NodeContext {
             node_name,
             kubelet_dir: host.paths.kubelet_dir.clone(),
@@ -200,7 +210,10 @@ impl Lifecycle {
         options: &std::collections::BTreeMap<String, String>,
     ) -> Result<MountPlan, Error> {
         let driver = self.driver(driver)?;
-        let target = self.host.paths.pod_volume_dir(target, Some(driver.name()))?;
+        let target = self
+            .host
+            .paths
+            .pod_volume_dir(target, Some(driver.name()))?;
         let opts = VolumeOptions::from_map(options)?;
         let spec = driver.volume(&self.node, &opts)?;
         Ok(MountPlan {
@@ -243,20 +256,24 @@ impl Lifecycle {
         let stage = self.stage(plan)?;
         if let Err(e) = self.publish(plan, &stage) {
             if self.state().user_count(&plan.spec.key) == 0
-                && let Err(u) = self.unstage(&plan.spec.key) {
-                    tracing::error!(volume = %plan.spec.key, error = %u, "rollback of the stage failed");
-                }
+                && let Err(u) = self.unstage(&plan.spec.key)
+            {
+                tracing::error!(volume = %plan.spec.key, error = %u, "rollback of the stage failed");
+            }
             return Err(e);
         }
         Ok(MountOutcome::Published)
     }
 
     fn is_mount_point(&self, p: &Path) -> Result<bool, Error> {
-        self.host.mounts.is_mount_point(p).map_err(|source| Error::Io {
-            what: "statx",
-            path: p.into(),
-            source,
-        })
+        self.host
+            .mounts
+            .is_mount_point(p)
+            .map_err(|source| Error::Io {
+                what: "statx",
+                path: p.into(),
+                source,
+            })
     }
 
     fn mount_err(volume: &str) -> impl Fn(crate::host::MountError) -> Error + '_ {
@@ -276,15 +293,17 @@ impl Lifecycle {
         let stage_path = self.stage_path(plan.driver.name(), key);
         let previous = self.state().stages.get(key).cloned();
         if let Some(rec) = &previous
-            && rec.phase == StagePhase::Staged && self.is_mount_point(&stage_path)? {
-                if rec.source != plan.spec.source {
-                    return Err(Error::TargetBusy {
-                        target: stage_path,
-                        detail: "volume key already staged from another source".into(),
-                    });
-                }
-                return self.upgrade_to_rw(rec, &stage_path, &plan.opts);
+            && rec.phase == StagePhase::Staged
+            && self.is_mount_point(&stage_path)?
+        {
+            if rec.source != plan.spec.source {
+                return Err(Error::TargetBusy {
+                    target: stage_path,
+                    detail: "volume key already staged from another source".into(),
+                });
             }
+            return self.upgrade_to_rw(rec, &stage_path, &plan.opts);
+        }
         let is_block = matches!(plan.spec.source, StageSource::Block { .. });
         let mut rec = StageRecord {
             key: key.into(),
@@ -316,7 +335,12 @@ impl Lifecycle {
         }
     }
 
-    fn stage_steps(&self, plan: &MountPlan, stage_path: &Path, rec: &mut StageRecord) -> Result<(), Error> {
+    fn stage_steps(
+        &self,
+        plan: &MountPlan,
+        stage_path: &Path,
+        rec: &mut StageRecord,
+    ) -> Result<(), Error> {
         let key = plan.spec.key.as_str();
         plan.driver.attach(&self.host, &plan.spec, &plan.opts)?;
         make_dir(stage_path, 0o750)?;
@@ -346,14 +370,15 @@ impl Lifecycle {
                     },
                 )?;
                 if let (Some(known), Some(found)) = (&rec.fs_uuid, prepared.uuid())
-                    && known != found {
-                        return Err(Error::DeviceChanged {
-                            volume: key.into(),
-                            device: device.clone(),
-                            found: found.into(),
-                            known: known.clone(),
-                        });
-                    }
+                    && known != found
+                {
+                    return Err(Error::DeviceChanged {
+                        volume: key.into(),
+                        device: device.clone(),
+                        found: found.into(),
+                        known: known.clone(),
+                    });
+                }
                 if !plan.opts.read_only {
                     fs::fsck(&self.host, key, device, prepared.fs_type())?;
                 }
@@ -381,7 +406,12 @@ impl Lifecycle {
     }
 
     /// A rw publish of a volume staged ro: remount the stage rw (read-only binds stay ro).
-    fn upgrade_to_rw(&self, rec: &StageRecord, stage_path: &Path, opts: &VolumeOptions) -> Result<StageRecord, Error> {
+    fn upgrade_to_rw(
+        &self,
+        rec: &StageRecord,
+        stage_path: &Path,
+        opts: &VolumeOptions,
+    ) -> Result<StageRecord, Error> {
         if !rec.read_only || opts.read_only {
             return Ok(rec.clone());
         }
@@ -396,13 +426,23 @@ impl Lifecycle {
         Ok(rec)
     }
 
-    fn rollback_stage(&self, plan: &MountPlan, stage_path: &Path, rec: &StageRecord, previous: Option<StageRecord>) {
+    fn rollback_stage(
+        &self,
+        plan: &MountPlan,
+        stage_path: &Path,
+        rec: &StageRecord,
+        previous: Option<StageRecord>,
+    ) {
         let key = plan.spec.key.as_str();
         if self.is_mount_point(stage_path).unwrap_or(false)
-            && let Err(e) = self.host.mounter.unmount(stage_path, false, self.timeouts.unmount) {
-                tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
-                return;
-            }
+            && let Err(e) = self
+                .host
+                .mounter
+                .unmount(stage_path, false, self.timeouts.unmount)
+        {
+            tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
+            return;
+        }
         remove_empty_dir(stage_path);
         if let Err(e) = plan.driver.detach(&self.host, rec) {
             tracing::error!(volume = key, error = %e, "rollback: detach failed; record kept");
@@ -471,7 +511,10 @@ impl Lifecycle {
         };
         if let Err(e) = steps() {
             if self.is_mount_point(target).unwrap_or(false) {
-                let _ = self.host.mounter.unmount(target, false, self.timeouts.unmount);
+                let _ = self
+                    .host
+                    .mounter
+                    .unmount(target, false, self.timeouts.unmount);
             }
             let _ = self.journal.remove_publish(target);
             self.state().drop_publish(target);
@@ -487,19 +530,33 @@ impl Lifecycle {
 
     /// Unmounts `target` only if it is a bind of the stage (same device); refuses otherwise.
     fn unmount_if_ours(&self, target: &Path, stage_path: &Path, key: &str) -> Result<(), Error> {
-        let t = self.host.mounts.path_mount(target).map_err(|source| Error::Io {
-            what: "statx",
-            path: target.into(),
-            source,
-        })?;
+        let t = self
+            .host
+            .mounts
+            .path_mount(target)
+            .map_err(|source| Error::Io {
+                what: "statx",
+                path: target.into(),
+                source,
+            })?;
         if let Ok(s) = self.host.mounts.path_mount(stage_path)
-            && s.is_mount_root && s.dev != t.dev {
-                return Err(Error::NotOwned { target: target.into() });
-            }
+            && s.is_mount_root
+            && s.dev != t.dev
+        {
+            return Err(Error::NotOwned {
+                target: target.into(),
+            });
+        }
         self.host
             .mounter
             .unmount(target, false, self.timeouts.unmount)
-            .or_else(|e| if e.errno() == Some(Errno::EINVAL) { Ok(()) } else { Err(e) })
+            .or_else(|e| {
+                if e.errno() == Some(Errno::EINVAL) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(Self::mount_err(key))
     }
 
@@ -571,7 +628,13 @@ impl Lifecycle {
             problems: loaded
                 .problems
                 .iter()
-                .map(|p| format!("unreadable record set aside at {}: {}", p.path.display(), p.error))
+                .map(|p| {
+                    format!(
+                        "unreadable record set aside at {}: {}",
+                        p.path.display(),
+                        p.error
+                    )
+                })
                 .collect(),
             ..Reconstruction::default()
         };
@@ -609,7 +672,14 @@ impl Lifecycle {
                 // The bind vanished under a live record (someone unmounted it): restore it
                 // if the pod directory and the stage are still there.
                 let stage_ok = self.is_mount_point(&stage_path).unwrap_or(false);
-                if stage_ok && p.target.is_dir() && self.host.mounter.bind(&stage_path, &p.target, p.read_only).is_ok() {
+                if stage_ok
+                    && p.target.is_dir()
+                    && self
+                        .host
+                        .mounter
+                        .bind(&stage_path, &p.target, p.read_only)
+                        .is_ok()
+                {
                     report.healed += 1;
                 } else {
                     self.forget_publish(&p.target, report, "its bind is gone");
@@ -617,13 +687,14 @@ impl Lifecycle {
             }
             PublishPhase::Publishing | PublishPhase::Unpublishing => {
                 // kubelet never got Success for a Publishing record: undo it, kubelet retries.
-                if mounted
-                    && let Err(e) = self.unmount_if_ours(&p.target, &stage_path, &p.key) {
-                        report.problems.push(format!("{}: cannot undo: {e}", p.target.display()));
-                        p.phase = PublishPhase::Unpublishing;
-                        let _ = self.journal.put_publish(&p);
-                        return;
-                    }
+                if mounted && let Err(e) = self.unmount_if_ours(&p.target, &stage_path, &p.key) {
+                    report
+                        .problems
+                        .push(format!("{}: cannot undo: {e}", p.target.display()));
+                    p.phase = PublishPhase::Unpublishing;
+                    let _ = self.journal.put_publish(&p);
+                    return;
+                }
                 if p.phase == PublishPhase::Publishing {
                     report.rolled_back_publishes += 1;
                 } else {
@@ -672,7 +743,9 @@ impl Lifecycle {
                 match self.unstage(&s.key) {
                     Ok(()) if phase == StagePhase::Unstaging => report.finished += 1,
                     Ok(()) => report.rolled_back_stages += 1,
-                    Err(e) => report.problems.push(format!("volume {}: cannot unstage: {e}", s.key)),
+                    Err(e) => report
+                        .problems
+                        .push(format!("volume {}: cannot unstage: {e}", s.key)),
                 }
             }
         }
@@ -684,25 +757,41 @@ impl Lifecycle {
         let table = match self.host.mounts.snapshot() {
             Ok(t) => t,
             Err(e) => {
-                report.problems.push(format!("cannot read the mount table: {e}"));
+                report
+                    .problems
+                    .push(format!("cannot read the mount table: {e}"));
                 return;
             }
         };
         let stage_root = self.host.paths.stage_root();
         let pods_root = self.host.paths.kubelet_dir.join("pods");
         let mut stages = Vec::new();
-        for m in table.iter().filter(|m| m.mount_point.starts_with(&stage_root)) {
-            let Ok(rel) = m.mount_point.strip_prefix(&stage_root) else { continue };
-            let parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
-            let [driver, key] = parts.as_slice() else { continue };
+        for m in table
+            .iter()
+            .filter(|m| m.mount_point.starts_with(&stage_root))
+        {
+            let Ok(rel) = m.mount_point.strip_prefix(&stage_root) else {
+                continue;
+            };
+            let parts: Vec<String> = rel
+                .iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect();
+            let [driver, key] = parts.as_slice() else {
+                continue;
+            };
             stages.push((m, driver.clone(), key.clone()));
             if self.state().stages.contains_key(key) || self.drivers.get(driver).is_none() {
                 continue;
             }
             let source = if m.source.starts_with("/dev/") {
-                StageSource::Block { device: m.source.clone().into() }
+                StageSource::Block {
+                    device: m.source.clone().into(),
+                }
             } else {
-                StageSource::Directory { path: m.root.clone() }
+                StageSource::Directory {
+                    path: m.root.clone(),
+                }
             };
             let rec = StageRecord {
                 key: key.clone(),
@@ -720,17 +809,23 @@ impl Lifecycle {
                 report.adopted += 1;
             }
         }
-        for m in table.iter().filter(|m| m.mount_point.starts_with(&pods_root)) {
+        for m in table
+            .iter()
+            .filter(|m| m.mount_point.starts_with(&pods_root))
+        {
             if self.state().publishes.contains_key(&m.mount_point) {
                 continue;
             }
-            let Ok(dir) = self.host.paths.pod_volume_dir(&m.mount_point.to_string_lossy(), None) else {
+            let Ok(dir) = self
+                .host
+                .paths
+                .pod_volume_dir(&m.mount_point.to_string_lossy(), None)
+            else {
                 continue;
             };
-            let Some((_, driver, key)) = stages
-                .iter()
-                .find(|(s, d, _)| (s.major, s.minor) == (m.major, m.minor) && s.root == m.root && *d == dir.driver)
-            else {
+            let Some((_, driver, key)) = stages.iter().find(|(s, d, _)| {
+                (s.major, s.minor) == (m.major, m.minor) && s.root == m.root && *d == dir.driver
+            }) else {
                 continue;
             };
             let rec = PublishRecord {
@@ -774,7 +869,9 @@ impl Lifecycle {
                     tracing::warn!(volume = %p.key, target = %p.target.display(), "bind had vanished; restored");
                     healed += 1;
                 }
-                Err(e) => tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "cannot restore bind"),
+                Err(e) => {
+                    tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "cannot restore bind")
+                }
             }
         }
         healed
@@ -812,7 +909,10 @@ impl Lifecycle {
             .values()
             .map(|s| {
                 let (device, source) = match &s.source {
-                    StageSource::Block { device } => (Some(device.display().to_string()), device.display().to_string()),
+                    StageSource::Block { device } => (
+                        Some(device.display().to_string()),
+                        device.display().to_string(),
+                    ),
                     StageSource::Directory { path } => (None, path.display().to_string()),
                 };
                 let pods = st

@@ -60,7 +60,12 @@ fn op_histogram() -> Histogram {
 type GaugeU = Gauge<u64, AtomicU64>;
 
 /// (name, help, family, unit) of one per-volume statistic.
-type StatSpec<'a> = (&'a str, &'a str, &'a Family<VolumeLabels, GaugeU>, Option<Unit>);
+type StatSpec<'a> = (
+    &'a str,
+    &'a str,
+    &'a Family<VolumeLabels, GaugeU>,
+    Option<Unit>,
+);
 
 /// Every metric moor exports.
 pub struct Metrics {
@@ -132,27 +137,84 @@ impl Metrics {
             inodes_used: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("operations", "Volume operations handled, by driver and operation", m.operations.clone());
-        registry.register("operation_errors", "Failed volume operations, by reason", m.errors.clone());
+        registry.register(
+            "operations",
+            "Volume operations handled, by driver and operation",
+            m.operations.clone(),
+        );
+        registry.register(
+            "operation_errors",
+            "Failed volume operations, by reason",
+            m.errors.clone(),
+        );
         registry.register_with_unit(
             "operation_duration",
             "Volume operation latency, by driver and operation",
             Unit::Seconds,
             m.duration.clone(),
         );
-        registry.register("operations_in_flight", "Volume operations in progress", m.in_flight.clone());
-        registry.register("staged_volumes", "Volumes staged on this node", m.staged_volumes.clone());
-        registry.register("published_volumes", "Pod volume directories published", m.published_volumes.clone());
-        registry.register("reconstruction", "Start-up reconstruction outcomes", m.reconstruction.clone());
-        registry.register("reconcile_runs", "Reconciler passes", m.reconcile_runs.clone());
-        registry.register("healed_publishes", "Pod binds found missing and restored", m.healed_publishes.clone());
+        registry.register(
+            "operations_in_flight",
+            "Volume operations in progress",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "staged_volumes",
+            "Volumes staged on this node",
+            m.staged_volumes.clone(),
+        );
+        registry.register(
+            "published_volumes",
+            "Pod volume directories published",
+            m.published_volumes.clone(),
+        );
+        registry.register(
+            "reconstruction",
+            "Start-up reconstruction outcomes",
+            m.reconstruction.clone(),
+        );
+        registry.register(
+            "reconcile_runs",
+            "Reconciler passes",
+            m.reconcile_runs.clone(),
+        );
+        registry.register(
+            "healed_publishes",
+            "Pod binds found missing and restored",
+            m.healed_publishes.clone(),
+        );
         let stats: [StatSpec<'_>; 6] = [
-            ("volume_stats_capacity", "Volume capacity", &m.capacity_bytes, Some(Unit::Bytes)),
-            ("volume_stats_available", "Volume bytes available to the pod", &m.available_bytes, Some(Unit::Bytes)),
-            ("volume_stats_used", "Volume bytes used", &m.used_bytes, Some(Unit::Bytes)),
+            (
+                "volume_stats_capacity",
+                "Volume capacity",
+                &m.capacity_bytes,
+                Some(Unit::Bytes),
+            ),
+            (
+                "volume_stats_available",
+                "Volume bytes available to the pod",
+                &m.available_bytes,
+                Some(Unit::Bytes),
+            ),
+            (
+                "volume_stats_used",
+                "Volume bytes used",
+                &m.used_bytes,
+                Some(Unit::Bytes),
+            ),
             ("volume_stats_inodes", "Volume inodes", &m.inodes, None),
-            ("volume_stats_inodes_free", "Volume free inodes", &m.inodes_free, None),
-            ("volume_stats_inodes_used", "Volume used inodes", &m.inodes_used, None),
+            (
+                "volume_stats_inodes_free",
+                "Volume free inodes",
+                &m.inodes_free,
+                None,
+            ),
+            (
+                "volume_stats_inodes_used",
+                "Volume used inodes",
+                &m.inodes_used,
+                None,
+            ),
         ];
         for (name, help, fam, unit) in stats {
             match unit {
@@ -214,7 +276,11 @@ mod tests {
         m.observe("local", "mount", 0.002, None);
         m.observe("local", "mount", 0.5, Some("signature_present"));
         m.capacity_bytes
-            .get_or_create(&VolumeLabels { namespace: "ns".into(), volume: "pv1".into(), driver: "local".into() })
+            .get_or_create(&VolumeLabels {
+                namespace: "ns".into(),
+                volume: "pv1".into(),
+                driver: "local".into(),
+            })
             .set(1 << 30);
         let text = m.encode();
         for want in [

@@ -22,7 +22,11 @@ pub const POINTS: &[&str] = &[
 
 /// Pauses forever at `point` when the test environment asks for it.
 pub fn pause_point(point: &str) {
-    let want = PAUSE_AT.get_or_init(|| std::env::var("MOOR_TEST_PAUSE_AT").ok().filter(|s| !s.is_empty()));
+    let want = PAUSE_AT.get_or_init(|| {
+        std::env::var("MOOR_TEST_PAUSE_AT")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
     if want.as_deref() != Some(point) {
         return;
     }

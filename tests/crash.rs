@@ -20,7 +20,10 @@ fn kill_at(d: &mut Daemon, point: &str, args: &[String]) -> serde_json::Value {
     d.stop();
     d.extra_env = vec![
         ("MOOR_TEST_PAUSE_AT".into(), point.into()),
-        ("MOOR_TEST_PAUSE_MARKER".into(), marker.display().to_string()),
+        (
+            "MOOR_TEST_PAUSE_MARKER".into(),
+            marker.display().to_string(),
+        ),
     ];
     d.spawn();
     let call = Command::new(d.driver_link())
@@ -32,13 +35,18 @@ fn kill_at(d: &mut Daemon, point: &str, args: &[String]) -> serde_json::Value {
         .expect("front end");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !marker.exists() {
-        assert!(Instant::now() < deadline, "daemon never reached {point}; log:\n{}", d.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "daemon never reached {point}; log:\n{}",
+            d.log_text()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     d.kill9();
     let out = call.wait_with_output().unwrap();
     assert!(out.stderr.is_empty());
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object even when the daemon dies");
+    let reply: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object even when the daemon dies");
     d.extra_env.clear();
     d.spawn();
     reply
@@ -64,7 +72,10 @@ fn assert_whole(d: &Daemon, pod: &str) -> bool {
     let published = is_mounted(&dir);
     let records = count_records(d);
     if published {
-        assert!(dir.join("lost+found").exists(), "published but the filesystem is not visible");
+        assert!(
+            dir.join("lost+found").exists(),
+            "published but the filesystem is not visible"
+        );
         assert!(records.1 >= 1, "published without a publish record");
     } else {
         assert!(
@@ -72,18 +83,36 @@ fn assert_whole(d: &Daemon, pod: &str) -> bool {
             "not published, yet mounts remain: {:?}",
             mounts_under(&d.kubelet_dir())
         );
-        assert_eq!(records.1, 0, "no publish record may survive a rolled-back mount");
+        assert_eq!(
+            records.1, 0,
+            "no publish record may survive a rolled-back mount"
+        );
     }
     published
 }
 
 fn count_records(d: &Daemon) -> (usize, usize) {
-    let n = |p: &Path| std::fs::read_dir(p).map(|r| r.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count()).unwrap_or(0);
-    (n(&d.state_dir().join("stage")), n(&d.run_dir().join("publish")))
+    let n = |p: &Path| {
+        std::fs::read_dir(p)
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    (
+        n(&d.state_dir().join("stage")),
+        n(&d.run_dir().join("publish")),
+    )
 }
 
 fn assert_clean(d: &Daemon) {
-    assert!(mounts_under(d.root.path()).is_empty(), "leaked mounts: {:?}", mounts_under(d.root.path()));
+    assert!(
+        mounts_under(d.root.path()).is_empty(),
+        "leaked mounts: {:?}",
+        mounts_under(d.root.path())
+    );
     assert_eq!(count_records(d), (0, 0), "records left behind");
 }
 
@@ -91,12 +120,23 @@ fn assert_clean(d: &Daemon) {
 fn sigkill_during_mount_converges() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
-    for point in ["stage:intent", "stage:mounted", "publish:intent", "publish:bound"] {
+    for point in [
+        "stage:intent",
+        "stage:mounted",
+        "publish:intent",
+        "publish:bound",
+    ] {
         let mut d = Daemon::start();
         let args = mount_args(&d, "pod1", dev.path_str());
         let reply = kill_at(&mut d, point, &args);
-        assert_eq!(reply["status"], "Failure", "{point}: kubelet must not see Success from a killed daemon");
-        assert!(!assert_whole(&d, "pod1"), "{point}: a mount kubelet never saw succeed is rolled back");
+        assert_eq!(
+            reply["status"], "Failure",
+            "{point}: kubelet must not see Success from a killed daemon"
+        );
+        assert!(
+            !assert_whole(&d, "pod1"),
+            "{point}: a mount kubelet never saw succeed is rolled back"
+        );
         // kubelet retries the mount, then later unmounts: both converge.
         d.mount("pod1", "vol", opts(dev.path_str())).assert_ok();
         assert!(assert_whole(&d, "pod1"));
@@ -109,7 +149,12 @@ fn sigkill_during_mount_converges() {
 fn sigkill_during_unmount_converges() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
-    for point in ["unpublish:intent", "unpublish:unmounted", "unstage:intent", "unstage:unmounted"] {
+    for point in [
+        "unpublish:intent",
+        "unpublish:unmounted",
+        "unstage:intent",
+        "unstage:unmounted",
+    ] {
         let mut d = Daemon::start();
         d.mount("pod1", "vol", opts(dev.path_str())).assert_ok();
         std::fs::write(d.pod_dir("pod1", "vol").join("data"), point).unwrap();
@@ -118,14 +163,20 @@ fn sigkill_during_unmount_converges() {
         assert_eq!(reply["status"], "Failure", "{point}");
         let still = assert_whole(&d, "pod1");
         if still {
-            assert_eq!(std::fs::read_to_string(d.pod_dir("pod1", "vol").join("data")).unwrap(), point);
+            assert_eq!(
+                std::fs::read_to_string(d.pod_dir("pod1", "vol").join("data")).unwrap(),
+                point
+            );
         }
         // kubelet retries the unmount: Success, and nothing is left.
         d.unmount("pod1", "vol").assert_ok();
         assert_clean(&d);
         // The data survived the crash: mount again and read it.
         d.mount("pod1", "vol", opts(dev.path_str())).assert_ok();
-        assert_eq!(std::fs::read_to_string(d.pod_dir("pod1", "vol").join("data")).unwrap(), point);
+        assert_eq!(
+            std::fs::read_to_string(d.pod_dir("pod1", "vol").join("data")).unwrap(),
+            point
+        );
         d.unmount("pod1", "vol").assert_ok();
         assert_clean(&d);
     }
@@ -137,7 +188,12 @@ fn a_restart_keeps_volumes_and_kubelet_only_calls_init() {
     let dev = LoopDev::new(64);
     let mut d = Daemon::start();
     d.mount("pod1", "vol", opts(dev.path_str())).assert_ok();
-    d.mount("pod2", "vol", json!({"path": dev.path_str(), "kubernetes.io/readwrite": "ro"})).assert_ok();
+    d.mount(
+        "pod2",
+        "vol",
+        json!({"path": dev.path_str(), "kubernetes.io/readwrite": "ro"}),
+    )
+    .assert_ok();
     std::fs::write(d.pod_dir("pod1", "vol").join("f"), "x").unwrap();
     // Both a crash and a clean restart leave the volumes in place.
     d.kill9();
@@ -169,7 +225,11 @@ fn front_end_answers_json_when_the_daemon_is_down() {
     std::fs::create_dir_all(&dir).unwrap();
     let r = d.flex(&["mount", dir.to_str().unwrap(), r#"{"path":"/tmp"}"#]);
     assert_eq!(r.status(), "Failure");
-    assert!(r.message().starts_with("daemon_unreachable:"), "{}", r.message());
+    assert!(
+        r.message().starts_with("daemon_unreachable:"),
+        "{}",
+        r.message()
+    );
     let r = d.flex(&["unmount", dir.to_str().unwrap()]);
     assert_eq!(r.status(), "Failure");
     assert_eq!(r.code, Some(1));

@@ -15,8 +15,8 @@
 mod common;
 
 use common::host::{
-    MARKER, MARKER_TEXT, RAW_MARKER_OFFSET, Signature, all_signatures, assert_failure, device_with, digest, kernel_has,
-    mount_entries_at, probe, read_at, with_mounted, write_at,
+    MARKER, MARKER_TEXT, RAW_MARKER_OFFSET, Signature, all_signatures, assert_failure, device_with,
+    digest, kernel_has, mount_entries_at, probe, read_at, with_mounted, write_at,
 };
 use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox, sh};
 use serde_json::json;
@@ -62,15 +62,28 @@ fn check(sig: Signature, fs_type: &str, expect: Expect) {
             let has_marker_file = sig != Signature::Vfat;
             if has_marker_file {
                 let text = std::fs::read_to_string(pod.join(MARKER)).unwrap();
-                assert_eq!(text, MARKER_TEXT, "the existing data reads through the pod dir");
+                assert_eq!(
+                    text, MARKER_TEXT,
+                    "the existing data reads through the pod dir"
+                );
             }
             d.unmount("pod-a", "vol").assert_ok();
-            assert_eq!(d.mounts(), Vec::<std::path::PathBuf>::new(), "unmount leaves nothing mounted");
+            assert_eq!(
+                d.mounts(),
+                Vec::<std::path::PathBuf>::new(),
+                "unmount leaves nothing mounted"
+            );
             // A mount may bump the superblock's mount count: compare what identifies the
             // filesystem, and the data, rather than raw bytes.
-            assert_eq!(probe(&dev.path), signature_before, "signature or UUID changed");
+            assert_eq!(
+                probe(&dev.path),
+                signature_before,
+                "signature or UUID changed"
+            );
             if has_marker_file {
-                let text = with_mounted(&dev.path, fs, true, |root| std::fs::read_to_string(root.join(MARKER)).unwrap());
+                let text = with_mounted(&dev.path, fs, true, |root| {
+                    std::fs::read_to_string(root.join(MARKER)).unwrap()
+                });
                 assert_eq!(text, MARKER_TEXT);
             }
         }
@@ -82,12 +95,20 @@ fn check(sig: Signature, fs_type: &str, expect: Expect) {
                 _ => &[found],
             };
             assert_failure(&r, reason, words);
-            assert_eq!(digest(&dev.path), bytes_before, "the device's bytes changed");
+            assert_eq!(
+                digest(&dev.path),
+                bytes_before,
+                "the device's bytes changed"
+            );
             d.assert_nothing_left("pod-a", "vol");
         }
         MountedIfKernelHas(_) => unreachable!(),
     }
-    assert_eq!(d.mkfs_commands(), Vec::<String>::new(), "mkfs ran on a device that was not blank");
+    assert_eq!(
+        d.mkfs_commands(),
+        Vec::<String>::new(),
+        "mkfs ran on a device that was not blank"
+    );
 }
 
 macro_rules! matrix {
@@ -164,25 +185,40 @@ mod matrix {
 fn formatted_once(fs_type: &str, created: &str, size_mib: u64) {
     require_privileged_sandbox();
     let dev = LoopDev::new(size_mib);
-    assert!(probe(&dev.path).is_empty(), "test setup: the device must be blank");
+    assert!(
+        probe(&dev.path).is_empty(),
+        "test setup: the device must be blank"
+    );
     let mut d = Daemon::start();
     let opts = json!({"path": dev.path_str(), "kubernetes.io/fsType": fs_type});
 
     d.mount("pod-a", "vol", opts.clone()).assert_ok();
     let sig = probe(&dev.path);
-    assert_eq!(sig.get("TYPE").map(String::as_str), Some(created), "{sig:?}");
+    assert_eq!(
+        sig.get("TYPE").map(String::as_str),
+        Some(created),
+        "{sig:?}"
+    );
     let uuid = sig["UUID"].clone();
     std::fs::write(d.pod_dir("pod-a", "vol").join("written-by-pod-a"), "hello").unwrap();
     d.unmount("pod-a", "vol").assert_ok();
     assert_eq!(d.mounts(), Vec::<std::path::PathBuf>::new());
-    assert_eq!(probe(&dev.path).get("UUID"), Some(&uuid), "UUID changed after unmount");
+    assert_eq!(
+        probe(&dev.path).get("UUID"),
+        Some(&uuid),
+        "UUID changed after unmount"
+    );
 
     d.stop();
     d.spawn();
     d.mount("pod-b", "vol", opts).assert_ok();
     let back = std::fs::read_to_string(d.pod_dir("pod-b", "vol").join("written-by-pod-a")).unwrap();
     assert_eq!(back, "hello", "data did not survive unmount + remount");
-    assert_eq!(probe(&dev.path).get("UUID"), Some(&uuid), "the device was formatted again");
+    assert_eq!(
+        probe(&dev.path).get("UUID"),
+        Some(&uuid),
+        "the device was formatted again"
+    );
     let mkfs = d.mkfs_commands();
     assert_eq!(mkfs.len(), 1, "formatted exactly once: {mkfs:?}");
     assert!(mkfs[0].starts_with(&format!("mkfs.{created} ")), "{mkfs:?}");
@@ -218,10 +254,18 @@ mod blank {
         require_privileged_sandbox();
         let dev = LoopDev::new(64);
         let d = Daemon::start();
-        let r = d.mount("pod-a", "vol", json!({"path": dev.path_str(), "kubernetes.io/readwrite": "ro"}));
+        let r = d.mount(
+            "pod-a",
+            "vol",
+            json!({"path": dev.path_str(), "kubernetes.io/readwrite": "ro"}),
+        );
         assert_failure(&r, "blank_read_only", &[dev.path_str()]);
         assert!(probe(&dev.path).is_empty(), "the device is no longer blank");
-        assert_eq!(all_signatures(&dev.path), "", "the device is no longer blank");
+        assert_eq!(
+            all_signatures(&dev.path),
+            "",
+            "the device is no longer blank"
+        );
         d.assert_nothing_left("pod-a", "vol");
         assert_eq!(d.mkfs_commands(), Vec::<String>::new());
     }
@@ -231,7 +275,11 @@ mod blank {
         require_privileged_sandbox();
         let dev = LoopDev::new(64);
         let d = Daemon::start();
-        let r = d.mount("pod-a", "vol", json!({"path": dev.path_str(), "kubernetes.io/fsType": "vfat"}));
+        let r = d.mount(
+            "pod-a",
+            "vol",
+            json!({"path": dev.path_str(), "kubernetes.io/fsType": "vfat"}),
+        );
         assert_failure(&r, "unsupported_fs_type", &["vfat"]);
         assert!(probe(&dev.path).is_empty());
         d.assert_nothing_left("pod-a", "vol");
@@ -247,7 +295,11 @@ mod blank {
         let d = Daemon::start();
         let r = d.mount("pod-a", "vol", json!({"path": dev.path_str()}));
         assert_eq!(r.status(), "Failure", "{}", r.json);
-        assert_eq!(d.mkfs_commands(), Vec::<String>::new(), "mkfs ran on a device that could not be read");
+        assert_eq!(
+            d.mkfs_commands(),
+            Vec::<String>::new(),
+            "mkfs ran on a device that could not be read"
+        );
         assert_failure(&r, "device_unreadable", &[dev.path_str()]);
         d.assert_nothing_left("pod-a", "vol");
     }
@@ -265,11 +317,22 @@ mod hidden_data {
         require_privileged_sandbox();
         let dev = device_with(Signature::Ext4);
         write_at(&dev.path, 1024, &[0; 1024]);
-        assert!(probe(&dev.path).is_empty(), "test setup: blkid should see nothing");
+        assert!(
+            probe(&dev.path).is_empty(),
+            "test setup: blkid should see nothing"
+        );
         let before = digest(&dev.path);
         let d = Daemon::start();
-        let r = d.mount("pod-a", "vol", json!({"path": dev.path_str(), "kubernetes.io/fsType": "ext4"}));
-        assert_eq!(d.mkfs_commands(), Vec::<String>::new(), "a recoverable ext4 was formatted");
+        let r = d.mount(
+            "pod-a",
+            "vol",
+            json!({"path": dev.path_str(), "kubernetes.io/fsType": "ext4"}),
+        );
+        assert_eq!(
+            d.mkfs_commands(),
+            Vec::<String>::new(),
+            "a recoverable ext4 was formatted"
+        );
         assert_eq!(r.status(), "Failure", "{}", r.json);
         assert_eq!(digest(&dev.path), before);
         d.assert_nothing_left("pod-a", "vol");
@@ -284,12 +347,22 @@ mod hidden_data {
         require_privileged_sandbox();
         let dev = device_with(Signature::Gpt);
         write_at(&dev.path, 0, &[0; 34 * 512]);
-        assert!(probe(&dev.path).is_empty(), "test setup: blkid should see nothing");
-        assert!(all_signatures(&dev.path).contains("gpt"), "test setup: wipefs should see the backup GPT");
+        assert!(
+            probe(&dev.path).is_empty(),
+            "test setup: blkid should see nothing"
+        );
+        assert!(
+            all_signatures(&dev.path).contains("gpt"),
+            "test setup: wipefs should see the backup GPT"
+        );
         let before = digest(&dev.path);
         let d = Daemon::start();
         let r = d.mount("pod-a", "vol", json!({"path": dev.path_str()}));
-        assert_eq!(d.mkfs_commands(), Vec::<String>::new(), "a disk with a backup GPT was formatted");
+        assert_eq!(
+            d.mkfs_commands(),
+            Vec::<String>::new(),
+            "a disk with a backup GPT was formatted"
+        );
         assert_eq!(r.status(), "Failure", "{}", r.json);
         assert_eq!(digest(&dev.path), before);
         d.assert_nothing_left("pod-a", "vol");
@@ -312,7 +385,8 @@ mod mount_failure {
         assert_eq!(probe(&dev.path), sig);
         d.assert_nothing_left("pod-a", "vol");
         // The next, correct request mounts the same data.
-        d.mount("pod-a", "vol", json!({"path": dev.path_str()})).assert_ok();
+        d.mount("pod-a", "vol", json!({"path": dev.path_str()}))
+            .assert_ok();
         let text = std::fs::read_to_string(d.pod_dir("pod-a", "vol").join(MARKER)).unwrap();
         assert_eq!(text, MARKER_TEXT);
         d.unmount("pod-a", "vol").assert_ok();
@@ -327,10 +401,14 @@ mod mount_failure {
         let d = Daemon::start();
         let bad = json!({"path": dev.path_str(), "mountOptions": "moor_no_such_option"});
         assert_failure(&d.mount("pod-a", "vol", bad.clone()), "mount_failed", &[]);
-        let uuid = probe(&dev.path).get("UUID").cloned().expect("formatted before the mount failed");
+        let uuid = probe(&dev.path)
+            .get("UUID")
+            .cloned()
+            .expect("formatted before the mount failed");
         assert_eq!(d.mounts(), Vec::<std::path::PathBuf>::new());
         assert_failure(&d.mount("pod-a", "vol", bad), "mount_failed", &[]);
-        d.mount("pod-a", "vol", json!({"path": dev.path_str()})).assert_ok();
+        d.mount("pod-a", "vol", json!({"path": dev.path_str()}))
+            .assert_ok();
         assert_eq!(probe(&dev.path).get("UUID"), Some(&uuid), "formatted again");
         assert_eq!(d.mkfs_commands().len(), 1, "{:?}", d.mkfs_commands());
         d.unmount("pod-a", "vol").assert_ok();

@@ -23,7 +23,9 @@ pub fn socket_path() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No daemon listening.
-    #[error("moor daemon is not reachable at {socket}: {source} (is `moor daemon` running? systemctl status moor)")]
+    #[error(
+        "moor daemon is not reachable at {socket}: {source} (is `moor daemon` running? systemctl status moor)"
+    )]
     Connect {
         /// Socket path.
         socket: PathBuf,
@@ -51,17 +53,25 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
         socket: socket.to_owned(),
         source,
     })?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| exchange(e.to_string()))?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| exchange(e.to_string()))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| exchange(e.to_string()))?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| exchange(e.to_string()))?;
     let mut line = serde_json::to_vec(req).map_err(|e| exchange(e.to_string()))?;
     line.push(b'\n');
-    s.write_all(&line).map_err(|e| exchange(format!("send: {e}")))?;
+    s.write_all(&line)
+        .map_err(|e| exchange(format!("send: {e}")))?;
     let mut reader = BufReader::new(s);
     let mut resp = String::new();
     match reader.read_line(&mut resp) {
         Ok(0) => Err(exchange("closed the connection without an answer".into())),
         Ok(_) => serde_json::from_str(&resp).map_err(|e| exchange(format!("bad answer: {e}"))),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
             Err(exchange(format!("no answer within {timeout:?}")))
         }
         Err(e) => Err(exchange(format!("receive: {e}"))),

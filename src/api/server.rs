@@ -14,7 +14,11 @@ use crate::flexvolume::Reply;
 const MAX_REQUEST: u64 = 1 << 20;
 
 /// Accepts connections until `stop` fires.
-pub async fn serve(listener: UnixListener, exec: Arc<Executor>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    exec: Arc<Executor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let me = nix::unistd::geteuid().as_raw();
     loop {
         tokio::select! {

@@ -76,15 +76,29 @@ impl Executor {
                 node: self.lifecycle.node_name().into(),
                 volumes: self.lifecycle.status(),
             },
-            Request::Mount { driver, target, options } => {
+            Request::Mount {
+                driver,
+                target,
+                options,
+            } => {
                 let span = tracing::info_span!("op", op = "mount", driver = %driver, target = %target,
                     pod_uid = options.get("kubernetes.io/pod.uid").map(String::as_str).unwrap_or(""),
                     volume = tracing::field::Empty);
-                self.timed("mount", &driver, self.mount(driver.clone(), target, options).instrument(span)).await
+                self.timed(
+                    "mount",
+                    &driver,
+                    self.mount(driver.clone(), target, options).instrument(span),
+                )
+                .await
             }
             Request::Unmount { driver, target } => {
                 let span = tracing::info_span!("op", op = "unmount", driver = %driver, target = %target, volume = tracing::field::Empty);
-                self.timed("unmount", &driver, self.unmount(driver.clone(), target).instrument(span)).await
+                self.timed(
+                    "unmount",
+                    &driver,
+                    self.unmount(driver.clone(), target).instrument(span),
+                )
+                .await
             }
         }
     }
@@ -123,8 +137,12 @@ impl Executor {
 
     fn refresh_counts(&self) {
         let (stages, publishes) = self.lifecycle.counts();
-        self.metrics.staged_volumes.set(i64::try_from(stages).unwrap_or(i64::MAX));
-        self.metrics.published_volumes.set(i64::try_from(publishes).unwrap_or(i64::MAX));
+        self.metrics
+            .staged_volumes
+            .set(i64::try_from(stages).unwrap_or(i64::MAX));
+        self.metrics
+            .published_volumes
+            .set(i64::try_from(publishes).unwrap_or(i64::MAX));
     }
 
     async fn mount(

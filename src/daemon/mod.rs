@@ -58,7 +58,11 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 }
 
 fn private_dir(p: &Path) -> Result<(), DaemonError> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(p).map_err(io("create", p))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .map_err(io("create", p))?;
     fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(io("chmod", p))
 }
 
@@ -84,18 +88,31 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         private_dir(parent)?;
     }
     let _lock = lock_instance(&cfg.run_dir)?;
-    let host = Host::system(HostPaths::system(cfg.kubelet_dir.clone(), cfg.state_dir.clone(), cfg.run_dir.clone()));
+    let host = Host::system(HostPaths::system(
+        cfg.kubelet_dir.clone(),
+        cfg.state_dir.clone(),
+        cfg.run_dir.clone(),
+    ));
     let journal = Journal::open(&cfg.state_dir, &cfg.run_dir)?;
     let timeouts = Timeouts {
         mount: cfg.mount_timeout,
         unmount: cfg.mount_timeout,
     };
-    let lifecycle = Arc::new(Lifecycle::new(host, journal, Drivers::builtin(), cfg.node_name.clone(), timeouts));
+    let lifecycle = Arc::new(Lifecycle::new(
+        host,
+        journal,
+        Drivers::builtin(),
+        cfg.node_name.clone(),
+        timeouts,
+    ));
     let metrics = Arc::new(Metrics::new());
     let report = lifecycle.reconstruct()?;
     for (outcome, n) in [
         ("kept", report.kept_publishes + report.kept_stages),
-        ("rolled_back", report.rolled_back_publishes + report.rolled_back_stages),
+        (
+            "rolled_back",
+            report.rolled_back_publishes + report.rolled_back_stages,
+        ),
         ("finished", report.finished),
         ("healed", report.healed),
         ("adopted", report.adopted),
@@ -104,7 +121,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     ] {
         metrics
             .reconstruction
-            .get_or_create(&ReconstructionLabels { outcome: outcome.into() })
+            .get_or_create(&ReconstructionLabels {
+                outcome: outcome.into(),
+            })
             .inc_by(n as u64);
     }
     tracing::info!(?report, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");
@@ -118,7 +137,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     rt.block_on(serve(cfg, lifecycle, metrics))
 }
 
-async fn serve(cfg: Config, lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>) -> Result<(), DaemonError> {
+async fn serve(
+    cfg: Config,
+    lifecycle: Arc<Lifecycle>,
+    metrics: Arc<Metrics>,
+) -> Result<(), DaemonError> {
     let http_state = Arc::new(HttpState {
         metrics: metrics.clone(),
         ready: Default::default(),
@@ -136,12 +159,21 @@ async fn serve(cfg: Config, lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>) ->
         Err(e) => return Err(io("remove stale", &cfg.socket)(e)),
     }
     let listener = tokio::net::UnixListener::bind(&cfg.socket).map_err(io("bind", &cfg.socket))?;
-    fs::set_permissions(&cfg.socket, fs::Permissions::from_mode(0o600)).map_err(io("chmod", &cfg.socket))?;
+    fs::set_permissions(&cfg.socket, fs::Permissions::from_mode(0o600))
+        .map_err(io("chmod", &cfg.socket))?;
 
-    let exec = Arc::new(executor::Executor::new(lifecycle.clone(), metrics.clone(), cfg.operation_timeout));
+    let exec = Arc::new(executor::Executor::new(
+        lifecycle.clone(),
+        metrics.clone(),
+        cfg.operation_timeout,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(crate::api::server::serve(listener, exec.clone(), stop_rx));
-    let reconciler = tokio::spawn(reconciler::run(lifecycle.clone(), metrics.clone(), cfg.reconcile_interval));
+    let reconciler = tokio::spawn(reconciler::run(
+        lifecycle.clone(),
+        metrics.clone(),
+        cfg.reconcile_interval,
+    ));
     http_state.ready.store(true, Ordering::Relaxed);
     tracing::info!(socket = %cfg.socket.display(), kubelet_dir = %cfg.kubelet_dir.display(), "moor daemon ready");
     if let Err(e) = notify::notify("READY=1\nSTATUS=serving") {
@@ -155,7 +187,9 @@ async fn serve(cfg: Config, lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>) ->
     let _ = server.await;
     reconciler.abort();
     if !exec.drain(DRAIN_LIMIT).await {
-        tracing::warn!("operations still running at shutdown; their journal intents finish them on restart");
+        tracing::warn!(
+            "operations still running at shutdown; their journal intents finish them on restart"
+        );
     }
     let _ = fs::remove_file(&cfg.socket);
     Ok(())
@@ -163,7 +197,10 @@ async fn serve(cfg: Config, lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>) ->
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stopping");
         return;
     };

@@ -41,8 +41,14 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
             }
         };
         let labels = VolumeLabels {
-            namespace: first_pod.as_ref().and_then(|p| p.namespace.clone()).unwrap_or_default(),
-            volume: first_pod.as_ref().map(|p| p.volume_name.clone()).unwrap_or_else(|| stage.key.clone()),
+            namespace: first_pod
+                .as_ref()
+                .and_then(|p| p.namespace.clone())
+                .unwrap_or_default(),
+            volume: first_pod
+                .as_ref()
+                .map(|p| p.volume_name.clone())
+                .unwrap_or_else(|| stage.key.clone()),
             driver: stage.driver.clone(),
         };
         let frsize = stats.fragment_size();

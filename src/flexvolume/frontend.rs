@@ -42,9 +42,13 @@ pub fn run(driver: Option<&str>, args: &[String]) -> Reply {
         return Reply::failure("usage: <op> [args…]; ops: init, mount <dir> <json>, unmount <dir>");
     };
     if let Some(d) = driver
-        && !super::DRIVERS.contains(&d) {
-            return Reply::failure(format!("unknown driver {d} (moor serves: {})", super::DRIVERS.join(", ")));
-        }
+        && !super::DRIVERS.contains(&d)
+    {
+        return Reply::failure(format!(
+            "unknown driver {d} (moor serves: {})",
+            super::DRIVERS.join(", ")
+        ));
+    }
     match op.as_str() {
         "init" if rest.is_empty() => Reply::init(),
         "mount" => match rest {
@@ -56,7 +60,9 @@ pub fn run(driver: Option<&str>, args: &[String]) -> Reply {
             _ => Reply::failure("usage: unmount <pod-volume-dir>"),
         },
         "init" => Reply::failure("usage: init (no arguments)"),
-        o if NOT_SUPPORTED.contains(&o) => Reply::not_supported(format!("{o} is not used: moor attaches inside mount")),
+        o if NOT_SUPPORTED.contains(&o) => {
+            Reply::not_supported(format!("{o} is not used: moor attaches inside mount"))
+        }
         o => Reply::not_supported(format!("unknown operation {o}")),
     }
 }
@@ -75,9 +81,13 @@ fn driver_of(dir: &str, driver: Option<&str>) -> Result<String, String> {
         .and_then(|n| n.strip_prefix('~'))
         .filter(|d| super::DRIVERS.contains(d));
     match (found, driver) {
-        (Some(f), Some(d)) if f != d => Err(format!("bad_path: {dir} belongs to driver {f}, not {d}")),
+        (Some(f), Some(d)) if f != d => {
+            Err(format!("bad_path: {dir} belongs to driver {f}, not {d}"))
+        }
         (Some(f), _) => Ok(f.to_owned()),
-        (None, _) => Err(format!("bad_path: {dir}: not a pod volume directory …/volumes/{VENDOR}~<driver>/<name>")),
+        (None, _) => Err(format!(
+            "bad_path: {dir}: not a pod volume directory …/volumes/{VENDOR}~<driver>/<name>"
+        )),
     }
 }
 
@@ -88,7 +98,11 @@ fn mount(driver: Option<&str>, dir: &str, json: &str) -> Reply {
     };
     let options: BTreeMap<String, String> = match serde_json::from_str(json) {
         Ok(o) => o,
-        Err(e) => return Reply::failure(format!("bad_options: options are not a JSON object of strings: {e}")),
+        Err(e) => {
+            return Reply::failure(format!(
+                "bad_options: options are not a JSON object of strings: {e}"
+            ));
+        }
     };
     if let Err(e) = VolumeOptions::from_map(&options) {
         return Reply::failure(format!("bad_options: {e}"));
@@ -131,7 +145,11 @@ mod tests {
     fn every_op_gets_the_answer_kubelet_expects() {
         assert_eq!(run(Some("local"), &s(&["init"])), Reply::init());
         for op in NOT_SUPPORTED {
-            assert_eq!(run(Some("local"), &s(&[op, "{}"])).status, Status::NotSupported, "{op}");
+            assert_eq!(
+                run(Some("local"), &s(&[op, "{}"])).status,
+                Status::NotSupported,
+                "{op}"
+            );
         }
         assert_eq!(run(None, &s(&["frobnicate"])).status, Status::NotSupported);
         assert_eq!(run(None, &s(&[])).status, Status::Failure);
@@ -146,11 +164,27 @@ mod tests {
         let dir = "/var/lib/kubelet/pods/u/volumes/moor~local/v";
         let r = run(Some("local"), &s(&["mount", dir, "{not json"]));
         assert!(r.message.unwrap().starts_with("bad_options:"));
-        let r = run(Some("local"), &s(&["mount", dir, r#"{"kubernetes.io/readwrite":"x"}"#]));
+        let r = run(
+            Some("local"),
+            &s(&["mount", dir, r#"{"kubernetes.io/readwrite":"x"}"#]),
+        );
         assert!(r.message.unwrap().starts_with("bad_options:"));
-        let r = run(Some("local"), &s(&["mount", "/var/lib/kubelet/pods/u/volumes/moor~local/../../x", "{}"]));
+        let r = run(
+            Some("local"),
+            &s(&[
+                "mount",
+                "/var/lib/kubelet/pods/u/volumes/moor~local/../../x",
+                "{}",
+            ]),
+        );
         assert!(r.message.unwrap().starts_with("bad_path:"));
-        let r = run(Some("local"), &s(&["unmount", "/var/lib/kubelet/pods/u/volumes/kubernetes.io~nfs/v"]));
+        let r = run(
+            Some("local"),
+            &s(&[
+                "unmount",
+                "/var/lib/kubelet/pods/u/volumes/kubernetes.io~nfs/v",
+            ]),
+        );
         assert!(r.message.unwrap().starts_with("bad_path:"));
     }
 }

@@ -92,7 +92,8 @@ const K8S: &str = "kubernetes.io/";
 impl VolumeOptions {
     /// Parses kubelet's JSON argument.
     pub fn parse_json(json: &str) -> Result<Self, OptionsError> {
-        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| OptionsError::Json(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| OptionsError::Json(e.to_string()))?;
         let serde_json::Value::Object(obj) = v else {
             return Err(OptionsError::Json("expected a JSON object".into()));
         };
@@ -130,7 +131,10 @@ impl VolumeOptions {
                 "pod.name" => o.pod_name = non_empty(v),
                 "pod.namespace" => o.pod_namespace = non_empty(v),
                 "mounterArgs.FsGroup" | "fsGroup" => {
-                    o.fs_group = Some(v.parse().map_err(|_| invalid(k, v, "expected a numeric group id"))?)
+                    o.fs_group = Some(
+                        v.parse()
+                            .map_err(|_| invalid(k, v, "expected a numeric group id"))?,
+                    )
                 }
                 other => {
                     if let Some(name) = other.strip_prefix("secret/") {
@@ -214,8 +218,14 @@ mod tests {
 
     #[test]
     fn bad_input_is_named() {
-        assert!(matches!(VolumeOptions::parse_json("{"), Err(OptionsError::Json(_))));
-        assert!(matches!(VolumeOptions::parse_json("[]"), Err(OptionsError::Json(_))));
+        assert!(matches!(
+            VolumeOptions::parse_json("{"),
+            Err(OptionsError::Json(_))
+        ));
+        assert!(matches!(
+            VolumeOptions::parse_json("[]"),
+            Err(OptionsError::Json(_))
+        ));
         assert_eq!(
             VolumeOptions::parse_json(r#"{"path":3}"#).unwrap_err(),
             OptionsError::NotString { key: "path".into() }
@@ -238,6 +248,9 @@ mod tests {
     fn unknown_user_keys_are_refused() {
         let o = VolumeOptions::parse_json(r#"{"pth":"/x"}"#).unwrap();
         let e = o.check_known("local", &["path", "node"]).unwrap_err();
-        assert_eq!(e.to_string(), "unknown option pth for driver local (known: path, node)");
+        assert_eq!(
+            e.to_string(),
+            "unknown option pth for driver local (known: path, node)"
+        );
     }
 }

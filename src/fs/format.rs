@@ -94,7 +94,9 @@ pub enum FsError {
         detail: String,
     },
     /// blkid found nothing but the device could not be read.
-    #[error("volume {volume}: {device} shows no signature but cannot be read ({error}); not formatting")]
+    #[error(
+        "volume {volume}: {device} shows no signature but cannot be read ({error}); not formatting"
+    )]
     Unreadable {
         /// Volume key.
         volume: String,
@@ -114,7 +116,9 @@ pub enum FsError {
         found: String,
     },
     /// A filesystem of another type than asked.
-    #[error("volume {volume}: {device} already holds {found}, but fsType {asked} was asked; not formatting")]
+    #[error(
+        "volume {volume}: {device} already holds {found}, but fsType {asked} was asked; not formatting"
+    )]
     FsTypeMismatch {
         /// Volume key.
         volume: String,
@@ -126,7 +130,9 @@ pub enum FsError {
         asked: String,
     },
     /// Blank, but the request is read-only.
-    #[error("volume {volume}: {device} holds no filesystem and the volume is read-only; not formatting")]
+    #[error(
+        "volume {volume}: {device} holds no filesystem and the volume is read-only; not formatting"
+    )]
     BlankReadOnly {
         /// Volume key.
         volume: String,
@@ -134,7 +140,9 @@ pub enum FsError {
         device: PathBuf,
     },
     /// moor saw a filesystem on this volume before, and now sees none.
-    #[error("volume {volume}: {device} looks blank, but it held {known} before; refusing to format (check the data path)")]
+    #[error(
+        "volume {volume}: {device} looks blank, but it held {known} before; refusing to format (check the data path)"
+    )]
     KnownVolumeLooksBlank {
         /// Volume key.
         volume: String,
@@ -174,7 +182,9 @@ pub enum FsError {
         stderr: String,
     },
     /// fsck found errors it did not fix.
-    #[error("volume {volume}: `{cmdline}` found errors it could not fix (exit {code:?}): {stderr}; run fsck by hand")]
+    #[error(
+        "volume {volume}: `{cmdline}` found errors it could not fix (exit {code:?}): {stderr}; run fsck by hand"
+    )]
     FsckFailed {
         /// Volume key.
         volume: String,
@@ -210,8 +220,14 @@ impl FsError {
             FsError::Unsupported { .. } => "unsupported_fs_type",
             FsError::MkfsFailed { .. } => "mkfs_failed",
             FsError::FsckFailed { .. } => "fsck_failed",
-            FsError::Exec { source: ExecError::NotFound { .. }, .. } => "missing_binary",
-            FsError::Exec { source: ExecError::Timeout { .. }, .. } => "timeout",
+            FsError::Exec {
+                source: ExecError::NotFound { .. },
+                ..
+            } => "missing_binary",
+            FsError::Exec {
+                source: ExecError::Timeout { .. },
+                ..
+            } => "timeout",
             FsError::Exec { .. } => "exec_failed",
         }
     }
@@ -225,17 +241,23 @@ fn run_probe(host: &Host, req: &FormatRequest<'_>) -> Result<Probe, FsError> {
         volume: req.volume.into(),
         source,
     })?;
-    probe::interpret(out.code, &out.stdout_text(), &out.stderr_tail()).map_err(|e| FsError::ProbeFailed {
-        volume: req.volume.into(),
-        device: req.device.into(),
-        detail: e.to_string(),
+    probe::interpret(out.code, &out.stdout_text(), &out.stderr_tail()).map_err(|e| {
+        FsError::ProbeFailed {
+            volume: req.volume.into(),
+            device: req.device.into(),
+            detail: e.to_string(),
+        }
     })
 }
 
 /// Makes sure `req.device` carries a filesystem to mount, formatting it only when the rules
 /// in the module header all hold. The one place moor runs mkfs.
 pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepared, FsError> {
-    let asked = if req.fs_type.is_empty() { DEFAULT_FS } else { req.fs_type };
+    let asked = if req.fs_type.is_empty() {
+        DEFAULT_FS
+    } else {
+        req.fs_type
+    };
     match run_probe(host, req)? {
         Probe::Superblock { kind, uuid } => return existing(req, asked, kind, uuid),
         found @ (Probe::PartitionTable { .. } | Probe::Ambivalent) => {
@@ -301,7 +323,10 @@ pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepare
         });
     }
     match run_probe(host, req)? {
-        Probe::Superblock { kind, uuid } if kind == asked => Ok(Prepared::Formatted { fs_type: kind, uuid }),
+        Probe::Superblock { kind, uuid } if kind == asked => Ok(Prepared::Formatted {
+            fs_type: kind,
+            uuid,
+        }),
         other => Err(FsError::ProbeFailed {
             volume: req.volume.into(),
             device: req.device.into(),
@@ -310,8 +335,14 @@ pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepare
     }
 }
 
-fn existing(req: &FormatRequest<'_>, asked: &str, kind: String, uuid: Option<String>) -> Result<Prepared, FsError> {
-    let mountable = FORMATTABLE.contains(&kind.as_str()) || matches!(kind.as_str(), "vfat" | "exfat" | "ntfs" | "f2fs");
+fn existing(
+    req: &FormatRequest<'_>,
+    asked: &str,
+    kind: String,
+    uuid: Option<String>,
+) -> Result<Prepared, FsError> {
+    let mountable = FORMATTABLE.contains(&kind.as_str())
+        || matches!(kind.as_str(), "vfat" | "exfat" | "ntfs" | "f2fs");
     if !mountable {
         return Err(FsError::SignaturePresent {
             volume: req.volume.into(),
@@ -319,7 +350,8 @@ fn existing(req: &FormatRequest<'_>, asked: &str, kind: String, uuid: Option<Str
             found: Probe::Superblock { kind, uuid }.describe(),
         });
     }
-    let compatible = req.fs_type.is_empty() || kind == asked || (mkfs::is_ext(&kind) && mkfs::is_ext(asked));
+    let compatible =
+        req.fs_type.is_empty() || kind == asked || (mkfs::is_ext(&kind) && mkfs::is_ext(asked));
     if !compatible {
         return Err(FsError::FsTypeMismatch {
             volume: req.volume.into(),
@@ -328,7 +360,10 @@ fn existing(req: &FormatRequest<'_>, asked: &str, kind: String, uuid: Option<Str
             asked: asked.into(),
         });
     }
-    Ok(Prepared::Existing { fs_type: kind, uuid })
+    Ok(Prepared::Existing {
+        fs_type: kind,
+        uuid,
+    })
 }
 
 fn refuse_if_in_use(host: &Host, req: &FormatRequest<'_>) -> Result<(), FsError> {
@@ -342,16 +377,28 @@ fn refuse_if_in_use(host: &Host, req: &FormatRequest<'_>) -> Result<(), FsError>
         .dev_num(req.device)
         .map_err(|e| in_use(format!("cannot stat: {e}")))?
         .ok_or_else(|| in_use("not a block device".into()))?;
-    let parts = host.blockdev.partitions(dev).map_err(|e| in_use(format!("sysfs: {e}")))?;
+    let parts = host
+        .blockdev
+        .partitions(dev)
+        .map_err(|e| in_use(format!("sysfs: {e}")))?;
     if !parts.is_empty() {
         return Err(in_use(format!("partitions {}", parts.join(", "))));
     }
-    let holders = host.blockdev.holders(dev).map_err(|e| in_use(format!("sysfs: {e}")))?;
+    let holders = host
+        .blockdev
+        .holders(dev)
+        .map_err(|e| in_use(format!("sysfs: {e}")))?;
     if !holders.is_empty() {
         return Err(in_use(format!("held by {}", holders.join(", "))));
     }
-    let table = host.mounts.snapshot().map_err(|e| in_use(format!("mount table: {e}")))?;
-    if let Some(m) = table.iter().find(|m| (m.major, m.minor) == (dev.major, dev.minor)) {
+    let table = host
+        .mounts
+        .snapshot()
+        .map_err(|e| in_use(format!("mount table: {e}")))?;
+    if let Some(m) = table
+        .iter()
+        .find(|m| (m.major, m.minor) == (dev.major, dev.minor))
+    {
         return Err(in_use(format!("mounted at {}", m.mount_point.display())));
     }
     Ok(())
@@ -412,7 +459,13 @@ mod tests {
         let r = Arc::new(ScriptRunner::default());
         r.expect("blkid -p -o export /dev/fake0", 0, "TYPE=xfs\nUUID=u1\n");
         let p = ensure_filesystem(&host(r.clone()), &req("xfs", false, None)).unwrap();
-        assert_eq!(p, Prepared::Existing { fs_type: "xfs".into(), uuid: Some("u1".into()) });
+        assert_eq!(
+            p,
+            Prepared::Existing {
+                fs_type: "xfs".into(),
+                uuid: Some("u1".into())
+            }
+        );
         assert!(r.remaining().is_empty());
     }
 
@@ -422,12 +475,21 @@ mod tests {
         r.expect("blkid -p -o export /dev/fake0", 0, "TYPE=ext4\n");
         let e = ensure_filesystem(&host(r.clone()), &req("xfs", false, None)).unwrap_err();
         assert_eq!(e.reason(), "fs_type_mismatch");
-        assert!(r.calls().iter().all(|c| !c.program_name().starts_with("mkfs")));
+        assert!(
+            r.calls()
+                .iter()
+                .all(|c| !c.program_name().starts_with("mkfs"))
+        );
     }
 
     #[test]
     fn non_filesystem_signatures_are_refused() {
-        for out in ["TYPE=swap\n", "TYPE=crypto_LUKS\n", "TYPE=LVM2_member\n", "PTTYPE=dos\n"] {
+        for out in [
+            "TYPE=swap\n",
+            "TYPE=crypto_LUKS\n",
+            "TYPE=LVM2_member\n",
+            "PTTYPE=dos\n",
+        ] {
             let r = Arc::new(ScriptRunner::default());
             r.expect("blkid -p -o export /dev/fake0", 0, out);
             let e = ensure_filesystem(&host(r), &req("ext4", false, None)).unwrap_err();
@@ -439,7 +501,12 @@ mod tests {
     fn blank_read_only_and_known_volumes_are_never_formatted() {
         let r = Arc::new(ScriptRunner::default());
         r.expect("blkid -p -o export /dev/fake0", 2, "");
-        assert_eq!(ensure_filesystem(&host(r), &req("ext4", true, None)).unwrap_err().reason(), "blank_read_only");
+        assert_eq!(
+            ensure_filesystem(&host(r), &req("ext4", true, None))
+                .unwrap_err()
+                .reason(),
+            "blank_read_only"
+        );
         let r = Arc::new(ScriptRunner::default());
         r.expect("blkid -p -o export /dev/fake0", 2, "");
         let e = ensure_filesystem(&host(r), &req("ext4", false, Some("ext4 UUID 1"))).unwrap_err();
@@ -450,7 +517,12 @@ mod tests {
     fn unclear_probe_is_refused() {
         let r = Arc::new(ScriptRunner::default());
         r.expect("blkid -p -o export /dev/fake0", 4, "");
-        assert_eq!(ensure_filesystem(&host(r), &req("ext4", false, None)).unwrap_err().reason(), "probe_failed");
+        assert_eq!(
+            ensure_filesystem(&host(r), &req("ext4", false, None))
+                .unwrap_err()
+                .reason(),
+            "probe_failed"
+        );
     }
 
     #[test]

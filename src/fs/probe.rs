@@ -30,7 +30,10 @@ impl Probe {
     pub fn describe(&self) -> String {
         match self {
             Probe::NothingFound => "no signature".into(),
-            Probe::Superblock { kind, uuid: Some(u) } => format!("{kind} (UUID {u})"),
+            Probe::Superblock {
+                kind,
+                uuid: Some(u),
+            } => format!("{kind} (UUID {u})"),
             Probe::Superblock { kind, uuid: None } => kind.clone(),
             Probe::PartitionTable { kind } => format!("a {kind} partition table"),
             Probe::Ambivalent => "several conflicting signatures".into(),
@@ -107,12 +110,20 @@ mod tests {
         let ext4 = "DEVNAME=/dev/loop0\nUUID=4b1c-9\nVERSION=1.0\nBLOCK_SIZE=4096\nTYPE=ext4\nUSAGE=filesystem\n";
         assert_eq!(
             interpret(Some(0), ext4, ""),
-            Ok(Probe::Superblock { kind: "ext4".into(), uuid: Some("4b1c-9".into()) })
+            Ok(Probe::Superblock {
+                kind: "ext4".into(),
+                uuid: Some("4b1c-9".into())
+            })
         );
         let gpt = "DEVNAME=/dev/loop0\nPTUUID=aa\nPTTYPE=gpt\n";
-        assert_eq!(interpret(Some(0), gpt, ""), Ok(Probe::PartitionTable { kind: "gpt".into() }));
+        assert_eq!(
+            interpret(Some(0), gpt, ""),
+            Ok(Probe::PartitionTable { kind: "gpt".into() })
+        );
         let lvm = "DEVNAME=/dev/loop1\nUUID=x\nVERSION=LVM2 001\nTYPE=LVM2_member\nUSAGE=raid\n";
-        assert!(matches!(interpret(Some(0), lvm, ""), Ok(Probe::Superblock { kind, .. }) if kind == "LVM2_member"));
+        assert!(
+            matches!(interpret(Some(0), lvm, ""), Ok(Probe::Superblock { kind, .. }) if kind == "LVM2_member")
+        );
         assert_eq!(interpret(Some(8), "", ""), Ok(Probe::Ambivalent));
     }
 

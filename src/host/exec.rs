@@ -60,7 +60,8 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(it.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(it.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -312,7 +313,11 @@ mod tests {
     fn deadline_kills_the_process_group() {
         let started = Instant::now();
         let err = SystemRunner
-            .run(&Cmd::new("sh").args(["-c", "sleep 30 & sleep 30"]).timeout(Duration::from_millis(300)))
+            .run(
+                &Cmd::new("sh")
+                    .args(["-c", "sleep 30 & sleep 30"])
+                    .timeout(Duration::from_millis(300)),
+            )
             .unwrap_err();
         assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -320,8 +325,13 @@ mod tests {
 
     #[test]
     fn missing_program_is_named() {
-        let err = SystemRunner.run(&Cmd::new("moor-no-such-tool")).unwrap_err();
-        assert_eq!(err.to_string(), "moor-no-such-tool is not installed (not found on PATH)");
+        let err = SystemRunner
+            .run(&Cmd::new("moor-no-such-tool"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "moor-no-such-tool is not installed (not found on PATH)"
+        );
     }
 
     #[test]

@@ -69,8 +69,15 @@ impl CommandRunner for ScriptRunner {
         let next = self.script.lock().ok().and_then(|mut s| s.pop_front());
         match next {
             Some(e) if e.cmdline == cmd.display() => Ok(e.output),
-            Some(e) => panic!("unexpected command `{}`; the script expected `{}`", cmd.display(), e.cmdline),
-            None => panic!("unexpected command `{}`; the script is empty", cmd.display()),
+            Some(e) => panic!(
+                "unexpected command `{}`; the script expected `{}`",
+                cmd.display(),
+                e.cmdline
+            ),
+            None => panic!(
+                "unexpected command `{}`; the script is empty",
+                cmd.display()
+            ),
         }
     }
 }
@@ -93,7 +100,10 @@ impl FakeMounts {
 
     /// The mount points, sorted.
     pub fn mount_points(&self) -> Vec<PathBuf> {
-        self.table.lock().map(|t| t.keys().cloned().collect()).unwrap_or_default()
+        self.table
+            .lock()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The entry at `target`.
@@ -102,7 +112,10 @@ impl FakeMounts {
     }
 
     fn injected(&self, op: &'static str, target: &Path) -> Result<(), MountError> {
-        let mut f = self.fail_next.lock().map_err(|_| MountError::BadPath(target.into()))?;
+        let mut f = self
+            .fail_next
+            .lock()
+            .map_err(|_| MountError::BadPath(target.into()))?;
         if let Some(i) = f.iter().position(|(o, _)| *o == op) {
             let (_, errno) = f.remove(i);
             return Err(MountError::Sys {
@@ -167,7 +180,10 @@ impl Mounter for FakeMounts {
 
     fn remount(&self, target: &Path, read_only: bool) -> Result<(), MountError> {
         self.injected("remount", target)?;
-        let mut t = self.table.lock().map_err(|_| MountError::BadPath(target.into()))?;
+        let mut t = self
+            .table
+            .lock()
+            .map_err(|_| MountError::BadPath(target.into()))?;
         match t.get_mut(target) {
             Some(m) => {
                 m.mount_options = if read_only { "ro".into() } else { "rw".into() };
@@ -183,7 +199,10 @@ impl Mounter for FakeMounts {
 
     fn unmount(&self, target: &Path, _lazy: bool, _timeout: Duration) -> Result<(), MountError> {
         self.injected("unmount", target)?;
-        let mut t = self.table.lock().map_err(|_| MountError::BadPath(target.into()))?;
+        let mut t = self
+            .table
+            .lock()
+            .map_err(|_| MountError::BadPath(target.into()))?;
         t.remove(target).map(drop).ok_or(MountError::Sys {
             op: "unmount",
             target: target.into(),
@@ -210,6 +229,10 @@ impl MountTable for FakeMounts {
     }
 
     fn snapshot(&self) -> std::io::Result<Vec<MountInfo>> {
-        Ok(self.table.lock().map(|t| t.values().cloned().collect()).unwrap_or_default())
+        Ok(self
+            .table
+            .lock()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default())
     }
 }

@@ -54,6 +54,8 @@ impl Host {
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host").field("paths", &self.paths).finish_non_exhaustive()
+        f.debug_struct("Host")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
     }
 }

@@ -62,8 +62,12 @@ pub fn parse(text: &str) -> Result<Vec<MountInfo>, ParseError> {
 pub fn parse_line(line: &str) -> Result<MountInfo, &'static str> {
     let mut fields = line.split(' ');
     let mut next = |what| fields.next().filter(|f| !f.is_empty()).ok_or(what);
-    let mount_id = next("missing mount id")?.parse().map_err(|_| "bad mount id")?;
-    let parent_id = next("missing parent id")?.parse().map_err(|_| "bad parent id")?;
+    let mount_id = next("missing mount id")?
+        .parse()
+        .map_err(|_| "bad mount id")?;
+    let parent_id = next("missing parent id")?
+        .parse()
+        .map_err(|_| "bad parent id")?;
     let (major, minor) = next("missing major:minor")?
         .split_once(':')
         .ok_or("bad major:minor")?;
@@ -111,7 +115,9 @@ pub fn unescape(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
@@ -171,8 +177,14 @@ mod tests {
 
     #[test]
     fn rejects_truncated_lines() {
-        assert_eq!(parse("36 35 98:0 /mnt1 /mnt2 rw").unwrap_err().what, "missing separator");
-        assert_eq!(parse("x 35 98:0 / / rw - ext4 /dev/x rw").unwrap_err().what, "bad mount id");
+        assert_eq!(
+            parse("36 35 98:0 /mnt1 /mnt2 rw").unwrap_err().what,
+            "missing separator"
+        );
+        assert_eq!(
+            parse("x 35 98:0 / / rw - ext4 /dev/x rw").unwrap_err().what,
+            "bad mount id"
+        );
     }
 
     proptest! {

@@ -152,14 +152,23 @@ impl Mounter for KernelMounts {
             target: target.to_owned(),
             errno,
         };
-        nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| sys("bind", e))?;
+        nix::mount::mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| sys("bind", e))?;
         if read_only {
             // A bind mount ignores MS_RDONLY on creation; it takes a second, remount call.
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+            if let Err(e) =
+                nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+            {
                 // Never leave a writable bind behind a read-only request.
-                let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+                let _ =
+                    nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
                 return Err(sys("remount-ro", e));
             }
         }
@@ -171,13 +180,13 @@ impl Mounter for KernelMounts {
         if read_only {
             flags |= MsFlags::MS_RDONLY;
         }
-        nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(|errno| {
-            MountError::Sys {
+        nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(
+            |errno| MountError::Sys {
                 op: "remount",
                 target: target.to_owned(),
                 errno,
-            }
-        })
+            },
+        )
     }
 
     fn unmount(&self, target: &Path, lazy: bool, timeout: Duration) -> Result<(), MountError> {

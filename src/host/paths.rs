@@ -40,7 +40,9 @@ pub enum PathError {
         path: String,
     },
     /// Not under the kubelet directory in kubelet's layout.
-    #[error("{path}: not a pod volume directory <kubelet-dir>/pods/<uid>/volumes/{VENDOR}~<driver>/<name> under {kubelet_dir}")]
+    #[error(
+        "{path}: not a pod volume directory <kubelet-dir>/pods/<uid>/volumes/{VENDOR}~<driver>/<name> under {kubelet_dir}"
+    )]
     NotPodVolumeDir {
         /// The path.
         path: String,
@@ -103,7 +105,11 @@ impl HostPaths {
 
     /// Where a volume is staged: `<kubelet-dir>/plugins/moor/<driver>/<key>`.
     pub fn stage_dir(&self, driver: &str, key: &str) -> PathBuf {
-        self.kubelet_dir.join("plugins").join(VENDOR).join(driver).join(key)
+        self.kubelet_dir
+            .join("plugins")
+            .join(VENDOR)
+            .join(driver)
+            .join(key)
     }
 
     /// The root of moor's stage directories.
@@ -112,7 +118,11 @@ impl HostPaths {
     }
 
     /// Validates a pod volume directory for `driver` (None: any moor driver).
-    pub fn pod_volume_dir(&self, raw: &str, driver: Option<&str>) -> Result<PodVolumeDir, PathError> {
+    pub fn pod_volume_dir(
+        &self,
+        raw: &str,
+        driver: Option<&str>,
+    ) -> Result<PodVolumeDir, PathError> {
         let path = Path::new(raw);
         if !is_clean_absolute(path) {
             return Err(PathError::NotClean { path: raw.into() });
@@ -121,7 +131,9 @@ impl HostPaths {
             path: raw.into(),
             kubelet_dir: self.kubelet_dir.display().to_string(),
         };
-        let rel = path.strip_prefix(&self.kubelet_dir).map_err(|_| not_pod())?;
+        let rel = path
+            .strip_prefix(&self.kubelet_dir)
+            .map_err(|_| not_pod())?;
         let parts: Vec<&OsStr> = rel.iter().collect();
         let [pods, uid, volumes, vendor_driver, name] = parts.as_slice() else {
             return Err(not_pod());
@@ -141,13 +153,14 @@ impl HostPaths {
             }
         };
         if let Some(d) = driver
-            && d != found_driver {
-                return Err(PathError::WrongDriver {
-                    path: raw.into(),
-                    found: vd.into_owned(),
-                    expected: d.into(),
-                });
-            }
+            && d != found_driver
+        {
+            return Err(PathError::WrongDriver {
+                path: raw.into(),
+                found: vd.into_owned(),
+                expected: d.into(),
+            });
+        }
         self.refuse_symlinks(path, rel)?;
         Ok(PodVolumeDir {
             path: path.to_owned(),
@@ -187,17 +200,27 @@ impl HostPaths {
 /// one directory has exactly one spelling.
 pub fn is_clean_absolute(p: &Path) -> bool {
     let bytes = p.as_os_str().as_bytes();
-    if bytes.contains(&0) || bytes.windows(2).any(|w| w == b"//") || (bytes.len() > 1 && bytes.ends_with(b"/")) {
+    if bytes.contains(&0)
+        || bytes.windows(2).any(|w| w == b"//")
+        || (bytes.len() > 1 && bytes.ends_with(b"/"))
+    {
         return false;
     }
     let mut comps = p.components();
-    comps.next() == Some(Component::RootDir) && comps.all(|c| matches!(c, Component::Normal(_)))
-        && !bytes.split(|b| *b == b'/').any(|seg| seg == b"." || seg == b"..")
+    comps.next() == Some(Component::RootDir)
+        && comps.all(|c| matches!(c, Component::Normal(_)))
+        && !bytes
+            .split(|b| *b == b'/')
+            .any(|seg| seg == b"." || seg == b"..")
 }
 
 fn is_name(s: &OsStr) -> bool {
     let b = s.as_bytes();
-    !b.is_empty() && b != b"." && b != b".." && b.len() <= 253 && !b.iter().any(|c| c.is_ascii_control())
+    !b.is_empty()
+        && b != b"."
+        && b != b".."
+        && b.len() <= 253
+        && !b.iter().any(|c| c.is_ascii_control())
 }
 
 #[cfg(test)]
@@ -220,7 +243,10 @@ mod tests {
     fn accepts_kubelets_layout() {
         let t = tempfile::tempdir().unwrap();
         let p = paths(t.path());
-        let raw = format!("{}/kubelet/pods/14e0/volumes/moor~local/pv-1", t.path().display());
+        let raw = format!(
+            "{}/kubelet/pods/14e0/volumes/moor~local/pv-1",
+            t.path().display()
+        );
         let d = p.pod_volume_dir(&raw, Some("local")).unwrap();
         assert_eq!(d.pod_uid, "14e0");
         assert_eq!(d.driver, "local");
@@ -239,7 +265,13 @@ mod tests {
             format!("{k}/pods//volumes/moor~local/v"),
             "relative/pods/u/volumes/moor~local/v".to_owned(),
         ] {
-            assert!(matches!(p.pod_volume_dir(&bad, Some("local")), Err(PathError::NotClean { .. })), "{bad}");
+            assert!(
+                matches!(
+                    p.pod_volume_dir(&bad, Some("local")),
+                    Err(PathError::NotClean { .. })
+                ),
+                "{bad}"
+            );
         }
         for bad in [
             format!("{k}/pods/u/volumes/moor~local"),
@@ -247,12 +279,24 @@ mod tests {
             "/etc/passwd".to_owned(),
             format!("{k}/pods/u/volumes/moor~local/v/extra"),
         ] {
-            assert!(matches!(p.pod_volume_dir(&bad, Some("local")), Err(PathError::NotPodVolumeDir { .. })), "{bad}");
+            assert!(
+                matches!(
+                    p.pod_volume_dir(&bad, Some("local")),
+                    Err(PathError::NotPodVolumeDir { .. })
+                ),
+                "{bad}"
+            );
         }
         let other = format!("{k}/pods/u/volumes/kubernetes.io~nfs/v");
-        assert!(matches!(p.pod_volume_dir(&other, Some("local")), Err(PathError::WrongDriver { .. })));
+        assert!(matches!(
+            p.pod_volume_dir(&other, Some("local")),
+            Err(PathError::WrongDriver { .. })
+        ));
         let other = format!("{k}/pods/u/volumes/moor~nfs/v");
-        assert!(matches!(p.pod_volume_dir(&other, Some("local")), Err(PathError::WrongDriver { .. })));
+        assert!(matches!(
+            p.pod_volume_dir(&other, Some("local")),
+            Err(PathError::WrongDriver { .. })
+        ));
     }
 
     #[test]
@@ -261,8 +305,12 @@ mod tests {
         let p = paths(t.path());
         std::fs::create_dir_all(t.path().join("kubelet/pods")).unwrap();
         std::fs::create_dir_all(t.path().join("outside/volumes/moor~local/v")).unwrap();
-        std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("kubelet/pods/evil")).unwrap();
-        let raw = format!("{}/kubelet/pods/evil/volumes/moor~local/v", t.path().display());
+        std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("kubelet/pods/evil"))
+            .unwrap();
+        let raw = format!(
+            "{}/kubelet/pods/evil/volumes/moor~local/v",
+            t.path().display()
+        );
         let err = p.pod_volume_dir(&raw, Some("local")).unwrap_err();
         assert!(matches!(err, PathError::Symlink { .. }), "{err}");
     }

@@ -234,7 +234,9 @@ mod tests {
         StageRecord {
             key: key.into(),
             driver: "local".into(),
-            source: StageSource::Directory { path: "/srv/a".into() },
+            source: StageSource::Directory {
+                path: "/srv/a".into(),
+            },
             options: BTreeMap::new(),
             fs_type: None,
             fs_uuid: None,
@@ -289,9 +291,15 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let j = Journal::open(&t.path().join("s"), &t.path().join("r")).unwrap();
         j.put_stage(&stage("k")).unwrap();
-        let mode = fs::metadata(t.path().join("s/stage/k.json")).unwrap().permissions().mode();
+        let mode = fs::metadata(t.path().join("s/stage/k.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let dmode = fs::metadata(t.path().join("s/stage")).unwrap().permissions().mode();
+        let dmode = fs::metadata(t.path().join("s/stage"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(dmode & 0o777, 0o700);
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 use super::*;
-use crate::host::fake::{FakeMounts, ScriptRunner};
 use crate::host::Mounter;
+use crate::host::fake::{FakeMounts, ScriptRunner};
 use crate::host::{BlockDevices, HostPaths};
 
 struct Rig {
@@ -49,7 +49,13 @@ impl Rig {
             blockdev: BlockDevices { sys: "/sys".into() },
         };
         let journal = Journal::open(&self.paths.state_dir, &self.paths.run_dir).unwrap();
-        Lifecycle::new(host, journal, Drivers::builtin(), "node-a".into(), Timeouts::default())
+        Lifecycle::new(
+            host,
+            journal,
+            Drivers::builtin(),
+            "node-a".into(),
+            Timeouts::default(),
+        )
     }
 
     fn target(&self, pod: &str) -> String {
@@ -63,12 +69,17 @@ impl Rig {
     fn opts(&self, ro: bool) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         m.insert("path".into(), self.source.display().to_string());
-        m.insert("kubernetes.io/readwrite".into(), if ro { "ro" } else { "rw" }.into());
+        m.insert(
+            "kubernetes.io/readwrite".into(),
+            if ro { "ro" } else { "rw" }.into(),
+        );
         m
     }
 
     fn stage_path(&self, lc: &Lifecycle) -> PathBuf {
-        let plan = lc.plan_mount("local", &self.target("p"), &self.opts(false)).unwrap();
+        let plan = lc
+            .plan_mount("local", &self.target("p"), &self.opts(false))
+            .unwrap();
         self.paths.stage_dir("local", plan.key())
     }
 
@@ -87,22 +98,45 @@ impl Rig {
 fn mount_stages_once_and_publishes_each_pod() {
     let rig = Rig::new();
     let lc = rig.lifecycle();
-    assert_eq!(rig.mount(&lc, "p1", false).unwrap(), MountOutcome::Published);
+    assert_eq!(
+        rig.mount(&lc, "p1", false).unwrap(),
+        MountOutcome::Published
+    );
     assert_eq!(rig.mount(&lc, "p2", true).unwrap(), MountOutcome::Published);
     let stage = rig.stage_path(&lc);
     assert_eq!(rig.mounts.mount_points().len(), 3, "one stage + two binds");
     assert!(rig.mounts.get(&stage).is_some());
-    assert!(rig.mounts.get(Path::new(&rig.target("p2"))).unwrap().is_read_only());
-    assert_eq!(rig.mount(&lc, "p1", false).unwrap(), MountOutcome::AlreadyPublished);
+    assert!(
+        rig.mounts
+            .get(Path::new(&rig.target("p2")))
+            .unwrap()
+            .is_read_only()
+    );
+    assert_eq!(
+        rig.mount(&lc, "p1", false).unwrap(),
+        MountOutcome::AlreadyPublished
+    );
     assert_eq!(rig.mounts.mount_points().len(), 3);
 
-    assert_eq!(lc.unmount(Some("local"), &rig.target("p1")).unwrap(), UnmountOutcome::Unpublished);
-    assert!(rig.mounts.get(&stage).is_some(), "stage stays while p2 uses it");
-    assert_eq!(lc.unmount(Some("local"), &rig.target("p2")).unwrap(), UnmountOutcome::Unstaged);
+    assert_eq!(
+        lc.unmount(Some("local"), &rig.target("p1")).unwrap(),
+        UnmountOutcome::Unpublished
+    );
+    assert!(
+        rig.mounts.get(&stage).is_some(),
+        "stage stays while p2 uses it"
+    );
+    assert_eq!(
+        lc.unmount(Some("local"), &rig.target("p2")).unwrap(),
+        UnmountOutcome::Unstaged
+    );
     assert!(rig.mounts.mount_points().is_empty());
     assert!(!stage.exists(), "stage dir removed with rmdir");
     assert_eq!(rig.journal_files(), 0);
-    assert_eq!(lc.unmount(Some("local"), &rig.target("p2")).unwrap(), UnmountOutcome::NotMounted);
+    assert_eq!(
+        lc.unmount(Some("local"), &rig.target("p2")).unwrap(),
+        UnmountOutcome::NotMounted
+    );
 }
 
 #[test]
@@ -130,7 +164,10 @@ fn a_busy_unmount_keeps_the_record_for_the_retry() {
     let e = lc.unmount(Some("local"), &rig.target("p1")).unwrap_err();
     assert_eq!(e.reason(), "mount_busy");
     assert_eq!(rig.mounts.mount_points().len(), 2);
-    assert_eq!(lc.unmount(Some("local"), &rig.target("p1")).unwrap(), UnmountOutcome::Unstaged);
+    assert_eq!(
+        lc.unmount(Some("local"), &rig.target("p1")).unwrap(),
+        UnmountOutcome::Unstaged
+    );
     assert!(rig.mounts.mount_points().is_empty());
 }
 
@@ -141,9 +178,20 @@ fn foreign_mounts_are_never_touched() {
     let t = PathBuf::from(rig.target("p9"));
     std::fs::create_dir_all(&t).unwrap();
     rig.mounts.bind(Path::new("/elsewhere"), &t, false).unwrap();
-    assert_eq!(lc.unmount(Some("local"), &rig.target("p9")).unwrap_err().reason(), "not_owned");
-    assert_eq!(rig.mount(&lc, "p9", false).unwrap_err().reason(), "target_busy");
-    assert!(rig.mounts.get(&t).is_some(), "the foreign mount is still there");
+    assert_eq!(
+        lc.unmount(Some("local"), &rig.target("p9"))
+            .unwrap_err()
+            .reason(),
+        "not_owned"
+    );
+    assert_eq!(
+        rig.mount(&lc, "p9", false).unwrap_err().reason(),
+        "target_busy"
+    );
+    assert!(
+        rig.mounts.get(&t).is_some(),
+        "the foreign mount is still there"
+    );
 }
 
 #[test]
@@ -177,7 +225,10 @@ fn reconstruction_keeps_live_volumes_and_undoes_half_done_ones() {
     let st = lc.status();
     assert_eq!(st.len(), 1);
     assert_eq!(st[0].pods.len(), 1);
-    assert_eq!(lc.unmount(Some("local"), &rig.target("live")).unwrap(), UnmountOutcome::Unstaged);
+    assert_eq!(
+        lc.unmount(Some("local"), &rig.target("live")).unwrap(),
+        UnmountOutcome::Unstaged
+    );
     assert!(rig.mounts.mount_points().is_empty());
 }
 
@@ -190,7 +241,9 @@ fn after_a_reboot_records_turn_idle_and_remember_the_volume() {
     }
     // A reboot: every mount and the tmpfs run dir are gone; the durable stage record stays.
     for m in rig.mounts.mount_points() {
-        rig.mounts.unmount(&m, true, Duration::from_secs(1)).unwrap();
+        rig.mounts
+            .unmount(&m, true, Duration::from_secs(1))
+            .unwrap();
     }
     std::fs::remove_dir_all(&rig.paths.run_dir).unwrap();
     let lc = rig.lifecycle();
@@ -213,7 +266,10 @@ fn journal_loss_is_survived_by_adopting_moors_own_mounts() {
     let lc = rig.lifecycle();
     let r = lc.reconstruct().unwrap();
     assert_eq!(r.adopted, 2, "the stage and the pod bind");
-    assert_eq!(lc.unmount(Some("local"), &rig.target("p1")).unwrap(), UnmountOutcome::Unstaged);
+    assert_eq!(
+        lc.unmount(Some("local"), &rig.target("p1")).unwrap(),
+        UnmountOutcome::Unstaged
+    );
     assert!(rig.mounts.mount_points().is_empty());
 }
 
@@ -223,9 +279,14 @@ fn a_vanished_bind_is_restored_by_the_reconciler() {
     let lc = rig.lifecycle();
     rig.mount(&lc, "p1", true).unwrap();
     let t = PathBuf::from(rig.target("p1"));
-    rig.mounts.unmount(&t, false, Duration::from_secs(1)).unwrap();
+    rig.mounts
+        .unmount(&t, false, Duration::from_secs(1))
+        .unwrap();
     assert_eq!(lc.heal_publishes(), 1);
-    assert!(rig.mounts.get(&t).unwrap().is_read_only(), "restored with its ro flag");
+    assert!(
+        rig.mounts.get(&t).unwrap().is_read_only(),
+        "restored with its ro flag"
+    );
     assert_eq!(lc.heal_publishes(), 0);
 }
 
@@ -252,6 +313,13 @@ fn fs_group_changes_only_the_root_and_only_once() {
     let md = std::fs::metadata(t.path()).unwrap();
     assert_eq!(md.gid(), 4321);
     assert_eq!(md.mode() & 0o2070, 0o2070);
-    assert_eq!(std::fs::metadata(&sub).unwrap().gid(), before, "no recursive walk");
-    assert!(!apply_fs_group(t.path(), 4321).unwrap(), "second time: nothing to do");
+    assert_eq!(
+        std::fs::metadata(&sub).unwrap().gid(),
+        before,
+        "no recursive walk"
+    );
+    assert!(
+        !apply_fs_group(t.path(), 4321).unwrap(),
+        "second time: nothing to do"
+    );
 }

@@ -31,13 +31,17 @@ impl Driver for LocalDriver {
             detail: detail.into(),
         };
         if let Some(wanted) = opts.user.get("node").filter(|n| !n.is_empty())
-            && *wanted != node.node_name {
-                return Err(DriverError::WrongNode {
-                    volume: opts.pv_or_volume_name.clone().unwrap_or_else(|| path.into()),
-                    wanted: wanted.clone(),
-                    this: node.node_name.clone(),
-                });
-            }
+            && *wanted != node.node_name
+        {
+            return Err(DriverError::WrongNode {
+                volume: opts
+                    .pv_or_volume_name
+                    .clone()
+                    .unwrap_or_else(|| path.into()),
+                wanted: wanted.clone(),
+                this: node.node_name.clone(),
+            });
+        }
         let p = Path::new(path);
         if !is_clean_absolute(p) {
             return Err(bad("must be a clean absolute path (no '.', '..', '//')"));
@@ -89,7 +93,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let o = opts(&format!(r#"{{"path":"{}"}}"#, t.path().display()));
         let s = LocalDriver.volume(&node(), &o).unwrap();
-        assert_eq!(s.source, StageSource::Directory { path: t.path().into() });
+        assert_eq!(
+            s.source,
+            StageSource::Directory {
+                path: t.path().into()
+            }
+        );
         assert_eq!(s.key, volume_key("local", &t.path().display().to_string()));
     }
 
@@ -107,13 +116,32 @@ mod tests {
 
     #[test]
     fn bad_paths_are_refused() {
-        for p in ["relative", "/tmp/../etc", "/", "/var/lib/kubelet/pods", "/nonexistent-moor-x", "/etc/hostname"] {
+        for p in [
+            "relative",
+            "/tmp/../etc",
+            "/",
+            "/var/lib/kubelet/pods",
+            "/nonexistent-moor-x",
+            "/etc/hostname",
+        ] {
             let o = opts(&format!(r#"{{"path":"{p}"}}"#));
-            assert!(matches!(LocalDriver.volume(&node(), &o), Err(DriverError::BadSource { .. })), "{p}");
+            assert!(
+                matches!(
+                    LocalDriver.volume(&node(), &o),
+                    Err(DriverError::BadSource { .. })
+                ),
+                "{p}"
+            );
         }
         let o = opts(r#"{"pth":"/tmp"}"#);
-        assert_eq!(LocalDriver.volume(&node(), &o).unwrap_err().reason(), "bad_options");
+        assert_eq!(
+            LocalDriver.volume(&node(), &o).unwrap_err().reason(),
+            "bad_options"
+        );
         let o = opts(r#"{}"#);
-        assert_eq!(LocalDriver.volume(&node(), &o).unwrap_err().to_string(), "option path is required by driver local");
+        assert_eq!(
+            LocalDriver.volume(&node(), &o).unwrap_err().to_string(),
+            "option path is required by driver local"
+        );
     }
 }

@@ -105,7 +105,11 @@ impl Signature {
                     .env("LVM_SUPPRESS_FD_WARNINGS", "1")
                     .output()
                     .expect("pvcreate (lvm2)");
-                assert!(out.status.success(), "pvcreate: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "pvcreate: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             Signature::Luks => {
                 run_with_stdin(
@@ -140,7 +144,11 @@ impl Signature {
             write_at(dev, RAW_MARKER_OFFSET, MARKER_TEXT.as_bytes());
         }
         if let Some((k, v)) = self.blkid() {
-            assert_eq!(probe(dev).get(k).map(String::as_str), Some(v), "test setup: {self:?} on {d}");
+            assert_eq!(
+                probe(dev).get(k).map(String::as_str),
+                Some(v),
+                "test setup: {self:?} on {d}"
+            );
         }
     }
 }
@@ -163,7 +171,11 @@ fn run_with_stdin(cmd: &str, args: &[&str], input: &[u8]) {
         .unwrap_or_else(|e| panic!("{cmd}: {e} (is it installed?)"));
     child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The test's own mkfs (with force: the test owns the device).
@@ -177,9 +189,22 @@ pub fn mkfs(dev: &Path, fs: &str) {
 
 /// Mounts `dev` on a private temporary directory, runs `f` on it, unmounts.
 pub fn with_mounted<T>(dev: &Path, fs: &str, read_only: bool, f: impl FnOnce(&Path) -> T) -> T {
-    let dir = tempfile::Builder::new().prefix("moor-check").tempdir_in("/var/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("moor-check")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let opts = if read_only { "ro" } else { "rw" };
-    sh("mount", &["-t", fs, "-o", opts, dev.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    sh(
+        "mount",
+        &[
+            "-t",
+            fs,
+            "-o",
+            opts,
+            dev.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+        ],
+    );
     let out = f(dir.path());
     sh("umount", &[dir.path().to_str().unwrap()]);
     out
@@ -187,14 +212,22 @@ pub fn with_mounted<T>(dev: &Path, fs: &str, read_only: bool, f: impl FnOnce(&Pa
 
 /// `blkid -p -o export`, without DEVNAME; empty when blkid finds nothing (exit 2).
 pub fn probe(dev: &Path) -> BTreeMap<String, String> {
-    let out = Command::new("blkid").args(["-p", "-o", "export"]).arg(dev).output().expect("blkid");
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(dev)
+        .output()
+        .expect("blkid");
     match out.status.code() {
         Some(0) => moor::fs::probe::parse_export(&String::from_utf8_lossy(&out.stdout))
             .into_iter()
             .filter(|(k, _)| k != "DEVNAME")
             .collect(),
         Some(2) => BTreeMap::new(),
-        c => panic!("blkid -p {}: exit {c:?}: {}", dev.display(), String::from_utf8_lossy(&out.stderr)),
+        c => panic!(
+            "blkid -p {}: exit {c:?}: {}",
+            dev.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 
@@ -246,7 +279,10 @@ pub fn mount_entries_under(root: &Path) -> Vec<moor::host::mountinfo::MountInfo>
 
 /// The live mount table entries at exactly `p` (stacked mounts give several).
 pub fn mount_entries_at(p: &Path) -> Vec<moor::host::mountinfo::MountInfo> {
-    mount_entries_under(p).into_iter().filter(|m| m.mount_point == p).collect()
+    mount_entries_under(p)
+        .into_iter()
+        .filter(|m| m.mount_point == p)
+        .collect()
 }
 
 impl Daemon {
@@ -263,9 +299,15 @@ impl Daemon {
     /// The mkfs commands the daemon ran, asserting none carried a force flag.
     #[track_caller]
     pub fn mkfs_commands(&self) -> Vec<String> {
-        let mkfs: Vec<String> = self.commands().into_iter().filter(|c| c.starts_with("mkfs")).collect();
+        let mkfs: Vec<String> = self
+            .commands()
+            .into_iter()
+            .filter(|c| c.starts_with("mkfs"))
+            .collect();
         for c in &mkfs {
-            let forced = c.split_whitespace().any(|a| matches!(a, "-f" | "-F" | "--force" | "-FF"));
+            let forced = c
+                .split_whitespace()
+                .any(|a| matches!(a, "-f" | "-F" | "--force" | "-FF"));
             assert!(!forced, "mkfs ran with a force flag: {c}");
         }
         mkfs
@@ -274,7 +316,9 @@ impl Daemon {
     /// The stage records in the journal.
     pub fn stage_records(&self) -> Vec<serde_json::Value> {
         let dir = self.state_dir().join("stage");
-        let Ok(rd) = std::fs::read_dir(&dir) else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
         let mut out: Vec<(PathBuf, serde_json::Value)> = rd
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
@@ -289,7 +333,10 @@ impl Daemon {
 
     /// Stage records that still claim a mount (anything but `idle`).
     pub fn active_stage_records(&self) -> Vec<serde_json::Value> {
-        self.stage_records().into_iter().filter(|r| r["phase"] != "idle").collect()
+        self.stage_records()
+            .into_iter()
+            .filter(|r| r["phase"] != "idle")
+            .collect()
     }
 
     /// The stage directory of the local volume at `path`.
@@ -309,7 +356,11 @@ impl Daemon {
     #[track_caller]
     pub fn assert_nothing_left(&self, pod: &str, vol: &str) {
         assert_eq!(self.mounts(), Vec::<PathBuf>::new(), "mounts left behind");
-        assert_eq!(self.active_stage_records(), Vec::<serde_json::Value>::new(), "stage records left behind");
+        assert_eq!(
+            self.active_stage_records(),
+            Vec::<serde_json::Value>::new(),
+            "stage records left behind"
+        );
         let u = self.unmount(pod, vol);
         u.assert_ok();
     }
@@ -318,10 +369,23 @@ impl Daemon {
 /// Asserts a Failure whose message starts with `reason` and mentions every word of `words`.
 #[track_caller]
 pub fn assert_failure(r: &super::FlexResult, reason: &str, words: &[&str]) {
-    assert_eq!(r.status(), "Failure", "expected Failure {reason}, got {}", r.json);
+    assert_eq!(
+        r.status(),
+        "Failure",
+        "expected Failure {reason}, got {}",
+        r.json
+    );
     assert_eq!(r.code, Some(1), "exit code of a Failure: {}", r.json);
-    assert!(r.message().starts_with(&format!("{reason}: ")), "expected reason {reason}: {}", r.message());
+    assert!(
+        r.message().starts_with(&format!("{reason}: ")),
+        "expected reason {reason}: {}",
+        r.message()
+    );
     for w in words {
-        assert!(r.message().contains(w), "message should mention {w:?}: {}", r.message());
+        assert!(
+            r.message().contains(w),
+            "message should mention {w:?}: {}",
+            r.message()
+        );
     }
 }

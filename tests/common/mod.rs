@@ -13,12 +13,18 @@ use std::time::{Duration, Instant};
 /// Panics unless we are root in a mount namespace of our own, with `/` made private so
 /// nothing we mount propagates to the host.
 pub fn require_privileged_sandbox() {
-    assert!(nix::unistd::geteuid().is_root(), "host integration tests need root: run them through ./run-tests");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "host integration tests need root: run them through ./run-tests"
+    );
     assert!(
         in_private_mount_namespace(),
         "host integration tests must run in a mount namespace of their own (unshare -m): run them through ./run-tests"
     );
-    let status = Command::new("mount").args(["--make-rprivate", "/"]).status().expect("run mount");
+    let status = Command::new("mount")
+        .args(["--make-rprivate", "/"])
+        .status()
+        .expect("run mount");
     assert!(status.success(), "mount --make-rprivate / failed");
 }
 
@@ -29,7 +35,9 @@ fn in_private_mount_namespace() -> bool {
     let ours = std::fs::read_link("/proc/self/ns/mnt").expect("read /proc/self/ns/mnt");
     let mut pid = std::process::id();
     for _ in 0..64 {
-        let Some(ppid) = parent_of(pid) else { return false };
+        let Some(ppid) = parent_of(pid) else {
+            return false;
+        };
         if ppid == 0 {
             return false;
         }
@@ -52,7 +60,10 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e} (is it installed?)"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (is it installed?)"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",
@@ -70,9 +81,17 @@ pub struct LoopDev {
 
 impl LoopDev {
     pub fn new(size_mib: u64) -> Self {
-        let file = tempfile::Builder::new().prefix("moor-loop").tempfile_in("/var/tmp").expect("backing file");
-        file.as_file().set_len(size_mib << 20).expect("size backing file");
-        let dev = sh("losetup", &["--find", "--show", file.path().to_str().unwrap()]);
+        let file = tempfile::Builder::new()
+            .prefix("moor-loop")
+            .tempfile_in("/var/tmp")
+            .expect("backing file");
+        file.as_file()
+            .set_len(size_mib << 20)
+            .expect("size backing file");
+        let dev = sh(
+            "losetup",
+            &["--find", "--show", file.path().to_str().unwrap()],
+        );
         LoopDev {
             path: PathBuf::from(dev.trim()),
             _file: file,
@@ -122,12 +141,18 @@ impl Daemon {
 
     /// Starts a daemon with extra environment (e.g. a pause point).
     pub fn start_with(env: &[(&str, &str)]) -> Self {
-        let root = tempfile::Builder::new().prefix("moor-it").tempdir_in("/var/tmp").expect("tempdir");
+        let root = tempfile::Builder::new()
+            .prefix("moor-it")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
         let mut d = Daemon {
             root,
             child: None,
             node: "node-it".into(),
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -135,7 +160,11 @@ impl Daemon {
 
     /// (Re)starts the daemon process on the same tree.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_moor"));
         cmd.arg("daemon")
             .arg("--kubelet-dir")
@@ -146,7 +175,14 @@ impl Daemon {
             .arg(self.run_dir())
             .arg("--socket")
             .arg(self.socket())
-            .args(["--metrics-addr", "off", "--node-name", &self.node, "--log-format", "json"])
+            .args([
+                "--metrics-addr",
+                "off",
+                "--node-name",
+                &self.node,
+                "--log-format",
+                "json",
+            ])
             .env("MOOR_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -166,7 +202,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("daemon did not listen within 20 s; log:\n{}", self.log_text());
+        panic!(
+            "daemon did not listen within 20 s; log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -184,14 +223,18 @@ impl Daemon {
     /// SIGTERM and wait: a clean shutdown.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = c.wait();
         }
     }
 
     /// The pod volume directory kubelet would use.
     pub fn pod_dir(&self, pod_uid: &str, volume: &str) -> PathBuf {
-        self.kubelet_dir().join(format!("pods/{pod_uid}/volumes/moor~local/{volume}"))
+        self.kubelet_dir()
+            .join(format!("pods/{pod_uid}/volumes/moor~local/{volume}"))
     }
 
     /// kubelet's view of the driver: `<plugin-dir>/moor~local/local`, a symlink to moor.
@@ -212,11 +255,19 @@ impl Daemon {
             .env("MOOR_SOCKET", self.socket())
             .output()
             .expect("exec moor front end");
-        assert!(out.stderr.is_empty(), "front end wrote to stderr: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stderr.is_empty(),
+            "front end wrote to stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
         let json: serde_json::Value = serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("front end printed non-JSON {stdout:?}: {e}"));
-        assert_eq!(stdout.trim().lines().count(), 1, "exactly one JSON line: {stdout:?}");
+        assert_eq!(
+            stdout.trim().lines().count(),
+            1,
+            "exactly one JSON line: {stdout:?}"
+        );
         FlexResult {
             code: out.status.code(),
             json,
@@ -230,8 +281,10 @@ impl Daemon {
         let mut opts = opts;
         let o = opts.as_object_mut().unwrap();
         o.entry("kubernetes.io/pod.uid").or_insert(pod_uid.into());
-        o.entry("kubernetes.io/pod.namespace").or_insert("default".into());
-        o.entry("kubernetes.io/pvOrVolumeName").or_insert(volume.into());
+        o.entry("kubernetes.io/pod.namespace")
+            .or_insert("default".into());
+        o.entry("kubernetes.io/pvOrVolumeName")
+            .or_insert(volume.into());
         o.entry("kubernetes.io/readwrite").or_insert("rw".into());
         self.flex(&["mount", dir.to_str().unwrap(), &opts.to_string()])
     }
@@ -276,7 +329,12 @@ impl FlexResult {
     }
     #[track_caller]
     pub fn assert_ok(&self) {
-        assert!(self.ok(), "expected Success, got {:?}: {}", self.code, self.json);
+        assert!(
+            self.ok(),
+            "expected Success, got {:?}: {}",
+            self.code,
+            self.json
+        );
     }
 }
 
