@@ -13,7 +13,7 @@ use crate::flexvolume::{self, Reply};
 
 /// moor: node-local storage agent for Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "moor", version, about, long_about = None)]
+#[command(name = "moor", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -3,6 +3,8 @@
 //! or fully gone, no mount leaked, no record lost, and kubelet's next call converges. Also
 //! what kubelet does after its own restart: only `init`, no new `mount`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -13,8 +13,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::host::{
-    MARKER, MARKER_TEXT, Signature, assert_failure, device_with, digest, mkfs, mount_entries_at, mount_entries_under,
-    probe, with_mounted,
+    MARKER, MARKER_TEXT, Signature, assert_failure, device_with, digest, mkfs, mount_entries_at,
+    mount_entries_under, probe, with_mounted,
 };
 use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox};
 use serde_json::json;
@@ -27,7 +27,8 @@ fn try_write(dir: &Path, name: &str, text: &str) -> Result<(), Option<i32>> {
 }
 
 fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("read {}: {e}", dir.join(name).display()))
+    std::fs::read_to_string(dir.join(name))
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.join(name).display()))
 }
 
 /// What a node reboot leaves: no mounts, no tmpfs run dir (publish records), the durable
@@ -57,29 +58,52 @@ fn two_pods_share_one_stage_and_unstage_after_the_last() {
 
     // One filesystem mount (the stage), two binds of it.
     let stage_root = d.kubelet_dir().join("plugins/moor");
-    let stages: Vec<_> = mount_entries_under(&stage_root).into_iter().map(|m| m.mount_point).collect();
+    let stages: Vec<_> = mount_entries_under(&stage_root)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect();
     assert_eq!(stages, vec![stage.clone()], "exactly one stage mount");
     assert_eq!(mount_entries_at(&a).len(), 1);
     assert_eq!(mount_entries_at(&b).len(), 1);
-    assert!(mount_entries_at(&b)[0].is_read_only(), "pod-b's bind must be read-only");
+    assert!(
+        mount_entries_at(&b)[0].is_read_only(),
+        "pod-b's bind must be read-only"
+    );
     assert!(!mount_entries_at(&a)[0].is_read_only());
 
     try_write(&a, "from-a", "written by pod-a").unwrap();
-    assert_eq!(read(&b, "from-a"), "written by pod-a", "data written by pod-a is visible to pod-b");
-    assert_eq!(try_write(&b, "from-b", "x"), Err(Some(libc::EROFS)), "a read-only pod could write");
+    assert_eq!(
+        read(&b, "from-a"),
+        "written by pod-a",
+        "data written by pod-a is visible to pod-b"
+    );
+    assert_eq!(
+        try_write(&b, "from-b", "x"),
+        Err(Some(libc::EROFS)),
+        "a read-only pod could write"
+    );
 
     // pod-a goes: the stage stays for pod-b.
     d.unmount("pod-a", "vol").assert_ok();
-    assert!(is_mounted(&stage), "unstaged while pod-b still uses the volume");
+    assert!(
+        is_mounted(&stage),
+        "unstaged while pod-b still uses the volume"
+    );
     assert_eq!(read(&b, "from-a"), "written by pod-a");
     assert_eq!(d.active_stage_records().len(), 1);
 
     // pod-b goes: unstaged, the stage directory removed, nothing mounted anywhere.
     d.unmount("pod-b", "vol").assert_ok();
     assert_eq!(d.mounts(), NONE, "something is still mounted");
-    assert!(!stage.exists(), "stage directory left behind: {}", stage.display());
+    assert!(
+        !stage.exists(),
+        "stage directory left behind: {}",
+        stage.display()
+    );
     assert_eq!(d.stage_records(), Vec::<serde_json::Value>::new());
-    let text = with_mounted(&dev.path, "ext4", true, |root| std::fs::read_to_string(root.join("from-a")).unwrap());
+    let text = with_mounted(&dev.path, "ext4", true, |root| {
+        std::fs::read_to_string(root.join("from-a")).unwrap()
+    });
     assert_eq!(text, "written by pod-a");
 }
 
@@ -88,15 +112,25 @@ fn a_read_only_pod_first_then_a_read_write_one() {
     require_privileged_sandbox();
     let dev = device_with(Signature::Ext4);
     let d = Daemon::start();
-    d.mount("pod-ro", "vol", json!({"path": dev.path_str(), "kubernetes.io/readwrite": "ro"})).assert_ok();
+    d.mount(
+        "pod-ro",
+        "vol",
+        json!({"path": dev.path_str(), "kubernetes.io/readwrite": "ro"}),
+    )
+    .assert_ok();
     let (ro, rw) = (d.pod_dir("pod-ro", "vol"), d.pod_dir("pod-rw", "vol"));
     assert_eq!(read(&ro, MARKER), MARKER_TEXT);
     assert_eq!(try_write(&ro, "x", "x"), Err(Some(libc::EROFS)));
 
-    d.mount("pod-rw", "vol", json!({"path": dev.path_str()})).assert_ok();
+    d.mount("pod-rw", "vol", json!({"path": dev.path_str()}))
+        .assert_ok();
     try_write(&rw, "from-rw", "hello").expect("the read-write pod cannot write");
     assert_eq!(read(&ro, "from-rw"), "hello");
-    assert_eq!(try_write(&ro, "x", "x"), Err(Some(libc::EROFS)), "the read-only pod became writable");
+    assert_eq!(
+        try_write(&ro, "x", "x"),
+        Err(Some(libc::EROFS)),
+        "the read-only pod became writable"
+    );
     let stage = mount_entries_at(&d.stage_path(dev.path_str()));
     assert_eq!(stage.len(), 1, "{stage:?}");
 
@@ -116,12 +150,27 @@ fn mount_options_reach_the_stage_mount() {
     let stage = mount_entries_at(&d.stage_path(dev.path_str()));
     assert_eq!(stage.len(), 1);
     let flags: Vec<&str> = stage[0].mount_options.split(',').collect();
-    assert!(flags.contains(&"noatime") && flags.contains(&"nodev"), "stage mount options: {}", stage[0].mount_options);
-    assert!(stage[0].super_options.split(',').any(|o| o == "errors=remount-ro"), "{}", stage[0].super_options);
+    assert!(
+        flags.contains(&"noatime") && flags.contains(&"nodev"),
+        "stage mount options: {}",
+        stage[0].mount_options
+    );
+    assert!(
+        stage[0]
+            .super_options
+            .split(',')
+            .any(|o| o == "errors=remount-ro"),
+        "{}",
+        stage[0].super_options
+    );
     // The pod sees the same flags through its bind.
     let pod = mount_entries_at(&d.pod_dir("pod-a", "vol"));
     let flags: Vec<&str> = pod[0].mount_options.split(',').collect();
-    assert!(flags.contains(&"noatime") && flags.contains(&"nodev"), "pod mount options: {}", pod[0].mount_options);
+    assert!(
+        flags.contains(&"noatime") && flags.contains(&"nodev"),
+        "pod mount options: {}",
+        pod[0].mount_options
+    );
     d.unmount("pod-a", "vol").assert_ok();
     assert_eq!(d.mounts(), NONE);
 }
@@ -132,17 +181,27 @@ fn fs_type_volume(fs_type: &str, size_mib: u64) {
     require_privileged_sandbox();
     let dev = LoopDev::new(size_mib);
     let d = Daemon::start();
-    let opts = json!({"path": dev.path_str(), "kubernetes.io/fsType": fs_type, "mountOptions": "noatime"});
+    let opts =
+        json!({"path": dev.path_str(), "kubernetes.io/fsType": fs_type, "mountOptions": "noatime"});
     d.mount("pod-a", "vol", opts).assert_ok();
     let stage = mount_entries_at(&d.stage_path(dev.path_str()));
     assert_eq!(stage.len(), 1);
     assert_eq!(stage[0].fs_type, fs_type);
-    assert!(stage[0].mount_options.split(',').any(|o| o == "noatime"), "{}", stage[0].mount_options);
+    assert!(
+        stage[0].mount_options.split(',').any(|o| o == "noatime"),
+        "{}",
+        stage[0].mount_options
+    );
     try_write(&d.pod_dir("pod-a", "vol"), "data", fs_type).unwrap();
     d.unmount("pod-a", "vol").assert_ok();
     assert_eq!(d.mounts(), NONE);
-    assert_eq!(probe(&dev.path).get("TYPE").map(String::as_str), Some(fs_type));
-    let text = with_mounted(&dev.path, fs_type, true, |root| std::fs::read_to_string(root.join("data")).unwrap());
+    assert_eq!(
+        probe(&dev.path).get("TYPE").map(String::as_str),
+        Some(fs_type)
+    );
+    let text = with_mounted(&dev.path, fs_type, true, |root| {
+        std::fs::read_to_string(root.join("data")).unwrap()
+    });
     assert_eq!(text, fs_type);
     let mkfs = d.mkfs_commands();
     assert_eq!(mkfs.len(), 1, "{mkfs:?}");
@@ -179,9 +238,17 @@ fn fs_group_is_applied_to_the_root_only() {
     let pod = d.pod_dir("pod-a", "vol");
     let root = std::fs::metadata(&pod).unwrap();
     assert_eq!(root.gid(), 2000, "the volume root's group");
-    assert_eq!(root.mode() & 0o7777, 0o2775, "group rwx + setgid on the root, the rest kept");
+    assert_eq!(
+        root.mode() & 0o7777,
+        0o2775,
+        "group rwx + setgid on the root, the rest kept"
+    );
     let sub = std::fs::metadata(pod.join("owned-by-4242")).unwrap();
-    assert_eq!((sub.gid(), sub.mode() & 0o7777), (4242, 0o750), "a subdirectory was changed");
+    assert_eq!(
+        (sub.gid(), sub.mode() & 0o7777),
+        (4242, 0o750),
+        "a subdirectory was changed"
+    );
     let file = std::fs::metadata(pod.join("owned-by-4242/file")).unwrap();
     assert_eq!(file.gid(), 0, "a file below the root was changed");
 
@@ -189,7 +256,11 @@ fn fs_group_is_applied_to_the_root_only() {
     // (a chown or chmod would move the root's ctime).
     d.mount("pod-b", "vol", opts).assert_ok();
     let again = std::fs::metadata(d.pod_dir("pod-b", "vol")).unwrap();
-    assert_eq!((again.ctime(), again.ctime_nsec()), (root.ctime(), root.ctime_nsec()), "root touched again");
+    assert_eq!(
+        (again.ctime(), again.ctime_nsec()),
+        (root.ctime(), root.ctime_nsec()),
+        "root touched again"
+    );
 
     d.unmount("pod-a", "vol").assert_ok();
     d.unmount("pod-b", "vol").assert_ok();
@@ -205,8 +276,16 @@ fn a_repeated_mount_is_idempotent() {
     d.mount("pod-a", "vol", opts.clone()).assert_ok();
     try_write(&d.pod_dir("pod-a", "vol"), "f", "1").unwrap();
     d.mount("pod-a", "vol", opts).assert_ok();
-    assert_eq!(mount_entries_at(&d.pod_dir("pod-a", "vol")).len(), 1, "bound twice");
-    assert_eq!(mount_entries_at(&d.stage_path(dev.path_str())).len(), 1, "staged twice");
+    assert_eq!(
+        mount_entries_at(&d.pod_dir("pod-a", "vol")).len(),
+        1,
+        "bound twice"
+    );
+    assert_eq!(
+        mount_entries_at(&d.stage_path(dev.path_str())).len(),
+        1,
+        "staged twice"
+    );
     assert_eq!(read(&d.pod_dir("pod-a", "vol"), "f"), "1");
     assert_eq!(d.mkfs_commands().len(), 1);
     d.unmount("pod-a", "vol").assert_ok();
@@ -233,14 +312,30 @@ fn another_nodes_volume_is_refused() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
     let d = Daemon::start();
-    let r = d.mount("pod-a", "pv-1", json!({"path": dev.path_str(), "node": "node-other"}));
-    assert_failure(&r, "wrong_node", &["pv-1", "belongs to node node-other", "this is node node-it"]);
-    assert!(probe(&dev.path).is_empty(), "another node's blank disk was formatted");
+    let r = d.mount(
+        "pod-a",
+        "pv-1",
+        json!({"path": dev.path_str(), "node": "node-other"}),
+    );
+    assert_failure(
+        &r,
+        "wrong_node",
+        &["pv-1", "belongs to node node-other", "this is node node-it"],
+    );
+    assert!(
+        probe(&dev.path).is_empty(),
+        "another node's blank disk was formatted"
+    );
     d.assert_nothing_left("pod-a", "pv-1");
     assert_eq!(d.mkfs_commands(), Vec::<String>::new());
 
     // This node's name is accepted.
-    d.mount("pod-a", "pv-1", json!({"path": dev.path_str(), "node": "node-it"})).assert_ok();
+    d.mount(
+        "pod-a",
+        "pv-1",
+        json!({"path": dev.path_str(), "node": "node-it"}),
+    )
+    .assert_ok();
     d.unmount("pod-a", "pv-1").assert_ok();
 }
 
@@ -273,8 +368,17 @@ fn a_known_volume_that_now_looks_blank_is_refused() {
         assert_eq!(digest(&dev.path), wiped, "the device was written");
         assert_eq!(d.mounts(), NONE);
     }
-    assert_eq!(d.mkfs_commands().len(), 1, "formatted again: {:?}", d.mkfs_commands());
-    assert_eq!(d.stage_records()[0]["fs_uuid"], uuid.as_str(), "moor forgot what it saw");
+    assert_eq!(
+        d.mkfs_commands().len(),
+        1,
+        "formatted again: {:?}",
+        d.mkfs_commands()
+    );
+    assert_eq!(
+        d.stage_records()[0]["fs_uuid"],
+        uuid.as_str(),
+        "moor forgot what it saw"
+    );
     d.unmount("pod-a", "vol").assert_ok();
 }
 
@@ -296,7 +400,11 @@ fn a_different_filesystem_under_the_same_path_is_refused() {
     d.spawn();
 
     let r = d.mount("pod-a", "vol", opts);
-    assert_failure(&r, "device_changed", &[dev.path_str(), &other["UUID"], &old]);
+    assert_failure(
+        &r,
+        "device_changed",
+        &[dev.path_str(), &other["UUID"], &old],
+    );
     assert_eq!(probe(&dev.path), other, "the other disk was changed");
     assert_eq!(d.mounts(), NONE);
     assert_eq!(d.mkfs_commands().len(), 1, "{:?}", d.mkfs_commands());

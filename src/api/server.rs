@@ -37,29 +37,33 @@ pub async fn serve(
 async fn connection(stream: UnixStream, exec: Arc<Executor>, me: u32) {
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
     let (rd, mut wr) = stream.into_split();
+    // The request is read even from a peer about to be refused, so it gets its answer
+    // instead of a broken pipe.
+    let mut line = String::new();
+    let read = BufReader::new(rd.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await;
     let resp = if uid != Some(0) && uid != Some(me) {
         tracing::warn!(peer_uid = ?uid, "refused a client that is neither root nor moor's user");
-        Response::Flex {
-            reply: Reply::failure("permission denied: only root may talk to moor"),
-        }
+        failure("permission denied: only root may talk to moor".into())
     } else {
-        let mut line = String::new();
-        let mut reader = BufReader::new(rd.take(MAX_REQUEST));
-        match reader.read_line(&mut line).await {
-            Ok(_) => match serde_json::from_str::<Request>(&line) {
-                Ok(req) => exec.handle(req).await,
-                Err(e) => Response::Flex {
-                    reply: Reply::failure(format!("bad_request: {e}")),
-                },
-            },
-            Err(e) => Response::Flex {
-                reply: Reply::failure(format!("bad_request: {e}")),
-            },
+        match read
+            .map_err(|e| e.to_string())
+            .and_then(|_| serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()))
+        {
+            Ok(req) => exec.handle(req).await,
+            Err(e) => failure(format!("bad_request: {e}")),
         }
     };
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
     if let Err(e) = wr.write_all(&out).await {
         tracing::warn!(error = %e, "client went away before the answer");
+    }
+}
+
+fn failure(message: String) -> Response {
+    Response::Flex {
+        reply: Reply::failure(message),
     }
 }

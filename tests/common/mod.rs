@@ -4,7 +4,7 @@
 //! These tests need root and a private mount namespace (`unshare -m`, as `run-tests`
 //! arranges). A missing capability FAILS the test with a message saying what is missing:
 //! a green run must mean the tests really ran.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,10 +41,10 @@ fn in_private_mount_namespace() -> bool {
         if ppid == 0 {
             return false;
         }
-        if let Ok(ns) = std::fs::read_link(format!("/proc/{ppid}/ns/mnt")) {
-            if ns != ours {
-                return true;
-            }
+        if let Ok(ns) = std::fs::read_link(format!("/proc/{ppid}/ns/mnt"))
+            && ns != ours
+        {
+            return true;
         }
         pid = ppid;
     }
@@ -115,6 +115,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub node: String,
     pub extra_env: Vec<(String, String)>,
+    /// Flags appended to the daemon's command line (later flags win).
+    pub extra_args: Vec<String>,
 }
 
 impl Daemon {
@@ -153,6 +155,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            extra_args: Vec::new(),
         };
         d.spawn();
         d
@@ -187,6 +190,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        cmd.args(&self.extra_args);
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }

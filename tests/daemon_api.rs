@@ -1,0 +1,178 @@
+//! The daemon as an operator and kubelet meet it: the socket's protection, one daemon per
+//! node, concurrency, metrics and health endpoints, config errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::{Daemon, mounts_under, require_privileged_sandbox};
+use serde_json::json;
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn socket_is_root_only_and_checks_the_peer() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let mode = std::fs::metadata(d.socket()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode");
+    let dir_mode = std::fs::metadata(d.run_dir()).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "run dir mode");
+    // Even if someone loosens the modes, a non-root peer is refused by SO_PEERCRED.
+    std::fs::set_permissions(d.run_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let dir = d.pod_dir("p", "v");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(d.driver_link())
+        .args(["unmount", dir.to_str().unwrap()])
+        .env("MOOR_SOCKET", d.socket())
+        .output()
+        .expect("setpriv (util-linux)");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "Failure");
+    assert!(v["message"].as_str().unwrap().contains("only root"), "{v}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_node_refuses_to_start() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_moor"))
+        .arg("daemon")
+        .arg("--kubelet-dir")
+        .arg(d.kubelet_dir())
+        .arg("--state-dir")
+        .arg(d.state_dir())
+        .arg("--run-dir")
+        .arg(d.run_dir())
+        .arg("--socket")
+        .arg(d.root.path().join("other.sock"))
+        .args(["--metrics-addr", "off"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another moor daemon is running"));
+    // The first one still serves.
+    assert!(d.flex(&["init"]).ok());
+    assert!(d.unmount("p", "v").ok());
+}
+
+#[test]
+fn concurrent_calls_on_one_volume_are_serialised_and_all_succeed() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let src = d.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let pods: Vec<String> = (0..8).map(|i| format!("pod{i}")).collect();
+    std::thread::scope(|s| {
+        for p in &pods {
+            let d = &d;
+            let src = &src;
+            s.spawn(move || d.mount(p, "v", json!({"path": src})).assert_ok());
+        }
+    });
+    assert_eq!(
+        mounts_under(&d.kubelet_dir()).len(),
+        9,
+        "one stage + 8 binds"
+    );
+    // kubelet was seen running two unmounts of one volume in the same millisecond.
+    std::thread::scope(|s| {
+        for p in &pods {
+            let d = &d;
+            s.spawn(move || d.unmount(p, "v").assert_ok());
+        }
+    });
+    assert!(mounts_under(&d.kubelet_dir()).is_empty());
+}
+
+#[test]
+fn metrics_and_health_endpoints() {
+    require_privileged_sandbox();
+    let port = free_port();
+    let mut d = Daemon::start();
+    d.stop();
+    d.extra_args = vec![
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--reconcile-interval-seconds".into(),
+        "1".into(),
+    ];
+    d.spawn();
+    assert!(http_get(port, "/healthz").contains("200 OK"));
+    assert!(http_get(port, "/readyz").contains("ready"));
+    let src = d.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    d.mount(
+        "pod1",
+        "pv-a",
+        json!({"path": src, "kubernetes.io/pod.namespace": "team-a"}),
+    )
+    .assert_ok();
+    let bad = d.mount("pod2", "pv-b", json!({"path": src, "node": "elsewhere"}));
+    assert!(
+        bad.message().starts_with("wrong_node:"),
+        "{}",
+        bad.message()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let t = http_get(port, "/metrics");
+        if t.contains("moor_volume_stats_capacity_bytes{") || std::time::Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    for want in [
+        r#"moor_operations_total{driver="local",op="mount"} 2"#,
+        r#"moor_operation_errors_total{driver="local",op="mount",reason="wrong_node"} 1"#,
+        r#"moor_operation_duration_seconds_count{driver="local",op="mount"} 2"#,
+        r#"moor_volume_stats_capacity_bytes{namespace="team-a",volume="pv-a",driver="local"}"#,
+        r#"moor_volume_stats_inodes_used{namespace="team-a",volume="pv-a",driver="local"}"#,
+        "moor_published_volumes 1",
+    ] {
+        assert!(text.contains(want), "missing {want} in:\n{text}");
+    }
+    d.unmount("pod1", "pv-a").assert_ok();
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_key_named() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        "kubelet-dir: /var/lib/kubelet\nmetrics-adr: 127.0.0.1:1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_moor"))
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metrics-adr"), "{err}");
+}
