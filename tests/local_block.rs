@@ -410,3 +410,84 @@ fn a_different_filesystem_under_the_same_path_is_refused() {
     assert_eq!(d.mkfs_commands().len(), 1, "{:?}", d.mkfs_commands());
     d.unmount("pod-a", "vol").assert_ok();
 }
+
+/// Local PVs name their disk through a stable link (`/dev/disk/by-id/…`); the link may point
+/// at another disk after a reboot (hwameistor #982, kubernetes #51431). moor follows the link,
+/// and checks the filesystem it finds there against the one it staged.
+#[test]
+fn a_device_link_that_now_points_at_another_disk_is_refused() {
+    require_privileged_sandbox();
+    let (first, second, blank) = (
+        LoopDev::new(64),
+        device_with(Signature::Ext4),
+        LoopDev::new(64),
+    );
+    let mut d = Daemon::start();
+    let link = d.root.path().join("by-id-disk");
+    std::os::unix::fs::symlink(&first.path, &link).unwrap();
+    let opts = json!({"path": link.to_str().unwrap()});
+    d.mount("pod-a", "vol", opts.clone()).assert_ok();
+    assert_eq!(
+        mount_entries_at(&d.stage_path(link.to_str().unwrap())).len(),
+        1
+    );
+    let staged = probe(&first.path)["UUID"].clone();
+
+    reboot(&mut d);
+    let retarget = |to: &Path| {
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(to, &link).unwrap();
+    };
+    retarget(&second.path);
+    d.spawn();
+    let other = probe(&second.path);
+    let r = d.mount("pod-a", "vol", opts.clone());
+    assert_failure(&r, "device_changed", &[&other["UUID"], &staged]);
+    assert_eq!(probe(&second.path), other);
+
+    retarget(&blank.path);
+    let r = d.mount("pod-a", "vol", opts.clone());
+    assert_failure(&r, "known_volume_blank", &[&staged]);
+    assert!(
+        probe(&blank.path).is_empty(),
+        "the other disk was formatted"
+    );
+
+    retarget(&first.path);
+    d.mount("pod-a", "vol", opts).assert_ok();
+    assert_eq!(d.mkfs_commands().len(), 1, "{:?}", d.mkfs_commands());
+    d.unmount("pod-a", "vol").assert_ok();
+    assert_eq!(d.mounts(), NONE);
+}
+
+/// One disk named by two paths (the node and a link, or two PVs by mistake) must not be
+/// staged twice: "one stage per volume per node" holds for the disk, not only for the string.
+/// A second path to a disk that is already staged is refused as in use — and the message does
+/// not send the operator to run fsck by hand on a healthy, mounted filesystem.
+#[test]
+fn one_disk_under_two_paths_is_not_staged_twice() {
+    require_privileged_sandbox();
+    for (fs_type, size_mib) in [("btrfs", 128), ("ext4", 64)] {
+        let dev = LoopDev::new(size_mib);
+        let d = Daemon::start();
+        let link = d.root.path().join("by-id-disk");
+        std::os::unix::fs::symlink(&dev.path, &link).unwrap();
+        let first = json!({"path": dev.path_str(), "kubernetes.io/fsType": fs_type});
+        d.mount("pod-a", "vol", first).assert_ok();
+        let second = json!({"path": link.to_str().unwrap(), "kubernetes.io/fsType": fs_type});
+        let r = d.mount("pod-b", "vol", second);
+        let stages: Vec<_> = mount_entries_under(&d.kubelet_dir().join("plugins/moor"))
+            .into_iter()
+            .map(|m| m.mount_point)
+            .collect();
+        assert_eq!(
+            stages.len(),
+            1,
+            "{fs_type}: the disk is staged twice: {stages:#?}"
+        );
+        assert_failure(&r, "device_in_use", &[dev.path_str()]);
+        d.unmount("pod-b", "vol").assert_ok();
+        d.unmount("pod-a", "vol").assert_ok();
+        assert_eq!(d.mounts(), NONE);
+    }
+}

@@ -82,6 +82,8 @@ fn lock_instance(run_dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError>
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
+    // The kubelet dir must exist before its symlinks can be resolved (HostPaths::system).
+    fs::create_dir_all(&cfg.kubelet_dir).map_err(io("create", &cfg.kubelet_dir))?;
     private_dir(&cfg.state_dir)?;
     private_dir(&cfg.run_dir)?;
     if let Some(parent) = cfg.socket.parent() {

@@ -16,8 +16,13 @@ pub const VENDOR: &str = "moor";
 /// Every host location moor uses, from one value so tests can point them at a temp tree.
 #[derive(Debug, Clone)]
 pub struct HostPaths {
-    /// kubelet's root directory (`/var/lib/kubelet`).
+    /// kubelet's root directory (`/var/lib/kubelet`), with symlinks resolved: the spelling
+    /// the mount table uses.
     pub kubelet_dir: PathBuf,
+    /// The configured spelling of the kubelet dir when it differs (a symlinked
+    /// `/var/lib/kubelet` is common): paths kubelet passes in are accepted in either form
+    /// and normalised to `kubelet_dir`.
+    pub kubelet_alias: Option<PathBuf>,
     /// Durable state: stage records (`/var/lib/moor`).
     pub state_dir: PathBuf,
     /// State that lives exactly as long as the mounts do: publish records, socket (`/run/moor`).
@@ -93,8 +98,10 @@ pub struct PodVolumeDir {
 impl HostPaths {
     /// The production layout.
     pub fn system(kubelet_dir: PathBuf, state_dir: PathBuf, run_dir: PathBuf) -> Self {
+        let canonical = std::fs::canonicalize(&kubelet_dir).unwrap_or_else(|_| kubelet_dir.clone());
         HostPaths {
-            kubelet_dir,
+            kubelet_alias: (canonical != kubelet_dir).then_some(kubelet_dir),
+            kubelet_dir: canonical,
             state_dir,
             run_dir,
             sys: "/sys".into(),
@@ -131,9 +138,14 @@ impl HostPaths {
             path: raw.into(),
             kubelet_dir: self.kubelet_dir.display().to_string(),
         };
-        let rel = path
-            .strip_prefix(&self.kubelet_dir)
-            .map_err(|_| not_pod())?;
+        let (rel, path) = match path.strip_prefix(&self.kubelet_dir) {
+            Ok(rel) => (rel, path.to_owned()),
+            Err(_) => {
+                let alias = self.kubelet_alias.as_deref().ok_or_else(not_pod)?;
+                let rel = path.strip_prefix(alias).map_err(|_| not_pod())?;
+                (rel, self.kubelet_dir.join(rel))
+            }
+        };
         let parts: Vec<&OsStr> = rel.iter().collect();
         let [pods, uid, volumes, vendor_driver, name] = parts.as_slice() else {
             return Err(not_pod());
@@ -161,9 +173,9 @@ impl HostPaths {
                 expected: d.into(),
             });
         }
-        self.refuse_symlinks(path, rel)?;
+        self.refuse_symlinks(&path, rel)?;
         Ok(PodVolumeDir {
-            path: path.to_owned(),
+            path,
             pod_uid: uid.to_string_lossy().into_owned(),
             driver: found_driver,
             volume_name: name.to_string_lossy().into_owned(),
@@ -231,6 +243,7 @@ mod tests {
     fn paths(root: &Path) -> HostPaths {
         HostPaths {
             kubelet_dir: root.join("kubelet"),
+            kubelet_alias: None,
             state_dir: root.join("state"),
             run_dir: root.join("run"),
             sys: "/sys".into(),
@@ -300,6 +313,24 @@ mod tests {
     }
 
     #[test]
+    fn a_symlinked_kubelet_dir_is_accepted_in_both_spellings() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("data/kubelet")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("data/kubelet"), t.path().join("kubelet"))
+            .unwrap();
+        let p = HostPaths::system(t.path().join("kubelet"), "/s".into(), "/r".into());
+        assert_eq!(
+            p.kubelet_dir,
+            std::fs::canonicalize(t.path().join("data/kubelet")).unwrap()
+        );
+        let alias = format!("{}/kubelet/pods/u/volumes/moor~local/v", t.path().display());
+        let d = p.pod_volume_dir(&alias, Some("local")).unwrap();
+        assert_eq!(d.path, p.kubelet_dir.join("pods/u/volumes/moor~local/v"));
+        let canonical = d.path.display().to_string();
+        assert_eq!(p.pod_volume_dir(&canonical, Some("local")).unwrap(), d);
+    }
+
+    #[test]
     fn rejects_a_symlinked_pod_dir() {
         let t = tempfile::tempdir().unwrap();
         let p = paths(t.path());
@@ -319,7 +350,7 @@ mod tests {
         #[test]
         fn no_accepted_path_escapes(segs in proptest::collection::vec("(\\.\\.|\\.|[a-z~]{1,4}|)", 0..8)) {
             let t = Path::new("/k");
-            let p = HostPaths { kubelet_dir: t.into(), state_dir: "/s".into(), run_dir: "/r".into(),
+            let p = HostPaths { kubelet_dir: t.into(), kubelet_alias: None, state_dir: "/s".into(), run_dir: "/r".into(),
                 sys: "/sys".into(), dev: "/dev".into(), proc: "/proc".into() };
             let raw = format!("/k/{}", segs.join("/"));
             if let Ok(d) = p.pod_volume_dir(&raw, None) {

@@ -24,6 +24,7 @@ impl Rig {
         let root = tmp.path();
         let paths = HostPaths {
             kubelet_dir: root.join("kubelet"),
+            kubelet_alias: None,
             state_dir: root.join("state"),
             run_dir: root.join("run"),
             sys: "/sys".into(),
