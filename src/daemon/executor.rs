@@ -84,18 +84,22 @@ impl Executor {
                 let span = tracing::info_span!("op", op = "mount", driver = %driver, target = %target,
                     pod_uid = options.get("kubernetes.io/pod.uid").map(String::as_str).unwrap_or(""),
                     volume = tracing::field::Empty);
+                let subject = target.clone();
                 self.timed(
                     "mount",
                     &driver,
+                    &subject,
                     self.mount(driver.clone(), target, options).instrument(span),
                 )
                 .await
             }
             Request::Unmount { driver, target } => {
                 let span = tracing::info_span!("op", op = "unmount", driver = %driver, target = %target, volume = tracing::field::Empty);
+                let subject = target.clone();
                 self.timed(
                     "unmount",
                     &driver,
+                    &subject,
                     self.unmount(driver.clone(), target).instrument(span),
                 )
                 .await
@@ -103,7 +107,9 @@ impl Executor {
         }
     }
 
-    async fn timed<F>(&self, op: &'static str, driver: &str, fut: F) -> Response
+    /// Runs `fut` under the operation deadline and records its metrics; `subject` (the pod
+    /// volume directory) names the volume in a timeout message.
+    async fn timed<F>(&self, op: &'static str, driver: &str, subject: &str, fut: F) -> Response
     where
         F: std::future::Future<Output = Result<String, Error>>,
     {
@@ -112,7 +118,7 @@ impl Executor {
         let result = match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                volume: driver.into(),
+                volume: subject.into(),
                 op,
                 after: self.op_timeout,
             }),
