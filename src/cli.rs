@@ -38,9 +38,17 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Forget an idle volume: moor stops remembering the filesystem it saw on it, so a disk
+    /// wiped on purpose may be formatted again. Refused while the volume is in use.
+    Forget {
+        /// The volume key, as `moor status` shows it.
+        key: String,
+    },
     /// Run the main job on a built-in default: a daemon on a loop-backed disk, driven as
     /// kubelet drives it (root).
     Demo,
+    /// Local persistent volumes: `moor local discover | wipe <entry> | sync`.
+    Local(crate::local::cli::LocalArgs),
     /// Print the version.
     Version,
 }
@@ -103,6 +111,7 @@ impl DaemonArgs {
                 mount_timeout_seconds: self.mount_timeout_seconds,
                 reconcile_interval_seconds: self.reconcile_interval_seconds,
                 log_format: self.log_format,
+                local: None,
             },
         }
     }
@@ -157,6 +166,9 @@ pub enum CliError {
     /// Demo.
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
+    /// `moor local …`.
+    #[error(transparent)]
+    Local(#[from] crate::local::cli::LocalCliError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -190,11 +202,27 @@ pub fn run() -> Result<i32, CliError> {
         }
         Command::Flex { driver, args } => Ok(flex_main(driver.as_deref(), &args)),
         Command::Status { output } => status(output),
+        Command::Forget { key } => forget(&key),
         Command::Demo => Ok(crate::demo::run()?),
+        Command::Local(args) => Ok(crate::local::cli::run(args)?),
         Command::Version => {
             println!("moor {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
+    }
+}
+
+fn forget(key: &str) -> Result<i32, CliError> {
+    let req = Request::Forget { key: key.into() };
+    match client::call(&client::socket_path(), &req, Duration::from_secs(30))? {
+        Response::Flex { reply } if reply.status == flexvolume::Status::Success => {
+            println!("forgot volume {key}");
+            Ok(0)
+        }
+        Response::Flex { reply } => Err(CliError::Other(reply.message.unwrap_or_default())),
+        other => Err(CliError::Other(format!(
+            "unexpected answer from the daemon: {other:?}"
+        ))),
     }
 }
 

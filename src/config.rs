@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub reconcile_interval_seconds: Option<u64>,
     /// `text` or `json` (default: text on a TTY, JSON otherwise).
     pub log_format: Option<String>,
+    /// Local PV discovery: classes and their discovery directories (file only).
+    pub local: Option<crate::local::classes::LocalFileConfig>,
 }
 
 /// Flag/env overrides (clap fills these).
@@ -68,6 +70,8 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// Log format override.
     pub log_format: Option<String>,
+    /// Local PV discovery (no classes: off).
+    pub local: crate::local::classes::LocalConfig,
 }
 
 /// A configuration that cannot be used.
@@ -167,12 +171,21 @@ impl Config {
                     message: format!("not set and the hostname cannot be read: {e}"),
                 })?,
         };
+        let kubelet_dir = path_key(
+            "kubelet-dir",
+            pick(&top.kubelet_dir, &file.kubelet_dir).unwrap_or_else(|| "/var/lib/kubelet".into()),
+        )?;
+        let local = match pick(&top.local, &file.local) {
+            Some(raw) => crate::local::classes::validate(&raw, &kubelet_dir).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "local",
+                    message: e.to_string(),
+                }
+            })?,
+            None => crate::local::classes::LocalConfig::default(),
+        };
         Ok(Config {
-            kubelet_dir: path_key(
-                "kubelet-dir",
-                pick(&top.kubelet_dir, &file.kubelet_dir)
-                    .unwrap_or_else(|| "/var/lib/kubelet".into()),
-            )?,
+            kubelet_dir,
             state_dir: path_key(
                 "state-dir",
                 pick(&top.state_dir, &file.state_dir).unwrap_or_else(|| "/var/lib/moor".into()),
@@ -210,6 +223,7 @@ impl Config {
                 30,
             )?,
             log_format,
+            local,
         })
     }
 }

@@ -243,6 +243,14 @@ impl Lifecycle {
             Some(p) if p.phase == PublishPhase::Published && self.is_mount_point(target)? => {
                 return Ok(MountOutcome::AlreadyPublished);
             }
+            Some(mut p) if self.is_mount_point(target)? && self.is_bind_of_stage(target, &p) => {
+                // Our bind is still there (an unmount that failed half-way, a crash before
+                // the Published record): kubelet wants it mounted, so it simply is.
+                p.phase = PublishPhase::Published;
+                self.journal.put_publish(&p)?;
+                self.state().put_publish(p);
+                return Ok(MountOutcome::AlreadyPublished);
+            }
             Some(_) => {}
             None => {
                 if self.is_mount_point(target)? {
@@ -358,6 +366,8 @@ impl Lifecycle {
                 .bind(path, stage_path, false)
                 .map_err(Self::mount_err(key)),
             StageSource::Block { device } => {
+                // One disk is staged once: not under a second path, not while mounted elsewhere.
+                fs::check_exclusive(key, device)?;
                 let known = rec.known_filesystem();
                 let prepared = fs::ensure_filesystem(
                     &self.host,
@@ -510,14 +520,22 @@ impl Lifecycle {
             Ok(())
         };
         if let Err(e) = steps() {
-            if self.is_mount_point(target).unwrap_or(false) {
-                let _ = self
+            let still_mounted = self.is_mount_point(target).unwrap_or(true)
+                && self
                     .host
                     .mounter
-                    .unmount(target, false, self.timeouts.unmount);
+                    .unmount(target, false, self.timeouts.unmount)
+                    .is_err();
+            if still_mounted {
+                // Never forget a bind that is still there: the record keeps it owned, so
+                // kubelet's next unmount can remove it (no orphaned pod directory).
+                rec.phase = PublishPhase::Unpublishing;
+                let _ = self.journal.put_publish(&rec);
+                self.state().put_publish(rec);
+            } else {
+                let _ = self.journal.remove_publish(target);
+                self.state().drop_publish(target);
             }
-            let _ = self.journal.remove_publish(target);
-            self.state().drop_publish(target);
             return Err(e);
         }
         pause_point("publish:bound");
@@ -526,6 +544,16 @@ impl Lifecycle {
         self.state().put_publish(rec);
         tracing::info!(volume = %stage.key, target = %target.display(), pod_uid = %plan.target.pod_uid, read_only = plan.opts.read_only, "published");
         Ok(())
+    }
+
+    /// True when `target` is mounted from the same filesystem as `p`'s stage.
+    fn is_bind_of_stage(&self, target: &Path, p: &PublishRecord) -> bool {
+        let stage = self
+            .host
+            .mounts
+            .path_mount(&self.stage_path(&p.driver, &p.key));
+        let bind = self.host.mounts.path_mount(target);
+        matches!((stage, bind), (Ok(s), Ok(t)) if s.is_mount_root && t.is_mount_root && s.dev == t.dev)
     }
 
     /// Unmounts `target` only if it is a bind of the stage (same device); refuses otherwise.
@@ -614,8 +642,16 @@ impl Lifecycle {
         remove_empty_dir(&stage_path);
         let driver = self.driver(&rec.driver)?;
         driver.detach(&self.host, &rec)?;
-        self.journal.remove_stage(key)?;
-        self.state().stages.remove(key);
+        if rec.fs_type.is_some() {
+            // A block volume stays remembered (idle) with the filesystem moor saw, so if it
+            // ever looks blank later it is refused, not formatted. `moor forget` ends that.
+            rec.phase = StagePhase::Idle;
+            self.journal.put_stage(&rec)?;
+            self.state().stages.insert(key.into(), rec.clone());
+        } else {
+            self.journal.remove_stage(key)?;
+            self.state().stages.remove(key);
+        }
         tracing::info!(volume = key, driver = %rec.driver, "unstaged");
         Ok(())
     }
@@ -895,10 +931,37 @@ impl Lifecycle {
             .collect()
     }
 
-    /// Count of (stages, publishes) for gauges.
+    /// Drops an idle volume's record: moor forgets the filesystem it saw there (an operator
+    /// who wiped the disk on purpose and wants it formatted again). Refused while staged.
+    pub fn forget(&self, key: &str) -> Result<bool, Error> {
+        let Some(rec) = self.state().stages.get(key).cloned() else {
+            return Ok(false);
+        };
+        if rec.phase != StagePhase::Idle || self.state().user_count(key) > 0 {
+            return Err(Error::TargetBusy {
+                target: self.stage_path(&rec.driver, key),
+                detail: format!(
+                    "volume {key} is {:?}, not idle: unmount it first",
+                    rec.phase
+                )
+                .to_lowercase(),
+            });
+        }
+        self.journal.remove_stage(key)?;
+        self.state().stages.remove(key);
+        tracing::warn!(volume = key, "forgotten on request");
+        Ok(true)
+    }
+
+    /// Count of staged volumes and publishes, for gauges.
     pub fn counts(&self) -> (usize, usize) {
         let st = self.state();
-        (st.stages.len(), st.publishes.len())
+        let staged = st
+            .stages
+            .values()
+            .filter(|s| s.phase == StagePhase::Staged)
+            .count();
+        (staged, st.publishes.len())
     }
 
     /// The volume table for `moor status`.

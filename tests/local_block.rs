@@ -5,7 +5,11 @@
 //! by every pod and removed only with the last one; read-only pods really cannot write; the
 //! mount options and the filesystem type asked for are the ones in the mount table; fsGroup
 //! touches the volume root only; another node's volume, a volume that now looks blank and a
-//! different disk under the same path are refused without writing a byte.
+//! different disk under the same path (or behind the same by-id style link) are refused
+//! without writing a byte; a disk already mounted — by moor under another path, or by someone
+//! else — is refused as in use rather than mounted twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -16,7 +20,7 @@ use common::host::{
     MARKER, MARKER_TEXT, Signature, assert_failure, device_with, digest, mkfs, mount_entries_at,
     mount_entries_under, probe, with_mounted,
 };
-use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox};
+use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox, sh};
 use serde_json::json;
 
 const NONE: Vec<PathBuf> = Vec::new();
@@ -100,7 +104,12 @@ fn two_pods_share_one_stage_and_unstage_after_the_last() {
         "stage directory left behind: {}",
         stage.display()
     );
-    assert_eq!(d.stage_records(), Vec::<serde_json::Value>::new());
+    assert_eq!(d.active_stage_records(), Vec::<serde_json::Value>::new());
+    // The volume stays remembered, idle, with the filesystem moor saw on it.
+    let idle = d.stage_records();
+    assert_eq!(idle.len(), 1);
+    assert_eq!(idle[0]["phase"], "idle");
+    assert_eq!(idle[0]["fs_type"], "ext4");
     let text = with_mounted(&dev.path, "ext4", true, |root| {
         std::fs::read_to_string(root.join("from-a")).unwrap()
     });
@@ -490,4 +499,72 @@ fn one_disk_under_two_paths_is_not_staged_twice() {
         d.unmount("pod-a", "vol").assert_ok();
         assert_eq!(d.mounts(), NONE);
     }
+}
+
+/// A disk someone else has mounted (an operator, the host's fstab) is in use: moor neither
+/// stages it a second time nor runs fsck on it.
+#[test]
+fn a_disk_mounted_elsewhere_is_refused_as_in_use() {
+    require_privileged_sandbox();
+    let dev = device_with(Signature::Btrfs);
+    let d = Daemon::start();
+    let elsewhere = d.root.path().join("operator-mount");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    common::sh("mount", &[dev.path_str(), elsewhere.to_str().unwrap()]);
+    let r = d.mount("pod-a", "vol", json!({"path": dev.path_str()}));
+    let stage = d.stage_path(dev.path_str());
+    assert!(
+        !is_mounted(&stage),
+        "a disk mounted elsewhere was staged as well"
+    );
+    assert_failure(&r, "device_in_use", &[dev.path_str()]);
+    assert_eq!(d.mounts(), vec![elsewhere]);
+    d.unmount("pod-a", "vol").assert_ok();
+}
+
+/// After the last unmount a block volume stays remembered: if its disk later looks blank
+/// (a broken data path, a wipe), moor refuses to format it until an operator runs
+/// `moor forget <key>`.
+#[test]
+fn a_remembered_volume_that_looks_blank_needs_forget_before_format() {
+    require_privileged_sandbox();
+    let dev = LoopDev::new(64);
+    let d = Daemon::start();
+    let opts = json!({"path": dev.path_str(), "kubernetes.io/fsType": "ext4"});
+    d.mount("pod-a", "vol", opts.clone()).assert_ok();
+    d.unmount("pod-a", "vol").assert_ok();
+    // Wipe it the thorough way: no signature, zeroed ends.
+    sh("wipefs", &["-a", dev.path_str()]);
+    sh(
+        "dd",
+        &[
+            "if=/dev/zero",
+            &format!("of={}", dev.path_str()),
+            "bs=1M",
+            "count=2",
+            "conv=fsync",
+            "status=none",
+        ],
+    );
+    let r = d.mount("pod-a", "vol", opts.clone());
+    assert!(r.message().starts_with("known_volume_blank:"), "{}", r.json);
+    assert_eq!(
+        d.mkfs_commands().len(),
+        1,
+        "only the first, blank-disk format ran"
+    );
+    let key = d.stage_records()[0]["key"].as_str().unwrap().to_owned();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moor"))
+        .args(["forget", &key])
+        .env("MOOR_SOCKET", d.socket())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.mount("pod-a", "vol", opts).assert_ok();
+    assert_eq!(d.mkfs_commands().len(), 2);
+    d.unmount("pod-a", "vol").assert_ok();
 }

@@ -8,6 +8,8 @@
 //! directory; mounts moor did not make are neither covered nor removed; every bad request is
 //! one JSON line with a reason.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -348,4 +350,52 @@ fn a_mount_stacked_on_a_published_directory_is_not_removed() {
         std::fs::read_to_string(src.join("existing")).unwrap(),
         "already here"
     );
+}
+
+/// A process still holds the volume (an open file): unmount fails with `mount_busy` instead of
+/// detaching lazily and hiding the busy mount, the data stays reachable, and kubelet's retry
+/// succeeds once the process lets go.
+#[test]
+fn a_busy_volume_unmounts_once_released() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let src = source(&d, "ssd1");
+    d.mount("pod-a", "vol", json!({"path": s(&src)}))
+        .assert_ok();
+    let pod = d.pod_dir("pod-a", "vol");
+    let held = std::fs::File::create(pod.join("open-file")).unwrap();
+    for _ in 0..2 {
+        assert_failure(&d.unmount("pod-a", "vol"), "mount_busy", &[s(&pod)]);
+        assert!(is_mounted(&pod));
+        assert_eq!(
+            std::fs::read_to_string(pod.join("existing")).unwrap(),
+            "already here"
+        );
+    }
+    drop(held);
+    d.unmount("pod-a", "vol").assert_ok();
+    assert_eq!(d.mounts(), NONE);
+    assert!(src.join("open-file").exists());
+}
+
+/// While an unmount is stuck on a busy volume, a mount of the same pod directory comes in
+/// (kubelet's reconciler, an operator): whatever it answers, moor must not drop its record of
+/// a bind that is still mounted, or the later unmount is refused as `not_owned` forever and
+/// the pod directory is orphaned (pain point 3).
+#[test]
+fn a_mount_retry_during_a_busy_unmount_keeps_the_volume_owned() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let src = source(&d, "ssd1");
+    let opts = json!({"path": s(&src)});
+    d.mount("pod-a", "vol", opts.clone()).assert_ok();
+    let pod = d.pod_dir("pod-a", "vol");
+    let held = std::fs::File::create(pod.join("open-file")).unwrap();
+    assert_failure(&d.unmount("pod-a", "vol"), "mount_busy", &[]);
+    let _ = d.mount("pod-a", "vol", opts);
+    assert!(is_mounted(&pod));
+    drop(held);
+    let r = d.unmount("pod-a", "vol");
+    r.assert_ok();
+    assert_eq!(d.mounts(), NONE, "mounts left behind");
 }

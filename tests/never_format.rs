@@ -9,8 +9,14 @@
 //! mounted or recorded, and kubelet's follow-up unmount succeeds. In every case the daemon's
 //! own log shows that no mkfs ran.
 //!
-//! Then the blank device: formatted exactly once, without a force flag, and its data survives
-//! unmount, a daemon restart and a remount; a read-only request never formats.
+//! Then the blank device: formatted exactly once, without a force flag, even when several pods
+//! mount it at the same moment, and its data survives unmount, a daemon restart and a remount;
+//! a read-only request or an fsType moor cannot create never formats, nor does a device that
+//! reads as zero bytes. Devices that hold data the low-level probe does not name (an ext4
+//! with a damaged primary superblock, a GPT with only its backup header) are not blank either,
+//! and a failed mount is never a reason to format.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -336,8 +342,19 @@ mod hidden_data {
         assert_eq!(r.status(), "Failure", "{}", r.json);
         assert_eq!(digest(&dev.path), before);
         d.assert_nothing_left("pod-a", "vol");
-        // Still recoverable: the backup superblock is intact.
-        sh("e2fsck", &["-n", "-b", "8193", dev.path_str()]);
+        // Still recoverable: the backup superblock is intact and names the filesystem.
+        let backup = sh(
+            "dumpe2fs",
+            &[
+                "-h",
+                "-o",
+                "superblock=8193",
+                "-o",
+                "blocksize=1024",
+                dev.path_str(),
+            ],
+        );
+        assert!(backup.contains("Filesystem UUID"), "{backup}");
     }
 
     /// A GPT disk whose first sectors were zeroed keeps its backup table at the end; `wipefs`
@@ -426,4 +443,34 @@ mod mount_failure {
         assert_eq!(marker, MARKER_TEXT.as_bytes());
         assert_eq!(d.mkfs_commands(), Vec::<String>::new());
     }
+}
+
+/// Two pods of one volume mounted at the same moment (a Deployment scaling up): the blank
+/// disk is formatted once, both pods see the same filesystem.
+#[test]
+fn concurrent_first_mounts_format_once() {
+    require_privileged_sandbox();
+    let dev = LoopDev::new(64);
+    let d = Daemon::start();
+    let opts = json!({"path": dev.path_str()});
+    let pods = ["pod-a", "pod-b", "pod-c", "pod-d"];
+    std::thread::scope(|s| {
+        let runs: Vec<_> = pods
+            .iter()
+            .map(|p| s.spawn(|| d.mount(p, "vol", opts.clone())))
+            .collect();
+        for r in runs {
+            r.join().unwrap().assert_ok();
+        }
+    });
+    assert_eq!(d.mkfs_commands().len(), 1, "{:?}", d.mkfs_commands());
+    std::fs::write(d.pod_dir("pod-a", "vol").join("f"), "shared").unwrap();
+    for p in pods {
+        assert_eq!(
+            std::fs::read_to_string(d.pod_dir(p, "vol").join("f")).unwrap(),
+            "shared"
+        );
+        d.unmount(p, "vol").assert_ok();
+    }
+    assert_eq!(d.mounts(), Vec::<std::path::PathBuf>::new());
 }

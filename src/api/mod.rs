@@ -32,6 +32,11 @@ pub enum Request {
     },
     /// The volume table.
     Status,
+    /// Drop an idle volume's record (`moor forget`).
+    Forget {
+        /// Volume key.
+        key: String,
+    },
 }
 
 impl Request {
@@ -41,6 +46,7 @@ impl Request {
             Request::Mount { .. } => "mount",
             Request::Unmount { .. } => "unmount",
             Request::Status => "status",
+            Request::Forget { .. } => "forget",
         }
     }
 }

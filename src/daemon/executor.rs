@@ -76,6 +76,7 @@ impl Executor {
                 node: self.lifecycle.node_name().into(),
                 volumes: self.lifecycle.status(),
             },
+            Request::Forget { key } => self.forget(key).await,
             Request::Mount {
                 driver,
                 target,
@@ -149,6 +150,23 @@ impl Executor {
         self.metrics
             .published_volumes
             .set(i64::try_from(publishes).unwrap_or(i64::MAX));
+    }
+
+    async fn forget(&self, key: String) -> Response {
+        let guard = self.lock(&key).await;
+        let lc = self.lifecycle.clone();
+        let k = key.clone();
+        let r = blocking(move || {
+            let _held = guard;
+            lc.forget(&k)
+        })
+        .await;
+        self.prune(&key);
+        flex(match r {
+            Ok(true) => Reply::success(),
+            Ok(false) => Reply::failure(format!("no record of volume {key}")),
+            Err(e) => Reply::failure(e.flex_message()),
+        })
     }
 
     async fn mount(

@@ -170,6 +170,7 @@ async fn serve(
         cfg.operation_timeout,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let local_pvs = crate::local::watch::spawn(&cfg, lifecycle.clone(), stop_rx.clone());
     let server = tokio::spawn(crate::api::server::serve(listener, exec.clone(), stop_rx));
     let reconciler = tokio::spawn(reconciler::run(
         lifecycle.clone(),
@@ -188,6 +189,9 @@ async fn serve(
     let _ = stop_tx.send(true);
     let _ = server.await;
     reconciler.abort();
+    if let Some(t) = local_pvs {
+        t.abort();
+    }
     if !exec.drain(DRAIN_LIMIT).await {
         tracing::warn!(
             "operations still running at shutdown; their journal intents finish them on restart"

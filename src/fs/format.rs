@@ -7,8 +7,11 @@
 //!   a broken data path, not an empty disk);
 //! - a low-level `blkid -p` probe found no signature of any kind (filesystem, swap, LUKS,
 //!   LVM, RAID, partition table) and the probe itself was clear;
-//! - the device was actually read, start and end, so "nothing found" is not "cannot read";
-//! - the kernel knows no partitions or holders on it and it is mounted nowhere;
+//! - the device was actually read, start and end, so "nothing found" is not "cannot read",
+//!   and both ends hold only zeros, so data no probe recognises (a damaged superblock, a lone
+//!   backup GPT) is not taken for blank;
+//! - the kernel knows no partitions or holders on it, and an exclusive open succeeds (it is
+//!   mounted nowhere and held by nothing);
 //! - a second probe, right before mkfs, still finds nothing.
 //!
 //! mkfs then runs without any force flag. A mount failure never leads here: callers decide to
@@ -151,8 +154,18 @@ pub enum FsError {
         /// What moor saw before.
         known: String,
     },
+    /// No signature, but the ends of the device are not zero.
+    #[error(
+        "volume {volume}: {device} shows no known signature but its first or last MiB is not zero: it may hold data no probe recognises (a damaged filesystem, a backup partition table); not formatting. To let moor format it, zero both ends (blkdiscard -z, or dd)"
+    )]
+    DataPresent {
+        /// Volume key.
+        volume: String,
+        /// Device.
+        device: PathBuf,
+    },
     /// Partitions, holders or mounts on the device.
-    #[error("volume {volume}: {device} is in use ({detail}); not formatting")]
+    #[error("volume {volume}: {device} is in use ({detail}); refusing to format or mount it")]
     InUse {
         /// Volume key.
         volume: String,
@@ -217,6 +230,7 @@ impl FsError {
             FsError::BlankReadOnly { .. } => "blank_read_only",
             FsError::KnownVolumeLooksBlank { .. } => "known_volume_blank",
             FsError::InUse { .. } => "device_in_use",
+            FsError::DataPresent { .. } => "data_present",
             FsError::Unsupported { .. } => "unsupported_fs_type",
             FsError::MkfsFailed { .. } => "mkfs_failed",
             FsError::FsckFailed { .. } => "fsck_failed",
@@ -288,11 +302,17 @@ pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepare
             asked: asked.into(),
         });
     }
-    blockdev::check_readable(req.device).map_err(|e| FsError::Unreadable {
+    let ends = blockdev::read_ends(req.device).map_err(|e| FsError::Unreadable {
         volume: req.volume.into(),
         device: req.device.into(),
         error: e.to_string(),
     })?;
+    if !ends.all_zero {
+        return Err(FsError::DataPresent {
+            volume: req.volume.into(),
+            device: req.device.into(),
+        });
+    }
     refuse_if_in_use(host, req)?;
     // The state may have changed while we looked (another agent, a slow udev): look again.
     if run_probe(host, req)? != Probe::NothingFound {
@@ -391,17 +411,30 @@ fn refuse_if_in_use(host: &Host, req: &FormatRequest<'_>) -> Result<(), FsError>
     if !holders.is_empty() {
         return Err(in_use(format!("held by {}", holders.join(", "))));
     }
-    let table = host
-        .mounts
-        .snapshot()
-        .map_err(|e| in_use(format!("mount table: {e}")))?;
-    if let Some(m) = table
-        .iter()
-        .find(|m| (m.major, m.minor) == (dev.major, dev.minor))
-    {
-        return Err(in_use(format!("mounted at {}", m.mount_point.display())));
-    }
-    Ok(())
+    check_exclusive(req.volume, req.device)
+}
+
+/// Fails unless nothing holds `device` exclusively (no mount anywhere, no device-mapper or md
+/// on top): checked before formatting, and before mounting an existing filesystem, so one
+/// disk is never staged twice under two names.
+pub fn check_exclusive(volume: &str, device: &Path) -> Result<(), FsError> {
+    blockdev::claim_exclusive(device).map_err(|e| {
+        // Name the kernel's device too when the volume names it through a link (by-id …).
+        let resolved = std::fs::canonicalize(device)
+            .ok()
+            .filter(|r| r != device)
+            .map(|r| format!("{}: ", r.display()))
+            .unwrap_or_default();
+        FsError::InUse {
+            volume: volume.into(),
+            device: device.into(),
+            detail: if e.raw_os_error() == Some(libc::EBUSY) {
+                format!("{resolved}mounted or held by another user of the device")
+            } else {
+                format!("{resolved}cannot open it exclusively: {e}")
+            },
+        }
+    })
 }
 
 /// Checks an ext filesystem before a read-write mount (`e2fsck -p`); other types check

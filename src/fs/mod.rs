@@ -6,4 +6,4 @@ pub mod format;
 pub mod mkfs;
 pub mod probe;
 
-pub use format::{FsError, Prepared, ensure_filesystem, fsck};
+pub use format::{FsError, Prepared, check_exclusive, ensure_filesystem, fsck};

@@ -100,15 +100,46 @@ fn list_names(dir: &Path) -> std::io::Result<Vec<String>> {
     }
 }
 
+/// What reading both ends of a device showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    /// Device size in bytes.
+    pub size: u64,
+    /// The first and the last MiB hold only zero bytes.
+    pub all_zero: bool,
+}
+
 /// Reads the first and the last MiB of the device. A probe that found nothing on a device
-/// that cannot be read proves nothing, so this must succeed before any mkfs.
-pub fn check_readable(path: &Path) -> std::io::Result<u64> {
+/// that cannot be read proves nothing, so this must succeed before any mkfs; and bytes that
+/// are not zero there are data no probe recognised (a damaged superblock, a lone backup
+/// partition table). A zero-size device (a vanished disk) is an error, never "blank".
+pub fn read_ends(path: &Path) -> std::io::Result<Ends> {
     let mut f = File::open(path)?;
     let size = f.seek(SeekFrom::End(0))?;
+    if size == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "device size is 0",
+        ));
+    }
     let mut buf = vec![0u8; READ_CHECK.min(size) as usize];
     f.seek(SeekFrom::Start(0))?;
     f.read_exact(&mut buf)?;
+    let mut all_zero = buf.iter().all(|b| *b == 0);
     f.seek(SeekFrom::Start(size - buf.len() as u64))?;
     f.read_exact(&mut buf)?;
-    Ok(size)
+    all_zero &= buf.iter().all(|b| *b == 0);
+    Ok(Ends { size, all_zero })
+}
+
+/// Opens the device with `O_EXCL`, which for a block device fails with EBUSY while anything
+/// holds it exclusively: a mount, device-mapper, md, another exclusive opener. Closed again
+/// at once.
+pub fn claim_exclusive(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+        .map(drop)
 }

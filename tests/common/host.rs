@@ -21,7 +21,7 @@ pub enum Signature {
     Xfs,
     /// A btrfs filesystem with a marker file.
     Btrfs,
-    /// A FAT filesystem (written with mtools-free `mkfs.vfat`; no marker file).
+    /// A FAT filesystem (raw marker bytes, not a file: the kernel may lack vfat).
     Vfat,
     /// A swap area.
     Swap,

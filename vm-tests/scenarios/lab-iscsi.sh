@@ -30,6 +30,7 @@ node "$LAB_ISCSI_PORTAL" -o new >/dev/null
 lab_run node "$LAB_ISCSI_PORTAL" --login
 dev=$(wait_disk "$(by_path "$LAB_ISCSI_PORTAL")")
 lab_assert_eq "$(/lib/udev/scsi_id -g -u -x "$dev" | sed -n 's/^ID_SCSI_SERIAL=//p')" "$LAB_ISCSI_SERIAL" "unit serial"
+wwid_plain=$(/lib/udev/scsi_id -g -u "$dev")
 check_io "$dev" ext4
 check_io "$dev" xfs
 lab_run node "$LAB_ISCSI_PORTAL" --logout
@@ -72,6 +73,7 @@ done
 d1=$(wait_disk "$(by_path "$p1")"); d2=$(wait_disk "$(by_path "$p2")")
 w1=$(/lib/udev/scsi_id -g -u "$d1"); w2=$(/lib/udev/scsi_id -g -u "$d2")
 lab_assert_eq "$w2" "$w1" "WWID of the second path"
+[[ $w1 != "$wwid_plain" ]] || lab_die "two different LUNs share WWID $w1"
 lab_step "multipath: two sessions, $d1 and $d2 share WWID $w1"
 lab_modprobe dm_multipath
 printf 'defaults {\n  user_friendly_names no\n  find_multipaths no\n}\n' > /etc/multipath.conf

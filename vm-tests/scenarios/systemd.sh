@@ -12,6 +12,7 @@ lab_install_moor
 SOCKET=/run/moor/moor.sock
 
 # --- start: Type=notify means `systemctl start` returns only after READY=1 -------
+lab_assert_eq "$(systemctl show -P Type moor.service)" notify "moor.service Type"
 lab_run lab_with_deadline 60 systemctl start moor.service
 lab_assert_eq "$(systemctl is-active moor.service)" active "moor.service state"
 # READY=1 must mean "serving": the socket answers the moment start returns.

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The Vagrant boxes' provisioning (vm-tests/vagrant/provision), storage and node roles on one guest.
-# vm: systemd=1 timeout=300
+# vm: systemd=1 timeout=420
 set -euo pipefail
 . "$LAB_DIR/lib/lab.sh"
 . "$LAB_DIR/lib/moor-node.sh"

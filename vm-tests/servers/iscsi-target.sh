@@ -55,6 +55,8 @@ _lab_cfs_write() {
   printf '%s' "$2" > "$1" || lab_die "configfs write failed: $1 = $2"
 }
 
+_lab_iscsi_serial() { printf '%s' "moorlab-$1" | md5sum | cut -c1-32; }
+
 _lab_iscsi_backstore() {
   local name=$1 dir=$_LAB_CFS/core/fileio_0/$1 file=$LAB_STATE/iscsi/$1.img
   mkdir -p "$LAB_STATE/iscsi"
@@ -62,7 +64,9 @@ _lab_iscsi_backstore() {
   truncate -s "${LAB_ISCSI_SIZE_MB}M" "$file"   # sparse: costs nothing until written
   mkdir -p "$dir"
   _lab_cfs_write "$dir/control" "fd_dev_name=$file,fd_dev_size=$((LAB_ISCSI_SIZE_MB * 1048576))"
-  _lab_cfs_write "$dir/wwn/vpd_unit_serial" "moorlab-$name"
+  # LIO derives the LUN's NAA WWID from the hex digits of the unit serial: a hex
+  # serial unique per name keeps WWIDs unique (dm-multipath must not merge two LUNs).
+  _lab_cfs_write "$dir/wwn/vpd_unit_serial" "$(_lab_iscsi_serial "$name")"
   _lab_cfs_write "$dir/enable" 1
 }
 
@@ -140,7 +144,8 @@ lab_iscsi_target() {
   _lab_cfs_write "$tpg/enable" 1
 
   export LAB_ISCSI_IQN=$iqn LAB_ISCSI_PORTAL=${portals[0]} LAB_ISCSI_PORTALS="${portals[*]}"
-  export LAB_ISCSI_LUN=0 LAB_ISCSI_SERIAL=moorlab-$name
+  export LAB_ISCSI_LUN=0 LAB_ISCSI_SERIAL
+  LAB_ISCSI_SERIAL=$(_lab_iscsi_serial "$name")
   _lab_iscsi_wait_ready "$iqn" "${portals[@]}"
   lab_log "iSCSI target $mode ready: $iqn on ${portals[*]} (${LAB_ISCSI_SIZE_MB} MiB LUN 0)"
 }

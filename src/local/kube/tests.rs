@@ -1,0 +1,540 @@
+//! Reconcile logic over an in-memory [`PvApi`], and the real `kube` client against a fake API
+//! server speaking HTTP on 127.0.0.1 (the endpoints moor uses, with the status codes a real
+//! server gives: 201, 409 AlreadyExists, 404, 409 on a failed UID precondition).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as AxPath, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::routing::get;
+
+use super::*;
+use crate::host::DevNum;
+use crate::local::classes::{
+    ClassConfig, LocalConfig, ReclaimPolicy, SourceKind, VolumeMode, WipeMethod,
+};
+use crate::local::discover::{Entry, EntryKind};
+
+fn class() -> ClassConfig {
+    ClassConfig {
+        name: "nvme".into(),
+        discovery_dir: "/mnt/disks".into(),
+        volume_mode: VolumeMode::Filesystem,
+        fs_type: None,
+        wipe: WipeMethod::Wipefs,
+        source: SourceKind::Flex,
+        reclaim_policy: ReclaimPolicy::Delete,
+        node_labels: BTreeMap::new(),
+        mount_options: None,
+        wipe_timeout: Duration::from_secs(5),
+    }
+}
+
+fn cfg() -> LocalConfig {
+    LocalConfig {
+        classes: vec![class()],
+        ..LocalConfig::default()
+    }
+}
+
+fn entry(name: &str, id: &str) -> Entry {
+    Entry {
+        class: "nvme".into(),
+        path: format!("/mnt/disks/{name}").into(),
+        kind: EntryKind::BlockDevice {
+            device: "/dev/nvme0n1".into(),
+            dev: DevNum {
+                major: 259,
+                minor: 0,
+            },
+        },
+        stable_id: id.into(),
+        capacity_bytes: 1 << 30,
+    }
+}
+
+fn scan(entries: Vec<Entry>) -> Vec<Scan> {
+    vec![Scan {
+        entries,
+        skipped: vec![],
+    }]
+}
+
+/// An in-memory API server at the object level.
+#[derive(Default)]
+struct FakeApi {
+    pvs: Mutex<BTreeMap<String, PersistentVolume>>,
+    deleted: Mutex<Vec<String>>,
+}
+
+impl FakeApi {
+    fn get(&self, name: &str) -> Option<PersistentVolume> {
+        self.pvs.lock().unwrap().get(name).cloned()
+    }
+    fn set_phase(&self, name: &str, phase: &str) {
+        let mut m = self.pvs.lock().unwrap();
+        let p = m.get_mut(name).unwrap();
+        p.status = Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
+            phase: Some(phase.into()),
+            ..Default::default()
+        });
+    }
+}
+
+impl PvApi for FakeApi {
+    async fn list(&self, selector: &str) -> Result<Vec<PersistentVolume>, KubeError> {
+        let want: Vec<(&str, &str)> = selector
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        Ok(self
+            .pvs
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|p| {
+                let l = p.metadata.labels.clone().unwrap_or_default();
+                want.iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .cloned()
+            .collect())
+    }
+    async fn create(&self, pv: &PersistentVolume) -> Result<(), KubeError> {
+        let name = pv.metadata.name.clone().unwrap();
+        let mut m = self.pvs.lock().unwrap();
+        if m.contains_key(&name) {
+            return Err(KubeError::Api {
+                op: "create",
+                name,
+                code: Some(409),
+                message: "exists".into(),
+            });
+        }
+        let mut pv = pv.clone();
+        pv.metadata.uid = Some(format!("uid-{name}"));
+        m.insert(name, pv);
+        Ok(())
+    }
+    async fn annotate(
+        &self,
+        name: &str,
+        ann: &BTreeMap<String, Option<String>>,
+    ) -> Result<(), KubeError> {
+        let mut m = self.pvs.lock().unwrap();
+        let p = m.get_mut(name).unwrap();
+        let a = p.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        for (k, v) in ann {
+            match v {
+                Some(v) => a.insert(k.clone(), v.clone()),
+                None => a.remove(k),
+            };
+        }
+        Ok(())
+    }
+    async fn delete(&self, name: &str, uid: &str) -> Result<(), KubeError> {
+        let mut m = self.pvs.lock().unwrap();
+        if m.get(name).and_then(|p| p.metadata.uid.as_deref()) == Some(uid) {
+            m.remove(name);
+            self.deleted.lock().unwrap().push(name.into());
+        }
+        Ok(())
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn new_entries_get_pvs_once_and_vanished_ones_are_marked_not_deleted() {
+    let api = FakeApi::default();
+    let c = cfg();
+    rt().block_on(async {
+        let r = reconcile(
+            &api,
+            "node-a",
+            &c,
+            &scan(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]),
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.created.len(), 2);
+        // Again: nothing new (no recreate loop, lsp #209).
+        let r = reconcile(
+            &api,
+            "node-a",
+            &c,
+            &scan(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]),
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.created.len(), r.present), (0, 2));
+        // d1 vanishes: marked, kept.
+        let r = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
+            .await
+            .unwrap();
+        let name1 = pv::pv_name("node-a", "nvme", "wwn-1");
+        assert_eq!(r.marked_missing, vec![name1.clone()]);
+        let p = api.get(&name1).unwrap();
+        assert!(ann(&p, ANN_MISSING).unwrap().ends_with('Z'));
+        // Even Released, a missing PV is not recycled.
+        api.set_phase(&name1, "Released");
+        let r = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
+            .await
+            .unwrap();
+        assert!(r.wipe_jobs.is_empty() && r.marked_missing.is_empty());
+        // It comes back: the mark goes.
+        let r = reconcile(
+            &api,
+            "node-a",
+            &c,
+            &scan(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]),
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.back, vec![name1.clone()]);
+        assert!(ann(&api.get(&name1).unwrap(), ANN_MISSING).is_none());
+        // Another node's PVs are not ours to touch.
+        let r = reconcile(&api, "node-b", &c, &scan(vec![]), &[])
+            .await
+            .unwrap();
+        assert!(r.marked_missing.is_empty());
+    });
+}
+
+#[test]
+fn a_replaced_disk_never_inherits_or_recreates_the_pv() {
+    let api = FakeApi::default();
+    let c = cfg();
+    rt().block_on(async {
+        reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-old")]), &[])
+            .await
+            .unwrap();
+        let r = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-new")]), &[])
+            .await
+            .unwrap();
+        assert!(r.created.is_empty(), "{r:?}");
+        assert_eq!(r.conflicts.len(), 1);
+        let old = api.get(&pv::pv_name("node-a", "nvme", "wwn-old")).unwrap();
+        assert!(ann(&old, ANN_PROBLEM).unwrap().contains("wwn-new"));
+        assert!(ann(&old, ANN_MISSING).is_some(), "the old disk is gone");
+    });
+}
+
+#[test]
+fn released_pvs_become_wipe_jobs_and_unfinished_wipes_are_not_republished() {
+    let api = FakeApi::default();
+    let c = cfg();
+    let t = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
+            .await
+            .unwrap();
+        let name = pv::pv_name("node-a", "nvme", "wwn-0");
+        api.set_phase(&name, "Bound");
+        let r = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
+            .await
+            .unwrap();
+        assert!(r.wipe_jobs.is_empty());
+        api.set_phase(&name, "Released");
+        let r = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            r.wipe_jobs,
+            vec![WipeJob {
+                pv: name.clone(),
+                uid: format!("uid-{name}"),
+                entry: "/mnt/disks/d0".into(),
+                stable_id: "wwn-0".into()
+            }]
+        );
+        // The wipe finished (record done): the PV is deleted, then the record.
+        wipe::put_record(
+            t.path(),
+            &wipe::WipeRecord {
+                entry: "/mnt/disks/d0".into(),
+                class: "nvme".into(),
+                stable_id: "wwn-0".into(),
+                pv: Some(name.clone()),
+                method: "wipefs".into(),
+                phase: WipePhase::Started,
+                started: 1,
+                finished: None,
+                error: None,
+                nested_mounts_left: vec![],
+            },
+        )
+        .unwrap();
+        // While the record says started, the entry is held back from publication.
+        let unfinished = wipe::unfinished_ids(t.path());
+        finish_job(&api, t.path(), &r.wipe_jobs[0]).await.unwrap();
+        assert!(api.get(&name).is_none());
+        let r = reconcile(
+            &api,
+            "node-a",
+            &c,
+            &scan(vec![entry("d0", "wwn-0")]),
+            &unfinished,
+        )
+        .await
+        .unwrap();
+        assert!(
+            r.created.is_empty(),
+            "not republished over a half-wiped disk"
+        );
+        assert!(wipe::load_records(t.path()).0.is_empty());
+        let r = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.created, vec![name]);
+    });
+}
+
+#[test]
+fn timestamps_are_rfc3339() {
+    let t = rfc3339_now();
+    assert_eq!(t.len(), 20, "{t}");
+    assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+}
+
+// ---- the real kube client against a fake API server at the HTTP layer ----
+
+#[derive(Default)]
+struct Server {
+    objs: Mutex<BTreeMap<String, serde_json::Value>>,
+    log: Mutex<Vec<String>>,
+}
+
+type Reply = (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+);
+
+fn reply(code: StatusCode, v: serde_json::Value) -> Reply {
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+}
+
+fn status(code: u16, reason: &str, msg: &str) -> Reply {
+    reply(
+        StatusCode::from_u16(code).unwrap(),
+        serde_json::json!({"apiVersion":"v1","kind":"Status","status":"Failure","code":code,"reason":reason,"message":msg}),
+    )
+}
+
+async fn collection(State(s): State<Arc<Server>>, method: Method, uri: Uri, body: String) -> Reply {
+    s.log.lock().unwrap().push(format!("{method} {}", uri));
+    if method == Method::POST {
+        let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let name = v["metadata"]["name"].as_str().unwrap().to_owned();
+        let mut m = s.objs.lock().unwrap();
+        if m.contains_key(&name) {
+            return status(
+                409,
+                "AlreadyExists",
+                &format!("persistentvolumes \"{name}\" already exists"),
+            );
+        }
+        v["metadata"]["uid"] = format!("uid-{name}").into();
+        v["metadata"]["resourceVersion"] = "1".into();
+        m.insert(name, v.clone());
+        return reply(StatusCode::CREATED, v);
+    }
+    let q = uri
+        .query()
+        .unwrap_or_default()
+        .replace("%3D", "=")
+        .replace("%2C", ",")
+        .replace("%2F", "/");
+    let sel = q
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("labelSelector="))
+        .unwrap_or_default()
+        .to_owned();
+    let want: Vec<(String, String)> = sel
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    let items: Vec<serde_json::Value> = s
+        .objs
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|o| {
+            want.iter()
+                .all(|(k, v)| o["metadata"]["labels"][k] == v.as_str())
+        })
+        .cloned()
+        .collect();
+    reply(
+        StatusCode::OK,
+        serde_json::json!({"apiVersion":"v1","kind":"PersistentVolumeList","metadata":{"resourceVersion":"7"},"items":items}),
+    )
+}
+
+async fn object(
+    State(s): State<Arc<Server>>,
+    AxPath(name): AxPath<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: String,
+) -> Reply {
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    s.log.lock().unwrap().push(format!("{method} {name} {ct}"));
+    let mut m = s.objs.lock().unwrap();
+    let Some(obj) = m.get_mut(&name) else {
+        return status(
+            404,
+            "NotFound",
+            &format!("persistentvolumes \"{name}\" not found"),
+        );
+    };
+    match method {
+        Method::PATCH => {
+            assert_eq!(ct, "application/merge-patch+json");
+            let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let anns = obj["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .entry("annotations")
+                .or_insert(serde_json::json!({}));
+            for (k, v) in p["metadata"]["annotations"].as_object().unwrap() {
+                if v.is_null() {
+                    anns.as_object_mut().unwrap().remove(k);
+                } else {
+                    anns[k] = v.clone();
+                }
+            }
+            reply(StatusCode::OK, obj.clone())
+        }
+        Method::DELETE => {
+            let d: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let want = d["preconditions"]["uid"].as_str().unwrap_or_default();
+            if obj["metadata"]["uid"] != want {
+                return status(409, "Conflict", "Precondition failed: UID in precondition");
+            }
+            let o = m.remove(&name).unwrap();
+            reply(StatusCode::OK, o)
+        }
+        _ => reply(StatusCode::OK, obj.clone()),
+    }
+}
+
+async fn fake_server() -> (Arc<Server>, KubePvApi) {
+    let s = Arc::new(Server::default());
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/persistentvolumes",
+            get(collection).post(collection),
+        )
+        .route(
+            "/api/v1/persistentvolumes/{name}",
+            get(object).patch(object).delete(object),
+        )
+        .with_state(s.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    let cfg = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    (s, KubePvApi::from_config(cfg).unwrap())
+}
+
+#[test]
+fn the_kube_client_speaks_the_api_servers_http() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (srv, api) = fake_server().await;
+        let c = cfg();
+        let r = reconcile(
+            &api,
+            "node-a",
+            &c,
+            &scan(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]),
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.created.len(), 2, "{r}");
+        let name0 = pv::pv_name("node-a", "nvme", "wwn-0");
+        let stored = srv.objs.lock().unwrap()[&name0].clone();
+        assert_eq!(stored["kind"], "PersistentVolume");
+        assert_eq!(stored["spec"]["flexVolume"]["driver"], "moor/local");
+        assert_eq!(
+            stored["spec"]["flexVolume"]["options"]["path"],
+            "/mnt/disks/d0"
+        );
+        // Creating again is a 409 the reconcile treats as present.
+        let e = api
+            .create(&pv::build("node-a", &class(), &entry("d0", "wwn-0")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(409), "{e}");
+        // The list is filtered by this node's selector.
+        assert_eq!(
+            api.list(&pv::node_selector("node-a")).await.unwrap().len(),
+            2
+        );
+        assert!(
+            api.list(&pv::node_selector("node-b"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // d1 vanishes: a merge patch marks it.
+        let r = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.marked_missing.len(), 1, "{r}");
+        let name1 = pv::pv_name("node-a", "nvme", "wwn-1");
+        assert!(
+            srv.objs.lock().unwrap()[&name1]["metadata"]["annotations"][ANN_MISSING].is_string()
+        );
+        // Released → job → delete with the UID precondition; a wrong UID is refused.
+        srv.objs.lock().unwrap().get_mut(&name0).unwrap()["status"] =
+            serde_json::json!({"phase": "Released"});
+        let r = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.wipe_jobs.len(), 1, "{r}");
+        assert!(api.delete(&name0, "uid-someone-else").await.is_err());
+        assert!(srv.objs.lock().unwrap().contains_key(&name0));
+        api.delete(&name0, &r.wipe_jobs[0].uid).await.unwrap();
+        assert!(!srv.objs.lock().unwrap().contains_key(&name0));
+        // Deleting what is gone is fine.
+        api.delete(&name0, "uid-x").await.unwrap();
+        let log = srv.log.lock().unwrap().clone();
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("GET /api/v1/persistentvolumes?")
+                    && l.contains("labelSelector")),
+            "{log:?}"
+        );
+        assert!(log.iter().any(|l| l.starts_with("PATCH ")), "{log:?}");
+        assert!(log.iter().any(|l| l.starts_with("DELETE ")), "{log:?}");
+    });
+}

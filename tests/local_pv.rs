@@ -1,0 +1,662 @@
+//! Local persistent volumes on the host (tier 2: root, real loop devices, real bind mounts, a
+//! real daemon and the real `moor local` commands).
+//!
+//! What an operator checks: `moor local discover` prints one PV per discovery-directory entry
+//! with the measured capacity, this node's affinity and the disk's stable id (filesystem UUID
+//! plus bind root, a `/dev/disk/by-id` name — never `/dev/loopN`); `moor local wipe` refuses
+//! an entry a pod uses (asked of the daemon and of the mount table), empties a released
+//! directory entry without crossing a mount inside it, erases a released disk so `blkid` finds
+//! nothing, and a wipe interrupted by a crash is resumed by the daemon before the entry is
+//! offered again.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::host::{mkfs, probe, read_at, write_at};
+use common::{Daemon, LoopDev, require_privileged_sandbox, sh};
+use serde_json::json;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A node with two classes: `fast` (Filesystem: a bind-mounted directory of an ext4 disk
+/// and a blank disk moor would format) and `raw` (Block), a fake host `/dev` holding the
+/// by-id links, and a config file for `moor local`.
+struct Node {
+    d: Daemon,
+    backing: LoopDev,
+    disk: LoopDev,
+    raw: LoopDev,
+    config: PathBuf,
+}
+
+impl Node {
+    fn root(&self) -> &Path {
+        self.d.root.path()
+    }
+    fn fast(&self) -> PathBuf {
+        self.root().join("disks/fast")
+    }
+    fn rawdir(&self) -> PathBuf {
+        self.root().join("disks/raw")
+    }
+    fn backing_mnt(&self) -> PathBuf {
+        self.root().join("backing")
+    }
+
+    fn new() -> Self {
+        require_privileged_sandbox();
+        let d = Daemon::start();
+        let root = d.root.path().to_owned();
+        let backing = LoopDev::new(64);
+        mkfs(&backing.path, "ext4");
+        let mnt = root.join("backing");
+        std::fs::create_dir_all(&mnt).unwrap();
+        sh("mount", &[backing.path_str(), s(&mnt)]);
+        std::fs::create_dir_all(mnt.join("vol1/data")).unwrap();
+        std::fs::write(mnt.join("vol1/data/file"), "old tenant's data").unwrap();
+        std::fs::write(mnt.join("outside-entry"), "not in the entry").unwrap();
+        let fast = root.join("disks/fast");
+        let rawdir = root.join("disks/raw");
+        std::fs::create_dir_all(fast.join("e1")).unwrap();
+        std::fs::create_dir_all(fast.join("not-mounted")).unwrap();
+        std::fs::create_dir_all(&rawdir).unwrap();
+        sh(
+            "mount",
+            &["--bind", s(&mnt.join("vol1")), s(&fast.join("e1"))],
+        );
+
+        // A fake host /dev: by-id links and the nodes they name, as a DaemonSet sees the
+        // host's /dev under another path.
+        let disk = LoopDev::new(64);
+        let raw = LoopDev::new(64);
+        let hostdev = root.join("hostdev");
+        std::fs::create_dir_all(hostdev.join("disk/by-id")).unwrap();
+        std::fs::create_dir_all(root.join("udev")).unwrap();
+        for (dev, id) in [(&backing, "backing"), (&disk, "disk"), (&raw, "raw")] {
+            let name = dev.path.file_name().unwrap();
+            std::os::unix::fs::symlink(&dev.path, hostdev.join(name)).unwrap();
+            std::os::unix::fs::symlink(
+                &dev.path,
+                hostdev.join(format!(
+                    "disk/by-id/moor-test-{id}-{}",
+                    name.to_string_lossy()
+                )),
+            )
+            .unwrap();
+        }
+        let by_id = |id: &str, dev: &LoopDev| {
+            hostdev.join(format!(
+                "disk/by-id/moor-test-{id}-{}",
+                dev.path.file_name().unwrap().to_string_lossy()
+            ))
+        };
+        std::os::unix::fs::symlink(by_id("disk", &disk), fast.join("d1")).unwrap();
+        std::os::unix::fs::symlink(by_id("raw", &raw), rawdir.join("r1")).unwrap();
+
+        let config = root.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "kubelet-dir: {k}\nstate-dir: {st}\nrun-dir: {rn}\nnode-name: node-it\nlocal:\n  kubernetes: off\n  resync-seconds: 1\n  dev-dir: {hd}\n  udev-dir: {ud}\n  classes:\n    - name: fast\n      discovery-dir: {fast}\n      fs-type: ext4\n      node-labels: {{topology.kubernetes.io/zone: z1}}\n    - name: raw\n      discovery-dir: {raw}\n      volume-mode: Block\n      wipe: zero-ends\n",
+                k = s(&d.kubelet_dir()),
+                st = s(&d.state_dir()),
+                rn = s(&d.run_dir()),
+                hd = s(&hostdev),
+                ud = s(&root.join("udev")),
+                fast = s(&fast),
+                raw = s(&rawdir),
+            ),
+        )
+        .unwrap();
+        Node {
+            d,
+            backing,
+            disk,
+            raw,
+            config,
+        }
+    }
+
+    /// Runs `moor local <args…>` with this node's config and the daemon's socket.
+    fn local(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_moor"))
+            .arg("local")
+            .args(args)
+            .args(["--config", s(&self.config), "--socket", s(&self.d.socket())])
+            .env_remove("MOOR_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn discover_json(&self) -> (Vec<serde_json::Value>, String) {
+        let (code, out, err) = self.local(&["discover", "-o", "json"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (v["items"].as_array().unwrap().clone(), err)
+    }
+
+    fn wipe(&self, entry: &Path) -> (Option<i32>, String, String) {
+        self.local(&["wipe", s(entry)])
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for m in common::mounts_under(self.d.root.path()).into_iter().rev() {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn by_entry<'a>(pvs: &'a [serde_json::Value], entry: &Path) -> &'a serde_json::Value {
+    pvs.iter()
+        .find(|p| p["metadata"]["annotations"]["moor.io/entry"] == s(entry))
+        .unwrap_or_else(|| panic!("no PV for {}: {pvs:#?}", entry.display()))
+}
+
+#[test]
+fn discover_prints_pvs_with_capacity_affinity_and_stable_ids() {
+    let n = Node::new();
+    let (pvs, stderr) = n.discover_json();
+    assert_eq!(pvs.len(), 3, "{pvs:#?}\n{stderr}");
+    assert!(
+        stderr.contains("not-mounted") && stderr.contains("not a mount point"),
+        "{stderr}"
+    );
+
+    // The bind-mounted directory: the filesystem UUID plus the bind root.
+    let uuid = probe(&n.backing.path)["UUID"].clone();
+    let e1 = by_entry(&pvs, &n.fast().join("e1"));
+    assert_eq!(
+        e1["metadata"]["annotations"]["moor.io/stable-id"],
+        format!("fs-{uuid}:/vol1")
+    );
+    let vfs = nix::sys::statvfs::statvfs(&n.fast().join("e1")).unwrap();
+    let bytes = vfs.blocks() as u64 * vfs.fragment_size() as u64;
+    let cap = e1["spec"]["capacity"]["storage"].as_str().unwrap();
+    let cap_bytes: u64 = if let Some(k) = cap.strip_suffix("Ki") {
+        k.parse::<u64>().unwrap() << 10
+    } else if let Some(m) = cap.strip_suffix("Mi") {
+        m.parse::<u64>().unwrap() << 20
+    } else {
+        cap.parse().unwrap()
+    };
+    assert_eq!(cap_bytes, bytes, "{cap}");
+    assert_eq!(e1["spec"]["storageClassName"], "fast");
+    assert_eq!(e1["spec"]["volumeMode"], "Filesystem");
+    assert_eq!(e1["spec"]["flexVolume"]["driver"], "moor/local");
+    assert_eq!(
+        e1["spec"]["flexVolume"]["options"],
+        json!({"path": s(&n.fast().join("e1")), "node": "node-it"})
+    );
+    assert_eq!(
+        e1["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"],
+        json!([
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-it"]},
+            {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["z1"]}
+        ])
+    );
+    let name = e1["metadata"]["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("moor-node-it-fast-") && name.len() <= 63,
+        "{name}"
+    );
+    assert_eq!(
+        e1["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "moor"
+    );
+
+    // A disk in a Filesystem class: moor formats it if blank, with the class's fsType.
+    let d1 = by_entry(&pvs, &n.fast().join("d1"));
+    let loop_name = n
+        .disk
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        d1["metadata"]["annotations"]["moor.io/stable-id"],
+        format!("by-id-moor-test-disk-{loop_name}")
+    );
+    assert_eq!(d1["spec"]["capacity"]["storage"], "64Mi");
+    assert_eq!(d1["spec"]["flexVolume"]["fsType"], "ext4");
+
+    // A Block class: the raw device through the in-tree local source.
+    let r1 = by_entry(&pvs, &n.rawdir().join("r1"));
+    assert_eq!(r1["spec"]["volumeMode"], "Block");
+    assert_eq!(r1["spec"]["local"]["path"], s(&n.rawdir().join("r1")));
+    assert!(r1["spec"].get("flexVolume").is_none());
+
+    // Never a kernel name in an identity.
+    for p in &pvs {
+        let id = p["metadata"]["annotations"]["moor.io/stable-id"]
+            .as_str()
+            .unwrap();
+        assert!(!id.contains("/dev/loop"), "{id}");
+    }
+
+    // The YAML form is what `kubectl apply -f -` takes: the same names, deterministic.
+    let (code, yaml, _) = n.local(&["discover"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(yaml.matches("kind: PersistentVolume").count(), 3, "{yaml}");
+    assert!(yaml.contains(name), "{yaml}");
+    assert_eq!(n.local(&["discover"]).1, yaml);
+}
+
+#[test]
+fn wipe_refuses_a_used_entry_and_never_crosses_a_nested_mount() {
+    let mut n = Node::new();
+    let e1 = n.fast().join("e1");
+    // A pod uses the entry through moor~local/local.
+    n.d.mount("pod-a", "vol", json!({"path": s(&e1), "node": "node-it"}))
+        .assert_ok();
+    let (code, _, err) = n.wipe(&e1);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("in_use") && err.contains("refusing to wipe"),
+        "{err}"
+    );
+    // With the daemon down the mount table alone still says no.
+    n.d.stop();
+    let (code, _, err) = n.wipe(&e1);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("also mounted at"), "{err}");
+    n.d.spawn();
+    n.d.unmount("pod-a", "vol").assert_ok();
+
+    // Something the wipe must not cross: a mount inside the entry.
+    std::fs::create_dir_all(e1.join("nested")).unwrap();
+    sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "nested",
+            s(&e1.join("nested")),
+        ],
+    );
+    std::fs::write(e1.join("nested/keep"), "another filesystem").unwrap();
+    std::fs::create_dir_all(e1.join("a/b/c")).unwrap();
+    std::fs::write(e1.join("a/b/c/deep"), "x").unwrap();
+    std::os::unix::fs::symlink(n.backing_mnt().join("outside-entry"), e1.join("link-out")).unwrap();
+
+    // Never outside a discovery directory, never a directory that is not a mount point.
+    let (code, _, err) = n.wipe(&n.backing_mnt());
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not an entry"), "{err}");
+    let (code, _, err) = n.wipe(&n.fast().join("not-mounted"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a mount point"), "{err}");
+
+    let (code, out, err) = n.wipe(&e1);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("left untouched") && out.contains("nested"),
+        "{out}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&e1)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["nested"]);
+    assert_eq!(
+        std::fs::read_to_string(e1.join("nested/keep")).unwrap(),
+        "another filesystem"
+    );
+    assert_eq!(
+        std::fs::read_to_string(n.backing_mnt().join("outside-entry")).unwrap(),
+        "not in the entry"
+    );
+    assert!(!n.backing_mnt().join("vol1/data").exists());
+    // The command-line wipe leaves no record behind.
+    assert_eq!(
+        std::fs::read_dir(n.d.state_dir().join("wipe"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_block_entry_is_wiped_so_blkid_finds_nothing() {
+    let n = Node::new();
+    let d1 = n.fast().join("d1");
+    mkfs(&n.disk.path, "ext4");
+    assert_eq!(probe(&n.disk.path)["TYPE"], "ext4");
+    // Mounted somewhere: refused (mount table, and the kernel's exclusive open).
+    let mnt = n.root().join("elsewhere");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh("mount", &[n.disk.path_str(), s(&mnt)]);
+    let (code, _, err) = n.wipe(&d1);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is mounted at"), "{err}");
+    sh("umount", &[s(&mnt)]);
+    let (code, out, err) = n.wipe(&d1);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(probe(&n.disk.path).is_empty(), "{:?}", probe(&n.disk.path));
+
+    // zero-ends: the first and last MiB read as zeroes, the middle is untouched.
+    write_at(&n.raw.path, 0, &[0xab; 4096]);
+    write_at(&n.raw.path, (64 << 20) - 4096, &[0xcd; 4096]);
+    write_at(&n.raw.path, 32 << 20, b"middle");
+    let (code, out, err) = n.wipe(&n.rawdir().join("r1"));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(read_at(&n.raw.path, 0, 1 << 20).iter().all(|b| *b == 0));
+    assert!(
+        read_at(&n.raw.path, (63 << 20) as u64, 1 << 20)
+            .iter()
+            .all(|b| *b == 0)
+    );
+    assert_eq!(read_at(&n.raw.path, 32 << 20, 6), b"middle");
+}
+
+#[test]
+fn an_interrupted_wipe_holds_the_entry_back_and_the_daemon_resumes_it() {
+    let mut n = Node::new();
+    let e1 = n.fast().join("e1");
+    let (pvs, _) = n.discover_json();
+    let id = by_entry(&pvs, &e1)["metadata"]["annotations"]["moor.io/stable-id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // What a crash right after the record was written leaves behind.
+    let rec = moor::local::wipe::WipeRecord {
+        entry: e1.clone(),
+        class: "fast".into(),
+        stable_id: id.clone(),
+        pv: None,
+        method: "contents".into(),
+        phase: moor::local::wipe::WipePhase::Started,
+        started: 1,
+        finished: None,
+        error: None,
+        nested_mounts_left: vec![],
+    };
+    moor::local::wipe::put_record(&n.d.state_dir(), &rec).unwrap();
+    let (pvs, err) = n.discover_json();
+    assert_eq!(pvs.len(), 2, "half-wiped entry published: {pvs:#?}");
+    assert!(err.contains("unfinished"), "{err}");
+
+    // The daemon, started with the local config, finishes it.
+    n.d.stop();
+    n.d.extra_args = vec!["--config".into(), s(&n.config).into()];
+    n.d.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !moor::local::wipe::load_records(&n.d.state_dir())
+        .0
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "wipe not resumed; log:\n{}",
+            n.d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!n.backing_mnt().join("vol1/data").exists());
+    assert!(
+        n.d.log_text().contains("resuming a wipe"),
+        "{}",
+        n.d.log_text()
+    );
+    let (pvs, err) = n.discover_json();
+    assert_eq!(pvs.len(), 3, "{err}");
+}
+
+/// A fake API server on 127.0.0.1: the PersistentVolume endpoints moor uses.
+mod fake_api {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path as AxPath, State};
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::routing::get;
+
+    #[derive(Default)]
+    pub struct Server {
+        pub objs: Mutex<BTreeMap<String, serde_json::Value>>,
+        pub deleted: Mutex<Vec<String>>,
+        next_uid: Mutex<u64>,
+    }
+
+    type Reply = (
+        StatusCode,
+        [(axum::http::HeaderName, &'static str); 1],
+        String,
+    );
+
+    fn reply(code: u16, v: serde_json::Value) -> Reply {
+        (
+            StatusCode::from_u16(code).unwrap(),
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            v.to_string(),
+        )
+    }
+
+    fn status(code: u16, reason: &str) -> Reply {
+        reply(
+            code,
+            serde_json::json!({"apiVersion":"v1","kind":"Status","status":"Failure","code":code,"reason":reason,"message":reason}),
+        )
+    }
+
+    async fn collection(
+        State(s): State<Arc<Server>>,
+        method: Method,
+        _uri: Uri,
+        body: String,
+    ) -> Reply {
+        let mut m = s.objs.lock().unwrap();
+        if method == Method::POST {
+            let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let name = v["metadata"]["name"].as_str().unwrap().to_owned();
+            if m.contains_key(&name) {
+                return status(409, "AlreadyExists");
+            }
+            let mut n = s.next_uid.lock().unwrap();
+            *n += 1;
+            v["metadata"]["uid"] = format!("uid-{n}").into();
+            v["status"] = serde_json::json!({"phase": "Available"});
+            m.insert(name, v.clone());
+            return reply(201, v);
+        }
+        let items: Vec<serde_json::Value> = m.values().cloned().collect();
+        reply(
+            200,
+            serde_json::json!({"apiVersion":"v1","kind":"PersistentVolumeList","metadata":{},"items":items}),
+        )
+    }
+
+    async fn object(
+        State(s): State<Arc<Server>>,
+        AxPath(name): AxPath<String>,
+        method: Method,
+        body: String,
+    ) -> Reply {
+        let mut m = s.objs.lock().unwrap();
+        let Some(obj) = m.get_mut(&name) else {
+            return status(404, "NotFound");
+        };
+        match method {
+            Method::PATCH => {
+                let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let meta = obj["metadata"].as_object_mut().unwrap();
+                let anns = meta
+                    .entry("annotations")
+                    .or_insert(serde_json::json!({}))
+                    .as_object_mut()
+                    .unwrap();
+                for (k, v) in p["metadata"]["annotations"].as_object().unwrap() {
+                    if v.is_null() {
+                        anns.remove(k);
+                    } else {
+                        anns.insert(k.clone(), v.clone());
+                    }
+                }
+                reply(200, obj.clone())
+            }
+            Method::DELETE => {
+                let d: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if obj["metadata"]["uid"] != d["preconditions"]["uid"] {
+                    return status(409, "Conflict");
+                }
+                let o = m.remove(&name).unwrap();
+                s.deleted.lock().unwrap().push(name);
+                reply(200, o)
+            }
+            _ => reply(200, obj.clone()),
+        }
+    }
+
+    /// Starts the server on its own runtime; returns it, its address and the runtime.
+    pub fn start() -> (Arc<Server>, String, tokio::runtime::Runtime) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = Arc::new(Server::default());
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/persistentvolumes",
+                get(collection).post(collection),
+            )
+            .route(
+                "/api/v1/persistentvolumes/{name}",
+                get(object).patch(object).delete(object),
+            )
+            .with_state(s.clone());
+        let l = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        rt.spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        (s, addr, rt)
+    }
+
+    impl Server {
+        pub fn by_entry(&self, entry: &std::path::Path) -> Option<serde_json::Value> {
+            self.objs
+                .lock()
+                .unwrap()
+                .values()
+                .find(|o| o["metadata"]["annotations"]["moor.io/entry"] == entry.to_str().unwrap())
+                .cloned()
+        }
+        pub fn set_phase(&self, name: &str, phase: &str) {
+            self.objs.lock().unwrap().get_mut(name).unwrap()["status"]["phase"] = phase.into();
+        }
+    }
+}
+
+fn wait_until(what: &str, d: &Daemon, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; daemon log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_daemon_publishes_recycles_and_marks_pvs_through_the_api_server() {
+    let mut n = Node::new();
+    let (api, addr, _rt) = fake_api::start();
+    let kubeconfig = n.root().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&n.config).unwrap();
+    std::fs::write(
+        &n.config,
+        text.replace("kubernetes: off", "kubernetes: auto"),
+    )
+    .unwrap();
+    n.d.stop();
+    n.d.extra_args = vec!["--config".into(), s(&n.config).into()];
+    n.d.extra_env
+        .push(("KUBECONFIG".into(), s(&kubeconfig).into()));
+    n.d.spawn();
+
+    let e1 = n.fast().join("e1");
+    let d1 = n.fast().join("d1");
+    let r1 = n.rawdir().join("r1");
+    wait_until("3 PVs", &n.d, || api.objs.lock().unwrap().len() == 3);
+    let pv_e1 = api.by_entry(&e1).unwrap();
+    let name_e1 = pv_e1["metadata"]["name"].as_str().unwrap().to_owned();
+    let uid_e1 = pv_e1["metadata"]["uid"].as_str().unwrap().to_owned();
+
+    // A claim used e1 and was deleted: Released. moor wipes it, deletes the PV, and
+    // discovers the entry afresh: the same name, a new object.
+    std::fs::write(e1.join("tenant-file"), "x").unwrap();
+    api.set_phase(&name_e1, "Released");
+    wait_until("e1 recycled", &n.d, || {
+        api.by_entry(&e1)
+            .is_some_and(|p| p["metadata"]["uid"] != uid_e1.as_str())
+    });
+    assert_eq!(api.deleted.lock().unwrap().clone(), vec![name_e1.clone()]);
+    assert!(!e1.join("tenant-file").exists());
+    assert!(!n.backing_mnt().join("vol1/data").exists());
+    assert!(
+        moor::local::wipe::load_records(&n.d.state_dir())
+            .0
+            .is_empty()
+    );
+
+    // A Released disk that is mounted somewhere is not wiped and its PV stays.
+    let pv_d1 = api.by_entry(&d1).unwrap();
+    let name_d1 = pv_d1["metadata"]["name"].as_str().unwrap().to_owned();
+    mkfs(&n.disk.path, "ext4");
+    let mnt = n.root().join("busy");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh("mount", &[n.disk.path_str(), s(&mnt)]);
+    api.set_phase(&name_d1, "Released");
+    wait_until("a refusal in the log", &n.d, || {
+        n.d.log_text().contains("released local PV not recycled")
+    });
+    assert!(api.objs.lock().unwrap().contains_key(&name_d1));
+    assert_eq!(probe(&n.disk.path)["TYPE"], "ext4");
+    sh("umount", &[s(&mnt)]);
+    wait_until("d1 recycled", &n.d, || {
+        api.deleted.lock().unwrap().contains(&name_d1)
+    });
+    assert!(probe(&n.disk.path).is_empty());
+
+    // The raw disk disappears: its PV is marked, never deleted.
+    let name_r1 = api.by_entry(&r1).unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::remove_file(&r1).unwrap();
+    wait_until("r1 marked missing", &n.d, || {
+        api.objs.lock().unwrap()[&name_r1]["metadata"]["annotations"]["moor.io/missing-since"]
+            .is_string()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(api.objs.lock().unwrap().contains_key(&name_r1));
+    assert!(!api.deleted.lock().unwrap().contains(&name_r1));
+}
