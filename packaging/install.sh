@@ -9,7 +9,7 @@
 #                             [--no-systemd] [--uninstall]
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BINARY=$HERE/target/release/moor
+BINARY=$HERE/target/x86_64-unknown-linux-gnu/release/moor
 PREFIX=/usr/local
 PLUGIN_DIR=/usr/libexec/kubernetes/kubelet-plugins/volume/exec
 SYSTEMD=1 UNINSTALL=0
@@ -41,7 +41,7 @@ if ((UNINSTALL)); then
   exit 0
 fi
 
-[[ -x $BINARY ]] || { echo "install.sh: no binary at $BINARY (cargo build --release first, or --binary)" >&2; exit 1; }
+[[ -x $BINARY ]] || { echo "install.sh: no binary at $BINARY (run packaging/build-release first, or pass --binary)" >&2; exit 1; }
 install -d "$PREFIX/bin"
 install -m 0755 "$BINARY" "$PREFIX/bin/.moor.new"
 mv -f "$PREFIX/bin/.moor.new" "$PREFIX/bin/moor"
