@@ -37,6 +37,9 @@ struct Args {
     quick: bool,
     scale: bool,
     extra: usize,
+    /// `--profile-api N`: only run N API publish+unpublish pairs, with `MOORBENCH_PROFILER`
+    /// (a command line; `{pid}` is replaced by the daemon's pid) attached to the daemon.
+    profile_api: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -48,6 +51,7 @@ fn parse_args() -> Result<Args> {
         quick: false,
         scale: true,
         extra: 10_000,
+        profile_api: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -58,6 +62,7 @@ fn parse_args() -> Result<Args> {
             "--floor" => a.floor = Some(val()?.into()),
             "--root" => a.root = val()?.into(),
             "--extra" => a.extra = val()?.parse()?,
+            "--profile-api" => a.profile_api = val()?.parse()?,
             "--quick" => a.quick = true,
             "--no-scale" => a.scale = false,
             "--bench" => {} // passed by `cargo bench`
@@ -518,15 +523,92 @@ fn raw_pairs(c: &Ctx, n: usize) -> Result<f64> {
 }
 
 /// Alternating rounds of both, medians: the two loops see the same machine state.
-fn pair_rates(c: &Ctx, rounds: usize, n_api: usize, n_raw: usize) -> Result<(f64, f64)> {
+struct Pairs {
+    /// Wall-clock pairs/s through the API, and of the raw loop.
+    api: f64,
+    raw: f64,
+    /// CPU seconds per pair: the daemon (all its threads), the client, the raw loop.
+    daemon_cpu: f64,
+    client_cpu: f64,
+    raw_cpu: f64,
+}
+
+impl Pairs {
+    /// moor's own CPU cost per pair beyond the two syscalls the raw loop makes.
+    fn overhead(&self) -> f64 {
+        self.daemon_cpu + self.client_cpu - self.raw_cpu
+    }
+}
+
+/// CPU seconds (user + system) the process `pid` has used, threads that exited included.
+fn proc_cpu(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map_or("", |(_, a)| a);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
+}
+
+/// CPU seconds this thread has used.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Alternating rounds of both, medians: the two loops see the same machine state. CPU time
+/// is summed over all rounds (it is what the machine's load distorts least).
+fn pair_rates(b: &Bench, c: &Ctx, rounds: usize, n_api: usize, n_raw: usize) -> Result<Pairs> {
     api_pairs(c, n_api / 5)?;
     raw_pairs(c, n_raw / 5)?;
+    let pid = b.daemon_pid();
     let (mut a, mut r) = (Vec::new(), Vec::new());
+    let (mut dcpu, mut ccpu, mut rcpu) = (0.0, 0.0, 0.0);
     for _ in 0..rounds {
+        let (d0, c0) = (proc_cpu(pid), thread_cpu());
         a.push(api_pairs(c, n_api)?);
+        dcpu += proc_cpu(pid) - d0;
+        ccpu += thread_cpu() - c0;
+        let r0 = thread_cpu();
         r.push(raw_pairs(c, n_raw)?);
+        rcpu += thread_cpu() - r0;
     }
-    Ok((median(a), median(r)))
+    let (na, nr) = ((rounds * n_api) as f64, (rounds * n_raw) as f64);
+    Ok(Pairs {
+        api: median(a),
+        raw: median(r),
+        daemon_cpu: dcpu / na,
+        client_cpu: ccpu / na,
+        raw_cpu: rcpu / nr,
+    })
+}
+
+/// The wall-clock row (the target) and the CPU row (what the time is made of).
+fn pair_rows(t: &mut Table, label: &str, p: &Pairs) {
+    t.row(
+        &format!("publish+unpublish via daemon API, {label}"),
+        rate(p.api),
+        format!("raw bind+umount2 loop: {}", rate(p.raw)),
+        format!("{:.3}", p.api / p.raw),
+        "≥ 0.30",
+        Some(p.api / p.raw >= 0.30),
+    );
+    t.row(
+        &format!("  CPU per pair, {label}"),
+        format!("daemon {} + client {}", ms(p.daemon_cpu), ms(p.client_cpu)),
+        format!("raw loop {}", ms(p.raw_cpu)),
+        format!("{:.3}", p.raw_cpu / (p.daemon_cpu + p.client_cpu)),
+        "(explains the row above)",
+        None,
+    );
 }
 
 /// Pairs through exec: moor's front end vs util-linux; returns (moor pairs/s, util-linux pairs/s).
@@ -612,6 +694,9 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
         c.stage0.display(),
         mount_count()
     );
+    if b.args.profile_api > 0 {
+        return profile_api(b, &c, t);
+    }
 
     // 1. init
     eprintln!("[1] init exec round trip");
@@ -662,19 +747,9 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
     // 3. API pairs vs raw syscalls
     eprintln!("[3] publish+unpublish through the API vs raw mount(2)+umount2(2)");
     let (rounds, n_api, n_raw) = (3, scale(1000, 300), scale(10_000, 3000));
-    let (api0, raw0) = pair_rates(&c, rounds, n_api, n_raw)?;
-    t.row(
-        &format!(
-            "publish+unpublish via daemon API, {} mounts in table",
-            mount_count()
-        ),
-        rate(api0),
-        format!("raw bind+umount2 loop: {}", rate(raw0)),
-        format!("{:.3}", api0 / raw0),
-        "≥ 0.30",
-        Some(api0 / raw0 >= 0.30),
-    );
-    let overhead0 = 1.0 / api0 - 1.0 / raw0;
+    let p0 = pair_rates(b, &c, rounds, n_api, n_raw)?;
+    pair_rows(t, &format!("{} mounts in table", mount_count()), &p0);
+    let overhead0 = p0.overhead();
 
     // 4. exec path pairs
     eprintln!("[4] publish+unpublish through FlexVolume exec vs util-linux mount/umount exec");
@@ -738,19 +813,13 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
             "report",
             None,
         );
-        let (api1k, raw1k) = pair_rates(&c, rounds, n_api, n_raw)?;
-        t.row(
-            &format!(
-                "publish+unpublish via daemon API with {nv} volumes published ({} mounts)",
-                mount_count()
-            ),
-            rate(api1k),
-            format!("raw: {}", rate(raw1k)),
-            format!("{:.3}", api1k / raw1k),
-            "≥ 0.30",
-            Some(api1k / raw1k >= 0.30),
+        let p1k = pair_rates(b, &c, rounds, n_api, n_raw)?;
+        pair_rows(
+            t,
+            &format!("{nv} volumes published ({} mounts)", mount_count()),
+            &p1k,
         );
-        overhead_1k = Some(1.0 / api1k - 1.0 / raw1k);
+        overhead_1k = Some(p1k.overhead());
 
         b.stop_daemon();
         let ready = b.start_daemon()?;
@@ -797,23 +866,13 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
             took.as_secs_f64(),
             mount_count()
         );
-        let (apix, rawx) = pair_rates(&c, rounds, n_api, n_raw)?;
-        t.row(
-            &format!(
-                "publish+unpublish via daemon API, {} mounts in table",
-                mount_count()
-            ),
-            rate(apix),
-            format!("raw bind+umount2 loop: {}", rate(rawx)),
-            format!("{:.3}", apix / rawx),
-            "≥ 0.30",
-            Some(apix / rawx >= 0.30),
-        );
-        let overheadx = 1.0 / apix - 1.0 / rawx;
+        let px = pair_rates(b, &c, rounds, n_api, n_raw)?;
+        pair_rows(t, &format!("{} mounts in table", mount_count()), &px);
+        let overheadx = px.overhead();
         let base = overhead_1k.unwrap_or(overhead0);
         t.row(
             &format!(
-                "moor's own cost per pair beyond the syscalls: {} → +{n} mounts",
+                "moor's own CPU per pair beyond the raw syscalls: {} → +{n} mounts",
                 if overhead_1k.is_some() {
                     "1k volumes"
                 } else {
@@ -845,6 +904,43 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
     // Leave it as kubelet would: unmount the held pod, which unstages the volume.
     api(&sock, &unmount_request(&c.held), &mut buf)?;
     let _ = c.src0;
+    Ok(())
+}
+
+/// Runs API pairs with a profiler attached to the daemon (SIGINT ends the profiler).
+fn profile_api(b: &mut Bench, c: &Ctx, t: &mut Table) -> Result<()> {
+    let n = b.args.profile_api;
+    api_pairs(c, (n / 10).max(50))?;
+    let mut prof = match std::env::var("MOORBENCH_PROFILER") {
+        Ok(cmdline) if !cmdline.trim().is_empty() => {
+            let cmdline = cmdline.replace("{pid}", &b.daemon_pid().to_string());
+            eprintln!("moorbench: profiler: {cmdline}");
+            let child = Command::new("sh")
+                .arg("-c")
+                .arg(format!("exec {cmdline}"))
+                .spawn()?;
+            std::thread::sleep(Duration::from_millis(700));
+            Some(child)
+        }
+        _ => None,
+    };
+    let r = api_pairs(c, n);
+    if let Some(p) = prof.as_mut() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = p.wait();
+    }
+    let r = r?;
+    t.row(
+        &format!("publish+unpublish via daemon API ({n} pairs, profiled)"),
+        rate(r),
+        "-".into(),
+        "-".into(),
+        "-",
+        None,
+    );
     Ok(())
 }
 

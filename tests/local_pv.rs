@@ -7,7 +7,10 @@
 //! an entry a pod uses (asked of the daemon and of the mount table), empties a released
 //! directory entry without crossing a mount inside it, erases a released disk so `blkid` finds
 //! nothing, and a wipe interrupted by a crash is resumed by the daemon before the entry is
-//! offered again.
+//! offered again. With a (fake, HTTP) API server the daemon creates the PVs, publishes a new
+//! entry on its inotify event, recycles a Released PV (wipe, delete, rediscover) but not one
+//! whose disk is mounted, marks a vanished disk's PV without deleting it, and a recycled disk
+//! is formatted afresh for the next claim.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -566,6 +569,40 @@ mod fake_api {
     }
 }
 
+impl Node {
+    /// Restarts the daemon with the local config, `kubernetes: auto`, the given resync period
+    /// and a kubeconfig that names a fake API server; returns the server and its runtime.
+    fn restart_with_api(
+        &mut self,
+        resync_seconds: u64,
+    ) -> (std::sync::Arc<fake_api::Server>, tokio::runtime::Runtime) {
+        let (api, addr, rt) = fake_api::start();
+        let kubeconfig = self.root().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\ncurrent-context: c\n"
+            ),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace("kubernetes: off", "kubernetes: auto")
+            .replace(
+                "resync-seconds: 1\n",
+                &format!("resync-seconds: {resync_seconds}\n"),
+            );
+        std::fs::write(&self.config, text).unwrap();
+        self.d.stop();
+        self.d.extra_args = vec!["--config".into(), s(&self.config).into()];
+        self.d
+            .extra_env
+            .push(("KUBECONFIG".into(), s(&kubeconfig).into()));
+        self.d.spawn();
+        (api, rt)
+    }
+}
+
 fn wait_until(what: &str, d: &Daemon, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !f() {
@@ -581,26 +618,7 @@ fn wait_until(what: &str, d: &Daemon, mut f: impl FnMut() -> bool) {
 #[test]
 fn the_daemon_publishes_recycles_and_marks_pvs_through_the_api_server() {
     let mut n = Node::new();
-    let (api, addr, _rt) = fake_api::start();
-    let kubeconfig = n.root().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(&n.config).unwrap();
-    std::fs::write(
-        &n.config,
-        text.replace("kubernetes: off", "kubernetes: auto"),
-    )
-    .unwrap();
-    n.d.stop();
-    n.d.extra_args = vec!["--config".into(), s(&n.config).into()];
-    n.d.extra_env
-        .push(("KUBECONFIG".into(), s(&kubeconfig).into()));
-    n.d.spawn();
+    let (api, _rt) = n.restart_with_api(1);
 
     let e1 = n.fast().join("e1");
     let d1 = n.fast().join("d1");
@@ -659,4 +677,43 @@ fn the_daemon_publishes_recycles_and_marks_pvs_through_the_api_server() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(api.objs.lock().unwrap().contains_key(&name_r1));
     assert!(!api.deleted.lock().unwrap().contains(&name_r1));
+}
+
+#[test]
+fn a_recycled_disk_is_formatted_again_for_the_next_claim() {
+    let n = Node::new();
+    let d1 = n.fast().join("d1");
+    let opts = json!({"path": s(&d1), "node": "node-it", "kubernetes.io/fsType": "ext4"});
+    // The first tenant: moor formats the blank disk and remembers its filesystem.
+    n.d.mount("pod-a", "vol", opts.clone()).assert_ok();
+    std::fs::write(n.d.pod_dir("pod-a", "vol").join("tenant"), "a").unwrap();
+    let first_uuid = probe(&n.disk.path)["UUID"].clone();
+    let (code, _, err) = n.wipe(&d1);
+    assert_eq!(code, Some(1), "{err}");
+    n.d.unmount("pod-a", "vol").assert_ok();
+    let (code, out, err) = n.wipe(&d1);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(probe(&n.disk.path).is_empty());
+    // The next tenant gets a fresh filesystem, not `known_volume_blank`.
+    n.d.mount("pod-b", "vol", opts).assert_ok();
+    assert!(!n.d.pod_dir("pod-b", "vol").join("tenant").exists());
+    assert_ne!(probe(&n.disk.path)["UUID"], first_uuid);
+    n.d.unmount("pod-b", "vol").assert_ok();
+}
+
+#[test]
+fn a_new_entry_is_published_on_its_inotify_event_not_the_resync() {
+    let mut n = Node::new();
+    // Start with the raw disk's link absent.
+    let r1 = n.rawdir().join("r1");
+    let target = std::fs::read_link(&r1).unwrap();
+    std::fs::remove_file(&r1).unwrap();
+    let (api, _rt) = n.restart_with_api(3600);
+    wait_until("the first pass", &n.d, || {
+        api.objs.lock().unwrap().len() == 2
+    });
+    std::os::unix::fs::symlink(&target, &r1).unwrap();
+    let t0 = Instant::now();
+    wait_until("r1 published", &n.d, || api.by_entry(&r1).is_some());
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }

@@ -33,7 +33,7 @@ fn real_api_server_gated_on_moor_test_kubeconfig() {
         discovery_dir: "/mnt/moor-it".into(),
         volume_mode: VolumeMode::Filesystem,
         fs_type: Some("ext4".into()),
-        wipe: WipeMethod::Wipefs,
+        wipe: WipeMethod::ZeroEnds,
         source: SourceKind::Flex,
         reclaim_policy: ReclaimPolicy::Delete,
         node_labels: BTreeMap::new(),

@@ -43,7 +43,7 @@ pub struct ClassFileConfig {
     pub volume_mode: Option<String>,
     /// Filesystem created on a blank disk entry of a Filesystem class (default ext4).
     pub fs_type: Option<String>,
-    /// How a released disk entry is wiped: `wipefs` (default), `discard`, `zero-ends`, `zero`.
+    /// How a released disk entry is wiped: `zero-ends` (default), `discard`, `zero`.
     pub wipe: Option<String>,
     /// `flex` (moor mounts it: default for Filesystem) or `local` (kubelet's in-tree local).
     pub source: Option<String>,
@@ -81,12 +81,11 @@ pub enum SourceKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WipeMethod {
-    /// `wipefs -a`: every signature (filesystem, partition table, RAID, LVM) erased.
-    Wipefs,
-    /// `wipefs -a`, then `blkdiscard` (the SSD forgets every block).
-    Discard,
-    /// `wipefs -a`, then zeroes over the first and the last MiB.
+    /// `wipefs -a` (every signature: filesystem, partition table, RAID, LVM), then zeroes over
+    /// the first and the last MiB — what moor's never-format rule needs to call a disk blank.
     ZeroEnds,
+    /// As `zero-ends`, with `blkdiscard` in between (the SSD forgets every block).
+    Discard,
     /// `wipefs -a`, then `blkdiscard -z`: the whole device reads as zeroes.
     Zero,
 }
@@ -95,7 +94,6 @@ impl WipeMethod {
     /// The config spelling.
     pub fn as_str(self) -> &'static str {
         match self {
-            WipeMethod::Wipefs => "wipefs",
             WipeMethod::Discard => "discard",
             WipeMethod::ZeroEnds => "zero-ends",
             WipeMethod::Zero => "zero",
@@ -357,14 +355,13 @@ pub fn validate(raw: &LocalFileConfig, kubelet_dir: &Path) -> Result<LocalConfig
             (f, _) => f.clone(),
         };
         let wipe = match c.wipe.as_deref() {
-            None | Some("wipefs") => WipeMethod::Wipefs,
+            None | Some("zero-ends") => WipeMethod::ZeroEnds,
             Some("discard") => WipeMethod::Discard,
-            Some("zero-ends") => WipeMethod::ZeroEnds,
             Some("zero") => WipeMethod::Zero,
             Some(o) => {
                 return Err(err(
                     k("wipe"),
-                    format!("{o}: expected wipefs, discard, zero-ends or zero"),
+                    format!("{o}: expected zero-ends, discard or zero"),
                 ));
             }
         };
@@ -449,7 +446,7 @@ mod tests {
         let n = &c.classes[0];
         assert_eq!(n.volume_mode, VolumeMode::Filesystem);
         assert_eq!(n.source, SourceKind::Flex);
-        assert_eq!(n.wipe, WipeMethod::Wipefs);
+        assert_eq!(n.wipe, WipeMethod::ZeroEnds);
         assert_eq!(n.reclaim_policy, ReclaimPolicy::Delete);
         assert_eq!(n.fs_type.as_deref(), Some("xfs"));
         let r = &c.classes[1];

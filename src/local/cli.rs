@@ -177,6 +177,31 @@ pub fn live_volumes(socket: &std::path::Path) -> Result<Option<Vec<VolumeStatus>
     }
 }
 
+/// After a wipe, moor must not remember a filesystem on the entry (the next claim would be
+/// refused as `known_volume_blank` instead of formatted): through the daemon when it runs,
+/// else in its journal directly.
+fn forget_wiped(cfg: &Config, entry: &std::path::Path, daemon_up: bool) {
+    let key = wipe::volume_key_of(entry);
+    let result = if daemon_up {
+        client::call(
+            &cfg.socket,
+            &Request::Forget { key: key.clone() },
+            Duration::from_secs(30),
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
+    } else {
+        crate::journal::Journal::open(&cfg.state_dir, &cfg.run_dir)
+            .and_then(|j| j.remove_stage(&key))
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = result {
+        eprintln!(
+            "warning: moor still remembers a filesystem on {key}: {e} (run: moor forget {key})"
+        );
+    }
+}
+
 /// Runs `moor local …`.
 pub fn run(args: LocalArgs) -> Result<i32, LocalCliError> {
     match args.cmd {
@@ -227,7 +252,9 @@ pub fn run(args: LocalArgs) -> Result<i32, LocalCliError> {
                 state_dir: &cfg.state_dir,
                 live_volumes: live_volumes(&cfg.socket),
             };
+            let daemon_up = matches!(ctx.live_volumes, Ok(Some(_)));
             let rec = wipe::wipe_entry(&ctx, &entry, expect_id.as_deref(), None)?;
+            forget_wiped(&cfg, &rec.entry, daemon_up);
             // Nothing else waits for this record: no PV to delete from the command line.
             if let Err(e) = wipe::remove_record(&cfg.state_dir, &rec.stable_id) {
                 eprintln!("warning: wipe record left in place: {e}");

@@ -225,21 +225,29 @@ pub fn fs_uuid(host: &Host, src: &IdSources, dev: DevNum) -> Option<String> {
         return Some(u);
     }
     let node = dev_node(src, dev)?;
-    let out = host
-        .runner
-        .run(
+    // A mounted filesystem rewrites its superblock while it works; a probe that reads it
+    // mid-write fails its checksum and finds nothing. Such a miss is retried, not believed.
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let Ok(out) = host.runner.run(
             &Cmd::new("blkid")
                 .args(probe::probe_args(&node))
                 .timeout(Duration::from_secs(30)),
-        )
-        .ok()?;
-    if !out.success() {
-        return None;
+        ) else {
+            continue;
+        };
+        if let Some(u) = out
+            .success()
+            .then(|| probe::parse_export(&out.stdout_text()).remove("UUID"))
+            .flatten()
+            .filter(|u| !u.is_empty())
+        {
+            return Some(u);
+        }
     }
-    probe::parse_export(&out.stdout_text())
-        .get("UUID")
-        .cloned()
-        .filter(|u| !u.is_empty())
+    None
 }
 
 /// The stable id of a mounted filesystem entry: its UUID, plus the bind root when the mount
@@ -508,7 +516,7 @@ mod tests {
             discovery_dir: disc.clone(),
             volume_mode: super::super::classes::VolumeMode::Filesystem,
             fs_type: None,
-            wipe: super::super::classes::WipeMethod::Wipefs,
+            wipe: super::super::classes::WipeMethod::ZeroEnds,
             source: super::super::classes::SourceKind::Flex,
             reclaim_policy: super::super::classes::ReclaimPolicy::Delete,
             node_labels: BTreeMap::new(),

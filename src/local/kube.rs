@@ -70,12 +70,18 @@ pub trait PvApi: Send + Sync {
     ) -> impl Future<Output = Result<(), KubeError>> + Send;
     /// Deletes a PV, only if its UID is still `uid`.
     fn delete(&self, name: &str, uid: &str) -> impl Future<Output = Result<(), KubeError>> + Send;
+    /// The node's `kubernetes.io/hostname` label (`None`: no such node or label).
+    fn node_hostname(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Option<String>, KubeError>> + Send;
 }
 
 /// [`PvApi`] through the `kube` client.
 #[derive(Clone)]
 pub struct KubePvApi {
     api: kube::Api<PersistentVolume>,
+    nodes: kube::Api<k8s_openapi::api::core::v1::Node>,
 }
 
 fn api_err(op: &'static str, name: &str, e: kube::Error) -> KubeError {
@@ -95,7 +101,8 @@ impl KubePvApi {
     /// From a client.
     pub fn new(client: kube::Client) -> Self {
         KubePvApi {
-            api: kube::Api::all(client),
+            api: kube::Api::all(client.clone()),
+            nodes: kube::Api::all(client),
         }
     }
 
@@ -165,6 +172,16 @@ impl PvApi for KubePvApi {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(api_err("delete", name, e)),
         }
+    }
+
+    async fn node_hostname(&self, node: &str) -> Result<Option<String>, KubeError> {
+        let n = self
+            .nodes
+            .get_opt(node)
+            .await
+            .map_err(|e| api_err("get node", node, e))?;
+        Ok(n.and_then(|n| n.metadata.labels)
+            .and_then(|mut l| l.remove("kubernetes.io/hostname")))
     }
 }
 
@@ -271,6 +288,16 @@ pub async fn reconcile<A: PvApi>(
 ) -> Result<SyncReport, KubeError> {
     let mut r = SyncReport::default();
     let existing = api.list(&pv::node_selector(node)).await?;
+    // lsp's rule: affinity names the node's hostname label, which differs from the node name
+    // when kubelet runs with --hostname-override. Unknown (no Node, no permission): the name.
+    let hostname = match api.node_hostname(node).await {
+        Ok(Some(h)) => h,
+        Ok(None) => node.to_owned(),
+        Err(e) => {
+            tracing::debug!(error = %e, "node's hostname label unknown; using the node name");
+            node.to_owned()
+        }
+    };
     let by_name: BTreeMap<&str, &PersistentVolume> = existing
         .iter()
         .filter_map(|p| p.metadata.name.as_deref().map(|n| (n, p)))
@@ -315,7 +342,7 @@ pub async fn reconcile<A: PvApi>(
                 r.conflicts.push(format!("{old_name}: {msg}"));
                 continue;
             }
-            match api.create(&pv::build(node, class, e)).await {
+            match api.create(&pv::build_for(node, &hostname, class, e)).await {
                 Ok(()) => {
                     tracing::info!(pv = %name, entry = %path, stable_id = %e.stable_id, "local PV created");
                     r.created.push(name);

@@ -109,8 +109,14 @@ pub fn quantity(bytes: u64) -> Quantity {
     Quantity(bytes.to_string())
 }
 
-/// The PersistentVolume for an entry of `class` on `node`.
+/// The PersistentVolume for an entry of `class` on `node`, whose `kubernetes.io/hostname`
+/// label is the node name (true unless kubelet runs with `--hostname-override`).
 pub fn build(node: &str, class: &ClassConfig, e: &Entry) -> PersistentVolume {
+    build_for(node, node, class, e)
+}
+
+/// As [`build`], with the node's actual `kubernetes.io/hostname` label value.
+pub fn build_for(node: &str, hostname: &str, class: &ClassConfig, e: &Entry) -> PersistentVolume {
     let name = pv_name(node, &class.name, &e.stable_id);
     let path = e.path.display().to_string();
     let mut labels = BTreeMap::new();
@@ -130,7 +136,7 @@ pub fn build(node: &str, class: &ClassConfig, e: &Entry) -> PersistentVolume {
     let mut exprs = vec![NodeSelectorRequirement {
         key: "kubernetes.io/hostname".into(),
         operator: "In".into(),
-        values: Some(vec![node.to_owned()]),
+        values: Some(vec![hostname.to_owned()]),
     }];
     for (k, v) in &class.node_labels {
         exprs.push(NodeSelectorRequirement {
@@ -233,7 +239,7 @@ mod tests {
             discovery_dir: "/mnt/disks/nvme".into(),
             volume_mode: mode,
             fs_type: Some("xfs".into()),
-            wipe: WipeMethod::Wipefs,
+            wipe: WipeMethod::ZeroEnds,
             source,
             reclaim_policy: ReclaimPolicy::Delete,
             node_labels: BTreeMap::from([("topology.kubernetes.io/zone".into(), "z1".into())]),

@@ -98,6 +98,18 @@ fn watch_dirs(cfg: &Config, tx: tokio::sync::mpsc::Sender<()>) {
     }
 }
 
+/// After a wipe: moor no longer knows a filesystem on the entry (see [`wipe::volume_key_of`]).
+fn forget(lifecycle: &Lifecycle, entry: &std::path::Path) {
+    let key = wipe::volume_key_of(entry);
+    match lifecycle.forget(&key) {
+        Ok(true) => {
+            tracing::info!(volume = %key, "wiped entry forgotten; the next claim formats it")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(volume = %key, error = %e, "wiped entry not forgotten"),
+    }
+}
+
 fn live(lifecycle: &Lifecycle) -> Result<Option<Vec<crate::api::VolumeStatus>>, String> {
     Ok(Some(lifecycle.status()))
 }
@@ -127,11 +139,12 @@ async fn resume_wipes(cfg: &Arc<Config>, host: &Arc<Host>, lifecycle: &Arc<Lifec
                     };
                     let r =
                         wipe::wipe_entry(&ctx, &rec.entry, Some(&rec.stable_id), rec.pv.as_deref());
-                    if let Ok(done) = &r
-                        && done.pv.is_none()
-                    {
-                        // A command-line wipe: nothing else waits for the record.
-                        let _ = wipe::remove_record(&cfg2.state_dir, &done.stable_id);
+                    if let Ok(done) = &r {
+                        forget(&lc, &done.entry);
+                        if done.pv.is_none() {
+                            // A command-line wipe: nothing else waits for the record.
+                            let _ = wipe::remove_record(&cfg2.state_dir, &done.stable_id);
+                        }
                     }
                     r
                 })
@@ -227,7 +240,11 @@ async fn recycle<A: PvApi>(
             state_dir: &c.state_dir,
             live_volumes: live(&lc),
         };
-        wipe_for_job(&ctx, &j)
+        let r = wipe_for_job(&ctx, &j);
+        if r.is_ok() {
+            forget(&lc, &j.entry);
+        }
+        r
     })
     .await
     .map_err(|e| e.to_string())

@@ -156,11 +156,17 @@ pub fn check_wipe(f: &WipeFacts) -> Result<(), Refusal> {
             let devs: Vec<DevNum> = std::iter::once(*dev)
                 .chain(f.partitions.iter().copied())
                 .collect();
+            // Also a bind mount of the device node itself (kubelet's raw block volumes map
+            // it into `volumeDevices/`): a devtmpfs mount whose root is the node's name.
+            let node_name = device.file_name();
             if let Some(m) = f.mounts.iter().find(|m| {
                 devs.iter()
                     .any(|d| d.major == m.major && d.minor == m.minor)
                     || Path::new(&m.source) == device.as_path()
                     || Path::new(&m.source) == path.as_path()
+                    || (m.fs_type == "devtmpfs"
+                        && m.root != Path::new("/")
+                        && m.root.file_name() == node_name)
             }) {
                 return Err(in_use(format!(
                     "{} is mounted at {}",
@@ -212,6 +218,13 @@ pub fn check_wipe(f: &WipeFacts) -> Result<(), Refusal> {
         Ok(None) => {}
     }
     Ok(())
+}
+
+/// The volume key the `local` driver gives an entry used as a PV's `path`: after a wipe the
+/// daemon forgets the filesystem it remembered there (else the blank disk would be refused
+/// as `known_volume_blank` instead of formatted for the next claim).
+pub fn volume_key_of(entry: &Path) -> String {
+    crate::driver::volume_key("local", &entry.display().to_string())
 }
 
 /// A wipe's progress, as recorded.
@@ -529,16 +542,17 @@ pub fn block_commands(device: &Path, size: u64, method: WipeMethod, timeout: Dur
             .arg(device)
             .timeout(Duration::from_secs(120)),
     ];
+    if method == WipeMethod::Discard {
+        v.push(Cmd::new("blkdiscard").arg(device).timeout(timeout));
+    }
     match method {
-        WipeMethod::Wipefs => {}
-        WipeMethod::Discard => v.push(Cmd::new("blkdiscard").arg(device).timeout(timeout)),
         WipeMethod::Zero => v.push(
             Cmd::new("blkdiscard")
                 .arg("-z")
                 .arg(device)
                 .timeout(timeout),
         ),
-        WipeMethod::ZeroEnds => {
+        WipeMethod::ZeroEnds | WipeMethod::Discard => {
             let mib = 1u64 << 20;
             let mut of = std::ffi::OsString::from("of=");
             of.push(device);
@@ -751,7 +765,7 @@ mod tests {
             discovery_dir: "/mnt/disks".into(),
             volume_mode: VolumeMode::Filesystem,
             fs_type: None,
-            wipe: WipeMethod::Wipefs,
+            wipe: WipeMethod::ZeroEnds,
             source: SourceKind::Flex,
             reclaim_policy: ReclaimPolicy::Delete,
             node_labels: BTreeMap::new(),
@@ -911,6 +925,16 @@ mod tests {
         }];
         assert!(refused(&f).contains("mounted at /somewhere"));
         let mut f = facts(blk_entry());
+        let mut node_bind = mount(
+            6,
+            (0, 5),
+            "/sdc",
+            "/var/lib/kubelet/plugins/kubernetes.io~local-volume/volumeDevices/pv/dev/uid",
+        );
+        node_bind.fs_type = "devtmpfs".into();
+        f.mounts.push(node_bind);
+        assert!(refused(&f).contains("volumeDevices"), "{}", refused(&f));
+        let mut f = facts(blk_entry());
         f.holders = vec!["dm-3".into()];
         assert!(refused(&f).contains("held by dm-3"));
         let mut f = facts(blk_entry());
@@ -939,22 +963,28 @@ mod tests {
                 .map(Cmd::display)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(show(WipeMethod::Wipefs), ["wipefs -a /mnt/disks/e1"]);
-        assert_eq!(
-            show(WipeMethod::Discard),
-            ["wipefs -a /mnt/disks/e1", "blkdiscard /mnt/disks/e1"]
+        let z = show(WipeMethod::ZeroEnds);
+        assert_eq!(z.len(), 3, "{z:?}");
+        assert_eq!(z[0], "wipefs -a /mnt/disks/e1");
+        assert!(
+            z[1].starts_with("dd if=/dev/zero") && z[1].ends_with("seek=0"),
+            "{z:?}"
         );
+        assert!(z[2].ends_with(&format!("seek={}", 63u64 << 20)), "{z:?}");
+        let dz = show(WipeMethod::Discard);
+        assert_eq!(dz[1], "blkdiscard /mnt/disks/e1");
+        assert_eq!(&dz[2..], &z[1..]);
         assert_eq!(
             show(WipeMethod::Zero),
             ["wipefs -a /mnt/disks/e1", "blkdiscard -z /mnt/disks/e1"]
         );
-        let z = show(WipeMethod::ZeroEnds);
-        assert_eq!(z.len(), 3);
-        assert!(z[2].ends_with(&format!("seek={}", 63u64 << 20)), "{z:?}");
-        assert!(
-            z.iter()
-                .all(|c| !c.contains("-f") && !c.contains("--force"))
-        );
+        for m in [WipeMethod::ZeroEnds, WipeMethod::Discard, WipeMethod::Zero] {
+            assert!(
+                show(m)
+                    .iter()
+                    .all(|c| !c.contains(" -f") && !c.contains("--force"))
+            );
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ lab_run lab_with_deadline 60 mount -t glusterfs -o auto_unmount "$GLUSTER_SERVER
 fuse_pid=""
 for p in $(pgrep -x glusterfs); do
   tr '\0' ' ' < "/proc/$p/cmdline" | grep -q " $m2" || continue
-  ls -l "/proc/$p/fd" 2>/dev/null | grep -q /dev/fuse && fuse_pid=$p
+  for fd in /proc/"$p"/fd/*; do [[ $(readlink "$fd") == /dev/fuse ]] && fuse_pid=$p; done
 done
 [[ -n $fuse_pid ]] || lab_die "no glusterfs process holds /dev/fuse for $m2"
 kill -9 "$fuse_pid"

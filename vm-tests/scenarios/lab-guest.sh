@@ -1,6 +1,6 @@
 #!/bin/bash
 # Lab self-test: the guest has Debian's kernel and the modules moor's drivers need.
-# vm: moor=no timeout=120
+# vm: moor=no timeout=180 disks=1
 set -euo pipefail
 . "$LAB_DIR/lib/lab.sh"
 
@@ -23,3 +23,8 @@ modprobe -r scsi_debug
 modprobe scsi_debug dev_size_mb=16
 lab_wait_for 20 "scsi_debug by-id link" sh -c 'ls /dev/disk/by-id/ | grep -q scsi'
 lab_step "udev creates /dev/disk links for hot-plugged disks"
+
+# disks=1 in the header: one blank 1 GiB virtio disk.
+lab_assert_eq "$(blockdev --getsize64 /dev/vdb)" 1073741824 "size of /dev/vdb"
+lab_assert_eq "$(blkid -p /dev/vdb >/dev/null 2>&1; echo $?)" 2 "blkid -p on the blank disk (2 = nothing found)"
+lab_step "the header's extra disk is /dev/vdb, 1 GiB, blank"

@@ -69,11 +69,37 @@
 # the host). Logs: DIR/log/NAME.log (ceph's own) and DIR/log/NAME.out (stdout/stderr).
 #
 # ---------------------------------------------------------------------------------
-# Placement: measured 2026-11-23 on this 2-core machine (qemu TCG, no usable KVM).
-# See the report block "MEASUREMENTS" below; the decision: the cluster runs INSIDE
-# the guest, started by this script in each Ceph scenario.
-# MEASUREMENTS
-#   (filled in below by the measurement runs)
+# PLACEMENT — decision: the cluster runs INSIDE the guest, started by this script in
+# each Ceph scenario. Measured 2026-11-23 on this 2-core machine (qemu TCG, no usable
+# KVM), times from `start` to "cluster ready" (full readiness unless noted):
+#   host, natively (memstore)            5.2-5.9 s quiet; 10.9-12.8 s with cargo builds
+#                                        running (load 9-13); --fast: 5.4 s
+#   host, bluestore start / restart      12.5 s / 15.4 s (loaded host)
+#   guest, TCG 2 vCPU 3 GiB (memstore)   ~31 s with a lightly loaded host (the data path,
+#                                        i.e. what --fast waits for, ~20 s); 77-86 s with
+#                                        the host at load 9-13 (boot itself 3x slower then)
+#   the long pole in the guest is the mgr loading its python modules (always-on ones:
+#   the rest are disabled below); mon, OSD, MDS, pool init and the subdir are done
+#   while it loads. Memory: ~400 MB RSS natively (mgr ~300 MB).
+#   lab-ceph scenario end to end (boot, cluster, RBD + CephFS checks, teardown):
+#   190-240 s on a loaded host.
+# Host placement (cluster on the host's 127.0.0.1, guest through qemu user-mode
+# networking) was measured and does not work as is: the guest reaches the host mon
+# TCP port (10.0.2.2:6789 -> host 127.0.0.1:6789; banner "ceph v027" in 0.3 s), but
+# every Ceph client checks the peer's identity: `ceph -s` from the guest loops on
+#   handle_server_banner_and_identify connect claims to be v1:127.0.0.1:6789/0
+#   not v1:10.0.2.2:6789/0
+# and times out (same with msgr v2 on 3300; the kernel's libceph checks too). Even past
+# the mon, the maps advertise 127.0.0.1:68xx for the OSD/MDS, which in the guest is the
+# guest's own loopback: `rados ls` and krbd `rbd map` time out. Ceph cannot advertise
+# an address it does not bind (public_bind_addr exists for mons only), the host has no
+# address the guest can reach directly, and NAT tricks inside the guest (DNAT of
+# 127.0.0.1:6789/3300/6800-7300 with route_localnet, or a userspace proxy on the guest's
+# loopback) would be fragile and would share one cluster's state (blocklists, killed
+# daemons) across scenarios. Inside the guest every address is simply 127.0.0.1, each
+# scenario gets a fresh cluster, and the ~20-30 s (quiet host) is affordable in CI.
+# (qemu's guestfwd=tcp:...-tcp:127.0.0.1:PORT does not help either: that chardev is a
+# single connection opened at qemu start, not a per-connection forward.)
 # ---------------------------------------------------------------------------------
 
 if [[ ${BASH_SOURCE[0]} != "$0" ]]; then
@@ -554,7 +580,9 @@ cmd_start() {
   [[ $WITH_FS == 1 ]] && daemon_start mds.a
 
   # ready, then pool init (done once the OSD is up) and the client's subdir
-  cmd_wait_ready "${CEPH_READY_TIMEOUT:-240}" 1 $([[ $WITH_FS == 1 ]] && echo /volumes/moor)
+  local subdir=""
+  [[ $WITH_FS == 1 ]] && subdir=/volumes/moor
+  cmd_wait_ready "${CEPH_READY_TIMEOUT:-240}" 1 "$subdir"
   clog "cluster ready in $(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.1f", a - b }') s; env: $d/env"
 }
 
@@ -573,7 +601,7 @@ cmd_wait_ready() {
 # hung mounts behind. Kernel clients are matched by the mon address, FUSE clients
 # by their command line or environment naming this cluster's directory.
 stop_clients() {
-  local mon=$CEPH_IP:6789 dev m p i
+  local dev m p i
   # kernel cephfs
   while read -r src m fstype _; do
     [[ $fstype == ceph && $src == *"$CEPH_IP"* ]] || continue

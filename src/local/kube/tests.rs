@@ -23,7 +23,7 @@ fn class() -> ClassConfig {
         discovery_dir: "/mnt/disks".into(),
         volume_mode: VolumeMode::Filesystem,
         fs_type: None,
-        wipe: WipeMethod::Wipefs,
+        wipe: WipeMethod::ZeroEnds,
         source: SourceKind::Flex,
         reclaim_policy: ReclaimPolicy::Delete,
         node_labels: BTreeMap::new(),
@@ -133,6 +133,9 @@ impl PvApi for FakeApi {
             };
         }
         Ok(())
+    }
+    async fn node_hostname(&self, node: &str) -> Result<Option<String>, KubeError> {
+        Ok((node == "node-h").then(|| "host-h".to_owned()))
     }
     async fn delete(&self, name: &str, uid: &str) -> Result<(), KubeError> {
         let mut m = self.pvs.lock().unwrap();
@@ -266,7 +269,7 @@ fn released_pvs_become_wipe_jobs_and_unfinished_wipes_are_not_republished() {
                 class: "nvme".into(),
                 stable_id: "wwn-0".into(),
                 pv: Some(name.clone()),
-                method: "wipefs".into(),
+                method: "zero-ends".into(),
                 phase: WipePhase::Started,
                 started: 1,
                 finished: None,
@@ -298,6 +301,35 @@ fn released_pvs_become_wipe_jobs_and_unfinished_wipes_are_not_republished() {
             .unwrap();
         assert_eq!(r.created, vec![name]);
     });
+}
+
+#[test]
+fn affinity_names_the_nodes_hostname_label() {
+    let api = FakeApi::default();
+    rt().block_on(async {
+        reconcile(
+            &api,
+            "node-h",
+            &cfg(),
+            &scan(vec![entry("d0", "wwn-0")]),
+            &[],
+        )
+        .await
+        .unwrap();
+    });
+    let p = api.get(&pv::pv_name("node-h", "nvme", "wwn-0")).unwrap();
+    let spec = p.spec.unwrap();
+    let term = &spec
+        .node_affinity
+        .unwrap()
+        .required
+        .unwrap()
+        .node_selector_terms[0];
+    let expr = &term.match_expressions.as_ref().unwrap()[0];
+    assert_eq!(expr.values.as_deref(), Some(&["host-h".to_owned()][..]));
+    // The flex option still names the node (what the daemon compares with its own name).
+    let flex = spec.flex_volume.unwrap();
+    assert_eq!(flex.options.unwrap()["node"], "node-h");
 }
 
 #[test]
@@ -439,6 +471,16 @@ async fn object(
     }
 }
 
+async fn node(AxPath(name): AxPath<String>) -> Reply {
+    if name != "node-a" {
+        return status(404, "NotFound", &format!("nodes \"{name}\" not found"));
+    }
+    reply(
+        StatusCode::OK,
+        serde_json::json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a","labels":{"kubernetes.io/hostname":"node-a.example"}}}),
+    )
+}
+
 async fn fake_server() -> (Arc<Server>, KubePvApi) {
     let s = Arc::new(Server::default());
     let app = axum::Router::new()
@@ -450,6 +492,7 @@ async fn fake_server() -> (Arc<Server>, KubePvApi) {
             "/api/v1/persistentvolumes/{name}",
             get(object).patch(object).delete(object),
         )
+        .route("/api/v1/nodes/{name}", get(node))
         .with_state(s.clone());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -488,6 +531,12 @@ fn the_kube_client_speaks_the_api_servers_http() {
             stored["spec"]["flexVolume"]["options"]["path"],
             "/mnt/disks/d0"
         );
+        assert_eq!(
+            stored["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"]
+                [0]["values"][0],
+            "node-a.example"
+        );
+        assert_eq!(api.node_hostname("node-z").await.unwrap(), None);
         // Creating again is a 409 the reconcile treats as present.
         let e = api
             .create(&pv::build("node-a", &class(), &entry("d0", "wwn-0")))
