@@ -80,6 +80,12 @@ lab_step "fs-evict: sessions evicted, kernel mount no longer usable"
 # teardown must leave nothing behind
 lab_ceph_stop
 if grep -qE ' (ceph|fuse\.ceph-fuse) ' /proc/mounts; then lab_die "ceph mounts left: $(grep ceph /proc/mounts)"; fi
-if pgrep -x 'ceph-(mon|mgr|osd|mds)|ceph-fuse' >/dev/null; then lab_die "ceph processes left: $(pgrep -ax 'ceph-(mon|mgr|osd|mds)|ceph-fuse')"; fi
+left=""
+for n in ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse rbd-fuse; do   # pgrep -x: names, not regexes over 15 chars
+  for p in $(pgrep -x "$n" || true); do
+    [[ $(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null) == Z ]] || left+=" $n:$p"
+  done
+done
+[[ -z $left ]] || lab_die "ceph processes left:$left"
 [[ -z $(ls /sys/bus/rbd/devices 2>/dev/null) ]] || lab_die "rbd devices left"
 lab_step "stop: no daemon, mount or mapping left"

@@ -75,14 +75,14 @@
 #   host, natively (memstore)            5.2-5.9 s quiet; 10.9-12.8 s with cargo builds
 #                                        running (load 9-13); --fast: 5.4 s
 #   host, bluestore start / restart      12.5 s / 15.4 s (loaded host)
-#   guest, TCG 2 vCPU 3 GiB (memstore)   ~31 s with a lightly loaded host (the data path,
-#                                        i.e. what --fast waits for, ~20 s); 77-86 s with
-#                                        the host at load 9-13 (boot itself 3x slower then)
+#   guest, TCG 2 vCPU 3 GiB (memstore)   ~31 s with a lightly loaded host; 49 s at host
+#                                        load ~4.5 (data path, what --fast waits for: ~19 s);
+#                                        77-86 s at host load 9-13 (boot itself 3x slower)
 #   the long pole in the guest is the mgr loading its python modules (always-on ones:
 #   the rest are disabled below); mon, OSD, MDS, pool init and the subdir are done
 #   while it loads. Memory: ~400 MB RSS natively (mgr ~300 MB).
 #   lab-ceph scenario end to end (boot, cluster, RBD + CephFS checks, teardown):
-#   190-240 s on a loaded host.
+#   123 s at host load ~4.5, 190-240 s at load 9-13.
 # Host placement (cluster on the host's 127.0.0.1, guest through qemu user-mode
 # networking) was measured and does not work as is: the guest reaches the host mon
 # TCP port (10.0.2.2:6789 -> host 127.0.0.1:6789; banner "ceph v027" in 0.3 s), but
