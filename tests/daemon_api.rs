@@ -176,3 +176,48 @@ fn a_bad_config_is_refused_with_the_key_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("metrics-adr"), "{err}");
 }
+
+#[test]
+fn a_hung_operation_is_answered_at_its_deadline_and_keeps_its_volume_locked() {
+    require_privileged_sandbox();
+    let mut d = Daemon::start();
+    d.stop();
+    let marker = d.root.path().join("paused");
+    d.extra_env = vec![
+        ("MOOR_TEST_PAUSE_AT".into(), "publish:intent".into()),
+        (
+            "MOOR_TEST_PAUSE_MARKER".into(),
+            marker.display().to_string(),
+        ),
+    ];
+    d.extra_args = vec!["--operation-timeout-seconds".into(), "1".into()];
+    d.spawn();
+    let src = d.root.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let started = std::time::Instant::now();
+    let r = d.mount("pod1", "v", json!({"path": src}));
+    assert!(
+        !r.ok() && r.message().contains("did not finish within"),
+        "{}",
+        r.message()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(marker.exists(), "the operation is still running, paused");
+    // The same volume waits for the lock the paused operation still holds, and gives up at
+    // its own deadline without running: no second publish record, no bind.
+    let r = d.mount("pod2", "v", json!({"path": src}));
+    assert!(
+        !r.ok() && r.message().contains("did not finish within"),
+        "{}",
+        r.message()
+    );
+    let records = std::fs::read_dir(d.run_dir().join("publish"))
+        .unwrap()
+        .count();
+    assert_eq!(records, 1, "only the paused publish has a record");
+    assert!(mounts_under(&d.kubelet_dir().join("pods")).is_empty());
+    // Other requests are still served while that thread is stuck.
+    assert!(d.unmount("pod3", "w").ok());
+    assert!(d.flex(&["init"]).ok());
+    d.kill9();
+}

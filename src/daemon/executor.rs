@@ -1,16 +1,21 @@
 //! The executor: one operation per volume key at a time, different volumes in parallel,
-//! each with a deadline, all blocking work off the async runtime.
+//! each with a deadline. It runs on the server's connection threads (plain blocking
+//! threads, never the async runtime): a request is validated, locked, run and answered on
+//! the thread that accepted it, with no hand-off.
 //!
-//! Invariant: a volume's lock is held until its operation really ends — a deadline answers
-//! kubelet in time, but the lock travels into the blocking task, so a late-finishing
-//! operation can never overlap the next one on the same volume.
+//! Invariants:
+//! - a volume's lock is held until its operation really ends — the deadline answers
+//!   kubelet in time (a [`Watchdog`] thread writes the timeout answer), but the lock stays
+//!   with the thread running the operation, so a late-finishing operation can never overlap
+//!   the next one on the same volume; a request still waiting for the lock when its
+//!   deadline passes gives up without running;
+//! - every request gets exactly one answer (the first of the operation and the watchdog);
+//! - shutdown ([`Executor::drain`]) waits for operations in progress; afterwards none start.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use tokio::sync::{OwnedMutexGuard, RwLock};
-use tracing::Instrument;
 
 use crate::api::{Request, Response};
 use crate::error::Error;
@@ -18,14 +23,259 @@ use crate::flexvolume::Reply;
 use crate::lifecycle::{Lifecycle, MountOutcome, UnmountOutcome};
 use crate::metrics::Metrics;
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a few map/counter updates that cannot panic half-way.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a request's one answer goes: the first to claim it sends; later ones are dropped.
+pub struct Answer {
+    claimed: AtomicBool,
+    sink: Box<dyn Fn(&Response) + Send + Sync>,
+}
+
+impl Answer {
+    /// An answer written by `sink` (at most once).
+    pub fn new(sink: impl Fn(&Response) + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Answer {
+            claimed: AtomicBool::new(false),
+            sink: Box::new(sink),
+        })
+    }
+
+    /// True for the first caller only: it must then [`Answer::write`].
+    fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    fn write(&self, r: &Response) {
+        (self.sink)(r);
+    }
+
+    /// Sends `r` unless the request was already answered.
+    pub fn send(&self, r: &Response) {
+        if self.claim() {
+            self.write(r);
+        }
+    }
+}
+
+/// Per-volume-key locks, held by the thread that runs the operation.
+#[derive(Default)]
+struct KeyLocks {
+    map: Mutex<HashMap<String, KeyState>>,
+}
+
+struct KeyState {
+    held: bool,
+    waiters: usize,
+    free: Arc<Condvar>,
+}
+
+/// Holds a volume key's lock; releases it when dropped.
+struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+}
+
+impl KeyLocks {
+    /// Takes `key`'s lock, waiting at most until `deadline` (None: no limit).
+    fn lock(&self, key: &str, deadline: Option<Instant>) -> Option<KeyGuard<'_>> {
+        let mut map = lock(&self.map);
+        let st = map.entry(key.to_owned()).or_insert_with(|| KeyState {
+            held: false,
+            waiters: 0,
+            free: Arc::new(Condvar::new()),
+        });
+        if st.held {
+            let free = st.free.clone();
+            st.waiters += 1;
+            loop {
+                map = match deadline {
+                    None => free.wait(map).unwrap_or_else(|p| p.into_inner()),
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        free.wait_timeout(map, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                };
+                // The entry stays while it has waiters, so it is still there.
+                let st = map.get_mut(key)?;
+                if !st.held {
+                    st.waiters -= 1;
+                    break;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    st.waiters -= 1;
+                    return None;
+                }
+            }
+        }
+        if let Some(st) = map.get_mut(key) {
+            st.held = true;
+        }
+        Some(KeyGuard {
+            locks: self,
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(&self.locks.map);
+        if let Some(st) = map.get_mut(&self.key) {
+            st.held = false;
+            if st.waiters == 0 {
+                map.remove(&self.key);
+            } else {
+                st.free.notify_one();
+            }
+        }
+    }
+}
+
+/// Operations enter it; shutdown closes it and waits for them to leave.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<(bool, usize)>,
+    empty: Condvar,
+}
+
+struct GatePass<'a>(&'a Gate);
+
+impl Gate {
+    fn enter(&self) -> Option<GatePass<'_>> {
+        let mut st = lock(&self.state);
+        if st.0 {
+            return None;
+        }
+        st.1 += 1;
+        Some(GatePass(self))
+    }
+}
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.state);
+        st.1 -= 1;
+        if st.0 && st.1 == 0 {
+            self.0.empty.notify_all();
+        }
+    }
+}
+
+type Alarm = Box<dyn FnOnce() + Send>;
+
+/// One long-lived thread that fires deadline alarms. Arming costs a map insert: the thread
+/// is woken only when a new deadline is earlier than the one it sleeps towards (with one
+/// operation timeout, never in steady state).
+struct Watchdog {
+    inner: Arc<WatchdogInner>,
+}
+
+struct WatchdogInner {
+    state: Mutex<Alarms>,
+    wake: Condvar,
+    idle_period: Duration,
+}
+
+struct Alarms {
+    next_id: u64,
+    armed: BTreeMap<(Instant, u64), Alarm>,
+    wake_at: Option<Instant>,
+    running: bool,
+}
+
+type Ticket = (Instant, u64);
+
+impl Watchdog {
+    fn new(idle_period: Duration) -> Self {
+        Watchdog {
+            inner: Arc::new(WatchdogInner {
+                state: Mutex::new(Alarms {
+                    next_id: 0,
+                    armed: BTreeMap::new(),
+                    wake_at: None,
+                    running: false,
+                }),
+                wake: Condvar::new(),
+                idle_period: idle_period.max(Duration::from_millis(10)),
+            }),
+        }
+    }
+
+    fn arm(&self, deadline: Instant, alarm: Alarm) -> Ticket {
+        let mut st = lock(&self.inner.state);
+        let id = st.next_id;
+        st.next_id += 1;
+        st.armed.insert((deadline, id), alarm);
+        if !st.running {
+            let inner = self.inner.clone();
+            match std::thread::Builder::new()
+                .name("moor-watchdog".into())
+                .spawn(move || inner.run())
+            {
+                Ok(_) => st.running = true,
+                Err(e) => tracing::error!(error = %e, "cannot start the deadline watchdog"),
+            }
+        } else if st.wake_at.is_none_or(|w| deadline < w) {
+            self.inner.wake.notify_one();
+        }
+        (deadline, id)
+    }
+
+    fn disarm(&self, t: Ticket) {
+        let alarm = lock(&self.inner.state).armed.remove(&t);
+        // Dropped outside the lock: it may own a connection.
+        drop(alarm);
+    }
+}
+
+impl WatchdogInner {
+    fn run(&self) {
+        let mut st = lock(&self.state);
+        loop {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            while let Some(entry) = st.armed.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                due.push(entry.remove());
+            }
+            if !due.is_empty() {
+                drop(st);
+                for alarm in due {
+                    alarm();
+                }
+                st = lock(&self.state);
+                continue;
+            }
+            let wake_at = st
+                .armed
+                .keys()
+                .next()
+                .map_or(now + self.idle_period, |k| k.0);
+            st.wake_at = Some(wake_at);
+            st = self
+                .wake
+                .wait_timeout(st, wake_at.saturating_duration_since(now))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
 /// Runs requests against the lifecycle.
 pub struct Executor {
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<Metrics>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: KeyLocks,
     op_timeout: Duration,
-    /// Operations hold it shared; shutdown takes it exclusively to wait for them.
-    gate: Arc<RwLock<()>>,
+    gate: Gate,
+    watchdog: Watchdog,
 }
 
 impl Executor {
@@ -34,49 +284,48 @@ impl Executor {
         Executor {
             lifecycle,
             metrics,
-            locks: Mutex::new(HashMap::new()),
+            locks: KeyLocks::default(),
             op_timeout,
-            gate: Arc::new(RwLock::new(())),
+            gate: Gate::default(),
+            watchdog: Watchdog::new(op_timeout),
         }
     }
 
     /// Waits (at most `limit`) for operations in progress; afterwards none can start.
-    pub async fn drain(&self, limit: Duration) -> bool {
-        match tokio::time::timeout(limit, self.gate.clone().write_owned()).await {
-            Ok(guard) => {
-                std::mem::forget(guard);
-                true
+    /// Blocking: call it off the async runtime.
+    pub fn drain(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut st = lock(&self.gate.state);
+        st.0 = true;
+        while st.1 > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
             }
-            Err(_) => false,
+            st = self
+                .gate
+                .empty
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+        true
     }
 
-    async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
-        let m = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(key.to_owned()).or_default().clone()
-        };
-        m.lock_owned().await
-    }
-
-    fn prune(&self, key: &str) {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        if locks.get(key).is_some_and(|m| Arc::strong_count(m) == 1) {
-            locks.remove(key);
-        }
-    }
-
-    /// Handles one request.
-    pub async fn handle(&self, req: Request) -> Response {
-        let Ok(_gate) = self.gate.clone().try_read_owned() else {
-            return flex(Reply::failure("moor daemon is shutting down; retry"));
+    /// Handles one request on the calling thread and answers it through `answer` (exactly
+    /// once). Blocking: it returns when the operation really ended, which may be after the
+    /// deadline's answer was sent.
+    pub fn handle(&self, req: Request, answer: &Arc<Answer>) {
+        let Some(_pass) = self.gate.enter() else {
+            answer.send(&flex(Reply::failure("moor daemon is shutting down; retry")));
+            return;
         };
         match req {
-            Request::Status => Response::Status {
+            Request::Status => answer.send(&Response::Status {
                 node: self.lifecycle.node_name().into(),
                 volumes: self.lifecycle.status(),
-            },
-            Request::Forget { key } => self.forget(key).await,
+            }),
+            Request::Forget { key } => answer.send(&self.forget(key)),
             Request::Mount {
                 driver,
                 target,
@@ -85,61 +334,89 @@ impl Executor {
                 let span = tracing::info_span!("op", op = "mount", driver = %driver, target = %target,
                     pod_uid = options.get("kubernetes.io/pod.uid").map(String::as_str).unwrap_or(""),
                     volume = tracing::field::Empty);
-                let subject = target.clone();
-                self.timed(
-                    "mount",
-                    &driver,
-                    &subject,
-                    self.mount(driver.clone(), target, options).instrument(span),
-                )
-                .await
+                let _entered = span.enter();
+                self.timed("mount", &driver, &target, answer, |deadline| {
+                    self.mount(&driver, &target, &options, deadline)
+                });
             }
             Request::Unmount { driver, target } => {
                 let span = tracing::info_span!("op", op = "unmount", driver = %driver, target = %target, volume = tracing::field::Empty);
-                let subject = target.clone();
-                self.timed(
-                    "unmount",
-                    &driver,
-                    &subject,
-                    self.unmount(driver.clone(), target).instrument(span),
-                )
-                .await
+                let _entered = span.enter();
+                self.timed("unmount", &driver, &target, answer, |deadline| {
+                    self.unmount(&driver, &target, deadline)
+                });
             }
         }
     }
 
-    /// Runs `fut` under the operation deadline and records its metrics; `subject` (the pod
-    /// volume directory) names the volume in a timeout message.
-    async fn timed<F>(&self, op: &'static str, driver: &str, subject: &str, fut: F) -> Response
+    /// Runs `run` under the operation deadline and records its metrics; `subject` (the pod
+    /// volume directory) names the volume in a timeout message. When the deadline passes
+    /// first, the watchdog answers and records the timeout; `run` still goes on to its end.
+    fn timed<F>(&self, op: &'static str, driver: &str, subject: &str, answer: &Arc<Answer>, run: F)
     where
-        F: std::future::Future<Output = Result<String, Error>>,
+        F: FnOnce(Instant) -> Result<String, Error>,
     {
         let started = Instant::now();
+        let deadline = started + self.op_timeout;
         self.metrics.in_flight.inc();
-        let result = match tokio::time::timeout(self.op_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
-                volume: subject.into(),
-                op,
-                after: self.op_timeout,
-            }),
+        let ticket = {
+            let (metrics, answer, span) = (
+                self.metrics.clone(),
+                answer.clone(),
+                tracing::Span::current(),
+            );
+            let (driver, subject, after) = (driver.to_owned(), subject.to_owned(), self.op_timeout);
+            self.watchdog.arm(
+                deadline,
+                Box::new(move || {
+                    if !answer.claim() {
+                        return;
+                    }
+                    let _entered = span.enter();
+                    metrics.in_flight.dec();
+                    let e = Error::Timeout {
+                        volume: subject,
+                        op,
+                        after,
+                    };
+                    let secs = started.elapsed().as_secs_f64();
+                    metrics.observe(&driver, op, secs, Some(e.reason()));
+                    tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed");
+                    answer.write(&flex(Reply::failure(e.flex_message())));
+                }),
+            )
         };
-        self.metrics.in_flight.dec();
+        let result = run(deadline);
+        self.watchdog.disarm(ticket);
         let secs = started.elapsed().as_secs_f64();
-        match result {
+        if !answer.claim() {
+            // The watchdog answered (and counted) a timeout; this is the real end.
+            match &result {
+                Ok(what) => {
+                    tracing::warn!(op, driver, outcome = %what, elapsed_ms = secs * 1e3, "finished after its deadline")
+                }
+                Err(e) => {
+                    tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed after its deadline")
+                }
+            }
+            self.refresh_counts();
+            return;
+        }
+        self.metrics.in_flight.dec();
+        let reply = match result {
             Ok(what) => {
                 self.metrics.observe(driver, op, secs, None);
                 tracing::info!(op, driver, outcome = %what, elapsed_ms = secs * 1e3, "done");
-                self.refresh_counts();
-                flex(Reply::success())
+                Reply::success()
             }
             Err(e) => {
                 self.metrics.observe(driver, op, secs, Some(e.reason()));
                 tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed");
-                self.refresh_counts();
-                flex(Reply::failure(e.flex_message()))
+                Reply::failure(e.flex_message())
             }
-        }
+        };
+        self.refresh_counts();
+        answer.write(&flex(reply));
     }
 
     fn refresh_counts(&self) {
@@ -152,16 +429,11 @@ impl Executor {
             .set(i64::try_from(publishes).unwrap_or(i64::MAX));
     }
 
-    async fn forget(&self, key: String) -> Response {
-        let guard = self.lock(&key).await;
-        let lc = self.lifecycle.clone();
-        let k = key.clone();
-        let r = blocking(move || {
-            let _held = guard;
-            lc.forget(&k)
-        })
-        .await;
-        self.prune(&key);
+    fn forget(&self, key: String) -> Response {
+        let r = match self.locks.lock(&key, None) {
+            Some(_held) => self.lifecycle.forget(&key),
+            None => Err(Error::Internal(format!("volume {key}: lock lost"))),
+        };
         flex(match r {
             Ok(true) => Reply::success(),
             Ok(false) => Reply::failure(format!("no record of volume {key}")),
@@ -169,49 +441,45 @@ impl Executor {
         })
     }
 
-    async fn mount(
+    fn timeout(&self, subject: &str, op: &'static str) -> Error {
+        Error::Timeout {
+            volume: subject.into(),
+            op,
+            after: self.op_timeout,
+        }
+    }
+
+    fn mount(
         &self,
-        driver: String,
-        target: String,
-        options: std::collections::BTreeMap<String, String>,
+        driver: &str,
+        target: &str,
+        options: &BTreeMap<String, String>,
+        deadline: Instant,
     ) -> Result<String, Error> {
-        let lc = self.lifecycle.clone();
-        let plan = blocking(move || lc.plan_mount(&driver, &target, &options)).await?;
+        let plan = self.lifecycle.plan_mount(driver, target, options)?;
         tracing::Span::current().record("volume", plan.key());
-        let key = plan.key().to_owned();
-        let guard = self.lock(&key).await;
-        let lc = self.lifecycle.clone();
-        let r = blocking(move || {
-            let _held = guard;
-            lc.mount(&plan)
-        })
-        .await;
-        self.prune(&key);
-        match r? {
+        let Some(_held) = self.locks.lock(plan.key(), Some(deadline)) else {
+            return Err(self.timeout(target, "mount"));
+        };
+        match self.lifecycle.mount(&plan)? {
             MountOutcome::Published => Ok("published".into()),
             MountOutcome::AlreadyPublished => Ok("already published".into()),
         }
     }
 
-    async fn unmount(&self, driver: String, target: String) -> Result<String, Error> {
-        let key = self.lifecycle.key_of(std::path::Path::new(&target));
-        let guard = match &key {
+    fn unmount(&self, driver: &str, target: &str, deadline: Instant) -> Result<String, Error> {
+        let key = self.lifecycle.key_of(std::path::Path::new(target));
+        let _held = match &key {
             Some(k) => {
                 tracing::Span::current().record("volume", k.as_str());
-                Some(self.lock(k).await)
+                match self.locks.lock(k, Some(deadline)) {
+                    Some(g) => Some(g),
+                    None => return Err(self.timeout(target, "unmount")),
+                }
             }
             None => None,
         };
-        let lc = self.lifecycle.clone();
-        let r = blocking(move || {
-            let _held = guard;
-            lc.unmount(Some(&driver), &target)
-        })
-        .await;
-        if let Some(k) = &key {
-            self.prune(k);
-        }
-        Ok(match r? {
+        Ok(match self.lifecycle.unmount(Some(driver), target)? {
             UnmountOutcome::Unpublished => "unpublished".into(),
             UnmountOutcome::Unstaged => "unpublished and unstaged".into(),
             UnmountOutcome::NotMounted => "not mounted".into(),
@@ -223,13 +491,60 @@ fn flex(reply: Reply) -> Response {
     Response::Flex { reply }
 }
 
-async fn blocking<T, F>(f: F) -> Result<T, Error>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, Error> + Send + 'static,
-{
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f))
-        .await
-        .map_err(|e| Error::Internal(format!("worker failed: {e}")))?
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_lock_is_exclusive_and_a_waiter_gives_up_at_its_deadline() {
+        let locks = KeyLocks::default();
+        let g = locks.lock("k", None).unwrap();
+        let soon = Instant::now() + Duration::from_millis(30);
+        assert!(locks.lock("k", Some(soon)).is_none());
+        assert!(locks.lock("other", Some(soon)).is_some());
+        drop(g);
+        assert!(locks.lock("k", Some(soon)).is_some());
+        assert!(lock(&locks.map).is_empty(), "released keys are pruned");
+    }
+
+    #[test]
+    fn a_waiter_gets_the_lock_when_it_is_released() {
+        let locks = Arc::new(KeyLocks::default());
+        let g = locks.lock("k", None).unwrap();
+        let l2 = locks.clone();
+        let t = std::thread::spawn(move || l2.lock("k", None).is_some());
+        std::thread::sleep(Duration::from_millis(20));
+        drop(g);
+        assert!(t.join().unwrap());
+        assert!(lock(&locks.map).is_empty());
+    }
+
+    #[test]
+    fn the_watchdog_fires_only_armed_alarms() {
+        let w = Watchdog::new(Duration::from_secs(5));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        let t = w.arm(
+            Instant::now() + Duration::from_millis(20),
+            Box::new(move || tx2.send("cancelled").unwrap()),
+        );
+        w.disarm(t);
+        w.arm(
+            Instant::now() + Duration::from_millis(40),
+            Box::new(move || tx.send("fired").unwrap()),
+        );
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("fired"));
+    }
+
+    #[test]
+    fn an_answer_is_sent_once() {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n2 = n.clone();
+        let a = Answer::new(move |_| {
+            n2.fetch_add(1, Ordering::SeqCst);
+        });
+        a.send(&flex(Reply::success()));
+        a.send(&flex(Reply::success()));
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
 }

@@ -160,7 +160,8 @@ async fn serve(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("remove stale", &cfg.socket)(e)),
     }
-    let listener = tokio::net::UnixListener::bind(&cfg.socket).map_err(io("bind", &cfg.socket))?;
+    let listener =
+        std::os::unix::net::UnixListener::bind(&cfg.socket).map_err(io("bind", &cfg.socket))?;
     fs::set_permissions(&cfg.socket, fs::Permissions::from_mode(0o600))
         .map_err(io("chmod", &cfg.socket))?;
 
@@ -170,8 +171,9 @@ async fn serve(
         cfg.operation_timeout,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let local_pvs = crate::local::watch::spawn(&cfg, lifecycle.clone(), stop_rx.clone());
-    let server = tokio::spawn(crate::api::server::serve(listener, exec.clone(), stop_rx));
+    let local_pvs = crate::local::watch::spawn(&cfg, lifecycle.clone(), stop_rx);
+    let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
+        .map_err(io("start serving", &cfg.socket))?;
     let reconciler = tokio::spawn(reconciler::run(
         lifecycle.clone(),
         metrics.clone(),
@@ -187,12 +189,15 @@ async fn serve(
     tracing::info!("shutting down; mounts stay in place");
     let _ = notify::notify("STOPPING=1");
     let _ = stop_tx.send(true);
-    let _ = server.await;
+    let drained = tokio::task::spawn_blocking(move || {
+        server.stop();
+        exec.drain(DRAIN_LIMIT)
+    });
     reconciler.abort();
     if let Some(t) = local_pvs {
         t.abort();
     }
-    if !exec.drain(DRAIN_LIMIT).await {
+    if !drained.await.unwrap_or(false) {
         tracing::warn!(
             "operations still running at shutdown; their journal intents finish them on restart"
         );

@@ -183,7 +183,24 @@ impl HostPaths {
     }
 
     /// Fails when any existing component of `rel` below the kubelet dir is a symlink.
+    ///
+    /// Fast path: one `openat2(RESOLVE_NO_SYMLINKS)` of the whole (clean, absolute) path.
+    /// The kernel walks left to right, so success means no component is a symlink, and
+    /// ENOENT means every component before the missing one exists and is not a symlink —
+    /// both imply the answer of the walk below. Any other answer (a symlink anywhere,
+    /// above the kubelet dir included; a file in the middle; an old kernel) takes the
+    /// component-by-component walk below the kubelet dir, which decides and names the
+    /// offending component.
     fn refuse_symlinks(&self, full: &Path, rel: &Path) -> Result<(), PathError> {
+        match open_no_symlinks(full) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(_) => {}
+        }
+        self.refuse_symlinks_walk(full, rel)
+    }
+
+    fn refuse_symlinks_walk(&self, full: &Path, rel: &Path) -> Result<(), PathError> {
         let mut cur = self.kubelet_dir.clone();
         for c in rel.iter() {
             cur.push(c);
@@ -206,6 +223,36 @@ impl HostPaths {
         }
         Ok(())
     }
+}
+
+/// Opens `path` with `O_PATH` through `openat2(RESOLVE_NO_SYMLINKS)` — the kernel refuses
+/// any symlink on the way, the last component included — and closes it again. `path` is
+/// clean (no `..`), so the walk cannot leave the directories it names.
+fn open_no_symlinks(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: open_how is a plain C struct; all-zero is valid.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: `p` is NUL-terminated and `how` is a valid open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::Other))?;
+    // SAFETY: `fd` was just returned by openat2 and is owned by nothing else.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
 }
 
 /// Absolute, and made only of normal components (no `.`, `..`, `//` or trailing `/`), so

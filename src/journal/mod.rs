@@ -14,10 +14,14 @@
 
 pub mod record;
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -71,18 +75,37 @@ pub struct Loaded {
 /// The on-disk journal.
 #[derive(Debug, Clone)]
 pub struct Journal {
-    stage_dir: PathBuf,
-    publish_dir: PathBuf,
+    stage_dir: RecordDir,
+    publish_dir: RecordDir,
+}
+
+/// A record directory, kept open: records are written relative to its descriptor
+/// (`openat`/`renameat`/`fsync(dirfd)`), so no write walks the path again.
+#[derive(Debug, Clone)]
+struct RecordDir {
+    path: PathBuf,
+    fd: Arc<OwnedFd>,
+}
+
+impl RecordDir {
+    fn open(path: PathBuf) -> Result<Self, JournalError> {
+        let fd = File::open(&path).map_err(|source| JournalError::Io {
+            op: "open",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(RecordDir {
+            path,
+            fd: Arc::new(fd.into()),
+        })
+    }
 }
 
 impl Journal {
     /// Opens (creating, mode 0700) the two record directories.
     pub fn open(state_dir: &Path, run_dir: &Path) -> Result<Self, JournalError> {
-        let j = Journal {
-            stage_dir: state_dir.join("stage"),
-            publish_dir: run_dir.join("publish"),
-        };
-        for d in [&j.stage_dir, &j.publish_dir] {
+        let (stage_dir, publish_dir) = (state_dir.join("stage"), run_dir.join("publish"));
+        for d in [&stage_dir, &publish_dir] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -93,49 +116,55 @@ impl Journal {
                     source,
                 })?;
         }
-        Ok(j)
+        Ok(Journal {
+            stage_dir: RecordDir::open(stage_dir)?,
+            publish_dir: RecordDir::open(publish_dir)?,
+        })
     }
 
-    fn stage_path(&self, key: &str) -> PathBuf {
-        self.stage_dir.join(format!("{key}.json"))
+    fn stage_name(key: &str) -> String {
+        key.to_owned()
     }
 
-    fn publish_path(&self, target: &Path) -> PathBuf {
+    fn publish_name(target: &Path) -> String {
         let digest = Sha256::digest(target.as_os_str().as_encoded_bytes());
-        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        self.publish_dir.join(format!("{hex}.json"))
+        let mut hex = String::with_capacity(32);
+        for b in digest.iter().take(16) {
+            let _ = write!(hex, "{b:02x}");
+        }
+        hex
     }
 
     /// Writes (replaces) a stage record.
     pub fn put_stage(&self, rec: &StageRecord) -> Result<(), JournalError> {
-        write_atomic(&self.stage_path(&rec.key), rec)
+        write_atomic(&self.stage_dir, &Self::stage_name(&rec.key), rec)
     }
 
     /// Removes a stage record.
     pub fn remove_stage(&self, key: &str) -> Result<(), JournalError> {
-        remove_durable(&self.stage_path(key))
+        remove_durable(&self.stage_dir, &Self::stage_name(key))
     }
 
     /// Writes (replaces) a publish record.
     pub fn put_publish(&self, rec: &PublishRecord) -> Result<(), JournalError> {
-        write_atomic(&self.publish_path(&rec.target), rec)
+        write_atomic(&self.publish_dir, &Self::publish_name(&rec.target), rec)
     }
 
     /// Removes a publish record.
     pub fn remove_publish(&self, target: &Path) -> Result<(), JournalError> {
-        remove_durable(&self.publish_path(target))
+        remove_durable(&self.publish_dir, &Self::publish_name(target))
     }
 
     /// Reads every record back; unreadable ones are moved aside as `*.corrupt`.
     pub fn load(&self) -> Result<Loaded, JournalError> {
         let mut out = Loaded::default();
-        for (path, text) in read_dir_json(&self.stage_dir)? {
+        for (path, text) in read_dir_json(&self.stage_dir.path)? {
             match serde_json::from_str::<StageRecord>(&text) {
                 Ok(r) => out.stages.push(r),
                 Err(e) => out.problems.push(set_aside(&path, e)),
             }
         }
-        for (path, text) in read_dir_json(&self.publish_dir)? {
+        for (path, text) in read_dir_json(&self.publish_dir.path)? {
             match serde_json::from_str::<PublishRecord>(&text) {
                 Ok(r) => out.publishes.push(r),
                 Err(e) => out.problems.push(set_aside(&path, e)),
@@ -177,52 +206,86 @@ fn read_dir_json(dir: &Path) -> Result<Vec<(PathBuf, String)>, JournalError> {
     Ok(out)
 }
 
-fn write_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), JournalError> {
+fn c_name(name: &str) -> std::io::Result<CString> {
+    CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+/// Replaces `<dir>/<stem>.json` atomically: `<stem>.tmp` written and fsync'd, renamed over
+/// the record, then the directory fsync'd — all relative to the open directory.
+fn write_atomic<T: serde::Serialize>(
+    dir: &RecordDir,
+    stem: &str,
+    value: &T,
+) -> Result<(), JournalError> {
+    let path = || dir.path.join(format!("{stem}.json"));
     let io = |op, source| JournalError::Io {
         op,
-        path: path.to_owned(),
+        path: path(),
         source,
     };
     let body = serde_json::to_vec_pretty(value).map_err(|source| JournalError::Encode {
-        path: path.to_owned(),
+        path: path(),
         source,
     })?;
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io("create", e))?;
+    let tmp = c_name(&format!("{stem}.tmp")).map_err(|e| io("create", e))?;
+    let name = c_name(&format!("{stem}.json")).map_err(|e| io("create", e))?;
+    let dfd = dir.fd.as_raw_fd();
+    // SAFETY: `tmp` is NUL-terminated and `dfd` is an open directory owned by `dir`.
+    let fd = unsafe {
+        libc::openat(
+            dfd,
+            tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io("create", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+    let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     f.write_all(&body).map_err(|e| io("write", e))?;
     f.sync_all().map_err(|e| io("fsync", e))?;
     drop(f);
-    fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
-    sync_parent(path).map_err(|e| io("fsync dir", e))
+    // SAFETY: both names are NUL-terminated; `dfd` is open.
+    if unsafe { libc::renameat(dfd, tmp.as_ptr(), dfd, name.as_ptr()) } != 0 {
+        return Err(io("rename", std::io::Error::last_os_error()));
+    }
+    sync_dir(dir).map_err(|e| io("fsync dir", e))
 }
 
-fn remove_durable(path: &Path) -> Result<(), JournalError> {
-    match fs::remove_file(path) {
-        Ok(()) => sync_parent(path).map_err(|source| JournalError::Io {
-            op: "fsync dir",
-            path: path.to_owned(),
-            source,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(JournalError::Io {
+fn remove_durable(dir: &RecordDir, stem: &str) -> Result<(), JournalError> {
+    let path = || dir.path.join(format!("{stem}.json"));
+    let name = c_name(&format!("{stem}.json")).map_err(|source| JournalError::Io {
+        op: "remove",
+        path: path(),
+        source,
+    })?;
+    // SAFETY: `name` is NUL-terminated; the descriptor is an open directory.
+    if unsafe { libc::unlinkat(dir.fd.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(());
+        }
+        return Err(JournalError::Io {
             op: "remove",
-            path: path.to_owned(),
-            source,
-        }),
+            path: path(),
+            source: e,
+        });
     }
+    sync_dir(dir).map_err(|source| JournalError::Io {
+        op: "fsync dir",
+        path: path(),
+        source,
+    })
 }
 
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
+fn sync_dir(dir: &RecordDir) -> std::io::Result<()> {
+    // SAFETY: fsync on a descriptor `dir` keeps open.
+    if unsafe { libc::fsync(dir.fd.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -246,8 +246,11 @@ impl Daemon {
         let plugin = self.root.path().join("plugins/moor~local");
         std::fs::create_dir_all(&plugin).unwrap();
         let link = plugin.join("local");
-        if !link.exists() {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_moor"), &link).unwrap();
+        // Several test threads may race to create it: the first one wins, the others find it.
+        match std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_moor"), &link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("driver symlink {}: {e}", link.display()),
         }
         link
     }
