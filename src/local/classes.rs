@@ -426,6 +426,24 @@ pub fn validate(raw: &LocalFileConfig, kubelet_dir: &Path) -> Result<LocalConfig
     Ok(out)
 }
 
+/// A Filesystem class over `/mnt/disks` with the defaults, for unit tests of the modules
+/// that consume classes.
+#[cfg(test)]
+pub(crate) fn test_class(name: &str, wipe_timeout: Duration) -> ClassConfig {
+    ClassConfig {
+        name: name.into(),
+        discovery_dir: "/mnt/disks".into(),
+        volume_mode: VolumeMode::Filesystem,
+        fs_type: None,
+        wipe: WipeMethod::ZeroEnds,
+        source: SourceKind::Flex,
+        reclaim_policy: ReclaimPolicy::Delete,
+        node_labels: BTreeMap::new(),
+        mount_options: None,
+        wipe_timeout,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

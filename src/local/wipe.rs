@@ -756,22 +756,9 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::classes::{ReclaimPolicy, SourceKind, VolumeMode};
-    use std::collections::BTreeMap;
 
     fn class() -> ClassConfig {
-        ClassConfig {
-            name: "c".into(),
-            discovery_dir: "/mnt/disks".into(),
-            volume_mode: VolumeMode::Filesystem,
-            fs_type: None,
-            wipe: WipeMethod::ZeroEnds,
-            source: SourceKind::Flex,
-            reclaim_policy: ReclaimPolicy::Delete,
-            node_labels: BTreeMap::new(),
-            mount_options: None,
-            wipe_timeout: Duration::from_secs(60),
-        }
+        crate::local::classes::test_class("c", Duration::from_secs(60))
     }
 
     fn mount(id: u64, dev: (u32, u32), root: &str, at: &str) -> MountInfo {

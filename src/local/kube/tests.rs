@@ -12,24 +12,11 @@ use axum::routing::get;
 
 use super::*;
 use crate::host::DevNum;
-use crate::local::classes::{
-    ClassConfig, LocalConfig, ReclaimPolicy, SourceKind, VolumeMode, WipeMethod,
-};
+use crate::local::classes::{ClassConfig, LocalConfig};
 use crate::local::discover::{Entry, EntryKind};
 
 fn class() -> ClassConfig {
-    ClassConfig {
-        name: "nvme".into(),
-        discovery_dir: "/mnt/disks".into(),
-        volume_mode: VolumeMode::Filesystem,
-        fs_type: None,
-        wipe: WipeMethod::ZeroEnds,
-        source: SourceKind::Flex,
-        reclaim_policy: ReclaimPolicy::Delete,
-        node_labels: BTreeMap::new(),
-        mount_options: None,
-        wipe_timeout: Duration::from_secs(5),
-    }
+    crate::local::classes::test_class("nvme", Duration::from_secs(5))
 }
 
 fn cfg() -> LocalConfig {
