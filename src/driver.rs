@@ -3,12 +3,13 @@
 //! stage, publish, reconstruction, metrics — is the lifecycle's, the same for every driver.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::flexvolume::{OptionsError, VolumeOptions};
-use crate::host::Host;
+use crate::host::{ExecError, Host};
 use crate::journal::{StageRecord, StageSource};
 
 /// What a driver derived from the options.
@@ -50,6 +51,26 @@ pub enum DriverError {
         /// Why.
         detail: String,
     },
+    /// An external command a driver ran failed (the error names the redacted command).
+    #[error("volume {volume}: {source}")]
+    Command {
+        /// Volume key.
+        volume: String,
+        /// The failure.
+        #[source]
+        source: ExecError,
+    },
+    /// A credential file could not be written or removed.
+    #[error("volume {volume}: secret file {path}: {source}")]
+    SecretFile {
+        /// Volume key.
+        volume: String,
+        /// The file (never its content).
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DriverError {
@@ -59,6 +80,8 @@ impl DriverError {
             DriverError::Options(_) => "bad_options",
             DriverError::WrongNode { .. } => "wrong_node",
             DriverError::BadSource { .. } => "bad_source",
+            DriverError::Command { source, .. } => source.reason(),
+            DriverError::SecretFile { .. } => "secret_file",
         }
     }
 }
@@ -69,7 +92,19 @@ pub struct NodeContext {
     /// This node's name.
     pub node_name: String,
     /// kubelet's root directory (drivers refuse sources inside it).
-    pub kubelet_dir: std::path::PathBuf,
+    pub kubelet_dir: PathBuf,
+    /// moor's tmpfs run directory: credential files live under `<run_dir>/secrets/<key>/`.
+    pub run_dir: PathBuf,
+}
+
+/// What an attach produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attached {
+    /// The block device the attach made appear (iSCSI, RBD, FC); `None` for the others.
+    pub device: Option<PathBuf>,
+    /// Non-secret facts learnt while attaching (WWID, session, rbd device id), merged into
+    /// the stage record's options so detach finds them after a restart.
+    pub persist: BTreeMap<String, String>,
 }
 
 /// One protocol.
@@ -78,16 +113,18 @@ pub trait Driver: Send + Sync {
     fn name(&self) -> &'static str;
     /// Validates options and derives the volume.
     fn volume(&self, node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError>;
-    /// Makes the device appear on this node. Idempotent.
+    /// Makes the device appear on this node (or, for a share, writes the credential files
+    /// its mount needs). Runs after the stage intent is journaled. Idempotent.
     fn attach(
         &self,
         _host: &Host,
         _spec: &VolumeSpec,
         _opts: &VolumeOptions,
-    ) -> Result<(), DriverError> {
-        Ok(())
+    ) -> Result<Attached, DriverError> {
+        Ok(Attached::default())
     }
-    /// Makes the device go away. Idempotent; gets only the persisted record (no secrets).
+    /// Makes the device go away (and removes credential files). Idempotent; gets only the
+    /// persisted record (no secrets) and must also work for an attach that a crash cut short.
     fn detach(&self, _host: &Host, _rec: &StageRecord) -> Result<(), DriverError> {
         Ok(())
     }

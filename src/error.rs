@@ -69,6 +69,26 @@ pub enum Error {
         /// UUID recorded.
         known: String,
     },
+    /// An attaching driver returned no device.
+    #[error("volume {volume}: driver {driver} attached but named no block device")]
+    NoDevice {
+        /// Volume key.
+        volume: String,
+        /// Driver.
+        driver: &'static str,
+    },
+    /// A network filesystem mount failed.
+    #[error("volume {volume}: mount from {server} failed: {detail}{}", log_tail.as_ref().map(|t| format!("; client log: {t}")).unwrap_or_default())]
+    RemoteMount {
+        /// Volume key.
+        volume: String,
+        /// The server(s).
+        server: String,
+        /// The helper's failure.
+        detail: String,
+        /// The tail of the client's own log, when it keeps one.
+        log_tail: Option<String>,
+    },
     /// The operation's deadline passed (it may still finish in the background).
     #[error("volume {volume}: {op} did not finish within {after:?}; kubelet will retry")]
     Timeout {
@@ -113,6 +133,11 @@ impl Error {
             Error::TargetBusy { .. } => "target_busy",
             Error::NotOwned { .. } => "not_owned",
             Error::DeviceChanged { .. } => "device_changed",
+            Error::NoDevice { .. } => "no_device",
+            Error::RemoteMount { detail, .. } if detail.contains("did not finish within") => {
+                "timeout"
+            }
+            Error::RemoteMount { .. } => "mount_failed",
             Error::Timeout { .. } => "timeout",
             Error::Io { .. } => "io_failed",
             Error::Internal(_) => "internal",

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod lifecycle;
 pub mod local;
 pub mod metrics;
+pub mod share;
 pub mod telemetry;
 pub mod testhook;
 

@@ -26,7 +26,10 @@ use crate::flexvolume::VolumeOptions;
 use crate::fs::{self, Prepared, format::FormatRequest};
 use crate::host::mounts::split_options;
 use crate::host::{FsMount, Host, PodVolumeDir};
-use crate::journal::{Journal, PublishPhase, PublishRecord, StagePhase, StageRecord, StageSource};
+use crate::journal::{
+    Journal, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource,
+};
+use crate::share;
 use crate::testhook::pause_point;
 
 /// Deadlines for the lifecycle's own syscalls.
@@ -154,6 +157,8 @@ pub struct Lifecycle {
     drivers: Drivers,
     node: NodeContext,
     timeouts: Timeouts,
+    /// Run FUSE mount helpers in their own systemd scope (systemd is PID 1).
+    fuse_scope: bool,
     state: Mutex<State>,
 }
 
@@ -169,6 +174,7 @@ impl Lifecycle {
         let node = NodeContext {
             node_name,
             kubelet_dir: host.paths.kubelet_dir.clone(),
+            run_dir: host.paths.run_dir.clone(),
         };
         Lifecycle {
             host,
@@ -176,8 +182,16 @@ impl Lifecycle {
             drivers,
             node,
             timeouts,
+            fuse_scope: false,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Runs FUSE mount helpers under `systemd-run --scope`, so the FUSE daemon outlives a
+    /// restart of moor's own unit.
+    pub fn with_fuse_scope(mut self, on: bool) -> Self {
+        self.fuse_scope = on;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -304,7 +318,9 @@ impl Lifecycle {
             && rec.phase == StagePhase::Staged
             && self.is_mount_point(&stage_path)?
         {
-            if rec.source != plan.spec.source {
+            // An attached device's path is the attach's to choose; the key names the volume.
+            let attaching = matches!(plan.spec.source, StageSource::Attached { .. });
+            if !attaching && rec.source != plan.spec.source {
                 return Err(Error::TargetBusy {
                     target: stage_path,
                     detail: "volume key already staged from another source".into(),
@@ -312,7 +328,10 @@ impl Lifecycle {
             }
             return self.upgrade_to_rw(rec, &stage_path, &plan.opts);
         }
-        let is_block = matches!(plan.spec.source, StageSource::Block { .. });
+        let is_block = matches!(
+            plan.spec.source,
+            StageSource::Block { .. } | StageSource::Attached { .. }
+        );
         let mut rec = StageRecord {
             key: key.into(),
             driver: plan.driver.name().into(),
@@ -350,7 +369,17 @@ impl Lifecycle {
         rec: &mut StageRecord,
     ) -> Result<(), Error> {
         let key = plan.spec.key.as_str();
-        plan.driver.attach(&self.host, &plan.spec, &plan.opts)?;
+        let attached = plan.driver.attach(&self.host, &plan.spec, &plan.opts)?;
+        if attached.device.is_some() || !attached.persist.is_empty() {
+            if let Some(dev) = attached.device {
+                rec.source = StageSource::Attached { device: Some(dev) };
+            }
+            rec.options.extend(attached.persist);
+            // Detach after a crash needs what attach learnt (device, WWID, session).
+            self.journal.put_stage(rec)?;
+            self.state().stages.insert(key.into(), rec.clone());
+        }
+        pause_point("stage:attached");
         make_dir(stage_path, 0o750)?;
         if self.is_mount_point(stage_path)? {
             // A leftover of an interrupted stage of this same key: ours by the key's path.
@@ -359,59 +388,115 @@ impl Lifecycle {
                 .unmount(stage_path, false, self.timeouts.unmount)
                 .map_err(Self::mount_err(key))?;
         }
-        match &plan.spec.source {
+        match rec.source.clone() {
             StageSource::Directory { path } => self
                 .host
                 .mounter
-                .bind(path, stage_path, false)
+                .bind(&path, stage_path, false)
                 .map_err(Self::mount_err(key)),
-            StageSource::Block { device } => {
-                // One disk is staged once: not under a second path, not while mounted elsewhere.
-                fs::check_exclusive(key, device)?;
-                let known = rec.known_filesystem();
-                let prepared = fs::ensure_filesystem(
-                    &self.host,
-                    &FormatRequest {
-                        volume: key,
-                        device,
-                        fs_type: &plan.opts.fs_type,
-                        read_only: plan.opts.read_only,
-                        known: known.as_deref(),
-                    },
-                )?;
-                if let (Some(known), Some(found)) = (&rec.fs_uuid, prepared.uuid())
-                    && known != found
-                {
-                    return Err(Error::DeviceChanged {
-                        volume: key.into(),
-                        device: device.clone(),
-                        found: found.into(),
-                        known: known.clone(),
-                    });
-                }
-                if !plan.opts.read_only {
-                    fs::fsck(&self.host, key, device, prepared.fs_type())?;
-                }
-                let (mut flags, data) = split_options(&plan.spec.mount_options);
-                if plan.opts.read_only {
-                    flags |= nix::mount::MsFlags::MS_RDONLY;
-                }
-                let m = FsMount {
-                    source: device.clone(),
-                    target: stage_path.into(),
-                    fs_type: prepared.fs_type().into(),
-                    flags,
-                    data,
-                };
-                self.host
-                    .mounter
-                    .mount(&m, self.timeouts.mount)
-                    .map_err(Self::mount_err(key))?;
-                rec.fs_type = Some(prepared.fs_type().into());
-                rec.fs_uuid = prepared.uuid().map(str::to_owned);
-                rec.formatted_by_moor |= matches!(prepared, Prepared::Formatted { .. });
-                Ok(())
-            }
+            StageSource::Block { device }
+            | StageSource::Attached {
+                device: Some(device),
+            } => self.stage_block(plan, &device, stage_path, rec),
+            StageSource::Attached { device: None } => Err(Error::NoDevice {
+                volume: key.into(),
+                driver: plan.driver.name(),
+            }),
+            StageSource::Remote(remote) => self.mount_remote(key, &remote, stage_path),
+        }
+    }
+
+    fn stage_block(
+        &self,
+        plan: &MountPlan,
+        device: &Path,
+        stage_path: &Path,
+        rec: &mut StageRecord,
+    ) -> Result<(), Error> {
+        let key = plan.spec.key.as_str();
+        // One disk is staged once: not under a second path, not while mounted elsewhere.
+        fs::check_exclusive(key, device)?;
+        let known = rec.known_filesystem();
+        let prepared = fs::ensure_filesystem(
+            &self.host,
+            &FormatRequest {
+                volume: key,
+                device,
+                fs_type: &plan.opts.fs_type,
+                read_only: plan.opts.read_only,
+                known: known.as_deref(),
+            },
+        )?;
+        if let (Some(known), Some(found)) = (&rec.fs_uuid, prepared.uuid())
+            && known != found
+        {
+            return Err(Error::DeviceChanged {
+                volume: key.into(),
+                device: device.into(),
+                found: found.into(),
+                known: known.clone(),
+            });
+        }
+        if !plan.opts.read_only {
+            fs::fsck(&self.host, key, device, prepared.fs_type())?;
+        }
+        let (mut flags, data) = split_options(&plan.spec.mount_options);
+        if plan.opts.read_only {
+            flags |= nix::mount::MsFlags::MS_RDONLY;
+        }
+        let m = FsMount {
+            source: device.into(),
+            target: stage_path.into(),
+            fs_type: prepared.fs_type().into(),
+            flags,
+            data,
+        };
+        self.host
+            .mounter
+            .mount(&m, self.timeouts.mount)
+            .map_err(Self::mount_err(key))?;
+        rec.fs_type = Some(prepared.fs_type().into());
+        rec.fs_uuid = prepared.uuid().map(str::to_owned);
+        rec.formatted_by_moor |= matches!(prepared, Prepared::Formatted { .. });
+        Ok(())
+    }
+
+    /// Mounts a network filesystem at the stage through its mount helper, bounded by the
+    /// mount deadline; a helper that reports success without a mount is a failure too.
+    fn mount_remote(
+        &self,
+        key: &str,
+        remote: &RemoteMount,
+        stage_path: &Path,
+    ) -> Result<(), Error> {
+        let output_file = remote
+            .fuse
+            .then(|| self.host.paths.run_dir.join(format!("mount-{key}.log")));
+        let cmd = share::mount_command(
+            remote,
+            stage_path,
+            self.fuse_scope && remote.fuse,
+            output_file.as_deref(),
+        )
+        .timeout(self.timeouts.mount);
+        let result = self.host.runner.run_ok(&cmd);
+        if let Some(f) = &output_file {
+            let _ = std::fs::remove_file(f);
+        }
+        let failed = |detail: String| Error::RemoteMount {
+            volume: key.into(),
+            server: remote.server.clone(),
+            detail,
+            log_tail: remote.log_file.as_deref().and_then(share::log_tail),
+        };
+        match result {
+            Ok(_) if self.is_mount_point(stage_path)? => Ok(()),
+            Ok(_) => Err(failed(format!(
+                "`{}` reported success but {} is not a mount point",
+                cmd.display(),
+                stage_path.display()
+            ))),
+            Err(e) => Err(failed(e.to_string())),
         }
     }
 
@@ -972,11 +1057,16 @@ impl Lifecycle {
             .values()
             .map(|s| {
                 let (device, source) = match &s.source {
-                    StageSource::Block { device } => (
+                    StageSource::Block { device }
+                    | StageSource::Attached {
+                        device: Some(device),
+                    } => (
                         Some(device.display().to_string()),
                         device.display().to_string(),
                     ),
+                    StageSource::Attached { device: None } => (None, "(attaching)".into()),
                     StageSource::Directory { path } => (None, path.display().to_string()),
+                    StageSource::Remote(r) => (None, format!("{} ({})", r.source, r.fs_type)),
                 };
                 let pods = st
                     .users

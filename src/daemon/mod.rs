@@ -100,13 +100,19 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         mount: cfg.mount_timeout,
         unmount: cfg.mount_timeout,
     };
-    let lifecycle = Arc::new(Lifecycle::new(
-        host,
-        journal,
-        Drivers::builtin(),
-        cfg.node_name.clone(),
-        timeouts,
-    ));
+    // Under systemd a FUSE daemon started from moor's cgroup would die with a restart of
+    // the unit (or a `systemctl stop`); its own scope keeps every pod's mount alive.
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    let lifecycle = Arc::new(
+        Lifecycle::new(
+            host,
+            journal,
+            Drivers::builtin(),
+            cfg.node_name.clone(),
+            timeouts,
+        )
+        .with_fuse_scope(systemd),
+    );
     let metrics = Arc::new(Metrics::new());
     let report = lifecycle.reconstruct()?;
     for (outcome, n) in [

@@ -33,6 +33,10 @@ pub struct Cmd {
     pub timeout: Duration,
     /// Indexes into `args` whose values are replaced by `<redacted>` when displayed.
     pub redact: Vec<usize>,
+    /// Send stdout and stderr to this file (0600, appended) instead of pipes. For helpers
+    /// that fork a daemon (FUSE mounts): the daemon must not hold moor's pipes open, and
+    /// what it prints later still lands somewhere an operator can read.
+    pub output_file: Option<std::path::PathBuf>,
 }
 
 impl Cmd {
@@ -45,7 +49,14 @@ impl Cmd {
             env: Vec::new(),
             timeout: Duration::from_secs(60),
             redact: Vec::new(),
+            output_file: None,
         }
+    }
+
+    /// Sends stdout and stderr to `path` instead of pipes (see [`Cmd::output_file`]).
+    pub fn output_to(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.output_file = Some(path.into());
+        self
     }
 
     /// Adds one argument.
@@ -172,12 +183,48 @@ pub enum ExecError {
         /// The deadline that passed.
         timeout: Duration,
     },
+    /// The command ran and exited non-zero (from [`CommandRunner::run_ok`]).
+    #[error("`{cmdline}` failed (exit {}): {stderr}", code.map_or_else(|| "by signal".to_owned(), |c| c.to_string()))]
+    Failed {
+        /// Redacted command line.
+        cmdline: String,
+        /// Exit code; `None` when killed by a signal.
+        code: Option<i32>,
+        /// The tail of stderr (or stdout).
+        stderr: String,
+    },
+}
+
+impl ExecError {
+    /// Stable reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ExecError::NotFound { .. } => "missing_binary",
+            ExecError::Spawn { .. } => "exec_failed",
+            ExecError::Timeout { .. } => "timeout",
+            ExecError::Failed { .. } => "command_failed",
+        }
+    }
 }
 
 /// Runs external commands. Production uses [`SystemRunner`]; unit tests use a script.
 pub trait CommandRunner: Send + Sync {
     /// Runs `cmd` to completion or until its deadline.
     fn run(&self, cmd: &Cmd) -> Result<Output, ExecError>;
+
+    /// Runs `cmd` and turns a non-zero exit into [`ExecError::Failed`].
+    fn run_ok(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+        let out = self.run(cmd)?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(ExecError::Failed {
+                cmdline: cmd.display(),
+                code: out.code,
+                stderr: out.stderr_tail(),
+            })
+        }
+    }
 }
 
 /// Runs commands on this machine.
@@ -188,6 +235,21 @@ impl CommandRunner for SystemRunner {
     fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
         let started = Instant::now();
         let mut command = Command::new(&cmd.program);
+        let (out_stdio, err_stdio, log_start) = match &cmd.output_file {
+            Some(path) => {
+                let file = open_output_file(path).map_err(|source| ExecError::Spawn {
+                    cmdline: cmd.display(),
+                    source,
+                })?;
+                let start = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let dup = file.try_clone().map_err(|source| ExecError::Spawn {
+                    cmdline: cmd.display(),
+                    source,
+                })?;
+                (Stdio::from(file), Stdio::from(dup), Some(start))
+            }
+            None => (Stdio::piped(), Stdio::piped(), None),
+        };
         command
             .args(&cmd.args)
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
@@ -196,8 +258,8 @@ impl CommandRunner for SystemRunner {
             } else {
                 Stdio::null()
             })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(out_stdio)
+            .stderr(err_stdio)
             // Own process group, so a deadline kills helpers the tool started too.
             .process_group(0);
         let mut child = command.spawn().map_err(|source| {
@@ -228,14 +290,42 @@ impl CommandRunner for SystemRunner {
                 timeout: cmd.timeout,
             });
         };
-        let out = Output {
+        let mut out = Output {
             code: status.code(),
             stdout: stdout.recv_timeout(PIPE_GRACE).unwrap_or_default(),
             stderr: stderr.recv_timeout(PIPE_GRACE).unwrap_or_default(),
         };
+        if let (Some(path), Some(start)) = (&cmd.output_file, log_start) {
+            out.stderr = read_from(path, start);
+        }
         tracing::debug!(cmd = %cmd.display(), code = ?out.code, elapsed = ?started.elapsed(), "command finished");
         Ok(out)
     }
+}
+
+fn open_output_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// What a command appended to its output file, capped like a pipe's tail would be.
+fn read_from(path: &std::path::Path, start: u64) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = start.max(len.saturating_sub(64 * 1024));
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_ok() {
+        let _ = f.read_to_end(&mut buf);
+    }
+    buf
 }
 
 fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<Vec<u8>> {

@@ -13,6 +13,7 @@ pub mod fake;
 pub mod mountinfo;
 pub mod mounts;
 pub mod paths;
+pub mod secrets;
 
 pub use blockdev::{BlockDevices, DevNum};
 pub use exec::{Cmd, CommandRunner, ExecError, Output, SystemRunner};

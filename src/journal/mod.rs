@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-pub use record::{PublishPhase, PublishRecord, StagePhase, StageRecord, StageSource};
+pub use record::{PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource};
 
 /// Journal I/O failed.
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,46 @@ pub enum StageSource {
         /// The device path.
         device: PathBuf,
     },
+    /// A block device that the driver's attach makes appear (iSCSI, RBD, FC). `None` until
+    /// attach has returned it: a crash before that leaves only the options to detach with.
+    Attached {
+        /// The device attach returned.
+        device: Option<PathBuf>,
+    },
+    /// A network or FUSE filesystem mounted by its mount helper (NFS, GlusterFS, CephFS).
+    Remote(RemoteMount),
+}
+
+impl StageSource {
+    /// The block device to format and mount, when the source is one.
+    pub fn block_device(&self) -> Option<&PathBuf> {
+        match self {
+            StageSource::Block { device } => Some(device),
+            StageSource::Attached { device } => device.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// How to mount a network filesystem: `mount -t <fs_type> -o <options> <source> <stage>`.
+/// Never holds a secret: credentials reach the helper through files named in `options`
+/// (`secretfile=`, `ceph.keyring=`), which live in a 0700 directory until unstage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteMount {
+    /// Filesystem type for `mount -t` (`nfs`, `nfs4`, `glusterfs`, `ceph`, `fuse.ceph`).
+    pub fs_type: String,
+    /// What to mount (`server:/path`, `host:/volume`, `mon1,mon2:/path`, `none`).
+    pub source: String,
+    /// `-o` items, in order.
+    pub options: Vec<String>,
+    /// The helper leaves a FUSE daemon behind: it runs in its own systemd scope, with no
+    /// inherited stdio, and a hung connection is aborted through fusectl.
+    pub fuse: bool,
+    /// A log the client writes; its tail goes into a failure message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<PathBuf>,
+    /// The server(s) to name in messages.
+    pub server: String,
 }
 
 /// Progress of a stage.

@@ -81,6 +81,7 @@ mod tests {
         NodeContext {
             node_name: "node-a".into(),
             kubelet_dir: "/var/lib/kubelet".into(),
+            run_dir: "/run/moor".into(),
         }
     }
 
