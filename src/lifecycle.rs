@@ -24,13 +24,26 @@ use crate::driver::{Driver, Drivers, NodeContext, VolumeSpec};
 use crate::error::Error;
 use crate::flexvolume::VolumeOptions;
 use crate::fs::{self, Prepared, format::FormatRequest};
-use crate::host::mounts::split_options;
+use crate::host::mounts::{is_dead_mount_error, split_options};
 use crate::host::{FsMount, Host, PodVolumeDir};
 use crate::journal::{
     Journal, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource,
 };
 use crate::share;
 use crate::testhook::pause_point;
+
+/// A staged network filesystem, as the stale-mount probe sees it.
+#[derive(Debug, Clone)]
+pub struct RemoteStage {
+    /// Volume key.
+    pub key: String,
+    /// Driver name.
+    pub driver: String,
+    /// The stage mount point.
+    pub stage_path: PathBuf,
+    /// How it was mounted.
+    pub remote: RemoteMount,
+}
 
 /// Deadlines for the lifecycle's own syscalls.
 #[derive(Debug, Clone, Copy)]
@@ -288,14 +301,16 @@ impl Lifecycle {
     }
 
     fn is_mount_point(&self, p: &Path) -> Result<bool, Error> {
-        self.host
-            .mounts
-            .is_mount_point(p)
-            .map_err(|source| Error::Io {
+        match self.host.mounts.is_mount_point(p) {
+            Ok(b) => Ok(b),
+            // Only a network or FUSE mount answers like this: a dead one is still a mount.
+            Err(e) if is_dead_mount_error(&e) => Ok(true),
+            Err(source) => Err(Error::Io {
                 what: "statx",
                 path: p.into(),
                 source,
-            })
+            }),
+        }
     }
 
     fn mount_err(volume: &str) -> impl Fn(crate::host::MountError) -> Error + '_ {
@@ -643,15 +658,18 @@ impl Lifecycle {
 
     /// Unmounts `target` only if it is a bind of the stage (same device); refuses otherwise.
     fn unmount_if_ours(&self, target: &Path, stage_path: &Path, key: &str) -> Result<(), Error> {
-        let t = self
-            .host
-            .mounts
-            .path_mount(target)
-            .map_err(|source| Error::Io {
-                what: "statx",
-                path: target.into(),
-                source,
-            })?;
+        let t = match self.host.mounts.path_mount(target) {
+            Ok(t) => t,
+            // A dead share under a path moor's record owns: detach it without asking it.
+            Err(e) if is_dead_mount_error(&e) => return self.detach_dead(target, key),
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "statx",
+                    path: target.into(),
+                    source,
+                });
+            }
+        };
         if let Ok(s) = self.host.mounts.path_mount(stage_path)
             && s.is_mount_root
             && s.dev != t.dev
@@ -718,10 +736,21 @@ impl Lifecycle {
         pause_point("unstage:intent");
         let stage_path = self.stage_path(&rec.driver, key);
         if self.is_mount_point(&stage_path)? {
-            self.host
+            let plain = self
+                .host
                 .mounter
-                .unmount(&stage_path, false, self.timeouts.unmount)
-                .map_err(Self::mount_err(key))?;
+                .unmount(&stage_path, false, self.timeouts.unmount);
+            match plain {
+                Ok(()) => {}
+                // A share whose server is gone (or hangs) is detached lazily: nothing of it
+                // is left to flush to a device, and kubelet must get its directory back.
+                // A block stage is never detached lazily: its device is logged out next.
+                Err(e) if matches!(rec.source, StageSource::Remote(_)) => {
+                    tracing::warn!(volume = key, error = %e, "unmount of the share failed; detaching it lazily");
+                    self.detach_dead(&stage_path, key)?;
+                }
+                Err(e) => return Err(Self::mount_err(key)(e)),
+            }
         }
         pause_point("unstage:unmounted");
         remove_empty_dir(&stage_path);
@@ -996,6 +1025,95 @@ impl Lifecycle {
             }
         }
         healed
+    }
+
+    /// Staged network filesystems, for the stale-mount probe: key, driver, stage path, mount.
+    pub fn remote_stages(&self) -> Vec<RemoteStage> {
+        self.state()
+            .stages
+            .values()
+            .filter(|s| s.phase == StagePhase::Staged)
+            .filter_map(|s| match &s.source {
+                StageSource::Remote(r) => Some(RemoteStage {
+                    key: s.key.clone(),
+                    driver: s.driver.clone(),
+                    stage_path: self.stage_path(&s.driver, &s.key),
+                    remote: r.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Heals a staged share whose mount died (or vanished): lazily detaches every pod bind
+    /// and the stage, mounts the export again and binds every pod directory again, ro where
+    /// the pod asked. Returns the number of pod directories bound again. The caller holds the
+    /// volume's lock. Lazy detaches never block on the dead server; processes still inside
+    /// the old mount keep their (dead) view until they reopen.
+    pub fn heal_remote(&self, key: &str) -> Result<usize, Error> {
+        let Some(rec) = self.state().stages.get(key).cloned() else {
+            return Ok(0);
+        };
+        let StageSource::Remote(remote) = &rec.source else {
+            return Ok(0);
+        };
+        if rec.phase != StagePhase::Staged {
+            return Ok(0);
+        }
+        let stage_path = self.stage_path(&rec.driver, key);
+        let pods: Vec<PublishRecord> = {
+            let st = self.state();
+            st.users
+                .get(key)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| st.publishes.get(t))
+                .filter(|p| p.phase == PublishPhase::Published)
+                .cloned()
+                .collect()
+        };
+        for p in &pods {
+            self.detach_dead(&p.target, key)?;
+        }
+        self.detach_dead(&stage_path, key)?;
+        self.mount_remote(key, remote, &stage_path)?;
+        let mut rebound = 0;
+        for p in &pods {
+            if !p.target.is_dir() {
+                continue;
+            }
+            self.host
+                .mounter
+                .bind(&stage_path, &p.target, p.read_only)
+                .map_err(Self::mount_err(key))?;
+            rebound += 1;
+        }
+        tracing::warn!(volume = key, driver = %rec.driver, server = %remote.server, rebound, "stale mount healed: export mounted again and pod directories bound again");
+        Ok(rebound)
+    }
+
+    /// Lazily unmounts every mount stacked on `path` (moor's own stage or bind, by record).
+    fn detach_dead(&self, path: &Path, key: &str) -> Result<(), Error> {
+        for _ in 0..8 {
+            match self.host.mounts.path_mount(path) {
+                Ok(m) if !m.is_mount_root => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if !is_dead_mount_error(&e) => {
+                    return Err(Error::Io {
+                        what: "statx",
+                        path: path.into(),
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+            match self.host.mounter.unmount(path, true, self.timeouts.unmount) {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(Errno::EINVAL) => return Ok(()),
+                Err(e) => return Err(Self::mount_err(key)(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Stage mounts with their labels, for volume statistics.

@@ -88,6 +88,10 @@ pub struct Metrics {
     pub reconcile_runs: Counter,
     /// Pod binds found missing and restored by the reconciler.
     pub healed_publishes: Counter,
+    /// Dead shares found by the stale-mount probe, by driver and what the probe saw.
+    pub stale_detected: Family<ErrorLabels, Counter>,
+    /// Heal attempts of dead shares, by driver and result (`healed`, `failed`, `busy`).
+    pub heals: Family<HealLabels, Counter>,
     /// Volume capacity.
     pub capacity_bytes: Family<VolumeLabels, GaugeU>,
     /// Volume available bytes.
@@ -100,6 +104,15 @@ pub struct Metrics {
     pub inodes_free: Family<VolumeLabels, GaugeU>,
     /// Volume used inodes.
     pub inodes_used: Family<VolumeLabels, GaugeU>,
+}
+
+/// Labels of heal attempts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealLabels {
+    /// Driver.
+    pub driver: String,
+    /// `healed`, `failed` or `busy`.
+    pub result: String,
 }
 
 /// Labels of reconstruction outcomes.
@@ -129,6 +142,8 @@ impl Metrics {
             reconstruction: Family::default(),
             reconcile_runs: Counter::default(),
             healed_publishes: Counter::default(),
+            stale_detected: Family::default(),
+            heals: Family::default(),
             capacity_bytes: Family::default(),
             available_bytes: Family::default(),
             used_bytes: Family::default(),
@@ -182,6 +197,16 @@ impl Metrics {
             "healed_publishes",
             "Pod binds found missing and restored",
             m.healed_publishes.clone(),
+        );
+        registry.register(
+            "stale_mounts_detected",
+            "Dead network/FUSE mounts found by the probe (op=probe), by driver and errno or hung",
+            m.stale_detected.clone(),
+        );
+        registry.register(
+            "heals",
+            "Heals of dead network/FUSE mounts, by driver and result",
+            m.heals.clone(),
         );
         let stats: [StatSpec<'_>; 6] = [
             (

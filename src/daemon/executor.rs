@@ -312,6 +312,14 @@ impl Executor {
         true
     }
 
+    /// Runs `f` under `key`'s lock if nobody holds it now (the reconciler: it never waits
+    /// behind kubelet's operations, it tries again next pass). `None` when busy or draining.
+    pub fn try_locked<R>(&self, key: &str, f: impl FnOnce() -> R) -> Option<R> {
+        let _pass = self.gate.enter()?;
+        let _guard = self.locks.lock(key, Some(Instant::now()))?;
+        Some(f())
+    }
+
     /// Handles one request on the calling thread and answers it through `answer` (exactly
     /// once). Blocking: it returns when the operation really ended, which may be after the
     /// deadline's answer was sent.

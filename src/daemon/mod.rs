@@ -181,8 +181,7 @@ async fn serve(
     let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
         .map_err(io("start serving", &cfg.socket))?;
     let reconciler = tokio::spawn(reconciler::run(
-        lifecycle.clone(),
-        metrics.clone(),
+        reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone()),
         cfg.reconcile_interval,
     ));
     http_state.ready.store(true, Ordering::Relaxed);

@@ -1,18 +1,226 @@
-//! The reconciler: periodically restores pod binds that vanished under a live record and
-//! refreshes per-volume statistics. Every filesystem call it makes is bounded (a dead
-//! export must not wedge it) and runs off the async runtime.
+//! The reconciler: finds dead shares and heals them, restores pod binds that vanished
+//! under a live record, and refreshes per-volume statistics. Every filesystem call it makes
+//! is bounded (a dead export must not wedge it) and runs off the async runtime.
+//!
+//! Dead shares: a probe of each staged share — `statfs` and `open(O_DIRECTORY)` on the
+//! stage, never a plain `stat`, which FUSE's attribute cache keeps answering for a second
+//! after the client died — sees ENOTCONN/ESTALE/EIO/… , a stage that is no longer mounted
+//! (a FUSE client with `auto_unmount` took it along), or no answer within the deadline. A
+//! hung FUSE connection is aborted through fusectl first, which turns the stuck calls into
+//! ENOTCONN. Then, under the volume's lock (taken only if free: kubelet's operations go
+//! first), the share is mounted again and every pod directory bound again. A hung *NFS*
+//! mount is only reported: with `hard` it resumes by itself when the server answers, and a
+//! remount could not succeed before that. Failed heals back off exponentially.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+
+use crate::daemon::executor::Executor;
 use crate::host::bounded::bounded;
-use crate::lifecycle::Lifecycle;
-use crate::metrics::{Metrics, VolumeLabels};
+use crate::host::fusectl;
+use crate::lifecycle::{Lifecycle, RemoteStage};
+use crate::metrics::{ErrorLabels, HealLabels, Metrics, VolumeLabels};
 
 /// Deadline of one statvfs.
 const STAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of one stale-mount probe: past it, the share counts as hung.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often shares are probed, at most (the statistics keep the configured interval).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest wait between two heal attempts of one share.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// One pass: heal, then statistics.
+/// What a probe of a share's stage saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Answers.
+    Alive,
+    /// Answers with an error only a dead mount gives.
+    Dead(Errno),
+    /// The stage is no longer a mount point.
+    Gone,
+    /// No answer within the deadline.
+    Hung,
+}
+
+impl Probe {
+    fn label(self) -> String {
+        match self {
+            Probe::Alive => "alive".into(),
+            Probe::Dead(e) => format!("{e:?}"),
+            Probe::Gone => "unmounted".into(),
+            Probe::Hung => "hung".into(),
+        }
+    }
+}
+
+/// Probes a share's stage mount: bounded, off the caller's thread.
+pub fn probe(lifecycle: &Lifecycle, stage: &Path, timeout: Duration) -> Probe {
+    let mounts = lifecycle.host().mounts.clone();
+    let p = stage.to_path_buf();
+    let answer = bounded(timeout, move || -> Result<bool, Errno> {
+        if !mounts
+            .is_mount_point(&p)
+            .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?
+        {
+            return Ok(false);
+        }
+        nix::sys::statfs::statfs(&p)?;
+        let fd = nix::fcntl::open(
+            &p,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        drop(fd);
+        Ok(true)
+    });
+    match answer {
+        Ok(Ok(true)) => Probe::Alive,
+        Ok(Ok(false)) => Probe::Gone,
+        Ok(Err(e)) if crate::host::mounts::is_dead_mount_error(&std::io::Error::from(e)) => {
+            Probe::Dead(e)
+        }
+        // Other errors (EACCES on a root-squashed export…) say the server answers.
+        Ok(Err(_)) => Probe::Alive,
+        Err(_) => Probe::Hung,
+    }
+}
+
+/// Heal attempts that failed, per volume key.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    next: Option<Instant>,
+}
+
+/// The reconciler's state between passes.
+pub struct Reconciler {
+    lifecycle: Arc<Lifecycle>,
+    metrics: Arc<Metrics>,
+    exec: Arc<Executor>,
+    backoff: HashMap<String, Backoff>,
+    fusectl: PathBuf,
+}
+
+impl Reconciler {
+    /// A reconciler over the daemon's lifecycle, taking volume locks through `exec`.
+    pub fn new(lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>, exec: Arc<Executor>) -> Self {
+        Reconciler {
+            lifecycle,
+            metrics,
+            exec,
+            backoff: HashMap::new(),
+            fusectl: PathBuf::from(fusectl::CONNECTIONS),
+        }
+    }
+
+    /// Probes every staged share and heals the dead ones. Returns how many were healed.
+    pub fn heal_shares(&mut self) -> usize {
+        let mut healed = 0;
+        for rs in self.lifecycle.remote_stages() {
+            let seen = probe(&self.lifecycle, &rs.stage_path, PROBE_TIMEOUT);
+            if seen == Probe::Alive {
+                self.backoff.remove(&rs.key);
+                continue;
+            }
+            self.metrics
+                .stale_detected
+                .get_or_create(&ErrorLabels {
+                    driver: rs.driver.clone(),
+                    op: "probe".into(),
+                    reason: seen.label(),
+                })
+                .inc();
+            tracing::warn!(volume = %rs.key, driver = %rs.driver, server = %rs.remote.server, target = %rs.stage_path.display(), seen = %seen.label(), "share is dead");
+            if self
+                .backoff
+                .get(&rs.key)
+                .and_then(|b| b.next)
+                .is_some_and(|n| Instant::now() < n)
+            {
+                continue;
+            }
+            if seen == Probe::Hung {
+                if !rs.remote.fuse {
+                    tracing::warn!(volume = %rs.key, server = %rs.remote.server, "server does not answer; a hard mount resumes when it does, so it is left mounted");
+                    continue;
+                }
+                self.abort_fuse(&rs);
+            }
+            if self.heal_one(&rs) {
+                healed += 1;
+            }
+        }
+        healed
+    }
+
+    fn abort_fuse(&self, rs: &RemoteStage) {
+        let host = self.lifecycle.host();
+        let minor = host.mounts.snapshot().ok().and_then(|t| {
+            t.iter()
+                .rev()
+                .find(|m| m.mount_point == rs.stage_path)
+                .map(|m| m.minor)
+        });
+        let Some(minor) = minor else {
+            tracing::warn!(volume = %rs.key, "hung FUSE stage is not in the mount table; cannot abort it");
+            return;
+        };
+        match fusectl::abort(host.mounter.as_ref(), &self.fusectl, minor) {
+            Ok(()) => {
+                tracing::warn!(volume = %rs.key, connection = minor, "hung FUSE connection aborted")
+            }
+            Err(e) => {
+                tracing::error!(volume = %rs.key, connection = minor, error = %e, "cannot abort the hung FUSE connection")
+            }
+        }
+    }
+
+    fn heal_one(&mut self, rs: &RemoteStage) -> bool {
+        let lc = self.lifecycle.clone();
+        let attempt = self.exec.try_locked(&rs.key, || {
+            // Checked again under the lock: kubelet may have just unstaged or remounted it.
+            match probe(&lc, &rs.stage_path, PROBE_TIMEOUT) {
+                Probe::Alive => Ok(None),
+                _ => lc.heal_remote(&rs.key).map(Some),
+            }
+        });
+        let result = match attempt {
+            None => "busy",
+            Some(Ok(None)) => return false,
+            Some(Ok(Some(_))) => {
+                self.backoff.remove(&rs.key);
+                "healed"
+            }
+            Some(Err(e)) => {
+                let b = self.backoff.entry(rs.key.clone()).or_default();
+                b.failures += 1;
+                let wait = PROBE_INTERVAL
+                    .saturating_mul(1 << b.failures.min(8))
+                    .min(MAX_BACKOFF);
+                b.next = Some(Instant::now() + wait);
+                tracing::error!(volume = %rs.key, driver = %rs.driver, error = %e, retry_in = ?wait, "heal failed");
+                "failed"
+            }
+        };
+        self.metrics
+            .heals
+            .get_or_create(&HealLabels {
+                driver: rs.driver.clone(),
+                result: result.into(),
+            })
+            .inc();
+        result == "healed"
+    }
+}
+
+/// One statistics pass: restore vanished binds, then refresh volume statistics.
 pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
     metrics.reconcile_runs.inc();
     let healed = lifecycle.heal_publishes();
@@ -73,15 +281,31 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
     }
 }
 
-/// Runs [`pass`] every `interval` until the task is dropped.
-pub async fn run(lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
+/// Probes shares every few seconds and runs [`pass`] every `interval`, until dropped.
+pub async fn run(mut rec: Reconciler, interval: Duration) {
+    let mut tick = tokio::time::interval(interval.min(PROBE_INTERVAL));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_stats: Option<Instant> = None;
     loop {
         tick.tick().await;
-        let (lc, m) = (lifecycle.clone(), metrics.clone());
-        if let Err(e) = tokio::task::spawn_blocking(move || pass(&lc, &m)).await {
-            tracing::error!(error = %e, "reconciler pass failed");
+        let stats_due = last_stats.is_none_or(|t| t.elapsed() >= interval);
+        if stats_due {
+            last_stats = Some(Instant::now());
+        }
+        let done = tokio::task::spawn_blocking(move || {
+            rec.heal_shares();
+            if stats_due {
+                pass(&rec.lifecycle, &rec.metrics);
+            }
+            rec
+        })
+        .await;
+        match done {
+            Ok(r) => rec = r,
+            Err(e) => {
+                tracing::error!(error = %e, "reconciler pass panicked; reconciler stopped");
+                return;
+            }
         }
     }
 }

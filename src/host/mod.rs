@@ -10,6 +10,7 @@ pub mod blockdev;
 pub mod bounded;
 pub mod exec;
 pub mod fake;
+pub mod fusectl;
 pub mod mountinfo;
 pub mod mounts;
 pub mod paths;

@@ -237,7 +237,9 @@ pub fn statx_mount(path: &Path) -> std::io::Result<PathMount> {
         libc::statx(
             libc::AT_FDCWD,
             c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            // DONT_SYNC: the answer is the VFS's (mount root, mount id); asking a FUSE or NFS
+            // server to revalidate would only add a round trip, or hang on a dead one.
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT | libc::AT_STATX_DONT_SYNC,
             libc::STATX_TYPE | libc::STATX_MNT_ID,
             &mut stx,
         )
@@ -258,6 +260,26 @@ pub fn statx_mount(path: &Path) -> std::io::Result<PathMount> {
         mount_id: stx.stx_mnt_id,
         dev: (stx.stx_dev_major, stx.stx_dev_minor),
     })
+}
+
+/// Errors a dead network or FUSE mount answers with: the path is inside a remote
+/// filesystem whose server or client is gone (a local filesystem never says these).
+pub fn is_dead_mount_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(
+            Errno::ENOTCONN
+                | Errno::ESTALE
+                | Errno::EIO
+                | Errno::EHOSTDOWN
+                | Errno::EHOSTUNREACH
+                | Errno::ECONNABORTED
+                | Errno::ECONNREFUSED
+                | Errno::ECONNRESET
+                | Errno::ETIMEDOUT
+                | Errno::ENODEV
+        )
+    )
 }
 
 /// Splits a comma-separated option list into generic mount flags and filesystem data.
