@@ -281,13 +281,23 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
     }
 }
 
-/// Probes shares every few seconds and runs [`pass`] every `interval`, until dropped.
+/// Probes shares every few seconds — and soon after any mount-table change, so a FUSE
+/// client whose `auto_unmount` took its mount along is healed at once — and runs [`pass`]
+/// every `interval`, until dropped.
 pub async fn run(mut rec: Reconciler, interval: Duration) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    watch_mount_table(changed.clone());
     let mut tick = tokio::time::interval(interval.min(PROBE_INTERVAL));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_stats: Option<Instant> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = changed.notified() => {
+                // Coalesce a burst (a pod's volumes mount together) into one probe pass.
+                tokio::time::sleep(MOUNT_CHANGE_SETTLE).await;
+            }
+        }
         let stats_due = last_stats.is_none_or(|t| t.elapsed() >= interval);
         if stats_due {
             last_stats = Some(Instant::now());
@@ -307,5 +317,47 @@ pub async fn run(mut rec: Reconciler, interval: Duration) {
                 return;
             }
         }
+    }
+}
+
+/// Wait after a mount-table change before probing, to coalesce bursts.
+const MOUNT_CHANGE_SETTLE: Duration = Duration::from_millis(500);
+
+/// A thread that wakes `changed` whenever this mount namespace's table changes: the kernel
+/// flags `/proc/self/mountinfo` with POLLPRI on every mount and unmount (no read needed).
+fn watch_mount_table(changed: Arc<tokio::sync::Notify>) {
+    let file = match std::fs::File::open("/proc/self/mountinfo") {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the mount table; probing on the timer only");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("moor-mountwatch".into())
+        .spawn(move || {
+            use std::os::fd::AsRawFd;
+            let mut pfd = libc::pollfd {
+                fd: file.as_raw_fd(),
+                events: libc::POLLPRI,
+                revents: 0,
+            };
+            loop {
+                // SAFETY: one valid pollfd whose fd stays open (owned by `file`) for the loop.
+                let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+                if r < 0 {
+                    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                        continue;
+                    }
+                    tracing::warn!(error = %std::io::Error::last_os_error(), "mount-table watch stopped");
+                    return;
+                }
+                if pfd.revents & (libc::POLLPRI | libc::POLLERR) != 0 {
+                    changed.notify_one();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the mount-table watch; probing on the timer only");
     }
 }
