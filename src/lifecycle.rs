@@ -670,7 +670,8 @@ impl Lifecycle {
                 });
             }
         };
-        if let Ok(s) = self.host.mounts.path_mount(stage_path)
+        let stage = self.host.mounts.path_mount(stage_path).ok();
+        if let Some(s) = &stage
             && s.is_mount_root
             && s.dev != t.dev
         {
@@ -678,9 +679,17 @@ impl Lifecycle {
                 target: target.into(),
             });
         }
-        self.host
-            .mounter
-            .unmount(target, false, self.timeouts.unmount)
+        // While the stage holds the same filesystem, this bind is not its last reference:
+        // unmounting it cannot wait on a server, so no deadline thread is needed.
+        let stage_holds_it = stage.is_some_and(|s| s.is_mount_root && s.dev == t.dev);
+        let result = if stage_holds_it {
+            self.host.mounter.unmount_bind(target)
+        } else {
+            self.host
+                .mounter
+                .unmount(target, false, self.timeouts.unmount)
+        };
+        result
             .or_else(|e| {
                 if e.errno() == Some(Errno::EINVAL) {
                     Ok(())

@@ -80,6 +80,13 @@ pub trait Mounter: Send + Sync {
     fn remount(&self, target: &Path, read_only: bool) -> Result<(), MountError>;
     /// Unmounts `target`; `lazy` detaches it even when busy (MNT_DETACH).
     fn unmount(&self, target: &Path, lazy: bool, timeout: Duration) -> Result<(), MountError>;
+    /// Unmounts a bind whose filesystem stays mounted elsewhere (its stage). Dropping one of
+    /// several references to a superblock never reaches a filesystem's server (only the
+    /// last one does, at kill_super), and the lookup of the target does not revalidate it,
+    /// so this runs on the caller's thread with no deadline hand-off.
+    fn unmount_bind(&self, target: &Path) -> Result<(), MountError> {
+        self.unmount(target, false, Duration::from_secs(60))
+    }
 }
 
 /// What `statx` says about a path.
@@ -211,6 +218,23 @@ impl Mounter for KernelMounts {
                 target: target.to_owned(),
                 errno,
             })
+    }
+
+    fn unmount_bind(&self, target: &Path) -> Result<(), MountError> {
+        Self::umount_now(target, MntFlags::UMOUNT_NOFOLLOW)
+    }
+}
+
+impl KernelMounts {
+    fn umount_now(target: &Path, flags: MntFlags) -> Result<(), MountError> {
+        let t = cpath(target)?;
+        // SAFETY: `t` is a valid NUL-terminated path that outlives the call.
+        let r = unsafe { libc::umount2(t.as_ptr(), flags.bits()) };
+        Errno::result(r).map(drop).map_err(|errno| MountError::Sys {
+            op: "unmount",
+            target: target.to_owned(),
+            errno,
+        })
     }
 }
 
