@@ -1005,8 +1005,19 @@ impl Lifecycle {
     }
 
     /// Published pod dirs whose bind vanished while the stage is healthy: bind them again.
-    /// Returns how many were restored.
+    /// Returns how many were restored. Callers that run beside kubelet's operations (the
+    /// reconciler) must use [`Lifecycle::vanished_publishes`] and
+    /// [`Lifecycle::restore_publish`] under the volume's lock instead.
     pub fn heal_publishes(&self) -> usize {
+        self.vanished_publishes()
+            .iter()
+            .filter(|(_, target)| self.restore_publish(target))
+            .count()
+    }
+
+    /// Candidates for [`Lifecycle::restore_publish`]: (volume key, pod dir) of published
+    /// records whose pod dir is not a mount point now.
+    pub fn vanished_publishes(&self) -> Vec<(String, PathBuf)> {
         let publishes: Vec<PublishRecord> = self
             .state()
             .publishes
@@ -1014,26 +1025,40 @@ impl Lifecycle {
             .filter(|p| p.phase == PublishPhase::Published)
             .cloned()
             .collect();
-        let mut healed = 0;
-        for p in publishes {
-            if self.is_mount_point(&p.target).unwrap_or(true) || !p.target.is_dir() {
-                continue;
+        publishes
+            .into_iter()
+            .filter(|p| !self.is_mount_point(&p.target).unwrap_or(true))
+            .map(|p| (p.key, p.target))
+            .collect()
+    }
+
+    /// Binds a published pod dir again if, checked now, its record is still `Published`,
+    /// the bind is gone, the directory exists and the stage is mounted. The caller holds
+    /// the volume's lock, so an unpublish cannot be under way (it would be undone).
+    pub fn restore_publish(&self, target: &Path) -> bool {
+        let Some(p) = self.state().publishes.get(target).cloned() else {
+            return false;
+        };
+        if p.phase != PublishPhase::Published
+            || self.is_mount_point(&p.target).unwrap_or(true)
+            || !p.target.is_dir()
+        {
+            return false;
+        }
+        let stage_path = self.stage_path(&p.driver, &p.key);
+        if !self.is_mount_point(&stage_path).unwrap_or(false) {
+            return false;
+        }
+        match self.host.mounter.bind(&stage_path, &p.target, p.read_only) {
+            Ok(()) => {
+                tracing::warn!(volume = %p.key, target = %p.target.display(), "bind had vanished; restored");
+                true
             }
-            let stage_path = self.stage_path(&p.driver, &p.key);
-            if !self.is_mount_point(&stage_path).unwrap_or(false) {
-                continue;
-            }
-            match self.host.mounter.bind(&stage_path, &p.target, p.read_only) {
-                Ok(()) => {
-                    tracing::warn!(volume = %p.key, target = %p.target.display(), "bind had vanished; restored");
-                    healed += 1;
-                }
-                Err(e) => {
-                    tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "cannot restore bind")
-                }
+            Err(e) => {
+                tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "cannot restore bind");
+                false
             }
         }
-        healed
     }
 
     /// Staged network filesystems, for the stale-mount probe: key, driver, stage path, mount.

@@ -220,11 +220,25 @@ impl Reconciler {
     }
 }
 
-/// One statistics pass: restore vanished binds, then refresh volume statistics.
+impl Reconciler {
+    /// Binds again the pod directories whose bind vanished under a live record, each under
+    /// its volume's lock (an unpublish in progress is never undone). Returns how many.
+    pub fn restore_publishes(&self) -> usize {
+        let mut restored = 0;
+        for (key, target) in self.lifecycle.vanished_publishes() {
+            let lc = &self.lifecycle;
+            if self.exec.try_locked(&key, || lc.restore_publish(&target)) == Some(true) {
+                restored += 1;
+            }
+        }
+        self.metrics.healed_publishes.inc_by(restored as u64);
+        restored
+    }
+}
+
+/// One statistics pass: refresh volume statistics.
 pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
     metrics.reconcile_runs.inc();
-    let healed = lifecycle.heal_publishes();
-    metrics.healed_publishes.inc_by(healed as u64);
     let volumes = lifecycle.staged_volumes();
     let families = [
         &metrics.capacity_bytes,
@@ -305,6 +319,7 @@ pub async fn run(mut rec: Reconciler, interval: Duration) {
         let done = tokio::task::spawn_blocking(move || {
             rec.heal_shares();
             if stats_due {
+                rec.restore_publishes();
                 pass(&rec.lifecycle, &rec.metrics);
             }
             rec
