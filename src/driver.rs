@@ -139,6 +139,9 @@ impl Drivers {
     pub fn builtin() -> Self {
         let mut d = Drivers::default();
         d.add(Arc::new(crate::local::LocalDriver));
+        d.add(Arc::new(crate::share::NfsDriver));
+        d.add(Arc::new(crate::share::GlusterFsDriver));
+        d.add(Arc::new(crate::share::CephFsDriver));
         d
     }
 

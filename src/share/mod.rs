@@ -7,10 +7,19 @@
 //! systemd it runs in its own transient scope, so restarting moor leaves the FUSE daemon
 //! (and every pod's mount) alive.
 
-use std::path::Path;
+use std::path::{Component, Path};
 
+use crate::flexvolume::OptionsError;
 use crate::host::Cmd;
 use crate::journal::RemoteMount;
+
+pub mod cephfs;
+pub mod glusterfs;
+pub mod nfs;
+
+pub use cephfs::CephFsDriver;
+pub use glusterfs::GlusterFsDriver;
+pub use nfs::NfsDriver;
 
 /// How much of a client log a failure message keeps.
 const LOG_TAIL: usize = 768;
@@ -61,9 +70,150 @@ pub fn log_tail(path: &Path) -> Option<String> {
     Some(text[start..].to_owned())
 }
 
+fn invalid(key: &str, value: &str, expected: &'static str) -> OptionsError {
+    OptionsError::Invalid {
+        key: key.into(),
+        value: value.into(),
+        expected,
+    }
+}
+
+/// Splits `mountOptions` (`nfsvers=4.1,hard`) into items, in order. Empty items are
+/// dropped; whitespace or control characters inside an item are refused (the helper
+/// would read them as separate arguments or lose them).
+pub fn split_mount_options(value: &str) -> Result<Vec<String>, OptionsError> {
+    let mut out = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        if item.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "mountOptions",
+                value,
+                "a comma-separated list of options without spaces",
+            ));
+        }
+        out.push(item.to_owned());
+    }
+    Ok(out)
+}
+
+/// A host name or address for `key` (one server or one list item): letters, digits, `.`,
+/// `-`, `_`, and `:`/`[]` for IPv6 or a port when `allow_colon`.
+pub fn check_host(key: &str, host: &str, allow_colon: bool) -> Result<(), OptionsError> {
+    let ok = !host.is_empty()
+        && host.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '.' | '-' | '_')
+                || (allow_colon && matches!(c, ':' | '[' | ']'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            host,
+            if allow_colon {
+                "host names or addresses (optionally :port), comma-separated"
+            } else {
+                "host names or IPv4 addresses, comma-separated"
+            },
+        ))
+    }
+}
+
+/// An export or subdirectory path: no `..` component, no whitespace, commas or control
+/// characters (they would split the helper's option list or its source).
+pub fn check_export_path(key: &str, path: &str) -> Result<(), OptionsError> {
+    let dotdot = Path::new(path)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir));
+    if path.is_empty()
+        || dotdot
+        || path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    {
+        return Err(invalid(key, path, "a path without '..', spaces or commas"));
+    }
+    Ok(())
+}
+
+/// A comma list (`endpoints`, `monitors`): trimmed, empty items dropped, duplicates removed
+/// (first occurrence kept, so the user's order — and the server moor mounts from — holds).
+pub fn split_hosts(key: &str, value: &str, allow_colon: bool) -> Result<Vec<String>, OptionsError> {
+    let mut out: Vec<String> = Vec::new();
+    for h in value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        check_host(key, h, allow_colon)?;
+        if !out.iter().any(|o| o == h) {
+            out.push(h.to_owned());
+        }
+    }
+    if out.is_empty() {
+        return Err(invalid(key, value, "at least one host"));
+    }
+    Ok(out)
+}
+
+/// A host over fakes rooted at `root`, for the drivers' attach/detach tests.
+#[cfg(test)]
+pub(crate) fn test_host(root: &Path) -> crate::host::Host {
+    use std::sync::Arc;
+    let mounts = Arc::new(crate::host::fake::FakeMounts::default());
+    crate::host::Host {
+        paths: crate::host::HostPaths {
+            kubelet_dir: root.join("kubelet"),
+            kubelet_alias: None,
+            state_dir: root.join("state"),
+            run_dir: root.join("run"),
+            sys: "/sys".into(),
+            dev: "/dev".into(),
+            proc: "/proc".into(),
+        },
+        runner: Arc::new(crate::host::fake::ScriptRunner::default()),
+        mounter: mounts.clone(),
+        mounts,
+        blockdev: crate::host::BlockDevices { sys: "/sys".into() },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_options_split_in_order() {
+        assert_eq!(
+            split_mount_options(" nfsvers=4.1, hard,,noatime ").unwrap(),
+            ["nfsvers=4.1", "hard", "noatime"]
+        );
+        assert!(split_mount_options("").unwrap().is_empty());
+        let e = split_mount_options("hard,ro x").unwrap_err();
+        assert!(
+            e.to_string().starts_with("option mountOptions=hard,ro x"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn paths_with_dotdot_or_separators_are_refused() {
+        for bad in ["/a/../b", "..", "/a/..", "/a b", "/a,b", ""] {
+            assert!(check_export_path("path", bad).is_err(), "{bad}");
+        }
+        for good in ["/", "/exports/a", "vol1/sub", "/a/..b"] {
+            assert!(check_export_path("path", good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn host_lists() {
+        assert_eq!(
+            split_hosts("endpoints", "a, b ,a,,c", false).unwrap(),
+            ["a", "b", "c"]
+        );
+        assert!(split_hosts("endpoints", " , ", false).is_err());
+        assert!(split_hosts("endpoints", "10.0.0.1:24007", false).is_err());
+        assert!(split_hosts("monitors", "10.0.0.1:6789,[::1]:3300", true).is_ok());
+        assert!(split_hosts("monitors", "a;rm -rf", true).is_err());
+    }
 
     fn nfs() -> RemoteMount {
         RemoteMount {

@@ -1,0 +1,588 @@
+//! Driver `moor~cephfs/cephfs`: options `monitors` (comma list, `host[:port]`), `path`
+//! (default `/`), `user` (default `admin`), `secretFile` or the secret key `key`
+//! (`kubernetes.io/secret/key`, which wins, as in Kubernetes' `cephfs` volume), `mounter`
+//! (`kernel`, the default, or `fuse`), `fsName`, `readOnly`, `mountOptions`.
+//!
+//! The kernel client gets `name=<user>,secretfile=<file>`; ceph-fuse gets
+//! `mount -t fuse.ceph none <stage> -o ceph.id=..,ceph.conf=..,ceph.keyring=..,
+//! ceph.client_mountpoint=..` with a `ceph.conf` naming the monitors and a log file beside
+//! the stage.
+//!
+//! Invariant: the key never leaves moor's memory except into the 0600 files in
+//! `<run_dir>/secrets/<volume key>/` (written by attach, removed by detach); the options,
+//! the stage record and every error name only the files' paths.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
+use crate::flexvolume::{OptionsError, VolumeOptions};
+use crate::host::Host;
+use crate::host::paths::{VENDOR, is_clean_absolute};
+use crate::host::secrets::{remove_secrets, secret_dir, write_secret};
+use crate::journal::{RemoteMount, StageRecord, StageSource};
+
+use super::{check_export_path, split_hosts, split_mount_options};
+
+/// The user options this driver accepts.
+pub const OPTIONS: &[&str] = &[
+    "monitors",
+    "path",
+    "user",
+    "secretFile",
+    "mounter",
+    "fsName",
+    "readOnly",
+    "mountOptions",
+];
+
+/// The secret key (`kubernetes.io/secret/key`) holding the cephx key.
+pub const SECRET_KEY: &str = "key";
+
+/// The CephFS driver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CephFsDriver;
+
+/// Which client mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mounter {
+    /// The kernel client (`mount -t ceph`).
+    Kernel,
+    /// ceph-fuse (`mount -t fuse.ceph`).
+    Fuse,
+}
+
+/// Where the cephx key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A file on the node the user named (`secretFile`): a bare key.
+    File(PathBuf),
+    /// The Secret's `key`: moor writes it into the volume's private directory.
+    Secret,
+}
+
+/// Everything the mount needs, validated (no secret in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CephFsVolume {
+    /// Monitor addresses, in the user's order.
+    pub monitors: Vec<String>,
+    /// Path inside the filesystem.
+    pub path: String,
+    /// cephx user without `client.`.
+    pub user: String,
+    /// Which client.
+    pub mounter: Mounter,
+    /// The filesystem's name when the cluster has more than one.
+    pub fs_name: Option<String>,
+    /// Where the key comes from.
+    pub credential: Credential,
+    /// The user's `mountOptions`, in order.
+    pub options: Vec<String>,
+}
+
+fn invalid(key: &str, value: &str, expected: &'static str) -> DriverError {
+    OptionsError::Invalid {
+        key: key.into(),
+        value: value.into(),
+        expected,
+    }
+    .into()
+}
+
+fn check_name(key: &str, v: &str) -> Result<(), DriverError> {
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(invalid(key, v, "letters, digits, '.', '-' or '_'"));
+    }
+    Ok(())
+}
+
+/// The key's bytes as one line, or an error that never shows them.
+fn key_text(secret: &[u8]) -> Result<&str, DriverError> {
+    let text = std::str::from_utf8(secret).unwrap_or_default().trim();
+    if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "kubernetes.io/secret/key",
+            "<redacted>",
+            "a cephx key (one base64 word)",
+        ));
+    }
+    Ok(text)
+}
+
+impl CephFsVolume {
+    /// Validates the options.
+    pub fn parse(opts: &VolumeOptions) -> Result<Self, DriverError> {
+        opts.check_known("cephfs", OPTIONS)?;
+        let monitors = split_hosts("monitors", opts.required("cephfs", "monitors")?, true)?;
+        let get = |k: &str| opts.user.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let path = get("path").unwrap_or("/").to_owned();
+        check_export_path("path", &path)?;
+        if !path.starts_with('/') {
+            return Err(invalid(
+                "path",
+                &path,
+                "an absolute path inside the filesystem",
+            ));
+        }
+        let user = get("user").unwrap_or("admin");
+        let user = user.strip_prefix("client.").unwrap_or(user).to_owned();
+        check_name("user", &user)?;
+        let mounter = match get("mounter").unwrap_or("kernel") {
+            "kernel" => Mounter::Kernel,
+            "fuse" => Mounter::Fuse,
+            other => return Err(invalid("mounter", other, "kernel or fuse")),
+        };
+        let fs_name = get("fsName").map(str::to_owned);
+        if let Some(f) = &fs_name {
+            check_name("fsName", f)?;
+        }
+        let credential = if let Some(s) = opts.secrets.get(SECRET_KEY) {
+            key_text(&s.0)?;
+            Credential::Secret
+        } else if let Some(f) = get("secretFile") {
+            if !is_clean_absolute(Path::new(f)) || f.contains(',') {
+                return Err(invalid(
+                    "secretFile",
+                    f,
+                    "a clean absolute path without commas",
+                ));
+            }
+            Credential::File(f.into())
+        } else {
+            return Err(invalid(
+                "secretFile",
+                "",
+                "set secretFile or give a secretRef whose Secret has the key `key`",
+            ));
+        };
+        let options = split_mount_options(opts.user.get("mountOptions").map_or("", |v| v))?;
+        Ok(CephFsVolume {
+            monitors,
+            path,
+            user,
+            mounter,
+            fs_name,
+            credential,
+            options,
+        })
+    }
+
+    /// The identity the volume key is derived from: everything that changes the mount.
+    pub fn identity(&self) -> String {
+        let cred = match &self.credential {
+            Credential::File(f) => format!("secretFile={}", f.display()),
+            Credential::Secret => "secret".into(),
+        };
+        format!(
+            "{}:{}?user={}&mounter={}&fs={}&{cred}&{}",
+            self.monitors.join(","),
+            self.path,
+            self.user,
+            match self.mounter {
+                Mounter::Kernel => "kernel",
+                Mounter::Fuse => "fuse",
+            },
+            self.fs_name.as_deref().unwrap_or_default(),
+            self.options.join(",")
+        )
+    }
+
+    /// The mount for key `key`; `dir` is its private credential directory, `log` the
+    /// ceph-fuse log (pure: no host access).
+    pub fn remote_mount(&self, dir: &Path, log: &Path) -> RemoteMount {
+        let server = self.monitors.join(",");
+        match self.mounter {
+            Mounter::Kernel => {
+                let secretfile = match &self.credential {
+                    Credential::File(f) => f.clone(),
+                    Credential::Secret => dir.join("secret"),
+                };
+                let mut options = vec![
+                    format!("name={}", self.user),
+                    format!("secretfile={}", secretfile.display()),
+                ];
+                if let Some(f) = &self.fs_name {
+                    options.push(format!("fs={f}"));
+                }
+                options.extend(self.options.iter().cloned());
+                RemoteMount {
+                    fs_type: "ceph".into(),
+                    source: format!("{server}:{}", self.path),
+                    options,
+                    fuse: false,
+                    log_file: None,
+                    server,
+                }
+            }
+            Mounter::Fuse => {
+                let mut options = vec![
+                    format!("ceph.id={}", self.user),
+                    format!("ceph.conf={}", dir.join("ceph.conf").display()),
+                ];
+                options.push(match &self.credential {
+                    Credential::File(f) => format!("ceph.keyfile={}", f.display()),
+                    Credential::Secret => {
+                        format!("ceph.keyring={}", dir.join("keyring").display())
+                    }
+                });
+                options.push(format!("ceph.client_mountpoint={}", self.path));
+                if let Some(f) = &self.fs_name {
+                    options.push(format!("ceph.client_fs={f}"));
+                }
+                options.extend(self.options.iter().cloned());
+                RemoteMount {
+                    fs_type: "fuse.ceph".into(),
+                    source: "none".into(),
+                    options,
+                    fuse: true,
+                    log_file: Some(log.into()),
+                    server,
+                }
+            }
+        }
+    }
+
+    /// ceph-fuse's configuration: the monitors and the log; no admin socket (two clients of
+    /// one user would fight over `client.<user>.asok`, and moor does not use it).
+    pub fn ceph_conf(&self, log: &Path) -> String {
+        format!(
+            "[global]\nmon_host = {}\nlog_file = {}\nadmin_socket =\n",
+            self.monitors.join(","),
+            log.display()
+        )
+    }
+}
+
+/// Where ceph-fuse of volume `key` logs (beside the stage, never inside it).
+pub fn log_file(kubelet_dir: &Path, key: &str) -> PathBuf {
+    kubelet_dir
+        .join("plugins")
+        .join(VENDOR)
+        .join("cephfs")
+        .join(format!("{key}.log"))
+}
+
+impl Driver for CephFsDriver {
+    fn name(&self) -> &'static str {
+        "cephfs"
+    }
+
+    fn volume(&self, node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
+        let v = CephFsVolume::parse(opts)?;
+        let key = volume_key(self.name(), &v.identity());
+        let remote = v.remote_mount(
+            &secret_dir(&node.run_dir, &key),
+            &log_file(&node.kubelet_dir, &key),
+        );
+        // Normalised values, so equal volumes have equal records.
+        let mut persist = BTreeMap::new();
+        persist.insert("monitors".to_owned(), v.monitors.join(","));
+        persist.insert("path".to_owned(), v.path.clone());
+        persist.insert("user".to_owned(), v.user.clone());
+        let mounter = if v.mounter == Mounter::Fuse {
+            "fuse"
+        } else {
+            "kernel"
+        };
+        persist.insert("mounter".to_owned(), mounter.to_owned());
+        if let Some(f) = &v.fs_name {
+            persist.insert("fsName".to_owned(), f.clone());
+        }
+        if let Credential::File(f) = &v.credential {
+            persist.insert("secretFile".to_owned(), f.display().to_string());
+        }
+        if !v.options.is_empty() {
+            persist.insert("mountOptions".to_owned(), v.options.join(","));
+        }
+        Ok(VolumeSpec {
+            key,
+            source: StageSource::Remote(remote),
+            persist,
+            mount_options: String::new(),
+        })
+    }
+
+    /// Writes the key (and ceph-fuse's configuration) into the volume's private directory.
+    fn attach(
+        &self,
+        host: &Host,
+        spec: &VolumeSpec,
+        opts: &VolumeOptions,
+    ) -> Result<crate::driver::Attached, DriverError> {
+        let v = CephFsVolume::parse(opts)?;
+        let dir = secret_dir(&host.paths.run_dir, &spec.key);
+        let write = |name: &str, bytes: &[u8]| {
+            write_secret(&dir, name, bytes).map_err(|source| DriverError::SecretFile {
+                volume: spec.key.clone(),
+                path: dir.join(name),
+                source,
+            })
+        };
+        if v.credential == Credential::Secret
+            && let Some(s) = opts.secrets.get(SECRET_KEY)
+        {
+            let key = key_text(&s.0)?;
+            match v.mounter {
+                Mounter::Kernel => write("secret", key.as_bytes())?,
+                Mounter::Fuse => write(
+                    "keyring",
+                    format!("[client.{}]\n\tkey = {key}\n", v.user).as_bytes(),
+                )?,
+            };
+        }
+        if v.mounter == Mounter::Fuse {
+            let log = log_file(&host.paths.kubelet_dir, &spec.key);
+            write("ceph.conf", v.ceph_conf(&log).as_bytes())?;
+        }
+        tracing::debug!(volume = %spec.key, driver = "cephfs", dir = %dir.display(), "credential files written");
+        Ok(crate::driver::Attached::default())
+    }
+
+    /// Removes the credential directory and the ceph-fuse log.
+    fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
+        let dir = secret_dir(&host.paths.run_dir, &rec.key);
+        remove_secrets(&dir).map_err(|source| DriverError::SecretFile {
+            volume: rec.key.clone(),
+            path: dir.clone(),
+            source,
+        })?;
+        if let StageSource::Remote(RemoteMount {
+            log_file: Some(log),
+            ..
+        }) = &rec.source
+            && let Err(e) = std::fs::remove_file(log)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(volume = %rec.key, driver = "cephfs", error = %e, "cannot remove the client log");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const KEY: &str = "AQDmoorTESTkeyAAAAAAAAAAAAAAAAAAAAAAAA==";
+
+    fn node() -> NodeContext {
+        NodeContext {
+            node_name: "node-a".into(),
+            kubelet_dir: "/var/lib/kubelet".into(),
+            run_dir: "/run/moor".into(),
+        }
+    }
+
+    fn opts(json: &str) -> VolumeOptions {
+        VolumeOptions::parse_json(json).unwrap()
+    }
+
+    fn with_secret(json: &str) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{KEY}\n"));
+        json.replacen('{', &format!(r#"{{"kubernetes.io/secret/key":"{b64}","#), 1)
+    }
+
+    fn remote(s: &VolumeSpec) -> &RemoteMount {
+        match &s.source {
+            StageSource::Remote(r) => r,
+            other => panic!("not remote: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kernel_mount_names_a_secret_file() {
+        let o = opts(&with_secret(
+            r#"{"monitors":"10.0.0.1:6789,10.0.0.2","path":"/volumes/a","user":"k8s","fsName":"cephfs","mountOptions":"noatime"}"#,
+        ));
+        let s = CephFsDriver.volume(&node(), &o).unwrap();
+        let r = remote(&s);
+        assert_eq!(r.fs_type, "ceph");
+        assert_eq!(r.source, "10.0.0.1:6789,10.0.0.2:/volumes/a");
+        assert_eq!(
+            r.options,
+            [
+                "name=k8s".to_owned(),
+                format!("secretfile=/run/moor/secrets/{}/secret", s.key),
+                "fs=cephfs".into(),
+                "noatime".into(),
+            ]
+        );
+        assert!(!r.fuse);
+        let rec = format!("{r:?}{:?}", s.persist);
+        assert!(!rec.contains(KEY), "the key leaked into the spec: {rec}");
+    }
+
+    #[test]
+    fn fuse_mount_uses_conf_and_keyring() {
+        let o = opts(&with_secret(r#"{"monitors":"m1","mounter":"fuse"}"#));
+        let s = CephFsDriver.volume(&node(), &o).unwrap();
+        let r = remote(&s);
+        let dir = format!("/run/moor/secrets/{}", s.key);
+        assert_eq!(r.fs_type, "fuse.ceph");
+        assert_eq!(r.source, "none");
+        assert_eq!(
+            r.options,
+            [
+                "ceph.id=admin".to_owned(),
+                format!("ceph.conf={dir}/ceph.conf"),
+                format!("ceph.keyring={dir}/keyring"),
+                "ceph.client_mountpoint=/".into(),
+            ]
+        );
+        assert!(r.fuse);
+        assert_eq!(
+            r.log_file.as_deref(),
+            Some(Path::new(&format!(
+                "/var/lib/kubelet/plugins/moor/cephfs/{}.log",
+                s.key
+            )))
+        );
+    }
+
+    #[test]
+    fn secret_file_option() {
+        let o =
+            opts(r#"{"monitors":"m1","secretFile":"/etc/ceph/k8s.secret","user":"client.k8s"}"#);
+        let s = CephFsDriver.volume(&node(), &o).unwrap();
+        assert_eq!(
+            remote(&s).options,
+            ["name=k8s", "secretfile=/etc/ceph/k8s.secret"]
+        );
+        let o = opts(r#"{"monitors":"m1","secretFile":"/etc/ceph/k","mounter":"fuse"}"#);
+        let s = CephFsDriver.volume(&node(), &o).unwrap();
+        assert!(
+            remote(&s)
+                .options
+                .contains(&"ceph.keyfile=/etc/ceph/k".to_owned())
+        );
+    }
+
+    #[test]
+    fn read_only_is_per_pod_and_key_is_stable() {
+        let a = CephFsDriver
+            .volume(
+                &node(),
+                &opts(&with_secret(r#"{"monitors":"m1,m2","readOnly":"true"}"#)),
+            )
+            .unwrap();
+        let b = CephFsDriver
+            .volume(
+                &node(),
+                &opts(&with_secret(r#"{"monitors":" m1, m2","path":"/"}"#)),
+            )
+            .unwrap();
+        assert_eq!(a, b);
+        assert!(!remote(&a).options.iter().any(|o| o == "ro"));
+        let c = CephFsDriver
+            .volume(
+                &node(),
+                &opts(&with_secret(r#"{"monitors":"m1,m2","mounter":"fuse"}"#)),
+            )
+            .unwrap();
+        let d = CephFsDriver
+            .volume(
+                &node(),
+                &opts(&with_secret(r#"{"monitors":"m1,m2","user":"k8s"}"#)),
+            )
+            .unwrap();
+        assert_ne!(a.key, c.key);
+        assert_ne!(a.key, d.key);
+        assert_eq!(
+            a.key,
+            volume_key("cephfs", "m1,m2:/?user=admin&mounter=kernel&fs=&secret&")
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let msg = |j: &str| {
+            CephFsDriver
+                .volume(&node(), &opts(j))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            msg(r#"{"path":"/"}"#),
+            "option monitors is required by driver cephfs"
+        );
+        assert!(msg(r#"{"monitors":"m"}"#).contains("set secretFile or give a secretRef"));
+        assert!(
+            msg(&with_secret(r#"{"monitors":"m","mounter":"nfs"}"#))
+                .starts_with("option mounter=nfs: kernel or fuse")
+        );
+        assert!(
+            msg(&with_secret(r#"{"monitors":"m","path":"/a/../b"}"#)).starts_with("option path=")
+        );
+        assert!(msg(&with_secret(r#"{"monitors":"m","path":"a"}"#)).contains("absolute"));
+        assert!(msg(&with_secret(r#"{"monitors":"m","user":"a b"}"#)).starts_with("option user="));
+        assert!(
+            msg(&with_secret(r#"{"monitors":"m","fsName":"x,y"}"#)).starts_with("option fsName=")
+        );
+        assert!(msg(r#"{"monitors":"m","secretFile":"rel/x"}"#).starts_with("option secretFile="));
+        assert!(
+            msg(&with_secret(r#"{"monitors":"m","keyring":"/x"}"#))
+                .starts_with("unknown option keyring")
+        );
+        // A malformed key is refused without showing it.
+        let bad = r#"{"kubernetes.io/secret/key":"QVFEIGJhZCBrZXk=","monitors":"m"}"#;
+        let m = msg(bad);
+        assert!(
+            m.contains("<redacted>") && !m.contains("AQD bad key"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn attach_writes_private_files_and_detach_removes_them() {
+        let t = tempfile::tempdir().unwrap();
+        let host = crate::share::test_host(t.path());
+        let n = NodeContext {
+            node_name: "n".into(),
+            kubelet_dir: host.paths.kubelet_dir.clone(),
+            run_dir: host.paths.run_dir.clone(),
+        };
+        for mounter in ["kernel", "fuse"] {
+            let o = opts(&with_secret(&format!(
+                r#"{{"monitors":"m1,m2","user":"k8s","mounter":"{mounter}"}}"#
+            )));
+            let s = CephFsDriver.volume(&n, &o).unwrap();
+            CephFsDriver.attach(&host, &s, &o).unwrap();
+            let dir = secret_dir(&host.paths.run_dir, &s.key);
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir), 0o700);
+            if mounter == "kernel" {
+                assert_eq!(std::fs::read_to_string(dir.join("secret")).unwrap(), KEY);
+                assert_eq!(mode(&dir.join("secret")), 0o600);
+            } else {
+                assert_eq!(
+                    std::fs::read_to_string(dir.join("keyring")).unwrap(),
+                    format!("[client.k8s]\n\tkey = {KEY}\n")
+                );
+                let conf = std::fs::read_to_string(dir.join("ceph.conf")).unwrap();
+                assert!(conf.contains("mon_host = m1,m2\n"), "{conf}");
+                assert!(!conf.contains(KEY));
+            }
+            let rec = StageRecord {
+                key: s.key.clone(),
+                driver: "cephfs".into(),
+                source: s.source.clone(),
+                options: s.persist.clone(),
+                fs_type: None,
+                fs_uuid: None,
+                read_only: false,
+                phase: crate::journal::StagePhase::Unstaging,
+                formatted_by_moor: false,
+            };
+            assert!(!serde_json::to_string(&rec).unwrap().contains(KEY));
+            CephFsDriver.detach(&host, &rec).unwrap();
+            assert!(!dir.exists());
+            CephFsDriver.detach(&host, &rec).unwrap();
+        }
+    }
+}

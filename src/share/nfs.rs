@@ -1,0 +1,178 @@
+//! Driver `moor~nfs/nfs`: options `server`, `path`, `readOnly`, `mountOptions` (the names of
+//! Kubernetes' `nfs` volume). One mount per export and option list per node, through
+//! `mount.nfs`; `readOnly` is honoured per pod by the read-only bind, so a read-only and a
+//! read-write pod of the same export share one stage.
+//!
+//! Invariant: the key covers server, export and every mount option, so two volumes that
+//! differ only in options (`nfsvers=3` vs `nfsvers=4.1`) are never served by one mount.
+
+use std::collections::BTreeMap;
+
+use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
+use crate::flexvolume::{OptionsError, VolumeOptions};
+use crate::journal::{RemoteMount, StageSource};
+
+use super::{check_export_path, check_host, split_mount_options};
+
+/// The user options this driver accepts.
+pub const OPTIONS: &[&str] = &["server", "path", "readOnly", "mountOptions"];
+
+/// The NFS driver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NfsDriver;
+
+/// The export and options of an NFS volume (pure: no host access).
+pub fn remote_mount(server: &str, path: &str, options: Vec<String>) -> RemoteMount {
+    // mount.nfs wants an IPv6 address in brackets before the `:/export`.
+    let host = if server.contains(':') && !server.starts_with('[') {
+        format!("[{server}]")
+    } else {
+        server.to_owned()
+    };
+    RemoteMount {
+        fs_type: "nfs".into(),
+        source: format!("{host}:{path}"),
+        options,
+        fuse: false,
+        log_file: None,
+        server: server.into(),
+    }
+}
+
+impl Driver for NfsDriver {
+    fn name(&self) -> &'static str {
+        "nfs"
+    }
+
+    fn volume(&self, _node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
+        opts.check_known(self.name(), OPTIONS)?;
+        let server = opts.required(self.name(), "server")?;
+        check_host("server", server, true)?;
+        let path = opts.required(self.name(), "path")?;
+        check_export_path("path", path)?;
+        if !path.starts_with('/') {
+            return Err(OptionsError::Invalid {
+                key: "path".into(),
+                value: path.into(),
+                expected: "an absolute export path",
+            }
+            .into());
+        }
+        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
+        let options = split_mount_options(&mount_options)?;
+        let remote = remote_mount(server, path, options);
+        let identity = format!("{}?{}", remote.source, remote.options.join(","));
+        let mut persist = BTreeMap::new();
+        persist.insert("server".to_owned(), server.to_owned());
+        persist.insert("path".to_owned(), path.to_owned());
+        if !mount_options.is_empty() {
+            persist.insert("mountOptions".to_owned(), mount_options);
+        }
+        Ok(VolumeSpec {
+            key: volume_key(self.name(), &identity),
+            source: StageSource::Remote(remote),
+            persist,
+            // The options travel in the RemoteMount; nothing for a kernel mount(2) here.
+            mount_options: String::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeContext {
+        NodeContext {
+            node_name: "node-a".into(),
+            kubelet_dir: "/var/lib/kubelet".into(),
+            run_dir: "/run/moor".into(),
+        }
+    }
+
+    fn spec(json: &str) -> Result<VolumeSpec, DriverError> {
+        NfsDriver.volume(&node(), &VolumeOptions::parse_json(json).unwrap())
+    }
+
+    fn remote(s: &VolumeSpec) -> &RemoteMount {
+        match &s.source {
+            StageSource::Remote(r) => r,
+            other => panic!("not remote: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn export_and_options_in_order() {
+        let s =
+            spec(r#"{"server":"10.0.0.5","path":"/exports/a","mountOptions":"nfsvers=4.1,hard"}"#)
+                .unwrap();
+        let r = remote(&s);
+        assert_eq!(r.fs_type, "nfs");
+        assert_eq!(r.source, "10.0.0.5:/exports/a");
+        assert_eq!(r.options, ["nfsvers=4.1", "hard"]);
+        assert!(!r.fuse);
+        assert_eq!(r.server, "10.0.0.5");
+        assert_eq!(s.persist["mountOptions"], "nfsvers=4.1,hard");
+        assert!(
+            s.key
+                .starts_with("nfs-10.0.0.5__exports_a_nfsvers_4.1_hard-"),
+            "{}",
+            s.key
+        );
+    }
+
+    #[test]
+    fn ipv6_server_is_bracketed() {
+        let s = spec(r#"{"server":"fd00::5","path":"/e"}"#).unwrap();
+        assert_eq!(remote(&s).source, "[fd00::5]:/e");
+    }
+
+    #[test]
+    fn read_only_is_per_pod_and_keeps_the_key() {
+        let rw = spec(r#"{"server":"s","path":"/e","kubernetes.io/readwrite":"rw"}"#).unwrap();
+        let ro = spec(r#"{"server":"s","path":"/e","kubernetes.io/readwrite":"ro"}"#).unwrap();
+        let ro2 = spec(r#"{"server":"s","path":"/e","readOnly":"true"}"#).unwrap();
+        assert_eq!(rw, ro);
+        assert_eq!(rw, ro2);
+        assert!(!remote(&ro).options.iter().any(|o| o == "ro"));
+    }
+
+    #[test]
+    fn key_is_stable_and_covers_options() {
+        let a = spec(r#"{"server":"s","path":"/e","mountOptions":"nfsvers=3"}"#).unwrap();
+        let b = spec(r#"{"server":"s","path":"/e","mountOptions":" nfsvers=3 "}"#).unwrap();
+        let c = spec(r#"{"server":"s","path":"/e","mountOptions":"nfsvers=4.1"}"#).unwrap();
+        let d = spec(r#"{"server":"s","path":"/e2","mountOptions":"nfsvers=3"}"#).unwrap();
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.key, c.key);
+        assert_ne!(a.key, d.key);
+        assert_eq!(a.key, volume_key("nfs", "s:/e?nfsvers=3"));
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let msg = |j: &str| spec(j).unwrap_err().to_string();
+        assert_eq!(
+            msg(r#"{"path":"/e"}"#),
+            "option server is required by driver nfs"
+        );
+        assert_eq!(
+            msg(r#"{"server":"s"}"#),
+            "option path is required by driver nfs"
+        );
+        assert!(
+            msg(r#"{"server":"s","path":"/e","sever":"x"}"#).starts_with("unknown option sever")
+        );
+        assert!(msg(r#"{"server":"s","path":"/e/../etc"}"#).starts_with("option path=/e/../etc"));
+        assert!(msg(r#"{"server":"s","path":"e"}"#).contains("absolute"));
+        assert!(msg(r#"{"server":"s x","path":"/e"}"#).starts_with("option server=s x"));
+        assert!(
+            msg(r#"{"server":"s","path":"/e","mountOptions":"a b"}"#)
+                .starts_with("option mountOptions")
+        );
+        assert_eq!(
+            spec(r#"{"path":"/e"}"#).unwrap_err().reason(),
+            "bad_options"
+        );
+    }
+}
