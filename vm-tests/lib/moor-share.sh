@@ -79,12 +79,18 @@ share_metric() {
 }
 
 # share_deadline_check DRIVER JSON_DEAD SERVER DRIVER2 JSON_OK WANT_FILE WANT
-# A mount of a blackholed server fails within the mount deadline, names the server,
+# A mount of an unreachable (packets dropped) server fails within the mount deadline, names the server,
 # leaves nothing behind, and a mount of another volume meanwhile is not blocked by it.
 share_deadline_check() {
   local driver=$1 dead=$2 server=$3 driver2=$4 ok=$5 file=$6 want=$7 limit=$8
   local d1 d2 t0 t1 t2 reply pid
-  ip route replace blackhole "$server" 2>/dev/null || lab_run ip route add blackhole "$server"
+  # `ip route add blackhole` fails connect() at once (EINVAL: mount.nfs even calls it "an
+  # incorrect mount option"); a route into a dummy device drops the packets silently, so
+  # the client hangs the way it does when a server vanishes from the network.
+  lab_modprobe dummy
+  ip link show moor-void >/dev/null 2>&1 || lab_run ip link add moor-void type dummy
+  lab_run ip link set moor-void up
+  lab_run ip route replace "$server/32" dev moor-void
   d1=$(lab_pod_volume_dir dead0000-0000-4000-8000-000000000001 "$driver" dead)
   mkdir -p "$d1"
   t0=$(date +%s.%N)
@@ -115,7 +121,7 @@ share_deadline_check() {
   [[ -z $stages ]] || lab_die "stage dirs left after the failed mount: $stages"
   lab_moor_flex unmount "$d2" >/dev/null 2>&1
   rmdir "$d1" 2>/dev/null || true
-  lab_run ip route del blackhole "$server"
+  lab_run ip route del "$server/32" dev moor-void
 }
 
 # share_stage_of POD_DIR — the stage a pod dir is bound from (its mount source root).
