@@ -541,7 +541,7 @@ mod tests {
     #[test]
     fn attach_writes_private_files_and_detach_removes_them() {
         let t = tempfile::tempdir().unwrap();
-        let host = crate::share::test_host(t.path());
+        let (host, _) = crate::share::test_host(t.path());
         let n = NodeContext {
             node_name: "n".into(),
             kubelet_dir: host.paths.kubelet_dir.clone(),

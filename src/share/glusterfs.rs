@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
 use crate::flexvolume::{OptionsError, VolumeOptions};
-use crate::host::Host;
 use crate::host::paths::VENDOR;
+use crate::host::{Cmd, Host};
 use crate::journal::{RemoteMount, StageRecord, StageSource};
 
 use super::{check_export_path, split_hosts, split_mount_options};
@@ -73,6 +73,26 @@ pub fn remote_mount(
     }
 }
 
+/// `pkill` of a GlusterFS client whose mount point (its last argument) is `stage`: the key
+/// makes the path moor's own, so no other client can match.
+pub fn leftover_client_kill(stage: &Path) -> Cmd {
+    let escaped: String = stage
+        .display()
+        .to_string()
+        .chars()
+        .flat_map(|c| {
+            let special = "\\.^$|?*+()[]{}".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect();
+    Cmd::new("pkill")
+        .args(["-KILL", "-f", "--"])
+        .arg(format!("^[^ ]*glusterfs .* {escaped}$"))
+}
+
 impl Driver for GlusterFsDriver {
     fn name(&self) -> &'static str {
         "glusterfs"
@@ -121,9 +141,37 @@ impl Driver for GlusterFsDriver {
         })
     }
 
-    /// Unstaged: the client log goes with the mount (a failed stage has already put its
-    /// tail into the error message before this runs).
-    fn detach(&self, _host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
+    /// Unstaged: a client left without a mount goes (the mount deadline kills
+    /// `mount.glusterfs`, but the client it started has daemonized into its own session and
+    /// would retry an unreachable server forever), then the client log (a failed stage has
+    /// already put its tail into the error message before this runs).
+    fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
+        let stage = host.paths.stage_dir(self.name(), &rec.key);
+        let cmd = leftover_client_kill(&stage);
+        match host.runner.run(&cmd) {
+            // pkill: 0 = killed some, 1 = none matched.
+            Ok(out) if matches!(out.code, Some(0 | 1)) => {
+                if out.code == Some(0) {
+                    tracing::warn!(volume = %rec.key, driver = "glusterfs", target = %stage.display(), "killed a GlusterFS client left without its mount");
+                }
+            }
+            Ok(out) => {
+                return Err(DriverError::Command {
+                    volume: rec.key.clone(),
+                    source: crate::host::ExecError::Failed {
+                        cmdline: cmd.display(),
+                        code: out.code,
+                        stderr: out.stderr_tail(),
+                    },
+                });
+            }
+            Err(source) => {
+                return Err(DriverError::Command {
+                    volume: rec.key.clone(),
+                    source,
+                });
+            }
+        }
         if let StageSource::Remote(RemoteMount {
             log_file: Some(log),
             ..
@@ -280,9 +328,19 @@ mod tests {
             phase: crate::journal::StagePhase::Unstaging,
             formatted_by_moor: false,
         };
-        let host = crate::share::test_host(d.path());
+        let (host, runner) = crate::share::test_host(d.path());
+        let stage = host.paths.stage_dir("glusterfs", &s.key);
+        let want = leftover_client_kill(&stage).display();
+        assert!(
+            want.starts_with("pkill -KILL -f -- ^[^ ]*glusterfs .* ")
+                && want.ends_with(&format!("glusterfs/{}$", s.key.replace('.', "\\."))),
+            "{want}"
+        );
+        runner.expect(&want, 0, "");
+        runner.expect(&want, 1, "");
         GlusterFsDriver.detach(&host, &rec).unwrap();
         assert!(!log.exists());
         GlusterFsDriver.detach(&host, &rec).unwrap();
+        assert!(runner.remaining().is_empty());
     }
 }

@@ -153,12 +153,19 @@ pub fn split_hosts(key: &str, value: &str, allow_colon: bool) -> Result<Vec<Stri
     Ok(out)
 }
 
-/// A host over fakes rooted at `root`, for the drivers' attach/detach tests.
+/// A host over fakes rooted at `root`, for the drivers' attach/detach tests, and its
+/// command script.
 #[cfg(test)]
-pub(crate) fn test_host(root: &Path) -> crate::host::Host {
+pub(crate) fn test_host(
+    root: &Path,
+) -> (
+    crate::host::Host,
+    std::sync::Arc<crate::host::fake::ScriptRunner>,
+) {
     use std::sync::Arc;
+    let runner = Arc::new(crate::host::fake::ScriptRunner::default());
     let mounts = Arc::new(crate::host::fake::FakeMounts::default());
-    crate::host::Host {
+    let host = crate::host::Host {
         paths: crate::host::HostPaths {
             kubelet_dir: root.join("kubelet"),
             kubelet_alias: None,
@@ -168,11 +175,12 @@ pub(crate) fn test_host(root: &Path) -> crate::host::Host {
             dev: "/dev".into(),
             proc: "/proc".into(),
         },
-        runner: Arc::new(crate::host::fake::ScriptRunner::default()),
+        runner: runner.clone(),
         mounter: mounts.clone(),
         mounts,
         blockdev: crate::host::BlockDevices { sys: "/sys".into() },
-    }
+    };
+    (host, runner)
 }
 
 #[cfg(test)]
