@@ -43,7 +43,7 @@ lab_log "client: $cmdline"
 [[ $cmdline == *"--log-level=ERROR"* ]] || lab_die "log-level not ERROR: $cmdline"
 log="$LAB_KUBELET_DIR/plugins/moor/glusterfs/$(basename "$stage").log"
 [[ $cmdline == *"--log-file=$log"* ]] || lab_die "client log not at $log: $cmdline"
-[[ $cmdline == *"--auto-unmount"* ]] || lab_die "no auto_unmount: $cmdline"
+[[ $cmdline == *"auto_unmount"* ]] || lab_die "no auto_unmount: $cmdline"
 echo gluster-a > "$a/from-a"
 lab_assert_file_eq "$b/from-a" gluster-a
 lab_assert_file_eq "$c/from-a" gluster-a
@@ -101,6 +101,6 @@ lab_step "missing volume: Failure naming the server with the client log's tail; 
 dead=$(jq -cn '{endpoints: "10.99.99.98", path: "vol1"}')
 share_deadline_check glusterfs "$dead" 10.99.99.98 glusterfs "$opts_live" from-a gluster-a 20
 share_assert_clean glusterfs
-lab_wait_for 15 "no glusterfs client of the blackholed server left" bash -c "! pgrep -f 'volfile-server=10.99.99.98'"
+lab_wait_for 15 "no glusterfs client of the blackholed server left" bash -c "! pgrep -f 'volfile-server=10[.]99[.]99[.]98'"
 lab_step "blackholed server: failure names it within the deadline, no mount, stage, record or client left; another mount meanwhile not blocked"
 share_daemon_stop
