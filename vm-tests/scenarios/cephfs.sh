@@ -18,7 +18,9 @@ lab_step "ceph cluster ready (mon $CEPH_MON, fs $CEPH_FS_NAME, $CEPH_FS_SUBDIR f
 
 # argv of every process, sampled in the background while moor mounts: the key must
 # never show up there.
-( while :; do cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ' | grep -F -- "$KEY" >> "$LAB_OUT/key-in-argv" && true; sleep 0.05; done ) &
+# The pattern comes from a file: on grep's own command line it would find itself.
+KEY_PATTERN=$(mktemp); printf '%s\n' "$KEY" > "$KEY_PATTERN"
+( while :; do cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ' | grep -F -f "$KEY_PATTERN" >> "$LAB_OUT/key-in-argv" || true; sleep 0.05; done ) &
 ARGV_WATCH=$!
 lab_on_exit "kill $ARGV_WATCH"
 
