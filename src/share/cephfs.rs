@@ -3,7 +3,8 @@
 //! (`kubernetes.io/secret/key`, which wins, as in Kubernetes' `cephfs` volume), `mounter`
 //! (`kernel`, the default, or `fuse`), `fsName`, `readOnly`, `mountOptions`.
 //!
-//! The kernel client gets `name=<user>,secretfile=<file>`; ceph-fuse gets
+//! The kernel client gets `name=<user>,secretfile=<file>,recover_session=clean` (an evicted
+//! client reconnects by itself; `mountOptions` may say otherwise); ceph-fuse gets
 //! `mount -t fuse.ceph none <stage> -o ceph.id=..,ceph.conf=..,ceph.keyring=..,
 //! ceph.client_mountpoint=..` with a `ceph.conf` naming the monitors and a log file beside
 //! the stage.
@@ -208,6 +209,17 @@ impl CephFsVolume {
                 if let Some(f) = &self.fs_name {
                     options.push(format!("fs={f}"));
                 }
+                // An evicted (blocklisted) kernel client answers statfs and cached lookups
+                // but refuses everything else (EACCES) until remounted; with
+                // `recover_session=clean` the kernel opens a new session by itself on the
+                // next access, dropping only what the eviction had already lost.
+                if !self
+                    .options
+                    .iter()
+                    .any(|o| o.starts_with("recover_session"))
+                {
+                    options.push("recover_session=clean".into());
+                }
                 options.extend(self.options.iter().cloned());
                 RemoteMount {
                     fs_type: "ceph".into(),
@@ -410,6 +422,7 @@ mod tests {
                 "name=k8s".to_owned(),
                 format!("secretfile=/run/moor/secrets/{}/secret", s.key),
                 "fs=cephfs".into(),
+                "recover_session=clean".into(),
                 "noatime".into(),
             ]
         );
@@ -447,12 +460,17 @@ mod tests {
 
     #[test]
     fn secret_file_option() {
-        let o =
-            opts(r#"{"monitors":"m1","secretFile":"/etc/ceph/k8s.secret","user":"client.k8s"}"#);
+        let o = opts(
+            r#"{"monitors":"m1","secretFile":"/etc/ceph/k8s.secret","user":"client.k8s","mountOptions":"recover_session=no"}"#,
+        );
         let s = CephFsDriver.volume(&node(), &o).unwrap();
         assert_eq!(
             remote(&s).options,
-            ["name=k8s", "secretfile=/etc/ceph/k8s.secret"]
+            [
+                "name=k8s",
+                "secretfile=/etc/ceph/k8s.secret",
+                "recover_session=no"
+            ]
         );
         let o = opts(r#"{"monitors":"m1","secretFile":"/etc/ceph/k","mounter":"fuse"}"#);
         let s = CephFsDriver.volume(&node(), &o).unwrap();
