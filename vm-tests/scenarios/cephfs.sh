@@ -25,7 +25,7 @@ ARGV_WATCH=$!
 lab_on_exit "kill $ARGV_WATCH"
 
 n=0
-for mounter in kernel fuse; do
+for mounter in fuse kernel; do
   n=$((n + 1))
   opts=$(jq -cn --arg m "$CEPH_MON" --arg p "$CEPH_FS_SUBDIR" --arg u "$CEPH_FS_USER" --arg k "$KEY_B64" \
     --arg mt "$mounter" --arg fs "$CEPH_FS_NAME" \
