@@ -25,7 +25,7 @@ ARGV_WATCH=$!
 lab_on_exit "kill $ARGV_WATCH"
 
 n=0
-for mounter in fuse kernel; do
+for mounter in kernel fuse; do
   n=$((n + 1))
   opts=$(jq -cn --arg m "$CEPH_MON" --arg p "$CEPH_FS_SUBDIR" --arg u "$CEPH_FS_USER" --arg k "$KEY_B64" \
     --arg mt "$mounter" --arg fs "$CEPH_FS_NAME" \
@@ -49,31 +49,6 @@ for mounter in fuse kernel; do
   share_assert_erofs "$c"
   echo "ceph-b" > "$b/from-b-$mounter"
   lab_step "CephFS $mounter: one stage for three pods, credentials in $sdir (0700/0600); a writes, b and c read; ro c gets EROFS while rw b writes"
-
-  # --- healing: the client is evicted (and blocklisted) ------------------------------
-  heals0=$(share_metric 'moor_heals_total{')
-  if [[ $mounter == kernel ]]; then
-    # With recover_session=clean the kernel opens a new session right after the
-    # eviction, so the helper's "no session left" check may see it: the blocklist entry
-    # proves the eviction happened.
-    lab_ceph fs-evict "$CEPH_FS_USER" || lab_log "fs-evict: a session is back already (recover_session)"
-    lab_with_deadline 60 ceph --connect-timeout 15 osd blocklist ls 2>&1 | grep -q . \
-      || lab_die "no blocklist entry after evicting client.$CEPH_FS_USER"
-  else
-    lab_ceph fs-evict "$CEPH_FS_USER"
-  fi
-  # HEALING (needs the reconciler from main's "Healing:" commit)
-  share_wait_healed 30 "$a/from-a-$mounter" "ceph-a-$mounter"
-  lab_wait_for 10 "write through b after eviction" lab_with_deadline 5 sh -c "echo after-evict > '$b/after-evict-$mounter'"
-  lab_assert_file_eq "$c/after-evict-$mounter" after-evict
-  share_assert_erofs "$c"
-  heals1=$(share_metric 'moor_heals_total{')
-  if [[ $mounter == fuse ]]; then
-    awk -v a="$heals0" -v b="$heals1" 'BEGIN { exit !(b > a) }' || lab_die "moor_heals_total did not grow ($heals0 -> $heals1)"
-  fi
-  # The kernel client recovers its session itself (recover_session=clean); moor's
-  # probe (statfs + opendir) still passes on an evicted kernel mount.
-  lab_step "CephFS $mounter: evicted client healed (moor heals: $heals0 -> $heals1); pods read and write again, ro kept"
 
   for d in "$a" "$b" "$c"; do
     lab_moor_flex unmount "$d" >/dev/null 2>&1
@@ -106,3 +81,45 @@ for f in "$LAB_OUT/moor-daemon.log" $(find /var/lib/moor /run/moor "$LAB_KUBELET
 done
 if command -v journalctl >/dev/null && journalctl -q 2>/dev/null | grep -qF -- "$KEY"; then lab_die "the key is in the journal"; fi
 lab_step "the key never appeared in argv, moor's log, journal records, run dir or the system journal"
+
+# --- healing: an evicted (blocklisted) client -------------------------------------------
+# Last, so a failure here does not hide the checks above. KNOWN GAP (ceph-fuse): an
+# evicted ceph-fuse answers ESHUTDOWN while statfs+opendir (the reconciler's probe) pass.
+share_daemon_start --mount-timeout-seconds 10
+n=10
+for mounter in kernel fuse; do
+  n=$((n + 1))
+  opts=$(jq -cn --arg m "$CEPH_MON" --arg p "$CEPH_FS_SUBDIR" --arg u "$CEPH_FS_USER" --arg k "$KEY_B64" \
+    --arg mt "$mounter" '{monitors: $m, path: $p, user: $u, mounter: $mt, "kubernetes.io/secret/key": $k}')
+  a=$(share_mount "aaaaaa$n-0000-4000-8000-000000000001" cephfs "hvol$n" rw "$opts")
+  b=$(share_mount "bbbbbb$n-0000-4000-8000-000000000002" cephfs "hvol$n" rw "$opts")
+  c=$(share_mount "cccccc$n-0000-4000-8000-000000000003" cephfs "hvol$n" ro "$opts")
+  echo "ceph-a-$mounter" > "$a/from-a-$mounter"
+  # --- healing: the client is evicted (and blocklisted) ------------------------------
+  heals0=$(share_metric 'moor_heals_total{')
+  if [[ $mounter == kernel ]]; then
+    # With recover_session=clean the kernel opens a new session right after the
+    # eviction, so the helper's "no session left" check may see it: the blocklist entry
+    # proves the eviction happened.
+    lab_ceph fs-evict "$CEPH_FS_USER" || lab_log "fs-evict: a session is back already (recover_session)"
+    lab_with_deadline 60 ceph --connect-timeout 15 osd blocklist ls 2>&1 | grep -q . \
+      || lab_die "no blocklist entry after evicting client.$CEPH_FS_USER"
+  else
+    lab_ceph fs-evict "$CEPH_FS_USER"
+  fi
+  # HEALING (needs the reconciler from main's "Healing:" commit)
+  share_wait_healed 30 "$a/from-a-$mounter" "ceph-a-$mounter"
+  lab_wait_for 10 "write through b after eviction" lab_with_deadline 5 sh -c "echo after-evict > '$b/after-evict-$mounter'"
+  lab_assert_file_eq "$c/after-evict-$mounter" after-evict
+  share_assert_erofs "$c"
+  heals1=$(share_metric 'moor_heals_total{')
+  if [[ $mounter == fuse ]]; then
+    awk -v a="$heals0" -v b="$heals1" 'BEGIN { exit !(b > a) }' || lab_die "moor_heals_total did not grow ($heals0 -> $heals1)"
+  fi
+  # The kernel client recovers its session itself (recover_session=clean); moor's
+  # probe (statfs + opendir) still passes on an evicted kernel mount.
+  lab_step "CephFS $mounter: evicted client healed (moor heals: $heals0 -> $heals1); pods read and write again, ro kept"
+
+  for d in "$a" "$b" "$c"; do lab_moor_flex unmount "$d" >/dev/null 2>&1; done
+  share_assert_clean cephfs
+done
