@@ -232,14 +232,20 @@ fn map_cmd(t: &Target, keyfile: Option<&Path>, read_only: bool) -> Cmd {
         c = c.arg("--read-only");
     }
     c.args(t.connect_args(keyfile))
-        .args(["--options", &format!("mount_timeout={KERNEL_MOUNT_TIMEOUT_S}")])
+        .args([
+            "--options",
+            &format!("mount_timeout={KERNEL_MOUNT_TIMEOUT_S}"),
+        ])
         .args(rados_timeouts())
         .timeout(CMD_TIMEOUT)
 }
 
 /// `rbd unmap /dev/rbdN`: needs no credentials (the kernel already has the session).
 fn unmap_cmd(device: &Path) -> Cmd {
-    Cmd::new("rbd").arg("unmap").arg(device).timeout(CMD_TIMEOUT)
+    Cmd::new("rbd")
+        .arg("unmap")
+        .arg(device)
+        .timeout(CMD_TIMEOUT)
 }
 
 /// A pool, namespace-free image or user name: what rbd's spec syntax cannot misread.
@@ -292,7 +298,10 @@ fn secret_key(opts: &VolumeOptions) -> Result<Option<Vec<u8>>, OptionsError> {
     match found.as_slice() {
         [] => Ok(None),
         [k] | [k, _] if found.iter().all(|o| o == k) => {
-            if k.is_empty() || k.iter().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            if k.is_empty()
+                || k.iter()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
                 return Err(OptionsError::Invalid {
                     key: "kubernetes.io/secret/key".into(),
                     value: "<redacted>".into(),
@@ -322,7 +331,11 @@ impl RbdDriver {
         }
     }
 
-    fn head_mappings(host: &Host, volume: &str, t: &Target) -> Result<Vec<RbdMapping>, DriverError> {
+    fn head_mappings(
+        host: &Host,
+        volume: &str,
+        t: &Target,
+    ) -> Result<Vec<RbdMapping>, DriverError> {
         Ok(rbdbus::mappings(&host.paths.sys)
             .map_err(Self::sysfs_err(volume, host))?
             .into_iter()
@@ -350,8 +363,7 @@ impl RbdDriver {
         };
         let status = status_cmd(t, keyfile);
         let out = host.runner.run_ok(&status).map_err(cmd_err)?;
-        let mut holders =
-            parse::watchers(&out.stdout_text()).map_err(|e| parse_err(&status, e))?;
+        let mut holders = parse::watchers(&out.stdout_text()).map_err(|e| parse_err(&status, e))?;
         let locks = lock_list_cmd(t, keyfile);
         let out = host.runner.run_ok(&locks).map_err(cmd_err)?;
         holders.extend(parse::locks(&out.stdout_text()).map_err(|e| parse_err(&locks, e))?);

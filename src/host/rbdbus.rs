@@ -116,7 +116,10 @@ pub(crate) mod tests {
     #[test]
     fn walks_mappings_and_skips_half_gone_devices() {
         let t = tempfile::tempdir().unwrap();
-        assert!(mappings(t.path()).unwrap().is_empty(), "no bus/rbd is no mapping");
+        assert!(
+            mappings(t.path()).unwrap().is_empty(),
+            "no bus/rbd is no mapping"
+        );
         add(t.path(), 3, "rbd", "img1", "-", false);
         add(t.path(), 0, "rbd", "img1", "snap1", true);
         // A device being removed: directory still there, attributes gone.

@@ -57,8 +57,14 @@ pub fn watchers(json: &str) -> Result<Vec<Holder>, String> {
         .ok_or("no \"watchers\" array")?;
     list.iter()
         .map(|w| {
-            let client = w.get("client").and_then(text).ok_or("a watcher without client")?;
-            let address = w.get("address").and_then(text).ok_or("a watcher without address")?;
+            let client = w
+                .get("client")
+                .and_then(text)
+                .ok_or("a watcher without client")?;
+            let address = w
+                .get("address")
+                .and_then(text)
+                .ok_or("a watcher without address")?;
             // pacific prints the numeric id; older releases `client.<id>`.
             let client = if client.starts_with("client.") {
                 client
@@ -83,13 +89,22 @@ pub fn locks(json: &str) -> Result<Vec<Holder>, String> {
             id: id
                 .or_else(|| l.get("id").and_then(text))
                 .ok_or("a lock without id")?,
-            locker: l.get("locker").and_then(text).ok_or("a lock without locker")?,
-            address: l.get("address").and_then(text).ok_or("a lock without address")?,
+            locker: l
+                .get("locker")
+                .and_then(text)
+                .ok_or("a lock without locker")?,
+            address: l
+                .get("address")
+                .and_then(text)
+                .ok_or("a lock without address")?,
         })
     };
     match &v {
         Value::Array(list) => list.iter().map(|l| lock(None, l)).collect(),
-        Value::Object(map) => map.iter().map(|(id, l)| lock(Some(id.clone()), l)).collect(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(id, l)| lock(Some(id.clone()), l))
+            .collect(),
         _ => Err("neither a list nor an object of locks".into()),
     }
 }
@@ -116,7 +131,11 @@ mod tests {
         assert!(client.starts_with("client."), "{client}");
         assert!(address.contains(':'), "{address}");
         assert!(w[0].to_string().starts_with("watcher client."));
-        assert!(watchers(&fixture("rbd-status-idle.json")).unwrap().is_empty());
+        assert!(
+            watchers(&fixture("rbd-status-idle.json"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -124,7 +143,11 @@ mod tests {
         let l = locks(&fixture("rbd-lock-list-one.json")).unwrap();
         assert_eq!(l.len(), 1, "{l:?}");
         assert!(matches!(&l[0], Holder::Lock { locker, .. } if locker.starts_with("client.")));
-        assert!(locks(&fixture("rbd-lock-list-none.json")).unwrap().is_empty());
+        assert!(
+            locks(&fixture("rbd-lock-list-none.json"))
+                .unwrap()
+                .is_empty()
+        );
         assert!(locks("").unwrap().is_empty());
         let old = r#"{"kubelet_lock_magic_n1":{"locker":"client.4181","address":"10.0.0.5:0/77"}}"#;
         assert_eq!(
