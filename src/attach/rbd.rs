@@ -12,8 +12,8 @@
 //!   (advisory and exclusive locks) must both come back empty; otherwise the attach is refused
 //!   with an error naming every other client (id and address). A read-only volume is mapped
 //!   `--read-only` without that check. The check and the map are not atomic: two nodes
-//!   mapping the same image in the same second can both pass. Images with the
-//!   `exclusive-lock` feature close that window in the kernel (only the lock holder writes).
+//!   mapping the same image in the same second can both pass (the kernel's `exclusive` map
+//!   option would close that window for `exclusive-lock` images; not used yet).
 //! - **No advisory lock of our own.** The in-tree plugin's `kubelet_lock_magic_<node>` lock
 //!   outlives a dead node forever and has to be removed by hand; the kernel client's watcher
 //!   is already a lease that ends with the mapping, and expires by itself 30 s
