@@ -14,9 +14,10 @@ lab_on_exit lab_ceph_stop
 unmap_all() { local d; for d in /dev/rbd[0-9]*; do [[ -b $d ]] && rbd unmap -o force "$d"; done; true; }
 lab_on_exit unmap_all
 lab_modprobe rbd
-for i in 1 2 3 4 5; do
+for i in 1 2 3 5; do
   R create "$CEPH_RBD_POOL/img$i" --size 64M --image-feature layering
 done
+R create "$CEPH_RBD_POOL/img4" --size 320M --image-feature layering   # mkfs.xfs wants >= 300 MB
 lab_step "ceph ready; images img1..img5 created"
 
 # ---------------------------------------------------------------- moor daemon
