@@ -8,6 +8,10 @@
 //!   and the journal write never maps twice. Detach unmaps every head mapping of the image
 //!   found the same way, so it works from the bare `pool`/`image` of a record whose attach a
 //!   crash cut short.
+//! - **Only moor's mappings.** A claim file (`<run_dir>/rbd/<key>`, written before `rbd map`)
+//!   marks a mapping as moor's. A mapping of the image that someone else made on this node
+//!   (a hand-made `rbd map`) is refused with its device and client named, never shared, and
+//!   never unmapped by detach.
 //! - **RWO fencing.** Before mapping read-write, `rbd status` (watchers) and `rbd lock list`
 //!   (advisory and exclusive locks) must both come back empty; otherwise the attach is refused
 //!   with an error naming every other client (id and address). A read-only volume is mapped
@@ -102,6 +106,31 @@ pub enum RbdError {
         /// The existing device.
         device: PathBuf,
     },
+    /// The image is already mapped on this node, but not by moor (a hand-made `rbd map`).
+    #[error(
+        "volume {volume}: image {image} is already mapped on this node as {device} by {client}, not by moor; moor neither shares nor unmaps a mapping it did not make: stop its user and `rbd unmap {device}` first"
+    )]
+    ForeignMapping {
+        /// Volume key.
+        volume: String,
+        /// `pool/image`.
+        image: String,
+        /// The existing device.
+        device: PathBuf,
+        /// The kernel client (id and address from sysfs).
+        client: String,
+    },
+    /// moor's claim on a mapping could not be written or removed.
+    #[error("volume {volume}: mapping claim {path}: {source}")]
+    Claim {
+        /// Volume key.
+        volume: String,
+        /// The claim file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// `rbd map` succeeded but no device appeared.
     #[error("volume {volume}: `rbd map {image}` succeeded but {detail}")]
     NoDevice {
@@ -141,6 +170,8 @@ impl RbdError {
         match self {
             RbdError::InUse { .. } => "rbd_in_use",
             RbdError::MappedReadOnly { .. } => "rbd_mapped_read_only",
+            RbdError::ForeignMapping { .. } => "rbd_foreign_mapping",
+            RbdError::Claim { .. } => "rbd_claim",
             RbdError::NoDevice { .. } => "rbd_no_device",
             RbdError::Sysfs { .. } => "sysfs",
             RbdError::Parse { .. } => "rbd_parse",
@@ -467,9 +498,31 @@ impl Driver for RbdDriver {
                 driver: NAME.into(),
             })
         })?;
+        let run_dir = host.paths.run_dir.as_path();
+        let claim_err = |source| {
+            DriverError::Rbd(RbdError::Claim {
+                volume: volume.into(),
+                path: rbdbus::claim_path(run_dir, volume),
+                source,
+            })
+        };
         let mut persist = BTreeMap::new();
         if let Some(m) = Self::head_mappings(host, volume, &t)?.into_iter().next() {
             let device = m.device(&host.paths.dev);
+            if !rbdbus::is_claimed(run_dir, volume) {
+                let client = match (&m.client_id, &m.client_addr) {
+                    (Some(id), Some(addr)) => format!("{} at {addr}", client_name(id)),
+                    (Some(id), None) => client_name(id),
+                    _ => "another kernel client".into(),
+                };
+                return Err(RbdError::ForeignMapping {
+                    volume: volume.into(),
+                    image: t.spec(),
+                    device,
+                    client,
+                }
+                .into());
+            }
             let ro = rbdbus::is_read_only(&host.paths.sys, m.id)
                 .map_err(Self::sysfs_err(volume, host))?;
             if ro && !opts.read_only {
@@ -512,6 +565,9 @@ impl Driver for RbdDriver {
                 .into());
             }
         }
+        // Claimed before the map: a crash right after it still leaves the mapping known as
+        // ours, so reconstruction's detach unmaps it.
+        rbdbus::claim(run_dir, volume, &t.spec()).map_err(claim_err)?;
         let map = map_cmd(&t, keyfile.as_deref(), opts.read_only);
         let out = host
             .runner
@@ -553,24 +609,47 @@ impl Driver for RbdDriver {
 
     fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
         let volume = rec.key.as_str();
+        let run_dir = host.paths.run_dir.as_path();
         if let Some(t) = Target::from_persist(&rec.options) {
-            for m in Self::head_mappings(host, volume, &t)? {
-                let device = m.device(&host.paths.dev);
-                host.runner
-                    .run_ok(&unmap_cmd(&device))
-                    .map_err(|source| DriverError::Command {
-                        volume: volume.into(),
-                        source,
+            let mappings = Self::head_mappings(host, volume, &t)?;
+            if rbdbus::is_claimed(run_dir, volume) {
+                for m in mappings {
+                    let device = m.device(&host.paths.dev);
+                    host.runner.run_ok(&unmap_cmd(&device)).map_err(|source| {
+                        DriverError::Command {
+                            volume: volume.into(),
+                            source,
+                        }
                     })?;
-                tracing::info!(volume, driver = NAME, device = %device.display(), op = "detach", "unmapped");
+                    tracing::info!(volume, driver = NAME, device = %device.display(), op = "detach", "unmapped");
+                }
+                rbdbus::release(run_dir, volume).map_err(|source| {
+                    DriverError::Rbd(RbdError::Claim {
+                        volume: volume.into(),
+                        path: rbdbus::claim_path(run_dir, volume),
+                        source,
+                    })
+                })?;
+            } else {
+                for m in mappings {
+                    tracing::warn!(volume, driver = NAME, device = %m.device(&host.paths.dev).display(), op = "detach", "mapping not made by moor; left alone");
+                }
             }
         }
-        let dir = secrets::secret_dir(&host.paths.run_dir, volume);
+        let dir = secrets::secret_dir(run_dir, volume);
         secrets::remove_secrets(&dir).map_err(|source| DriverError::SecretFile {
             volume: volume.into(),
             path: dir,
             source,
         })
+    }
+}
+
+/// sysfs spells the kernel client `client4181`; Ceph's tools and messages `client.4181`.
+fn client_name(sysfs_id: &str) -> String {
+    match sysfs_id.strip_prefix("client") {
+        Some(n) if !n.starts_with('.') => format!("client.{n}"),
+        _ => sysfs_id.to_owned(),
     }
 }
 

@@ -3,7 +3,11 @@
 //! reuses an existing `/dev/rbdN` instead of mapping the image twice and detach finds what
 //! to unmap even when the journal never learnt the device.
 //!
-//! Invariant: read-only; a device directory that vanishes mid-walk (a concurrent unmap) is
+//! Beside the kernel's view, moor's claims: one file per volume under `<run_dir>/rbd/` that
+//! marks a mapping as moor's, so a mapping someone else made on this node (a hand-made
+//! `rbd map`) is neither shared nor unmapped.
+//!
+//! Invariant: sysfs is only read; a device directory that vanishes mid-walk (a concurrent unmap) is
 //! skipped, any other read error is reported, never taken as "not mapped".
 
 use std::path::{Path, PathBuf};
@@ -90,6 +94,36 @@ pub fn is_read_only(sys: &Path, id: u32) -> std::io::Result<bool> {
     Ok(read_attr(&sys.join(format!("block/rbd{id}")), "ro")?.as_deref() == Some("1"))
 }
 
+/// The claim file that says moor made (or was about to make) the mapping of volume `key`:
+/// `<run_dir>/rbd/<key>`. It is written *before* `rbd map`, so a mapping that a crash left
+/// unrecorded in the journal is still known as moor's; it lives on tmpfs like the mapping
+/// itself, so neither survives a reboot.
+pub fn claim_path(run_dir: &Path, key: &str) -> PathBuf {
+    run_dir.join("rbd").join(key)
+}
+
+/// Writes the claim for `key` (its content, `pool/image`, is for a human reading the dir).
+pub fn claim(run_dir: &Path, key: &str, spec: &str) -> std::io::Result<()> {
+    let p = claim_path(run_dir, key);
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&p, format!("{spec}\n"))
+}
+
+/// True when moor claimed the mapping of `key`.
+pub fn is_claimed(run_dir: &Path, key: &str) -> bool {
+    claim_path(run_dir, key).is_file()
+}
+
+/// Drops the claim (after the last unmap). Missing is success.
+pub fn release(run_dir: &Path, key: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(claim_path(run_dir, key)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -133,5 +167,17 @@ pub(crate) mod tests {
         assert_eq!(m[1].device(Path::new("/dev")), Path::new("/dev/rbd3"));
         assert!(is_read_only(t.path(), 0).unwrap());
         assert!(!is_read_only(t.path(), 3).unwrap());
+    }
+
+    #[test]
+    fn claims_come_and_go() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(!is_claimed(t.path(), "rbd-k"));
+        claim(t.path(), "rbd-k", "rbd/img1").unwrap();
+        assert!(is_claimed(t.path(), "rbd-k"));
+        assert!(!is_claimed(t.path(), "rbd-other"));
+        release(t.path(), "rbd-k").unwrap();
+        release(t.path(), "rbd-k").unwrap();
+        assert!(!is_claimed(t.path(), "rbd-k"));
     }
 }

@@ -74,6 +74,7 @@ assert_nothing_mapped() {
   [[ $(mapped) == 0 ]] || lab_die "mappings left: $(ls /sys/bus/rbd/devices) / $(rbd showmapped)"
   [[ -z $(rbd showmapped 2>/dev/null) ]] || lab_die "rbd showmapped: $(rbd showmapped)"
   [[ -z $(ls -A /run/moor/secrets 2>/dev/null) ]] || lab_die "key files left: $(find /run/moor/secrets)"
+  [[ -z $(ls -A /run/moor/rbd 2>/dev/null) ]] || lab_die "mapping claims left: $(ls /run/moor/rbd)"
 }
 
 # ---------------------------------------------------------------- data, remount, two pods
@@ -150,6 +151,16 @@ msg=$(flex_fails "held by $locker" mount "$D" "$(opts img3 rw ext4)")
 assert_nothing_mapped
 R lock remove rbd/img3 other-node-lock "$locker"
 lab_step "rw refused while another client holds a lock on img3: $msg"
+
+# A mapping made by hand on this node (another kernel client) is neither shared nor unmapped.
+dev=$(R map rbd/img3 --id "$CEPH_RBD_USER")
+client=$(cat "/sys/bus/rbd/devices/${dev#/dev/rbd}/client_id")
+msg=$(flex_fails "$dev by client.${client#client}" mount "$D" "$(opts img3 rw ext4)")
+flex_fails "$dev" mount "$D" "$(opts img3 ro ext4)" >/dev/null
+[[ -b $dev && $(mapped) == 1 ]] || lab_die "moor touched the hand-made mapping $dev"
+lab_run rbd unmap "$dev"
+assert_nothing_mapped
+lab_step "an image mapped by hand on this node is refused rw and ro, and left mapped: $msg"
 
 # ---------------------------------------------------------------- never format a foreign fs
 dev=$(R map rbd/img4 --id "$CEPH_RBD_USER")

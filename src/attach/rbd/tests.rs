@@ -295,7 +295,9 @@ fn attach_checks_maps_with_a_keyfile_and_detach_unmaps_and_removes_it() {
     // Detach from the bare record (as after a crash): sysfs says what to unmap.
     let dev = f.host.paths.dev.join("rbd5");
     f.expect(&format!("rbd unmap {}", dev.display()), 0, "");
+    assert!(rbdbus::is_claimed(&f.host.paths.run_dir, &spec.key));
     RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    assert!(!rbdbus::is_claimed(&f.host.paths.run_dir, &spec.key));
     assert!(!keyfile.exists() && !keyfile.parent().unwrap().exists());
     assert!(rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty());
     // Again: nothing mapped, nothing run.
@@ -309,6 +311,7 @@ fn an_existing_mapping_is_reused_without_running_rbd() {
     add_mapping(&f.host.paths.sys, 3, "rbd", "img1", "-", false);
     let o = img1(false);
     let spec = RbdDriver.volume(&f.node, &o).unwrap();
+    rbdbus::claim(&f.host.paths.run_dir, &spec.key, "rbd/img1").unwrap();
     let a = RbdDriver.attach(&f.host, &spec, &o).unwrap();
     assert_eq!(a.device, Some(f.host.paths.dev.join("rbd3")));
     assert!(f.kernel.script.calls().is_empty());
@@ -327,6 +330,7 @@ fn a_read_only_mapping_is_not_used_read_write() {
     let f = Fixture::new();
     add_mapping(&f.host.paths.sys, 0, "rbd", "img1", "-", true);
     let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    rbdbus::claim(&f.host.paths.run_dir, &spec.key, "rbd/img1").unwrap();
     let e = RbdDriver.attach(&f.host, &spec, &img1(false)).unwrap_err();
     assert_eq!(e.reason(), "rbd_mapped_read_only");
     assert!(RbdDriver.attach(&f.host, &spec, &img1(true)).is_ok());
@@ -417,6 +421,7 @@ fn a_failed_unmap_keeps_the_key_file_and_reports() {
     let f = Fixture::new();
     add_mapping(&f.host.paths.sys, 1, "rbd", "img1", "-", false);
     let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    rbdbus::claim(&f.host.paths.run_dir, &spec.key, "rbd/img1").unwrap();
     secrets::write_secret(
         &secrets::secret_dir(&f.host.paths.run_dir, &spec.key),
         KEYFILE,
@@ -431,4 +436,49 @@ fn a_failed_unmap_keeps_the_key_file_and_reports() {
     let e = RbdDriver.detach(&f.host, &f.record(&spec)).unwrap_err();
     assert_eq!(e.reason(), "command_failed");
     assert!(f.keyfile(&spec).exists());
+}
+
+#[test]
+fn a_mapping_moor_did_not_make_is_refused_and_left_alone() {
+    let f = Fixture::new();
+    add_mapping(&f.host.paths.sys, 4, "rbd", "img1", "-", false);
+    let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    for ro in [false, true] {
+        let e = RbdDriver.attach(&f.host, &spec, &img1(ro)).unwrap_err();
+        assert_eq!(e.reason(), "rbd_foreign_mapping");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("rbd4") && msg.contains("client.4181 at 127.0.0.1:0/3416352455"),
+            "{msg}"
+        );
+    }
+    // Detach (a rollback, or kubelet's unmount) runs nothing: the script is empty.
+    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    assert_eq!(rbdbus::mappings(&f.host.paths.sys).unwrap().len(), 1);
+    assert!(f.kernel.script.calls().is_empty());
+}
+
+#[test]
+fn a_crash_right_after_map_leaves_a_claim_so_detach_unmaps() {
+    let f = Fixture::new();
+    let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    // What the journal holds then: the options only, no device.
+    let rec = f.record(&spec);
+    rbdbus::claim(&f.host.paths.run_dir, &spec.key, "rbd/img1").unwrap();
+    add_mapping(&f.host.paths.sys, 0, "rbd", "img1", "-", false);
+    f.expect(
+        &format!("rbd unmap {}", f.host.paths.dev.join("rbd0").display()),
+        0,
+        "",
+    );
+    RbdDriver.detach(&f.host, &rec).unwrap();
+    assert!(rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty());
+    assert!(f.kernel.script.remaining().is_empty());
+}
+
+#[test]
+fn sysfs_client_ids_read_like_ceph_spells_them() {
+    assert_eq!(client_name("client4181"), "client.4181");
+    assert_eq!(client_name("client.4181"), "client.4181");
+    assert_eq!(client_name("odd"), "odd");
 }
