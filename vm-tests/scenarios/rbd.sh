@@ -174,6 +174,14 @@ dev=$(R map rbd/img4 --id "$CEPH_RBD_USER" --read-only)
 lab_run rbd unmap "$dev"
 lab_step "an xfs image asked for as ext4 is refused and left xfs"
 
+# ---------------------------------------------------------------- a dead monitor
+G=$(pod 99990007-0000-4000-8000-000000000007 v6)
+t0=$SECONDS
+msg=$(flex_fails "rbd status rbd/img5" mount "$G" "$(opts img5 rw ext4 | jq -c '.monitors = "127.0.0.1:1"')")
+(( SECONDS - t0 < 60 )) || lab_die "attach against a dead monitor took $((SECONDS - t0)) s"
+assert_nothing_mapped
+lab_step "a dead monitor fails the mount in $((SECONDS - t0)) s: ${msg:0:200}"
+
 # ---------------------------------------------------------------- SIGKILL right after rbd map
 stop_daemon
 rm -f "$PAUSE_MARKER"
