@@ -170,6 +170,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn reads_a_tree_captured_from_a_real_kernel() {
+        // Copied from /sys in the VM lab (Debian's kernel) while moor had rbd/img1 mapped.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rbd-sysfs");
+        let m = mappings(&root).unwrap();
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(m[0].is_head_of("rbd", "", "img1"), "{m:?}");
+        let client = m[0].client_id.as_deref().unwrap_or_default();
+        assert!(client.starts_with("client") && client.len() > 6, "{client}");
+        assert!(m[0].client_addr.as_deref().is_some_and(|a| a.contains(':')));
+        assert!(!is_read_only(&root, m[0].id).unwrap());
+    }
+
+    #[test]
     fn claims_come_and_go() {
         let t = tempfile::tempdir().unwrap();
         assert!(!is_claimed(t.path(), "rbd-k"));

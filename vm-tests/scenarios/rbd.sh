@@ -87,6 +87,12 @@ kf=$(find /run/moor/secrets -name keyfile)
 [[ $(stat -c %a "$kf") == 600 && $(stat -c %a "$(dirname "$kf")") == 700 ]] \
   || lab_die "key file $kf is not 0600 in a 0700 directory"
 R status rbd/img1 --format json > "$LAB_OUT/rbd-status-mapped.json"
+id=$(ls /sys/bus/rbd/devices)   # the kernel's view, kept as a fixture for the sysfs walker
+mkdir -p "$LAB_OUT/rbd-sysfs/bus/rbd/devices/$id" "$LAB_OUT/rbd-sysfs/block/rbd$id"
+for a in pool pool_ns name current_snap client_id client_addr major minor features; do
+  cat "/sys/bus/rbd/devices/$id/$a" > "$LAB_OUT/rbd-sysfs/bus/rbd/devices/$id/$a" 2>/dev/null || true
+done
+cat "/sys/block/rbd$id/ro" > "$LAB_OUT/rbd-sysfs/block/rbd$id/ro"
 R lock list rbd/img1 --format json > "$LAB_OUT/rbd-lock-list-none.json"
 R status rbd/img2 --format json > "$LAB_OUT/rbd-status-idle.json"
 echo moor-rbd-data > "$A/f"
