@@ -71,6 +71,9 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
+    /// Ceph RBD.
+    #[error(transparent)]
+    Rbd(#[from] crate::attach::rbd::RbdError),
 }
 
 impl DriverError {
@@ -82,6 +85,7 @@ impl DriverError {
             DriverError::BadSource { .. } => "bad_source",
             DriverError::Command { source, .. } => source.reason(),
             DriverError::SecretFile { .. } => "secret_file",
+            DriverError::Rbd(e) => e.reason(),
         }
     }
 }
@@ -139,6 +143,7 @@ impl Drivers {
     pub fn builtin() -> Self {
         let mut d = Drivers::default();
         d.add(Arc::new(crate::local::LocalDriver));
+        d.add(Arc::new(crate::attach::rbd::RbdDriver));
         d.add(Arc::new(crate::share::NfsDriver));
         d.add(Arc::new(crate::share::GlusterFsDriver));
         d.add(Arc::new(crate::share::CephFsDriver));

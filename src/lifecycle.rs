@@ -525,6 +525,19 @@ impl Lifecycle {
         if !rec.read_only || opts.read_only {
             return Ok(rec.clone());
         }
+        if matches!(rec.source, StageSource::Attached { .. }) {
+            // The device itself was attached read-only (`rbd map --read-only`, a ro LUN):
+            // a remount cannot make it writable, and it cannot be re-attached while the
+            // read-only pods use it.
+            return Err(Error::TargetBusy {
+                target: stage_path.into(),
+                detail: format!(
+                    "volume {} is attached read-only for the pods using it now; a read-write \
+                     mount is possible once they are gone",
+                    rec.key
+                ),
+            });
+        }
         self.host
             .mounter
             .remount(stage_path, false)

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 static PAUSE_AT: OnceLock<Option<String>> = OnceLock::new();
 
-/// Every point, in the order a mount and an unmount pass them.
+/// Every lifecycle point, in the order a mount and an unmount pass them. Drivers add their
+/// own inside attach: `rbd:mapped`, `iscsi:logged-in`.
 pub const POINTS: &[&str] = &[
     "stage:intent",
+    "stage:attached",
     "stage:mounted",
     "publish:intent",
     "publish:bound",

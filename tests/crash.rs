@@ -135,6 +135,7 @@ fn sigkill_during_mount_converges() {
     let dev = LoopDev::new(64);
     for point in [
         "stage:intent",
+        "stage:attached",
         "stage:mounted",
         "publish:intent",
         "publish:bound",

@@ -1,0 +1,484 @@
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use super::*;
+use crate::flexvolume::options::Secret;
+use crate::host::fake::{FakeMounts, ScriptRunner};
+use crate::host::rbdbus::tests::add as add_mapping;
+use crate::host::{BlockDevices, CommandRunner, ExecError, HostPaths, Output};
+use crate::journal::StagePhase;
+
+const KEY: &str = "AQBzZ2ZmAAAAABAAm0o7mYbn4tQXa8VvYV1nLQ==";
+const T: &str = "--client_mount_timeout=15 --rados_mon_op_timeout=15 --rados_osd_op_timeout=15";
+
+/// The script runner, plus: `rbd map` makes the mapping appear in the fixture sysfs tree
+/// and the device node in the fixture /dev, as the kernel and udev would.
+struct Kernel {
+    script: ScriptRunner,
+    sys: PathBuf,
+    dev: PathBuf,
+}
+
+impl CommandRunner for Kernel {
+    fn run(&self, cmd: &Cmd) -> Result<Output, ExecError> {
+        let out = self.script.run(cmd)?;
+        let args: Vec<String> = cmd
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        if out.success() && args.first().map(String::as_str) == Some("map") {
+            let (pool, image) = args[1].split_once('/').unwrap();
+            add_mapping(
+                &self.sys,
+                5,
+                pool,
+                image,
+                "-",
+                args.contains(&"--read-only".into()),
+            );
+            std::fs::write(self.dev.join("rbd5"), b"").unwrap();
+        }
+        if out.success() && args.first().map(String::as_str) == Some("unmap") {
+            let id = args[1]
+                .trim_start_matches(&*self.dev.join("rbd").to_string_lossy())
+                .to_owned();
+            std::fs::remove_dir_all(self.sys.join("bus/rbd/devices").join(id)).unwrap();
+        }
+        Ok(out)
+    }
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    host: Host,
+    kernel: Arc<Kernel>,
+    node: NodeContext,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = |s: &str| {
+            let d = tmp.path().join(s);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        let paths = HostPaths {
+            kubelet_dir: p("kubelet"),
+            kubelet_alias: None,
+            state_dir: p("state"),
+            run_dir: p("run"),
+            sys: p("sys"),
+            dev: p("dev"),
+            proc: p("proc"),
+        };
+        let kernel = Arc::new(Kernel {
+            script: ScriptRunner::default(),
+            sys: paths.sys.clone(),
+            dev: paths.dev.clone(),
+        });
+        let mounts = Arc::new(FakeMounts::default());
+        let host = Host {
+            blockdev: BlockDevices {
+                sys: paths.sys.clone(),
+            },
+            paths: paths.clone(),
+            runner: kernel.clone(),
+            mounter: mounts.clone(),
+            mounts,
+        };
+        let node = NodeContext {
+            node_name: "n1".into(),
+            kubelet_dir: paths.kubelet_dir.clone(),
+            run_dir: paths.run_dir.clone(),
+        };
+        Fixture {
+            _tmp: tmp,
+            host,
+            kernel,
+            node,
+        }
+    }
+
+    fn expect(&self, cmdline: &str, code: i32, stdout: &str) {
+        self.kernel.script.expect(cmdline, code, stdout);
+    }
+
+    fn keyfile(&self, spec: &VolumeSpec) -> PathBuf {
+        secrets::secret_dir(&self.host.paths.run_dir, &spec.key).join(KEYFILE)
+    }
+
+    fn record(&self, spec: &VolumeSpec) -> StageRecord {
+        StageRecord {
+            key: spec.key.clone(),
+            driver: NAME.into(),
+            source: spec.source.clone(),
+            options: spec.persist.clone(),
+            fs_type: None,
+            fs_uuid: None,
+            read_only: false,
+            phase: StagePhase::Staging,
+            formatted_by_moor: false,
+        }
+    }
+
+    fn all_argv(&self) -> String {
+        self.kernel
+            .script
+            .calls()
+            .iter()
+            .flat_map(|c| c.args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn opts(pairs: &[(&str, &str)], key: Option<&str>, ro: bool) -> VolumeOptions {
+    let mut o = VolumeOptions {
+        read_only: ro,
+        fs_type: "ext4".into(),
+        ..VolumeOptions::default()
+    };
+    for (k, v) in pairs {
+        o.user.insert((*k).into(), (*v).into());
+    }
+    if let Some(k) = key {
+        o.secrets
+            .insert("key".into(), Secret(format!("{k}\n").into_bytes()));
+    }
+    o
+}
+
+fn img1(ro: bool) -> VolumeOptions {
+    opts(
+        &[
+            ("monitors", "10.0.0.1:6789, 10.0.0.2"),
+            ("image", "img1"),
+            ("user", "k8s"),
+        ],
+        Some(KEY),
+        ro,
+    )
+}
+
+fn fresh_map_script(f: &Fixture, keyfile: &Path, status: &str, locks: &str) {
+    let c = format!(
+        "-m 10.0.0.1:6789,10.0.0.2 --id k8s --keyfile {}",
+        keyfile.display()
+    );
+    f.expect(
+        &format!("rbd status rbd/img1 --format json {c} {T}"),
+        0,
+        status,
+    );
+    f.expect(
+        &format!("rbd lock list rbd/img1 --format json {c} {T}"),
+        0,
+        locks,
+    );
+    f.expect(
+        &format!("rbd map rbd/img1 {c} --options mount_timeout=30 {T}"),
+        0,
+        "/dev/rbd5\n",
+    );
+}
+
+#[test]
+fn options_defaults_key_and_persisted_facts() {
+    let f = Fixture::new();
+    let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    assert_eq!(spec.key, volume_key("rbd", "rbd/img1"));
+    assert_eq!(spec.source, StageSource::Attached { device: None });
+    assert_eq!(spec.persist["pool"], "rbd");
+    assert_eq!(spec.persist["monitors"], "10.0.0.1:6789,10.0.0.2");
+    assert!(!spec.persist.values().any(|v| v.contains(KEY)));
+    let o = opts(
+        &[
+            ("monitors", "m"),
+            ("image", "i"),
+            ("keyring", "/etc/ceph/k.keyring"),
+            ("mountOptions", "discard"),
+        ],
+        None,
+        false,
+    );
+    let spec = RbdDriver.volume(&f.node, &o).unwrap();
+    assert_eq!(spec.persist["user"], "admin");
+    assert_eq!(spec.persist["keyring"], "/etc/ceph/k.keyring");
+    assert_eq!(spec.mount_options, "discard");
+    // Same pool/image from other monitors or users is the same volume.
+    let o = opts(
+        &[("monitors", "x"), ("image", "i"), ("pool", "rbd")],
+        Some(KEY),
+        false,
+    );
+    assert_eq!(RbdDriver.volume(&f.node, &o).unwrap().key, spec.key);
+}
+
+#[test]
+fn bad_options_name_the_option_and_never_the_key() {
+    let f = Fixture::new();
+    let err = |pairs: &[(&str, &str)], key: Option<&str>| {
+        RbdDriver
+            .volume(&f.node, &opts(pairs, key, false))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&[("image", "i")], Some(KEY)).contains("monitors"));
+    assert!(err(&[("monitors", "m")], Some(KEY)).contains("image"));
+    assert!(
+        err(
+            &[("monitors", "m"), ("image", "i"), ("foo", "1")],
+            Some(KEY)
+        )
+        .contains("foo")
+    );
+    assert!(err(&[("monitors", "m"), ("image", "a/b")], Some(KEY)).contains("image"));
+    assert!(err(&[("monitors", "m"), ("image", "i@snap")], Some(KEY)).contains("image"));
+    assert!(err(&[("monitors", "m"), ("image", "--x")], Some(KEY)).contains("image"));
+    assert!(err(&[("monitors", "m,,n"), ("image", "i")], Some(KEY)).contains("monitors"));
+    assert!(
+        err(
+            &[("monitors", "m"), ("image", "i"), ("pool", "a b")],
+            Some(KEY)
+        )
+        .contains("pool")
+    );
+    assert!(err(&[("monitors", "m"), ("image", "i")], None).contains("keyring"));
+    assert!(
+        err(
+            &[("monitors", "m"), ("image", "i"), ("keyring", "rel")],
+            None
+        )
+        .contains("keyring")
+    );
+    let both = err(
+        &[("monitors", "m"), ("image", "i"), ("keyring", "/k")],
+        Some(KEY),
+    );
+    assert!(both.contains("not both") && !both.contains(KEY), "{both}");
+    let mut o = opts(&[("monitors", "m"), ("image", "i")], None, false);
+    o.secrets.insert("password".into(), Secret(KEY.into()));
+    let e = RbdDriver.volume(&f.node, &o).unwrap_err().to_string();
+    assert!(e.contains("secret/password") && !e.contains(KEY), "{e}");
+    o.secrets.clear();
+    o.secrets.insert("key".into(), Secret(b"AQB x".to_vec()));
+    let e = RbdDriver.volume(&f.node, &o).unwrap_err().to_string();
+    assert!(e.contains("secret/key") && !e.contains("AQB"), "{e}");
+    // userKey (ceph-csi's name) is accepted alone, or beside an equal `key`.
+    o.secrets.clear();
+    o.secrets.insert("userKey".into(), Secret(KEY.into()));
+    assert!(RbdDriver.volume(&f.node, &o).is_ok());
+    o.secrets.insert("key".into(), Secret(b"AQBother".to_vec()));
+    assert!(RbdDriver.volume(&f.node, &o).is_err());
+}
+
+#[test]
+fn attach_checks_maps_with_a_keyfile_and_detach_unmaps_and_removes_it() {
+    let f = Fixture::new();
+    let o = img1(false);
+    let spec = RbdDriver.volume(&f.node, &o).unwrap();
+    let keyfile = f.keyfile(&spec);
+    fresh_map_script(&f, &keyfile, r#"{"watchers":[]}"#, "[]");
+    let a = RbdDriver.attach(&f.host, &spec, &o).unwrap();
+    assert_eq!(a.device, Some(f.host.paths.dev.join("rbd5")));
+    assert_eq!(a.persist["rbd_id"], "5");
+    assert_eq!(
+        std::fs::read(&keyfile).unwrap(),
+        KEY.as_bytes(),
+        "trimmed key"
+    );
+    assert_eq!(std::fs::metadata(&keyfile).unwrap().mode() & 0o777, 0o600);
+    assert!(!f.all_argv().contains(KEY));
+    assert!(f.kernel.script.remaining().is_empty());
+    // Detach from the bare record (as after a crash): sysfs says what to unmap.
+    let dev = f.host.paths.dev.join("rbd5");
+    f.expect(&format!("rbd unmap {}", dev.display()), 0, "");
+    assert!(rbdbus::is_claimed(&f.host.paths.run_dir, &spec.key));
+    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    assert!(!rbdbus::is_claimed(&f.host.paths.run_dir, &spec.key));
+    assert!(!keyfile.exists() && !keyfile.parent().unwrap().exists());
+    assert!(rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty());
+    // Again: nothing mapped, nothing run.
+    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+}
+
+#[test]
+fn an_existing_mapping_is_reused_without_running_rbd() {
+    let f = Fixture::new();
+    add_mapping(&f.host.paths.sys, 2, "rbd", "img1", "snap1", true);
+    add_mapping(&f.host.paths.sys, 3, "rbd", "img1", "-", false);
+    let o = img1(false);
+    let spec = RbdDriver.volume(&f.node, &o).unwrap();
+    rbdbus::claim(&f.host.paths.run_dir, &spec.key, "rbd/img1").unwrap();
+    let a = RbdDriver.attach(&f.host, &spec, &o).unwrap();
+    assert_eq!(a.device, Some(f.host.paths.dev.join("rbd3")));
+    assert!(f.kernel.script.calls().is_empty());
+    // Detach leaves the snapshot mapping alone.
+    f.expect(
+        &format!("rbd unmap {}", f.host.paths.dev.join("rbd3").display()),
+        0,
+        "",
+    );
+    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    assert_eq!(rbdbus::mappings(&f.host.paths.sys).unwrap().len(), 1);
+}
+
+#[test]
+fn a_read_only_mapping_is_not_used_read_write() {
+    let f = Fixture::new();
+    add_mapping(&f.host.paths.sys, 0, "rbd", "img1", "-", true);
+    let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    rbdbus::claim(&f.host.paths.run_dir, &spec.key, "rbd/img1").unwrap();
+    let e = RbdDriver.attach(&f.host, &spec, &img1(false)).unwrap_err();
+    assert_eq!(e.reason(), "rbd_mapped_read_only");
+    assert!(RbdDriver.attach(&f.host, &spec, &img1(true)).is_ok());
+}
+
+#[test]
+fn watchers_and_locks_refuse_read_write_naming_the_clients() {
+    let f = Fixture::new();
+    let o = img1(false);
+    let spec = RbdDriver.volume(&f.node, &o).unwrap();
+    let c = format!(
+        "-m 10.0.0.1:6789,10.0.0.2 --id k8s --keyfile {}",
+        f.keyfile(&spec).display()
+    );
+    f.expect(
+        &format!("rbd status rbd/img1 --format json {c} {T}"),
+        0,
+        r#"{"watchers":[{"address":"10.0.0.9:0/1234","client":4181,"cookie":1}]}"#,
+    );
+    f.expect(
+        &format!("rbd lock list rbd/img1 --format json {c} {T}"),
+        0,
+        r#"[{"id":"kubelet_lock_magic_n2","locker":"client.4999","address":"10.0.0.8:0/99"}]"#,
+    );
+    let e = RbdDriver.attach(&f.host, &spec, &o).unwrap_err();
+    assert_eq!(e.reason(), "rbd_in_use");
+    let msg = e.to_string();
+    for want in [
+        "client.4181 at 10.0.0.9:0/1234",
+        "client.4999 at 10.0.0.8:0/99",
+        "ceph osd blocklist add",
+        "rbd lock remove rbd/img1",
+    ] {
+        assert!(msg.contains(want), "{want}: {msg}");
+    }
+    assert!(
+        rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty(),
+        "nothing mapped"
+    );
+    assert!(f.kernel.script.remaining().is_empty());
+}
+
+#[test]
+fn read_only_maps_read_only_without_the_fencing_check() {
+    let f = Fixture::new();
+    let o = opts(
+        &[
+            ("monitors", "m1"),
+            ("image", "img1"),
+            ("keyring", "/etc/ceph/ceph.client.admin.keyring"),
+        ],
+        None,
+        true,
+    );
+    let spec = RbdDriver.volume(&f.node, &o).unwrap();
+    f.expect(
+        &format!("rbd map rbd/img1 --read-only -m m1 --id admin --keyring /etc/ceph/ceph.client.admin.keyring --options mount_timeout=30 {T}"),
+        0,
+        "/dev/rbd5\n",
+    );
+    let a = RbdDriver.attach(&f.host, &spec, &o).unwrap();
+    assert!(rbdbus::is_read_only(&f.host.paths.sys, 5).unwrap());
+    assert_eq!(a.device, Some(f.host.paths.dev.join("rbd5")));
+    assert!(!f.keyfile(&spec).exists(), "no key file for a keyring");
+}
+
+#[test]
+fn unparsable_fencing_output_refuses_instead_of_mapping() {
+    let f = Fixture::new();
+    let o = img1(false);
+    let spec = RbdDriver.volume(&f.node, &o).unwrap();
+    let c = format!(
+        "-m 10.0.0.1:6789,10.0.0.2 --id k8s --keyfile {}",
+        f.keyfile(&spec).display()
+    );
+    f.expect(
+        &format!("rbd status rbd/img1 --format json {c} {T}"),
+        0,
+        "Watchers: none",
+    );
+    let e = RbdDriver.attach(&f.host, &spec, &o).unwrap_err();
+    assert_eq!(e.reason(), "rbd_parse");
+    assert!(rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty());
+}
+
+#[test]
+fn a_failed_unmap_keeps_the_key_file_and_reports() {
+    let f = Fixture::new();
+    add_mapping(&f.host.paths.sys, 1, "rbd", "img1", "-", false);
+    let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    rbdbus::claim(&f.host.paths.run_dir, &spec.key, "rbd/img1").unwrap();
+    secrets::write_secret(
+        &secrets::secret_dir(&f.host.paths.run_dir, &spec.key),
+        KEYFILE,
+        KEY.as_bytes(),
+    )
+    .unwrap();
+    f.expect(
+        &format!("rbd unmap {}", f.host.paths.dev.join("rbd1").display()),
+        16,
+        "",
+    );
+    let e = RbdDriver.detach(&f.host, &f.record(&spec)).unwrap_err();
+    assert_eq!(e.reason(), "command_failed");
+    assert!(f.keyfile(&spec).exists());
+}
+
+#[test]
+fn a_mapping_moor_did_not_make_is_refused_and_left_alone() {
+    let f = Fixture::new();
+    add_mapping(&f.host.paths.sys, 4, "rbd", "img1", "-", false);
+    let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    for ro in [false, true] {
+        let e = RbdDriver.attach(&f.host, &spec, &img1(ro)).unwrap_err();
+        assert_eq!(e.reason(), "rbd_foreign_mapping");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("rbd4") && msg.contains("client.4181 at 127.0.0.1:0/3416352455"),
+            "{msg}"
+        );
+    }
+    // Detach (a rollback, or kubelet's unmount) runs nothing: the script is empty.
+    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    assert_eq!(rbdbus::mappings(&f.host.paths.sys).unwrap().len(), 1);
+    assert!(f.kernel.script.calls().is_empty());
+}
+
+#[test]
+fn a_crash_right_after_map_leaves_a_claim_so_detach_unmaps() {
+    let f = Fixture::new();
+    let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    // What the journal holds then: the options only, no device.
+    let rec = f.record(&spec);
+    rbdbus::claim(&f.host.paths.run_dir, &spec.key, "rbd/img1").unwrap();
+    add_mapping(&f.host.paths.sys, 0, "rbd", "img1", "-", false);
+    f.expect(
+        &format!("rbd unmap {}", f.host.paths.dev.join("rbd0").display()),
+        0,
+        "",
+    );
+    RbdDriver.detach(&f.host, &rec).unwrap();
+    assert!(rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty());
+    assert!(f.kernel.script.remaining().is_empty());
+}
+
+#[test]
+fn sysfs_client_ids_read_like_ceph_spells_them() {
+    assert_eq!(client_name("client4181"), "client.4181");
+    assert_eq!(client_name("client.4181"), "client.4181");
+    assert_eq!(client_name("odd"), "odd");
+}
