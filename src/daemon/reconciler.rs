@@ -2,9 +2,9 @@
 //! under a live record, and refreshes per-volume statistics. Every filesystem call it makes
 //! is bounded (a dead export must not wedge it) and runs off the async runtime.
 //!
-//! Dead shares: a probe of each staged share — `statfs` and `open(O_DIRECTORY)` on the
-//! stage, never a plain `stat`, which FUSE's attribute cache keeps answering for a second
-//! after the client died — sees ENOTCONN/ESTALE/EIO/… , a stage that is no longer mounted
+//! Dead shares: a probe of each staged share — `statfs`, `open(O_DIRECTORY)`, a forced
+//! attribute sync and one directory read on the stage, never a plain cached `stat`, which
+//! FUSE's attribute cache keeps answering for a second after the client died — sees ENOTCONN/ESTALE/EIO/… , a stage that is no longer mounted
 //! (a FUSE client with `auto_unmount` took it along), or no answer within the deadline. A
 //! hung FUSE connection is aborted through fusectl first, which turns the stuck calls into
 //! ENOTCONN. Then, under the volume's lock (taken only if free: kubelet's operations go
@@ -77,6 +77,38 @@ pub fn probe(lifecycle: &Lifecycle, stage: &Path, timeout: Duration) -> Probe {
                 | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )?;
+        // statfs and opendir can be answered from a client's caches (an evicted ceph-fuse
+        // passes both): a forced attribute sync and one directory read must reach the server.
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: statx is a plain C struct; all-zero is a valid bit pattern.
+            let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid open fd, an empty NUL-terminated path with AT_EMPTY_PATH, and a
+            // writable statx buffer.
+            let r = unsafe {
+                libc::statx(
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC,
+                    libc::STATX_BASIC_STATS,
+                    &mut stx,
+                )
+            };
+            Errno::result(r)?;
+            let mut buf = [0u8; 4096];
+            // SAFETY: a valid open directory fd and a writable buffer of the given length.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(Errno::last());
+            }
+        }
         drop(fd);
         Ok(true)
     });

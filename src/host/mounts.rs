@@ -293,6 +293,7 @@ pub fn is_dead_mount_error(e: &std::io::Error) -> bool {
         e.raw_os_error().map(Errno::from_raw),
         Some(
             Errno::ENOTCONN
+                | Errno::ESHUTDOWN
                 | Errno::ESTALE
                 | Errno::EIO
                 | Errno::EHOSTDOWN
