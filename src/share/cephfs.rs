@@ -259,12 +259,10 @@ impl CephFsVolume {
     }
 
     /// ceph-fuse's configuration: the monitors and the log; no admin socket (two clients of
-    /// one user would fight over `client.<user>.asok`, and moor does not use it);
-    /// `client_reconnect_stale`, so an evicted client opens a new session instead of
-    /// answering ESHUTDOWN until remounted.
+    /// one user would fight over `client.<user>.asok`, and moor does not use it).
     pub fn ceph_conf(&self, log: &Path) -> String {
         format!(
-            "[global]\nmon_host = {}\nlog_file = {}\nadmin_socket =\nclient_reconnect_stale = true\n",
+            "[global]\nmon_host = {}\nlog_file = {}\nadmin_socket =\n",
             self.monitors.join(","),
             log.display()
         )
