@@ -60,6 +60,9 @@ pub enum DriverError {
         #[source]
         source: ExecError,
     },
+    /// An iSCSI or FC attach/detach failure.
+    #[error(transparent)]
+    Scsi(#[from] crate::attach::scsi::ScsiError),
     /// A credential file could not be written or removed.
     #[error("volume {volume}: secret file {path}: {source}")]
     SecretFile {
@@ -82,6 +85,7 @@ impl DriverError {
             DriverError::BadSource { .. } => "bad_source",
             DriverError::Command { source, .. } => source.reason(),
             DriverError::SecretFile { .. } => "secret_file",
+            DriverError::Scsi(e) => e.reason(),
         }
     }
 }
@@ -139,6 +143,8 @@ impl Drivers {
     pub fn builtin() -> Self {
         let mut d = Drivers::default();
         d.add(Arc::new(crate::local::LocalDriver));
+        d.add(Arc::new(crate::attach::iscsi::IscsiDriver::default()));
+        d.add(Arc::new(crate::attach::fc::FcDriver));
         d
     }
 

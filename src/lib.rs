@@ -5,6 +5,7 @@
 //! `DESIGN.md` in the shared notes and the README for the architecture.
 
 pub mod api;
+pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -13,4 +13,4 @@ pub use options::{OptionsError, VolumeOptions};
 pub use reply::{Capabilities, Reply, Status};
 
 /// The drivers moor serves, as FlexVolume driver names (`moor~<name>/<name>`).
-pub const DRIVERS: &[&str] = &["local"];
+pub const DRIVERS: &[&str] = &["local", "iscsi", "fc"];

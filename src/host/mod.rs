@@ -13,6 +13,7 @@ pub mod fake;
 pub mod mountinfo;
 pub mod mounts;
 pub mod paths;
+pub mod scsi;
 pub mod secrets;
 
 pub use blockdev::{BlockDevices, DevNum};
