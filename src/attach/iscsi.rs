@@ -212,6 +212,13 @@ fn chap_lines(
     Ok(out)
 }
 
+/// What login writes into the records: CHAP lines (never argv) and the initiator name.
+struct Creds<'a> {
+    discovery: Vec<(String, Vec<u8>)>,
+    session: Vec<(String, Vec<u8>)>,
+    initiator: Option<&'a str>,
+}
+
 /// An iSCSI session in sysfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -278,10 +285,9 @@ impl IscsiDriver {
         volume: &str,
         t: &Target,
         p: &Portal,
-        disc_chap: &[(String, Vec<u8>)],
-        sess_chap: &[(String, Vec<u8>)],
-        initiator: Option<&str>,
+        creds: &Creds<'_>,
     ) -> Result<(), DriverError> {
+        let (disc_chap, sess_chap, initiator) = (&creds.discovery, &creds.session, creds.initiator);
         let cmd_err = |source: ExecError| DriverError::Command {
             volume: volume.into(),
             source,
@@ -489,22 +495,22 @@ impl Driver for IscsiDriver {
             flag(opts, "chapAuthDiscovery")?,
         )?;
         let sess_chap = chap_lines(opts, "node.session.auth", flag(opts, "chapAuthSession")?)?;
-        let initiator = opts.user.get("initiatorName").filter(|i| !i.is_empty());
+        let creds = Creds {
+            discovery: disc_chap,
+            session: sess_chap,
+            initiator: opts
+                .user
+                .get("initiatorName")
+                .filter(|i| !i.is_empty())
+                .map(String::as_str),
+        };
         let lock = self.lock(&t.iqn);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
 
         let mut failures = Vec::new();
         let mut sessions = Vec::new();
         for p in &t.portals {
-            match self.login_portal(
-                host,
-                volume,
-                &t,
-                p,
-                &disc_chap,
-                &sess_chap,
-                initiator.map(String::as_str),
-            ) {
+            match self.login_portal(host, volume, &t, p, &creds) {
                 Ok(()) => match find_session(&host.paths.sys, &t.iqn, p) {
                     Some(s) => sessions.push(s),
                     None => failures.push(format!("{p}: logged in but no session in sysfs")),

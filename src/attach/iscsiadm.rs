@@ -49,9 +49,8 @@ impl Portal {
         } else if s.matches(':').count() == 1 {
             let (h, p) = s.split_once(':')?;
             (h.to_owned(), p.parse().ok()?)
-        } else if s.contains(':') {
-            (s.to_owned(), 3260) // bare IPv6
         } else {
+            // A bare name, IPv4 address or IPv6 address (several colons): default port.
             (s.to_owned(), 3260)
         };
         let ok = !host.is_empty()
