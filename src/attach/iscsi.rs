@@ -410,7 +410,12 @@ impl IscsiDriver {
                 .map_err(|e| Self::io(volume, &scsi.delete_attr(&d.name), e))?;
         }
         for (p, s) in &sessions {
-            let left = scsi.addrs_on_host(s.host);
+            // Devices just deleted may linger in sysfs for a moment; they are not users.
+            let left: Vec<_> = scsi
+                .addrs_on_host(s.host)
+                .into_iter()
+                .filter(|a| !disks.iter().any(|d| d.addr == *a))
+                .collect();
             if !left.is_empty() {
                 tracing::info!(volume, target = %t.iqn, "keeping session {} at {p}: {} other device(s) still on it", s.sid, left.len());
                 continue;
@@ -596,5 +601,260 @@ impl Driver for IscsiDriver {
             &t,
             rec.options.get("wwid").map(String::as_str),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attach::scsi::tests::disk;
+    use crate::flexvolume::options::Secret;
+    use crate::host::fake::{FakeMounts, ScriptRunner};
+    use crate::host::{BlockDevices, HostPaths};
+    use crate::journal::StagePhase;
+
+    const IQN: &str = "iqn.2024-01.dev.moor.lab:plain";
+
+    struct Rig {
+        tmp: tempfile::TempDir,
+        runner: Arc<ScriptRunner>,
+        host: Host,
+        driver: IscsiDriver,
+    }
+
+    fn rig() -> Rig {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let paths = HostPaths {
+            kubelet_dir: root.join("kubelet"),
+            kubelet_alias: None,
+            state_dir: root.join("state"),
+            run_dir: root.join("run"),
+            sys: root.join("sys"),
+            dev: root.join("dev"),
+            proc: root.join("proc"),
+        };
+        let runner = Arc::new(ScriptRunner::default());
+        let mounts = Arc::new(FakeMounts::default());
+        let host = Host {
+            blockdev: BlockDevices {
+                sys: paths.sys.clone(),
+            },
+            paths,
+            runner: runner.clone(),
+            mounter: mounts.clone(),
+            mounts,
+        };
+        let driver = IscsiDriver {
+            iscsi_dir: root.join("etc-iscsi"),
+            ..Default::default()
+        };
+        Rig {
+            tmp,
+            runner,
+            host,
+            driver,
+        }
+    }
+
+    /// A session `sid` on SCSI host `h` to IQN through `addr:port`, as the kernel shows it.
+    fn session(sys: &Path, sid: u32, h: u32, addr: &str, port: u16) {
+        let dev = sys.join(format!("devices/platform/host{h}/session{sid}"));
+        std::fs::create_dir_all(&dev).unwrap();
+        let cls = sys.join(format!("class/iscsi_session/session{sid}"));
+        std::fs::create_dir_all(&cls).unwrap();
+        std::fs::write(cls.join("targetname"), format!("{IQN}\n")).unwrap();
+        std::os::unix::fs::symlink(&dev, cls.join("device")).unwrap();
+        let conn = sys.join(format!("class/iscsi_connection/connection{sid}:0"));
+        std::fs::create_dir_all(&conn).unwrap();
+        std::fs::write(conn.join("persistent_address"), format!("{addr}\n")).unwrap();
+        std::fs::write(conn.join("persistent_port"), format!("{port}\n")).unwrap();
+        let scan = sys.join(format!("class/scsi_host/host{h}"));
+        std::fs::create_dir_all(&scan).unwrap();
+        std::fs::write(scan.join("scan"), "").unwrap();
+    }
+
+    fn opts(extra: &[(&str, &str)]) -> VolumeOptions {
+        let mut m: BTreeMap<String, String> = [
+            ("targetPortal", "127.0.0.1:3260"),
+            ("iqn", IQN),
+            ("lun", "0"),
+            ("kubernetes.io/fsType", "ext4"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        m.retain(|_, v| !v.is_empty());
+        VolumeOptions::from_map(&m).unwrap()
+    }
+
+    fn node() -> NodeContext {
+        NodeContext {
+            node_name: "n".into(),
+            kubelet_dir: "/k".into(),
+            run_dir: "/r".into(),
+        }
+    }
+
+    #[test]
+    fn options_are_validated_and_named() {
+        let d = IscsiDriver::default();
+        let spec = d
+            .volume(
+                &node(),
+                &opts(&[("portals", r#"["127.0.0.1:3261","127.0.0.1:3260"]"#)]),
+            )
+            .unwrap();
+        assert_eq!(spec.persist["portals"], "127.0.0.1:3260,127.0.0.1:3261");
+        assert_eq!(spec.persist["iscsiInterface"], "default");
+        assert!(spec.key.starts_with("iscsi-"));
+        let err = |o: VolumeOptions| d.volume(&node(), &o).unwrap_err().to_string();
+        assert!(err(opts(&[("lun", "x")])).contains("option lun=x"));
+        assert!(err(opts(&[("iqn", "../etc")])).contains("option iqn"));
+        assert!(err(opts(&[("chapAuthSession", "true")])).contains("node.session.auth.username"));
+        assert!(err(opts(&[("targetportal", "x")])).contains("unknown option targetportal"));
+    }
+
+    #[test]
+    fn chap_goes_to_the_private_record_never_to_argv() {
+        let r = rig();
+        let mut o = opts(&[("chapAuthSession", "true")]);
+        o.secrets.insert(
+            "node.session.auth.username".into(),
+            Secret(b"lab-user".to_vec()),
+        );
+        o.secrets.insert(
+            "node.session.auth.password".into(),
+            Secret(b"TOPSECRET".to_vec()),
+        );
+        let spec = r.driver.volume(&node(), &o).unwrap();
+        let rec = r
+            .driver
+            .iscsi_dir
+            .join(format!("nodes/{IQN}/127.0.0.1,3260,1/default"));
+        std::fs::create_dir_all(rec.parent().unwrap()).unwrap();
+        std::fs::write(
+            &rec,
+            format!("node.name = {IQN}\nnode.session.auth.authmethod = None\n"),
+        )
+        .unwrap();
+        let p = "-T iqn.2024-01.dev.moor.lab:plain -p 127.0.0.1:3260 -I default";
+        r.runner
+            .expect("iscsiadm -m discoverydb -t sendtargets -p 127.0.0.1:3260 -I default --discover -o new -o update", 0, "")
+            .expect(&format!("iscsiadm -m node {p} -o update -n node.startup -v manual"), 0, "")
+            .expect(&format!("iscsiadm -m node {p} -o update -n node.session.scan -v manual"), 0, "")
+            .expect(&format!("iscsiadm -m node {p} --login"), iscsiadm::ERR_LOGIN_AUTH_FAILED, "");
+        let e = r.driver.attach(&r.host, &spec, &o).unwrap_err();
+        assert_eq!(e.reason(), "auth_failed", "{e}");
+        assert!(e.to_string().contains("CHAP authentication"), "{e}");
+        assert!(r.runner.remaining().is_empty());
+        for c in r.runner.calls() {
+            assert!(
+                !c.display().contains("TOPSECRET")
+                    && !format!("{:?}", c.args).contains("TOPSECRET")
+            );
+        }
+        let text = std::fs::read_to_string(&rec).unwrap();
+        assert!(
+            text.contains("node.session.auth.authmethod = CHAP\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node.session.auth.password = TOPSECRET\n"),
+            "{text}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!format!("{spec:?}").contains("TOPSECRET"));
+    }
+
+    #[test]
+    fn existing_session_scans_one_lun_and_detach_deletes_then_logs_out() {
+        let r = rig();
+        let sys = r.host.paths.sys.clone();
+        session(&sys, 3, 5, "127.0.0.1", 3260);
+        disk(&sys, "5:0:0:0", "sdc", "naa.6001405aa");
+        let o = opts(&[]);
+        let spec = r.driver.volume(&node(), &o).unwrap();
+        let a = r.driver.attach(&r.host, &spec, &o).unwrap();
+        assert_eq!(a.device, Some(r.host.paths.dev.join("sdc")));
+        assert_eq!(a.persist["wwid"], "naa.6001405aa");
+        assert_eq!(
+            std::fs::read_to_string(sys.join("class/scsi_host/host5/scan")).unwrap(),
+            "- - 0"
+        );
+        assert!(
+            r.runner.calls().is_empty(),
+            "no login when the session exists"
+        );
+
+        // Another volume's LUN 1 on the same session keeps the session.
+        disk(&sys, "5:0:0:1", "sdd", "naa.6001405bb");
+        let mut options = spec.persist.clone();
+        options.extend(a.persist.clone());
+        let rec = StageRecord {
+            key: spec.key.clone(),
+            driver: "iscsi".into(),
+            source: StageSource::Attached {
+                device: a.device.clone(),
+            },
+            options,
+            fs_type: None,
+            fs_uuid: None,
+            read_only: false,
+            phase: StagePhase::Unstaging,
+            formatted_by_moor: false,
+        };
+        r.driver.detach(&r.host, &rec).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sys.join("block/sdc/device/delete")).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(sys.join("block/sdd/device/delete")).unwrap(),
+            ""
+        );
+        assert!(r.runner.calls().is_empty(), "session kept for LUN 1");
+
+        std::fs::remove_dir_all(sys.join("bus/scsi/devices/5:0:0:1")).unwrap();
+        r.runner.expect(
+            "iscsiadm -m node -T iqn.2024-01.dev.moor.lab:plain -p 127.0.0.1:3260 -I default --logout",
+            0,
+            "",
+        );
+        r.driver.detach(&r.host, &rec).unwrap();
+        assert!(r.runner.remaining().is_empty());
+        drop(r.tmp);
+    }
+
+    #[test]
+    fn a_lun_with_another_wwid_is_not_deleted() {
+        let r = rig();
+        let sys = r.host.paths.sys.clone();
+        session(&sys, 1, 2, "127.0.0.1", 3260);
+        disk(&sys, "2:0:0:0", "sdb", "naa.6001405ff");
+        let spec = r.driver.volume(&node(), &opts(&[])).unwrap();
+        let mut options = spec.persist.clone();
+        options.insert("wwid".into(), "naa.6001405aa".into());
+        let rec = StageRecord {
+            key: spec.key,
+            driver: "iscsi".into(),
+            source: StageSource::Attached { device: None },
+            options,
+            fs_type: None,
+            fs_uuid: None,
+            read_only: false,
+            phase: StagePhase::Staging,
+            formatted_by_moor: false,
+        };
+        r.driver.detach(&r.host, &rec).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sys.join("block/sdb/device/delete")).unwrap(),
+            ""
+        );
     }
 }
