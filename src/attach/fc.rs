@@ -350,3 +350,206 @@ impl Driver for FcDriver {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attach::scsi::tests::{disk, dm};
+    use std::path::PathBuf;
+
+    fn m(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Two FC HBAs (host3, host4) each seeing target port 50:06:01:60:3b:a0:12:34 as
+    /// target H:0:1, LUN 2 on both, assembled by multipath as dm-4.
+    fn fabric(sys: &Path) {
+        for h in [3, 4] {
+            std::fs::create_dir_all(sys.join(format!("class/fc_host/host{h}"))).unwrap();
+            let t = sys.join(format!("class/fc_transport/target{h}:0:1"));
+            std::fs::create_dir_all(&t).unwrap();
+            std::fs::write(t.join("port_name"), "0x500601603ba01234\n").unwrap();
+            let o = sys.join(format!("class/fc_transport/target{h}:0:0"));
+            std::fs::create_dir_all(&o).unwrap();
+            std::fs::write(o.join("port_name"), "0x5006016000000000\n").unwrap();
+        }
+        disk(
+            sys,
+            "3:0:1:2",
+            "sdf",
+            "naa.600601603ba0123400000000000000aa",
+        );
+        disk(
+            sys,
+            "4:0:1:2",
+            "sdg",
+            "naa.600601603ba0123400000000000000aa",
+        );
+        disk(
+            sys,
+            "3:0:0:2",
+            "sdh",
+            "naa.6006016000000000000000000000ffff",
+        );
+        dm(
+            sys,
+            "dm-4",
+            "mpath-3600601603ba0123400000000000000aa",
+            &["sdf", "sdg"],
+        );
+    }
+
+    #[test]
+    fn options_take_wwns_and_lun_or_wwids() {
+        assert_eq!(
+            FcVolume::from_map(&m(&[
+                ("targetWWNs", "50:06:01:60:3B:A0:12:34"),
+                ("lun", "2")
+            ]))
+            .unwrap(),
+            FcVolume::Wwn {
+                wwns: vec!["500601603ba01234".into()],
+                lun: 2
+            }
+        );
+        assert!(
+            FcVolume::from_map(&m(&[("targetWWNs", "5006")]))
+                .unwrap_err()
+                .to_string()
+                .contains("targetWWNs")
+        );
+        assert!(
+            FcVolume::from_map(&m(&[("targetWWNs", "500601603ba01234")]))
+                .unwrap_err()
+                .to_string()
+                .contains("option lun")
+        );
+        assert!(
+            FcVolume::from_map(&m(&[
+                ("targetWWNs", "500601603ba01234"),
+                ("lun", "1"),
+                ("wwids", "x")
+            ]))
+            .is_err()
+        );
+        assert!(
+            FcVolume::from_map(&m(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("targetWWNs")
+        );
+        assert_eq!(
+            FcVolume::from_map(&m(&[("wwids", "3600a,3600b")])).unwrap(),
+            FcVolume::Wwids(vec!["3600a".into(), "3600b".into()])
+        );
+    }
+
+    #[test]
+    fn finds_paths_by_wwn_and_lun_and_by_wwid() {
+        let d = tempfile::tempdir().unwrap();
+        fabric(d.path());
+        let s = Scsi {
+            sys: d.path().into(),
+        };
+        let by_wwn = find_disks(
+            &s,
+            &FcVolume::Wwn {
+                wwns: vec!["500601603ba01234".into()],
+                lun: 2,
+            },
+        );
+        let names: Vec<_> = by_wwn.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["sdf", "sdg"]);
+        let by_wwid = find_disks(
+            &s,
+            &FcVolume::Wwids(vec!["3600601603ba0123400000000000000aa".into()]),
+        );
+        assert_eq!(by_wwid, by_wwn);
+        assert!(
+            find_disks(
+                &s,
+                &FcVolume::Wwn {
+                    wwns: vec!["500601603ba01234".into()],
+                    lun: 3
+                }
+            )
+            .is_empty()
+        );
+        assert_eq!(fc_hosts(d.path()), [3, 4]);
+        assert_eq!(
+            s.multipath_holding(
+                &["sdf".into(), "sdg".into()],
+                Some("naa.600601603ba0123400000000000000aa")
+            ),
+            Some("dm-4".into())
+        );
+    }
+
+    #[test]
+    fn attach_prefers_multipath_and_detach_flushes_then_deletes_only_its_paths() {
+        use crate::host::fake::{FakeMounts, ScriptRunner};
+        use crate::host::{BlockDevices, HostPaths};
+        use std::sync::Arc;
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path().join("sys");
+        fabric(&sys);
+        let paths = HostPaths {
+            kubelet_dir: d.path().join("k"),
+            kubelet_alias: None,
+            state_dir: d.path().join("s"),
+            run_dir: d.path().join("r"),
+            sys: sys.clone(),
+            dev: "/dev".into(),
+            proc: "/proc".into(),
+        };
+        let runner = Arc::new(ScriptRunner::default());
+        let mounts = Arc::new(FakeMounts::default());
+        let host = Host {
+            blockdev: BlockDevices { sys: sys.clone() },
+            paths,
+            runner: runner.clone(),
+            mounter: mounts.clone(),
+            mounts,
+        };
+        let mut u = m(&[("targetWWNs", "500601603ba01234"), ("lun", "2")]);
+        u.insert("kubernetes.io/fsType".into(), "ext4".into());
+        let o = VolumeOptions::from_map(&u).unwrap();
+        let node = NodeContext {
+            node_name: "n".into(),
+            kubelet_dir: "/k".into(),
+            run_dir: "/r".into(),
+        };
+        let spec = FcDriver.volume(&node, &o).unwrap();
+        let a = FcDriver.attach(&host, &spec, &o).unwrap();
+        assert_eq!(a.device, Some(PathBuf::from("/dev/dm-4")));
+        let mut options = spec.persist.clone();
+        options.extend(a.persist);
+        let rec = StageRecord {
+            key: spec.key,
+            driver: "fc".into(),
+            source: StageSource::Attached { device: a.device },
+            options,
+            fs_type: None,
+            fs_uuid: None,
+            read_only: false,
+            phase: crate::journal::StagePhase::Unstaging,
+            formatted_by_moor: false,
+        };
+        runner.expect("multipath -f dm-4", 0, "");
+        FcDriver.detach(&host, &rec).unwrap();
+        assert!(runner.remaining().is_empty());
+        let deleted = |n: &str| {
+            std::fs::read_to_string(sys.join(format!("block/{n}/device/delete"))).unwrap()
+        };
+        assert_eq!(
+            (
+                deleted("sdf").as_str(),
+                deleted("sdg").as_str(),
+                deleted("sdh").as_str()
+            ),
+            ("1", "1", "")
+        );
+    }
+}

@@ -17,7 +17,8 @@ pub fn write_attr(path: &Path, value: &str) -> std::io::Result<()> {
 
 /// Sets `key = value` lines in an open-iscsi record file (node or discovery record),
 /// replacing existing lines for those keys and keeping every other line. The result is
-/// written 0600 via a temp file in the same directory and renamed over the record.
+/// written 0600 via a temp file in the same directory and renamed over the record. An
+/// empty value removes the key (iscsiadm rejects `key = ` lines with a warning).
 pub fn update_record(path: &Path, items: &[(&str, &[u8])]) -> std::io::Result<()> {
     let old = std::fs::read(path)?;
     let mut out: Vec<u8> = Vec::with_capacity(old.len() + 128);
@@ -36,7 +37,7 @@ pub fn update_record(path: &Path, items: &[(&str, &[u8])]) -> std::io::Result<()
         out.extend_from_slice(line);
         out.push(b'\n');
     }
-    for (k, v) in items {
+    for (k, v) in items.iter().filter(|(_, v)| !v.is_empty()) {
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(b" = ");
         out.extend_from_slice(v);
@@ -68,7 +69,7 @@ mod tests {
         let p = d.path().join("default");
         std::fs::write(
             &p,
-            "node.name = iqn.x\nnode.session.auth.authmethod = None\nnode.startup = automatic\n",
+            "node.name = iqn.x\nnode.session.auth.authmethod = None\nnode.session.auth.password_in = old\nnode.startup = automatic\n",
         )
         .unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -77,6 +78,7 @@ mod tests {
             &[
                 ("node.session.auth.authmethod", b"CHAP"),
                 ("node.session.auth.password", b"s3cr3t"),
+                ("node.session.auth.password_in", b""),
             ],
         )
         .unwrap();
