@@ -59,6 +59,8 @@ reply=$("$MOOR" flex mount "$POD1" "$(opts $UID1 ext4)" || true)
 lab_log "reply: $reply"
 lab_assert_eq "$(jq -r .status <<< "$reply")" Failure "mount of an xfs LUN as ext4"
 lab_assert_not_mounted "$POD1"
+lab_assert_eq "$(sessions)" 0 "sessions after the refused mount"
+iscsiadm -m node -T "$LAB_ISCSI_IQN" -p "$LAB_ISCSI_PORTAL" -o update -n node.session.scan -v auto
 login
 lab_wait_for 20 "LUN 0 disk" sh -c '[ -n "$(ls /sys/class/iscsi_session/session*/device/target*/*:0/block/ 2>/dev/null)" ]'
 lab_assert_eq "$(blkid -p -o value -s UUID "/dev/$(lun_dev)")" "$xfs_uuid" "xfs left intact"
