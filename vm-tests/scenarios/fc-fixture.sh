@@ -6,7 +6,7 @@ set -euo pipefail
 . "$LAB_DIR/lib/moor-node.sh"
 
 lab_require_moor
-lab_modprobe scsi_debug dev_size_mb=64
+modprobe scsi_debug dev_size_mb=64 || lab_die "modprobe scsi_debug failed"
 lab_on_exit 'rmmod scsi_debug 2>/dev/null || true'
 host=$(basename "$(dirname "$(grep -l scsi_debug /sys/class/scsi_host/host*/proc_name | head -n 1)")")
 lab_wait_for 20 "scsi_debug disk" sh -c "ls /sys/class/scsi_host/$host/device/target*/*/block/ >/dev/null 2>&1"
