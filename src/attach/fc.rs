@@ -537,7 +537,7 @@ mod tests {
             phase: crate::journal::StagePhase::Unstaging,
             formatted_by_moor: false,
         };
-        runner.expect("multipath -f dm-4", 0, "");
+        runner.expect("multipath -f 3600601603ba0123400000000000000aa", 0, "");
         FcDriver.detach(&host, &rec).unwrap();
         assert!(runner.remaining().is_empty());
         let deleted = |n: &str| {

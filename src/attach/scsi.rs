@@ -191,6 +191,15 @@ impl Scsi {
         })
     }
 
+    /// The map name multipath knows a dm device by (`/sys/block/dm-N/dm/name`, e.g. the
+    /// WWID); `multipath -f` refuses the kernel name `dm-N`.
+    pub fn dm_name(&self, dm: &str) -> Option<String> {
+        std::fs::read_to_string(self.sys.join("block").join(dm).join("dm/name"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
     /// The dm device's slaves (`sdb`, `sdc`).
     pub fn slaves(&self, dm: &str) -> Vec<String> {
         entries(&self.sys.join("block").join(dm).join("slaves"))
@@ -289,6 +298,8 @@ pub(crate) mod tests {
         let base = sys.join("block").join(name);
         std::fs::create_dir_all(base.join("dm")).unwrap();
         std::fs::write(base.join("dm/uuid"), format!("{uuid}\n")).unwrap();
+        let name = uuid.strip_prefix("mpath-").unwrap_or(uuid);
+        std::fs::write(base.join("dm/name"), format!("{name}\n")).unwrap();
         for s in slaves {
             std::fs::create_dir_all(base.join("slaves").join(s)).unwrap();
         }
@@ -464,10 +475,15 @@ pub fn wait_for<T>(limit: std::time::Duration, mut f: impl FnMut() -> Option<T>)
     }
 }
 
-/// Flushes the dm-multipath device `dm` (`multipath -f`), so its paths can be deleted.
+/// Flushes the dm-multipath device `dm` (`multipath -f <map name>`), so its paths can be
+/// deleted.
 pub fn flush_multipath(host: &crate::host::Host, dm: &str) -> Result<(), crate::host::ExecError> {
+    let scsi = Scsi {
+        sys: host.paths.sys.clone(),
+    };
+    let name = scsi.dm_name(dm).unwrap_or_else(|| dm.to_owned());
     let cmd = crate::host::Cmd::new("multipath")
-        .args(["-f", dm])
+        .args(["-f", &name])
         .timeout(std::time::Duration::from_secs(30));
     host.runner.run_ok(&cmd).map(|_| ())
 }
