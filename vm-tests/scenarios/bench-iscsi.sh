@@ -15,11 +15,12 @@ lab_iscsi_target plain
 DAEMON=$!
 lab_on_exit "kill $DAEMON 2>/dev/null || true"
 lab_wait_for 20 "moor socket" test -S /run/moor/moor.sock
-N=${BENCH_N:-5}
+N=${BENCH_N:-3}
 T="-T $LAB_ISCSI_IQN -p $LAB_ISCSI_PORTAL"
 lun_dev() { ls /sys/class/iscsi_session/session*/device/target*/*:0/block/ 2>/dev/null | head -n 1; }
 now() { date +%s.%N; }
 wipe() { # blank the LUN so the next run formats again
+  iscsiadm -m discovery -t sendtargets -p "$LAB_ISCSI_PORTAL" >/dev/null
   iscsiadm -m node $T -o update -n node.session.scan -v auto >/dev/null
   iscsiadm -m node $T --login >/dev/null
   lab_wait_for 20 disk sh -c '[ -n "$(ls /sys/class/iscsi_session/session*/device/target*/*:0/block/ 2>/dev/null)" ]'
