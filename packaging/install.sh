@@ -13,7 +13,7 @@ BINARY=$HERE/target/x86_64-unknown-linux-gnu/release/moor
 PREFIX=/usr/local
 PLUGIN_DIR=/usr/libexec/kubernetes/kubelet-plugins/volume/exec
 SYSTEMD=1 UNINSTALL=0
-DRIVERS=(local rbd)
+DRIVERS=(local iscsi rbd fc nfs glusterfs cephfs)
 
 while (($#)); do
   case $1 in

@@ -60,6 +60,9 @@ pub enum DriverError {
         #[source]
         source: ExecError,
     },
+    /// An iSCSI or FC attach/detach failure.
+    #[error(transparent)]
+    Scsi(#[from] crate::attach::scsi::ScsiError),
     /// A credential file could not be written or removed.
     #[error("volume {volume}: secret file {path}: {source}")]
     SecretFile {
@@ -86,6 +89,7 @@ impl DriverError {
             DriverError::Command { source, .. } => source.reason(),
             DriverError::SecretFile { .. } => "secret_file",
             DriverError::Rbd(e) => e.reason(),
+            DriverError::Scsi(e) => e.reason(),
         }
     }
 }
@@ -147,6 +151,8 @@ impl Drivers {
         d.add(Arc::new(crate::share::NfsDriver));
         d.add(Arc::new(crate::share::GlusterFsDriver));
         d.add(Arc::new(crate::share::CephFsDriver));
+        d.add(Arc::new(crate::attach::iscsi::IscsiDriver::default()));
+        d.add(Arc::new(crate::attach::fc::FcDriver));
         d
     }
 

@@ -13,4 +13,4 @@ pub use options::{OptionsError, VolumeOptions};
 pub use reply::{Capabilities, Reply, Status};
 
 /// The drivers moor serves, as FlexVolume driver names (`moor~<name>/<name>`).
-pub const DRIVERS: &[&str] = &["local", "rbd", "nfs", "glusterfs", "cephfs"];
+pub const DRIVERS: &[&str] = &["local", "iscsi", "rbd", "fc", "nfs", "glusterfs", "cephfs"];

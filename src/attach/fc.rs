@@ -1,0 +1,555 @@
+//! Driver `moor~fc/fc`: Fibre Channel LUNs by `targetWWNs` + `lun`, or by `wwids`.
+//!
+//! Attach: find the disk in sysfs — by WWN, through `/sys/class/fc_transport/targetH:C:T/
+//! port_name` then `H:C:T:LUN`; by WWID, through `/sys/block/*/device/wwid` — scanning only
+//! the one `C T L` on the matching hosts when it is missing (WWN mode), or issuing a
+//! wildcard scan on FC hosts only (WWID mode, where the LUN is unknown). Every path must
+//! report the same WWID; with two or more paths the dm-multipath device is used. The WWID
+//! is persisted so detach (flush multipath, delete each SCSI disk) finds exactly these
+//! disks after a restart, whatever their `sdX` names became.
+//!
+//! Invariant: only disks whose WWID matches the volume's are ever deleted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::scsi::{Scsi, ScsiAddr, ScsiDisk, ScsiError, common_wwid, wait_for, wwid_matches};
+use crate::driver::{Attached, Driver, DriverError, NodeContext, VolumeSpec, volume_key};
+use crate::flexvolume::{OptionsError, VolumeOptions};
+use crate::host::Host;
+use crate::journal::{StageRecord, StageSource};
+
+/// The user options this driver accepts.
+pub const OPTIONS: &[&str] = &["targetWWNs", "lun", "wwids", "readOnly", "mountOptions"];
+
+const DEVICE_WAIT: Duration = Duration::from_secs(15);
+const MULTIPATH_WAIT: Duration = Duration::from_secs(20);
+
+/// The FC driver.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FcDriver;
+
+/// How the volume is named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FcVolume {
+    /// Target port WWNs (16 lowercase hex digits) and a LUN.
+    Wwn {
+        /// WWNs.
+        wwns: Vec<String>,
+        /// LUN.
+        lun: u64,
+    },
+    /// Device WWIDs.
+    Wwids(Vec<String>),
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|x| x.trim().trim_matches('"').trim().to_owned())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// Normalises a WWN: `0x`, `:` and case removed; must be 16 hex digits.
+pub fn normalise_wwn(s: &str) -> Option<String> {
+    let w: String = s
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit())).then_some(w)
+}
+
+impl FcVolume {
+    /// From the user's (or the persisted) options.
+    pub fn from_map(m: &BTreeMap<String, String>) -> Result<FcVolume, OptionsError> {
+        let get = |k: &str| m.get(k).map(String::as_str).unwrap_or("");
+        let invalid = |k: &str, v: &str, expected: &'static str| OptionsError::Invalid {
+            key: k.into(),
+            value: v.into(),
+            expected,
+        };
+        let (wwns, wwids) = (get("targetWWNs"), get("wwids"));
+        match (wwns.is_empty(), wwids.is_empty()) {
+            (false, true) => {
+                let wwns = list(wwns)
+                    .iter()
+                    .map(|w| normalise_wwn(w))
+                    .collect::<Option<Vec<_>>>()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        invalid(
+                            "targetWWNs",
+                            wwns,
+                            "expected WWNs of 16 hex digits, comma-separated",
+                        )
+                    })?;
+                let l = get("lun");
+                let lun = l.parse().ok().filter(|l| *l < 16384).ok_or_else(|| {
+                    invalid(
+                        "lun",
+                        l,
+                        "expected a number 0-16383 (required with targetWWNs)",
+                    )
+                })?;
+                Ok(FcVolume::Wwn { wwns, lun })
+            }
+            (true, false) => {
+                let v = list(wwids);
+                if v.is_empty()
+                    || v.iter().any(|w| {
+                        !w.chars().all(|c| c.is_ascii_graphic() || c == ' ') || w.len() > 256
+                    })
+                {
+                    return Err(invalid("wwids", wwids, "expected WWIDs, comma-separated"));
+                }
+                if !get("lun").is_empty() {
+                    return Err(invalid("lun", get("lun"), "not used with wwids"));
+                }
+                Ok(FcVolume::Wwids(v))
+            }
+            (false, false) => Err(invalid(
+                "wwids",
+                wwids,
+                "give either targetWWNs+lun or wwids, not both",
+            )),
+            (true, true) => Err(OptionsError::Missing {
+                key: "targetWWNs",
+                driver: "fc".into(),
+            }),
+        }
+    }
+
+    fn what(&self) -> String {
+        match self {
+            FcVolume::Wwn { wwns, lun } => format!("WWN {} lun {lun}", wwns.join(",")),
+            FcVolume::Wwids(w) => format!("WWID {}", w.join(",")),
+        }
+    }
+}
+
+/// FC remote ports `(H, C, T)` whose `port_name` is one of `wwns`.
+pub fn targets_for_wwns(sys: &Path, wwns: &[String]) -> Vec<(u32, u32, u32)> {
+    let Ok(rd) = std::fs::read_dir(sys.join("class/fc_transport")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u32, u32, u32)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hct = name.strip_prefix("target")?;
+            let a = ScsiAddr::parse(&format!("{hct}:0"))?;
+            let pn = std::fs::read_to_string(e.path().join("port_name")).ok()?;
+            let pn = normalise_wwn(&pn)?;
+            wwns.contains(&pn).then_some((a.host, a.channel, a.target))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The FC hosts (`/sys/class/fc_host/hostN`).
+pub fn fc_hosts(sys: &Path) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(sys.join("class/fc_host"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("host")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The disks of the volume present now.
+pub fn find_disks(scsi: &Scsi, v: &FcVolume) -> Vec<ScsiDisk> {
+    match v {
+        FcVolume::Wwn { wwns, lun } => targets_for_wwns(&scsi.sys, wwns)
+            .into_iter()
+            .filter_map(|(host, channel, target)| {
+                scsi.disk_at(ScsiAddr {
+                    host,
+                    channel,
+                    target,
+                    lun: *lun,
+                })
+            })
+            .collect(),
+        FcVolume::Wwids(ws) => {
+            let mut out: Vec<ScsiDisk> = Vec::new();
+            for w in ws {
+                for d in scsi.disks_by_wwid(w) {
+                    if !out.contains(&d) {
+                        out.push(d);
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+fn scan(scsi: &Scsi, v: &FcVolume) {
+    // Failures are not fatal: the wait below reports what matters (no device).
+    match v {
+        FcVolume::Wwn { wwns, lun } => {
+            for (h, c, t) in targets_for_wwns(&scsi.sys, wwns) {
+                if let Err(e) = scsi.scan_addr(h, c, t, *lun) {
+                    tracing::warn!(driver = "fc", "scan of host{h} {c} {t} {lun}: {e}");
+                }
+            }
+        }
+        FcVolume::Wwids(_) => {
+            for h in fc_hosts(&scsi.sys) {
+                if let Err(e) = crate::host::scsi::write_attr(&scsi.scan_attr(h), "- - -") {
+                    tracing::warn!(driver = "fc", "scan of host{h}: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl Driver for FcDriver {
+    fn name(&self) -> &'static str {
+        "fc"
+    }
+
+    fn volume(&self, _node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
+        opts.check_known(self.name(), OPTIONS)?;
+        let v = FcVolume::from_map(&opts.user)?;
+        let mut persist = BTreeMap::new();
+        let identity = match &v {
+            FcVolume::Wwn { wwns, lun } => {
+                persist.insert("targetWWNs".into(), wwns.join(","));
+                persist.insert("lun".into(), lun.to_string());
+                let mut sorted = wwns.clone();
+                sorted.sort();
+                format!("{}/{lun}", sorted.join(","))
+            }
+            FcVolume::Wwids(w) => {
+                persist.insert("wwids".into(), w.join(","));
+                w.join(",")
+            }
+        };
+        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
+        if !mount_options.is_empty() {
+            persist.insert("mountOptions".into(), mount_options.clone());
+        }
+        Ok(VolumeSpec {
+            key: volume_key(self.name(), &identity),
+            source: StageSource::Attached { device: None },
+            persist,
+            mount_options,
+        })
+    }
+
+    fn attach(
+        &self,
+        host: &Host,
+        spec: &VolumeSpec,
+        _opts: &VolumeOptions,
+    ) -> Result<Attached, DriverError> {
+        let volume = spec.key.as_str();
+        let v = FcVolume::from_map(&spec.persist)?;
+        let scsi = Scsi {
+            sys: host.paths.sys.clone(),
+        };
+        let mut disks = find_disks(&scsi, &v);
+        if disks.is_empty() {
+            scan(&scsi, &v);
+            disks = wait_for(DEVICE_WAIT, || {
+                Some(find_disks(&scsi, &v)).filter(|d| !d.is_empty())
+            })
+            .ok_or_else(|| {
+                DriverError::Scsi(ScsiError::NoDevice {
+                    volume: volume.into(),
+                    what: v.what(),
+                    waited_ms: DEVICE_WAIT.as_millis(),
+                })
+            })?;
+        }
+        let wwid = common_wwid(&scsi, &disks).map_err(|detail| {
+            DriverError::Scsi(ScsiError::Mismatch {
+                volume: volume.into(),
+                what: v.what(),
+                detail,
+            })
+        })?;
+        let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
+        let name = match (&wwid, names.len()) {
+            (Some(w), n) if n >= 2 => {
+                wait_for(MULTIPATH_WAIT, || scsi.multipath_holding(&names, Some(w))).ok_or_else(
+                    || {
+                        DriverError::Scsi(ScsiError::NoMultipath {
+                            volume: volume.into(),
+                            what: v.what(),
+                            paths: n,
+                            waited_ms: MULTIPATH_WAIT.as_millis(),
+                        })
+                    },
+                )?
+            }
+            (Some(w), _) => scsi
+                .multipath_for_wwid(w)
+                .unwrap_or_else(|| names[0].clone()),
+            (None, _) => names[0].clone(),
+        };
+        let device = host.paths.dev.join(&name);
+        tracing::info!(volume, driver = "fc", device = %device.display(), op = "attach", "attached");
+        let mut persist = BTreeMap::new();
+        if let Some(w) = wwid {
+            persist.insert("wwid".to_owned(), w);
+        }
+        Ok(Attached {
+            device: Some(device),
+            persist,
+        })
+    }
+
+    fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
+        let volume = rec.key.as_str();
+        let v = FcVolume::from_map(&rec.options)?;
+        let scsi = Scsi {
+            sys: host.paths.sys.clone(),
+        };
+        let wwid = rec.options.get("wwid").cloned();
+        let disks: Vec<ScsiDisk> = find_disks(&scsi, &v)
+            .into_iter()
+            .filter(|d| match (&wwid, scsi.wwid(&d.name)) {
+                (Some(w), Some(th)) => wwid_matches(&th, w),
+                _ => true,
+            })
+            .collect();
+        let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
+        let dm = match &wwid {
+            Some(w) => scsi.multipath_for_wwid(w),
+            None => scsi.multipath_holding(&names, None),
+        };
+        if let Some(dm) = dm {
+            super::scsi::flush_multipath(host, &dm).map_err(|source| DriverError::Command {
+                volume: volume.into(),
+                source,
+            })?;
+        }
+        for d in &disks {
+            tracing::info!(volume, driver = "fc", device = %d.name, op = "detach", "deleting SCSI device {}", d.addr);
+            scsi.delete(&d.name).map_err(|e| {
+                DriverError::Scsi(ScsiError::Io {
+                    volume: volume.into(),
+                    path: scsi.delete_attr(&d.name),
+                    source: e,
+                })
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attach::scsi::tests::{disk, dm};
+    use std::path::PathBuf;
+
+    fn m(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Two FC HBAs (host3, host4) each seeing target port 50:06:01:60:3b:a0:12:34 as
+    /// target H:0:1, LUN 2 on both, assembled by multipath as dm-4.
+    fn fabric(sys: &Path) {
+        for h in [3, 4] {
+            std::fs::create_dir_all(sys.join(format!("class/fc_host/host{h}"))).unwrap();
+            let t = sys.join(format!("class/fc_transport/target{h}:0:1"));
+            std::fs::create_dir_all(&t).unwrap();
+            std::fs::write(t.join("port_name"), "0x500601603ba01234\n").unwrap();
+            let o = sys.join(format!("class/fc_transport/target{h}:0:0"));
+            std::fs::create_dir_all(&o).unwrap();
+            std::fs::write(o.join("port_name"), "0x5006016000000000\n").unwrap();
+        }
+        disk(
+            sys,
+            "3:0:1:2",
+            "sdf",
+            "naa.600601603ba0123400000000000000aa",
+        );
+        disk(
+            sys,
+            "4:0:1:2",
+            "sdg",
+            "naa.600601603ba0123400000000000000aa",
+        );
+        disk(
+            sys,
+            "3:0:0:2",
+            "sdh",
+            "naa.6006016000000000000000000000ffff",
+        );
+        dm(
+            sys,
+            "dm-4",
+            "mpath-3600601603ba0123400000000000000aa",
+            &["sdf", "sdg"],
+        );
+    }
+
+    #[test]
+    fn options_take_wwns_and_lun_or_wwids() {
+        assert_eq!(
+            FcVolume::from_map(&m(&[
+                ("targetWWNs", "50:06:01:60:3B:A0:12:34"),
+                ("lun", "2")
+            ]))
+            .unwrap(),
+            FcVolume::Wwn {
+                wwns: vec!["500601603ba01234".into()],
+                lun: 2
+            }
+        );
+        assert!(
+            FcVolume::from_map(&m(&[("targetWWNs", "5006")]))
+                .unwrap_err()
+                .to_string()
+                .contains("targetWWNs")
+        );
+        assert!(
+            FcVolume::from_map(&m(&[("targetWWNs", "500601603ba01234")]))
+                .unwrap_err()
+                .to_string()
+                .contains("option lun")
+        );
+        assert!(
+            FcVolume::from_map(&m(&[
+                ("targetWWNs", "500601603ba01234"),
+                ("lun", "1"),
+                ("wwids", "x")
+            ]))
+            .is_err()
+        );
+        assert!(
+            FcVolume::from_map(&m(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("targetWWNs")
+        );
+        assert_eq!(
+            FcVolume::from_map(&m(&[("wwids", "3600a,3600b")])).unwrap(),
+            FcVolume::Wwids(vec!["3600a".into(), "3600b".into()])
+        );
+    }
+
+    #[test]
+    fn finds_paths_by_wwn_and_lun_and_by_wwid() {
+        let d = tempfile::tempdir().unwrap();
+        fabric(d.path());
+        let s = Scsi {
+            sys: d.path().into(),
+        };
+        let by_wwn = find_disks(
+            &s,
+            &FcVolume::Wwn {
+                wwns: vec!["500601603ba01234".into()],
+                lun: 2,
+            },
+        );
+        let names: Vec<_> = by_wwn.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["sdf", "sdg"]);
+        let by_wwid = find_disks(
+            &s,
+            &FcVolume::Wwids(vec!["3600601603ba0123400000000000000aa".into()]),
+        );
+        assert_eq!(by_wwid, by_wwn);
+        assert!(
+            find_disks(
+                &s,
+                &FcVolume::Wwn {
+                    wwns: vec!["500601603ba01234".into()],
+                    lun: 3
+                }
+            )
+            .is_empty()
+        );
+        assert_eq!(fc_hosts(d.path()), [3, 4]);
+        assert_eq!(
+            s.multipath_holding(
+                &["sdf".into(), "sdg".into()],
+                Some("naa.600601603ba0123400000000000000aa")
+            ),
+            Some("dm-4".into())
+        );
+    }
+
+    #[test]
+    fn attach_prefers_multipath_and_detach_flushes_then_deletes_only_its_paths() {
+        use crate::host::fake::{FakeMounts, ScriptRunner};
+        use crate::host::{BlockDevices, HostPaths};
+        use std::sync::Arc;
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path().join("sys");
+        fabric(&sys);
+        let paths = HostPaths {
+            kubelet_dir: d.path().join("k"),
+            kubelet_alias: None,
+            state_dir: d.path().join("s"),
+            run_dir: d.path().join("r"),
+            sys: sys.clone(),
+            dev: "/dev".into(),
+            proc: "/proc".into(),
+        };
+        let runner = Arc::new(ScriptRunner::default());
+        let mounts = Arc::new(FakeMounts::default());
+        let host = Host {
+            blockdev: BlockDevices { sys: sys.clone() },
+            paths,
+            runner: runner.clone(),
+            mounter: mounts.clone(),
+            mounts,
+        };
+        let mut u = m(&[("targetWWNs", "500601603ba01234"), ("lun", "2")]);
+        u.insert("kubernetes.io/fsType".into(), "ext4".into());
+        let o = VolumeOptions::from_map(&u).unwrap();
+        let node = NodeContext {
+            node_name: "n".into(),
+            kubelet_dir: "/k".into(),
+            run_dir: "/r".into(),
+        };
+        let spec = FcDriver.volume(&node, &o).unwrap();
+        let a = FcDriver.attach(&host, &spec, &o).unwrap();
+        assert_eq!(a.device, Some(PathBuf::from("/dev/dm-4")));
+        let mut options = spec.persist.clone();
+        options.extend(a.persist);
+        let rec = StageRecord {
+            key: spec.key,
+            driver: "fc".into(),
+            source: StageSource::Attached { device: a.device },
+            options,
+            fs_type: None,
+            fs_uuid: None,
+            read_only: false,
+            phase: crate::journal::StagePhase::Unstaging,
+            formatted_by_moor: false,
+        };
+        runner.expect("multipath -f 3600601603ba0123400000000000000aa", 0, "");
+        FcDriver.detach(&host, &rec).unwrap();
+        assert!(runner.remaining().is_empty());
+        let deleted = |n: &str| {
+            std::fs::read_to_string(sys.join(format!("block/{n}/device/delete"))).unwrap()
+        };
+        assert_eq!(
+            (
+                deleted("sdf").as_str(),
+                deleted("sdg").as_str(),
+                deleted("sdh").as_str()
+            ),
+            ("1", "1", "")
+        );
+    }
+}

@@ -1,0 +1,860 @@
+//! Driver `moor~iscsi/iscsi`: options as Kubernetes' in-tree iSCSI volume names them
+//! (`targetPortal`, `portals`, `iqn`, `lun`, `iscsiInterface`, `initiatorName`,
+//! `chapAuthDiscovery`, `chapAuthSession`), secrets `discovery.sendtargets.auth.*` and
+//! `node.session.auth.*`.
+//!
+//! Attach, per portal: sendtargets discovery, node record set to `node.startup=manual` and
+//! `node.session.scan=manual` (so neither a reboot nor a login brings in LUNs nobody asked
+//! for), CHAP written into the record file (never argv), login; then one LUN scanned through
+//! `/sys/class/scsi_host/hostN/scan`, its disk found in sysfs (no udev needed), every path
+//! checked to report the same WWID, and with two or more paths the dm-multipath device used.
+//! Detach: flush multipath, delete exactly the disks of this target+LUN (matched by the WWID
+//! attach recorded), and log out of a session only when no SCSI device remains on it — so a
+//! second volume on the same target keeps its session. Attach and detach of one target are
+//! serialised by a per-target lock (the daemon only serialises per volume).
+//!
+//! Invariant: a device is used only after its sysfs address (session host + LUN) and WWID
+//! say it is this volume's; no secret reaches argv, logs or the journal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::iscsiadm::{self, Portal};
+use super::scsi::{Scsi, ScsiDisk, ScsiError, common_wwid, wait_for};
+use crate::driver::{Attached, Driver, DriverError, NodeContext, VolumeSpec, volume_key};
+use crate::flexvolume::{OptionsError, VolumeOptions};
+use crate::host::{ExecError, Host};
+use crate::journal::{StageRecord, StageSource};
+
+/// The user options this driver accepts.
+pub const OPTIONS: &[&str] = &[
+    "targetPortal",
+    "portals",
+    "iqn",
+    "lun",
+    "iscsiInterface",
+    "initiatorName",
+    "chapAuthDiscovery",
+    "chapAuthSession",
+    "readOnly",
+    "mountOptions",
+];
+
+/// How long a scanned LUN may take to show up as a disk.
+const DEVICE_WAIT: Duration = Duration::from_secs(15);
+/// How long multipathd may take to assemble the map.
+const MULTIPATH_WAIT: Duration = Duration::from_secs(20);
+
+/// The iSCSI driver.
+#[derive(Debug)]
+pub struct IscsiDriver {
+    /// open-iscsi's configuration directory (`/etc/iscsi`).
+    pub iscsi_dir: PathBuf,
+    locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Default for IscsiDriver {
+    fn default() -> Self {
+        IscsiDriver {
+            iscsi_dir: PathBuf::from("/etc/iscsi"),
+            locks: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// A parsed, validated volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Every portal, `targetPortal` first, no duplicates.
+    pub portals: Vec<Portal>,
+    /// Target name.
+    pub iqn: String,
+    /// LUN.
+    pub lun: u64,
+    /// open-iscsi iface.
+    pub iface: String,
+}
+
+impl Target {
+    /// From the persisted options (the same keys as the user's).
+    pub fn from_map(m: &BTreeMap<String, String>) -> Result<Target, OptionsError> {
+        let get = |k: &'static str| m.get(k).map(String::as_str).unwrap_or("");
+        let invalid = |k: &str, v: &str, expected: &'static str| OptionsError::Invalid {
+            key: k.into(),
+            value: v.into(),
+            expected,
+        };
+        let tp = get("targetPortal");
+        if tp.is_empty() {
+            return Err(OptionsError::Missing {
+                key: "targetPortal",
+                driver: "iscsi".into(),
+            });
+        }
+        let mut portals = vec![
+            Portal::parse(tp).ok_or_else(|| invalid("targetPortal", tp, "expected host[:port]"))?,
+        ];
+        let more = get("portals");
+        for p in iscsiadm::parse_portals(more).ok_or_else(|| {
+            invalid(
+                "portals",
+                more,
+                r#"expected ["host:port",…] or host:port,host:port"#,
+            )
+        })? {
+            if !portals.contains(&p) {
+                portals.push(p);
+            }
+        }
+        let iqn = get("iqn");
+        if iqn.is_empty() {
+            return Err(OptionsError::Missing {
+                key: "iqn",
+                driver: "iscsi".into(),
+            });
+        }
+        if !iscsiadm::valid_target_name(iqn) {
+            return Err(invalid(
+                "iqn",
+                iqn,
+                "expected an iqn./eui./naa. target name",
+            ));
+        }
+        let lun_s = if get("lun").is_empty() {
+            "0"
+        } else {
+            get("lun")
+        };
+        let lun: u64 = lun_s
+            .parse()
+            .ok()
+            .filter(|l| *l < 16384)
+            .ok_or_else(|| invalid("lun", lun_s, "expected a number 0-16383"))?;
+        let iface = if get("iscsiInterface").is_empty() {
+            "default"
+        } else {
+            get("iscsiInterface")
+        };
+        if !iscsiadm::valid_iface(iface) {
+            return Err(invalid(
+                "iscsiInterface",
+                iface,
+                "expected an iface name [A-Za-z0-9._-]",
+            ));
+        }
+        Ok(Target {
+            portals,
+            iqn: iqn.into(),
+            lun,
+            iface: iface.into(),
+        })
+    }
+
+    fn what(&self) -> String {
+        format!("{} lun {}", self.iqn, self.lun)
+    }
+}
+
+fn flag(opts: &VolumeOptions, key: &str) -> Result<bool, OptionsError> {
+    match opts.user.get(key).map(String::as_str) {
+        None | Some("") | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(OptionsError::Invalid {
+            key: key.into(),
+            value: v.into(),
+            expected: "expected true or false",
+        }),
+    }
+}
+
+/// CHAP record lines for `prefix` (`node.session.auth` or `discovery.sendtargets.auth`)
+/// from the secrets; `None` when CHAP is off.
+fn chap_lines(
+    opts: &VolumeOptions,
+    prefix: &str,
+    on: bool,
+) -> Result<Vec<(String, Vec<u8>)>, OptionsError> {
+    let keys = ["username", "password", "username_in", "password_in"];
+    let mut out = vec![(
+        format!("{prefix}.authmethod"),
+        if on {
+            b"CHAP".to_vec()
+        } else {
+            b"None".to_vec()
+        },
+    )];
+    for k in keys {
+        let name = format!("{prefix}.{k}");
+        let v = if on {
+            opts.secrets.get(&name).map(|s| s.0.clone())
+        } else {
+            None
+        };
+        if on && v.is_none() && (k == "username" || k == "password") {
+            return Err(OptionsError::Invalid {
+                key: name,
+                value: "<missing secret>".into(),
+                expected: "required when CHAP is on (secretRef)",
+            });
+        }
+        if v.as_ref().is_some_and(|b| b.contains(&b'\n')) {
+            return Err(OptionsError::Invalid {
+                key: name,
+                value: "<redacted>".into(),
+                expected: "a secret without newlines",
+            });
+        }
+        // Off: blank the lines so no stale secret stays in the record.
+        out.push((name, v.unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+/// What login writes into the records: CHAP lines (never argv) and the initiator name.
+struct Creds<'a> {
+    discovery: Vec<(String, Vec<u8>)>,
+    session: Vec<(String, Vec<u8>)>,
+    initiator: Option<&'a str>,
+}
+
+/// An iSCSI session in sysfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// `sessionN`'s N.
+    pub sid: u32,
+    /// The SCSI host it created.
+    pub host: u32,
+}
+
+/// The session to `iqn` through `portal`, from `/sys/class/iscsi_session` and
+/// `/sys/class/iscsi_connection`.
+pub fn find_session(sys: &Path, iqn: &str, portal: &Portal) -> Option<Session> {
+    let rd = std::fs::read_dir(sys.join("class/iscsi_session")).ok()?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(sid) = name
+            .strip_prefix("session")
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let read = |p: PathBuf| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).ok();
+        if read(e.path().join("targetname")).as_deref() != Some(iqn) {
+            continue;
+        }
+        let conn = sys.join(format!("class/iscsi_connection/connection{sid}:0"));
+        let addr = read(conn.join("persistent_address")).or_else(|| read(conn.join("address")));
+        let port = read(conn.join("persistent_port")).or_else(|| read(conn.join("port")));
+        if addr.as_deref() != Some(portal.host.as_str())
+            || port.and_then(|p| p.parse::<u16>().ok()) != Some(portal.port)
+        {
+            continue;
+        }
+        // .../hostH/sessionN: the SCSI host is the parent of the session's device.
+        let dev = std::fs::canonicalize(e.path().join("device")).ok()?;
+        let host = dev
+            .components()
+            .filter_map(|c| c.as_os_str().to_str()?.strip_prefix("host")?.parse().ok())
+            .next_back()?;
+        return Some(Session { sid, host });
+    }
+    None
+}
+
+impl IscsiDriver {
+    fn lock(&self, iqn: &str) -> Arc<Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(iqn.to_owned()).or_default().clone()
+    }
+
+    fn io(volume: &str, path: &Path, source: std::io::Error) -> DriverError {
+        DriverError::Scsi(ScsiError::Io {
+            volume: volume.into(),
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Discovery, record set-up and login through one portal. `Ok(())` also when a session
+    /// already exists.
+    fn login_portal(
+        &self,
+        host: &Host,
+        volume: &str,
+        t: &Target,
+        p: &Portal,
+        creds: &Creds<'_>,
+    ) -> Result<(), DriverError> {
+        let (disc_chap, sess_chap, initiator) = (&creds.discovery, &creds.session, creds.initiator);
+        let cmd_err = |source: ExecError| DriverError::Command {
+            volume: volume.into(),
+            source,
+        };
+        if find_session(&host.paths.sys, &t.iqn, p).is_some() {
+            return Ok(());
+        }
+        let discovery_chap = disc_chap.first().is_some_and(|(_, v)| v == b"CHAP");
+        if discovery_chap {
+            let _ = host.runner.run(&iscsiadm::discoverydb_new(p, &t.iface));
+            let rec = iscsiadm::discovery_record(&self.iscsi_dir, p);
+            let items: Vec<(&str, &[u8])> = disc_chap
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            crate::host::scsi::update_record(&rec, &items)
+                .map_err(|e| Self::io(volume, &rec, e))?;
+        }
+        let out = host
+            .runner
+            .run(&iscsiadm::discover(p, &t.iface))
+            .map_err(cmd_err)?;
+        if out.code == Some(iscsiadm::ERR_LOGIN_AUTH_FAILED) {
+            return Err(DriverError::Scsi(ScsiError::Auth {
+                volume: volume.into(),
+                target: t.iqn.clone(),
+                portal: p.arg(),
+            }));
+        }
+        if !out.success() {
+            return Err(cmd_err(ExecError::Failed {
+                cmdline: iscsiadm::discover(p, &t.iface).display(),
+                code: out.code,
+                stderr: out.stderr_tail(),
+            }));
+        }
+        for (n, v) in [("node.startup", "manual"), ("node.session.scan", "manual")]
+            .into_iter()
+            .chain(initiator.map(|i| ("iface.initiatorname", i)))
+        {
+            host.runner
+                .run_ok(&iscsiadm::node_update(&t.iqn, p, &t.iface, n, v))
+                .map_err(cmd_err)?;
+        }
+        let rec = iscsiadm::node_record(&self.iscsi_dir, &t.iqn, p, &t.iface).ok_or_else(|| {
+            DriverError::Scsi(ScsiError::Login {
+                volume: volume.into(),
+                target: t.iqn.clone(),
+                detail: format!("{p}: discovery did not return this target at this portal"),
+            })
+        })?;
+        let items: Vec<(&str, &[u8])> = sess_chap
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        crate::host::scsi::update_record(&rec, &items).map_err(|e| Self::io(volume, &rec, e))?;
+        let out = host
+            .runner
+            .run(&iscsiadm::login(&t.iqn, p, &t.iface))
+            .map_err(cmd_err)?;
+        match out.code {
+            Some(0) | Some(iscsiadm::ERR_SESS_EXISTS) => {
+                crate::testhook::pause_point("iscsi:logged-in");
+                Ok(())
+            }
+            Some(iscsiadm::ERR_LOGIN_AUTH_FAILED) => Err(DriverError::Scsi(ScsiError::Auth {
+                volume: volume.into(),
+                target: t.iqn.clone(),
+                portal: p.arg(),
+            })),
+            code => Err(cmd_err(ExecError::Failed {
+                cmdline: iscsiadm::login(&t.iqn, p, &t.iface).display(),
+                code,
+                stderr: out.stderr_tail(),
+            })),
+        }
+    }
+
+    fn detach_target(
+        &self,
+        host: &Host,
+        volume: &str,
+        t: &Target,
+        wwid: Option<&str>,
+    ) -> Result<(), DriverError> {
+        let scsi = Scsi {
+            sys: host.paths.sys.clone(),
+        };
+        let sessions: Vec<(Portal, Session)> = t
+            .portals
+            .iter()
+            .filter_map(|p| Some((p.clone(), find_session(&host.paths.sys, &t.iqn, p)?)))
+            .collect();
+        let mut disks: Vec<ScsiDisk> = Vec::new();
+        for (_, s) in &sessions {
+            for d in scsi.disks_on_host(s.host, t.lun) {
+                let theirs = scsi.wwid(&d.name);
+                match (wwid, theirs) {
+                    (Some(w), Some(th)) if !super::scsi::wwid_matches(&th, w) => {
+                        tracing::warn!(volume, device = %d.name, target = %t.iqn, "not deleting: WWID differs from the one attach recorded");
+                    }
+                    _ => disks.push(d),
+                }
+            }
+        }
+        let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
+        let dm = match wwid {
+            Some(w) => scsi.multipath_for_wwid(w),
+            None => scsi.multipath_holding(&names, None),
+        };
+        if let Some(dm) = dm {
+            super::scsi::flush_multipath(host, &dm).map_err(|source| DriverError::Command {
+                volume: volume.into(),
+                source,
+            })?;
+        }
+        for d in &disks {
+            tracing::info!(volume, device = %d.name, target = %t.iqn, op = "detach", "deleting SCSI device {}", d.addr);
+            scsi.delete(&d.name)
+                .map_err(|e| Self::io(volume, &scsi.delete_attr(&d.name), e))?;
+        }
+        for (p, s) in &sessions {
+            // Devices just deleted may linger in sysfs for a moment; they are not users.
+            let left: Vec<_> = scsi
+                .addrs_on_host(s.host)
+                .into_iter()
+                .filter(|a| !disks.iter().any(|d| d.addr == *a))
+                .collect();
+            if !left.is_empty() {
+                tracing::info!(volume, target = %t.iqn, "keeping session {} at {p}: {} other device(s) still on it", s.sid, left.len());
+                continue;
+            }
+            let out = host
+                .runner
+                .run(&iscsiadm::logout(&t.iqn, p, &t.iface))
+                .map_err(|source| DriverError::Command {
+                    volume: volume.into(),
+                    source,
+                })?;
+            if !out.success() && out.code != Some(iscsiadm::ERR_NO_OBJS_FOUND) {
+                return Err(DriverError::Command {
+                    volume: volume.into(),
+                    source: ExecError::Failed {
+                        cmdline: iscsiadm::logout(&t.iqn, p, &t.iface).display(),
+                        code: out.code,
+                        stderr: out.stderr_tail(),
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Driver for IscsiDriver {
+    fn name(&self) -> &'static str {
+        "iscsi"
+    }
+
+    fn volume(&self, _node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
+        opts.check_known(self.name(), OPTIONS)?;
+        let t = Target::from_map(&opts.user)?;
+        let disc = flag(opts, "chapAuthDiscovery")?;
+        let sess = flag(opts, "chapAuthSession")?;
+        chap_lines(opts, "discovery.sendtargets.auth", disc)?;
+        chap_lines(opts, "node.session.auth", sess)?;
+        if let Some(i) = opts.user.get("initiatorName").filter(|i| !i.is_empty())
+            && !iscsiadm::valid_target_name(i)
+        {
+            return Err(OptionsError::Invalid {
+                key: "initiatorName".into(),
+                value: i.clone(),
+                expected: "expected an iqn./eui. name",
+            }
+            .into());
+        }
+        let mut persist = BTreeMap::new();
+        persist.insert("targetPortal".into(), t.portals[0].arg());
+        let all: Vec<String> = t.portals.iter().map(Portal::arg).collect();
+        persist.insert("portals".into(), all.join(","));
+        persist.insert("iqn".into(), t.iqn.clone());
+        persist.insert("lun".into(), t.lun.to_string());
+        persist.insert("iscsiInterface".into(), t.iface.clone());
+        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
+        if !mount_options.is_empty() {
+            persist.insert("mountOptions".into(), mount_options.clone());
+        }
+        Ok(VolumeSpec {
+            key: volume_key(
+                self.name(),
+                &format!("{}/{}/{}", t.portals[0].arg(), t.iqn, t.lun),
+            ),
+            source: StageSource::Attached { device: None },
+            persist,
+            mount_options,
+        })
+    }
+
+    fn attach(
+        &self,
+        host: &Host,
+        spec: &VolumeSpec,
+        opts: &VolumeOptions,
+    ) -> Result<Attached, DriverError> {
+        let volume = spec.key.as_str();
+        let t = Target::from_map(&spec.persist)?;
+        let disc_chap = chap_lines(
+            opts,
+            "discovery.sendtargets.auth",
+            flag(opts, "chapAuthDiscovery")?,
+        )?;
+        let sess_chap = chap_lines(opts, "node.session.auth", flag(opts, "chapAuthSession")?)?;
+        let creds = Creds {
+            discovery: disc_chap,
+            session: sess_chap,
+            initiator: opts
+                .user
+                .get("initiatorName")
+                .filter(|i| !i.is_empty())
+                .map(String::as_str),
+        };
+        let lock = self.lock(&t.iqn);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+
+        let mut failures = Vec::new();
+        let mut sessions = Vec::new();
+        for p in &t.portals {
+            match self.login_portal(host, volume, &t, p, &creds) {
+                Ok(()) => match find_session(&host.paths.sys, &t.iqn, p) {
+                    Some(s) => sessions.push(s),
+                    None => failures.push(format!("{p}: logged in but no session in sysfs")),
+                },
+                Err(e @ DriverError::Scsi(ScsiError::Auth { .. })) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(volume, target = %t.iqn, "login through {p} failed: {e}");
+                    failures.push(format!("{p}: {e}"));
+                }
+            }
+        }
+        if sessions.is_empty() {
+            return Err(DriverError::Scsi(ScsiError::Login {
+                volume: volume.into(),
+                target: t.iqn.clone(),
+                detail: failures.join("; "),
+            }));
+        }
+        let scsi = Scsi {
+            sys: host.paths.sys.clone(),
+        };
+        let mut disks = Vec::new();
+        for s in &sessions {
+            scsi.scan_lun(s.host, t.lun)
+                .map_err(|e| Self::io(volume, &scsi.scan_attr(s.host), e))?;
+        }
+        for s in &sessions {
+            let found = wait_for(DEVICE_WAIT, || {
+                let d = scsi.disks_on_host(s.host, t.lun);
+                (!d.is_empty() && d.iter().all(|d| scsi.wwid(&d.name).is_some())).then_some(d)
+            })
+            .ok_or_else(|| {
+                DriverError::Scsi(ScsiError::NoDevice {
+                    volume: volume.into(),
+                    what: format!("{} (session {})", t.what(), s.sid),
+                    waited_ms: DEVICE_WAIT.as_millis(),
+                })
+            })?;
+            disks.extend(found);
+        }
+        let wwid = common_wwid(&scsi, &disks).map_err(|detail| {
+            DriverError::Scsi(ScsiError::Mismatch {
+                volume: volume.into(),
+                what: t.what(),
+                detail,
+            })
+        })?;
+        let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
+        let name = if names.len() >= 2 {
+            wait_for(MULTIPATH_WAIT, || {
+                scsi.multipath_holding(&names, wwid.as_deref())
+            })
+            .ok_or_else(|| {
+                DriverError::Scsi(ScsiError::NoMultipath {
+                    volume: volume.into(),
+                    what: t.what(),
+                    paths: names.len(),
+                    waited_ms: MULTIPATH_WAIT.as_millis(),
+                })
+            })?
+        } else {
+            names[0].clone()
+        };
+        let device = host.paths.dev.join(&name);
+        tracing::info!(volume, driver = "iscsi", device = %device.display(), target = %t.iqn, op = "attach", wwid = wwid.as_deref().unwrap_or(""), "attached");
+        let mut persist = BTreeMap::new();
+        if let Some(w) = wwid {
+            persist.insert("wwid".to_owned(), w);
+        }
+        Ok(Attached {
+            device: Some(device),
+            persist,
+        })
+    }
+
+    fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
+        let t = Target::from_map(&rec.options)?;
+        let lock = self.lock(&t.iqn);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.detach_target(
+            host,
+            &rec.key,
+            &t,
+            rec.options.get("wwid").map(String::as_str),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attach::scsi::tests::disk;
+    use crate::flexvolume::options::Secret;
+    use crate::host::fake::{FakeMounts, ScriptRunner};
+    use crate::host::{BlockDevices, HostPaths};
+    use crate::journal::StagePhase;
+
+    const IQN: &str = "iqn.2024-01.dev.moor.lab:plain";
+
+    struct Rig {
+        tmp: tempfile::TempDir,
+        runner: Arc<ScriptRunner>,
+        host: Host,
+        driver: IscsiDriver,
+    }
+
+    fn rig() -> Rig {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let paths = HostPaths {
+            kubelet_dir: root.join("kubelet"),
+            kubelet_alias: None,
+            state_dir: root.join("state"),
+            run_dir: root.join("run"),
+            sys: root.join("sys"),
+            dev: root.join("dev"),
+            proc: root.join("proc"),
+        };
+        let runner = Arc::new(ScriptRunner::default());
+        let mounts = Arc::new(FakeMounts::default());
+        let host = Host {
+            blockdev: BlockDevices {
+                sys: paths.sys.clone(),
+            },
+            paths,
+            runner: runner.clone(),
+            mounter: mounts.clone(),
+            mounts,
+        };
+        let driver = IscsiDriver {
+            iscsi_dir: root.join("etc-iscsi"),
+            ..Default::default()
+        };
+        Rig {
+            tmp,
+            runner,
+            host,
+            driver,
+        }
+    }
+
+    /// A session `sid` on SCSI host `h` to IQN through `addr:port`, as the kernel shows it.
+    fn session(sys: &Path, sid: u32, h: u32, addr: &str, port: u16) {
+        let dev = sys.join(format!("devices/platform/host{h}/session{sid}"));
+        std::fs::create_dir_all(&dev).unwrap();
+        let cls = sys.join(format!("class/iscsi_session/session{sid}"));
+        std::fs::create_dir_all(&cls).unwrap();
+        std::fs::write(cls.join("targetname"), format!("{IQN}\n")).unwrap();
+        std::os::unix::fs::symlink(&dev, cls.join("device")).unwrap();
+        let conn = sys.join(format!("class/iscsi_connection/connection{sid}:0"));
+        std::fs::create_dir_all(&conn).unwrap();
+        std::fs::write(conn.join("persistent_address"), format!("{addr}\n")).unwrap();
+        std::fs::write(conn.join("persistent_port"), format!("{port}\n")).unwrap();
+        let scan = sys.join(format!("class/scsi_host/host{h}"));
+        std::fs::create_dir_all(&scan).unwrap();
+        std::fs::write(scan.join("scan"), "").unwrap();
+    }
+
+    fn opts(extra: &[(&str, &str)]) -> VolumeOptions {
+        let mut m: BTreeMap<String, String> = [
+            ("targetPortal", "127.0.0.1:3260"),
+            ("iqn", IQN),
+            ("lun", "0"),
+            ("kubernetes.io/fsType", "ext4"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        m.retain(|_, v| !v.is_empty());
+        VolumeOptions::from_map(&m).unwrap()
+    }
+
+    fn node() -> NodeContext {
+        NodeContext {
+            node_name: "n".into(),
+            kubelet_dir: "/k".into(),
+            run_dir: "/r".into(),
+        }
+    }
+
+    #[test]
+    fn options_are_validated_and_named() {
+        let d = IscsiDriver::default();
+        let spec = d
+            .volume(
+                &node(),
+                &opts(&[("portals", r#"["127.0.0.1:3261","127.0.0.1:3260"]"#)]),
+            )
+            .unwrap();
+        assert_eq!(spec.persist["portals"], "127.0.0.1:3260,127.0.0.1:3261");
+        assert_eq!(spec.persist["iscsiInterface"], "default");
+        assert!(spec.key.starts_with("iscsi-"));
+        let err = |o: VolumeOptions| d.volume(&node(), &o).unwrap_err().to_string();
+        assert!(err(opts(&[("lun", "x")])).contains("option lun=x"));
+        assert!(err(opts(&[("iqn", "../etc")])).contains("option iqn"));
+        assert!(err(opts(&[("chapAuthSession", "true")])).contains("node.session.auth.username"));
+        assert!(err(opts(&[("targetportal", "x")])).contains("unknown option targetportal"));
+    }
+
+    #[test]
+    fn chap_goes_to_the_private_record_never_to_argv() {
+        let r = rig();
+        let mut o = opts(&[("chapAuthSession", "true")]);
+        o.secrets.insert(
+            "node.session.auth.username".into(),
+            Secret(b"lab-user".to_vec()),
+        );
+        o.secrets.insert(
+            "node.session.auth.password".into(),
+            Secret(b"TOPSECRET".to_vec()),
+        );
+        let spec = r.driver.volume(&node(), &o).unwrap();
+        let rec = r
+            .driver
+            .iscsi_dir
+            .join(format!("nodes/{IQN}/127.0.0.1,3260,1/default"));
+        std::fs::create_dir_all(rec.parent().unwrap()).unwrap();
+        std::fs::write(
+            &rec,
+            format!("node.name = {IQN}\nnode.session.auth.authmethod = None\n"),
+        )
+        .unwrap();
+        let p = "-T iqn.2024-01.dev.moor.lab:plain -p 127.0.0.1:3260 -I default";
+        r.runner
+            .expect("iscsiadm -m discoverydb -t sendtargets -p 127.0.0.1:3260 -I default --discover -o new -o update", 0, "")
+            .expect(&format!("iscsiadm -m node {p} -o update -n node.startup -v manual"), 0, "")
+            .expect(&format!("iscsiadm -m node {p} -o update -n node.session.scan -v manual"), 0, "")
+            .expect(&format!("iscsiadm -m node {p} --login"), iscsiadm::ERR_LOGIN_AUTH_FAILED, "");
+        let e = r.driver.attach(&r.host, &spec, &o).unwrap_err();
+        assert_eq!(e.reason(), "auth_failed", "{e}");
+        assert!(e.to_string().contains("CHAP authentication"), "{e}");
+        assert!(r.runner.remaining().is_empty());
+        for c in r.runner.calls() {
+            assert!(
+                !c.display().contains("TOPSECRET")
+                    && !format!("{:?}", c.args).contains("TOPSECRET")
+            );
+        }
+        let text = std::fs::read_to_string(&rec).unwrap();
+        assert!(
+            text.contains("node.session.auth.authmethod = CHAP\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node.session.auth.password = TOPSECRET\n"),
+            "{text}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!format!("{spec:?}").contains("TOPSECRET"));
+    }
+
+    #[test]
+    fn existing_session_scans_one_lun_and_detach_deletes_then_logs_out() {
+        let r = rig();
+        let sys = r.host.paths.sys.clone();
+        session(&sys, 3, 5, "127.0.0.1", 3260);
+        disk(&sys, "5:0:0:0", "sdc", "naa.6001405aa");
+        let o = opts(&[]);
+        let spec = r.driver.volume(&node(), &o).unwrap();
+        let a = r.driver.attach(&r.host, &spec, &o).unwrap();
+        assert_eq!(a.device, Some(r.host.paths.dev.join("sdc")));
+        assert_eq!(a.persist["wwid"], "naa.6001405aa");
+        assert_eq!(
+            std::fs::read_to_string(sys.join("class/scsi_host/host5/scan")).unwrap(),
+            "- - 0"
+        );
+        assert!(
+            r.runner.calls().is_empty(),
+            "no login when the session exists"
+        );
+
+        // Another volume's LUN 1 on the same session keeps the session.
+        disk(&sys, "5:0:0:1", "sdd", "naa.6001405bb");
+        let mut options = spec.persist.clone();
+        options.extend(a.persist.clone());
+        let rec = StageRecord {
+            key: spec.key.clone(),
+            driver: "iscsi".into(),
+            source: StageSource::Attached {
+                device: a.device.clone(),
+            },
+            options,
+            fs_type: None,
+            fs_uuid: None,
+            read_only: false,
+            phase: StagePhase::Unstaging,
+            formatted_by_moor: false,
+        };
+        r.driver.detach(&r.host, &rec).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sys.join("block/sdc/device/delete")).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(sys.join("block/sdd/device/delete")).unwrap(),
+            ""
+        );
+        assert!(r.runner.calls().is_empty(), "session kept for LUN 1");
+
+        std::fs::remove_dir_all(sys.join("bus/scsi/devices/5:0:0:1")).unwrap();
+        r.runner.expect(
+            "iscsiadm -m node -T iqn.2024-01.dev.moor.lab:plain -p 127.0.0.1:3260 -I default --logout",
+            0,
+            "",
+        );
+        r.driver.detach(&r.host, &rec).unwrap();
+        assert!(r.runner.remaining().is_empty());
+        drop(r.tmp);
+    }
+
+    #[test]
+    fn a_lun_with_another_wwid_is_not_deleted() {
+        let r = rig();
+        let sys = r.host.paths.sys.clone();
+        session(&sys, 1, 2, "127.0.0.1", 3260);
+        disk(&sys, "2:0:0:0", "sdb", "naa.6001405ff");
+        let spec = r.driver.volume(&node(), &opts(&[])).unwrap();
+        let mut options = spec.persist.clone();
+        options.insert("wwid".into(), "naa.6001405aa".into());
+        let rec = StageRecord {
+            key: spec.key,
+            driver: "iscsi".into(),
+            source: StageSource::Attached { device: None },
+            options,
+            fs_type: None,
+            fs_uuid: None,
+            read_only: false,
+            phase: StagePhase::Staging,
+            formatted_by_moor: false,
+        };
+        r.driver.detach(&r.host, &rec).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sys.join("block/sdb/device/delete")).unwrap(),
+            ""
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! open-iscsi's `iscsiadm`: pure argv builders, the portal-list parser, and where the
+//! node and discovery records live.
+//!
+//! Invariant: no builder here ever puts a CHAP secret on argv. Secrets reach open-iscsi
+//! through the record files (`/etc/iscsi/nodes/<iqn>/<ip>,<port>,<tpgt>/<iface>` and
+//! `/etc/iscsi/send_targets/<ip>,<port>/st_config`), rewritten 0600 by
+//! [`crate::host::scsi::update_record`]: iscsiadm reads the record at login/discovery time,
+//! so `-o update -n …password -v <secret>` (which would show in `ps`) is never needed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::host::Cmd;
+
+/// iscsiadm exit status: a session to that target and portal already exists.
+pub const ERR_SESS_EXISTS: i32 = 15;
+/// iscsiadm exit status: no matching session/record (`logout` of a gone session).
+pub const ERR_NO_OBJS_FOUND: i32 = 21;
+/// iscsiadm exit status: login authorization failed (wrong CHAP secret).
+pub const ERR_LOGIN_AUTH_FAILED: i32 = 24;
+
+/// Deadline for one iscsiadm call: iscsid's own login timeout is 15 s per attempt.
+pub const TIMEOUT: Duration = Duration::from_secs(45);
+
+/// A portal `host:port` (IPv6 in brackets), port 3260 when absent.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Portal {
+    /// Address as iscsiadm and sysfs print it (no brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Portal {
+    /// Parses `10.0.0.1`, `10.0.0.1:3260`, `[fd00::1]:3260`.
+    pub fn parse(s: &str) -> Option<Portal> {
+        let s = s.trim();
+        if s.is_empty() {
+            return None;
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, tail) = rest.split_once(']')?;
+            let port = match tail.strip_prefix(':') {
+                Some(p) => p.parse().ok()?,
+                None if tail.is_empty() => 3260,
+                None => return None,
+            };
+            (h.to_owned(), port)
+        } else if s.matches(':').count() == 1 {
+            let (h, p) = s.split_once(':')?;
+            (h.to_owned(), p.parse().ok()?)
+        } else {
+            // A bare name, IPv4 address or IPv6 address (several colons): default port.
+            (s.to_owned(), 3260)
+        };
+        let ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+        (ok && port != 0).then_some(Portal { host, port })
+    }
+
+    /// `-p` argument form (`10.0.0.1:3260`, `[fd00::1]:3260`).
+    pub fn arg(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Portal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.arg())
+    }
+}
+
+/// Parses the in-tree `portals` value: `["a:3260","b:3260"]`, `[a:3260, b]` or `a,b`.
+pub fn parse_portals(s: &str) -> Option<Vec<Portal>> {
+    let inner = s.trim();
+    let inner = inner
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(inner);
+    let mut out = Vec::new();
+    for item in inner.split(',') {
+        let item = item.trim().trim_matches('"').trim_matches('\'').trim();
+        if item.is_empty() {
+            continue;
+        }
+        out.push(Portal::parse(item)?);
+    }
+    Some(out)
+}
+
+/// Whether an IQN/EUI/NAA target name is acceptable (it becomes a directory name).
+pub fn valid_target_name(s: &str) -> bool {
+    (s.starts_with("iqn.") || s.starts_with("eui.") || s.starts_with("naa."))
+        && s.len() <= 223
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+}
+
+/// Whether an iface name is acceptable.
+pub fn valid_iface(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+fn iscsiadm() -> Cmd {
+    Cmd::new("iscsiadm").timeout(TIMEOUT)
+}
+
+/// `iscsiadm -m discoverydb -t sendtargets -p P -I IF -o new`: the discovery record
+/// (so discovery CHAP can be written to its file before discovering).
+pub fn discoverydb_new(p: &Portal, iface: &str) -> Cmd {
+    iscsiadm().args([
+        "-m",
+        "discoverydb",
+        "-t",
+        "sendtargets",
+        "-p",
+        &p.arg(),
+        "-I",
+        iface,
+        "-o",
+        "new",
+    ])
+}
+
+/// `iscsiadm -m discoverydb -t sendtargets -p P -I IF --discover -o new -o update`:
+/// creates or updates node records without deleting others (never `-o delete`: another
+/// volume may use a record this portal no longer advertises).
+pub fn discover(p: &Portal, iface: &str) -> Cmd {
+    iscsiadm().args([
+        "-m",
+        "discoverydb",
+        "-t",
+        "sendtargets",
+        "-p",
+        &p.arg(),
+        "-I",
+        iface,
+        "--discover",
+        "-o",
+        "new",
+        "-o",
+        "update",
+    ])
+}
+
+/// `iscsiadm -m node -T IQN -p P -I IF -o update -n NAME -v VALUE` (never a secret).
+pub fn node_update(iqn: &str, p: &Portal, iface: &str, name: &str, value: &str) -> Cmd {
+    iscsiadm().args([
+        "-m",
+        "node",
+        "-T",
+        iqn,
+        "-p",
+        &p.arg(),
+        "-I",
+        iface,
+        "-o",
+        "update",
+        "-n",
+        name,
+        "-v",
+        value,
+    ])
+}
+
+/// `iscsiadm -m node -T IQN -p P -I IF --login`.
+pub fn login(iqn: &str, p: &Portal, iface: &str) -> Cmd {
+    iscsiadm().args([
+        "-m",
+        "node",
+        "-T",
+        iqn,
+        "-p",
+        &p.arg(),
+        "-I",
+        iface,
+        "--login",
+    ])
+}
+
+/// `iscsiadm -m node -T IQN -p P -I IF --logout`.
+pub fn logout(iqn: &str, p: &Portal, iface: &str) -> Cmd {
+    iscsiadm().args([
+        "-m",
+        "node",
+        "-T",
+        iqn,
+        "-p",
+        &p.arg(),
+        "-I",
+        iface,
+        "--logout",
+    ])
+}
+
+/// The node record directory `<iscsi_dir>/nodes/<iqn>/<ip>,<port>,<tpgt>` for a portal,
+/// whatever its TPGT (discovery wrote it; we find it by prefix).
+pub fn node_record(iscsi_dir: &Path, iqn: &str, p: &Portal, iface: &str) -> Option<PathBuf> {
+    let dir = iscsi_dir.join("nodes").join(iqn);
+    let prefix = format!("{},{},", p.host, p.port);
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path().join(iface))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+/// The sendtargets discovery record `<iscsi_dir>/send_targets/<ip>,<port>/st_config`.
+pub fn discovery_record(iscsi_dir: &Path, p: &Portal) -> PathBuf {
+    iscsi_dir
+        .join("send_targets")
+        .join(format!("{},{}", p.host, p.port))
+        .join("st_config")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portals_parse_in_every_kubernetes_spelling() {
+        let want = vec![
+            Portal {
+                host: "10.0.0.1".into(),
+                port: 3260,
+            },
+            Portal {
+                host: "10.0.0.2".into(),
+                port: 3261,
+            },
+        ];
+        assert_eq!(
+            parse_portals(r#"["10.0.0.1:3260","10.0.0.2:3261"]"#),
+            Some(want.clone())
+        );
+        assert_eq!(parse_portals("10.0.0.1, 10.0.0.2:3261"), Some(want.clone()));
+        assert_eq!(parse_portals("[10.0.0.1, 10.0.0.2:3261]"), Some(want));
+        assert_eq!(parse_portals("[]"), Some(vec![]));
+        assert_eq!(parse_portals("10.0.0.1:x"), None);
+        assert_eq!(parse_portals("a b"), None);
+        assert_eq!(
+            Portal::parse("[fd00::1]:3260").map(|p| p.arg()),
+            Some("[fd00::1]:3260".into())
+        );
+    }
+
+    #[test]
+    fn target_names_are_checked() {
+        assert!(valid_target_name("iqn.2003-01.org.linux-iscsi.lab:disk1"));
+        assert!(!valid_target_name("iqn.x/../../etc"));
+        assert!(!valid_target_name("disk1"));
+        assert!(valid_iface("default"));
+        assert!(!valid_iface("a/b"));
+    }
+
+    #[test]
+    fn argv_never_carries_a_secret_and_login_is_exact() {
+        let p = Portal::parse("10.0.0.1").unwrap();
+        assert_eq!(
+            login("iqn.t:x", &p, "default").display(),
+            "iscsiadm -m node -T iqn.t:x -p 10.0.0.1:3260 -I default --login"
+        );
+        assert_eq!(
+            discover(&p, "default").display(),
+            "iscsiadm -m discoverydb -t sendtargets -p 10.0.0.1:3260 -I default --discover -o new -o update"
+        );
+    }
+
+    #[test]
+    fn node_record_found_whatever_the_tpgt() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = d.path().join("nodes/iqn.t:x/10.0.0.1,3260,1");
+        std::fs::create_dir_all(&rec).unwrap();
+        std::fs::write(rec.join("default"), "node.name = iqn.t:x\n").unwrap();
+        let p = Portal::parse("10.0.0.1:3260").unwrap();
+        assert_eq!(
+            node_record(d.path(), "iqn.t:x", &p, "default"),
+            Some(rec.join("default"))
+        );
+        let other = Portal::parse("10.0.0.11:3260").unwrap();
+        assert_eq!(node_record(d.path(), "iqn.t:x", &other, "default"), None);
+    }
+}

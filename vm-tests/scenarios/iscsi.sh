@@ -1,0 +1,67 @@
+#!/bin/bash
+# moor~iscsi against the LIO target: mount, data survives remount, second pod sees it, nothing left after the last unmount, never formats a foreign filesystem.
+# vm: timeout=420
+set -euo pipefail
+. "$LAB_DIR/lib/lab.sh"
+. "$LAB_DIR/lib/moor-node.sh"
+. "$LAB_DIR/servers/iscsi-target.sh"
+
+lab_require_moor
+lab_on_exit lab_iscsi_target_stop
+lab_on_exit 'iscsiadm -m node --logoutall=all >/dev/null 2>&1 || true'
+lab_iscsi_initiator
+lab_iscsi_target plain
+LOG=/tmp/moor-daemon.log
+"$MOOR" daemon --metrics-addr off >"$LOG" 2>&1 &
+DAEMON=$!
+lab_on_exit "kill $DAEMON 2>/dev/null || true"
+lab_wait_for 20 "moor socket" test -S /run/moor/moor.sock
+
+opts() { # UID FSTYPE
+  jq -cn --arg p "$LAB_ISCSI_PORTAL" --arg iqn "$LAB_ISCSI_IQN" --arg uid "$1" --arg fs "$2" '{
+    targetPortal: $p, iqn: $iqn, lun: "0", "kubernetes.io/fsType": $fs,
+    "kubernetes.io/readwrite": "rw", "kubernetes.io/pod.uid": $uid, "kubernetes.io/pvOrVolumeName": "vol1" }'
+}
+sessions() { { iscsiadm -m session 2>/dev/null || true; } | wc -l; }
+UID1=11111111-0000-4000-8000-000000000001 UID2=11111111-0000-4000-8000-000000000002
+POD1=$(lab_pod_volume_dir $UID1 iscsi vol1) POD2=$(lab_pod_volume_dir $UID2 iscsi vol1)
+mkdir -p "$POD1" "$POD2"
+
+lab_moor_flex mount "$POD1" "$(opts $UID1 ext4)" >/dev/null
+lab_assert_mounted "$POD1"
+dd if=/dev/urandom of="$POD1/data" bs=1M count=4 status=none
+sum=$(md5sum < "$POD1/data")
+lab_moor_flex unmount "$POD1" >/dev/null
+lab_assert_eq "$(sessions)" 0 "sessions after the last unmount"
+lab_assert_eq "$(ls /sys/class/scsi_disk/ 2>/dev/null | grep -vc '^0:' || true)" 0 "iSCSI SCSI disks after the last unmount"
+lab_step "mount, write, unmount: no session, no SCSI device left"
+
+lab_moor_flex mount "$POD1" "$(opts $UID1 ext4)" >/dev/null
+lab_moor_flex mount "$POD2" "$(opts $UID2 ext4)" >/dev/null
+lab_assert_eq "$(md5sum < "$POD2/data")" "$sum" "data through the second pod dir after remount"
+lab_assert_eq "$(sessions)" 1 "one session for two pods"
+lab_moor_flex unmount "$POD1" >/dev/null
+lab_assert_eq "$(sessions)" 1 "session kept while pod 2 uses it"
+lab_moor_flex unmount "$POD2" >/dev/null
+lab_assert_eq "$(sessions)" 0 "sessions after the last unmount"
+lab_step "remount: data intact, visible through a second pod dir; session gone after the last unmount"
+
+# A filesystem of another type is never formatted.
+login() { iscsiadm -m node -T "$LAB_ISCSI_IQN" -p "$LAB_ISCSI_PORTAL" --login >/dev/null 2>&1 || [[ $? == 15 ]]; }
+lun_dev() { ls /sys/class/iscsi_session/session*/device/target*/*:0/block/ 2>/dev/null | head -n 1; }
+iscsiadm -m node -T "$LAB_ISCSI_IQN" -p "$LAB_ISCSI_PORTAL" -o update -n node.session.scan -v auto
+login
+lab_wait_for 20 "LUN 0 disk" sh -c '[ -n "$(ls /sys/class/iscsi_session/session*/device/target*/*:0/block/ 2>/dev/null)" ]'
+dev=/dev/$(lun_dev)
+mkfs.xfs -q -f "$dev"; xfs_uuid=$(blkid -p -o value -s UUID "$dev")
+iscsiadm -m node -T "$LAB_ISCSI_IQN" -p "$LAB_ISCSI_PORTAL" --logout >/dev/null
+reply=$("$MOOR" flex mount "$POD1" "$(opts $UID1 ext4)" || true)
+lab_log "reply: $reply"
+lab_assert_eq "$(jq -r .status <<< "$reply")" Failure "mount of an xfs LUN as ext4"
+lab_assert_not_mounted "$POD1"
+lab_assert_eq "$(sessions)" 0 "sessions after the refused mount"
+iscsiadm -m node -T "$LAB_ISCSI_IQN" -p "$LAB_ISCSI_PORTAL" -o update -n node.session.scan -v auto
+login
+lab_wait_for 20 "LUN 0 disk" sh -c '[ -n "$(ls /sys/class/iscsi_session/session*/device/target*/*:0/block/ 2>/dev/null)" ]'
+lab_assert_eq "$(blkid -p -o value -s UUID "/dev/$(lun_dev)")" "$xfs_uuid" "xfs left intact"
+lab_step "an xfs LUN asked as ext4: Failure, never formatted"
