@@ -38,7 +38,7 @@ for ((i = 0; i < N; i++)); do
   t0=$(now); lab_moor_flex mount "$POD" "$OPTS" >/dev/null; t1=$(now)
   moor_t+=("$(awk -v a="$t1" -v b="$t0" 'BEGIN{print a-b}')")
   lab_moor_flex unmount "$POD" >/dev/null
-  key=$(ls /var/lib/moor/*/ 2>/dev/null | grep -o 'iscsi-[^.]*' | head -n 1 || true)
+  key=$("$MOOR" status -o json | jq -r '[.volumes[]? | select(.driver == "iscsi") | .key][0] // empty')
   [[ -z $key ]] || "$MOOR" forget "$key" >/dev/null   # the LUN is wiped on purpose
   wipe
   t0=$(now)
