@@ -66,3 +66,37 @@ login
 lab_wait_for 20 "LUN 0 disk" sh -c '[ -n "$(ls /sys/class/iscsi_session/session*/device/target*/*:0/block/ 2>/dev/null)" ]'
 lab_assert_eq "$(blkid -p -o value -s UUID "/dev/$(lun_dev)")" "$xfs_uuid" "xfs left intact"
 lab_step "an xfs LUN asked as ext4: Failure, never formatted"
+iscsiadm -m node -T "$LAB_ISCSI_IQN" -p "$LAB_ISCSI_PORTAL" --logout >/dev/null
+
+# The LUN was reformatted by hand on purpose (xfs): moor still remembers its ext4 and would
+# refuse it (device_changed); the operator says so with `moor forget`.
+key=$("$MOOR" status -o json | jq -r '[.volumes[]? | select(.driver == "iscsi") | .key][0] // empty')
+[[ -n $key ]] || lab_die "no idle iscsi volume in moor status"
+"$MOOR" forget "$key" >/dev/null
+
+# Crash safety: SIGKILL right after the login (pause point iscsi:logged-in, before attach
+# returns), restart: reconstruction logs the orphan session out; kubelet's retry converges.
+kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
+MARKER=/tmp/moor-paused; rm -f "$MARKER"
+MOOR_TEST_PAUSE_AT=iscsi:logged-in MOOR_TEST_PAUSE_MARKER=$MARKER "$MOOR" daemon --metrics-addr off >>"$LOG" 2>&1 &
+DAEMON=$!
+lab_on_exit "kill -9 $DAEMON 2>/dev/null || true"
+lab_wait_for 20 "moor socket" test -S /run/moor/moor.sock
+"$MOOR" flex mount "$POD1" "$(opts $UID1 xfs)" >/tmp/crash-reply.json 2>&1 &
+FLEX=$!
+lab_wait_for 60 "pause point iscsi:logged-in" test -e "$MARKER"
+lab_assert_eq "$(sessions)" 1 "session logged in at the pause point"
+kill -9 "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
+wait "$FLEX" || true
+lab_assert_eq "$(jq -r .status /tmp/crash-reply.json)" Failure "kubelet's reply from the killed daemon"
+"$MOOR" daemon --metrics-addr off >>"$LOG" 2>&1 &
+DAEMON=$!
+lab_on_exit "kill $DAEMON 2>/dev/null || true"
+lab_wait_for 20 "moor socket" test -S /run/moor/moor.sock
+lab_wait_for 30 "the orphan session logged out by reconstruction" sh -c "[ \"\$( { iscsiadm -m session 2>/dev/null || true; } | wc -l)\" = 0 ]"
+lab_assert_not_mounted "$POD1"
+lab_moor_flex mount "$POD1" "$(opts $UID1 xfs)" >/dev/null
+lab_assert_mounted "$POD1"
+lab_moor_flex unmount "$POD1" >/dev/null
+lab_assert_eq "$(sessions)" 0 "sessions after the last unmount"
+lab_step "SIGKILL after login: restart leaves no orphan session; the retried mount converges"
