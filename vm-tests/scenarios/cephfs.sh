@@ -79,7 +79,7 @@ share_daemon_stop
 for f in "$LAB_OUT/moor-daemon.log" $(find /var/lib/moor /run/moor "$LAB_KUBELET_DIR/plugins" -type f 2>/dev/null); do
   grep -qF -- "$KEY" "$f" && lab_die "the key is in $f"
 done
-if command -v journalctl >/dev/null && journalctl -q 2>/dev/null | grep -qF -- "$KEY"; then lab_die "the key is in the journal"; fi
+if command -v journalctl >/dev/null && journalctl -q 2>/dev/null | grep -F -- "$KEY" >/dev/null; then lab_die "the key is in the journal"; fi
 lab_step "the key never appeared in argv, moor's log, journal records, run dir or the system journal"
 
 # --- healing: an evicted (blocklisted) client -------------------------------------------
