@@ -452,7 +452,8 @@ impl Lifecycle {
                 known: known.clone(),
             });
         }
-        if !plan.opts.read_only {
+        // A filesystem mkfs wrote a moment ago has nothing to repair: fsck only what was there.
+        if !plan.opts.read_only && matches!(prepared, Prepared::Existing { .. }) {
             fs::fsck(&self.host, key, device, prepared.fs_type())?;
         }
         let (mut flags, data) = split_options(&plan.spec.mount_options);

@@ -228,6 +228,9 @@ fn formatted_once(fs_type: &str, created: &str, size_mib: u64) {
     let mkfs = d.mkfs_commands();
     assert_eq!(mkfs.len(), 1, "formatted exactly once: {mkfs:?}");
     assert!(mkfs[0].starts_with(&format!("mkfs.{created} ")), "{mkfs:?}");
+    // moor chose the UUID, handed it to mkfs and checked it in the superblock: the one blkid
+    // reads must be that one (the remount above would have failed as `device_changed` too).
+    assert!(mkfs[0].contains(&uuid), "{mkfs:?} vs {uuid}");
     d.unmount("pod-b", "vol").assert_ok();
     assert_eq!(d.mounts(), Vec::<std::path::PathBuf>::new());
 }

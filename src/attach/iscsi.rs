@@ -324,14 +324,6 @@ impl IscsiDriver {
                 stderr: out.stderr_tail(),
             }));
         }
-        for (n, v) in [("node.startup", "manual"), ("node.session.scan", "manual")]
-            .into_iter()
-            .chain(initiator.map(|i| ("iface.initiatorname", i)))
-        {
-            host.runner
-                .run_ok(&iscsiadm::node_update(&t.iqn, p, &t.iface, n, v))
-                .map_err(cmd_err)?;
-        }
         let rec = iscsiadm::node_record(&self.iscsi_dir, &t.iqn, p, &t.iface).ok_or_else(|| {
             DriverError::Scsi(ScsiError::Login {
                 volume: volume.into(),
@@ -339,10 +331,17 @@ impl IscsiDriver {
                 detail: format!("{p}: discovery did not return this target at this portal"),
             })
         })?;
-        let items: Vec<(&str, &[u8])> = sess_chap
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
+        // One write of the record instead of an `iscsiadm -o update` per setting (each an
+        // exec that reads and rewrites the same file): manual startup so the node never logs
+        // in at boot behind kubelet's back, manual scan so only the LUN asked for appears.
+        let mut items: Vec<(&str, &[u8])> = vec![
+            ("node.startup", b"manual"),
+            ("node.session.scan", b"manual"),
+        ];
+        if let Some(i) = initiator {
+            items.push(("iface.initiatorname", i.as_bytes()));
+        }
+        items.extend(sess_chap.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         crate::host::scsi::update_record(&rec, &items).map_err(|e| Self::io(volume, &rec, e))?;
         let out = host
             .runner
@@ -742,8 +741,6 @@ mod tests {
         let p = "-T iqn.2024-01.dev.moor.lab:plain -p 127.0.0.1:3260 -I default";
         r.runner
             .expect("iscsiadm -m discoverydb -t sendtargets -p 127.0.0.1:3260 -I default --discover -o new -o update", 0, "")
-            .expect(&format!("iscsiadm -m node {p} -o update -n node.startup -v manual"), 0, "")
-            .expect(&format!("iscsiadm -m node {p} -o update -n node.session.scan -v manual"), 0, "")
             .expect(&format!("iscsiadm -m node {p} --login"), iscsiadm::ERR_LOGIN_AUTH_FAILED, "");
         let e = r.driver.attach(&r.host, &spec, &o).unwrap_err();
         assert_eq!(e.reason(), "auth_failed", "{e}");
@@ -764,6 +761,9 @@ mod tests {
             text.contains("node.session.auth.password = TOPSECRET\n"),
             "{text}"
         );
+        // Set in the same write: no boot-time login, no scan of every LUN.
+        assert!(text.contains("node.startup = manual\n"), "{text}");
+        assert!(text.contains("node.session.scan = manual\n"), "{text}");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777,

@@ -152,26 +152,6 @@ pub fn discover(p: &Portal, iface: &str) -> Cmd {
     ])
 }
 
-/// `iscsiadm -m node -T IQN -p P -I IF -o update -n NAME -v VALUE` (never a secret).
-pub fn node_update(iqn: &str, p: &Portal, iface: &str, name: &str, value: &str) -> Cmd {
-    iscsiadm().args([
-        "-m",
-        "node",
-        "-T",
-        iqn,
-        "-p",
-        &p.arg(),
-        "-I",
-        iface,
-        "-o",
-        "update",
-        "-n",
-        name,
-        "-v",
-        value,
-    ])
-}
-
 /// `iscsiadm -m node -T IQN -p P -I IF --login`.
 pub fn login(iqn: &str, p: &Portal, iface: &str) -> Cmd {
     iscsiadm().args([

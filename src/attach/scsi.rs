@@ -461,9 +461,13 @@ impl ScsiError {
     }
 }
 
-/// Polls `f` every 100 ms until it returns `Some` or `limit` passes.
+/// Polls `f` until it returns `Some` or `limit` passes: first after 5 ms, the interval
+/// doubling up to 100 ms. A scanned disk usually shows up within tens of milliseconds (sd
+/// probes asynchronously after the scan returns), so a flat 100 ms poll would add up to
+/// 100 ms to every attach; a slow target still costs only a few sysfs reads a second.
 pub fn wait_for<T>(limit: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
     loop {
         if let Some(v) = f() {
             return Some(v);
@@ -471,7 +475,8 @@ pub fn wait_for<T>(limit: std::time::Duration, mut f: impl FnMut() -> Option<T>)
         if start.elapsed() >= limit {
             return None;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
     }
 }
 

@@ -14,14 +14,16 @@
 //!   mounted nowhere and held by nothing);
 //! - a second probe, right before mkfs, still finds nothing.
 //!
-//! mkfs then runs without any force flag. A mount failure never leads here: callers decide to
-//! format only from a probe, never from an error.
+//! mkfs then runs without any force flag, writing a UUID moor chose, and the new superblock
+//! must carry that UUID before the device counts as formatted. A mount failure never leads
+//! here: callers decide to format only from a probe, never from an error.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::mkfs::{self, DEFAULT_FS, FORMATTABLE};
 use super::probe::{self, Probe};
+use super::superblock;
 use crate::host::{Cmd, ExecError, Host, blockdev};
 
 /// Deadline for one blkid probe.
@@ -322,7 +324,12 @@ pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepare
             detail: "a signature appeared between two probes".into(),
         });
     }
-    let Some((program, args)) = mkfs::mkfs_command(asked, req.device) else {
+    let uuid = superblock::new_uuid().map_err(|e| FsError::ProbeFailed {
+        volume: req.volume.into(),
+        device: req.device.into(),
+        detail: format!("no random UUID for mkfs: {e}"),
+    })?;
+    let Some((program, args)) = mkfs::mkfs_command(asked, req.device, &uuid) else {
         return Err(FsError::Unsupported {
             volume: req.volume.into(),
             asked: asked.into(),
@@ -342,15 +349,22 @@ pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepare
             stderr: out.stderr_tail(),
         });
     }
-    match run_probe(host, req)? {
-        Probe::Superblock { kind, uuid } if kind == asked => Ok(Prepared::Formatted {
-            fs_type: kind,
-            uuid,
+    // mkfs said it succeeded: the superblock must now carry the UUID moor chose.
+    match superblock::uuid(req.device, asked) {
+        Ok(Some(found)) if found == uuid => Ok(Prepared::Formatted {
+            fs_type: asked.into(),
+            uuid: Some(uuid),
         }),
-        other => Err(FsError::ProbeFailed {
+        found => Err(FsError::ProbeFailed {
             volume: req.volume.into(),
             device: req.device.into(),
-            detail: format!("after mkfs.{asked} the probe found {}", other.describe()),
+            detail: match found {
+                Ok(Some(other)) => {
+                    format!("after mkfs.{asked} the superblock has UUID {other}, not {uuid}")
+                }
+                Ok(None) => format!("after mkfs.{asked} no {asked} superblock is there"),
+                Err(e) => format!("after mkfs.{asked} the superblock cannot be read: {e}"),
+            },
         }),
     }
 }

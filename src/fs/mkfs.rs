@@ -15,13 +15,15 @@ pub fn is_ext(fs: &str) -> bool {
     matches!(fs, "ext2" | "ext3" | "ext4")
 }
 
-/// mkfs program and argv for `fs`. No `-F`/`-f`: mke2fs, mkfs.xfs and mkfs.btrfs then
-/// refuse a device with an existing signature on their own, a second guard behind the probe.
-pub fn mkfs_command(fs: &str, device: &Path) -> Option<(String, Vec<OsString>)> {
+/// mkfs program and argv for `fs`, writing filesystem UUID `uuid`. No `-F`/`-f`: mke2fs,
+/// mkfs.xfs and mkfs.btrfs then refuse a device with an existing signature on their own, a
+/// second guard behind the probe.
+pub fn mkfs_command(fs: &str, device: &Path, uuid: &str) -> Option<(String, Vec<OsString>)> {
     let mut args: Vec<OsString> = match fs {
         // -m0: a PV is not a system disk; root-reserved blocks only waste the user's space.
-        "ext4" | "ext3" | "ext2" => vec!["-q".into(), "-m0".into()],
-        "xfs" | "btrfs" => vec!["-q".into()],
+        "ext4" | "ext3" | "ext2" => vec!["-q".into(), "-m0".into(), "-U".into(), uuid.into()],
+        "xfs" => vec!["-q".into(), "-m".into(), format!("uuid={uuid}").into()],
+        "btrfs" => vec!["-q".into(), "-U".into(), uuid.into()],
         _ => return None,
     };
     args.push(device.into());

@@ -5,5 +5,6 @@
 pub mod format;
 pub mod mkfs;
 pub mod probe;
+pub mod superblock;
 
 pub use format::{FsError, Prepared, check_exclusive, ensure_filesystem, fsck};
