@@ -315,6 +315,8 @@ impl IscsiDriver {
                 volume: volume.into(),
                 target: t.iqn.clone(),
                 portal: p.arg(),
+                step: "discovery",
+                secrets: "discovery.sendtargets.auth",
             }));
         }
         if !out.success() {
@@ -356,6 +358,8 @@ impl IscsiDriver {
                 volume: volume.into(),
                 target: t.iqn.clone(),
                 portal: p.arg(),
+                step: "login",
+                secrets: "node.session.auth",
             })),
             code => Err(cmd_err(ExecError::Failed {
                 cmdline: iscsiadm::login(&t.iqn, p, &t.iface).display(),
@@ -744,7 +748,12 @@ mod tests {
             .expect(&format!("iscsiadm -m node {p} --login"), iscsiadm::ERR_LOGIN_AUTH_FAILED, "");
         let e = r.driver.attach(&r.host, &spec, &o).unwrap_err();
         assert_eq!(e.reason(), "auth_failed", "{e}");
-        assert!(e.to_string().contains("CHAP authentication"), "{e}");
+        assert!(
+            e.to_string().contains("CHAP authentication at login")
+                && e.to_string()
+                    .contains("node.session.auth.username/password"),
+            "{e}"
+        );
         assert!(r.runner.remaining().is_empty());
         for c in r.runner.calls() {
             assert!(

@@ -388,7 +388,7 @@ pub enum ScsiError {
     },
     /// The target refused our CHAP credentials.
     #[error(
-        "volume {volume}: iSCSI CHAP authentication to {target} at {portal} failed: check the secret (node.session.auth.username/password)"
+        "volume {volume}: iSCSI CHAP authentication at {step} to {target} at {portal} failed: check the secret ({secrets}.username/password)"
     )]
     Auth {
         /// Volume key.
@@ -397,6 +397,10 @@ pub enum ScsiError {
         target: String,
         /// Portal.
         portal: String,
+        /// `discovery` or `login`: which exchange the target refused.
+        step: &'static str,
+        /// The secret keys that exchange used.
+        secrets: &'static str,
     },
     /// The LUN did not show up in time.
     #[error("volume {volume}: no block device for {what} after {waited_ms} ms")]

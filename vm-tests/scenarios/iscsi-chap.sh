@@ -42,7 +42,7 @@ lab_iscsi_target chap
 reply=$("$MOOR" flex mount "$POD1" "$(opts $UID1 wrong-secret-0000)" || true)
 lab_log "reply: $reply"
 lab_assert_eq "$(jq -r .status <<< "$reply")" Failure "mount with a wrong CHAP secret"
-grep -q "CHAP authentication" <<< "$reply" || lab_die "the failure does not say CHAP failed: $reply"
+grep -q "CHAP authentication at login" <<< "$reply" || lab_die "the failure does not say the login's CHAP failed: $reply"
 lab_assert_eq "$(sessions)" 0 "sessions after the refused login"
 lab_step "wrong CHAP secret: clear Failure, no session"
 
@@ -72,3 +72,36 @@ for s in "$LAB_ISCSI_CHAP_SECRET" "$LAB_ISCSI_CHAP_MUTUAL_SECRET"; do
 done
 lab_log "iscsiadm argv seen: $(wc -l < "$ARGV_LOG") calls"
 lab_step "secrets never in iscsiadm argv, the journal or moor's log"
+
+# Discovery CHAP (chapAuthDiscovery): LIO answers SendTargets only to an authenticated
+# initiator. A wrong discovery secret fails before any login; the right one mounts. The
+# secrets go into open-iscsi's discovery record (0600), never argv, journal or log.
+DISC=$_LAB_CFS/iscsi/discovery_auth
+DISC_USER=lab-discovery DISC_SECRET=disc-secret-8910
+lab_on_exit "printf 0 > $DISC/enforce_discovery_auth 2>/dev/null || true"
+printf '%s' "$DISC_USER" > "$DISC/userid"
+printf '%s' "$DISC_SECRET" > "$DISC/password"
+printf 1 > "$DISC/enforce_discovery_auth"
+disc_opts() { # UID DISCOVERY_PASSWORD
+  opts "$1" "$LAB_ISCSI_CHAP_SECRET" "$LAB_ISCSI_CHAP_MUTUAL_USER" "$LAB_ISCSI_CHAP_MUTUAL_SECRET" |
+    jq -c --arg u "$(b64 "$DISC_USER")" --arg pw "$(b64 "$2")" '. + {chapAuthDiscovery: "true",
+      "kubernetes.io/secret/discovery.sendtargets.auth.username": $u,
+      "kubernetes.io/secret/discovery.sendtargets.auth.password": $pw}'
+}
+reply=$("$MOOR" flex mount "$POD1" "$(disc_opts $UID1 wrong-discovery-0000)" || true)
+lab_log "reply: $reply"
+lab_assert_eq "$(jq -r .status <<< "$reply")" Failure "mount with a wrong discovery CHAP secret"
+grep -q "CHAP authentication at discovery.*discovery.sendtargets.auth" <<< "$reply" ||
+  lab_die "the failure does not say discovery CHAP failed: $reply"
+lab_assert_eq "$(sessions)" 0 "sessions after the refused discovery"
+lab_assert_not_mounted "$POD1"
+lab_moor_flex mount "$POD1" "$(disc_opts $UID1 "$DISC_SECRET")" >/dev/null
+lab_assert_mounted "$POD1"
+st=$(ls /etc/iscsi/send_targets/*/st_config)
+lab_assert_eq "$(stat -c %a "$st")" 600 "mode of the discovery record holding the secret"
+lab_moor_flex unmount "$POD1" >/dev/null
+lab_assert_eq "$(sessions)" 0 "sessions after the discovery-CHAP unmount"
+! grep -qF -- "$DISC_SECRET" "$ARGV_LOG" || lab_die "the discovery secret reached iscsiadm's argv"
+! grep -rqF -- "$DISC_SECRET" /var/lib/moor || lab_die "the discovery secret is in the journal"
+! grep -qF -- "$DISC_SECRET" "$LOG" || lab_die "the discovery secret is in moor's log"
+lab_step "discovery CHAP: wrong secret refused before login, right one mounts; secret only in the 0600 record"

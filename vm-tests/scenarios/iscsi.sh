@@ -100,3 +100,17 @@ lab_assert_mounted "$POD1"
 lab_moor_flex unmount "$POD1" >/dev/null
 lab_assert_eq "$(sessions)" 0 "sessions after the last unmount"
 lab_step "SIGKILL after login: restart leaves no orphan session; the retried mount converges"
+
+# initiatorName: the session logs in under the name the volume asks for, and the node record
+# moor wrote (one private write) keeps the node from logging in at boot or scanning every LUN.
+INITIATOR=iqn.2024-01.dev.moor.lab:custom-initiator
+lab_moor_flex mount "$POD1" "$(opts $UID1 xfs | jq -c --arg i "$INITIATOR" '. + {initiatorName: $i}')" >/dev/null
+lab_assert_mounted "$POD1"
+lab_assert_eq "$(cat /sys/class/iscsi_session/session*/initiatorname)" "$INITIATOR" "the session's initiator name"
+rec=$(ls /etc/iscsi/nodes/"$LAB_ISCSI_IQN"/*/default)
+for kv in "node.startup = manual" "node.session.scan = manual" "iface.initiatorname = $INITIATOR"; do
+  grep -qxF "$kv" "$rec" || lab_die "node record $rec lacks '$kv': $(cat "$rec")"
+done
+lab_moor_flex unmount "$POD1" >/dev/null
+lab_assert_eq "$(sessions)" 0 "sessions after the last unmount"
+lab_step "initiatorName used for the login; node record: manual startup, manual scan"
