@@ -15,9 +15,12 @@
 //! - **RWO fencing.** Before mapping read-write, `rbd status` (watchers) and `rbd lock list`
 //!   (advisory and exclusive locks) must both come back empty; otherwise the attach is refused
 //!   with an error naming every other client (id and address). A read-only volume is mapped
-//!   `--read-only` without that check. The check and the map are not atomic: two nodes
-//!   mapping the same image in the same second can both pass (the kernel's `exclusive` map
-//!   option would close that window for `exclusive-lock` images; not used yet).
+//!   `--read-only` without that check. The check and the map are not atomic, so for images
+//!   with the `exclusive-lock` feature the read-write map also uses the kernel's `exclusive`
+//!   option: the lock is taken in the map and never handed over, and a second node that
+//!   passed the check in the same second fails its map. Images without that feature
+//!   (`layering` only) have the check alone: two nodes mapping in the same second can both
+//!   pass it.
 //! - **No advisory lock of our own.** The in-tree plugin's `kubelet_lock_magic_<node>` lock
 //!   outlives a dead node forever and has to be removed by hand; the kernel client's watcher
 //!   is already a lease that ends with the mapping, and expires by itself 30 s
@@ -256,17 +259,38 @@ fn lock_list_cmd(t: &Target, keyfile: Option<&Path>) -> Cmd {
         .timeout(CMD_TIMEOUT)
 }
 
-/// `rbd map <pool/image> [--read-only] …`.
-fn map_cmd(t: &Target, keyfile: Option<&Path>, read_only: bool) -> Cmd {
+/// `rbd info <pool/image> --format json …`: the image's features.
+fn info_cmd(t: &Target, keyfile: Option<&Path>) -> Cmd {
+    Cmd::new("rbd")
+        .args(["info", &t.spec(), "--format", "json"])
+        .args(t.connect_args(keyfile))
+        .args(rados_timeouts())
+        .timeout(CMD_TIMEOUT)
+}
+
+/// How `rbd map` maps the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MapMode {
+    ReadOnly,
+    ReadWrite,
+    /// Read-write holding the image's exclusive lock from the map on, never handing it over
+    /// (the kernel's `exclusive` option, for images with the `exclusive-lock` feature).
+    Exclusive,
+}
+
+/// `rbd map <pool/image> [--read-only] … --options mount_timeout=…[,exclusive,lock_timeout=…]`.
+fn map_cmd(t: &Target, keyfile: Option<&Path>, mode: MapMode) -> Cmd {
     let mut c = Cmd::new("rbd").args(["map", &t.spec()]);
-    if read_only {
+    if mode == MapMode::ReadOnly {
         c = c.arg("--read-only");
     }
+    let mut kernel = format!("mount_timeout={KERNEL_MOUNT_TIMEOUT_S}");
+    if mode == MapMode::Exclusive {
+        // Bounded: a lock another client will not give up fails the map instead of hanging it.
+        kernel.push_str(&format!(",exclusive,lock_timeout={KERNEL_MOUNT_TIMEOUT_S}"));
+    }
     c.args(t.connect_args(keyfile))
-        .args([
-            "--options",
-            &format!("mount_timeout={KERNEL_MOUNT_TIMEOUT_S}"),
-        ])
+        .args(["--options", &kernel])
         .args(rados_timeouts())
         .timeout(CMD_TIMEOUT)
 }
@@ -399,6 +423,34 @@ impl RbdDriver {
         let out = host.runner.run_ok(&locks).map_err(cmd_err)?;
         holders.extend(parse::locks(&out.stdout_text()).map_err(|e| parse_err(&locks, e))?);
         Ok(holders)
+    }
+
+    /// Whether the image has the `exclusive-lock` feature. With it, a read-write map takes
+    /// the lock in the map itself and keeps it: a second node that passed the same
+    /// watcher/lock check in the same second cannot map it read-write too. Without it, the
+    /// check is all there is (the module header says so).
+    fn has_exclusive_lock(
+        host: &Host,
+        volume: &str,
+        t: &Target,
+        keyfile: Option<&Path>,
+    ) -> Result<bool, DriverError> {
+        let info = info_cmd(t, keyfile);
+        let out = host
+            .runner
+            .run_ok(&info)
+            .map_err(|source| DriverError::Command {
+                volume: volume.into(),
+                source,
+            })?;
+        let features = parse::features(&out.stdout_text()).map_err(|detail| {
+            DriverError::Rbd(RbdError::Parse {
+                volume: volume.into(),
+                command: info.display(),
+                detail,
+            })
+        })?;
+        Ok(features.iter().any(|f| f == "exclusive-lock"))
     }
 
     /// Waits for udev to create the device node.
@@ -553,7 +605,9 @@ impl Driver for RbdDriver {
             }
             None => None,
         };
-        if !opts.read_only {
+        let mode = if opts.read_only {
+            MapMode::ReadOnly
+        } else {
             let holders = Self::holders(host, volume, &t, keyfile.as_deref())?;
             if !holders.is_empty() {
                 let holders: Vec<String> = holders.iter().map(ToString::to_string).collect();
@@ -564,11 +618,16 @@ impl Driver for RbdDriver {
                 }
                 .into());
             }
-        }
+            if Self::has_exclusive_lock(host, volume, &t, keyfile.as_deref())? {
+                MapMode::Exclusive
+            } else {
+                MapMode::ReadWrite
+            }
+        };
         // Claimed before the map: a crash right after it still leaves the mapping known as
         // ours, so reconstruction's detach unmaps it.
         rbdbus::claim(run_dir, volume, &t.spec()).map_err(claim_err)?;
-        let map = map_cmd(&t, keyfile.as_deref(), opts.read_only);
+        let map = map_cmd(&t, keyfile.as_deref(), mode);
         let out = host
             .runner
             .run_ok(&map)

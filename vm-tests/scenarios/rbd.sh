@@ -1,5 +1,5 @@
 #!/bin/bash
-# moor~rbd against a real Ceph cluster: data survives remount and is shared by two pods, the secret key never reaches argv/journal/logs, a watched or locked image is refused rw naming the client and still mounts ro, nothing left mapped, a foreign filesystem is never formatted, SIGKILL right after rbd map leaves no orphan mapping.
+# moor~rbd against a real Ceph cluster: data survives remount and is shared by two pods, the secret key never reaches argv/journal/logs, a watched or locked image is refused rw naming the client and still mounts ro, an exclusive-lock image is mapped holding its lock (a racing rw map fails), nothing left mapped, a foreign filesystem is never formatted, SIGKILL right after rbd map leaves no orphan mapping.
 # vm: mem=3072 cpus=2 timeout=600
 set -euo pipefail
 . "$LAB_DIR/lib/lab.sh"
@@ -208,6 +208,31 @@ echo after-crash > "$F/f"
 lab_moor_flex unmount "$F" >/dev/null
 assert_nothing_mapped
 lab_step "SIGKILL after rbd map: restart unmapped the orphan, the next mount converged"
+
+# ---------------------------------------------------------------- exclusive-lock: the race closed
+# The watcher/lock check and the map are two steps; for an exclusive-lock image moor maps
+# with the kernel's `exclusive` option, so the lock is taken in the map and never handed
+# over. A second node that passed the check in the same second (played here by a second,
+# unshared kernel client asking for the lock the same way) fails its map.
+R create "$CEPH_RBD_POOL/img6" --size 64M --image-feature layering,exclusive-lock
+H=$(pod 66660008-0000-4000-8000-000000000008 v7)
+lab_moor_flex mount "$H" "$(opts img6 rw ext4)" >/dev/null
+lab_assert_mounted "$H" ext4
+grep -q "exclusive" "/sys/bus/rbd/devices/$(ls /sys/bus/rbd/devices)/config_info" ||
+  lab_die "img6 is not mapped with the exclusive option"
+lab_assert_eq "$(R lock list rbd/img6 --format json | jq length)" 1 "lock holders of img6 while moor has it mapped"
+if racer=$(R map rbd/img6 --id "$CEPH_RBD_USER" -o noshare,exclusive,lock_timeout=5 2>&1); then
+  rbd unmap "$racer" || true
+  lab_die "a second client mapped img6 read-write while moor held its exclusive lock"
+fi
+# EROFS is the kernel's answer when the lock owner refuses to hand it over.
+grep -qF "(30) Read-only file system" <<< "$racer" || lab_die "the racing map failed for another reason: $racer"
+lab_log "the racing map failed: $racer"
+echo exclusive > "$H/f"
+lab_moor_flex unmount "$H" >/dev/null
+assert_nothing_mapped
+lab_assert_eq "$(R lock list rbd/img6 --format json | jq length)" 0 "lock holders of img6 after the unmount"
+lab_step "exclusive-lock image: moor's map holds the lock, a racing rw map fails, unmount releases it"
 
 # ---------------------------------------------------------------- the key went nowhere
 stop_daemon

@@ -109,9 +109,30 @@ pub fn locks(json: &str) -> Result<Vec<Holder>, String> {
     }
 }
 
+/// The feature names in `rbd info --format json` output (`"features": ["layering", …]`).
+pub fn features(json: &str) -> Result<Vec<String>, String> {
+    let v: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    v.get("features")
+        .and_then(Value::as_array)
+        .ok_or("no \"features\" array")?
+        .iter()
+        .map(|f| text(f).ok_or_else(|| "a feature that is not a string".to_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_are_read_from_rbd_info() {
+        let info = r#"{"name":"img5","id":"1a2b","size":67108864,"objects":16,"order":22,
+            "object_size":4194304,"snapshot_count":0,"block_name_prefix":"rbd_data.1a2b",
+            "format":2,"features":["layering","exclusive-lock"],"op_features":[],"flags":[]}"#;
+        assert_eq!(features(info).unwrap(), ["layering", "exclusive-lock"]);
+        assert!(features(r#"{"name":"x"}"#).is_err());
+        assert!(features("rbd: error opening image").is_err());
+    }
 
     fn fixture(name: &str) -> String {
         std::fs::read_to_string(format!(

@@ -178,6 +178,11 @@ fn fresh_map_script(f: &Fixture, keyfile: &Path, status: &str, locks: &str) {
         locks,
     );
     f.expect(
+        &format!("rbd info rbd/img1 --format json {c} {T}"),
+        0,
+        r#"{"name":"img1","format":2,"features":["layering"]}"#,
+    );
+    f.expect(
         &format!("rbd map rbd/img1 {c} --options mount_timeout=30 {T}"),
         0,
         "/dev/rbd5\n",
@@ -302,6 +307,40 @@ fn attach_checks_maps_with_a_keyfile_and_detach_unmaps_and_removes_it() {
     assert!(rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty());
     // Again: nothing mapped, nothing run.
     RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+}
+
+#[test]
+fn an_exclusive_lock_image_is_mapped_holding_the_lock() {
+    let f = Fixture::new();
+    let o = img1(false);
+    let spec = RbdDriver.volume(&f.node, &o).unwrap();
+    let c = format!(
+        "-m 10.0.0.1:6789,10.0.0.2 --id k8s --keyfile {}",
+        f.keyfile(&spec).display()
+    );
+    f.expect(
+        &format!("rbd status rbd/img1 --format json {c} {T}"),
+        0,
+        r#"{"watchers":[]}"#,
+    );
+    f.expect(
+        &format!("rbd lock list rbd/img1 --format json {c} {T}"),
+        0,
+        "[]",
+    );
+    f.expect(
+        &format!("rbd info rbd/img1 --format json {c} {T}"),
+        0,
+        r#"{"name":"img1","format":2,"features":["layering","exclusive-lock"]}"#,
+    );
+    f.expect(
+        &format!("rbd map rbd/img1 {c} --options mount_timeout=30,exclusive,lock_timeout=30 {T}"),
+        0,
+        "/dev/rbd5\n",
+    );
+    let a = RbdDriver.attach(&f.host, &spec, &o).unwrap();
+    assert_eq!(a.device, Some(f.host.paths.dev.join("rbd5")));
+    assert!(f.kernel.script.remaining().is_empty());
 }
 
 #[test]
