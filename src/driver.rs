@@ -105,6 +105,18 @@ pub struct NodeContext {
     pub run_dir: PathBuf,
 }
 
+impl NodeContext {
+    /// The node the drivers' unit tests run on.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        NodeContext {
+            node_name: "node-a".into(),
+            kubelet_dir: "/var/lib/kubelet".into(),
+            run_dir: "/run/moor".into(),
+        }
+    }
+}
+
 /// What an attach produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attached {

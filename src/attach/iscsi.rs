@@ -693,11 +693,7 @@ mod tests {
     }
 
     fn node() -> NodeContext {
-        NodeContext {
-            node_name: "n".into(),
-            kubelet_dir: "/k".into(),
-            run_dir: "/r".into(),
-        }
+        NodeContext::for_tests()
     }
 
     #[test]

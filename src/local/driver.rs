@@ -78,11 +78,7 @@ mod tests {
     use crate::driver::DriverError;
 
     fn node() -> NodeContext {
-        NodeContext {
-            node_name: "node-a".into(),
-            kubelet_dir: "/var/lib/kubelet".into(),
-            run_dir: "/run/moor".into(),
-        }
+        NodeContext::for_tests()
     }
 
     fn opts(json: &str) -> VolumeOptions {

@@ -383,11 +383,7 @@ mod tests {
     const KEY: &str = "AQDmoorTESTkeyAAAAAAAAAAAAAAAAAAAAAAAA==";
 
     fn node() -> NodeContext {
-        NodeContext {
-            node_name: "node-a".into(),
-            kubelet_dir: "/var/lib/kubelet".into(),
-            run_dir: "/run/moor".into(),
-        }
+        NodeContext::for_tests()
     }
 
     fn opts(json: &str) -> VolumeOptions {
@@ -400,12 +396,7 @@ mod tests {
         json.replacen('{', &format!(r#"{{"kubernetes.io/secret/key":"{b64}","#), 1)
     }
 
-    fn remote(s: &VolumeSpec) -> &RemoteMount {
-        match &s.source {
-            StageSource::Remote(r) => r,
-            other => panic!("not remote: {other:?}"),
-        }
-    }
+    use crate::share::remote_of as remote;
 
     #[test]
     fn kernel_mount_names_a_secret_file() {

@@ -194,23 +194,14 @@ mod tests {
     use super::*;
 
     fn node() -> NodeContext {
-        NodeContext {
-            node_name: "node-a".into(),
-            kubelet_dir: "/var/lib/kubelet".into(),
-            run_dir: "/run/moor".into(),
-        }
+        NodeContext::for_tests()
     }
 
     fn spec(json: &str) -> Result<VolumeSpec, DriverError> {
         GlusterFsDriver.volume(&node(), &VolumeOptions::parse_json(json).unwrap())
     }
 
-    fn remote(s: &VolumeSpec) -> &RemoteMount {
-        match &s.source {
-            StageSource::Remote(r) => r,
-            other => panic!("not remote: {other:?}"),
-        }
-    }
+    use crate::share::remote_of as remote;
 
     #[test]
     fn backups_exclude_the_mounting_host_and_options_keep_their_order() {

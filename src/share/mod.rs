@@ -17,6 +17,15 @@ pub mod cephfs;
 pub mod glusterfs;
 pub mod nfs;
 
+/// The remote mount a share driver's volume stages (unit tests).
+#[cfg(test)]
+pub(crate) fn remote_of(s: &crate::driver::VolumeSpec) -> &RemoteMount {
+    match &s.source {
+        crate::journal::StageSource::Remote(r) => r,
+        other => panic!("not remote: {other:?}"),
+    }
+}
+
 pub use cephfs::CephFsDriver;
 pub use glusterfs::GlusterFsDriver;
 pub use nfs::NfsDriver;

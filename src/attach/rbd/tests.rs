@@ -162,11 +162,16 @@ fn img1(ro: bool) -> VolumeOptions {
     )
 }
 
-fn fresh_map_script(f: &Fixture, keyfile: &Path, status: &str, locks: &str) {
-    let c = format!(
+/// img1's connection arguments with the volume's key file.
+fn img1_args(keyfile: &Path) -> String {
+    format!(
         "-m 10.0.0.1:6789,10.0.0.2 --id k8s --keyfile {}",
         keyfile.display()
-    );
+    )
+}
+
+/// The two fencing queries of a read-write attach of img1, answered with `status`, `locks`.
+fn expect_fencing(f: &Fixture, c: &str, status: &str, locks: &str) {
     f.expect(
         &format!("rbd status rbd/img1 --format json {c} {T}"),
         0,
@@ -177,6 +182,11 @@ fn fresh_map_script(f: &Fixture, keyfile: &Path, status: &str, locks: &str) {
         0,
         locks,
     );
+}
+
+fn fresh_map_script(f: &Fixture, keyfile: &Path, status: &str, locks: &str) {
+    let c = img1_args(keyfile);
+    expect_fencing(f, &c, status, locks);
     f.expect(
         &format!("rbd info rbd/img1 --format json {c} {T}"),
         0,
@@ -314,20 +324,8 @@ fn an_exclusive_lock_image_is_mapped_holding_the_lock() {
     let f = Fixture::new();
     let o = img1(false);
     let spec = RbdDriver.volume(&f.node, &o).unwrap();
-    let c = format!(
-        "-m 10.0.0.1:6789,10.0.0.2 --id k8s --keyfile {}",
-        f.keyfile(&spec).display()
-    );
-    f.expect(
-        &format!("rbd status rbd/img1 --format json {c} {T}"),
-        0,
-        r#"{"watchers":[]}"#,
-    );
-    f.expect(
-        &format!("rbd lock list rbd/img1 --format json {c} {T}"),
-        0,
-        "[]",
-    );
+    let c = img1_args(&f.keyfile(&spec));
+    expect_fencing(&f, &c, r#"{"watchers":[]}"#, "[]");
     f.expect(
         &format!("rbd info rbd/img1 --format json {c} {T}"),
         0,
@@ -380,18 +378,10 @@ fn watchers_and_locks_refuse_read_write_naming_the_clients() {
     let f = Fixture::new();
     let o = img1(false);
     let spec = RbdDriver.volume(&f.node, &o).unwrap();
-    let c = format!(
-        "-m 10.0.0.1:6789,10.0.0.2 --id k8s --keyfile {}",
-        f.keyfile(&spec).display()
-    );
-    f.expect(
-        &format!("rbd status rbd/img1 --format json {c} {T}"),
-        0,
+    expect_fencing(
+        &f,
+        &img1_args(&f.keyfile(&spec)),
         r#"{"watchers":[{"address":"10.0.0.9:0/1234","client":4181,"cookie":1}]}"#,
-    );
-    f.expect(
-        &format!("rbd lock list rbd/img1 --format json {c} {T}"),
-        0,
         r#"[{"id":"kubelet_lock_magic_n2","locker":"client.4999","address":"10.0.0.8:0/99"}]"#,
     );
     let e = RbdDriver.attach(&f.host, &spec, &o).unwrap_err();
@@ -441,10 +431,7 @@ fn unparsable_fencing_output_refuses_instead_of_mapping() {
     let f = Fixture::new();
     let o = img1(false);
     let spec = RbdDriver.volume(&f.node, &o).unwrap();
-    let c = format!(
-        "-m 10.0.0.1:6789,10.0.0.2 --id k8s --keyfile {}",
-        f.keyfile(&spec).display()
-    );
+    let c = img1_args(&f.keyfile(&spec));
     f.expect(
         &format!("rbd status rbd/img1 --format json {c} {T}"),
         0,
