@@ -336,13 +336,14 @@ impl IscsiDriver {
         // One write of the record instead of an `iscsiadm -o update` per setting (each an
         // exec that reads and rewrites the same file): manual startup so the node never logs
         // in at boot behind kubelet's back, manual scan so only the LUN asked for appears.
+        // No initiatorName: the line goes (an empty value removes it), so the login uses the
+        // node's own name instead of one an earlier volume of this target left in the record.
+        let initiator_name: &[u8] = initiator.map(str::as_bytes).unwrap_or_default();
         let mut items: Vec<(&str, &[u8])> = vec![
             ("node.startup", b"manual"),
             ("node.session.scan", b"manual"),
+            ("iface.initiatorname", initiator_name),
         ];
-        if let Some(i) = initiator {
-            items.push(("iface.initiatorname", i.as_bytes()));
-        }
         items.extend(sess_chap.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         crate::host::scsi::update_record(&rec, &items).map_err(|e| Self::io(volume, &rec, e))?;
         let out = host
@@ -735,7 +736,10 @@ mod tests {
         std::fs::create_dir_all(rec.parent().unwrap()).unwrap();
         std::fs::write(
             &rec,
-            format!("node.name = {IQN}\nnode.session.auth.authmethod = None\n"),
+            // An earlier volume of this target asked for another initiator name.
+            format!(
+                "node.name = {IQN}\nnode.session.auth.authmethod = None\niface.initiatorname = iqn.2024-01.dev.moor.lab:earlier\n"
+            ),
         )
         .unwrap();
         let p = "-T iqn.2024-01.dev.moor.lab:plain -p 127.0.0.1:3260 -I default";
@@ -769,6 +773,8 @@ mod tests {
         // Set in the same write: no boot-time login, no scan of every LUN.
         assert!(text.contains("node.startup = manual\n"), "{text}");
         assert!(text.contains("node.session.scan = manual\n"), "{text}");
+        // This volume names none: the node's own name is used, not the earlier volume's.
+        assert!(!text.contains("iface.initiatorname"), "{text}");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777,

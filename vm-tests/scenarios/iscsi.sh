@@ -113,4 +113,10 @@ for kv in "node.startup = manual" "node.session.scan = manual" "iface.initiatorn
 done
 lab_moor_flex unmount "$POD1" >/dev/null
 lab_assert_eq "$(sessions)" 0 "sessions after the last unmount"
-lab_step "initiatorName used for the login; node record: manual startup, manual scan"
+# The next volume of this target names no initiator: it logs in as the node, not as the last one.
+lab_moor_flex mount "$POD1" "$(opts $UID1 xfs)" >/dev/null
+lab_assert_eq "$(cat /sys/class/iscsi_session/session*/initiatorname)" \
+  "$(sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi)" "the session's initiator name without initiatorName"
+lab_moor_flex unmount "$POD1" >/dev/null
+lab_assert_eq "$(sessions)" 0 "sessions after the last unmount"
+lab_step "initiatorName used for the login and not left for the next volume; node record: manual startup, manual scan"
