@@ -114,9 +114,8 @@ fn iscsiadm() -> Cmd {
     Cmd::new("iscsiadm").timeout(TIMEOUT)
 }
 
-/// `iscsiadm -m discoverydb -t sendtargets -p P -I IF -o new`: the discovery record
-/// (so discovery CHAP can be written to its file before discovering).
-pub fn discoverydb_new(p: &Portal, iface: &str) -> Cmd {
+/// `iscsiadm -m discoverydb -t sendtargets -p P -I IF`, the start of both discovery calls.
+fn discoverydb(p: &Portal, iface: &str) -> Cmd {
     iscsiadm().args([
         "-m",
         "discoverydb",
@@ -126,30 +125,20 @@ pub fn discoverydb_new(p: &Portal, iface: &str) -> Cmd {
         &p.arg(),
         "-I",
         iface,
-        "-o",
-        "new",
     ])
+}
+
+/// `iscsiadm -m discoverydb -t sendtargets -p P -I IF -o new`: the discovery record
+/// (so discovery CHAP can be written to its file before discovering).
+pub fn discoverydb_new(p: &Portal, iface: &str) -> Cmd {
+    discoverydb(p, iface).args(["-o", "new"])
 }
 
 /// `iscsiadm -m discoverydb -t sendtargets -p P -I IF --discover -o new -o update`:
 /// creates or updates node records without deleting others (never `-o delete`: another
 /// volume may use a record this portal no longer advertises).
 pub fn discover(p: &Portal, iface: &str) -> Cmd {
-    iscsiadm().args([
-        "-m",
-        "discoverydb",
-        "-t",
-        "sendtargets",
-        "-p",
-        &p.arg(),
-        "-I",
-        iface,
-        "--discover",
-        "-o",
-        "new",
-        "-o",
-        "update",
-    ])
+    discoverydb(p, iface).args(["--discover", "-o", "new", "-o", "update"])
 }
 
 /// `iscsiadm -m node -T IQN -p P -I IF --login`.

@@ -149,46 +149,45 @@ impl Scsi {
         if paths.is_empty() {
             return None;
         }
-        let rd = std::fs::read_dir(self.sys.join("block")).ok()?;
-        let mut names: Vec<String> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("dm-"))
-            .collect();
-        names.sort();
-        names.into_iter().find(|dm| {
-            let base = self.sys.join("block").join(dm);
-            let uuid = std::fs::read_to_string(base.join("dm/uuid")).unwrap_or_default();
-            let uuid = uuid.trim();
-            if !uuid.starts_with("mpath-") {
-                return false;
-            }
-            if let Some(w) = wwid
-                && !wwid_matches(&uuid["mpath-".len()..], w)
-            {
-                return false;
-            }
-            let slaves = entries(&base.join("slaves"));
-            paths.iter().all(|p| slaves.contains(p))
-        })
+        self.multipath_maps()
+            .into_iter()
+            .find(|(dm, map_wwid)| {
+                wwid.is_none_or(|w| wwid_matches(map_wwid, w)) && {
+                    let slaves = entries(&self.sys.join("block").join(dm).join("slaves"));
+                    paths.iter().all(|p| slaves.contains(p))
+                }
+            })
+            .map(|(dm, _)| dm)
     }
 
     /// The dm-multipath device built for `wwid`, whatever its slaves.
     pub fn multipath_for_wwid(&self, wwid: &str) -> Option<String> {
-        let rd = std::fs::read_dir(self.sys.join("block")).ok()?;
-        let mut names: Vec<String> = rd
+        self.multipath_maps()
+            .into_iter()
+            .find(|(_, map_wwid)| wwid_matches(map_wwid, wwid))
+            .map(|(dm, _)| dm)
+    }
+
+    /// Every dm-multipath device (`dm-N`, in name order) with the WWID multipathd named it
+    /// by (`dm/uuid` = `mpath-<wwid>`); other device-mapper targets are left out.
+    fn multipath_maps(&self) -> Vec<(String, String)> {
+        let Ok(rd) = std::fs::read_dir(self.sys.join("block")) else {
+            return Vec::new();
+        };
+        let mut maps: Vec<(String, String)> = rd
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with("dm-"))
+            .filter_map(|dm| {
+                let uuid =
+                    std::fs::read_to_string(self.sys.join("block").join(&dm).join("dm/uuid"))
+                        .ok()?;
+                let wwid = uuid.trim().strip_prefix("mpath-")?.to_owned();
+                Some((dm, wwid))
+            })
             .collect();
-        names.sort();
-        names.into_iter().find(|dm| {
-            let uuid = std::fs::read_to_string(self.sys.join("block").join(dm).join("dm/uuid"))
-                .unwrap_or_default();
-            uuid.trim()
-                .strip_prefix("mpath-")
-                .is_some_and(|u| wwid_matches(u, wwid))
-        })
+        maps.sort();
+        maps
     }
 
     /// The map name multipath knows a dm device by (`/sys/block/dm-N/dm/name`, e.g. the
