@@ -18,6 +18,8 @@
 #   lab_assert_not_mounted DIR, lab_assert_cmd_fails CMD…
 #   lab_on_exit CMD…        push a cleanup command (run in reverse order on exit, errors ignored)
 #   lab_artifact FILE…      copy files into the scenario's result directory (kept on the host)
+#   lab_pid_alive PID, lab_pid_gone PID
+#                           whether PID runs (a zombie or a vanished process is gone)
 #   lab_require_root, lab_modprobe MOD…
 #
 # Environment (set by the guest runner; sane defaults so the helpers also work on a
@@ -44,6 +46,17 @@ _lab_elapsed() { awk -v a="$(date +%s.%N)" -v b="$LAB_T0" 'BEGIN { printf "%6.2f
 lab_log()  { printf '[%ss] %s\n' "$(_lab_elapsed)" "$*" >&2; }
 lab_step() { printf '[%ss] ==> %s\n' "$(_lab_elapsed)" "$*" >&2; }
 lab_die()  { printf '[%ss] FAIL: %s\n' "$(_lab_elapsed)" "$*" >&2; trap - ERR; exit 1; }
+
+# One read of /proc/PID/stat: a process that exits between two reads (an -e test, then
+# the stat file) must count as gone, never as alive. The state follows the last ")"
+# because comm may hold spaces and parentheses.
+lab_pid_alive() {
+  local st
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  st=${st##*) }
+  [[ -n $st && ${st:0:1} != Z ]]
+}
+lab_pid_gone() { ! lab_pid_alive "$1"; }
 
 lab_require_root() { [[ $(id -u) -eq 0 ]] || lab_die "must run as root"; }
 

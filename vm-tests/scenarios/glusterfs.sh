@@ -61,7 +61,7 @@ lab_step "endpoints with a dead first host: mounted through backup-volfile-serve
 # --- healing: the FUSE client is killed ---------------------------------------------
 heals0=$(share_metric 'moor_heals_total{')
 kill -9 "$pid"
-lab_wait_for 10 "client $pid gone" bash -c "[[ ! -e /proc/$pid ]] || [[ \$(awk '{print \$3}' /proc/$pid/stat) == Z ]]"
+lab_wait_for 10 "client $pid gone" lab_pid_gone "$pid"
 err=$(lab_with_deadline 10 ls "$a" 2>&1 >/dev/null || true)
 lab_log "right after the kill, ls $a: ${err:-ok}"
 # HEALING (needs the reconciler from main's "Healing:" commit)

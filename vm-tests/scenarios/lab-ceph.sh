@@ -85,7 +85,7 @@ if grep -qE ' (ceph|fuse\.ceph-fuse) ' /proc/mounts; then lab_die "ceph mounts l
 left=""
 for n in ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse rbd-fuse; do   # pgrep -x: names, not regexes over 15 chars
   for p in $(pgrep -x "$n" || true); do
-    [[ $(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null) == Z ]] || left+=" $n:$p"
+    lab_pid_alive "$p" && left+=" $n:$p"
   done
 done
 [[ -z $left ]] || lab_die "ceph processes left:$left"

@@ -59,7 +59,7 @@ lab_gluster_stop
 if grep -q ' fuse.glusterfs ' /proc/mounts; then lab_die "glusterfs mounts left: $(grep glusterfs /proc/mounts)"; fi
 left=""
 for p in $(pgrep -x glusterd || true) $(pgrep -x glusterfsd || true) $(pgrep -x glusterfs || true); do
-  [[ $(awk '{ print $3 }' "/proc/$p/stat" 2>/dev/null) == Z ]] || left+=" $p"
+  lab_pid_alive "$p" && left+=" $p"
 done
 [[ -z $left ]] || lab_die "gluster processes left:$left"
 lab_step "stop: no gluster mount or process left"

@@ -97,7 +97,7 @@ lab_assert_not_mounted "$POD_DIR"
 lab_moor_flex unmount "$G_DIR" >/dev/null
 lab_assert_not_mounted "$G_DIR"
 lab_assert_not_mounted "$g_stage"
-lab_wait_for 15 "FUSE client $g_pid exits after unmount" bash -c "[[ ! -e /proc/$g_pid ]] || [[ \$(awk '{print \$3}' /proc/$g_pid/stat) == Z ]]"
+lab_wait_for 15 "FUSE client $g_pid exits after unmount" lab_pid_gone "$g_pid"
 left=$(awk -v d="$LAB_KUBELET_DIR/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo)
 [[ -z $left ]] || lab_die "mounts left under $LAB_KUBELET_DIR: $left"
 lab_run systemctl stop moor.service

@@ -152,15 +152,12 @@ C() { timeout -k 5 60 ceph --connect-timeout 15 "$@"; }
 daemon_type() { echo "${1%%.*}"; }     # mon.a -> mon
 daemon_id()   { echo "${1#*.}"; }      # mon.a -> a
 
-# alive PID: exists and is not a zombie
-alive() { [[ -e /proc/$1 ]] && ! awk '{ exit !($3 == "Z") }' "/proc/$1/stat" 2>/dev/null; }
-
 # our pid for daemon NAME if it is still that daemon, else nothing
 daemon_pid() {
   local f=$CEPH_DIR/run/$1.pid p
   [[ -s $f ]] || return 1
   p=$(cat "$f")
-  [[ "$(cat "/proc/$p/comm" 2>/dev/null)" == "ceph-$(daemon_type "$1")" ]] && alive "$p" || return 1
+  [[ "$(cat "/proc/$p/comm" 2>/dev/null)" == "ceph-$(daemon_type "$1")" ]] && lab_pid_alive "$p" || return 1
   echo "$p"
 }
 
@@ -192,10 +189,10 @@ daemon_stop() {
     # the reaper writes .exit after wait(); if the reaper itself is gone (killed
     # with our caller's process group), fall back to /proc
     [[ -e $CEPH_DIR/run/$name.exit ]] && break
-    alive "$p" || break
+    lab_pid_alive "$p" || break
     sleep 0.05
   done
-  alive "$p" && cdie "$name (pid $p) did not die within 60 s of SIGKILL (D state?): $(cat /proc/"$p"/wchan 2>/dev/null || true)"
+  lab_pid_alive "$p" && cdie "$name (pid $p) did not die within 60 s of SIGKILL (D state?): $(cat /proc/"$p"/wchan 2>/dev/null || true)"
   rm -f "$CEPH_DIR/run/$name.pid"
   clog "stopped $name (pid $p)"
 }
@@ -636,7 +633,8 @@ stop_clients() {
   for p in "${pids[@]}"; do
     comm=$(cat "/proc/$p/comm" 2>/dev/null) || continue
     # the mount point is the last non-option argument
-    mnt=$(tr '\0' '\n' < "/proc/$p/cmdline" | grep -v '^-' | tail -1)
+    # (|| true: the process may exit between the two reads)
+    mnt=$(tr '\0' '\n' < "/proc/$p/cmdline" 2>/dev/null | grep -v '^-' | tail -1 || true)
     if [[ -n $mnt ]] && awk -v m="$mnt" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; then
       # loop devices backed by files in an rbd-fuse mount
       for dev in $(losetup -nO NAME,BACK-FILE 2>/dev/null | awk -v m="$mnt/" 'index($2, m) == 1 { print $1 }'); do
@@ -647,8 +645,8 @@ stop_clients() {
       timeout -k 2 20 umount "$mnt" 2>/dev/null || timeout -k 2 10 umount -l "$mnt" || true
     fi
     # ceph-fuse sometimes stays after umount and ignores SIGTERM
-    for i in $(seq 1 50); do alive "$p" || break; sleep 0.1; done
-    if alive "$p"; then kill -KILL "$p" 2>/dev/null || true; clog "killed $comm $p"; fi
+    for i in $(seq 1 50); do lab_pid_alive "$p" || break; sleep 0.1; done
+    if lab_pid_alive "$p"; then kill -KILL "$p" 2>/dev/null || true; clog "killed $comm $p"; fi
   done
 }
 

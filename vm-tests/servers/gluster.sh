@@ -109,14 +109,13 @@ gdie() {
 # every CLI call bounded: with glusterd hung the CLI waits forever
 GL() { timeout -k 5 120 gluster --mode=script "$@"; }
 
-alive() { [[ -e /proc/$1 ]] && ! awk '{ exit !($3 == "Z") }' "/proc/$1/stat" 2>/dev/null; }
 
 glusterd_pid() {
   local p
   [[ -s $G_DIR/run/glusterd.pid ]] || return 1
   p=$(cat "$G_DIR/run/glusterd.pid")
   # (through unshare+sh the recorded pid becomes glusterd by exec)
-  [[ "$(cat "/proc/$p/comm" 2>/dev/null || true)" == glusterd ]] && alive "$p" || return 1
+  [[ "$(cat "/proc/$p/comm" 2>/dev/null || true)" == glusterd ]] && lab_pid_alive "$p" || return 1
   echo "$p"
 }
 
@@ -137,7 +136,7 @@ our_gluster_pids() {
   for p in $(pgrep -x glusterfsd || true) $(pgrep -x glusterfs || true); do
     cmd=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null || true)
     [[ $cmd == *"$G_DIR/"* || $cmd == *"--volfile-server=$G_IP "* || $cmd == *"-s $G_IP "* ]] || continue
-    alive "$p" && echo "$p"
+    lab_pid_alive "$p" && echo "$p"
   done
   return 0
 }
@@ -145,8 +144,8 @@ our_gluster_pids() {
 wait_gone() {   # PID… : wait up to 30 s until every PID has exited (zombies count as gone)
   local p i
   for p in "$@"; do
-    for i in $(seq 1 300); do alive "$p" || break; sleep 0.1; done
-    alive "$p" && gdie "process $p ($(cat "/proc/$p/comm" 2>/dev/null || true)) did not exit"
+    for i in $(seq 1 300); do lab_pid_alive "$p" || break; sleep 0.1; done
+    lab_pid_alive "$p" && gdie "process $p ($(cat "/proc/$p/comm" 2>/dev/null || true)) did not exit"
   done
   return 0
 }
@@ -181,7 +180,7 @@ cmd_start() {
   command -v glusterd >/dev/null || lab_die "gluster: glusterd not installed (vm-tests/image/packages/gluster.list)"
   [[ -d $G_DIR/run ]] && cmd_stop
   for p in $(pgrep -x glusterd || true); do
-    alive "$p" || continue
+    lab_pid_alive "$p" || continue
     lab_die "gluster: a glusterd this helper did not start is running (pid $p); its CLI socket /var/run/glusterd.socket is shared: stop it first"
   done
   rm -rf "$G_DIR"
@@ -310,7 +309,7 @@ brick_pids() {   # VOL -> pids of its bricks (from glusterd's pidfiles, verified
   for f in /var/run/gluster/vols/"$1"/*.pid; do
     [[ -s $f ]] || continue
     p=$(cat "$f")
-    [[ "$(cat "/proc/$p/comm" 2>/dev/null || true)" == glusterfsd ]] && alive "$p" && echo "$p"
+    [[ "$(cat "/proc/$p/comm" 2>/dev/null || true)" == glusterfsd ]] && lab_pid_alive "$p" && echo "$p"
   done
   return 0
 }
@@ -359,8 +358,8 @@ cmd_stop() {
   if p=$(glusterd_pid); then
     kill -KILL "$p" 2>/dev/null || true
     local i
-    for i in $(seq 1 300); do [[ -e $G_DIR/run/glusterd.exit ]] && break; alive "$p" || break; sleep 0.1; done
-    alive "$p" && gdie "glusterd (pid $p) did not exit"
+    for i in $(seq 1 300); do [[ -e $G_DIR/run/glusterd.exit ]] && break; lab_pid_alive "$p" || break; sleep 0.1; done
+    lab_pid_alive "$p" && gdie "glusterd (pid $p) did not exit"
     glog "stopped glusterd (pid $p)"
   fi
   mapfile -t pids < <(our_gluster_pids)
