@@ -6,8 +6,10 @@
 //!   (`/sys/bus/rbd/devices/<id>/{pool,pool_ns,name,current_snap}`) and reuses a mapping of
 //!   the image head it finds, so an attach after a daemon restart or a crash between `rbd map`
 //!   and the journal write never maps twice. Detach unmaps every head mapping of the image
-//!   found the same way, so it works from the bare `pool`/`image` of a record whose attach a
-//!   crash cut short.
+//!   found the same way, so it works from the bare `pool`/`image` (and namespace) of a record whose attach a
+//!   crash cut short. A RADOS namespace (`radosNamespace`) is part of the image's name:
+//!   a mapping of `pool/image` is never taken for one of `pool/ns/image`, and the other
+//!   way round (sysfs `pool_ns` tells them apart).
 //! - **Only moor's mappings.** A claim file (`<run_dir>/rbd/<key>`, written before `rbd map`)
 //!   marks a mapping as moor's. A mapping of the image that someone else made on this node
 //!   (a hand-made `rbd map`) is refused with its device and client named, never shared, and
@@ -63,6 +65,7 @@ pub const NAME: &str = "rbd";
 const OPTIONS: &[&str] = &[
     "monitors",
     "pool",
+    "radosNamespace",
     "image",
     "user",
     "keyring",
@@ -191,20 +194,24 @@ pub struct RbdDriver;
 struct Target {
     monitors: String,
     pool: String,
+    /// RADOS namespace inside the pool; empty for the pool's default namespace.
+    namespace: String,
     image: String,
     user: String,
     keyring: Option<String>,
 }
 
 impl Target {
+    /// rbd's image spec: `pool/image`, or `pool/namespace/image` inside a namespace.
     fn spec(&self) -> String {
-        format!("{}/{}", self.pool, self.image)
+        image_spec(&self.pool, &self.namespace, &self.image)
     }
 
     fn from_persist(p: &BTreeMap<String, String>) -> Option<Self> {
         Some(Target {
             monitors: p.get("monitors")?.clone(),
             pool: p.get("pool")?.clone(),
+            namespace: p.get("radosNamespace").cloned().unwrap_or_default(),
             image: p.get("image")?.clone(),
             user: p.get("user").cloned().unwrap_or_else(|| "admin".into()),
             keyring: p.get("keyring").cloned(),
@@ -227,6 +234,14 @@ impl Target {
             a.push(k.clone());
         }
         a
+    }
+}
+
+fn image_spec(pool: &str, namespace: &str, image: &str) -> String {
+    if namespace.is_empty() {
+        format!("{pool}/{image}")
+    } else {
+        format!("{pool}/{namespace}/{image}")
     }
 }
 
@@ -303,7 +318,7 @@ fn unmap_cmd(device: &Path) -> Cmd {
         .timeout(CMD_TIMEOUT)
 }
 
-/// A pool, namespace-free image or user name: what rbd's spec syntax cannot misread.
+/// A pool, namespace, image or user name: what rbd's spec syntax cannot misread.
 fn check_name(key: &'static str, v: &str) -> Result<(), OptionsError> {
     let bad = v.is_empty()
         || v.starts_with('-')
@@ -394,7 +409,7 @@ impl RbdDriver {
         Ok(rbdbus::mappings(&host.paths.sys)
             .map_err(Self::sysfs_err(volume, host))?
             .into_iter()
-            .filter(|m| m.is_head_of(&t.pool, "", &t.image))
+            .filter(|m| m.is_head_of(&t.pool, &t.namespace, &t.image))
             .collect())
     }
 
@@ -480,6 +495,15 @@ impl Driver for RbdDriver {
             .filter(|p| !p.is_empty())
             .map_or("rbd", String::as_str);
         check_name("pool", pool)?;
+        // ceph-csi's name for it; the default namespace is "" (no option, or empty).
+        let namespace = opts
+            .user
+            .get("radosNamespace")
+            .filter(|n| !n.is_empty())
+            .map_or("", String::as_str);
+        if !namespace.is_empty() {
+            check_name("radosNamespace", namespace)?;
+        }
         let image = opts.required(NAME, "image")?;
         check_name("image", image)?;
         let user = opts
@@ -520,6 +544,9 @@ impl Driver for RbdDriver {
         let mut persist = BTreeMap::new();
         persist.insert("monitors".to_owned(), monitors);
         persist.insert("pool".to_owned(), pool.to_owned());
+        if !namespace.is_empty() {
+            persist.insert("radosNamespace".to_owned(), namespace.to_owned());
+        }
         persist.insert("image".to_owned(), image.to_owned());
         persist.insert("user".to_owned(), user.to_owned());
         if let Some(k) = keyring {
@@ -530,7 +557,7 @@ impl Driver for RbdDriver {
             persist.insert("mountOptions".to_owned(), mount_options.clone());
         }
         Ok(VolumeSpec {
-            key: volume_key(NAME, &format!("{pool}/{image}")),
+            key: volume_key(NAME, &image_spec(pool, namespace, image)),
             source: StageSource::Attached { device: None },
             persist,
             mount_options,

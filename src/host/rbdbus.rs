@@ -130,11 +130,24 @@ pub(crate) mod tests {
 
     /// Writes one mapping's sysfs directory under `sys` (a fixture tree).
     pub(crate) fn add(sys: &Path, id: u32, pool: &str, image: &str, snap: &str, ro: bool) {
+        add_in_namespace(sys, id, pool, "", image, snap, ro);
+    }
+
+    /// [`add`] for an image in RADOS namespace `ns` of `pool`.
+    pub(crate) fn add_in_namespace(
+        sys: &Path,
+        id: u32,
+        pool: &str,
+        ns: &str,
+        image: &str,
+        snap: &str,
+        ro: bool,
+    ) {
         let d = sys.join(format!("bus/rbd/devices/{id}"));
         std::fs::create_dir_all(&d).unwrap();
         for (k, v) in [
             ("pool", pool),
-            ("pool_ns", ""),
+            ("pool_ns", ns),
             ("name", image),
             ("current_snap", snap),
             ("client_id", "client4181"),
@@ -163,6 +176,11 @@ pub(crate) mod tests {
         assert!(!m[0].is_head_of("rbd", "", "img1"));
         assert!(m[1].is_head_of("rbd", "", "img1"));
         assert!(!m[1].is_head_of("rbd", "", "img"));
+        assert!(!m[1].is_head_of("rbd", "ns1", "img1"), "another namespace");
+        add_in_namespace(t.path(), 4, "rbd", "ns1", "img1", "-", false);
+        let m = mappings(t.path()).unwrap();
+        assert!(m[2].is_head_of("rbd", "ns1", "img1"));
+        assert!(!m[2].is_head_of("rbd", "", "img1"), "the default namespace");
         assert_eq!(m[1].client_id.as_deref(), Some("client4181"));
         assert_eq!(m[1].device(Path::new("/dev")), Path::new("/dev/rbd3"));
         assert!(is_read_only(t.path(), 0).unwrap());

@@ -1,5 +1,5 @@
 #!/bin/bash
-# moor~rbd against a real Ceph cluster: data survives remount and is shared by two pods, the secret key never reaches argv/journal/logs, a watched or locked image is refused rw naming the client and still mounts ro, an exclusive-lock image is mapped holding its lock (a racing rw map fails), nothing left mapped, a foreign filesystem is never formatted, SIGKILL right after rbd map leaves no orphan mapping.
+# moor~rbd against a real Ceph cluster: data survives remount and is shared by two pods, the secret key never reaches argv/journal/logs, a watched or locked image is refused rw naming the client and still mounts ro, an exclusive-lock image is mapped holding its lock (a racing rw map fails), nothing left mapped, a foreign filesystem is never formatted, an image in a RADOS namespace is its own volume, SIGKILL right after rbd map leaves no orphan mapping.
 # vm: mem=3072 cpus=2 timeout=600
 set -euo pipefail
 . "$LAB_DIR/lib/lab.sh"
@@ -123,6 +123,42 @@ lab_moor_flex unmount "$B" >/dev/null
 assert_nothing_mapped
 lab_step "after a daemon restart the existing /dev/rbd$dev1 is reused, not mapped twice"
 
+# ---------------------------------------------------------------- RADOS namespaces
+# A tenant whose key reaches only namespace ns1 of the pool (ceph-csi's radosNamespace):
+# its img1 is not the default namespace's img1. Both are mapped at once, each reused and
+# unmapped by its own name (sysfs pool_ns), and the tenant's key opens nothing outside ns1.
+R namespace create rbd/ns1
+R create rbd/ns1/img1 --size 64M --image-feature layering
+lab_with_deadline 60 ceph auth get-or-create client.tenant mon 'profile rbd' \
+  osd 'profile rbd pool=rbd namespace=ns1' > /dev/null
+TENANT_KEY=$(lab_with_deadline 60 ceph auth get-key client.tenant)
+tenant_opts() {   # IMAGE RW [NAMESPACE]
+  opts "$1" "$2" ext4 | jq -c --arg ns "${3:-}" --arg key "$(printf %s "$TENANT_KEY" | base64 -w0)" \
+    '. + {user: "tenant", "kubernetes.io/secret/key": $key} + (if $ns == "" then {} else {radosNamespace: $ns} end)'
+}
+N=$(pod 12120009-0000-4000-8000-000000000009 vns)
+lab_moor_flex mount "$N" "$(tenant_opts img1 rw ns1)" >/dev/null
+lab_assert_mounted "$N" ext4
+[[ ! -e $N/f ]] || lab_die "ns1/img1 shows the default namespace's img1 data"
+echo tenant-data > "$N/f"
+lab_moor_flex mount "$A" "$(opts img1 rw ext4)" >/dev/null
+lab_assert_file_eq "$A/f" moor-rbd-data
+[[ $(mapped) == 2 ]] || lab_die "img1 and ns1/img1: expected two mappings, got $(mapped)"
+lab_assert_eq "$(grep -lx ns1 /sys/bus/rbd/devices/*/pool_ns | wc -l)" 1 "mappings in namespace ns1"
+lab_moor_flex unmount "$N" >/dev/null
+[[ $(mapped) == 1 && -z $(cat /sys/bus/rbd/devices/*/pool_ns) ]] \
+  || lab_die "unmounting ns1/img1 did not leave exactly the default img1 mapped"
+lab_assert_file_eq "$A/f" moor-rbd-data
+lab_moor_flex unmount "$A" >/dev/null
+assert_nothing_mapped
+lab_moor_flex mount "$N" "$(tenant_opts img1 ro ns1)" >/dev/null
+lab_assert_file_eq "$N/f" tenant-data
+lab_moor_flex unmount "$N" >/dev/null
+msg=$(flex_fails "rbd status rbd/img1" mount "$N" "$(tenant_opts img1 rw)")
+grep -qiE "not permitted|permission denied" <<< "$msg" || lab_die "the tenant's refusal is not a permission error: $msg"
+assert_nothing_mapped
+lab_step "namespace ns1: its img1 and the default img1 mapped side by side and unmapped apart; the tenant key is refused outside ns1: ${msg:0:160}"
+
 # ---------------------------------------------------------------- fencing
 # img2 gets a filesystem (mapped by hand, then unmapped), then another client watches it.
 dev=$(R map rbd/img2 --id "$CEPH_RBD_USER")
@@ -238,9 +274,11 @@ lab_step "exclusive-lock image: moor's map holds the lock, a racing rw map fails
 stop_daemon
 cp /tmp/rbd-argv.log "$LAB_OUT/"
 grep -q -- "--keyfile" /tmp/rbd-argv.log || lab_die "moor never passed --keyfile: $(cat /tmp/rbd-argv.log)"
-for f in /tmp/rbd-argv.log "$DAEMON_LOG"; do
-  ! grep -qF -- "$KEY" "$f" || lab_die "the cephx key appears in $f"
+for k in "$KEY" "$TENANT_KEY"; do
+  for f in /tmp/rbd-argv.log "$DAEMON_LOG"; do
+    ! grep -qF -- "$k" "$f" || lab_die "a cephx key appears in $f"
+  done
+  ! grep -rqF -- "$k" /var/lib/moor /run/moor 2>/dev/null || lab_die "a cephx key appears under /var/lib/moor or /run/moor"
 done
-! grep -rqF -- "$KEY" /var/lib/moor /run/moor 2>/dev/null || lab_die "the cephx key appears under /var/lib/moor or /run/moor"
 ! grep -rqF -- "$KEY_B64" /var/lib/moor /run/moor "$DAEMON_LOG" 2>/dev/null || lab_die "the base64 key appears in moor's state or log"
 lab_step "the key never appeared in rbd's argv ($(wc -l < /tmp/rbd-argv.log) calls), the journal, the run dir or the log"

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use super::*;
 use crate::flexvolume::options::Secret;
 use crate::host::fake::{FakeMounts, ScriptRunner};
-use crate::host::rbdbus::tests::add as add_mapping;
+use crate::host::rbdbus::tests::{add as add_mapping, add_in_namespace};
 use crate::host::{BlockDevices, CommandRunner, ExecError, HostPaths, Output};
 use crate::journal::StagePhase;
 
@@ -28,11 +28,18 @@ impl CommandRunner for Kernel {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         if out.success() && args.first().map(String::as_str) == Some("map") {
-            let (pool, image) = args[1].split_once('/').unwrap();
-            add_mapping(
+            // pool/image or pool/namespace/image
+            let parts: Vec<&str> = args[1].split('/').collect();
+            let (pool, ns, image) = match parts[..] {
+                [p, i] => (p, "", i),
+                [p, n, i] => (p, n, i),
+                _ => panic!("bad image spec {}", args[1]),
+            };
+            add_in_namespace(
                 &self.sys,
                 5,
                 pool,
+                ns,
                 image,
                 "-",
                 args.contains(&"--read-only".into()),
@@ -260,6 +267,13 @@ fn bad_options_name_the_option_and_never_the_key() {
         )
         .contains("pool")
     );
+    assert!(
+        err(
+            &[("monitors", "m"), ("image", "i"), ("radosNamespace", "a/b")],
+            Some(KEY)
+        )
+        .contains("radosNamespace")
+    );
     assert!(err(&[("monitors", "m"), ("image", "i")], None).contains("keyring"));
     assert!(
         err(
@@ -317,6 +331,65 @@ fn attach_checks_maps_with_a_keyfile_and_detach_unmaps_and_removes_it() {
     assert!(rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty());
     // Again: nothing mapped, nothing run.
     RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+}
+
+#[test]
+fn an_image_in_a_rados_namespace_is_its_own_volume_and_mapping() {
+    let f = Fixture::new();
+    let mut o = img1(false);
+    o.user.insert("radosNamespace".into(), "ns1".into());
+    let spec = RbdDriver.volume(&f.node, &o).unwrap();
+    assert_eq!(spec.key, volume_key("rbd", "rbd/ns1/img1"));
+    assert_ne!(
+        spec.key,
+        RbdDriver.volume(&f.node, &img1(false)).unwrap().key
+    );
+    assert_eq!(spec.persist["radosNamespace"], "ns1");
+    // An empty radosNamespace is the default namespace: the same volume as none.
+    let mut empty = img1(false);
+    empty.user.insert("radosNamespace".into(), String::new());
+    assert_eq!(
+        RbdDriver.volume(&f.node, &empty).unwrap().key,
+        volume_key("rbd", "rbd/img1")
+    );
+    // moor's mapping of the default namespace's img1 is another image: not reused, and
+    // left mapped by this volume's detach.
+    add_mapping(&f.host.paths.sys, 1, "rbd", "img1", "-", false);
+    let c = img1_args(&f.keyfile(&spec));
+    for q in ["status", "lock list"] {
+        let answer = if q == "status" {
+            r#"{"watchers":[]}"#
+        } else {
+            "[]"
+        };
+        f.expect(
+            &format!("rbd {q} rbd/ns1/img1 --format json {c} {T}"),
+            0,
+            answer,
+        );
+    }
+    f.expect(
+        &format!("rbd info rbd/ns1/img1 --format json {c} {T}"),
+        0,
+        r#"{"name":"img1","format":2,"features":["layering"]}"#,
+    );
+    f.expect(
+        &format!("rbd map rbd/ns1/img1 {c} --options mount_timeout=30 {T}"),
+        0,
+        "/dev/rbd5\n",
+    );
+    let a = RbdDriver.attach(&f.host, &spec, &o).unwrap();
+    assert_eq!(a.device, Some(f.host.paths.dev.join("rbd5")));
+    assert!(f.kernel.script.remaining().is_empty());
+    f.expect(
+        &format!("rbd unmap {}", f.host.paths.dev.join("rbd5").display()),
+        0,
+        "",
+    );
+    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    let left = rbdbus::mappings(&f.host.paths.sys).unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].is_head_of("rbd", "", "img1"));
 }
 
 #[test]
