@@ -9,6 +9,7 @@ use crate::flexvolume::OptionsError;
 use crate::fs::FsError;
 use crate::host::{MountError, PathError};
 use crate::journal::JournalError;
+use crate::lifecycle::ExpandError;
 
 /// Why a volume operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,9 @@ pub enum Error {
     /// The journal could not be written.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A filesystem could not be grown.
+    #[error(transparent)]
+    Expand(#[from] ExpandError),
     /// Unknown driver name.
     #[error("unknown driver {0} (moor serves: {1})")]
     UnknownDriver(String, String),
@@ -129,6 +133,7 @@ impl Error {
                 _ => "mount_failed",
             },
             Error::Journal(_) => "journal_failed",
+            Error::Expand(e) => e.reason(),
             Error::UnknownDriver(..) => "unknown_driver",
             Error::TargetBusy { .. } => "target_busy",
             Error::NotOwned { .. } => "not_owned",

@@ -1300,5 +1300,8 @@ pub fn apply_fs_group(root: &Path, gid: u32) -> std::io::Result<bool> {
     Ok(true)
 }
 
+mod expand;
+pub use expand::ExpandError;
+
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,15 @@ pub enum Request {
         /// Pod volume directory.
         target: String,
     },
+    /// FlexVolume `expandfs`: grow the staged filesystem of a PV to its device's new size.
+    Expand {
+        /// Driver name.
+        driver: String,
+        /// kubelet's option map for the PV (no secrets: kubelet sends none to expandfs).
+        options: BTreeMap<String, String>,
+        /// The claim's new size in bytes.
+        new_size: u64,
+    },
     /// The volume table.
     Status,
     /// Drop an idle volume's record (`moor forget`).
@@ -45,6 +54,7 @@ impl Request {
         match self {
             Request::Mount { .. } => "mount",
             Request::Unmount { .. } => "unmount",
+            Request::Expand { .. } => "expandfs",
             Request::Status => "status",
             Request::Forget { .. } => "forget",
         }

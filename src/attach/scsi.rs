@@ -225,6 +225,24 @@ impl Scsi {
         crate::host::scsi::write_attr(&self.scan_attr(host), &format!("{channel} {target} {lun}"))
     }
 
+    /// Asks a disk to re-read its capacity (`device/rescan`), after its LUN grew. Not a SCSI
+    /// disk (no such attribute) is `Ok(false)`.
+    pub fn rescan(&self, name: &str) -> std::io::Result<bool> {
+        let attr = self.sys.join("block").join(name).join("device/rescan");
+        match crate::host::scsi::write_attr(&attr, "1") {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when `dm` is a dm-multipath map (its dm uuid starts with `mpath-`), not LVM or
+    /// another device-mapper target.
+    pub fn is_multipath(&self, dm: &str) -> bool {
+        std::fs::read_to_string(self.sys.join("block").join(dm).join("dm/uuid"))
+            .is_ok_and(|u| u.starts_with("mpath-"))
+    }
+
     /// Deletes a SCSI disk (the kernel flushes its cache first).
     pub fn delete(&self, name: &str) -> std::io::Result<()> {
         match crate::host::scsi::write_attr(&self.delete_attr(name), "1") {
@@ -492,6 +510,19 @@ pub fn flush_multipath(host: &crate::host::Host, dm: &str) -> Result<(), crate::
     let name = scsi.dm_name(dm).unwrap_or_else(|| dm.to_owned());
     let cmd = crate::host::Cmd::new("multipath")
         .args(["-f", &name])
+        .timeout(std::time::Duration::from_secs(30));
+    host.runner.run_ok(&cmd).map(|_| ())
+}
+
+/// Makes the dm-multipath map `dm` take its paths' new size (`multipathd resize map`),
+/// after each path was rescanned.
+pub fn resize_multipath(host: &crate::host::Host, dm: &str) -> Result<(), crate::host::ExecError> {
+    let scsi = Scsi {
+        sys: host.paths.sys.clone(),
+    };
+    let name = scsi.dm_name(dm).unwrap_or_else(|| dm.to_owned());
+    let cmd = crate::host::Cmd::new("multipathd")
+        .args(["resize", "map", &name])
         .timeout(std::time::Duration::from_secs(30));
     host.runner.run_ok(&cmd).map(|_| ())
 }

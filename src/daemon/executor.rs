@@ -347,6 +347,21 @@ impl Executor {
                     self.mount(&driver, &target, &options, deadline)
                 });
             }
+            Request::Expand {
+                driver,
+                options,
+                new_size,
+            } => {
+                let pv = options
+                    .get("kubernetes.io/pvOrVolumeName")
+                    .cloned()
+                    .unwrap_or_default();
+                let span = tracing::info_span!("op", op = "expandfs", driver = %driver, pv = %pv, new_size, volume = tracing::field::Empty);
+                let _entered = span.enter();
+                self.timed("expandfs", &driver, &pv, answer, |deadline| {
+                    self.expand(&driver, &pv, new_size, deadline)
+                });
+            }
             Request::Unmount { driver, target } => {
                 let span = tracing::info_span!("op", op = "unmount", driver = %driver, target = %target, volume = tracing::field::Empty);
                 let _entered = span.enter();
@@ -473,6 +488,21 @@ impl Executor {
             MountOutcome::Published => Ok("published".into()),
             MountOutcome::AlreadyPublished => Ok("already published".into()),
         }
+    }
+
+    fn expand(
+        &self,
+        driver: &str,
+        pv: &str,
+        new_size: u64,
+        deadline: Instant,
+    ) -> Result<String, Error> {
+        let key = self.lifecycle.key_of_pv(driver, pv)?;
+        tracing::Span::current().record("volume", key.as_str());
+        let Some(_held) = self.locks.lock(&key, Some(deadline)) else {
+            return Err(self.timeout(pv, "expandfs"));
+        };
+        self.lifecycle.expand(&key, new_size)
     }
 
     fn unmount(&self, driver: &str, target: &str, deadline: Instant) -> Result<String, Error> {

@@ -12,7 +12,8 @@ use crate::host::paths::{VENDOR, is_clean_absolute};
 
 /// Operations of the attach family and the rest of the contract that moor answers with
 /// "Not supported": with `attach: false`, kubelet attaches inside `mount`, and for
-/// `getvolumename`, `expandvolume` and `expandfs` kubelet's own fallback is what moor wants.
+/// `getvolumename` and `expandvolume` (the controller side: the backend is grown by its own
+/// provisioner) kubelet's own fallback is what moor wants. `expandfs` is moor's.
 pub const NOT_SUPPORTED: &[&str] = &[
     "getvolumename",
     "attach",
@@ -22,7 +23,6 @@ pub const NOT_SUPPORTED: &[&str] = &[
     "mountdevice",
     "unmountdevice",
     "expandvolume",
-    "expandfs",
 ];
 
 /// How long the front end waits for the daemon (its own deadline per operation is 300 s by
@@ -58,6 +58,12 @@ pub fn run(driver: Option<&str>, args: &[String]) -> Reply {
         "unmount" => match rest {
             [dir] => unmount(driver, dir),
             _ => Reply::failure("usage: unmount <pod-volume-dir>"),
+        },
+        "expandfs" => match rest {
+            [json, _device, _device_mount, new_size, _old_size] => expandfs(driver, json, new_size),
+            _ => Reply::failure(
+                "usage: expandfs <json-options> <device> <device-mount-path> <new-size-bytes> <old-size-bytes>",
+            ),
         },
         "init" => Reply::failure("usage: init (no arguments)"),
         o if NOT_SUPPORTED.contains(&o) => {
@@ -96,22 +102,26 @@ fn mount(driver: Option<&str>, dir: &str, json: &str) -> Reply {
         Ok(d) => d,
         Err(m) => return Reply::failure(m),
     };
-    let options: BTreeMap<String, String> = match serde_json::from_str(json) {
+    let options = match parse_options(json) {
         Ok(o) => o,
-        Err(e) => {
-            return Reply::failure(format!(
-                "bad_options: options are not a JSON object of strings: {e}"
-            ));
-        }
+        Err(r) => return r,
     };
-    if let Err(e) = VolumeOptions::from_map(&options) {
-        return Reply::failure(format!("bad_options: {e}"));
-    }
     forward(&Request::Mount {
         driver,
         target: dir.into(),
         options,
     })
+}
+
+/// kubelet's JSON options, checked as the daemon will read them.
+fn parse_options(json: &str) -> Result<BTreeMap<String, String>, Reply> {
+    let options: BTreeMap<String, String> = serde_json::from_str(json).map_err(|e| {
+        Reply::failure(format!(
+            "bad_options: options are not a JSON object of strings: {e}"
+        ))
+    })?;
+    VolumeOptions::from_map(&options).map_err(|e| Reply::failure(format!("bad_options: {e}")))?;
+    Ok(options)
 }
 
 fn unmount(driver: Option<&str>, dir: &str) -> Reply {
@@ -122,6 +132,36 @@ fn unmount(driver: Option<&str>, dir: &str) -> Reply {
         }),
         Err(m) => Reply::failure(m),
     }
+}
+
+/// kubelet names the volume by the PV (`kubernetes.io/pvOrVolumeName`) and gives no pod
+/// directory, so the driver comes from the executable's name (or `--driver`).
+fn expandfs(driver: Option<&str>, json: &str, new_size: &str) -> Reply {
+    let Some(driver) = driver else {
+        return Reply::failure(
+            "expandfs needs the driver: kubelet runs moor as moor~<driver>/<driver> (or pass --driver)",
+        );
+    };
+    let options = match parse_options(json) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    if options
+        .get("kubernetes.io/pvOrVolumeName")
+        .is_none_or(String::is_empty)
+    {
+        return Reply::failure("bad_options: expandfs needs kubernetes.io/pvOrVolumeName");
+    }
+    let Ok(new_size) = new_size.parse::<u64>() else {
+        return Reply::failure(format!(
+            "bad_options: new size {new_size:?} is not a number of bytes"
+        ));
+    };
+    forward(&Request::Expand {
+        driver: driver.into(),
+        options,
+        new_size,
+    })
 }
 
 fn forward(req: &Request) -> Reply {

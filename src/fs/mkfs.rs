@@ -36,6 +36,26 @@ pub fn fsck_command(fs: &str, device: &Path) -> Option<(String, Vec<OsString>)> 
     is_ext(fs).then(|| ("e2fsck".to_owned(), vec!["-p".into(), device.into()]))
 }
 
+/// The online grow of a mounted filesystem to its device's full size: resize2fs takes the
+/// device, xfs_growfs and btrfs take the mount point. None for a filesystem moor does not
+/// grow. None of them shrinks: a device smaller than the filesystem is their error.
+pub fn grow_command(fs: &str, device: &Path, mount: &Path) -> Option<(String, Vec<OsString>)> {
+    match fs {
+        _ if is_ext(fs) => Some(("resize2fs".into(), vec![device.into()])),
+        "xfs" => Some(("xfs_growfs".into(), vec!["-d".into(), mount.into()])),
+        "btrfs" => Some((
+            "btrfs".into(),
+            vec![
+                "filesystem".into(),
+                "resize".into(),
+                "max".into(),
+                mount.into(),
+            ],
+        )),
+        _ => None,
+    }
+}
+
 /// e2fsck exit codes (e2fsck(8)): 0 clean, 1 errors corrected, 2 corrected and reboot
 /// advised (only meaningful for a mounted root); 4 and up: left uncorrected or failed.
 pub fn fsck_ok(code: Option<i32>) -> bool {

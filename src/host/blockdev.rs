@@ -132,6 +132,22 @@ pub fn read_ends(path: &Path) -> std::io::Result<Ends> {
     Ok(Ends { size, all_zero })
 }
 
+/// `LOOP_SET_CAPACITY` (`<linux/loop.h>`; not in the libc crate).
+const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
+
+/// Makes a loop device take its backing file's current size (what `losetup -c` does).
+pub fn loop_set_capacity(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path)?;
+    // SAFETY: `f` is an open descriptor for the whole call; this ioctl takes no argument
+    // and touches no memory of ours.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), LOOP_SET_CAPACITY, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Opens the device with `O_EXCL`, which for a block device fails with EBUSY while anything
 /// holds it exclusively: a mount, device-mapper, md, another exclusive opener. Closed again
 /// at once.

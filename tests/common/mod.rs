@@ -101,6 +101,15 @@ impl LoopDev {
     pub fn path_str(&self) -> &str {
         self.path.to_str().unwrap()
     }
+
+    /// Grows the backing file (as an array grows a LUN); the loop device keeps its old
+    /// size until someone sets its capacity again.
+    pub fn grow_backing_file(&self, size_mib: u64) {
+        self._file
+            .as_file()
+            .set_len(size_mib << 20)
+            .expect("grow backing file");
+    }
 }
 
 impl Drop for LoopDev {

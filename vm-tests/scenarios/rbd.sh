@@ -1,5 +1,5 @@
 #!/bin/bash
-# moor~rbd against a real Ceph cluster: data survives remount and is shared by two pods, the secret key never reaches argv/journal/logs, a watched or locked image is refused rw naming the client and still mounts ro, an exclusive-lock image is mapped holding its lock (a racing rw map fails), nothing left mapped, a foreign filesystem is never formatted, an image in a RADOS namespace is its own volume, SIGKILL right after rbd map leaves no orphan mapping.
+# moor~rbd against a real Ceph cluster: data survives remount and is shared by two pods, the secret key never reaches argv/journal/logs, a watched or locked image is refused rw naming the client and still mounts ro, an exclusive-lock image is mapped holding its lock (a racing rw map fails), nothing left mapped, a foreign filesystem is never formatted, an image in a RADOS namespace is its own volume, expandfs grows the mounted ext4 after rbd resize, SIGKILL right after rbd map leaves no orphan mapping.
 # vm: mem=3072 cpus=2 timeout=600
 set -euo pipefail
 . "$LAB_DIR/lib/lab.sh"
@@ -122,6 +122,29 @@ lab_moor_flex unmount "$A" >/dev/null
 lab_moor_flex unmount "$B" >/dev/null
 assert_nothing_mapped
 lab_step "after a daemon restart the existing /dev/rbd$dev1 is reused, not mapped twice"
+
+# ---------------------------------------------------------------- expandfs: the image grew
+# kubelet's NodeExpand after the claim grew: the PV's options without the secret (kubelet
+# sends none to expandfs), new and old sizes. The provisioner's `rbd resize` grows the
+# image. kubelet names a PV's pod volume directory after the PV, and so does this pod.
+X=$(pod 10100010-0000-4000-8000-000000000010 img1)
+lab_moor_flex mount "$X" "$(opts img1 rw ext4)" >/dev/null
+pv=$(opts img1 rw ext4 | jq -c 'del(."kubernetes.io/secret/key")')
+old=$((64 << 20)) new=$((128 << 20))
+size_of() { df -B1 --output=size "$X" | tail -n 1 | tr -d ' '; }
+before=$(size_of)
+msg=$(flex_fails "device_too_small" --driver rbd expandfs "$pv" not-used "" "$new" "$old")
+R resize rbd/img1 --size 128M
+# no wait for krbd's header watch: moor refreshes the header itself
+lab_moor_flex --driver rbd expandfs "$pv" not-used "" "$new" "$old" >/dev/null
+id=$(ls /sys/bus/rbd/devices)
+lab_assert_eq "$(( $(cat "/sys/block/rbd$id/size") * 512 ))" "$new" "size of /dev/rbd$id"
+after=$(size_of)
+(( after > before * 18 / 10 )) || lab_die "img1 doubled but $X shows $after bytes (was $before)"
+lab_assert_file_eq "$X/f" moor-rbd-data
+lab_moor_flex unmount "$X" >/dev/null
+assert_nothing_mapped
+lab_step "expandfs: refused while img1 was 64 MiB (${msg:0:120}); after rbd resize the mounted ext4 grew from $before to $after bytes, data intact"
 
 # ---------------------------------------------------------------- RADOS namespaces
 # A tenant whose key reaches only namespace ns1 of the pool (ceph-csi's radosNamespace):

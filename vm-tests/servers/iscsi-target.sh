@@ -11,6 +11,8 @@
 #   lab_iscsi_target multipath [NAME]  one LUN behind two portals (ports 3260 and 3261)
 #   lab_iscsi_initiator                start iscsid (the open-iscsi initiator daemon) if needed
 #   lab_iscsi_target_stop              remove every target and backstore this helper made
+#   lab_iscsi_grow NAME SIZE_MB        grow NAME's LUN (made with LAB_ISCSI_BACKING=loop), as an
+#                                      array grows a LUN: the initiator sees it after a rescan
 # Each lab_iscsi_target call returns only when the portal(s) accept connections and
 # the target answers a SendTargets discovery with its IQN; otherwise it dies.
 # It exports, for the target it just made:
@@ -24,7 +26,10 @@
 #
 # Settings: LAB_ISCSI_ADDR (portal address, default 127.0.0.1), LAB_ISCSI_SIZE_MB
 # (512: mkfs.xfs refuses devices under 300 MB), LAB_ISCSI_INITIATOR (the initiator
-# IQN the CHAP ACLs are for; default: this machine's /etc/iscsi/initiatorname.iscsi).
+# IQN the CHAP ACLs are for; default: this machine's /etc/iscsi/initiatorname.iscsi),
+# LAB_ISCSI_BACKING (file, the default; or loop: the fileio backstore opens a loop device
+# over the file, and LIO then reads the LUN's size from that device on every READ
+# CAPACITY, so lab_iscsi_grow can grow it; over a plain file the size is fixed at creation).
 
 _LAB_ISCSI_SELF=$(readlink -f "${BASH_SOURCE[0]}")
 # shellcheck source=../lib/lab.sh
@@ -62,8 +67,13 @@ _lab_iscsi_backstore() {
   mkdir -p "$LAB_STATE/iscsi"
   [[ -d $dir ]] && lab_die "backstore $name already exists"
   truncate -s "${LAB_ISCSI_SIZE_MB}M" "$file"   # sparse: costs nothing until written
+  local backing=$file
+  if [[ ${LAB_ISCSI_BACKING:-file} == loop ]]; then
+    backing=$(losetup --find --show "$file") || lab_die "losetup of $file failed"
+    printf '%s\n' "$backing" > "$LAB_STATE/iscsi/$name.loop"
+  fi
   mkdir -p "$dir"
-  _lab_cfs_write "$dir/control" "fd_dev_name=$file,fd_dev_size=$((LAB_ISCSI_SIZE_MB * 1048576))"
+  _lab_cfs_write "$dir/control" "fd_dev_name=$backing,fd_dev_size=$((LAB_ISCSI_SIZE_MB * 1048576))"
   # LIO derives the LUN's NAA WWID from the hex digits of the unit serial: a hex
   # serial unique per name keeps WWIDs unique (dm-multipath must not merge two LUNs).
   _lab_cfs_write "$dir/wwn/vpd_unit_serial" "$(_lab_iscsi_serial "$name")"
@@ -150,6 +160,14 @@ lab_iscsi_target() {
   lab_log "iSCSI target $mode ready: $iqn on ${portals[*]} (${LAB_ISCSI_SIZE_MB} MiB LUN 0)"
 }
 
+lab_iscsi_grow() {
+  local name=${1:?usage: lab_iscsi_grow NAME SIZE_MB} mb=${2:?usage: lab_iscsi_grow NAME SIZE_MB} loop
+  loop=$(cat "$LAB_STATE/iscsi/$name.loop" 2>/dev/null) || lab_die "LUN $name is not loop-backed (LAB_ISCSI_BACKING=loop)"
+  truncate -s "${mb}M" "$LAB_STATE/iscsi/$name.img"
+  losetup -c "$loop" || lab_die "losetup -c $loop failed"
+  lab_log "iSCSI LUN $name grown to $mb MiB ($loop)"
+}
+
 lab_iscsi_target_stop() {
   local iqn_dir tpg lun np acl link bs
   [[ -d $_LAB_CFS/iscsi ]] || return 0
@@ -176,6 +194,10 @@ lab_iscsi_target_stop() {
   for bs in "$_LAB_CFS"/core/fileio_0/*; do
     [[ -d $bs && -e $LAB_STATE/iscsi/$(basename "$bs").img ]] || continue
     rmdir "$bs"
+    if [[ -s $LAB_STATE/iscsi/$(basename "$bs").loop ]]; then
+      losetup -d "$(cat "$LAB_STATE/iscsi/$(basename "$bs").loop")" 2>/dev/null || true
+      rm -f "$LAB_STATE/iscsi/$(basename "$bs").loop"
+    fi
     rm -f "$LAB_STATE/iscsi/$(basename "$bs").img"
   done
 }

@@ -1,0 +1,345 @@
+//! Growing a staged filesystem after its backend grew: FlexVolume `expandfs`, which kubelet
+//! calls (NodeExpand) on the node that has the volume mounted, once the claim's new size is
+//! on the PV. Without it kubelet falls back to its generic resize with an empty device path,
+//! which fails, and the claim stays in `FileSystemResizePending`.
+//!
+//! Invariants:
+//! - only a filesystem moor staged and still has mounted read-write is grown, under the
+//!   volume's lock (the executor takes it);
+//! - the kernel is asked for the device's new size first (SCSI `device/rescan` on every
+//!   path, `multipathd resize map`, a loop device's capacity, RBD's header `refresh`); a
+//!   device still smaller than the claim asks is an error kubelet retries, and nothing is
+//!   grown by half;
+//! - the grow tools only grow (resize2fs, xfs_growfs, btrfs resize max): never a shrink,
+//!   never a format;
+//! - a share or a directory has no filesystem of its own to grow: success, nothing done.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::Lifecycle;
+use crate::attach::scsi::{self, Scsi};
+use crate::error::Error;
+use crate::fs::mkfs::{grow_command, is_ext};
+use crate::host::blockdev::loop_set_capacity;
+use crate::host::{Cmd, ExecError};
+use crate::journal::{StagePhase, StageSource};
+
+/// `<linux/capability.h>`: what EXT4_IOC_RESIZE_FS asks of its caller.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has capability `cap` in its effective set (`CapEff` of
+/// `<proc>/self/status`); unreadable counts as yes, so the tool reports for itself.
+fn has_effective_cap(proc: &Path, cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(proc.join("self/status")) else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_none_or(|mask| mask & (1 << cap) != 0)
+}
+
+/// An online grow of a large filesystem writes new group descriptors: minutes, not hours.
+const GROW_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Why a volume was not grown.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpandError {
+    /// No stage of this PV on this node.
+    #[error(
+        "no pod on this node uses PV {pv} through moor~{driver}; kubelet expands a volume on the node that has it mounted"
+    )]
+    NotMounted {
+        /// Driver name.
+        driver: String,
+        /// The PV name kubelet gave.
+        pv: String,
+    },
+    /// The stage is mounted read-only.
+    #[error(
+        "volume {volume}: the filesystem is mounted read-only; a read-only volume is not grown"
+    )]
+    ReadOnly {
+        /// Volume key.
+        volume: String,
+    },
+    /// The device has not grown (yet) to the size asked for.
+    #[error(
+        "volume {volume}: {device} is {size} bytes, less than the {want} bytes asked for; grow the backend first (`rbd resize`, the LUN on the array), kubelet retries"
+    )]
+    DeviceTooSmall {
+        /// Volume key.
+        volume: String,
+        /// The device.
+        device: PathBuf,
+        /// Its size after the rescan.
+        size: u64,
+        /// The claim's new size.
+        want: u64,
+    },
+    /// ext4's online resize ioctl needs CAP_SYS_RESOURCE, and moor runs without it.
+    #[error(
+        "volume {volume}: growing ext4 online needs CAP_SYS_RESOURCE, which moor's process does not have; give it back to moor's unit or container (the filesystem was not touched)"
+    )]
+    NoCapability {
+        /// Volume key.
+        volume: String,
+    },
+    /// A filesystem moor has no online grow for.
+    #[error("volume {volume}: moor cannot grow a {fs_type} filesystem online")]
+    Unsupported {
+        /// Volume key.
+        volume: String,
+        /// The filesystem.
+        fs_type: String,
+    },
+    /// A sysfs or device operation failed.
+    #[error("volume {volume}: {what} {path}: {source}")]
+    Io {
+        /// Volume key.
+        volume: String,
+        /// What was done.
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("volume {volume}: {source}")]
+    Command {
+        /// Volume key.
+        volume: String,
+        /// The failure, with the redacted command line and its output.
+        #[source]
+        source: ExecError,
+    },
+}
+
+impl ExpandError {
+    /// Stable reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ExpandError::NotMounted { .. } => "not_mounted",
+            ExpandError::ReadOnly { .. } => "read_only",
+            ExpandError::DeviceTooSmall { .. } => "device_too_small",
+            ExpandError::NoCapability { .. } => "missing_capability",
+            ExpandError::Unsupported { .. } => "unsupported_fs",
+            ExpandError::Io { .. } => "io_failed",
+            ExpandError::Command { .. } => "command_failed",
+        }
+    }
+}
+
+impl Lifecycle {
+    /// The volume key of PV `pv` of `driver`, found through the pods that use it here
+    /// (kubelet names a PV's pod volume directory after the PV): kubelet's `expandfs`
+    /// carries the PV's options but no secrets, so the key cannot always be derived from
+    /// them the way `mount` does.
+    pub fn key_of_pv(&self, driver: &str, pv: &str) -> Result<String, Error> {
+        let driver = self.driver(driver)?;
+        let st = self.state();
+        st.publishes
+            .values()
+            .find(|p| p.driver == driver.name() && p.volume_name == pv)
+            .map(|p| p.key.clone())
+            .ok_or_else(|| {
+                ExpandError::NotMounted {
+                    driver: driver.name().into(),
+                    pv: pv.into(),
+                }
+                .into()
+            })
+    }
+
+    /// Grows the staged filesystem of `key` to its device's size, after checking that the
+    /// device holds at least `want` bytes (0: no check). Returns what was done, for the log.
+    pub fn expand(&self, key: &str, want: u64) -> Result<String, Error> {
+        let rec = self
+            .state()
+            .stages
+            .get(key)
+            .filter(|s| s.phase == StagePhase::Staged)
+            .cloned();
+        let Some(rec) = rec else {
+            return Err(Error::Internal(format!(
+                "volume {key}: used by a pod but not staged"
+            )));
+        };
+        let device = match &rec.source {
+            StageSource::Directory { .. } | StageSource::Remote(_) => {
+                return Ok(format!(
+                    "nothing to grow: a {} volume has no filesystem of its own",
+                    rec.driver
+                ));
+            }
+            StageSource::Block { device }
+            | StageSource::Attached {
+                device: Some(device),
+            } => device.clone(),
+            StageSource::Attached { device: None } => {
+                return Err(Error::Internal(format!(
+                    "volume {key}: staged, but its record names no device"
+                )));
+            }
+        };
+        if rec.read_only {
+            return Err(ExpandError::ReadOnly { volume: key.into() }.into());
+        }
+        let stage = self.stage_path(&rec.driver, key);
+        if !self.is_mount_point(&stage)? {
+            return Err(Error::Internal(format!(
+                "volume {key}: the stage {} is not mounted; kubelet's next mount heals it",
+                stage.display()
+            )));
+        }
+        let io = |what: &'static str, path: &Path| {
+            let (volume, path) = (key.to_owned(), path.to_owned());
+            move |source| ExpandError::Io {
+                volume,
+                what,
+                path,
+                source,
+            }
+        };
+        let dev = self
+            .host
+            .blockdev
+            .dev_num(&device)
+            .map_err(io("stat", &device))?
+            .ok_or_else(|| io("stat", &device)(std::io::Error::other("not a block device")))?;
+        let before = self
+            .host
+            .blockdev
+            .size_bytes(dev)
+            .map_err(io("read the size of", &device))?;
+        self.refresh_capacity(key, &device)?;
+        let size = self
+            .host
+            .blockdev
+            .size_bytes(dev)
+            .map_err(io("read the size of", &device))?;
+        if size < want {
+            return Err(ExpandError::DeviceTooSmall {
+                volume: key.into(),
+                device,
+                size,
+                want,
+            }
+            .into());
+        }
+        let fs_type = rec.fs_type.clone().unwrap_or_default();
+        let Some((program, args)) = grow_command(&fs_type, &device, &stage) else {
+            return Err(ExpandError::Unsupported {
+                volume: key.into(),
+                fs_type,
+            }
+            .into());
+        };
+        if is_ext(&fs_type) && !has_effective_cap(&self.host.paths.proc, CAP_SYS_RESOURCE) {
+            // resize2fs would fail with a bare "Permission denied"; say what is missing.
+            return Err(ExpandError::NoCapability { volume: key.into() }.into());
+        }
+        let cmd = Cmd::new(program).args(args).timeout(GROW_TIMEOUT);
+        self.host
+            .runner
+            .run_ok(&cmd)
+            .map_err(|source| ExpandError::Command {
+                volume: key.into(),
+                source,
+            })?;
+        tracing::info!(volume = key, device = %device.display(), fs_type, before, size, "filesystem grown");
+        Ok(format!(
+            "{fs_type} on {} grown to the device's {size} bytes (device was {before} bytes)",
+            device.display()
+        ))
+    }
+
+    /// Makes the kernel read the device's size again: each SCSI path rescanned and a
+    /// multipath map resized over them; a loop device set to its file's size; an RBD
+    /// image's header read again. Anything else (virtio, NVMe) tells its new size by itself.
+    fn refresh_capacity(&self, key: &str, device: &Path) -> Result<(), Error> {
+        let io = |what: &'static str, path: PathBuf| {
+            let volume = key.to_owned();
+            move |source| ExpandError::Io {
+                volume,
+                what,
+                path,
+                source,
+            }
+        };
+        let Some(name) = self
+            .host
+            .blockdev
+            .dev_num(device)
+            .ok()
+            .flatten()
+            .and_then(|d| self.host.blockdev.kernel_name(d))
+        else {
+            return Ok(());
+        };
+        let scsi = Scsi {
+            sys: self.host.paths.sys.clone(),
+        };
+        if name.starts_with("dm-") {
+            for path in scsi.slaves(&name) {
+                scsi.rescan(&path)
+                    .map_err(io("rescan", self.host.paths.sys.join("block").join(&path)))?;
+            }
+            if scsi.is_multipath(&name) {
+                scsi::resize_multipath(&self.host, &name).map_err(|source| {
+                    ExpandError::Command {
+                        volume: key.into(),
+                        source,
+                    }
+                })?;
+            }
+        } else if name.starts_with("loop") {
+            loop_set_capacity(device).map_err(io("set the capacity of", device.to_owned()))?;
+        } else if let Some(id) = name.strip_prefix("rbd") {
+            // krbd hears of an `rbd resize` through its header watch, a moment later;
+            // `refresh` reads the header now.
+            let attr = self
+                .host
+                .paths
+                .sys
+                .join(format!("bus/rbd/devices/{id}/refresh"));
+            crate::host::scsi::write_attr(&attr, "1").map_err(io("refresh", attr.clone()))?;
+        } else {
+            scsi.rescan(&name)
+                .map_err(io("rescan", self.host.paths.sys.join("block").join(&name)))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_read_from_cap_eff() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("self")).unwrap();
+        let status = |eff: &str| {
+            std::fs::write(
+                dir.path().join("self/status"),
+                format!("Name:\tmoor\nCapInh:\t0000000000000000\nCapEff:\t{eff}\n"),
+            )
+            .unwrap();
+        };
+        status("000001ffffffffff");
+        assert!(has_effective_cap(dir.path(), CAP_SYS_RESOURCE));
+        status("000001fffeffffff");
+        assert!(!has_effective_cap(dir.path(), CAP_SYS_RESOURCE));
+        assert!(has_effective_cap(dir.path(), 0));
+        std::fs::remove_file(dir.path().join("self/status")).unwrap();
+        assert!(
+            has_effective_cap(dir.path(), CAP_SYS_RESOURCE),
+            "unknown: let the tool say"
+        );
+    }
+}
