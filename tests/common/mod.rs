@@ -126,6 +126,9 @@ pub struct Daemon {
     pub extra_env: Vec<(String, String)>,
     /// Flags appended to the daemon's command line (later flags win).
     pub extra_args: Vec<String>,
+    /// Capabilities removed from the daemon's bounding set (so from it and its children),
+    /// as a unit's `CapabilityBoundingSet=` or a container's `drop` would.
+    pub drop_caps: Vec<u32>,
 }
 
 impl Daemon {
@@ -152,11 +155,25 @@ impl Daemon {
 
     /// Starts a daemon with extra environment (e.g. a pause point).
     pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let mut d = Self::unstarted(env);
+        d.spawn();
+        d
+    }
+
+    /// Starts a daemon without capability `cap` (a `CAP_*` number).
+    pub fn start_without_cap(cap: u32) -> Self {
+        let mut d = Self::unstarted(&[]);
+        d.drop_caps = vec![cap];
+        d.spawn();
+        d
+    }
+
+    fn unstarted(env: &[(&str, &str)]) -> Self {
         let root = tempfile::Builder::new()
             .prefix("moor-it")
             .tempdir_in("/var/tmp")
             .expect("tempdir");
-        let mut d = Daemon {
+        Daemon {
             root,
             child: None,
             node: "node-it".into(),
@@ -165,9 +182,8 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             extra_args: Vec::new(),
-        };
-        d.spawn();
-        d
+            drop_caps: Vec::new(),
+        }
     }
 
     /// (Re)starts the daemon process on the same tree.
@@ -202,6 +218,23 @@ impl Daemon {
         cmd.args(&self.extra_args);
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
+        }
+        if !self.drop_caps.is_empty() {
+            use std::os::unix::process::CommandExt;
+            let caps = self.drop_caps.clone();
+            // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+            // async-signal-safe; it allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for c in &caps {
+                        if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(*c), 0, 0, 0) != 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
         }
         let _ = std::fs::remove_file(self.socket());
         self.child = Some(cmd.spawn().expect("spawn moor daemon"));
