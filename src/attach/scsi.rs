@@ -504,12 +504,24 @@ pub fn wait_for<T>(limit: std::time::Duration, mut f: impl FnMut() -> Option<T>)
 /// Flushes the dm-multipath device `dm` (`multipath -f <map name>`), so its paths can be
 /// deleted.
 pub fn flush_multipath(host: &crate::host::Host, dm: &str) -> Result<(), crate::host::ExecError> {
+    on_map(host, dm, "multipath", &["-f"])
+}
+
+/// Runs `program args… <map name>` on the map of `dm`, bounded: the multipath tools take
+/// the map's name, never the kernel's `dm-N`.
+fn on_map(
+    host: &crate::host::Host,
+    dm: &str,
+    program: &str,
+    args: &[&str],
+) -> Result<(), crate::host::ExecError> {
     let scsi = Scsi {
         sys: host.paths.sys.clone(),
     };
     let name = scsi.dm_name(dm).unwrap_or_else(|| dm.to_owned());
-    let cmd = crate::host::Cmd::new("multipath")
-        .args(["-f", &name])
+    let cmd = crate::host::Cmd::new(program)
+        .args(args)
+        .arg(&name)
         .timeout(std::time::Duration::from_secs(30));
     host.runner.run_ok(&cmd).map(|_| ())
 }
@@ -517,14 +529,7 @@ pub fn flush_multipath(host: &crate::host::Host, dm: &str) -> Result<(), crate::
 /// Makes the dm-multipath map `dm` take its paths' new size (`multipathd resize map`),
 /// after each path was rescanned.
 pub fn resize_multipath(host: &crate::host::Host, dm: &str) -> Result<(), crate::host::ExecError> {
-    let scsi = Scsi {
-        sys: host.paths.sys.clone(),
-    };
-    let name = scsi.dm_name(dm).unwrap_or_else(|| dm.to_owned());
-    let cmd = crate::host::Cmd::new("multipathd")
-        .args(["resize", "map", &name])
-        .timeout(std::time::Duration::from_secs(30));
-    host.runner.run_ok(&cmd).map(|_| ())
+    on_map(host, dm, "multipathd", &["resize", "map"])
 }
 
 /// Checks that every disk reports one WWID and returns it.

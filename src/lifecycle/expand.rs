@@ -134,6 +134,21 @@ impl ExpandError {
     }
 }
 
+/// An [`ExpandError::Io`] maker for `map_err`.
+fn io_err(
+    key: &str,
+    what: &'static str,
+    path: PathBuf,
+) -> impl FnOnce(std::io::Error) -> ExpandError {
+    let volume = key.to_owned();
+    move |source| ExpandError::Io {
+        volume,
+        what,
+        path,
+        source,
+    }
+}
+
 impl Lifecycle {
     /// The volume key of PV `pv` of `driver`, found through the pods that use it here
     /// (kubelet names a PV's pod volume directory after the PV): kubelet's `expandfs`
@@ -196,15 +211,7 @@ impl Lifecycle {
                 stage.display()
             )));
         }
-        let io = |what: &'static str, path: &Path| {
-            let (volume, path) = (key.to_owned(), path.to_owned());
-            move |source| ExpandError::Io {
-                volume,
-                what,
-                path,
-                source,
-            }
-        };
+        let io = |what, path: &Path| io_err(key, what, path.to_owned());
         let dev = self
             .host
             .blockdev
@@ -216,7 +223,9 @@ impl Lifecycle {
             .blockdev
             .size_bytes(dev)
             .map_err(io("read the size of", &device))?;
-        self.refresh_capacity(key, &device)?;
+        if let Some(name) = self.host.blockdev.kernel_name(dev) {
+            self.refresh_capacity(key, &device, &name)?;
+        }
         let size = self
             .host
             .blockdev
@@ -261,36 +270,18 @@ impl Lifecycle {
     /// Makes the kernel read the device's size again: each SCSI path rescanned and a
     /// multipath map resized over them; a loop device set to its file's size; an RBD
     /// image's header read again. Anything else (virtio, NVMe) tells its new size by itself.
-    fn refresh_capacity(&self, key: &str, device: &Path) -> Result<(), Error> {
-        let io = |what: &'static str, path: PathBuf| {
-            let volume = key.to_owned();
-            move |source| ExpandError::Io {
-                volume,
-                what,
-                path,
-                source,
-            }
-        };
-        let Some(name) = self
-            .host
-            .blockdev
-            .dev_num(device)
-            .ok()
-            .flatten()
-            .and_then(|d| self.host.blockdev.kernel_name(d))
-        else {
-            return Ok(());
-        };
+    fn refresh_capacity(&self, key: &str, device: &Path, name: &str) -> Result<(), Error> {
+        let io = |what, path| io_err(key, what, path);
         let scsi = Scsi {
             sys: self.host.paths.sys.clone(),
         };
         if name.starts_with("dm-") {
-            for path in scsi.slaves(&name) {
+            for path in scsi.slaves(name) {
                 scsi.rescan(&path)
                     .map_err(io("rescan", self.host.paths.sys.join("block").join(&path)))?;
             }
-            if scsi.is_multipath(&name) {
-                scsi::resize_multipath(&self.host, &name).map_err(|source| {
+            if scsi.is_multipath(name) {
+                scsi::resize_multipath(&self.host, name).map_err(|source| {
                     ExpandError::Command {
                         volume: key.into(),
                         source,
@@ -309,8 +300,8 @@ impl Lifecycle {
                 .join(format!("bus/rbd/devices/{id}/refresh"));
             crate::host::scsi::write_attr(&attr, "1").map_err(io("refresh", attr.clone()))?;
         } else {
-            scsi.rescan(&name)
-                .map_err(io("rescan", self.host.paths.sys.join("block").join(&name)))?;
+            scsi.rescan(name)
+                .map_err(io("rescan", self.host.paths.sys.join("block").join(name)))?;
         }
         Ok(())
     }

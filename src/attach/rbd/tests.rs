@@ -177,30 +177,32 @@ fn img1_args(keyfile: &Path) -> String {
     )
 }
 
-/// The two fencing queries of a read-write attach of img1, answered with `status`, `locks`.
-fn expect_fencing(f: &Fixture, c: &str, status: &str, locks: &str) {
+/// The two fencing queries of a read-write attach of `image` (an rbd spec such as
+/// `rbd/img1`), answered with `status`, `locks`.
+fn expect_fencing(f: &Fixture, image: &str, c: &str, status: &str, locks: &str) {
     f.expect(
-        &format!("rbd status rbd/img1 --format json {c} {T}"),
+        &format!("rbd status {image} --format json {c} {T}"),
         0,
         status,
     );
     f.expect(
-        &format!("rbd lock list rbd/img1 --format json {c} {T}"),
+        &format!("rbd lock list {image} --format json {c} {T}"),
         0,
         locks,
     );
 }
 
-fn fresh_map_script(f: &Fixture, keyfile: &Path, status: &str, locks: &str) {
+/// Every rbd call of a read-write attach of the layering-only `image`, with no other client.
+fn fresh_map_script(f: &Fixture, image: &str, keyfile: &Path) {
     let c = img1_args(keyfile);
-    expect_fencing(f, &c, status, locks);
+    expect_fencing(f, image, &c, r#"{"watchers":[]}"#, "[]");
     f.expect(
-        &format!("rbd info rbd/img1 --format json {c} {T}"),
+        &format!("rbd info {image} --format json {c} {T}"),
         0,
         r#"{"name":"img1","format":2,"features":["layering"]}"#,
     );
     f.expect(
-        &format!("rbd map rbd/img1 {c} --options mount_timeout=30 {T}"),
+        &format!("rbd map {image} {c} --options mount_timeout=30 {T}"),
         0,
         "/dev/rbd5\n",
     );
@@ -309,7 +311,7 @@ fn attach_checks_maps_with_a_keyfile_and_detach_unmaps_and_removes_it() {
     let o = img1(false);
     let spec = RbdDriver.volume(&f.node, &o).unwrap();
     let keyfile = f.keyfile(&spec);
-    fresh_map_script(&f, &keyfile, r#"{"watchers":[]}"#, "[]");
+    fresh_map_script(&f, "rbd/img1", &keyfile);
     let a = RbdDriver.attach(&f.host, &spec, &o).unwrap();
     assert_eq!(a.device, Some(f.host.paths.dev.join("rbd5")));
     assert_eq!(a.persist["rbd_id"], "5");
@@ -355,29 +357,7 @@ fn an_image_in_a_rados_namespace_is_its_own_volume_and_mapping() {
     // moor's mapping of the default namespace's img1 is another image: not reused, and
     // left mapped by this volume's detach.
     add_mapping(&f.host.paths.sys, 1, "rbd", "img1", "-", false);
-    let c = img1_args(&f.keyfile(&spec));
-    for q in ["status", "lock list"] {
-        let answer = if q == "status" {
-            r#"{"watchers":[]}"#
-        } else {
-            "[]"
-        };
-        f.expect(
-            &format!("rbd {q} rbd/ns1/img1 --format json {c} {T}"),
-            0,
-            answer,
-        );
-    }
-    f.expect(
-        &format!("rbd info rbd/ns1/img1 --format json {c} {T}"),
-        0,
-        r#"{"name":"img1","format":2,"features":["layering"]}"#,
-    );
-    f.expect(
-        &format!("rbd map rbd/ns1/img1 {c} --options mount_timeout=30 {T}"),
-        0,
-        "/dev/rbd5\n",
-    );
+    fresh_map_script(&f, "rbd/ns1/img1", &f.keyfile(&spec));
     let a = RbdDriver.attach(&f.host, &spec, &o).unwrap();
     assert_eq!(a.device, Some(f.host.paths.dev.join("rbd5")));
     assert!(f.kernel.script.remaining().is_empty());
@@ -398,7 +378,7 @@ fn an_exclusive_lock_image_is_mapped_holding_the_lock() {
     let o = img1(false);
     let spec = RbdDriver.volume(&f.node, &o).unwrap();
     let c = img1_args(&f.keyfile(&spec));
-    expect_fencing(&f, &c, r#"{"watchers":[]}"#, "[]");
+    expect_fencing(&f, "rbd/img1", &c, r#"{"watchers":[]}"#, "[]");
     f.expect(
         &format!("rbd info rbd/img1 --format json {c} {T}"),
         0,
@@ -453,6 +433,7 @@ fn watchers_and_locks_refuse_read_write_naming_the_clients() {
     let spec = RbdDriver.volume(&f.node, &o).unwrap();
     expect_fencing(
         &f,
+        "rbd/img1",
         &img1_args(&f.keyfile(&spec)),
         r#"{"watchers":[{"address":"10.0.0.9:0/1234","client":4181,"cookie":1}]}"#,
         r#"[{"id":"kubelet_lock_magic_n2","locker":"client.4999","address":"10.0.0.8:0/99"}]"#,
