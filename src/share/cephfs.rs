@@ -414,6 +414,42 @@ mod tests {
         );
     }
 
+    /// RBD and CephFS read `monitors` through one validator: the same lists are accepted
+    /// (and persisted alike) or refused by both.
+    #[test]
+    fn rbd_and_cephfs_read_monitors_alike() {
+        use crate::attach::rbd::RbdDriver;
+        for v in [
+            "10.0.0.1:6789",
+            " 10.0.0.1:6789, mon-b ,10.0.0.1:6789",
+            "[fd00::1]:3300,m2",
+            "m,,n",
+            "-m",
+            "10.0.0.1;reboot",
+            "10.0.0.1:65536",
+            "[fd00::1",
+            "fd00::1",
+            "v2:10.0.0.1:3300",
+        ] {
+            let ceph = CephFsDriver.volume(
+                &node(),
+                &opts(&serde_json::json!({"monitors": v, "secretFile": "/etc/ceph/k"}).to_string()),
+            );
+            let rbd = RbdDriver.volume(
+                &node(),
+                &opts(
+                    &serde_json::json!({"monitors": v, "image": "i", "keyring": "/etc/ceph/k"})
+                        .to_string(),
+                ),
+            );
+            match (ceph, rbd) {
+                (Ok(c), Ok(r)) => assert_eq!(c.persist["monitors"], r.persist["monitors"], "{v}"),
+                (Err(c), Err(r)) => assert_eq!(c.to_string(), r.to_string(), "{v}"),
+                (c, r) => panic!("{v}: cephfs {c:?}, rbd {r:?}"),
+            }
+        }
+    }
+
     #[test]
     fn kernel_mount_names_a_secret_file() {
         let o = opts(&with_secret(
