@@ -303,6 +303,7 @@ pub fn iscsi_name(key: &str, value: &str) -> Result<String, OptionsError> {
             return false;
         };
         let date_ok = date.len() == 7
+            && date.is_ascii()
             && date.as_bytes()[4] == b'-'
             && date[..4].chars().all(|c| c.is_ascii_digit())
             && date[5..].chars().all(|c| c.is_ascii_digit())
