@@ -23,5 +23,6 @@ pub mod metrics;
 pub mod share;
 pub mod telemetry;
 pub mod testhook;
+pub mod volume;
 
 pub use error::Error;

@@ -19,6 +19,7 @@ use crate::driver::{Attached, Driver, DriverError, NodeContext, VolumeSpec, volu
 use crate::flexvolume::{OptionsError, VolumeOptions};
 use crate::host::Host;
 use crate::journal::{StageRecord, StageSource};
+use crate::volume::validate;
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &["targetWWNs", "lun", "wwids", "readOnly", "mountOptions"];
@@ -54,16 +55,10 @@ fn list(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// Normalises a WWN: `0x`, `:` and case removed; must be 16 hex digits.
+/// Normalises a WWN (user option or sysfs `port_name`) to 16 lowercase hex digits, through
+/// the shared WWN validator.
 pub fn normalise_wwn(s: &str) -> Option<String> {
-    let w: String = s
-        .trim()
-        .trim_start_matches("0x")
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    (w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit())).then_some(w)
+    validate::wwn("targetWWNs", s).ok()
 }
 
 impl FcVolume {
@@ -72,7 +67,7 @@ impl FcVolume {
         let get = |k: &str| m.get(k).map(String::as_str).unwrap_or("");
         let invalid = |k: &str, v: &str, expected: &'static str| OptionsError::Invalid {
             key: k.into(),
-            value: v.into(),
+            value: validate::shown(v),
             expected,
         };
         let (wwns, wwids) = (get("targetWWNs"), get("wwids"));
@@ -80,34 +75,32 @@ impl FcVolume {
             (false, true) => {
                 let wwns = list(wwns)
                     .iter()
-                    .map(|w| normalise_wwn(w))
-                    .collect::<Option<Vec<_>>>()
-                    .filter(|v| !v.is_empty())
-                    .ok_or_else(|| {
-                        invalid(
-                            "targetWWNs",
-                            wwns,
-                            "expected WWNs of 16 hex digits, comma-separated",
-                        )
-                    })?;
-                let l = get("lun");
-                let lun = l.parse().ok().filter(|l| *l < 16384).ok_or_else(|| {
-                    invalid(
-                        "lun",
-                        l,
-                        "expected a number 0-16383 (required with targetWWNs)",
-                    )
-                })?;
+                    .map(|w| validate::wwn("targetWWNs", w))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| invalid("targetWWNs", wwns, validate::WWN))?;
+                if wwns.is_empty() {
+                    return Err(invalid("targetWWNs", get("targetWWNs"), validate::WWN));
+                }
+                let lun = match get("lun") {
+                    "" => {
+                        return Err(invalid(
+                            "lun",
+                            "",
+                            "expected a LUN number 0-16383 (required with targetWWNs)",
+                        ));
+                    }
+                    l => validate::lun("lun", l)?,
+                };
                 Ok(FcVolume::Wwn { wwns, lun })
             }
             (true, false) => {
-                let v = list(wwids);
-                if v.is_empty()
-                    || v.iter().any(|w| {
-                        !w.chars().all(|c| c.is_ascii_graphic() || c == ' ') || w.len() > 256
-                    })
-                {
-                    return Err(invalid("wwids", wwids, "expected WWIDs, comma-separated"));
+                let v = list(wwids)
+                    .iter()
+                    .map(|w| validate::wwid("wwids", w))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| invalid("wwids", wwids, validate::WWID))?;
+                if v.is_empty() {
+                    return Err(invalid("wwids", wwids, validate::WWID));
                 }
                 if !get("lun").is_empty() {
                     return Err(invalid("lun", get("lun"), "not used with wwids"));
@@ -238,6 +231,7 @@ impl Driver for FcDriver {
             }
         };
         let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
+        validate::mount_options("mountOptions", &mount_options)?;
         if !mount_options.is_empty() {
             persist.insert("mountOptions".into(), mount_options.clone());
         }
@@ -399,6 +393,45 @@ mod tests {
             "mpath-3600601603ba0123400000000000000aa",
             &["sdf", "sdg"],
         );
+    }
+
+    /// Issue 12 item 10: WWNs, WWIDs and LUNs that are not one are refused by `volume()`
+    /// naming the option (`volume()` is pure: refused there, nothing is scanned or run).
+    #[test]
+    fn hostile_values_are_refused_before_any_command() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[("targetWWNs", "-x"), ("lun", "0")],
+            &[("targetWWNs", "0x-00601603ba01234"), ("lun", "0")],
+            &[("targetWWNs", "500601603ba0123"), ("lun", "0")],
+            &[("targetWWNs", "500601603ba012345"), ("lun", "0")],
+            &[("targetWWNs", "5006:01603ba01234"), ("lun", "0")],
+            &[("targetWWNs", "500601603ba01234;x"), ("lun", "0")],
+            &[("targetWWNs", "500601603ba01234"), ("lun", "+1")],
+            &[("targetWWNs", "500601603ba01234"), ("lun", "-0")],
+            &[("targetWWNs", "500601603ba01234"), ("lun", "16384")],
+            &[("wwids", "-x")],
+            &[("wwids", "naa.600601603ba0;reboot")],
+            &[("wwids", "$(reboot)")],
+            &[("wwids", "naa.6006 `id`")],
+            &[("wwids", "naa.6006'x")],
+            &[("wwids", "naa.6006\\x")],
+        ];
+        for pairs in cases {
+            let o = VolumeOptions::from_map(&m(pairs)).unwrap();
+            let e = match FcDriver.volume(&NodeContext::for_tests(), &o) {
+                Ok(spec) => panic!("{pairs:?} accepted: {:?}", spec.persist),
+                Err(e) => e,
+            };
+            assert_eq!(e.reason(), "bad_options", "{pairs:?}: {e}");
+            let msg = e.to_string();
+            assert!(
+                pairs
+                    .iter()
+                    .any(|(k, _)| msg.starts_with(&format!("option {k}="))),
+                "{pairs:?}: {msg}"
+            );
+            assert!(msg.contains("expected"), "{pairs:?}: {msg}");
+        }
     }
 
     #[test]

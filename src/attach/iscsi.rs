@@ -27,6 +27,7 @@ use crate::driver::{Attached, Driver, DriverError, NodeContext, VolumeSpec, volu
 use crate::flexvolume::{OptionsError, VolumeOptions};
 use crate::host::{ExecError, Host};
 use crate::journal::{StageRecord, StageSource};
+use crate::volume::validate;
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &[
@@ -81,11 +82,6 @@ impl Target {
     /// From the persisted options (the same keys as the user's).
     pub fn from_map(m: &BTreeMap<String, String>) -> Result<Target, OptionsError> {
         let get = |k: &'static str| m.get(k).map(String::as_str).unwrap_or("");
-        let invalid = |k: &str, v: &str, expected: &'static str| OptionsError::Invalid {
-            key: k.into(),
-            value: v.into(),
-            expected,
-        };
         let tp = get("targetPortal");
         if tp.is_empty() {
             return Err(OptionsError::Missing {
@@ -93,17 +89,8 @@ impl Target {
                 driver: "iscsi".into(),
             });
         }
-        let mut portals = vec![
-            Portal::parse(tp).ok_or_else(|| invalid("targetPortal", tp, "expected host[:port]"))?,
-        ];
-        let more = get("portals");
-        for p in iscsiadm::parse_portals(more).ok_or_else(|| {
-            invalid(
-                "portals",
-                more,
-                r#"expected ["host:port",…] or host:port,host:port"#,
-            )
-        })? {
+        let mut portals = vec![Portal::from_option("targetPortal", tp)?];
+        for p in iscsiadm::portals_option("portals", get("portals"))? {
             if !portals.contains(&p) {
                 portals.push(p);
             }
@@ -115,40 +102,20 @@ impl Target {
                 driver: "iscsi".into(),
             });
         }
-        if !iscsiadm::valid_target_name(iqn) {
-            return Err(invalid(
-                "iqn",
-                iqn,
-                "expected an iqn./eui./naa. target name",
-            ));
-        }
-        let lun_s = if get("lun").is_empty() {
-            "0"
-        } else {
-            get("lun")
+        let iqn = validate::iscsi_name("iqn", iqn)?;
+        let lun = match get("lun") {
+            "" => 0,
+            l => validate::lun("lun", l)?,
         };
-        let lun: u64 = lun_s
-            .parse()
-            .ok()
-            .filter(|l| *l < 16384)
-            .ok_or_else(|| invalid("lun", lun_s, "expected a number 0-16383"))?;
-        let iface = if get("iscsiInterface").is_empty() {
-            "default"
-        } else {
-            get("iscsiInterface")
+        let iface = match get("iscsiInterface") {
+            "" => "default".to_owned(),
+            i => validate::iscsi_iface("iscsiInterface", i)?,
         };
-        if !iscsiadm::valid_iface(iface) {
-            return Err(invalid(
-                "iscsiInterface",
-                iface,
-                "expected an iface name [A-Za-z0-9._-]",
-            ));
-        }
         Ok(Target {
             portals,
-            iqn: iqn.into(),
+            iqn,
             lun,
-            iface: iface.into(),
+            iface,
         })
     }
 
@@ -458,15 +425,9 @@ impl Driver for IscsiDriver {
         let sess = flag(opts, "chapAuthSession")?;
         chap_lines(opts, "discovery.sendtargets.auth", disc)?;
         chap_lines(opts, "node.session.auth", sess)?;
-        if let Some(i) = opts.user.get("initiatorName").filter(|i| !i.is_empty())
-            && !iscsiadm::valid_target_name(i)
-        {
-            return Err(OptionsError::Invalid {
-                key: "initiatorName".into(),
-                value: i.clone(),
-                expected: "expected an iqn./eui. name",
-            }
-            .into());
+        // It is written into the node record: a newline would add lines of its own.
+        if let Some(i) = opts.user.get("initiatorName").filter(|i| !i.is_empty()) {
+            validate::iscsi_name("initiatorName", i)?;
         }
         let mut persist = BTreeMap::new();
         persist.insert("targetPortal".into(), t.portals[0].arg());
@@ -476,6 +437,7 @@ impl Driver for IscsiDriver {
         persist.insert("lun".into(), t.lun.to_string());
         persist.insert("iscsiInterface".into(), t.iface.clone());
         let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
+        validate::mount_options("mountOptions", &mount_options)?;
         if !mount_options.is_empty() {
             persist.insert("mountOptions".into(), mount_options.clone());
         }
@@ -695,6 +657,108 @@ mod tests {
 
     fn node() -> NodeContext {
         NodeContext::for_tests()
+    }
+
+    /// Issue 12 item 10: a portal, target or initiator name, iface or LUN that is not one is
+    /// refused by `volume()` with the option named, so nothing reaches iscsiadm's argv or the
+    /// node record. An accepted value would go on to `attach`, whose empty script fails on
+    /// the first command.
+    #[test]
+    fn hostile_values_are_refused_before_any_command() {
+        let cases: &[(&str, &str)] = &[
+            ("targetPortal", "-u"),
+            ("targetPortal", "--logoutall=all"),
+            ("targetPortal", "10.0.0.1:65536"),
+            ("targetPortal", "10.0.0.1:0"),
+            ("targetPortal", "10.0.0.1:+80"),
+            ("targetPortal", "[fd00::1"),
+            ("targetPortal", "[fd00::1]:99999"),
+            ("targetPortal", "fd00::1"),
+            ("targetPortal", "10.0.0.1;reboot"),
+            ("targetPortal", "$(reboot)"),
+            ("targetPortal", "host-.example"),
+            ("portals", "127.0.0.1:3261,-u"),
+            ("portals", r#"["127.0.0.1:3261","[::1"]"#),
+            ("portals", "127.0.0.1:3261,a`b`"),
+            ("iqn", "-u"),
+            ("iqn", "iqn.2024-01.dev.moor.lab:a;b"),
+            ("iqn", "iqn.2024-13.dev.moor:x"),
+            ("iqn", "iqn.dev.moor:x"),
+            ("iqn", "eui.12345"),
+            ("iqn", "naa.xyz"),
+            ("initiatorName", "-u"),
+            (
+                "initiatorName",
+                "iqn.2024-01.dev.moor.lab:x\nnode.startup = automatic",
+            ),
+            ("initiatorName", "iqn.2024-01.dev.moor.lab:x\u{0}"),
+            ("initiatorName", "not-an-iqn"),
+            ("iscsiInterface", "-u"),
+            ("iscsiInterface", "a b"),
+            ("iscsiInterface", "a;b"),
+            ("lun", "-1"),
+            ("lun", "+1"),
+            ("lun", "16384"),
+        ];
+        for (key, value) in cases {
+            let r = rig();
+            let o = opts(&[(*key, *value)]);
+            match r.driver.volume(&node(), &o) {
+                Ok(spec) => {
+                    let attached = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        r.driver.attach(&r.host, &spec, &o)
+                    }));
+                    panic!(
+                        "{key}={value:?} accepted; attach ran {:?} ({})",
+                        r.runner
+                            .calls()
+                            .iter()
+                            .map(crate::host::Cmd::display)
+                            .collect::<Vec<_>>(),
+                        if attached.is_err() {
+                            "and hit an unscripted command"
+                        } else {
+                            "ok"
+                        }
+                    );
+                }
+                Err(e) => {
+                    assert_eq!(e.reason(), "bad_options", "{key}={value:?}: {e}");
+                    let msg = e.to_string();
+                    assert!(msg.starts_with(&format!("option {key}")), "{key}: {msg}");
+                    assert!(msg.contains("expected"), "{key}: {msg}");
+                    assert!(r.runner.calls().is_empty(), "{key}={value:?}");
+                }
+            }
+        }
+    }
+
+    /// A record written before the validators (or edited by hand) is refused by attach and
+    /// detach before iscsiadm runs.
+    #[test]
+    fn a_hostile_persisted_target_is_refused_before_any_command() {
+        let r = rig();
+        let spec = r.driver.volume(&node(), &opts(&[])).unwrap();
+        for (key, value) in [("targetPortal", "-u"), ("portals", "-u"), ("iqn", "-x")] {
+            let mut spec = spec.clone();
+            spec.persist.insert(key.into(), value.into());
+            let e = r.driver.attach(&r.host, &spec, &opts(&[])).unwrap_err();
+            assert_eq!(e.reason(), "bad_options", "{key}: {e}");
+            let rec = StageRecord {
+                key: spec.key.clone(),
+                driver: "iscsi".into(),
+                source: StageSource::Attached { device: None },
+                options: spec.persist.clone(),
+                fs_type: None,
+                fs_uuid: None,
+                read_only: false,
+                phase: StagePhase::Unstaging,
+                formatted_by_moor: false,
+            };
+            let e = r.driver.detach(&r.host, &rec).unwrap_err();
+            assert_eq!(e.reason(), "bad_options", "{key}: {e}");
+        }
+        assert!(r.runner.calls().is_empty());
     }
 
     #[test]

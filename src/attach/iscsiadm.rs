@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::flexvolume::OptionsError;
 use crate::host::Cmd;
+use crate::volume::validate;
 
 /// iscsiadm exit status: a session to that target and portal already exists.
 pub const ERR_SESS_EXISTS: i32 = 15;
@@ -32,32 +34,22 @@ pub struct Portal {
 }
 
 impl Portal {
-    /// Parses `10.0.0.1`, `10.0.0.1:3260`, `[fd00::1]:3260`.
+    /// The default iSCSI port.
+    pub const DEFAULT_PORT: u16 = 3260;
+
+    /// Parses `10.0.0.1`, `10.0.0.1:3260`, `[fd00::1]:3260` for option `key` through the
+    /// shared `host[:port]` validator (an IPv6 address must be bracketed).
+    pub fn from_option(key: &str, s: &str) -> Result<Portal, OptionsError> {
+        let hp = validate::host_port(key, s)?;
+        Ok(Portal {
+            host: hp.host.to_string(),
+            port: hp.port_or(Self::DEFAULT_PORT),
+        })
+    }
+
+    /// [`Portal::from_option`] without the message.
     pub fn parse(s: &str) -> Option<Portal> {
-        let s = s.trim();
-        if s.is_empty() {
-            return None;
-        }
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, tail) = rest.split_once(']')?;
-            let port = match tail.strip_prefix(':') {
-                Some(p) => p.parse().ok()?,
-                None if tail.is_empty() => 3260,
-                None => return None,
-            };
-            (h.to_owned(), port)
-        } else if s.matches(':').count() == 1 {
-            let (h, p) = s.split_once(':')?;
-            (h.to_owned(), p.parse().ok()?)
-        } else {
-            // A bare name, IPv4 address or IPv6 address (several colons): default port.
-            (s.to_owned(), 3260)
-        };
-        let ok = !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
-        (ok && port != 0).then_some(Portal { host, port })
+        Self::from_option("portal", s).ok()
     }
 
     /// `-p` argument form (`10.0.0.1:3260`, `[fd00::1]:3260`).
@@ -76,8 +68,12 @@ impl std::fmt::Display for Portal {
     }
 }
 
-/// Parses the in-tree `portals` value: `["a:3260","b:3260"]`, `[a:3260, b]` or `a,b`.
-pub fn parse_portals(s: &str) -> Option<Vec<Portal>> {
+/// What `portals` accepts.
+const PORTALS: &str = r#"expected ["host:port",…] or host:port,host:port, each host a DNS name, an IPv4 address or a bracketed IPv6 address, port 1-65535"#;
+
+/// Parses the in-tree `portals` value of option `key`: `["a:3260","b:3260"]`, `[a:3260, b]`
+/// or `a,b`; every item through the shared `host[:port]` validator.
+pub fn portals_option(key: &str, s: &str) -> Result<Vec<Portal>, OptionsError> {
     let inner = s.trim();
     let inner = inner
         .strip_prefix('[')
@@ -89,25 +85,30 @@ pub fn parse_portals(s: &str) -> Option<Vec<Portal>> {
         if item.is_empty() {
             continue;
         }
-        out.push(Portal::parse(item)?);
+        out.push(
+            Portal::from_option(key, item).map_err(|_| OptionsError::Invalid {
+                key: key.into(),
+                value: validate::shown(s),
+                expected: PORTALS,
+            })?,
+        );
     }
-    Some(out)
+    Ok(out)
 }
 
-/// Whether an IQN/EUI/NAA target name is acceptable (it becomes a directory name).
+/// [`portals_option`] without the message.
+pub fn parse_portals(s: &str) -> Option<Vec<Portal>> {
+    portals_option("portals", s).ok()
+}
+
+/// Whether an IQN/EUI/NAA name is acceptable (the shared iSCSI name validator).
 pub fn valid_target_name(s: &str) -> bool {
-    (s.starts_with("iqn.") || s.starts_with("eui.") || s.starts_with("naa."))
-        && s.len() <= 223
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+    validate::iscsi_name("iqn", s).is_ok()
 }
 
-/// Whether an iface name is acceptable.
+/// Whether an iface name is acceptable (the shared iface validator).
 pub fn valid_iface(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    validate::iscsi_iface("iscsiInterface", s).is_ok()
 }
 
 fn iscsiadm() -> Cmd {

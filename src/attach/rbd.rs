@@ -54,6 +54,7 @@ use crate::host::rbdbus::{self, RbdMapping};
 use crate::host::{Cmd, Host, secrets};
 use crate::journal::{StageRecord, StageSource};
 use crate::testhook::pause_point;
+use crate::volume::validate;
 
 pub mod parse;
 
@@ -207,6 +208,36 @@ impl Target {
         image_spec(&self.pool, &self.namespace, &self.image)
     }
 
+    /// From the persisted options, every value through its validator again: what reaches
+    /// rbd's argv was checked in this process, whatever wrote the record. (Detach reads the
+    /// record with [`Target::from_persist`]: it needs only pool and image to find mappings
+    /// in sysfs, and `rbd unmap` takes the device alone.)
+    fn validated(p: &BTreeMap<String, String>) -> Result<Self, OptionsError> {
+        let get = |k: &'static str| {
+            p.get(k).map(String::as_str).ok_or(OptionsError::Missing {
+                key: k,
+                driver: NAME.into(),
+            })
+        };
+        let monitors = validate::monitors("monitors", get("monitors")?)?;
+        let namespace = match p.get("radosNamespace").map(String::as_str) {
+            None | Some("") => String::new(),
+            Some(n) => validate::ceph_name("radosNamespace", n)?,
+        };
+        let keyring = match p.get("keyring") {
+            Some(k) => Some(validate::node_file("keyring", k)?),
+            None => None,
+        };
+        Ok(Target {
+            monitors: validate::format_monitors(&monitors),
+            pool: validate::ceph_name("pool", get("pool")?)?,
+            namespace,
+            image: validate::ceph_name("image", get("image")?)?,
+            user: validate::ceph_user("user", p.get("user").map_or("admin", String::as_str))?,
+            keyring,
+        })
+    }
+
     fn from_persist(p: &BTreeMap<String, String>) -> Option<Self> {
         Some(Target {
             monitors: p.get("monitors")?.clone(),
@@ -316,37 +347,6 @@ fn unmap_cmd(device: &Path) -> Cmd {
         .arg("unmap")
         .arg(device)
         .timeout(CMD_TIMEOUT)
-}
-
-/// A pool, namespace, image or user name: what rbd's spec syntax cannot misread.
-fn check_name(key: &'static str, v: &str) -> Result<(), OptionsError> {
-    let bad = v.is_empty()
-        || v.starts_with('-')
-        || v.starts_with('.')
-        || v.chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "/@,".contains(c));
-    if bad {
-        return Err(OptionsError::Invalid {
-            key: key.into(),
-            value: v.into(),
-            expected: "a non-empty name without '/', '@', ',', whitespace or a leading '-' or '.'",
-        });
-    }
-    Ok(())
-}
-
-fn check_monitors(v: &str) -> Result<String, OptionsError> {
-    let mons: Vec<&str> = v.split(',').map(str::trim).collect();
-    if mons.iter().any(|m| {
-        m.is_empty() || m.starts_with('-') || m.chars().any(|c| c.is_whitespace() || c == '/')
-    }) {
-        return Err(OptionsError::Invalid {
-            key: "monitors".into(),
-            value: v.into(),
-            expected: "a comma-separated list of host[:port] monitor addresses",
-        });
-    }
-    Ok(mons.join(","))
 }
 
 /// The cephx key from the secret, trimmed; errors name the secret key, never the value.
@@ -488,30 +488,26 @@ impl Driver for RbdDriver {
 
     fn volume(&self, _node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
         opts.check_known(NAME, OPTIONS)?;
-        let monitors = check_monitors(opts.required(NAME, "monitors")?)?;
+        let monitors = validate::monitors("monitors", opts.required(NAME, "monitors")?)?;
+        let monitors = validate::format_monitors(&monitors);
         let pool = opts
             .user
             .get("pool")
             .filter(|p| !p.is_empty())
             .map_or("rbd", String::as_str);
-        check_name("pool", pool)?;
+        let pool = validate::ceph_name("pool", pool)?;
         // ceph-csi's name for it; the default namespace is "" (no option, or empty).
-        let namespace = opts
-            .user
-            .get("radosNamespace")
-            .filter(|n| !n.is_empty())
-            .map_or("", String::as_str);
-        if !namespace.is_empty() {
-            check_name("radosNamespace", namespace)?;
-        }
-        let image = opts.required(NAME, "image")?;
-        check_name("image", image)?;
+        let namespace = match opts.user.get("radosNamespace").map(String::as_str) {
+            None | Some("") => String::new(),
+            Some(n) => validate::ceph_name("radosNamespace", n)?,
+        };
+        let image = validate::ceph_name("image", opts.required(NAME, "image")?)?;
         let user = opts
             .user
             .get("user")
             .filter(|p| !p.is_empty())
             .map_or("admin", String::as_str);
-        check_name("user", user)?;
+        let user = validate::ceph_user("user", user)?;
         let key = secret_key(opts)?;
         let keyring = opts.user.get("keyring").filter(|k| !k.is_empty());
         match (&key, keyring) {
@@ -531,33 +527,29 @@ impl Driver for RbdDriver {
                 }
                 .into());
             }
-            (None, Some(k)) if !crate::host::paths::is_clean_absolute(Path::new(k)) => {
-                return Err(OptionsError::Invalid {
-                    key: "keyring".into(),
-                    value: k.clone(),
-                    expected: "a clean absolute path to a keyring file on the node",
-                }
-                .into());
+            (None, Some(k)) => {
+                validate::node_file("keyring", k)?;
             }
             _ => {}
         }
         let mut persist = BTreeMap::new();
         persist.insert("monitors".to_owned(), monitors);
-        persist.insert("pool".to_owned(), pool.to_owned());
+        persist.insert("pool".to_owned(), pool.clone());
         if !namespace.is_empty() {
-            persist.insert("radosNamespace".to_owned(), namespace.to_owned());
+            persist.insert("radosNamespace".to_owned(), namespace.clone());
         }
-        persist.insert("image".to_owned(), image.to_owned());
-        persist.insert("user".to_owned(), user.to_owned());
+        persist.insert("image".to_owned(), image.clone());
+        persist.insert("user".to_owned(), user);
         if let Some(k) = keyring {
             persist.insert("keyring".to_owned(), k.clone());
         }
         let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
+        validate::mount_options("mountOptions", &mount_options)?;
         if !mount_options.is_empty() {
             persist.insert("mountOptions".to_owned(), mount_options.clone());
         }
         Ok(VolumeSpec {
-            key: volume_key(NAME, &image_spec(pool, namespace, image)),
+            key: volume_key(NAME, &image_spec(&pool, &namespace, &image)),
             source: StageSource::Attached { device: None },
             persist,
             mount_options,
@@ -571,12 +563,7 @@ impl Driver for RbdDriver {
         opts: &VolumeOptions,
     ) -> Result<Attached, DriverError> {
         let volume = spec.key.as_str();
-        let t = Target::from_persist(&spec.persist).ok_or_else(|| {
-            DriverError::Options(OptionsError::Missing {
-                key: "image",
-                driver: NAME.into(),
-            })
-        })?;
+        let t = Target::validated(&spec.persist)?;
         let run_dir = host.paths.run_dir.as_path();
         let claim_err = |source| {
             DriverError::Rbd(RbdError::Claim {

@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
 use crate::flexvolume::{OptionsError, VolumeOptions};
 use crate::host::Host;
-use crate::host::paths::{VENDOR, is_clean_absolute};
+use crate::host::paths::VENDOR;
 use crate::host::secrets::{remove_secrets, secret_dir, write_secret};
 use crate::journal::{RemoteMount, StageRecord, StageSource};
 
 use super::{check_export_path, split_hosts, split_mount_options};
+use crate::volume::validate;
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &[
@@ -90,17 +91,6 @@ fn invalid(key: &str, value: &str, expected: &'static str) -> DriverError {
     .into()
 }
 
-fn check_name(key: &str, v: &str) -> Result<(), DriverError> {
-    if v.is_empty()
-        || !v
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    {
-        return Err(invalid(key, v, "letters, digits, '.', '-' or '_'"));
-    }
-    Ok(())
-}
-
 /// The key's bytes as one line, or an error that never shows them.
 fn key_text(secret: &[u8]) -> Result<&str, DriverError> {
     let text = std::str::from_utf8(secret).unwrap_or_default().trim();
@@ -129,9 +119,7 @@ impl CephFsVolume {
                 "an absolute path inside the filesystem",
             ));
         }
-        let user = get("user").unwrap_or("admin");
-        let user = user.strip_prefix("client.").unwrap_or(user).to_owned();
-        check_name("user", &user)?;
+        let user = validate::ceph_user("user", get("user").unwrap_or("admin"))?;
         let mounter = match get("mounter").unwrap_or("kernel") {
             "kernel" => Mounter::Kernel,
             "fuse" => Mounter::Fuse,
@@ -139,20 +127,13 @@ impl CephFsVolume {
         };
         let fs_name = get("fsName").map(str::to_owned);
         if let Some(f) = &fs_name {
-            check_name("fsName", f)?;
+            validate::ceph_name("fsName", f)?;
         }
         let credential = if let Some(s) = opts.secrets.get(SECRET_KEY) {
             key_text(&s.0)?;
             Credential::Secret
         } else if let Some(f) = get("secretFile") {
-            if !is_clean_absolute(Path::new(f)) || f.contains(',') {
-                return Err(invalid(
-                    "secretFile",
-                    f,
-                    "a clean absolute path without commas",
-                ));
-            }
-            Credential::File(f.into())
+            Credential::File(validate::node_file("secretFile", f)?.into())
         } else {
             return Err(invalid(
                 "secretFile",
@@ -397,6 +378,77 @@ mod tests {
     }
 
     use crate::share::remote_of as remote;
+
+    /// Issue 12 item 10: monitors, paths, user ids, fs names, secret files and mount options
+    /// that are not one never reach mount's argv (or ceph-fuse's option list).
+    #[test]
+    fn hostile_values_are_refused_before_any_command() {
+        crate::share::assert_refused_before_mount(
+            &CephFsDriver,
+            &[
+                ("monitors", "10.0.0.1:6789"),
+                ("secretFile", "/etc/ceph/k.secret"),
+            ],
+            &[
+                ("monitors", "-m"),
+                ("monitors", "10.0.0.1;reboot"),
+                ("monitors", "$(reboot)"),
+                ("monitors", "10.0.0.1:99999"),
+                ("monitors", "10.0.0.1:0"),
+                ("monitors", "[fd00::1"),
+                ("monitors", "fd00::1"),
+                ("monitors", "10.0.0.1,`id`"),
+                ("path", "/v;x"),
+                ("path", "/v$x"),
+                ("path", "/v'x"),
+                ("path", "-o"),
+                ("user", "-x"),
+                ("user", "a;b"),
+                ("fsName", "-x"),
+                ("fsName", "a$b"),
+                ("secretFile", "/etc/ceph/a;b"),
+                ("secretFile", "/etc/ceph/a'b"),
+                ("mountOptions", "-oremount"),
+                ("mountOptions", "noatime,--bind"),
+            ],
+        );
+    }
+
+    /// RBD and CephFS read `monitors` through one validator: the same lists are accepted
+    /// (and persisted alike) or refused by both.
+    #[test]
+    fn rbd_and_cephfs_read_monitors_alike() {
+        use crate::attach::rbd::RbdDriver;
+        for v in [
+            "10.0.0.1:6789",
+            " 10.0.0.1:6789, mon-b ,10.0.0.1:6789",
+            "[fd00::1]:3300,m2",
+            "m,,n",
+            "-m",
+            "10.0.0.1;reboot",
+            "10.0.0.1:65536",
+            "[fd00::1",
+            "fd00::1",
+            "v2:10.0.0.1:3300",
+        ] {
+            let ceph = CephFsDriver.volume(
+                &node(),
+                &opts(&serde_json::json!({"monitors": v, "secretFile": "/etc/ceph/k"}).to_string()),
+            );
+            let rbd = RbdDriver.volume(
+                &node(),
+                &opts(
+                    &serde_json::json!({"monitors": v, "image": "i", "keyring": "/etc/ceph/k"})
+                        .to_string(),
+                ),
+            );
+            match (ceph, rbd) {
+                (Ok(c), Ok(r)) => assert_eq!(c.persist["monitors"], r.persist["monitors"], "{v}"),
+                (Err(c), Err(r)) => assert_eq!(c.to_string(), r.to_string(), "{v}"),
+                (c, r) => panic!("{v}: cephfs {c:?}, rbd {r:?}"),
+            }
+        }
+    }
 
     #[test]
     fn kernel_mount_names_a_secret_file() {

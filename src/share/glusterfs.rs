@@ -20,6 +20,7 @@ use crate::host::{Cmd, Host};
 use crate::journal::{RemoteMount, StageRecord, StageSource};
 
 use super::{check_export_path, split_hosts, split_mount_options};
+use crate::volume::validate;
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &["endpoints", "path", "readOnly", "mountOptions"];
@@ -106,11 +107,13 @@ impl Driver for GlusterFsDriver {
         let path = opts.required(self.name(), "path")?;
         check_export_path("path", path)?;
         let volume = path.trim_start_matches('/');
-        if volume.is_empty() {
+        // The volume name must be one glusterd accepts; a subdir is a path inside it.
+        let name = volume.split('/').next().unwrap_or_default();
+        if validate::gluster_volume("path", name).is_err() {
             return Err(OptionsError::Invalid {
                 key: "path".into(),
-                value: path.into(),
-                expected: "a GlusterFS volume name (optionally volume/subdir)",
+                value: validate::shown(path),
+                expected: validate::GLUSTER_VOLUME,
             }
             .into());
         }
@@ -268,6 +271,34 @@ mod tests {
         // Another mounting host is another mount command.
         assert_ne!(a.key, c.key);
         assert_eq!(a.key, volume_key("glusterfs", "g1,g2:/v?"));
+    }
+
+    /// Issue 12 item 10: endpoints, volume names, subdirs and mount options that are not
+    /// one never reach mount.glusterfs' argv.
+    #[test]
+    fn hostile_values_are_refused_before_any_command() {
+        crate::share::assert_refused_before_mount(
+            &GlusterFsDriver,
+            &[("endpoints", "g1,g2"), ("path", "vol1")],
+            &[
+                ("endpoints", "-oremount"),
+                ("endpoints", "g1,-Lroot"),
+                ("endpoints", "g1;reboot"),
+                ("endpoints", "$(reboot)"),
+                ("endpoints", "g1:24007"),
+                ("endpoints", "fd00::1"),
+                ("endpoints", "[fd00::1]"),
+                ("endpoints", "g1,g`id`"),
+                ("path", "-vol"),
+                ("path", "vol;x"),
+                ("path", "vol$x"),
+                ("path", "vol/sub'x"),
+                ("path", "vol/sub\\x"),
+                ("path", "vol:x"),
+                ("mountOptions", "-oremount"),
+                ("mountOptions", "acl,--bind"),
+            ],
+        );
     }
 
     #[test]

@@ -7,11 +7,12 @@
 //! systemd it runs in its own transient scope, so restarting moor leaves the FUSE daemon
 //! (and every pod's mount) alive.
 
-use std::path::{Component, Path};
+use std::path::Path;
 
 use crate::flexvolume::OptionsError;
 use crate::host::Cmd;
 use crate::journal::RemoteMount;
+use crate::volume::validate;
 
 pub mod cephfs;
 pub mod glusterfs;
@@ -79,87 +80,34 @@ pub fn log_tail(path: &Path) -> Option<String> {
     Some(text[start..].to_owned())
 }
 
-fn invalid(key: &str, value: &str, expected: &'static str) -> OptionsError {
-    OptionsError::Invalid {
-        key: key.into(),
-        value: value.into(),
-        expected,
-    }
-}
-
-/// Splits `mountOptions` (`nfsvers=4.1,hard`) into items, in order. Empty items are
-/// dropped; whitespace or control characters inside an item are refused (the helper
-/// would read them as separate arguments or lose them).
+/// Splits `mountOptions` (`nfsvers=4.1,hard`) into items, in order, through the shared
+/// validator: empty items dropped; a word starting with `-` or holding whitespace or a
+/// control character refused (the helper would read a flag, or separate arguments).
 pub fn split_mount_options(value: &str) -> Result<Vec<String>, OptionsError> {
-    let mut out = Vec::new();
-    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        if item.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(
-                "mountOptions",
-                value,
-                "a comma-separated list of options without spaces",
-            ));
-        }
-        out.push(item.to_owned());
-    }
-    Ok(out)
+    validate::mount_options("mountOptions", value)
 }
 
-/// A host name or address for `key` (one server or one list item): letters, digits, `.`,
-/// `-`, `_`, and `:`/`[]` for IPv6 or a port when `allow_colon`.
-pub fn check_host(key: &str, host: &str, allow_colon: bool) -> Result<(), OptionsError> {
-    let ok = !host.is_empty()
-        && host.chars().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(c, '.' | '-' | '_')
-                || (allow_colon && matches!(c, ':' | '[' | ']'))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            key,
-            host,
-            if allow_colon {
-                "host names or addresses (optionally :port), comma-separated"
-            } else {
-                "host names or IPv4 addresses, comma-separated"
-            },
-        ))
-    }
-}
-
-/// An export or subdirectory path: no `..` component, no whitespace, commas or control
-/// characters (they would split the helper's option list or its source).
+/// An export or subdirectory path (the shared validator): no `..` component, no
+/// whitespace, control characters, commas or shell metacharacters.
 pub fn check_export_path(key: &str, path: &str) -> Result<(), OptionsError> {
-    let dotdot = Path::new(path)
-        .components()
-        .any(|c| matches!(c, Component::ParentDir));
-    if path.is_empty()
-        || dotdot
-        || path
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
-    {
-        return Err(invalid(key, path, "a path without '..', spaces or commas"));
-    }
-    Ok(())
+    validate::export_path(key, path).map(drop)
 }
 
-/// A comma list (`endpoints`, `monitors`): trimmed, empty items dropped, duplicates removed
-/// (first occurrence kept, so the user's order — and the server moor mounts from — holds).
+/// A comma list of hosts, in the user's order, duplicates removed: Ceph monitors
+/// (`host[:port]`, IPv6 bracketed) when `allow_colon`, else GlusterFS endpoints (names and
+/// IPv4 addresses only).
 pub fn split_hosts(key: &str, value: &str, allow_colon: bool) -> Result<Vec<String>, OptionsError> {
-    let mut out: Vec<String> = Vec::new();
-    for h in value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-        check_host(key, h, allow_colon)?;
-        if !out.iter().any(|o| o == h) {
-            out.push(h.to_owned());
-        }
-    }
-    if out.is_empty() {
-        return Err(invalid(key, value, "at least one host"));
-    }
-    Ok(out)
+    Ok(if allow_colon {
+        validate::monitors(key, value)?
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    } else {
+        validate::endpoints(key, value)?
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    })
 }
 
 /// A host over fakes rooted at `root`, for the drivers' attach/detach tests, and its
@@ -190,6 +138,52 @@ pub(crate) fn test_host(
         blockdev: crate::host::BlockDevices { sys: "/sys".into() },
     };
     (host, runner)
+}
+
+/// Issue 12 item 10, for every share driver: each `(key, value)` of `cases`, put into
+/// `base`, is refused by `volume()` with `bad_options: option <key>=…: expected …`. An
+/// accepted value is staged the way the lifecycle does it — its mount command run on a host
+/// whose script is empty — so the test fails on the first command a bad value would reach.
+#[cfg(test)]
+pub(crate) fn assert_refused_before_mount(
+    driver: &dyn crate::driver::Driver,
+    base: &[(&str, &str)],
+    cases: &[(&str, &str)],
+) {
+    use crate::flexvolume::VolumeOptions;
+    use std::collections::BTreeMap;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = crate::driver::NodeContext::for_tests();
+    for (key, value) in cases {
+        let mut m: BTreeMap<String, String> = base
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        m.insert(key.to_string(), value.to_string());
+        let o = VolumeOptions::from_map(&m).unwrap();
+        let (host, runner) = test_host(tmp.path());
+        match driver.volume(&node, &o) {
+            Ok(spec) => {
+                let r = remote_of(&spec);
+                let cmd = mount_command(r, &tmp.path().join("stage"), r.fuse, None);
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    host.runner.run(&cmd)
+                }));
+                panic!(
+                    "{} {key}={value:?} accepted; stage would run: {}",
+                    driver.name(),
+                    cmd.display()
+                );
+            }
+            Err(e) => {
+                assert_eq!(e.reason(), "bad_options", "{key}={value:?}: {e}");
+                let msg = e.to_string();
+                assert!(msg.starts_with(&format!("option {key}")), "{key}: {msg}");
+                assert!(msg.contains("expected"), "{key}: {msg}");
+                assert!(runner.calls().is_empty(), "{key}={value:?}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

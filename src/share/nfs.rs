@@ -12,7 +12,8 @@ use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
 use crate::flexvolume::{OptionsError, VolumeOptions};
 use crate::journal::{RemoteMount, StageSource};
 
-use super::{check_export_path, check_host, split_mount_options};
+use super::{check_export_path, split_mount_options};
+use crate::volume::validate::{self, HostName};
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &["server", "path", "readOnly", "mountOptions"];
@@ -22,20 +23,16 @@ pub const OPTIONS: &[&str] = &["server", "path", "readOnly", "mountOptions"];
 pub struct NfsDriver;
 
 /// The export and options of an NFS volume (pure: no host access).
-pub fn remote_mount(server: &str, path: &str, options: Vec<String>) -> RemoteMount {
-    // mount.nfs wants an IPv6 address in brackets before the `:/export`.
-    let host = if server.contains(':') && !server.starts_with('[') {
-        format!("[{server}]")
-    } else {
-        server.to_owned()
-    };
+pub fn remote_mount(server: &HostName, path: &str, options: Vec<String>) -> RemoteMount {
     RemoteMount {
         fs_type: "nfs".into(),
-        source: format!("{host}:{path}"),
+        // mount.nfs splits `server:/export` at the first ':' unless the server is in
+        // brackets, so an IPv6 address always goes in brackets.
+        source: format!("{}:{path}", server.bracketed()),
         options,
         fuse: false,
         log_file: None,
-        server: server.into(),
+        server: server.to_string(),
     }
 }
 
@@ -46,8 +43,7 @@ impl Driver for NfsDriver {
 
     fn volume(&self, _node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
         opts.check_known(self.name(), OPTIONS)?;
-        let server = opts.required(self.name(), "server")?;
-        check_host("server", server, true)?;
+        let server = validate::nfs_server("server", opts.required(self.name(), "server")?)?;
         let path = opts.required(self.name(), "path")?;
         check_export_path("path", path)?;
         if !path.starts_with('/') {
@@ -60,10 +56,10 @@ impl Driver for NfsDriver {
         }
         let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
         let options = split_mount_options(&mount_options)?;
-        let remote = remote_mount(server, path, options);
+        let remote = remote_mount(&server, path, options);
         let identity = format!("{}?{}", remote.source, remote.options.join(","));
         let mut persist = BTreeMap::new();
-        persist.insert("server".to_owned(), server.to_owned());
+        persist.insert("server".to_owned(), server.to_string());
         persist.insert("path".to_owned(), path.to_owned());
         if !mount_options.is_empty() {
             persist.insert("mountOptions".to_owned(), mount_options);
@@ -138,6 +134,49 @@ mod tests {
         assert_ne!(a.key, c.key);
         assert_ne!(a.key, d.key);
         assert_eq!(a.key, volume_key("nfs", "s:/e?nfsvers=3"));
+    }
+
+    /// Issue 12 item 10: a server that mount(8) would read as an option (`-Lroot`), or any
+    /// server, export path or mount option that is not one, never reaches mount's argv.
+    #[test]
+    fn hostile_values_are_refused_before_any_command() {
+        crate::share::assert_refused_before_mount(
+            &NfsDriver,
+            &[("server", "10.0.0.5"), ("path", "/exports/a")],
+            &[
+                ("server", "-Lroot"),
+                ("server", "-oremount"),
+                ("server", "--bind"),
+                ("server", "10.0.0.5;reboot"),
+                ("server", "$(reboot)"),
+                ("server", "srv`id`"),
+                ("server", "10.0.0.5:2049"),
+                ("server", "[fd00::5"),
+                ("server", "fd00::5]"),
+                ("server", "[fd00::5]:2049"),
+                ("server", "a..b"),
+                ("server", "-"),
+                ("path", "/e;reboot"),
+                ("path", "/e$x"),
+                ("path", "/e'x"),
+                ("path", "/e\"x"),
+                ("path", "/e\\x"),
+                ("path", "/e`x`"),
+                ("path", "/e\u{0}"),
+                ("path", "-o"),
+                ("mountOptions", "-oremount"),
+                ("mountOptions", "hard,-v"),
+                ("mountOptions", "hard,--bind"),
+            ],
+        );
+    }
+
+    #[test]
+    fn ipv6_server_is_bracketed_once_and_canonical() {
+        let s = spec(r#"{"server":"[fd00::5]","path":"/e"}"#).unwrap();
+        assert_eq!(remote(&s).source, "[fd00::5]:/e");
+        let s = spec(r#"{"server":"fd00:0::5","path":"/e"}"#).unwrap();
+        assert_eq!(remote(&s).source, "[fd00::5]:/e");
     }
 
     #[test]

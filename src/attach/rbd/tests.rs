@@ -562,3 +562,79 @@ fn sysfs_client_ids_read_like_ceph_spells_them() {
     assert_eq!(client_name("client.4181"), "client.4181");
     assert_eq!(client_name("odd"), "odd");
 }
+
+/// Issue 12 item 10: monitors, pool/namespace/image names, the user id and the keyring path
+/// that are not one are refused by `volume()` naming the option, so nothing reaches rbd's
+/// argv. An accepted value would go on to `attach`, whose empty script fails at once.
+#[test]
+fn hostile_values_are_refused_before_any_command() {
+    let cases: &[(&str, &str)] = &[
+        ("monitors", "10.0.0.1;reboot"),
+        ("monitors", "$(reboot)"),
+        ("monitors", "10.0.0.1:6789,`id`"),
+        ("monitors", "-m"),
+        ("monitors", "10.0.0.1:65536"),
+        ("monitors", "10.0.0.1:0"),
+        ("monitors", "[fd00::1"),
+        ("monitors", "[fd00::1]:3300,fd00::2"),
+        ("monitors", "mon'1"),
+        ("monitors", "mon\"1"),
+        ("monitors", "mon\\1"),
+        ("pool", "-p"),
+        ("pool", "a;b"),
+        ("pool", "a$b"),
+        ("radosNamespace", "--x"),
+        ("radosNamespace", "n`s`"),
+        ("image", "-i"),
+        ("image", "img'1"),
+        ("image", "img\u{0}"),
+        ("user", "-x"),
+        ("user", "a;b"),
+        ("user", "a b"),
+        ("keyring", "/etc/ceph/a;b"),
+        ("keyring", "/etc/ceph/a b"),
+    ];
+    for (key, value) in cases {
+        let f = Fixture::new();
+        let mut pairs = vec![("monitors", "10.0.0.1:6789"), ("image", "img1")];
+        pairs.retain(|(k, _)| k != key);
+        pairs.push((*key, *value));
+        let k = (*key != "keyring").then_some(KEY);
+        let o = opts(&pairs, k, false);
+        match RbdDriver.volume(&f.node, &o) {
+            Ok(spec) => {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    RbdDriver.attach(&f.host, &spec, &o)
+                }));
+                panic!("{key}={value:?} accepted; attach ran: {}", f.all_argv());
+            }
+            Err(e) => {
+                assert_eq!(e.reason(), "bad_options", "{key}={value:?}: {e}");
+                let msg = e.to_string();
+                assert!(msg.starts_with(&format!("option {key}")), "{key}: {msg}");
+                assert!(msg.contains("expected"), "{key}: {msg}");
+                assert!(f.kernel.script.calls().is_empty(), "{key}={value:?}");
+            }
+        }
+    }
+}
+
+/// A record written before the validators (or edited by hand) is refused by attach before
+/// rbd runs.
+#[test]
+fn a_hostile_persisted_target_is_refused_before_any_command() {
+    let f = Fixture::new();
+    let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
+    for (key, value) in [
+        ("monitors", "-m;x"),
+        ("pool", "-p"),
+        ("image", "$(x)"),
+        ("user", "-x"),
+    ] {
+        let mut spec = spec.clone();
+        spec.persist.insert(key.into(), value.into());
+        let e = RbdDriver.attach(&f.host, &spec, &img1(false)).unwrap_err();
+        assert_eq!(e.reason(), "bad_options", "{key}: {e}");
+    }
+    assert!(f.kernel.script.calls().is_empty());
+}
