@@ -275,7 +275,7 @@ pub fn endpoints(key: &str, value: &str) -> Result<Vec<HostName>, OptionsError> 
 }
 
 /// What an iSCSI name accepts.
-pub const ISCSI_NAME: &str = "expected an iSCSI name (RFC 3720): iqn.YYYY-MM.reversed.domain[:unique] (letters, digits, '.', '-', ':'), eui. and 16 hex digits, or naa. and 16 or 32 hex digits; at most 223 bytes";
+pub const ISCSI_NAME: &str = "expected an iSCSI name (RFC 3720): iqn.YYYY-MM.reversed.domain[:unique] (letters, digits, '.', '-', ':'; also '_' after the ':'), eui. and 16 hex digits, or naa. and 16 or 32 hex digits; at most 223 bytes";
 
 /// An iSCSI name (RFC 3720 §3.2.6.3, RFC 3721): `iqn.YYYY-MM.<reversed domain>[:<unique>]`,
 /// `eui.<16 hex>` or `naa.<16 or 32 hex>`, at most 223 bytes; case is kept (targets compare
@@ -313,10 +313,12 @@ pub fn iscsi_name(key: &str, value: &str) -> Result<String, OptionsError> {
                 && !l.starts_with('-')
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         };
+        // RFC 3720 has no '_', but targets in the field use it in the unique part (TrueNAS
+        // target names, for one); it is no argv or record hazard, so it is accepted there.
         let unique_ok = unique.is_none_or(|u| {
             !u.is_empty()
                 && u.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c))
         });
         date_ok && domain.split('.').all(label_ok) && unique_ok
     };
