@@ -1,0 +1,314 @@
+//! What a local `path` may name (tier 2: root, real daemon, real front end, real mounts).
+//!
+//! What a user checks: a directory or device is served only from the roots the operator
+//! allowed in `config.yaml`; every way out of them — host directories, pseudo filesystems,
+//! moor's and kubelet's own directories, `/proc` magic links, symlinks and bind mounts inside
+//! an allowed root — is refused with nothing mounted and nothing chgrp'ed; a device nobody
+//! allowed is neither formatted nor mounted; and one disk reached through several names at
+//! once is staged exactly once, shared by every pod, never fsck'ed while mounted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::host::{assert_failure, digest, mkfs, mount_entries_under, probe};
+use common::{Daemon, LoopDev, require_privileged_sandbox, sh};
+use serde_json::json;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// (gid, mode) of a path, not following a final symlink.
+fn owner(p: &Path) -> (u32, u32) {
+    let md = std::fs::symlink_metadata(p).unwrap();
+    (md.gid(), md.mode())
+}
+
+/// The mounts under the daemon's kubelet dir (moor's stages and binds).
+fn moor_mounts(d: &Daemon) -> Vec<PathBuf> {
+    common::mounts_under(&d.kubelet_dir())
+}
+
+/// Every escape of the list, tried with fsGroup set: refused, nothing mounted, the
+/// target's group and mode unchanged.
+#[test]
+fn no_path_leads_out_of_the_allowed_roots() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let root = d.allowed_root();
+    std::fs::create_dir_all(&root).unwrap();
+    // Another pod's secret volume inside the kubelet dir.
+    let secret = d
+        .kubelet_dir()
+        .join("pods/other-pod/volumes/kubernetes.io~secret/token");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("token"), "s3cret").unwrap();
+    let link = |name: &str, to: &Path| {
+        let l = root.join(name);
+        std::os::unix::fs::symlink(to, &l).unwrap();
+        l
+    };
+    let to_root = link("to-root", Path::new("/"));
+    let to_etc_rel = link("to-etc", Path::new("../../../../../../../../etc"));
+    let to_state = link("to-state", &d.state_dir());
+    let to_secret = link("to-secret", &secret);
+    let via_proc = link("via-proc", Path::new("/proc/self/root"));
+    // Mounts an attacker (or a careless operator) left inside the allowed root.
+    let procfs = root.join("procfs");
+    std::fs::create_dir_all(&procfs).unwrap();
+    sh("mount", &["-t", "proc", "proc", s(&procfs)]);
+    let kubelet_bind = root.join("kubelet-bind");
+    std::fs::create_dir_all(&kubelet_bind).unwrap();
+    sh("mount", &["--bind", s(&d.kubelet_dir()), s(&kubelet_bind)]);
+    let own_mounts = [procfs.clone(), kubelet_bind.clone()];
+
+    let socket_dir = d.socket().parent().unwrap().to_owned();
+    let escapes: Vec<PathBuf> = vec![
+        "/etc".into(),
+        "/proc".into(),
+        "/sys".into(),
+        "/dev".into(),
+        "/run".into(),
+        "/proc/self/root".into(),
+        "/proc/self/root/etc".into(),
+        "/proc/1/cwd".into(),
+        format!("/proc/self/root{}", s(&root)).into(),
+        d.state_dir(),
+        d.run_dir(),
+        socket_dir,
+        secret.clone(),
+        to_root.clone(),
+        to_root.join("etc"),
+        to_etc_rel,
+        to_state,
+        to_secret,
+        via_proc.join("etc"),
+        procfs.clone(),
+        procfs.join("self"),
+        kubelet_bind.join("pods/other-pod/volumes/kubernetes.io~secret/token"),
+        kubelet_bind.clone(),
+    ];
+    for (i, path) in escapes.iter().enumerate() {
+        // What fsGroup would chgrp if the path were served.
+        let target_owner = std::fs::canonicalize(path).ok().map(|p| (owner(&p), p));
+        let pod = format!("pod-{i}");
+        let r = d.mount(
+            &pod,
+            "vol",
+            json!({"path": s(path), "kubernetes.io/mounterArgs.FsGroup": "4242"}),
+        );
+        assert_eq!(
+            r.status(),
+            "Failure",
+            "{} was served: {}",
+            path.display(),
+            r.json
+        );
+        assert!(
+            r.message().starts_with("not_allowed:") || r.message().starts_with("bad_source:"),
+            "{}: {}",
+            path.display(),
+            r.message()
+        );
+        assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new(), "{}", path.display());
+        if let Some((before, p)) = target_owner {
+            assert_eq!(owner(&p), before, "{} was chgrp'ed", p.display());
+        }
+        d.unmount(&pod, "vol").assert_ok();
+    }
+    for m in own_mounts.iter().rev() {
+        sh("umount", &[s(m)]);
+    }
+    assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new());
+}
+
+/// A directory inside the allowed root is served, through its own name and through a
+/// relative link inside the root: one directory, one stage, shared.
+#[test]
+fn a_directory_inside_the_allowed_root_is_one_volume_under_every_name() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let data = d.allowed_root().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let alias = d.allowed_root().join("alias");
+    std::os::unix::fs::symlink("data", &alias).unwrap();
+    d.mount("pod-a", "vol", json!({"path": s(&data)}))
+        .assert_ok();
+    d.mount("pod-b", "vol", json!({"path": s(&alias)}))
+        .assert_ok();
+    let stages = mount_entries_under(&d.kubelet_dir().join("plugins/moor"));
+    assert_eq!(stages.len(), 1, "{stages:#?}");
+    std::fs::write(d.pod_dir("pod-a", "vol").join("f"), "through a").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(d.pod_dir("pod-b", "vol").join("f")).unwrap(),
+        "through a"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("f")).unwrap(),
+        "through a"
+    );
+    d.unmount("pod-a", "vol").assert_ok();
+    d.unmount("pod-b", "vol").assert_ok();
+    assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new());
+}
+
+/// A node with no allow-list serves no directory and no device, and says how to allow one.
+#[test]
+fn without_an_allow_list_directories_and_devices_are_refused() {
+    require_privileged_sandbox();
+    let dev = LoopDev::new(64);
+    let d = Daemon::start_without_allow_list();
+    let dir = d.root.path().join("disks/data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let r = d.mount("pod-a", "vol", json!({"path": s(&dir)}));
+    assert_failure(
+        &r,
+        "not_allowed",
+        &["local.allowed-directories", "config.yaml"],
+    );
+    let before = digest(&dev.path);
+    let r = d.mount("pod-b", "vol", json!({"path": dev.path_str()}));
+    assert_failure(&r, "not_allowed", &["local.allowed-devices", "config.yaml"]);
+    assert_eq!(digest(&dev.path), before, "the device was written");
+    assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new());
+    d.unmount("pod-a", "vol").assert_ok();
+    d.unmount("pod-b", "vol").assert_ok();
+}
+
+/// Another disk of the node (one nobody allowed) is neither formatted nor mounted, whatever
+/// name reaches it; a listed one is.
+#[test]
+fn a_device_nobody_allowed_is_neither_formatted_nor_mounted() {
+    require_privileged_sandbox();
+    let blank = LoopDev::unlisted(64);
+    let with_fs = LoopDev::unlisted(64);
+    mkfs(&with_fs.path, "ext4");
+    let allowed = LoopDev::new(64);
+    let d = Daemon::start();
+    std::fs::create_dir_all(d.allowed_root()).unwrap();
+    let (blank_bytes, fs_bytes) = (digest(&blank.path), digest(&with_fs.path));
+    let in_root = d.allowed_root().join("dev-link");
+    std::os::unix::fs::symlink(&blank.path, &in_root).unwrap();
+    let names: Vec<String> = vec![
+        blank.path_str().into(),
+        with_fs.path_str().into(),
+        s(&in_root).into(),
+        format!("/proc/self/root{}", blank.path_str()),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let pod = format!("pod-{i}");
+        let r = d.mount(&pod, "vol", json!({"path": name}));
+        assert_eq!(r.status(), "Failure", "{name} was served: {}", r.json);
+        assert!(
+            r.message().starts_with("not_allowed:") || r.message().starts_with("bad_source:"),
+            "{name}: {}",
+            r.message()
+        );
+        d.unmount(&pod, "vol").assert_ok();
+    }
+    assert_eq!(
+        digest(&blank.path),
+        blank_bytes,
+        "the blank disk was written"
+    );
+    assert_eq!(
+        digest(&with_fs.path),
+        fs_bytes,
+        "the other disk was written"
+    );
+    assert!(
+        probe(&blank.path).is_empty(),
+        "the blank disk was formatted"
+    );
+    assert_eq!(d.mkfs_commands(), Vec::<String>::new());
+    assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new());
+
+    d.mount("pod-ok", "vol", json!({"path": allowed.path_str()}))
+        .assert_ok();
+    d.unmount("pod-ok", "vol").assert_ok();
+    assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new());
+}
+
+/// One disk, several names (the node, a link in the allowed device dir, a second link), many
+/// pods mounting at once, many rounds: exactly one stage of the device, every pod sees the
+/// same filesystem, e2fsck runs once per stage (never on the mounted disk), and the last
+/// unmount leaves nothing.
+#[test]
+fn one_disk_under_many_names_is_staged_once() {
+    require_privileged_sandbox();
+    const ROUNDS: usize = 20;
+    for fs_type in ["xfs", "ext4"] {
+        let dev = LoopDev::new(if fs_type == "xfs" { 300 } else { 64 });
+        mkfs(&dev.path, fs_type);
+        let d = Daemon::start();
+        let second = d.root.path().join("second-link");
+        std::os::unix::fs::symlink(&dev.path, &second).unwrap();
+        let listed = common::allowed_device_dir().join(dev.path.file_name().unwrap());
+        let names = [
+            dev.path_str().to_owned(),
+            s(&listed).to_owned(),
+            s(&second).to_owned(),
+        ];
+        for round in 0..ROUNDS {
+            let results: Vec<_> = std::thread::scope(|sc| {
+                let hs: Vec<_> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let d = &d;
+                        sc.spawn(move || {
+                            d.mount(
+                                &format!("pod-{i}"),
+                                "vol",
+                                json!({"path": n, "kubernetes.io/fsType": fs_type}),
+                            )
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for r in &results {
+                r.assert_ok();
+            }
+            let stages = mount_entries_under(&d.kubelet_dir().join("plugins/moor"));
+            assert_eq!(
+                stages.len(),
+                1,
+                "{fs_type} round {round}: the disk is staged {} times: {stages:#?}",
+                stages.len()
+            );
+            let text = format!("round {round}");
+            std::fs::write(d.pod_dir("pod-0", "vol").join("f"), &text).unwrap();
+            for i in 1..names.len() {
+                let seen = std::fs::read_to_string(d.pod_dir(&format!("pod-{i}"), "vol").join("f"))
+                    .unwrap();
+                assert_eq!(
+                    seen, text,
+                    "{fs_type} round {round}: pod-{i} sees another fs"
+                );
+            }
+            std::thread::scope(|sc| {
+                for i in 0..names.len() {
+                    let d = &d;
+                    sc.spawn(move || d.unmount(&format!("pod-{i}"), "vol").assert_ok());
+                }
+            });
+            assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new(), "round {round}");
+        }
+        let fscks = d
+            .commands()
+            .into_iter()
+            .filter(|c| c.starts_with("e2fsck"))
+            .count();
+        let expected = if fs_type == "ext4" { ROUNDS } else { 0 };
+        assert_eq!(fscks, expected, "{fs_type}: e2fsck runs per stage");
+        assert!(
+            !d.log_text().contains("run fsck by hand"),
+            "{fs_type}: an operator was sent to fsck a healthy disk"
+        );
+    }
+}
