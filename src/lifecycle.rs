@@ -266,6 +266,11 @@ impl Lifecycle {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Where block device identities are read.
+    pub fn id_sources(&self) -> &IdSources {
+        &self.ids
+    }
+
     /// The host this lifecycle runs on.
     pub fn host(&self) -> &Host {
         &self.host

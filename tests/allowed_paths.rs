@@ -312,3 +312,76 @@ fn one_disk_under_many_names_is_staged_once() {
         );
     }
 }
+
+/// Records of the previous version keyed a local volume by its path text. After an upgrade
+/// they are kept by reconstruction, kubelet's repeated `mount` of a published pod answers
+/// Success from them, and another name of the same disk shares their stage.
+#[test]
+fn records_keyed_by_the_path_text_keep_serving_after_an_upgrade() {
+    require_privileged_sandbox();
+    let dev = LoopDev::new(64);
+    let mut d = Daemon::start();
+    let link = d.root.path().join("by-id-disk");
+    std::os::unix::fs::symlink(&dev.path, &link).unwrap();
+    let opts = json!({"path": s(&link), "kubernetes.io/fsType": "ext4"});
+    d.mount("pod-a", "vol", opts.clone()).assert_ok();
+    std::fs::write(d.pod_dir("pod-a", "vol").join("f"), "before the upgrade").unwrap();
+    d.kill9();
+
+    // Rewrite the state as the previous version left it: key = the path text, the stage
+    // mounted at that key's directory, no device identity in the record.
+    let old_key = moor::driver::volume_key("local", s(&link));
+    let [rec] = d.stage_records().try_into().unwrap();
+    let new_key = rec["key"].as_str().unwrap().to_owned();
+    let stage_root = d.kubelet_dir().join("plugins/moor/local");
+    std::fs::create_dir_all(stage_root.join(&old_key)).unwrap();
+    sh(
+        "mount",
+        &[
+            "--move",
+            s(&stage_root.join(&new_key)),
+            s(&stage_root.join(&old_key)),
+        ],
+    );
+    std::fs::remove_dir(stage_root.join(&new_key)).unwrap();
+    let mut legacy = rec.clone();
+    legacy["key"] = old_key.clone().into();
+    legacy["source"] = json!({"kind": "block", "device": s(&link)});
+    let options = legacy["options"].as_object_mut().unwrap();
+    options.remove("device-number");
+    options.remove("device-stable-id");
+    let stage_dir = d.state_dir().join("stage");
+    std::fs::remove_file(stage_dir.join(format!("{new_key}.json"))).unwrap();
+    std::fs::write(
+        stage_dir.join(format!("{old_key}.json")),
+        legacy.to_string(),
+    )
+    .unwrap();
+    for e in std::fs::read_dir(d.run_dir().join("publish")).unwrap() {
+        let p = e.unwrap().path();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v["key"] = old_key.clone().into();
+        std::fs::write(&p, v.to_string()).unwrap();
+    }
+
+    d.spawn();
+    let kept = d.stage_records();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["key"], old_key.as_str(), "{kept:?}");
+    assert_eq!(kept[0]["phase"], "staged", "{kept:?}");
+    // kubelet's mount again after its own restart: answered from the records.
+    d.mount("pod-a", "vol", opts).assert_ok();
+    // The disk under its kernel name, for a second pod: the same stage.
+    d.mount("pod-b", "vol", json!({"path": dev.path_str()}))
+        .assert_ok();
+    let stages = mount_entries_under(&d.kubelet_dir().join("plugins/moor"));
+    assert_eq!(stages.len(), 1, "{stages:#?}");
+    assert_eq!(
+        std::fs::read_to_string(d.pod_dir("pod-b", "vol").join("f")).unwrap(),
+        "before the upgrade"
+    );
+    d.unmount("pod-a", "vol").assert_ok();
+    d.unmount("pod-b", "vol").assert_ok();
+    assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new());
+}

@@ -95,7 +95,7 @@ pub enum AllowError {
     },
     /// Not in the allow-list.
     #[error(
-        "option path={path}: {detail}; allowed {kind}s are listed under local.{key} in /etc/moor/config.yaml"
+        "option path={path}: {detail}; the {kind} roots and entries this node serves are listed under local.{key} in /etc/moor/config.yaml"
     )]
     NotAllowed {
         /// The text.
@@ -322,17 +322,23 @@ impl AllowList {
                     libc::O_PATH,
                     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
                 )
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::EXDEV) => AllowError::NotAllowed {
-                        path: path.clone(),
-                        kind: "directory",
-                        key: "allowed-directories",
-                        detail: format!(
-                            "it leads out of the allowed root {} (through '..' or a symlink)",
-                            r.display()
-                        ),
+                .or_else(|e| match e.raw_os_error() {
+                    // A link under a directory root may name a device (a discovery dir's
+                    // entry): only a device is taken from outside the root, and it is
+                    // checked against the device entries below like any other.
+                    Some(libc::EXDEV) => match open_path(text) {
+                        Ok(fd) if fstat(&fd).is_ok_and(|st| is_blk(&st)) => Ok(fd),
+                        _ => Err(AllowError::NotAllowed {
+                            path: path.clone(),
+                            kind: "directory",
+                            key: "allowed-directories",
+                            detail: format!(
+                                "it leads out of the allowed root {} (through '..' or a symlink)",
+                                r.display()
+                            ),
+                        }),
                     },
-                    _ => open_err(e),
+                    _ => Err(open_err(e)),
                 })?
             }
             None => open_path(text).map_err(open_err)?,

@@ -67,6 +67,35 @@ pub fn device_stable_id(ids: &IdSources, dev: DevNum) -> String {
     }
 }
 
+/// Every volume key a local `path` may be recorded under: the key of the object it resolves
+/// to now (a device's stable id, a directory's real path), then the key of the text itself
+/// (what earlier versions used). For forgetting a wiped entry: serving goes through
+/// [`AllowList::resolve`].
+pub fn volume_keys_of(path: &Path, ids: &IdSources) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut keys = Vec::new();
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => {
+            let dev = DevNum {
+                major: libc::major(m.rdev()),
+                minor: libc::minor(m.rdev()),
+            };
+            keys.push(volume_key("local", &device_stable_id(ids, dev)));
+        }
+        Ok(m) if m.is_dir() => {
+            if let Ok(real) = std::fs::canonicalize(path) {
+                keys.push(volume_key("local", &real.display().to_string()));
+            }
+        }
+        _ => {}
+    }
+    let text = volume_key("local", &path.display().to_string());
+    if !keys.contains(&text) {
+        keys.push(text);
+    }
+    keys
+}
+
 impl Driver for LocalDriver {
     fn name(&self) -> &'static str {
         "local"
