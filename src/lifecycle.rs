@@ -336,7 +336,7 @@ impl Lifecycle {
             .values()
             .filter(|r| r.driver == driver && r.key != spec.key)
         {
-            if self.same_object(&r.source, r.options.get(DEVICE_NUMBER), held.object) {
+            if self.same_object(r, held.object, ours.as_deref()) {
                 tracing::info!(volume = %r.key, new_key = %spec.key, "serving a local source under the key it was recorded with");
                 spec.key = r.key.clone();
                 return Ok(());
@@ -367,23 +367,27 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// True when a recorded source is the object `held` resolved to: the same directory
-    /// (dev, ino), or the same block device (the number recorded, else the one its recorded
-    /// path names now).
-    fn same_object(
-        &self,
-        recorded: &StageSource,
-        recorded_dev: Option<&String>,
-        held: SourceObject,
-    ) -> bool {
-        match (recorded, held) {
+    /// True when a record's source is the object `held` resolved to: the same directory
+    /// (dev, ino), or the same block device — by the stable id recorded when both sides have
+    /// one (a device number may name another disk after a reboot), else by the number
+    /// recorded, else by the number its recorded path names now (a record of an earlier
+    /// version).
+    fn same_object(&self, r: &StageRecord, held: SourceObject, ours: Option<&str>) -> bool {
+        match (&r.source, held) {
             (StageSource::Directory { path }, SourceObject::Directory { dev, ino }) => {
                 std::fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
             }
-            (StageSource::Block { device }, SourceObject::Block(d)) => match recorded_dev {
-                Some(n) => *n == d.to_string(),
-                None => self.host.blockdev.dev_num(device).ok().flatten() == Some(d),
-            },
+            (StageSource::Block { device }, SourceObject::Block(d)) => {
+                match (
+                    r.options.get(DEVICE_STABLE_ID),
+                    ours,
+                    r.options.get(DEVICE_NUMBER),
+                ) {
+                    (Some(id), Some(o), _) => id == o,
+                    (_, _, Some(n)) => *n == d.to_string(),
+                    _ => self.host.blockdev.dev_num(device).ok().flatten() == Some(d),
+                }
+            }
             _ => false,
         }
     }
@@ -474,7 +478,8 @@ impl Lifecycle {
             let attaching = matches!(plan.spec.source, StageSource::Attached { .. });
             let same = rec.source == plan.spec.source
                 || plan.held.as_ref().is_some_and(|h| {
-                    self.same_object(&rec.source, rec.options.get(DEVICE_NUMBER), h.object)
+                    // Staged now: its recorded number is the device's number now.
+                    self.same_object(rec, h.object, None)
                 });
             if !attaching && !same {
                 return Err(Error::TargetBusy {

@@ -385,3 +385,64 @@ fn records_keyed_by_the_path_text_keep_serving_after_an_upgrade() {
     d.unmount("pod-b", "vol").assert_ok();
     assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new());
 }
+
+/// A directory inside the allowed root exchanged with a symlink to `/` in a loop while pods
+/// mount it: the path is resolved once and the held directory is what is bound, so every
+/// mount either binds the real directory or is refused — never the host's root.
+#[test]
+fn a_symlink_swapped_in_during_the_call_never_redirects_the_bind() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let root = d.allowed_root();
+    std::fs::create_dir_all(root.join("swap")).unwrap();
+    std::fs::write(root.join("swap/inside"), "the real directory").unwrap();
+    std::os::unix::fs::symlink("/", root.join("evil")).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut served, mut refused) = (0, 0);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let a = std::ffi::CString::new(s(&root.join("swap"))).unwrap();
+            let b = std::ffi::CString::new(s(&root.join("evil"))).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: both paths are NUL-terminated C strings that outlive the call.
+                let rc = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            }
+        });
+        for i in 0..60 {
+            let pod = format!("pod-{i}");
+            let r = d.mount(&pod, "vol", json!({"path": s(&root.join("swap"))}));
+            if r.ok() {
+                served += 1;
+                let dir = d.pod_dir(&pod, "vol");
+                assert_eq!(
+                    std::fs::read_to_string(dir.join("inside")).ok().as_deref(),
+                    Some("the real directory"),
+                    "round {i}: the bind is not the allowed directory"
+                );
+                assert!(
+                    !dir.join("etc").exists(),
+                    "round {i}: the host root was bound"
+                );
+            } else {
+                refused += 1;
+                assert!(r.message().starts_with("not_allowed:"), "{}", r.json);
+            }
+            d.unmount(&pod, "vol").assert_ok();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(
+        served > 0 && refused > 0,
+        "the race did not happen: {served} served, {refused} refused"
+    );
+    assert_eq!(moor_mounts(&d), Vec::<PathBuf>::new());
+}
