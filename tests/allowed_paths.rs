@@ -417,6 +417,15 @@ fn a_symlink_swapped_in_during_the_call_never_redirects_the_bind() {
                 assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
             }
         });
+        // Stops the swapper on every way out of the loop, a failed assertion included (the
+        // scope would otherwise wait for it forever).
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
         for i in 0..60 {
             let pod = format!("pod-{i}");
             let r = d.mount(&pod, "vol", json!({"path": s(&root.join("swap"))}));
@@ -438,7 +447,6 @@ fn a_symlink_swapped_in_during_the_call_never_redirects_the_bind() {
             }
             d.unmount(&pod, "vol").assert_ok();
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     assert!(
         served > 0 && refused > 0,
