@@ -251,8 +251,19 @@ impl Bench {
             .create(true)
             .append(true)
             .open(self.log())?;
+        // A node serves only the directories its operator lists: the bench's sources.
+        let config = self.args.root.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "local:\n  kubernetes: off\n  allowed-directories: [{}]\n",
+                self.args.root.join("data").display()
+            ),
+        )?;
         let mut cmd = Command::new(&self.args.moor);
         cmd.arg("daemon")
+            .arg("--config")
+            .arg(&config)
             .arg("--kubelet-dir")
             .arg(self.kubelet())
             .arg("--state-dir")

@@ -184,7 +184,7 @@ impl Config {
             })?,
             None => crate::local::classes::LocalConfig::default(),
         };
-        Ok(Config {
+        let cfg = Config {
             kubelet_dir,
             state_dir: path_key(
                 "state-dir",
@@ -224,7 +224,15 @@ impl Config {
             )?,
             log_format,
             local,
-        })
+        };
+        let socket_dir = cfg.socket.parent().unwrap_or(&cfg.socket);
+        cfg.local
+            .refuse_roots_around(&[&cfg.state_dir, &cfg.run_dir, socket_dir])
+            .map_err(|e| ConfigError::Invalid {
+                key: "local",
+                message: e.to_string(),
+            })?;
+        Ok(cfg)
     }
 }
 

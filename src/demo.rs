@@ -357,8 +357,18 @@ fn start_daemon(sb: &Sandbox, exe: &Path, port: u16) -> Result<(Child, String), 
     let log =
         std::fs::File::create(sb.root.join("daemon.log")).map_err(|e| fail("daemon log", e))?;
     let log2 = log.try_clone().map_err(|e| fail("daemon log", e))?;
+    // A node serves only the disks its operator lists: the demo lists its own loop disk.
+    let config = sb.root.join("config.yaml");
+    let dev = sb.loop_dev.as_deref().unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!("local:\n  kubernetes: off\n  allowed-devices: [{dev}]\n"),
+    )
+    .map_err(|e| fail("config file", e))?;
     let child = Command::new(exe)
         .arg("daemon")
+        .arg("--config")
+        .arg(&config)
         .arg("--kubelet-dir")
         .arg(sb.kubelet())
         .arg("--state-dir")

@@ -77,6 +77,19 @@ pub enum DriverError {
     /// Ceph RBD.
     #[error(transparent)]
     Rbd(#[from] crate::attach::rbd::RbdError),
+    /// A local `path` outside the allow-list, or refused whatever it says.
+    #[error(transparent)]
+    Source(#[from] crate::host::allow::AllowError),
+    /// A local `path` now names another disk than the one moor staged under that name.
+    #[error(
+        "option path={path} now names another disk than the one moor staged under it: {detail}; refusing to use another disk under a known name"
+    )]
+    NameMoved {
+        /// The text.
+        path: String,
+        /// Both disks, the volume, and how to proceed.
+        detail: String,
+    },
 }
 
 impl DriverError {
@@ -90,6 +103,8 @@ impl DriverError {
             DriverError::SecretFile { .. } => "secret_file",
             DriverError::Rbd(e) => e.reason(),
             DriverError::Scsi(e) => e.reason(),
+            DriverError::Source(e) => e.reason(),
+            DriverError::NameMoved { .. } => "device_changed",
         }
     }
 }
@@ -133,6 +148,15 @@ pub trait Driver: Send + Sync {
     fn name(&self) -> &'static str;
     /// Validates options and derives the volume.
     fn volume(&self, node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError>;
+    /// [`Driver::volume`], plus the source object the driver resolved and holds open (a local
+    /// `path`), which the stage mounts instead of looking the text up again.
+    fn resolve_volume(
+        &self,
+        node: &NodeContext,
+        opts: &VolumeOptions,
+    ) -> Result<(VolumeSpec, Option<crate::host::allow::Resolved>), DriverError> {
+        Ok((self.volume(node, opts)?, None))
+    }
     /// Makes the device appear on this node (or, for a share, writes the credential files
     /// its mount needs). Runs after the stage intent is journaled. Idempotent.
     fn attach(
@@ -158,7 +182,7 @@ impl Drivers {
     /// Every driver moor ships.
     pub fn builtin() -> Self {
         let mut d = Drivers::default();
-        d.add(Arc::new(crate::local::LocalDriver));
+        d.add(Arc::new(crate::local::LocalDriver::default()));
         d.add(Arc::new(crate::attach::rbd::RbdDriver));
         d.add(Arc::new(crate::share::NfsDriver));
         d.add(Arc::new(crate::share::GlusterFsDriver));

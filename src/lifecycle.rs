@@ -24,11 +24,13 @@ use crate::driver::{Driver, Drivers, NodeContext, VolumeSpec};
 use crate::error::Error;
 use crate::flexvolume::VolumeOptions;
 use crate::fs::{self, Prepared, format::FormatRequest};
+use crate::host::allow::{AllowList, Resolved, SourceObject};
 use crate::host::mounts::{is_dead_mount_error, split_options};
 use crate::host::{FsMount, Host, PodVolumeDir};
 use crate::journal::{
     Journal, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource,
 };
+use crate::local::discover::IdSources;
 use crate::share;
 use crate::testhook::pause_point;
 
@@ -69,7 +71,16 @@ pub struct MountPlan {
     target: PodVolumeDir,
     opts: VolumeOptions,
     spec: VolumeSpec,
+    /// The local source the driver resolved, held open: the stage mounts this object.
+    held: Option<Resolved>,
 }
+
+/// Stage record options that name the staged block device: its number now and its stable
+/// id, so two volume keys (two portals of one LUN, two spellings of one disk) cannot stage
+/// one device twice.
+const DEVICE_NUMBER: &str = "device-number";
+/// See [`DEVICE_NUMBER`].
+const DEVICE_STABLE_ID: &str = "device-stable-id";
 
 impl MountPlan {
     /// The volume key (what the caller locks).
@@ -173,6 +184,11 @@ pub struct Lifecycle {
     /// Run FUSE mount helpers in their own systemd scope (systemd is PID 1).
     fuse_scope: bool,
     state: Mutex<State>,
+    /// Held while a stage checks that no other volume holds its device and records that it
+    /// does, so two stages of one device under two keys cannot both pass the check.
+    device_claims: Mutex<()>,
+    /// Where block device identities are read.
+    ids: IdSources,
 }
 
 impl Lifecycle {
@@ -189,6 +205,11 @@ impl Lifecycle {
             kubelet_dir: host.paths.kubelet_dir.clone(),
             run_dir: host.paths.run_dir.clone(),
         };
+        let ids = IdSources {
+            dev_dir: host.paths.dev.clone(),
+            udev_dir: "/run/udev/data".into(),
+            sys: host.paths.sys.clone(),
+        };
         Lifecycle {
             host,
             journal,
@@ -197,7 +218,39 @@ impl Lifecycle {
             timeouts,
             fuse_scope: false,
             state: Mutex::new(State::default()),
+            device_claims: Mutex::new(()),
+            ids,
         }
+    }
+
+    /// Serves local sources from `allow` (its directories and devices), reading device
+    /// identities from `ids`. kubelet's dir, moor's state and run dirs and the kernel's
+    /// `/proc`, `/sys` and `/dev` are refused whatever `allow` says.
+    pub fn with_local_sources(mut self, mut allow: AllowList, ids: IdSources) -> Self {
+        let p = &self.host.paths;
+        allow.refused.extend(
+            [
+                Some(&p.kubelet_dir),
+                p.kubelet_alias.as_ref(),
+                Some(&p.state_dir),
+                Some(&p.run_dir),
+                Some(&p.proc),
+                Some(&p.sys),
+                Some(&p.dev),
+            ]
+            .into_iter()
+            .flatten()
+            .cloned(),
+        );
+        allow.proc = p.proc.clone();
+        self.ids = ids.clone();
+        self.drivers.add(Arc::new(crate::local::LocalDriver {
+            sources: crate::local::driver::LocalSources {
+                allow: Arc::new(allow),
+                ids,
+            },
+        }));
+        self
     }
 
     /// Runs FUSE mount helpers under `systemd-run --scope`, so the FUSE daemon outlives a
@@ -211,6 +264,11 @@ impl Lifecycle {
         // A panic while holding the lock cannot leave the maps half-updated (each update
         // is a single insert/remove), so a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where block device identities are read.
+    pub fn id_sources(&self) -> &IdSources {
+        &self.ids
     }
 
     /// The host this lifecycle runs on.
@@ -242,13 +300,96 @@ impl Lifecycle {
             .paths
             .pod_volume_dir(target, Some(driver.name()))?;
         let opts = VolumeOptions::from_map(options)?;
-        let spec = driver.volume(&self.node, &opts)?;
+        let (mut spec, held) = driver.resolve_volume(&self.node, &opts)?;
+        if let Some(h) = &held {
+            self.known_local_source(driver.name(), &mut spec, h)?;
+        }
         Ok(MountPlan {
             driver,
             target,
             opts,
             spec,
+            held,
         })
+    }
+
+    /// Reconciles a resolved local source with the records: a record of the same object
+    /// under another key (written by a version that keyed local volumes by the path text)
+    /// keeps serving it, so its stage is shared and what moor remembers of it still counts;
+    /// a name moor staged one disk under that now names another disk is refused.
+    fn known_local_source(
+        &self,
+        driver: &str,
+        spec: &mut VolumeSpec,
+        held: &Resolved,
+    ) -> Result<(), Error> {
+        let ours = match held.object {
+            SourceObject::Block(dev) => {
+                Some(crate::local::driver::device_stable_id(&self.ids, dev))
+            }
+            SourceObject::Directory { .. } => None,
+        };
+        let text = spec.persist.get("path").cloned().unwrap_or_default();
+        let st = self.state();
+        for r in st
+            .stages
+            .values()
+            .filter(|r| r.driver == driver && r.key != spec.key)
+        {
+            if self.same_object(r, held.object, ours.as_deref()) {
+                tracing::info!(volume = %r.key, new_key = %spec.key, "serving a local source under the key it was recorded with");
+                spec.key = r.key.clone();
+                return Ok(());
+            }
+            let named_here = r.options.get("path") == Some(&text)
+                || r.source
+                    .block_device()
+                    .is_some_and(|d| d.as_os_str() == text.as_str());
+            if let (Some(now), true, Some(_)) = (&ours, named_here, &r.fs_type) {
+                let before = r
+                    .options
+                    .get(DEVICE_STABLE_ID)
+                    .map_or("(recorded by an earlier moor)", String::as_str);
+                let known = r
+                    .known_filesystem()
+                    .map(|f| format!(", filesystem {f}"))
+                    .unwrap_or_default();
+                return Err(crate::driver::DriverError::NameMoved {
+                    path: text.clone(),
+                    detail: format!(
+                        "now disk {now}, before disk {before} (volume {}{known}); run `moor forget {}` if the disk was replaced on purpose",
+                        r.key, r.key
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// True when a record's source is the object `held` resolved to: the same directory
+    /// (dev, ino), or the same block device — by the stable id recorded when both sides have
+    /// one (a device number may name another disk after a reboot), else by the number
+    /// recorded, else by the number its recorded path names now (a record of an earlier
+    /// version).
+    fn same_object(&self, r: &StageRecord, held: SourceObject, ours: Option<&str>) -> bool {
+        match (&r.source, held) {
+            (StageSource::Directory { path }, SourceObject::Directory { dev, ino }) => {
+                std::fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+            }
+            (StageSource::Block { device }, SourceObject::Block(d)) => {
+                match (
+                    r.options.get(DEVICE_STABLE_ID),
+                    ours,
+                    r.options.get(DEVICE_NUMBER),
+                ) {
+                    (Some(id), Some(o), _) => id == o,
+                    (_, _, Some(n)) => *n == d.to_string(),
+                    _ => self.host.blockdev.dev_num(device).ok().flatten() == Some(d),
+                }
+            }
+            _ => false,
+        }
     }
 
     /// The key a pod directory is published from, if moor has a record of it.
@@ -335,7 +476,12 @@ impl Lifecycle {
         {
             // An attached device's path is the attach's to choose; the key names the volume.
             let attaching = matches!(plan.spec.source, StageSource::Attached { .. });
-            if !attaching && rec.source != plan.spec.source {
+            let same = rec.source == plan.spec.source
+                || plan.held.as_ref().is_some_and(|h| {
+                    // Staged now: its recorded number is the device's number now.
+                    self.same_object(rec, h.object, None)
+                });
+            if !attaching && !same {
                 return Err(Error::TargetBusy {
                     target: stage_path,
                     detail: "volume key already staged from another source".into(),
@@ -404,11 +550,18 @@ impl Lifecycle {
                 .map_err(Self::mount_err(key))?;
         }
         match rec.source.clone() {
-            StageSource::Directory { path } => self
-                .host
-                .mounter
-                .bind(&path, stage_path, false)
-                .map_err(Self::mount_err(key)),
+            // The object resolved at plan time, through its fd: a path swapped since cannot
+            // redirect the bind.
+            StageSource::Directory { path } => {
+                let source = match &plan.held {
+                    Some(h) => h.fd_path(&self.host.paths.proc),
+                    None => path,
+                };
+                self.host
+                    .mounter
+                    .bind(&source, stage_path, false)
+                    .map_err(Self::mount_err(key))
+            }
             StageSource::Block { device }
             | StageSource::Attached {
                 device: Some(device),
@@ -429,6 +582,7 @@ impl Lifecycle {
         rec: &mut StageRecord,
     ) -> Result<(), Error> {
         let key = plan.spec.key.as_str();
+        self.claim_device(key, device, rec)?;
         // One disk is staged once: not under a second path, not while mounted elsewhere.
         fs::check_exclusive(key, device)?;
         let known = rec.known_filesystem();
@@ -474,6 +628,41 @@ impl Lifecycle {
         rec.fs_type = Some(prepared.fs_type().into());
         rec.fs_uuid = prepared.uuid().map(str::to_owned);
         rec.formatted_by_moor |= matches!(prepared, Prepared::Formatted { .. });
+        Ok(())
+    }
+
+    /// Records in `rec` (journal first) that this stage holds `device`, unless another
+    /// volume's stage record (staging or staged) already holds it: then `device_in_use`,
+    /// naming that volume. Check and record happen under one lock, and the record is the
+    /// claim from then on, until the unstage or the rollback moves it out of those phases.
+    fn claim_device(&self, key: &str, device: &Path, rec: &mut StageRecord) -> Result<(), Error> {
+        let in_use = |detail: String| {
+            Error::Fs(fs::FsError::InUse {
+                volume: key.into(),
+                device: device.into(),
+                detail,
+            })
+        };
+        let dev = self
+            .host
+            .blockdev
+            .dev_num(device)
+            .map_err(|e| in_use(format!("cannot read its device number: {e}")))?
+            .ok_or_else(|| in_use("not a block device".into()))?;
+        let stable = crate::local::driver::device_stable_id(&self.ids, dev);
+        let _claims = self.device_claims.lock().unwrap_or_else(|p| p.into_inner());
+        let holder = device_holder(self.state().stages.values(), key, dev, &stable, |d| {
+            self.host.blockdev.dev_num(d).ok().flatten()
+        });
+        if let Some(other) = holder {
+            return Err(in_use(format!(
+                "device {dev} ({stable}) is staged by volume {other}"
+            )));
+        }
+        rec.options.insert(DEVICE_NUMBER.into(), dev.to_string());
+        rec.options.insert(DEVICE_STABLE_ID.into(), stable);
+        self.journal.put_stage(rec)?;
+        self.state().stages.insert(key.into(), rec.clone());
         Ok(())
     }
 
@@ -1263,6 +1452,33 @@ impl Lifecycle {
         out.sort_by(|a, b| (&a.driver, &a.key).cmp(&(&b.driver, &b.key)));
         out
     }
+}
+
+/// The volume (other than `key`) whose stage record — staging or staged — holds the device
+/// `dev` (stable id `stable`): by the number or the stable id it recorded, or, for a record
+/// of an earlier version that recorded neither, by the number its device path has now
+/// (`dev_of`).
+pub(crate) fn device_holder<'a>(
+    stages: impl IntoIterator<Item = &'a StageRecord>,
+    key: &str,
+    dev: crate::host::DevNum,
+    stable: &str,
+    dev_of: impl Fn(&Path) -> Option<crate::host::DevNum>,
+) -> Option<String> {
+    stages
+        .into_iter()
+        .filter(|s| s.key != key && matches!(s.phase, StagePhase::Staging | StagePhase::Staged))
+        .find(|s| match s.options.get(DEVICE_NUMBER) {
+            Some(n) => {
+                *n == dev.to_string()
+                    || s.options.get(DEVICE_STABLE_ID).map(String::as_str) == Some(stable)
+            }
+            None => s
+                .source
+                .block_device()
+                .is_some_and(|d| dev_of(d) == Some(dev)),
+        })
+        .map(|s| s.key.clone())
 }
 
 fn make_dir(p: &Path, mode: u32) -> Result<(), Error> {

@@ -168,9 +168,10 @@ fn read_only_unknown_and_bad_requests_are_refused() {
 #[test]
 fn a_directory_volume_has_nothing_to_grow() {
     require_privileged_sandbox();
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let d = Daemon::start();
-    let pv = json!({"path": dir.path().to_str().unwrap(), "kubernetes.io/pvOrVolumeName": "vol"});
+    let dir = d.allowed_root().join("vol");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pv = json!({"path": dir.to_str().unwrap(), "kubernetes.io/pvOrVolumeName": "vol"});
     d.mount("pod-a", "vol", pv.clone()).assert_ok();
     expandfs(&d, &pv, 1 << 30, 1 << 20).assert_ok();
     d.unmount("pod-a", "vol").assert_ok();

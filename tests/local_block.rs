@@ -6,8 +6,8 @@
 //! mount options and the filesystem type asked for are the ones in the mount table; fsGroup
 //! touches the volume root only; another node's volume, a volume that now looks blank and a
 //! different disk under the same path (or behind the same by-id style link) are refused
-//! without writing a byte; a disk already mounted — by moor under another path, or by someone
-//! else — is refused as in use rather than mounted twice.
+//! without writing a byte; one disk under two names is one volume, staged once; a disk
+//! someone else mounted is refused as in use rather than mounted twice.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -422,7 +422,8 @@ fn a_different_filesystem_under_the_same_path_is_refused() {
 
 /// Local PVs name their disk through a stable link (`/dev/disk/by-id/…`); the link may point
 /// at another disk after a reboot (hwameistor #982, kubernetes #51431). moor follows the link,
-/// and checks the filesystem it finds there against the one it staged.
+/// and a name it staged one disk under that now names another disk is refused before that
+/// disk is probed, formatted or mounted.
 #[test]
 fn a_device_link_that_now_points_at_another_disk_is_refused() {
     require_privileged_sandbox();
@@ -451,12 +452,12 @@ fn a_device_link_that_now_points_at_another_disk_is_refused() {
     d.spawn();
     let other = probe(&second.path);
     let r = d.mount("pod-a", "vol", opts.clone());
-    assert_failure(&r, "device_changed", &[&other["UUID"], &staged]);
+    assert_failure(&r, "device_changed", &[link.to_str().unwrap(), &staged]);
     assert_eq!(probe(&second.path), other);
 
     retarget(&blank.path);
     let r = d.mount("pod-a", "vol", opts.clone());
-    assert_failure(&r, "known_volume_blank", &[&staged]);
+    assert_failure(&r, "device_changed", &[link.to_str().unwrap(), &staged]);
     assert!(
         probe(&blank.path).is_empty(),
         "the other disk was formatted"
@@ -469,12 +470,11 @@ fn a_device_link_that_now_points_at_another_disk_is_refused() {
     assert_eq!(d.mounts(), NONE);
 }
 
-/// One disk named by two paths (the node and a link, or two PVs by mistake) must not be
-/// staged twice: "one stage per volume per node" holds for the disk, not only for the string.
-/// A second path to a disk that is already staged is refused as in use — and the message does
-/// not send the operator to run fsck by hand on a healthy, mounted filesystem.
+/// One disk named by two paths (the node and a link, or two PVs by mistake) is one volume:
+/// "one stage per volume per node" holds for the disk, not only for the string. The second
+/// name shares the first one's stage — no second mount, no fsck of the mounted disk.
 #[test]
-fn one_disk_under_two_paths_is_not_staged_twice() {
+fn one_disk_under_two_paths_is_one_volume_staged_once() {
     require_privileged_sandbox();
     for (fs_type, size_mib) in [("btrfs", 128), ("ext4", 64)] {
         let dev = LoopDev::new(size_mib);
@@ -484,7 +484,7 @@ fn one_disk_under_two_paths_is_not_staged_twice() {
         let first = json!({"path": dev.path_str(), "kubernetes.io/fsType": fs_type});
         d.mount("pod-a", "vol", first).assert_ok();
         let second = json!({"path": link.to_str().unwrap(), "kubernetes.io/fsType": fs_type});
-        let r = d.mount("pod-b", "vol", second);
+        d.mount("pod-b", "vol", second).assert_ok();
         let stages: Vec<_> = mount_entries_under(&d.kubelet_dir().join("plugins/moor"))
             .into_iter()
             .map(|m| m.mount_point)
@@ -494,7 +494,17 @@ fn one_disk_under_two_paths_is_not_staged_twice() {
             1,
             "{fs_type}: the disk is staged twice: {stages:#?}"
         );
-        assert_failure(&r, "device_in_use", &[dev.path_str()]);
+        std::fs::write(d.pod_dir("pod-a", "vol").join("f"), fs_type).unwrap();
+        assert_eq!(read(&d.pod_dir("pod-b", "vol"), "f"), fs_type);
+        let fscks = d
+            .commands()
+            .iter()
+            .filter(|c| c.starts_with("e2fsck"))
+            .count();
+        assert_eq!(
+            fscks, 0,
+            "{fs_type}: fsck ran on a disk moor had just formatted"
+        );
         d.unmount("pod-b", "vol").assert_ok();
         d.unmount("pod-a", "vol").assert_ok();
         assert_eq!(d.mounts(), NONE);

@@ -79,6 +79,23 @@ fn lock_instance(run_dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError>
         .map_err(|_| DaemonError::AlreadyRunning(path))
 }
 
+/// What `moor~local` may serve; the socket's directory is refused beside the lifecycle's own.
+fn local_allow_list(cfg: &Config) -> crate::host::allow::AllowList {
+    let mut allow = cfg.local.allow_list();
+    allow
+        .refused
+        .extend(cfg.socket.parent().map(Path::to_path_buf));
+    allow
+}
+
+fn local_id_sources(cfg: &Config) -> crate::local::discover::IdSources {
+    crate::local::discover::IdSources {
+        dev_dir: cfg.local.dev_dir.clone(),
+        udev_dir: cfg.local.udev_dir.clone(),
+        sys: "/sys".into(),
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
@@ -111,7 +128,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             cfg.node_name.clone(),
             timeouts,
         )
-        .with_fuse_scope(systemd),
+        .with_fuse_scope(systemd)
+        .with_local_sources(local_allow_list(&cfg), local_id_sources(&cfg)),
     );
     let metrics = Arc::new(Metrics::new());
     let report = lifecycle.reconstruct()?;

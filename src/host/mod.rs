@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+pub mod allow;
 pub mod blockdev;
 pub mod bounded;
 pub mod exec;

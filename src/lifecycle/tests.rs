@@ -57,6 +57,17 @@ impl Rig {
             "node-a".into(),
             Timeouts::default(),
         )
+        .with_local_sources(
+            crate::host::allow::AllowList {
+                directories: vec![self.source.clone(), self._tmp.path().join("other")],
+                ..Default::default()
+            },
+            crate::local::discover::IdSources {
+                dev_dir: "/dev".into(),
+                udev_dir: "/run/udev/data".into(),
+                sys: "/sys".into(),
+            },
+        )
     }
 
     fn target(&self, pod: &str) -> String {
@@ -323,4 +334,102 @@ fn fs_group_changes_only_the_root_and_only_once() {
         !apply_fs_group(t.path(), 4321).unwrap(),
         "second time: nothing to do"
     );
+}
+
+#[test]
+fn a_device_is_held_by_one_volume_key_whatever_its_names() {
+    use crate::host::DevNum;
+    let dev = DevNum {
+        major: 8,
+        minor: 16,
+    };
+    let rec = |key: &str, phase: StagePhase, device: &str, num: Option<&str>, id: Option<&str>| {
+        let mut options = BTreeMap::new();
+        if let Some(n) = num {
+            options.insert("device-number".to_owned(), n.to_owned());
+        }
+        if let Some(i) = id {
+            options.insert("device-stable-id".to_owned(), i.to_owned());
+        }
+        StageRecord {
+            key: key.into(),
+            driver: "iscsi".into(),
+            source: StageSource::Attached {
+                device: Some(device.into()),
+            },
+            options,
+            fs_type: None,
+            fs_uuid: None,
+            read_only: false,
+            phase,
+            formatted_by_moor: false,
+        }
+    };
+    let legacy_dev = |p: &Path| (p == Path::new("/dev/sdb")).then_some(dev);
+    let holder =
+        |recs: &[StageRecord]| super::device_holder(recs, "mine", dev, "wwn-0x5000", legacy_dev);
+    // Another key staged the same device under another name (a second portal of one LUN).
+    let portal_b = rec(
+        "portal-b",
+        StagePhase::Staged,
+        "/dev/sdc",
+        Some("8:16"),
+        Some("wwn-0x5000"),
+    );
+    assert_eq!(
+        holder(std::slice::from_ref(&portal_b)).as_deref(),
+        Some("portal-b")
+    );
+    // The same disk under another number now (a re-scan), known by its stable id.
+    let renumbered = rec(
+        "other",
+        StagePhase::Staging,
+        "/dev/sdd",
+        Some("8:48"),
+        Some("wwn-0x5000"),
+    );
+    assert_eq!(
+        holder(std::slice::from_ref(&renumbered)).as_deref(),
+        Some("other")
+    );
+    // A record of the previous version: only its device path, which names the device now.
+    let legacy = rec("legacy", StagePhase::Staged, "/dev/sdb", None, None);
+    assert_eq!(
+        holder(std::slice::from_ref(&legacy)).as_deref(),
+        Some("legacy")
+    );
+    // Not holders: our own key, idle or unstaging records, other devices.
+    for r in [
+        rec(
+            "mine",
+            StagePhase::Staged,
+            "/dev/sdb",
+            Some("8:16"),
+            Some("wwn-0x5000"),
+        ),
+        rec(
+            "idle",
+            StagePhase::Idle,
+            "/dev/sdb",
+            Some("8:16"),
+            Some("wwn-0x5000"),
+        ),
+        rec(
+            "going",
+            StagePhase::Unstaging,
+            "/dev/sdb",
+            Some("8:16"),
+            Some("wwn-0x5000"),
+        ),
+        rec(
+            "else",
+            StagePhase::Staged,
+            "/dev/sde",
+            Some("8:64"),
+            Some("wwn-0x6000"),
+        ),
+        rec("legacy-else", StagePhase::Staged, "/dev/sde", None, None),
+    ] {
+        assert_eq!(holder(std::slice::from_ref(&r)), None, "{}", r.key);
+    }
 }

@@ -29,6 +29,13 @@ pub struct LocalFileConfig {
     pub dev_dir: Option<PathBuf>,
     /// Where udev keeps its device database (default `/run/udev/data`).
     pub udev_dir: Option<PathBuf>,
+    /// Roots a directory volume (`moor~local`'s `path`) may be, or lie under.
+    #[serde(default)]
+    pub allowed_directories: Vec<PathBuf>,
+    /// Devices (or links to them, `/dev/disk/by-id/…`), or directories of device links, that
+    /// a block volume's `path` may name.
+    #[serde(default)]
+    pub allowed_devices: Vec<PathBuf>,
 }
 
 /// One class as written in the YAML file.
@@ -167,6 +174,10 @@ pub struct LocalConfig {
     pub dev_dir: PathBuf,
     /// udev's database.
     pub udev_dir: PathBuf,
+    /// `allowed-directories`, validated.
+    pub allowed_directories: Vec<PathBuf>,
+    /// `allowed-devices`, validated.
+    pub allowed_devices: Vec<PathBuf>,
 }
 
 impl Default for LocalConfig {
@@ -177,11 +188,51 @@ impl Default for LocalConfig {
             kubernetes: KubeMode::Auto,
             dev_dir: "/dev".into(),
             udev_dir: "/run/udev/data".into(),
+            allowed_directories: Vec::new(),
+            allowed_devices: Vec::new(),
         }
     }
 }
 
 impl LocalConfig {
+    /// What `moor~local` serves: the allowed directories and the Filesystem classes'
+    /// discovery dirs as directory roots; the allowed devices and every class's discovery
+    /// dir as device entries.
+    pub fn allow_list(&self) -> crate::host::allow::AllowList {
+        let mut directories = self.allowed_directories.clone();
+        let mut devices = self.allowed_devices.clone();
+        for c in &self.classes {
+            if c.volume_mode == VolumeMode::Filesystem {
+                directories.push(c.discovery_dir.clone());
+            }
+            devices.push(c.discovery_dir.clone());
+        }
+        crate::host::allow::AllowList {
+            directories,
+            devices,
+            refused: Vec::new(),
+            proc: "/proc".into(),
+        }
+    }
+
+    /// Refuses an allowed root that is one of `dirs` (moor's state, run and socket dirs),
+    /// lies inside one, or contains one.
+    pub fn refuse_roots_around(&self, dirs: &[&Path]) -> Result<(), ClassError> {
+        for (i, r) in self.allowed_directories.iter().enumerate() {
+            if let Some(d) = dirs.iter().find(|d| d.starts_with(r) || r.starts_with(d)) {
+                return Err(ClassError {
+                    key: format!("local.allowed-directories[{i}]"),
+                    message: format!(
+                        "{}: must not contain or lie inside moor's directory {}",
+                        r.display(),
+                        d.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The class whose discovery directory is `dir`.
     pub fn class_of_dir(&self, dir: &Path) -> Option<&ClassConfig> {
         self.classes.iter().find(|c| c.discovery_dir == dir)
@@ -278,6 +329,20 @@ pub fn validate(raw: &LocalFileConfig, kubelet_dir: &Path) -> Result<LocalConfig
             }
             *slot = p.clone();
         }
+    }
+    out.allowed_directories = validate_roots(&raw.allowed_directories, kubelet_dir)?;
+    for (i, p) in raw.allowed_devices.iter().enumerate() {
+        let key = format!("local.allowed-devices[{i}]");
+        if !is_clean_absolute(p) || p == Path::new("/") || p == Path::new("/dev") {
+            return Err(err(
+                key,
+                format!(
+                    "{}: must be a clean absolute path to a device, a link to one or a directory of device links (not / or /dev: that would be every disk of the node)",
+                    p.display()
+                ),
+            ));
+        }
+        out.allowed_devices.push(p.clone());
     }
     for (i, c) in raw.classes.iter().enumerate() {
         let k = |field: &str| format!("local.classes[{i}].{field}");
@@ -426,6 +491,39 @@ pub fn validate(raw: &LocalFileConfig, kubelet_dir: &Path) -> Result<LocalConfig
     Ok(out)
 }
 
+/// Kernel interfaces: never a directory root, whatever is mounted there today.
+const PSEUDO_ROOTS: &[&str] = &["/proc", "/sys", "/dev", "/run"];
+
+/// Validates `allowed-directories`: clean absolute roots that are not `/`, not on or under
+/// a kernel interface (`/proc`, `/sys`, `/dev`, `/run`, or any pseudo filesystem found
+/// there now), and that neither lie inside nor contain the kubelet dir.
+fn validate_roots(roots: &[PathBuf], kubelet_dir: &Path) -> Result<Vec<PathBuf>, ClassError> {
+    let mut out = Vec::new();
+    for (i, r) in roots.iter().enumerate() {
+        let err = |message: String| ClassError {
+            key: format!("local.allowed-directories[{i}]"),
+            message: format!("{}: {message}", r.display()),
+        };
+        if !is_clean_absolute(r) || r == Path::new("/") {
+            return Err(err("must be a clean absolute path, not /".into()));
+        }
+        if let Some(p) = PSEUDO_ROOTS.iter().find(|p| r.starts_with(p)) {
+            return Err(err(format!("{p} holds kernel interfaces, never volumes")));
+        }
+        if r.starts_with(kubelet_dir) || kubelet_dir.starts_with(r) {
+            return Err(err(format!(
+                "must not contain or lie inside the kubelet dir {}",
+                kubelet_dir.display()
+            )));
+        }
+        if let Some(fs) = crate::host::allow::pseudo_fs_of(r) {
+            return Err(err(format!("is on a {fs} filesystem, a kernel interface")));
+        }
+        out.push(r.clone());
+    }
+    Ok(out)
+}
+
 /// A Filesystem class over `/mnt/disks` with the defaults, for unit tests of the modules
 /// that consume classes.
 #[cfg(test)]
@@ -554,5 +652,77 @@ mod tests {
         assert!(!is_label_key("a/b/c"));
         assert!(is_label_value(""));
         assert!(!is_label_value("-x"));
+    }
+
+    #[test]
+    fn allow_lists_are_validated_and_name_the_key() {
+        let ok: LocalFileConfig = serde_saphyr::from_str(
+            "allowed-directories: [/srv/volumes]\nallowed-devices: [/dev/disk/by-id/wwn-0x5000, /srv/devlinks]\nclasses: [{name: fast, discovery-dir: /mnt/fast}, {name: raw, discovery-dir: /mnt/raw, volume-mode: Block}]\n",
+        )
+        .unwrap();
+        let c = validate(&ok, Path::new("/var/lib/kubelet")).unwrap();
+        let a = c.allow_list();
+        assert_eq!(
+            a.directories,
+            [PathBuf::from("/srv/volumes"), "/mnt/fast".into()],
+            "a Filesystem class's discovery dir is a directory root"
+        );
+        assert_eq!(
+            a.devices,
+            [
+                PathBuf::from("/dev/disk/by-id/wwn-0x5000"),
+                "/srv/devlinks".into(),
+                "/mnt/fast".into(),
+                "/mnt/raw".into()
+            ]
+        );
+        for (yaml, key) in [
+            ("allowed-directories: [/]", "local.allowed-directories[0]"),
+            (
+                "allowed-directories: [/srv, /etc/../]",
+                "local.allowed-directories[1]",
+            ),
+            (
+                "allowed-directories: [/proc/sys]",
+                "local.allowed-directories[0]",
+            ),
+            (
+                "allowed-directories: [/sys]",
+                "local.allowed-directories[0]",
+            ),
+            (
+                "allowed-directories: [/dev/shm]",
+                "local.allowed-directories[0]",
+            ),
+            (
+                "allowed-directories: [/run]",
+                "local.allowed-directories[0]",
+            ),
+            (
+                "allowed-directories: [/var/lib]",
+                "local.allowed-directories[0]",
+            ),
+            (
+                "allowed-directories: [/var/lib/kubelet/pods]",
+                "local.allowed-directories[0]",
+            ),
+            ("allowed-devices: [/dev]", "local.allowed-devices[0]"),
+            ("allowed-devices: [relative]", "local.allowed-devices[0]"),
+        ] {
+            let raw: LocalFileConfig = serde_saphyr::from_str(yaml).unwrap();
+            let e = validate(&raw, Path::new("/var/lib/kubelet")).unwrap_err();
+            assert_eq!(e.key, key, "{yaml}: {e}");
+        }
+        let raw: LocalFileConfig =
+            serde_saphyr::from_str("allowed-directories: [/srv/moor, /var/lib/moor/x]").unwrap();
+        let c = validate(&raw, Path::new("/var/lib/kubelet")).unwrap();
+        let e = c
+            .refuse_roots_around(&[Path::new("/var/lib/moor"), Path::new("/srv/moor/run")])
+            .unwrap_err();
+        assert_eq!(e.key, "local.allowed-directories[0]", "{e}");
+        let e = c
+            .refuse_roots_around(&[Path::new("/var/lib/moor")])
+            .unwrap_err();
+        assert_eq!(e.key, "local.allowed-directories[1]", "{e}");
     }
 }

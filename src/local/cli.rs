@@ -181,7 +181,43 @@ pub fn live_volumes(socket: &std::path::Path) -> Result<Option<Vec<VolumeStatus>
 /// refused as `known_volume_blank` instead of formatted): through the daemon when it runs,
 /// else in its journal directly.
 fn forget_wiped(cfg: &Config, entry: &std::path::Path, daemon_up: bool) {
-    let key = wipe::volume_key_of(entry);
+    let ids = crate::local::discover::IdSources {
+        dev_dir: cfg.local.dev_dir.clone(),
+        udev_dir: cfg.local.udev_dir.clone(),
+        sys: "/sys".into(),
+    };
+    let mut keys = wipe::volume_keys_of(entry, &ids);
+    // The daemon keyed the disk by the identity it saw; whatever this command's view of
+    // udev, the daemon's record of the same device number is the one to forget.
+    if daemon_up && let Ok(Some(volumes)) = live_volumes(&cfg.socket) {
+        let dev_of = |p: &std::path::Path| {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            std::fs::metadata(p)
+                .ok()
+                .filter(|m| m.file_type().is_block_device())
+                .map(|m| m.rdev())
+        };
+        if let Some(dev) = dev_of(entry) {
+            for v in volumes.iter().filter(|v| v.driver == "local") {
+                if v.device
+                    .as_deref()
+                    .map(std::path::Path::new)
+                    .and_then(dev_of)
+                    == Some(dev)
+                    && !keys.contains(&v.key)
+                {
+                    keys.push(v.key.clone());
+                }
+            }
+        }
+    }
+    for key in keys {
+        forget_key(cfg, &key, daemon_up);
+    }
+}
+
+fn forget_key(cfg: &Config, key: &str, daemon_up: bool) {
+    let key = key.to_owned();
     let result = if daemon_up {
         client::call(
             &cfg.socket,

@@ -1,22 +1,100 @@
-//! Driver `moor~local/local`: option `path` is an existing directory (bind-mounted) or a
-//! block device (format-if-blank, then mounted); option `node`, when set, must name this
-//! node — local PV affinity enforced on the node itself, not only by the scheduler.
+//! Driver `moor~local/local`: option `path` is a directory (bind-mounted) or a block device
+//! (format-if-blank, then mounted) that the node's allow-list serves; option `node`, when
+//! set, must name this node — local PV affinity enforced on the node itself, not only by the
+//! scheduler.
+//!
+//! Invariant: the volume is the object the path resolved to, never the text: the key derives
+//! from the directory's real path or the device's stable id (so every name of one disk is one
+//! volume and one lock), and the resolved object is handed to the stage held open.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
 use crate::flexvolume::VolumeOptions;
+use crate::host::DevNum;
+use crate::host::allow::{AllowList, Resolved, SourceObject};
 use crate::host::paths::is_clean_absolute;
 use crate::journal::StageSource;
+use crate::local::discover::{IdSources, block_stable_id};
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &["path", "node", "mountOptions", "readOnly"];
 
 /// The local driver.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LocalDriver;
+#[derive(Debug, Clone, Default)]
+pub struct LocalDriver {
+    /// What it serves.
+    pub sources: LocalSources,
+}
+
+/// What local sources this node serves and where device identities are read from.
+#[derive(Debug, Clone)]
+pub struct LocalSources {
+    /// The allow-list.
+    pub allow: Arc<AllowList>,
+    /// udev, sysfs and `/dev`, for stable ids.
+    pub ids: IdSources,
+}
+
+impl Default for LocalSources {
+    fn default() -> Self {
+        LocalSources {
+            allow: Arc::new(AllowList {
+                proc: "/proc".into(),
+                ..AllowList::default()
+            }),
+            ids: IdSources {
+                dev_dir: "/dev".into(),
+                udev_dir: "/run/udev/data".into(),
+                sys: "/sys".into(),
+            },
+        }
+    }
+}
+
+/// The identity of a block device: its stable id (WWN, by-id, WWID, dm UUID, loop backing
+/// file) or, when it has none, its device number — which a reboot may give another disk,
+/// hence the warning.
+pub fn device_stable_id(ids: &IdSources, dev: DevNum) -> String {
+    match block_stable_id(ids, dev) {
+        Some(id) => id,
+        None => {
+            tracing::warn!(device = %dev, "block device has no stable id (no WWN, by-id link, WWID, dm UUID or backing file); its identity is its device number");
+            format!("devnum-{dev}")
+        }
+    }
+}
+
+/// Every volume key a local `path` may be recorded under: the key of the object it resolves
+/// to now (a device's stable id, a directory's real path), then the key of the text itself
+/// (what earlier versions used). For forgetting a wiped entry: serving goes through
+/// [`AllowList::resolve`].
+pub fn volume_keys_of(path: &Path, ids: &IdSources) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut keys = Vec::new();
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => {
+            let dev = DevNum {
+                major: libc::major(m.rdev()),
+                minor: libc::minor(m.rdev()),
+            };
+            keys.push(volume_key("local", &device_stable_id(ids, dev)));
+        }
+        Ok(m) if m.is_dir() => {
+            if let Ok(real) = std::fs::canonicalize(path) {
+                keys.push(volume_key("local", &real.display().to_string()));
+            }
+        }
+        _ => {}
+    }
+    let text = volume_key("local", &path.display().to_string());
+    if !keys.contains(&text) {
+        keys.push(text);
+    }
+    keys
+}
 
 impl Driver for LocalDriver {
     fn name(&self) -> &'static str {
@@ -24,6 +102,14 @@ impl Driver for LocalDriver {
     }
 
     fn volume(&self, node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
+        self.resolve_volume(node, opts).map(|(spec, _)| spec)
+    }
+
+    fn resolve_volume(
+        &self,
+        node: &NodeContext,
+        opts: &VolumeOptions,
+    ) -> Result<(VolumeSpec, Option<Resolved>), DriverError> {
         opts.check_known(self.name(), OPTIONS)?;
         let path = opts.required(self.name(), "path")?;
         let bad = |detail: &str| DriverError::BadSource {
@@ -49,13 +135,20 @@ impl Driver for LocalDriver {
         if p == Path::new("/") || p.starts_with(&node.kubelet_dir) {
             return Err(bad("must not be / or inside the kubelet directory"));
         }
-        let md = std::fs::metadata(p).map_err(|e| bad(&format!("cannot use it: {e}")))?;
-        let source = if md.is_dir() {
-            StageSource::Directory { path: p.into() }
-        } else if md.file_type().is_block_device() {
-            StageSource::Block { device: p.into() }
-        } else {
-            return Err(bad("neither a directory nor a block device"));
+        let resolved = self.sources.allow.resolve(p)?;
+        let (source, identity) = match resolved.object {
+            SourceObject::Directory { .. } => (
+                StageSource::Directory {
+                    path: resolved.real.clone(),
+                },
+                resolved.real.display().to_string(),
+            ),
+            SourceObject::Block(dev) => (
+                StageSource::Block {
+                    device: resolved.real.clone(),
+                },
+                device_stable_id(&self.sources.ids, dev),
+            ),
         };
         let mut persist = BTreeMap::new();
         persist.insert("path".to_owned(), path.to_owned());
@@ -63,12 +156,15 @@ impl Driver for LocalDriver {
         if !mount_options.is_empty() {
             persist.insert("mountOptions".to_owned(), mount_options.clone());
         }
-        Ok(VolumeSpec {
-            key: volume_key(self.name(), path),
-            source,
-            persist,
-            mount_options,
-        })
+        Ok((
+            VolumeSpec {
+                key: volume_key(self.name(), &identity),
+                source,
+                persist,
+                mount_options,
+            },
+            Some(resolved),
+        ))
     }
 }
 
@@ -81,6 +177,17 @@ mod tests {
         NodeContext::for_tests()
     }
 
+    /// A driver that allows `root` as a directory root.
+    fn allowing(root: &Path) -> LocalDriver {
+        let mut d = LocalDriver::default();
+        d.sources.allow = Arc::new(AllowList {
+            directories: vec![root.into()],
+            proc: "/proc".into(),
+            ..AllowList::default()
+        });
+        d
+    }
+
     fn opts(json: &str) -> VolumeOptions {
         VolumeOptions::parse_json(json).unwrap()
     }
@@ -88,31 +195,63 @@ mod tests {
     #[test]
     fn directory_volume() {
         let t = tempfile::tempdir().unwrap();
-        let o = opts(&format!(r#"{{"path":"{}"}}"#, t.path().display()));
-        let s = LocalDriver.volume(&node(), &o).unwrap();
+        let root = std::fs::canonicalize(t.path()).unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::os::unix::fs::symlink("d", root.join("alias")).unwrap();
+        let (n, local) = (node(), allowing(&root));
+        let o = opts(&format!(r#"{{"path":"{}"}}"#, root.join("d").display()));
+        let s = local.volume(&n, &o).unwrap();
         assert_eq!(
             s.source,
             StageSource::Directory {
-                path: t.path().into()
+                path: root.join("d")
             }
         );
-        assert_eq!(s.key, volume_key("local", &t.path().display().to_string()));
+        assert_eq!(
+            s.key,
+            volume_key("local", &root.join("d").display().to_string())
+        );
+        let o = opts(&format!(r#"{{"path":"{}"}}"#, root.join("alias").display()));
+        let (a, held) = local.resolve_volume(&n, &o).unwrap();
+        assert_eq!(a.key, s.key, "two spellings of one directory are one key");
+        assert_eq!(a.source, s.source);
+        assert!(held.is_some());
+        assert_eq!(a.persist["path"], root.join("alias").display().to_string());
+    }
+
+    #[test]
+    fn nothing_is_served_without_an_allow_list() {
+        let t = tempfile::tempdir().unwrap();
+        let o = opts(&format!(r#"{{"path":"{}"}}"#, t.path().display()));
+        let e = LocalDriver::default().volume(&node(), &o).unwrap_err();
+        assert_eq!(e.reason(), "not_allowed", "{e}");
+        assert!(e.to_string().contains("local.allowed-directories"), "{e}");
     }
 
     #[test]
     fn another_nodes_volume_is_refused() {
-        let o = opts(r#"{"path":"/tmp","node":"node-b","kubernetes.io/pvOrVolumeName":"pv-1"}"#);
-        let e = LocalDriver.volume(&node(), &o).unwrap_err();
+        let t = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(t.path()).unwrap();
+        let (n, local) = (node(), allowing(&root));
+        let o = opts(&format!(
+            r#"{{"path":"{}","node":"node-b","kubernetes.io/pvOrVolumeName":"pv-1"}}"#,
+            root.display()
+        ));
+        let e = local.volume(&n, &o).unwrap_err();
         assert_eq!(
             e.to_string(),
             "volume pv-1 belongs to node node-b, this is node node-a; refusing to mount it here"
         );
-        let o = opts(r#"{"path":"/tmp","node":"node-a"}"#);
-        assert!(LocalDriver.volume(&node(), &o).is_ok());
+        let o = opts(&format!(
+            r#"{{"path":"{}","node":"node-a"}}"#,
+            root.display()
+        ));
+        assert!(local.volume(&n, &o).is_ok());
     }
 
     #[test]
     fn bad_paths_are_refused() {
+        let (n, local) = (node(), allowing(Path::new("/")));
         for p in [
             "relative",
             "/tmp/../etc",
@@ -122,22 +261,30 @@ mod tests {
             "/etc/hostname",
         ] {
             let o = opts(&format!(r#"{{"path":"{p}"}}"#));
+            let r = local.volume(&n, &o);
             assert!(
                 matches!(
-                    LocalDriver.volume(&node(), &o),
-                    Err(DriverError::BadSource { .. })
+                    r,
+                    Err(DriverError::BadSource { .. }) | Err(DriverError::Source(_))
                 ),
-                "{p}"
+                "{p}: {r:?}"
             );
+            assert_eq!(r.unwrap_err().reason(), "bad_source", "{p}");
         }
         let o = opts(r#"{"pth":"/tmp"}"#);
         assert_eq!(
-            LocalDriver.volume(&node(), &o).unwrap_err().reason(),
+            LocalDriver::default()
+                .volume(&node(), &o)
+                .unwrap_err()
+                .reason(),
             "bad_options"
         );
         let o = opts(r#"{}"#);
         assert_eq!(
-            LocalDriver.volume(&node(), &o).unwrap_err().to_string(),
+            LocalDriver::default()
+                .volume(&node(), &o)
+                .unwrap_err()
+                .to_string(),
             "option path is required by driver local"
         );
     }

@@ -8,7 +8,7 @@
 pub mod classes;
 pub mod cli;
 pub mod discover;
-mod driver;
+pub mod driver;
 pub mod kube;
 pub mod pv;
 pub mod watch;

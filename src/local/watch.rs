@@ -98,15 +98,16 @@ fn watch_dirs(cfg: &Config, tx: tokio::sync::mpsc::Sender<()>) {
     }
 }
 
-/// After a wipe: moor no longer knows a filesystem on the entry (see [`wipe::volume_key_of`]).
+/// After a wipe: moor no longer knows a filesystem on the entry (see [`wipe::volume_keys_of`]).
 fn forget(lifecycle: &Lifecycle, entry: &std::path::Path) {
-    let key = wipe::volume_key_of(entry);
-    match lifecycle.forget(&key) {
-        Ok(true) => {
-            tracing::info!(volume = %key, "wiped entry forgotten; the next claim formats it")
+    for key in wipe::volume_keys_of(entry, lifecycle.id_sources()) {
+        match lifecycle.forget(&key) {
+            Ok(true) => {
+                tracing::info!(volume = %key, "wiped entry forgotten; the next claim formats it")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(volume = %key, error = %e, "wiped entry not forgotten"),
         }
-        Ok(false) => {}
-        Err(e) => tracing::warn!(volume = %key, error = %e, "wiped entry not forgotten"),
     }
 }
 

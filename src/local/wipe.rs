@@ -223,8 +223,8 @@ pub fn check_wipe(f: &WipeFacts) -> Result<(), Refusal> {
 /// The volume key the `local` driver gives an entry used as a PV's `path`: after a wipe the
 /// daemon forgets the filesystem it remembered there (else the blank disk would be refused
 /// as `known_volume_blank` instead of formatted for the next claim).
-pub fn volume_key_of(entry: &Path) -> String {
-    crate::driver::volume_key("local", &entry.display().to_string())
+pub fn volume_keys_of(entry: &Path, ids: &crate::local::discover::IdSources) -> Vec<String> {
+    crate::local::driver::volume_keys_of(entry, ids)
 }
 
 /// A wipe's progress, as recorded.

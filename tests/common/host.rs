@@ -339,11 +339,16 @@ impl Daemon {
             .collect()
     }
 
-    /// The stage directory of the local volume at `path`.
+    /// The stage directory of the local volume at `path`: the key of the record that names
+    /// `path` (a device's key is its stable id), else the key of the directory itself.
     pub fn stage_path(&self, path: &str) -> PathBuf {
-        self.kubelet_dir()
-            .join("plugins/moor/local")
-            .join(moor::driver::volume_key("local", path))
+        let key = self
+            .stage_records()
+            .into_iter()
+            .find(|r| r["options"]["path"] == path)
+            .and_then(|r| r["key"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| moor::driver::volume_key("local", path));
+        self.kubelet_dir().join("plugins/moor/local").join(key)
     }
 
     /// Mount points under the daemon's tree.

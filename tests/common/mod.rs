@@ -77,10 +77,31 @@ pub fn sh(cmd: &str, args: &[&str]) -> String {
 pub struct LoopDev {
     pub path: PathBuf,
     _file: tempfile::NamedTempFile,
+    /// Its link in [`allowed_device_dir`], when it is allowed.
+    listed: Option<PathBuf>,
+}
+
+/// The directory of device links that every test daemon allows (`local.allowed-devices`):
+/// a [`LoopDev::new`] is listed there, a [`LoopDev::unlisted`] is not.
+pub fn allowed_device_dir() -> PathBuf {
+    let dir = PathBuf::from(format!("/var/tmp/moor-it-devices-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl LoopDev {
+    /// A loop device the test daemons are allowed to serve.
     pub fn new(size_mib: u64) -> Self {
+        let mut d = Self::unlisted(size_mib);
+        let link = allowed_device_dir().join(d.path.file_name().unwrap());
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&d.path, &link).unwrap();
+        d.listed = Some(link);
+        d
+    }
+
+    /// A loop device that no allow-list names (another tenant's disk).
+    pub fn unlisted(size_mib: u64) -> Self {
         let file = tempfile::Builder::new()
             .prefix("moor-loop")
             .tempfile_in("/var/tmp")
@@ -95,6 +116,7 @@ impl LoopDev {
         LoopDev {
             path: PathBuf::from(dev.trim()),
             _file: file,
+            listed: None,
         }
     }
 
@@ -114,6 +136,9 @@ impl LoopDev {
 
 impl Drop for LoopDev {
     fn drop(&mut self) {
+        if let Some(l) = &self.listed {
+            let _ = std::fs::remove_file(l);
+        }
         let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
     }
 }
@@ -129,6 +154,15 @@ pub struct Daemon {
     /// Capabilities removed from the daemon's bounding set (so from it and its children),
     /// as a unit's `CapabilityBoundingSet=` or a container's `drop` would.
     pub drop_caps: Vec<u32>,
+    /// Extra allow-list entries beside the defaults; None: no allow-list at all.
+    pub allow: Option<Allow>,
+}
+
+/// Allow-list entries a test adds to its daemon's config.
+#[derive(Debug, Default, Clone)]
+pub struct Allow {
+    pub directories: Vec<PathBuf>,
+    pub devices: Vec<PathBuf>,
 }
 
 impl Daemon {
@@ -146,6 +180,11 @@ impl Daemon {
     }
     pub fn log(&self) -> PathBuf {
         self.root.path().join("daemon.log")
+    }
+    /// The directory roots this daemon allows (`local.allowed-directories`): `disks` and
+    /// `src` under its tree; a test may change the list before `spawn`.
+    pub fn allowed_root(&self) -> PathBuf {
+        self.root.path().join("disks")
     }
 
     /// Starts a daemon on a fresh tree.
@@ -183,7 +222,45 @@ impl Daemon {
                 .collect(),
             extra_args: Vec::new(),
             drop_caps: Vec::new(),
+            allow: Some(Allow::default()),
         }
+    }
+
+    /// A daemon whose config allows no directory and no device (the default of a node).
+    pub fn start_without_allow_list() -> Self {
+        let mut d = Self::unstarted(&[]);
+        d.allow = None;
+        d.spawn();
+        d
+    }
+
+    /// Writes the allow-list config and names it in `MOOR_CONFIG` (a `--config` flag in
+    /// `extra_args` wins over it, as for an operator).
+    fn write_allow_config(&self, cmd: &mut Command) {
+        let Some(a) = &self.allow else {
+            return;
+        };
+        let list = |v: &[PathBuf]| {
+            v.iter()
+                .map(|p| format!("\n    - {}", p.display()))
+                .collect::<String>()
+        };
+        let mut dirs = vec![self.allowed_root(), self.root.path().join("src")];
+        dirs.extend(a.directories.iter().cloned());
+        let mut devs = vec![allowed_device_dir()];
+        devs.extend(a.devices.iter().cloned());
+        std::fs::create_dir_all(self.allowed_root()).unwrap();
+        let config = self.root.path().join("allow.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "local:\n  kubernetes: off\n  allowed-directories:{}\n  allowed-devices:{}\n",
+                list(&dirs),
+                list(&devs)
+            ),
+        )
+        .unwrap();
+        cmd.env("MOOR_CONFIG", &config);
     }
 
     /// (Re)starts the daemon process on the same tree.
@@ -215,6 +292,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        self.write_allow_config(&mut cmd);
         cmd.args(&self.extra_args);
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
