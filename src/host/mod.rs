@@ -17,6 +17,7 @@ pub mod paths;
 pub mod rbdbus;
 pub mod scsi;
 pub mod secrets;
+pub mod stdio;
 
 pub use blockdev::{BlockDevices, DevNum};
 pub use exec::{Cmd, CommandRunner, ExecError, Output, SystemRunner};
