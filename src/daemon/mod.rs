@@ -38,6 +38,16 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket's directory is not safe to serve from (moor never changes its mode).
+    #[error(
+        "socket directory {path} {why}; put the socket in a directory only root can write (e.g. /run/moor), moor does not change an existing directory"
+    )]
+    SocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// Another daemon holds the lock.
     #[error("another moor daemon is running (lock {0} is held)")]
     AlreadyRunning(PathBuf),
@@ -66,6 +76,42 @@ fn private_dir(p: &Path) -> Result<(), DaemonError> {
     fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(io("chmod", p))
 }
 
+/// Makes the socket's directory ready without changing one that exists: missing
+/// components are created 0700, and an existing directory that is not root's (or this
+/// user's) or that group/others may write is refused, since whoever can write it could put
+/// their own socket in moor's place.
+fn socket_dir(p: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::MetadataExt;
+    if !p.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+            .map_err(io("create", p))?;
+    }
+    let md = fs::metadata(p).map_err(io("inspect", p))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let why = if !md.is_dir() {
+        Some("is not a directory".to_owned())
+    } else if md.uid() != 0 && md.uid() != me {
+        Some(format!("belongs to uid {}, not root", md.uid()))
+    } else if md.mode() & 0o022 != 0 {
+        Some(format!(
+            "has mode {:o}: others may write it",
+            md.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(DaemonError::SocketDir {
+            path: p.into(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Holds the single-instance lock for the daemon's lifetime.
 fn lock_instance(run_dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError> {
     let path = run_dir.join("moor.lock");
@@ -87,7 +133,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     private_dir(&cfg.state_dir)?;
     private_dir(&cfg.run_dir)?;
     if let Some(parent) = cfg.socket.parent() {
-        private_dir(parent)?;
+        socket_dir(parent)?;
     }
     let _lock = lock_instance(&cfg.run_dir)?;
     let host = Host::system(HostPaths::system(
