@@ -409,7 +409,8 @@ impl Executor {
                 }),
             )
         };
-        let result = run(deadline);
+        let result =
+            crate::host::deadline::with_op_deadline(deadline, self.op_timeout, || run(deadline));
         self.watchdog.disarm(ticket);
         let secs = started.elapsed().as_secs_f64();
         if !answer.claim() {

@@ -157,6 +157,14 @@ impl Output {
     }
 }
 
+/// How a command ended, for messages: `exit status 4`, or `killed by a signal` (no code).
+pub fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit status {c}"),
+        None => "killed by a signal".to_owned(),
+    }
+}
+
 /// Why a command could not produce an [`Output`].
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -184,7 +192,7 @@ pub enum ExecError {
         timeout: Duration,
     },
     /// The command ran and exited non-zero (from [`CommandRunner::run_ok`]).
-    #[error("`{cmdline}` failed (exit {}): {stderr}", code.map_or_else(|| "by signal".to_owned(), |c| c.to_string()))]
+    #[error("`{cmdline}` failed ({}): {stderr}", exit_text(*code))]
     Failed {
         /// Redacted command line.
         cmdline: String,
@@ -282,12 +290,14 @@ impl CommandRunner for SystemRunner {
         }
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
-        let status = wait_deadline(&mut child, cmd.timeout);
+        // Within a volume operation, the command must end before the operation does.
+        let timeout = super::deadline::clamp(cmd.timeout);
+        let status = wait_deadline(&mut child, timeout);
         let Some(status) = status else {
-            tracing::warn!(cmd = %cmd.display(), timeout = ?cmd.timeout, "command timed out; killed");
+            tracing::warn!(cmd = %cmd.display(), ?timeout, "command timed out; killed");
             return Err(ExecError::Timeout {
                 cmdline: cmd.display(),
-                timeout: cmd.timeout,
+                timeout,
             });
         };
         let mut out = Output {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 pub mod blockdev;
 pub mod bounded;
+pub mod deadline;
 pub mod exec;
 pub mod fake;
 pub mod fusectl;
