@@ -9,8 +9,9 @@
 //!
 //! Bounds: at most [`MAX_THREADS`] connection threads live at once; past that, new
 //! connections wait in the kernel's accept queue until a thread is free (a client waits, it
-//! is never refused). A client has [`REQUEST_DEADLINE`] to send its request line, so idle
-//! connections free their thread quickly.
+//! is never refused). A client has [`REQUEST_DEADLINE`] to send its request line, and only
+//! [`BUSY_REQUEST_DEADLINE`] while every thread is taken, so idle connections never keep a
+//! real call waiting for long.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -32,6 +33,12 @@ pub const MAX_THREADS: usize = 64;
 /// How long a client has to send its request line (the front end sends it right after
 /// connecting).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
+/// When every connection thread is taken, how long a connection may stay silent before its
+/// thread goes to the next one: a real client wrote its request right after connecting, long
+/// before a thread took it from the accept queue.
+pub const BUSY_REQUEST_DEADLINE: Duration = Duration::from_millis(200);
+/// How often a silent connection checks whether others are waiting for its thread.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
 /// How long writing an answer may block on a client that does not read it.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -153,7 +160,8 @@ fn connection(stream: UnixStream, sh: &Shared, stopping: bool) {
         .ok();
     // The request is read even from a peer about to be refused, so it gets its answer
     // instead of a broken pipe.
-    let read = read_request(&stream, Instant::now() + REQUEST_DEADLINE);
+    let busy = || sh.threads.load(Ordering::SeqCst) >= MAX_THREADS;
+    let read = read_request(&stream, &busy);
     if let Err(e) = stream.set_write_timeout(Some(ANSWER_DEADLINE)) {
         tracing::warn!(error = %e, "cannot bound the answer's write");
     }
@@ -187,9 +195,12 @@ fn connection(stream: UnixStream, sh: &Shared, stopping: bool) {
     }
 }
 
-/// Reads one request line: at most [`MAX_REQUEST`] bytes, all before `deadline`. An empty
-/// line means the peer closed without sending anything.
-fn read_request(stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, String> {
+/// Reads one request line: at most [`MAX_REQUEST`] bytes, within [`REQUEST_DEADLINE`], or
+/// within [`BUSY_REQUEST_DEADLINE`] once `busy()` (every thread taken). An empty line means
+/// the peer closed without sending anything.
+fn read_request(stream: &UnixStream, busy: &dyn Fn() -> bool) -> Result<Vec<u8>, String> {
+    let started = Instant::now();
+    let deadline = started + REQUEST_DEADLINE;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -198,7 +209,7 @@ fn read_request(stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, Strin
             return Err(format!("no request line within {REQUEST_DEADLINE:?}"));
         }
         stream
-            .set_read_timeout(Some(left))
+            .set_read_timeout(Some(left.min(IDLE_CHECK)))
             .map_err(|e| e.to_string())?;
         let n = match (&*stream).read(&mut chunk) {
             Ok(n) => n,
@@ -209,7 +220,12 @@ fn read_request(stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, Strin
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(format!("no request line within {REQUEST_DEADLINE:?}"));
+                if started.elapsed() >= BUSY_REQUEST_DEADLINE && busy() {
+                    return Err(format!(
+                        "no request line within {BUSY_REQUEST_DEADLINE:?} while the daemon is busy"
+                    ));
+                }
+                continue;
             }
             Err(e) => return Err(e.to_string()),
         };
