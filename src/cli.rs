@@ -204,6 +204,7 @@ pub fn install_flex_panic_hook() {
 pub fn flex_main(argv: &[OsString]) -> i32 {
     install_flex_panic_hook();
     crate::host::stdio::reserve_std_fds();
+    crate::testhook::frontend_panic_point();
     let reply = flex_reply(argv, &client::discover)
         .unwrap_or_else(|| Reply::failure("usage: moor flex [--driver D] <op> [args…]"));
     let mut line = reply.to_json().into_bytes();

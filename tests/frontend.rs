@@ -338,6 +338,64 @@ fn every_path_answers_exactly_one_json_object() {
     }
 }
 
+#[test]
+fn a_panic_answers_one_json_object_whatever_stdout_is() {
+    require_privileged_sandbox();
+    let t = tempfile::Builder::new()
+        .prefix("moor-fe")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let link = driver_link(t.path());
+    let on = os("1");
+    let r = run_env(
+        &link,
+        &[os("init")],
+        &[("MOOR_TEST_FRONTEND_PANIC", &on)],
+        Stdio::piped(),
+    )
+    .one_json("panic");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("internal: moor front end panicked"),
+        "{r}"
+    );
+    for closed in [true, false] {
+        let mut cmd = Command::new(&link);
+        cmd.arg("init")
+            .env_clear()
+            .env("MOOR_TEST_FRONTEND_PANIC", "1")
+            .stderr(Stdio::piped());
+        let out = if closed {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: close(2) between fork and exec, async-signal-safe.
+            unsafe {
+                cmd.stdout(Stdio::inherit()).pre_exec(|| {
+                    libc::close(1);
+                    Ok(())
+                });
+            }
+            cmd.output().unwrap()
+        } else {
+            let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+            drop(child.stdout.take());
+            child.wait_with_output().unwrap()
+        };
+        assert!(
+            out.stderr.is_empty(),
+            "closed={closed}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "closed={closed}: {:?}",
+            out.status
+        );
+    }
+}
+
 /// A daemon configured by a file only, on a socket that is not the default.
 fn daemon_from_config(root: &Path) -> (std::process::Child, PathBuf, PathBuf) {
     let sock = root.join("elsewhere/moor-test.sock");
