@@ -695,16 +695,16 @@ fn idle_connections_are_bounded_and_closed_while_real_calls_go_through() {
     d.unmount("pod-1", "v").assert_ok();
 }
 
-#[test]
-fn a_slow_mkfs_is_named_before_the_operation_deadline() {
-    require_privileged_sandbox();
+/// A daemon with a 4 s operation deadline whose PATH starts with fake `tools` that sleep
+/// `secs`.
+fn daemon_with_slow(tools: &[&str], secs: u32) -> (Daemon, tempfile::TempDir) {
     let bin = tempfile::Builder::new()
         .prefix("moor-fakebin")
         .tempdir_in("/var/tmp")
         .unwrap();
-    for tool in ["mkfs.ext4", "mkfs.xfs"] {
+    for tool in tools {
         let p = bin.path().join(tool);
-        std::fs::write(&p, "#!/bin/sh\nexec sleep 120\n").unwrap();
+        std::fs::write(&p, format!("#!/bin/sh\nexec sleep {secs}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let path = format!(
@@ -717,6 +717,31 @@ fn a_slow_mkfs_is_named_before_the_operation_deadline() {
     d.extra_env.push(("PATH".into(), path));
     d.extra_args = vec!["--operation-timeout-seconds".into(), "4".into()];
     d.spawn();
+    (d, bin)
+}
+
+#[test]
+fn a_slow_command_is_named_before_the_operation_deadline() {
+    require_privileged_sandbox();
+    // An ordinary command is cut to end before the operation and killed: the answer names it.
+    let (d, _bin) = daemon_with_slow(&["blkid"], 60);
+    let dev = LoopDev::new(64);
+    let started = Instant::now();
+    let r = d.mount("pod-probe", "v", json!({"path": dev.path_str()}));
+    let took = started.elapsed();
+    let m = r.message();
+    assert_eq!(r.status(), "Failure", "{m}");
+    assert!(
+        m.contains("`blkid") && m.contains("did not finish within") && m.contains("killed"),
+        "the failure must name the command: {m}"
+    );
+    assert!(took < Duration::from_secs(6), "answered after {took:?}");
+    eprintln!("blkid: answered in {took:?}: {m}");
+    drop(d);
+
+    // mkfs is never killed halfway (that would leave a disk neither blank nor formatted): the
+    // deadline's answer names it instead, and it is left to finish.
+    let (d, _bin) = daemon_with_slow(&["mkfs.ext4", "mkfs.xfs"], 6);
     for fs in ["ext4", "xfs"] {
         let dev = LoopDev::new(64);
         let started = Instant::now();
@@ -729,7 +754,7 @@ fn a_slow_mkfs_is_named_before_the_operation_deadline() {
         let m = r.message();
         assert_eq!(r.status(), "Failure", "{m}");
         assert!(
-            m.contains(&format!("mkfs.{fs}")) && m.contains("did not finish within"),
+            m.contains(&format!("`mkfs.{fs} ")) && m.contains("is left to finish"),
             "{fs}: the failure must name the command: {m}"
         );
         assert!(
@@ -737,5 +762,7 @@ fn a_slow_mkfs_is_named_before_the_operation_deadline() {
             "{fs}: answered after {took:?}"
         );
         eprintln!("{fs}: answered in {took:?}: {m}");
+        // Let the fake mkfs end before the loop device goes.
+        std::thread::sleep(Duration::from_secs(3));
     }
 }

@@ -336,7 +336,11 @@ pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepare
             asked: asked.into(),
         });
     };
-    let cmd = Cmd::new(program).args(args).timeout(MKFS_TIMEOUT);
+    // Killed halfway, mkfs would leave a disk neither blank nor formatted.
+    let cmd = Cmd::new(program)
+        .args(args)
+        .timeout(MKFS_TIMEOUT)
+        .outlive_operation();
     tracing::info!(volume = req.volume, device = %req.device.display(), fs_type = asked, "formatting blank device");
     let out = host.runner.run(&cmd).map_err(|source| FsError::Exec {
         volume: req.volume.into(),
@@ -458,7 +462,10 @@ pub fn fsck(host: &Host, volume: &str, device: &Path, fs_type: &str) -> Result<(
     let Some((program, args)) = mkfs::fsck_command(fs_type, device) else {
         return Ok(());
     };
-    let cmd = Cmd::new(program).args(args).timeout(FSCK_TIMEOUT);
+    let cmd = Cmd::new(program)
+        .args(args)
+        .timeout(FSCK_TIMEOUT)
+        .outlive_operation();
     let out = host.runner.run(&cmd).map_err(|source| FsError::Exec {
         volume: volume.into(),
         source,

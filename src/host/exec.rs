@@ -37,6 +37,8 @@ pub struct Cmd {
     /// that fork a daemon (FUSE mounts): the daemon must not hold moor's pipes open, and
     /// what it prints later still lands somewhere an operator can read.
     pub output_file: Option<std::path::PathBuf>,
+    /// Never cut to the operation's deadline (see [`Cmd::outlive_operation`]).
+    pub outlive_operation: bool,
 }
 
 impl Cmd {
@@ -50,7 +52,16 @@ impl Cmd {
             timeout: Duration::from_secs(60),
             redact: Vec::new(),
             output_file: None,
+            outlive_operation: false,
         }
+    }
+
+    /// Keeps this command's own deadline even past the operation's: for tools that must not
+    /// be killed halfway (mkfs, fsck). The operation's timeout answer then names it, and
+    /// the volume stays locked until it ends.
+    pub fn outlive_operation(mut self) -> Self {
+        self.outlive_operation = true;
+        self
     }
 
     /// Sends stdout and stderr to `path` instead of pipes (see [`Cmd::output_file`]).
@@ -290,8 +301,14 @@ impl CommandRunner for SystemRunner {
         }
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
-        // Within a volume operation, the command must end before the operation does.
-        let timeout = super::deadline::clamp(cmd.timeout);
+        // Within a volume operation, the command must end before the operation does (or,
+        // when it must not be cut, be named by the operation's timeout answer).
+        let timeout = if cmd.outlive_operation {
+            cmd.timeout
+        } else {
+            super::deadline::clamp(cmd.timeout)
+        };
+        let _running = super::deadline::running(&cmd.display());
         let status = wait_deadline(&mut child, timeout);
         let Some(status) = status else {
             tracing::warn!(cmd = %cmd.display(), ?timeout, "command timed out; killed");
