@@ -425,4 +425,42 @@ mod tests {
         assert!(r.message.unwrap().contains("--driver"));
         assert!(flex_reply(&["moor".into(), "status".into()], &discover).is_none());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        /// The whole entry (argv[0] dispatch included) answers any bytes with one JSON line,
+        /// without a daemon.
+        #[test]
+        fn any_argv_bytes_get_one_json_line(
+            dir in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            name in proptest::sample::select(vec!["local", "nfs", "moor"]),
+            flex in proptest::bool::ANY,
+            rest in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..24), 0..5),
+        ) {
+            use std::os::unix::ffi::OsStringExt;
+            let mut argv0 = b"/plugins/".to_vec();
+            argv0.extend(dir.into_iter().filter(|b| *b != b'/' && *b != 0));
+            argv0.extend(format!("/moor~{name}/{name}").into_bytes());
+            let mut argv = vec![OsString::from_vec(argv0)];
+            if flex {
+                argv.push("flex".into());
+            }
+            argv.extend(rest.into_iter().map(OsString::from_vec));
+            let discover = |_: Option<&Path>| client::Discovery {
+                socket: "/nonexistent/moor-test.sock".into(),
+                socket_from: "test".into(),
+                node_name: Some("n".into()),
+                notes: vec![],
+            };
+            let Some(reply) = flex_reply(&argv, &discover) else {
+                // Neither a driver symlink nor `moor flex`: clap's business.
+                proptest::prop_assert!(name == "moor" && !flex);
+                return Ok(());
+            };
+            let line = reply.to_json();
+            proptest::prop_assert!(!line.contains('\n'));
+            let back: Reply = serde_json::from_str(&line).unwrap();
+            proptest::prop_assert_eq!(back, reply);
+        }
+    }
 }
