@@ -1,7 +1,7 @@
 //! Command line: `moor daemon | flex | status | demo | version`, and argv[0] dispatch for
 //! kubelet's FlexVolume layout (`<plugin-dir>/moor~<driver>/<driver>` → `moor flex`).
 
-use std::io::Write;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -118,8 +118,9 @@ impl DaemonArgs {
 }
 
 /// The driver name when this binary was executed through a FlexVolume symlink: the file
-/// name is a moor driver, or its directory is `moor~<file name>`.
-pub fn flex_driver_from_argv0(argv0: &str) -> Option<String> {
+/// name is a moor driver, or its directory is `moor~<file name>`. Any bytes are accepted
+/// (kubelet's plugin directory need not be UTF-8); only the two last components are read.
+pub fn flex_driver_from_argv0(argv0: &OsStr) -> Option<String> {
     let p = Path::new(argv0);
     let name = p.file_name()?.to_str()?;
     let dir_matches = p
@@ -130,24 +131,85 @@ pub fn flex_driver_from_argv0(argv0: &str) -> Option<String> {
     (dir_matches || flexvolume::DRIVERS.contains(&name)).then(|| name.to_owned())
 }
 
-/// Prints the one JSON line and returns kubelet's exit code. Installs a panic hook first,
-/// so even a bug answers with a JSON object and not a backtrace on stderr.
-pub fn flex_main(driver: Option<&str>, args: &[String]) -> i32 {
+/// The FlexVolume reply for `argv` when it is a FlexVolume call (through a driver symlink,
+/// or `moor flex [--driver D] …`), None otherwise. `discover` finds the daemon from the
+/// driver's directory; it is asked only when a call is forwarded.
+pub fn flex_reply(
+    argv: &[OsString],
+    discover: &dyn Fn(Option<&Path>) -> client::Discovery,
+) -> Option<Reply> {
+    let argv0 = argv.first()?;
+    if let Some(driver) = flex_driver_from_argv0(argv0) {
+        let dir = Path::new(argv0)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty());
+        return Some(flexvolume::frontend::run_with(
+            Some(&driver),
+            &argv[1..],
+            &|| discover(dir),
+        ));
+    }
+    // `moor flex …` skips clap, so a bad argv still gets a JSON answer and never a usage text.
+    if argv.get(1).map(OsString::as_os_str) != Some(OsStr::new("flex")) {
+        return None;
+    }
+    let mut rest = &argv[2..];
+    let mut driver = None;
+    if let [flag, d, tail @ ..] = rest
+        && flag == "--driver"
+    {
+        let Some(d) = d.to_str() else {
+            return Some(Reply::failure(format!(
+                "usage: --driver {} is not UTF-8",
+                d.to_string_lossy()
+            )));
+        };
+        driver = Some(d.to_owned());
+        rest = tail;
+    }
+    Some(flexvolume::frontend::run_with(
+        driver.as_deref(),
+        rest,
+        &|| discover(None),
+    ))
+}
+
+/// True when `argv` is a FlexVolume call (see [`flex_reply`]).
+fn is_flex(argv: &[OsString]) -> bool {
+    argv.first()
+        .and_then(|a| flex_driver_from_argv0(a))
+        .is_some()
+        || argv.get(1).map(OsString::as_os_str) == Some(OsStr::new("flex"))
+}
+
+/// Installs the front end's panic hook: one JSON line on stdout, nothing on stderr, exit 1.
+/// Writing goes straight to descriptor 1, so a panic inside a write to stdout, a closed
+/// stdout or a broken pipe cannot cause a second panic.
+pub fn install_flex_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let where_ = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
         let reply = Reply::failure(format!("internal: moor front end panicked{where_}"));
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", reply.to_json());
-        let _ = out.flush();
+        let mut line = reply.to_json().into_bytes();
+        line.push(b'\n');
+        let _ = crate::host::stdio::write_stdout(&line);
         std::process::exit(1);
     }));
-    let reply = flexvolume::frontend::run(driver, args);
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", reply.to_json());
-    let _ = out.flush();
+}
+
+/// Runs a FlexVolume call: the panic hook first, then one JSON line; returns kubelet's exit
+/// code.
+pub fn flex_main(argv: &[OsString]) -> i32 {
+    install_flex_panic_hook();
+    crate::host::stdio::reserve_std_fds();
+    crate::testhook::frontend_panic_point();
+    let reply = flex_reply(argv, &client::discover)
+        .unwrap_or_else(|| Reply::failure("usage: moor flex [--driver D] <op> [args…]"));
+    let mut line = reply.to_json().into_bytes();
+    line.push(b'\n');
+    let _ = crate::host::stdio::write_stdout(&line);
     reply.exit_code()
 }
 
@@ -174,25 +236,12 @@ pub enum CliError {
     Other(String),
 }
 
-/// Runs the CLI; returns the process exit code.
-pub fn run() -> Result<i32, CliError> {
-    let argv: Vec<String> = std::env::args().collect();
-    if let Some(driver) = argv.first().and_then(|a| flex_driver_from_argv0(a)) {
-        return Ok(flex_main(Some(&driver), &argv[1..]));
+/// Runs the CLI on `argv` (as the OS gave it); returns the process exit code.
+pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
+    if is_flex(&argv) {
+        return Ok(flex_main(&argv));
     }
-    // `moor flex …` skips clap, so a bad argv still gets a JSON answer and never a usage text.
-    if argv.get(1).map(String::as_str) == Some("flex") {
-        let mut rest = &argv[2..];
-        let mut driver = None;
-        if let [flag, d, tail @ ..] = rest
-            && flag == "--driver"
-        {
-            driver = Some(d.clone());
-            rest = tail;
-        }
-        return Ok(flex_main(driver.as_deref(), rest));
-    }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(argv);
     match cli.command {
         Command::Daemon(args) => {
             let cfg = Config::load(&args.overrides())?;
@@ -200,7 +249,8 @@ pub fn run() -> Result<i32, CliError> {
             crate::daemon::run(cfg)?;
             Ok(0)
         }
-        Command::Flex { driver, args } => Ok(flex_main(driver.as_deref(), &args)),
+        // Unreachable in practice (`moor flex` is dispatched before clap), kept for `--help`.
+        Command::Flex { .. } => Ok(flex_main(&std::env::args_os().collect::<Vec<_>>())),
         Command::Status { output } => status(output),
         Command::Forget { key } => forget(&key),
         Command::Demo => Ok(crate::demo::run()?),
@@ -312,14 +362,105 @@ mod tests {
     #[test]
     fn symlink_names_select_flex_mode() {
         assert_eq!(
-            flex_driver_from_argv0(
+            flex_driver_from_argv0(OsStr::new(
                 "/usr/libexec/kubernetes/kubelet-plugins/volume/exec/moor~local/local"
-            )
+            ))
             .as_deref(),
             Some("local")
         );
-        assert_eq!(flex_driver_from_argv0("local").as_deref(), Some("local"));
-        assert_eq!(flex_driver_from_argv0("/usr/local/bin/moor"), None);
-        assert_eq!(flex_driver_from_argv0("target/debug/moor"), None);
+        assert_eq!(
+            flex_driver_from_argv0(OsStr::new("local")).as_deref(),
+            Some("local")
+        );
+        assert_eq!(
+            flex_driver_from_argv0(OsStr::new("/usr/local/bin/moor")),
+            None
+        );
+        assert_eq!(
+            flex_driver_from_argv0(OsStr::new("target/debug/moor")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_non_utf8_argv0_still_dispatches_to_the_front_end() {
+        use std::os::unix::ffi::OsStringExt;
+        let argv0 = OsString::from_vec(b"/opt/pl\xffugins/moor~local/local".to_vec());
+        assert_eq!(flex_driver_from_argv0(&argv0).as_deref(), Some("local"));
+        let seen = std::cell::RefCell::new(None);
+        let discover = |d: Option<&Path>| {
+            *seen.borrow_mut() = d.map(Path::to_path_buf);
+            client::Discovery {
+                socket: "/nonexistent/moor-test.sock".into(),
+                socket_from: "test".into(),
+                node_name: Some("n".into()),
+                notes: vec![],
+            }
+        };
+        let argv = vec![
+            argv0,
+            "unmount".into(),
+            "/var/lib/kubelet/pods/u/volumes/moor~local/v".into(),
+        ];
+        let r = flex_reply(&argv, &discover).unwrap();
+        assert!(r.message.unwrap().starts_with("daemon_unreachable:"));
+        // The driver's own directory is where its frontend.yaml is looked for.
+        assert_eq!(
+            seen.borrow()
+                .as_deref()
+                .map(|p| p.as_os_str().as_encoded_bytes().to_vec()),
+            Some(b"/opt/pl\xffugins/moor~local".to_vec())
+        );
+        let r = flex_reply(
+            &[
+                "moor".into(),
+                "flex".into(),
+                "--driver".into(),
+                OsString::from_vec(b"lo\xffcal".to_vec()),
+                "init".into(),
+            ],
+            &discover,
+        )
+        .unwrap();
+        assert!(r.message.unwrap().contains("--driver"));
+        assert!(flex_reply(&["moor".into(), "status".into()], &discover).is_none());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        /// The whole entry (argv[0] dispatch included) answers any bytes with one JSON line,
+        /// without a daemon.
+        #[test]
+        fn any_argv_bytes_get_one_json_line(
+            dir in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            name in proptest::sample::select(vec!["local", "nfs", "moor"]),
+            flex in proptest::bool::ANY,
+            rest in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..24), 0..5),
+        ) {
+            use std::os::unix::ffi::OsStringExt;
+            let mut argv0 = b"/plugins/".to_vec();
+            argv0.extend(dir.into_iter().filter(|b| *b != b'/' && *b != 0));
+            argv0.extend(format!("/moor~{name}/{name}").into_bytes());
+            let mut argv = vec![OsString::from_vec(argv0)];
+            if flex {
+                argv.push("flex".into());
+            }
+            argv.extend(rest.into_iter().map(OsString::from_vec));
+            let discover = |_: Option<&Path>| client::Discovery {
+                socket: "/nonexistent/moor-test.sock".into(),
+                socket_from: "test".into(),
+                node_name: Some("n".into()),
+                notes: vec![],
+            };
+            let Some(reply) = flex_reply(&argv, &discover) else {
+                // Neither a driver symlink nor `moor flex`: clap's business.
+                proptest::prop_assert!(name == "moor" && !flex);
+                return Ok(());
+            };
+            let line = reply.to_json();
+            proptest::prop_assert!(!line.contains('\n'));
+            let back: Reply = serde_json::from_str(&line).unwrap();
+            proptest::prop_assert_eq!(back, reply);
+        }
     }
 }

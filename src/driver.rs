@@ -92,6 +92,23 @@ pub enum DriverError {
     },
 }
 
+impl From<crate::flexvolume::PrecheckError> for DriverError {
+    fn from(e: crate::flexvolume::PrecheckError) -> Self {
+        match e {
+            crate::flexvolume::PrecheckError::Options(o) => DriverError::Options(o),
+            crate::flexvolume::PrecheckError::WrongNode {
+                volume,
+                wanted,
+                this,
+            } => DriverError::WrongNode {
+                volume,
+                wanted,
+                this,
+            },
+        }
+    }
+}
+
 impl DriverError {
     /// Stable reason label.
     pub fn reason(&self) -> &'static str {

@@ -299,7 +299,10 @@ impl Lifecycle {
             .host
             .paths
             .pod_volume_dir(target, Some(driver.name()))?;
-        let opts = VolumeOptions::from_map(options)?;
+        // The front end ran the same check; running it here too keeps one answer for
+        // callers that skip the front end (CSI, a hand-made request).
+        let opts = crate::flexvolume::precheck(driver.name(), options, &self.node.node_name)
+            .map_err(crate::driver::DriverError::from)?;
         let (mut spec, held) = driver.resolve_volume(&self.node, &opts)?;
         if let Some(h) = &held {
             self.known_local_source(driver.name(), &mut spec, h)?;

@@ -40,3 +40,12 @@ pub fn pause_point(point: &str) {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
+
+/// Panics when `MOOR_TEST_FRONTEND_PANIC` is set: lets a test prove the front end's panic
+/// hook answers kubelet with one JSON line (kubelet gives a driver no environment, so this
+/// never fires under kubelet).
+pub fn frontend_panic_point() {
+    if std::env::var_os("MOOR_TEST_FRONTEND_PANIC").is_some_and(|v| !v.is_empty()) {
+        panic!("test panic point reached");
+    }
+}

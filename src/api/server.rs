@@ -6,13 +6,19 @@
 //! `accept`; when a thread takes a connection and none is left waiting, it starts another
 //! first, so an operation stuck in the kernel never keeps the next request waiting. Spare
 //! threads beyond a few exit.
+//!
+//! Bounds: at most [`MAX_THREADS`] connection threads live at once; past that, new
+//! connections wait in the kernel's accept queue until a thread is free (a client waits, it
+//! is never refused). A client has [`REQUEST_DEADLINE`] to send its request line, and only
+//! [`BUSY_REQUEST_DEADLINE`] while every thread is taken, so idle connections never keep a
+//! real call waiting for long.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Request, Response};
 use crate::daemon::executor::{Answer, Executor};
@@ -22,6 +28,19 @@ use crate::flexvolume::Reply;
 const MAX_REQUEST: u64 = 1 << 20;
 /// Threads kept waiting in `accept`.
 const SPARE_THREADS: usize = 3;
+/// Connection threads alive at once, at most (operations run in parallel up to this).
+pub const MAX_THREADS: usize = 64;
+/// How long a client has to send its request line (the front end sends it right after
+/// connecting).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
+/// When every connection thread is taken, how long a connection may stay silent before its
+/// thread goes to the next one: a real client wrote its request right after connecting, long
+/// before a thread took it from the accept queue.
+pub const BUSY_REQUEST_DEADLINE: Duration = Duration::from_millis(200);
+/// How often a silent connection checks whether others are waiting for its thread.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+/// How long writing an answer may block on a client that does not read it.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
 
 struct Shared {
     listener: UnixListener,
@@ -29,6 +48,7 @@ struct Shared {
     exec: Arc<Executor>,
     me: u32,
     accepting: AtomicUsize,
+    threads: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -49,6 +69,7 @@ pub fn serve(
         exec,
         me: nix::unistd::geteuid().as_raw(),
         accepting: AtomicUsize::new(0),
+        threads: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
     });
     for _ in 0..SPARE_THREADS {
@@ -57,12 +78,29 @@ pub fn serve(
     Ok(Server { shared })
 }
 
+/// Starts one more connection thread unless [`MAX_THREADS`] are alive (then the caller's
+/// connection and the next ones wait in the accept queue).
 fn spawn_thread(shared: &Arc<Shared>) -> std::io::Result<()> {
+    if shared
+        .threads
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < MAX_THREADS).then_some(n + 1)
+        })
+        .is_err()
+    {
+        return Ok(());
+    }
     let sh = shared.clone();
     std::thread::Builder::new()
         .name("moor-conn".into())
-        .spawn(move || work(&sh))
+        .spawn(move || {
+            work(&sh);
+            sh.threads.fetch_sub(1, Ordering::SeqCst);
+        })
         .map(drop)
+        .inspect_err(|_| {
+            shared.threads.fetch_sub(1, Ordering::SeqCst);
+        })
 }
 
 impl Server {
@@ -122,8 +160,11 @@ fn connection(stream: UnixStream, sh: &Shared, stopping: bool) {
         .ok();
     // The request is read even from a peer about to be refused, so it gets its answer
     // instead of a broken pipe.
-    let mut line = String::new();
-    let read = BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line);
+    let busy = || sh.threads.load(Ordering::SeqCst) >= MAX_THREADS;
+    let read = read_request(&stream, &busy);
+    if let Err(e) = stream.set_write_timeout(Some(ANSWER_DEADLINE)) {
+        tracing::warn!(error = %e, "cannot bound the answer's write");
+    }
     let answer = Answer::new(move |resp: &Response| {
         let mut out = serde_json::to_vec(resp).unwrap_or_default();
         out.push(b'\n');
@@ -132,7 +173,7 @@ fn connection(stream: UnixStream, sh: &Shared, stopping: bool) {
         }
     });
     if stopping {
-        if matches!(read, Ok(n) if n > 0) {
+        if matches!(&read, Ok(line) if !line.is_empty()) {
             answer.send(&failure("moor daemon is shutting down; retry".into()));
         }
         return;
@@ -144,12 +185,59 @@ fn connection(stream: UnixStream, sh: &Shared, stopping: bool) {
         ));
         return;
     }
-    match read
-        .map_err(|e| e.to_string())
-        .and_then(|_| serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()))
+    match read.and_then(|line| serde_json::from_slice::<Request>(&line).map_err(|e| e.to_string()))
     {
         Ok(req) => sh.exec.handle(req, &answer),
-        Err(e) => answer.send(&failure(format!("bad_request: {e}"))),
+        Err(e) => {
+            tracing::debug!(error = %e, "bad request");
+            answer.send(&failure(format!("bad_request: {e}")));
+        }
+    }
+}
+
+/// Reads one request line: at most [`MAX_REQUEST`] bytes, within [`REQUEST_DEADLINE`], or
+/// within [`BUSY_REQUEST_DEADLINE`] once `busy()` (every thread taken). An empty line means
+/// the peer closed without sending anything.
+fn read_request(stream: &UnixStream, busy: &dyn Fn() -> bool) -> Result<Vec<u8>, String> {
+    let started = Instant::now();
+    let deadline = started + REQUEST_DEADLINE;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no request line within {REQUEST_DEADLINE:?}"));
+        }
+        stream
+            .set_read_timeout(Some(left.min(IDLE_CHECK)))
+            .map_err(|e| e.to_string())?;
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if started.elapsed() >= BUSY_REQUEST_DEADLINE && busy() {
+                    return Err(format!(
+                        "no request line within {BUSY_REQUEST_DEADLINE:?} while the daemon is busy"
+                    ));
+                }
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let got = &chunk[..n];
+        let end = got.iter().position(|b| *b == b'\n');
+        buf.extend_from_slice(&got[..end.unwrap_or(n)]);
+        if buf.len() as u64 > MAX_REQUEST {
+            return Err(format!("request larger than {} KiB", MAX_REQUEST >> 10));
+        }
+        if n == 0 || end.is_some() {
+            return Ok(buf);
+        }
     }
 }
 

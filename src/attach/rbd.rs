@@ -63,7 +63,7 @@ use parse::Holder;
 /// The driver name.
 pub const NAME: &str = "rbd";
 /// User options the driver knows.
-const OPTIONS: &[&str] = &[
+pub const OPTIONS: &[&str] = &[
     "monitors",
     "pool",
     "radosNamespace",

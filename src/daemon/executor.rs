@@ -382,7 +382,9 @@ impl Executor {
         let started = Instant::now();
         let deadline = started + self.op_timeout;
         self.metrics.in_flight.inc();
+        let progress = Arc::new(crate::host::deadline::Progress::default());
         let ticket = {
+            let running = progress.clone();
             let (metrics, answer, span) = (
                 self.metrics.clone(),
                 answer.clone(),
@@ -405,11 +407,20 @@ impl Executor {
                     let secs = started.elapsed().as_secs_f64();
                     metrics.observe(&driver, op, secs, Some(e.reason()));
                     tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed");
-                    answer.write(&flex(Reply::failure(e.flex_message())));
+                    let mut message = e.flex_message();
+                    if let Some(cmd) = running.describe() {
+                        message.push_str(&format!(
+                            " ({cmd} and is left to finish: cut short it could leave the volume half-made; the volume stays locked until it ends)"
+                        ));
+                    }
+                    answer.write(&flex(Reply::failure(message)));
                 }),
             )
         };
-        let result = run(deadline);
+        let result =
+            crate::host::deadline::with_op_deadline(deadline, self.op_timeout, progress, || {
+                run(deadline)
+            });
         self.watchdog.disarm(ticket);
         let secs = started.elapsed().as_secs_f64();
         if !answer.claim() {

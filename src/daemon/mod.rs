@@ -47,6 +47,16 @@ pub enum DaemonError {
     /// The journal could not be opened.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    /// The socket's directory is not safe to serve from (moor never changes its mode).
+    #[error(
+        "socket directory {path} {why}; put the socket in a directory only root can write (e.g. /run/moor), moor does not change an existing directory"
+    )]
+    SocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
@@ -104,7 +114,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     private_dir(&cfg.state_dir)?;
     private_dir(&cfg.run_dir)?;
     if let Some(parent) = cfg.socket.parent() {
-        private_dir(parent)?;
+        socket_dir(parent)?;
     }
     let _lock = lock_instance(&cfg.run_dir)?;
     let host = Host::system(HostPaths::system(
@@ -241,5 +251,41 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Makes the socket's directory ready without changing one that exists: missing
+/// components are created 0700, and an existing directory that is not root's (or this
+/// user's) or that group/others may write is refused, since whoever can write it could put
+/// their own socket in moor's place.
+fn socket_dir(p: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::MetadataExt;
+    if !p.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+            .map_err(io("create", p))?;
+    }
+    let md = fs::metadata(p).map_err(io("inspect", p))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let why = if !md.is_dir() {
+        Some("is not a directory".to_owned())
+    } else if md.uid() != 0 && md.uid() != me {
+        Some(format!("belongs to uid {}, not root", md.uid()))
+    } else if md.mode() & 0o022 != 0 {
+        Some(format!(
+            "has mode {:o}: others may write it",
+            md.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(DaemonError::SocketDir {
+            path: p.into(),
+            why,
+        }),
+        None => Ok(()),
     }
 }

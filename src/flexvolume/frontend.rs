@@ -2,10 +2,12 @@
 //! [`Reply`]. No side effects, no logging (kubelet reads stdout and stderr as one JSON).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
 use super::options::VolumeOptions;
+use super::precheck::{PrecheckError, precheck};
 use super::reply::Reply;
 use crate::api::{Request, Response, client};
 use crate::host::paths::{VENDOR, is_clean_absolute};
@@ -37,7 +39,18 @@ fn call_timeout() -> Duration {
 
 /// Runs one FlexVolume call. `driver` comes from the symlink name, or `--driver`; when
 /// None, mount/unmount take it from the pod volume directory (`…/moor~<driver>/<name>`).
-pub fn run(driver: Option<&str>, args: &[String]) -> Reply {
+/// `driver_dir` is the directory of the driver executable kubelet ran (where
+/// [`client::FRONTEND_FILE`] may say where the daemon is).
+pub fn run(driver: Option<&str>, args: &[OsString], driver_dir: Option<&Path>) -> Reply {
+    run_with(driver, args, &|| client::discover(driver_dir))
+}
+
+/// [`run`] with the daemon's discovery given: it is asked only when a call is forwarded.
+pub fn run_with(
+    driver: Option<&str>,
+    args: &[OsString],
+    discover: &dyn Fn() -> client::Discovery,
+) -> Reply {
     let Some((op, rest)) = args.split_first() else {
         return Reply::failure("usage: <op> [args…]; ops: init, mount <dir> <json>, unmount <dir>");
     };
@@ -49,18 +62,41 @@ pub fn run(driver: Option<&str>, args: &[String]) -> Reply {
             super::DRIVERS.join(", ")
         ));
     }
-    match op.as_str() {
-        "init" if rest.is_empty() => Reply::init(),
-        "mount" => match rest {
-            [dir, json] => mount(driver, dir, json),
+    let Some(op) = op.to_str() else {
+        return Reply::failure(format!(
+            "usage: argument 1 (the operation) is not UTF-8: {}",
+            op.to_string_lossy()
+        ));
+    };
+    // Every later argument must be text too; the message names the one that is not.
+    let mut text = Vec::with_capacity(rest.len());
+    for (i, a) in rest.iter().enumerate() {
+        match a.to_str() {
+            Some(t) => text.push(t),
+            None => {
+                let (prefix, what) = arg_role(op, i);
+                return Reply::failure(format!(
+                    "{prefix}: argument {} ({what}) is not UTF-8: {}",
+                    i + 2,
+                    a.to_string_lossy()
+                ));
+            }
+        }
+    }
+    match op {
+        "init" if text.is_empty() => Reply::init(),
+        "mount" => match text[..] {
+            [dir, json] => mount(driver, dir, json, discover),
             _ => Reply::failure("usage: mount <pod-volume-dir> <json-options>"),
         },
-        "unmount" => match rest {
-            [dir] => unmount(driver, dir),
+        "unmount" => match text[..] {
+            [dir] => unmount(driver, dir, discover),
             _ => Reply::failure("usage: unmount <pod-volume-dir>"),
         },
-        "expandfs" => match rest {
-            [json, _device, _device_mount, new_size, _old_size] => expandfs(driver, json, new_size),
+        "expandfs" => match text[..] {
+            [json, _device, _device_mount, new_size, _old_size] => {
+                expandfs(driver, json, new_size, discover)
+            }
             _ => Reply::failure(
                 "usage: expandfs <json-options> <device> <device-mount-path> <new-size-bytes> <old-size-bytes>",
             ),
@@ -70,6 +106,19 @@ pub fn run(driver: Option<&str>, args: &[String]) -> Reply {
             Reply::not_supported(format!("{o} is not used: moor attaches inside mount"))
         }
         o => Reply::not_supported(format!("unknown operation {o}")),
+    }
+}
+
+/// The reason prefix and the name of argument `i` (after the operation) of `op`.
+fn arg_role(op: &str, i: usize) -> (&'static str, &'static str) {
+    match (op, i) {
+        ("mount" | "unmount", 0) => ("bad_path", "the pod volume directory"),
+        ("mount", 1) | ("expandfs", 0) => ("bad_options", "the JSON options"),
+        ("expandfs", 1) => ("bad_path", "the device"),
+        ("expandfs", 2) => ("bad_path", "the device mount path"),
+        ("expandfs", 3) => ("bad_options", "the new size"),
+        ("expandfs", 4) => ("bad_options", "the old size"),
+        _ => ("usage", "an extra argument"),
     }
 }
 
@@ -97,7 +146,12 @@ fn driver_of(dir: &str, driver: Option<&str>) -> Result<String, String> {
     }
 }
 
-fn mount(driver: Option<&str>, dir: &str, json: &str) -> Reply {
+fn mount(
+    driver: Option<&str>,
+    dir: &str,
+    json: &str,
+    discover: &dyn Fn() -> client::Discovery,
+) -> Reply {
     let driver = match driver_of(dir, driver) {
         Ok(d) => d,
         Err(m) => return Reply::failure(m),
@@ -106,11 +160,29 @@ fn mount(driver: Option<&str>, dir: &str, json: &str) -> Reply {
         Ok(o) => o,
         Err(r) => return r,
     };
-    forward(&Request::Mount {
-        driver,
+    let found = discover();
+    let req = Request::Mount {
+        driver: driver.clone(),
         target: dir.into(),
-        options,
-    })
+        options: options.clone(),
+    };
+    let node = found.node_name.as_deref().unwrap_or_default();
+    match precheck(&driver, &options, node) {
+        Ok(_) => forward(&req, &found),
+        Err(e @ PrecheckError::Options(_)) => Reply::failure(format!("{}: {e}", e.reason())),
+        // The daemon's node name may come from a flag the front end cannot see: when the
+        // daemon answers, its answer (from the same check) is the one that counts.
+        Err(e @ PrecheckError::WrongNode { .. }) => match call(&req, &found) {
+            Err(client::ClientError::Connect { .. }) if found.node_name.is_some() => {
+                Reply::failure(format!(
+                    "{}: {e} (checked by the front end: the daemon at {} is not reachable)",
+                    e.reason(),
+                    found.socket.display()
+                ))
+            }
+            r => reply_of(r, &found),
+        },
+    }
 }
 
 /// kubelet's JSON options, checked as the daemon will read them.
@@ -124,19 +196,27 @@ fn parse_options(json: &str) -> Result<BTreeMap<String, String>, Reply> {
     Ok(options)
 }
 
-fn unmount(driver: Option<&str>, dir: &str) -> Reply {
+fn unmount(driver: Option<&str>, dir: &str, discover: &dyn Fn() -> client::Discovery) -> Reply {
     match driver_of(dir, driver) {
-        Ok(driver) => forward(&Request::Unmount {
-            driver,
-            target: dir.into(),
-        }),
+        Ok(driver) => forward(
+            &Request::Unmount {
+                driver,
+                target: dir.into(),
+            },
+            &discover(),
+        ),
         Err(m) => Reply::failure(m),
     }
 }
 
 /// kubelet names the volume by the PV (`kubernetes.io/pvOrVolumeName`) and gives no pod
 /// directory, so the driver comes from the executable's name (or `--driver`).
-fn expandfs(driver: Option<&str>, json: &str, new_size: &str) -> Reply {
+fn expandfs(
+    driver: Option<&str>,
+    json: &str,
+    new_size: &str,
+    discover: &dyn Fn() -> client::Discovery,
+) -> Reply {
     let Some(driver) = driver else {
         return Reply::failure(
             "expandfs needs the driver: kubelet runs moor as moor~<driver>/<driver> (or pass --driver)",
@@ -157,18 +237,45 @@ fn expandfs(driver: Option<&str>, json: &str, new_size: &str) -> Reply {
             "bad_options: new size {new_size:?} is not a number of bytes"
         ));
     };
-    forward(&Request::Expand {
-        driver: driver.into(),
-        options,
-        new_size,
-    })
+    forward(
+        &Request::Expand {
+            driver: driver.into(),
+            options,
+            new_size,
+        },
+        &discover(),
+    )
 }
 
-fn forward(req: &Request) -> Reply {
-    match client::call(&client::socket_path(), req, call_timeout()) {
+fn call(req: &Request, found: &client::Discovery) -> Result<Response, client::ClientError> {
+    client::call(&found.socket, req, call_timeout())
+}
+
+fn forward(req: &Request, found: &client::Discovery) -> Reply {
+    reply_of(call(req, found), found)
+}
+
+/// The reply for the daemon's answer; a failure to reach it says where the socket came from
+/// and which config files were set aside.
+fn reply_of(r: Result<Response, client::ClientError>, found: &client::Discovery) -> Reply {
+    let notes = || {
+        let mut n = format!(" [socket from {}", found.socket_from);
+        for note in &found.notes {
+            n.push_str("; ");
+            n.push_str(note);
+        }
+        n.push(']');
+        n
+    };
+    match r {
         Ok(Response::Flex { reply }) => reply,
         Ok(other) => Reply::failure(format!("daemon_error: unexpected answer {other:?}")),
-        Err(e) => Reply::failure(format!("daemon_unreachable: {e}")),
+        Err(e @ client::ClientError::Connect { .. }) => {
+            Reply::failure(format!("daemon_unreachable: {e}{}", notes()))
+        }
+        Err(e @ client::ClientError::Exchange { .. }) => {
+            Reply::failure(format!("daemon_error: {e}"))
+        }
     }
 }
 
@@ -177,39 +284,53 @@ mod tests {
     use super::*;
     use crate::flexvolume::Status;
 
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
+    fn s(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    /// No daemon: a socket path that cannot exist.
+    fn no_daemon() -> client::Discovery {
+        client::Discovery {
+            socket: "/nonexistent/moor-test/moor.sock".into(),
+            socket_from: "test".into(),
+            node_name: Some("node-a".into()),
+            notes: vec![],
+        }
+    }
+
+    fn rt(driver: Option<&str>, args: &[OsString]) -> Reply {
+        run_with(driver, args, &no_daemon)
     }
 
     #[test]
     fn every_op_gets_the_answer_kubelet_expects() {
-        assert_eq!(run(Some("local"), &s(&["init"])), Reply::init());
+        assert_eq!(rt(Some("local"), &s(&["init"])), Reply::init());
         for op in NOT_SUPPORTED {
             assert_eq!(
-                run(Some("local"), &s(&[op, "{}"])).status,
+                rt(Some("local"), &s(&[op, "{}"])).status,
                 Status::NotSupported,
                 "{op}"
             );
         }
-        assert_eq!(run(None, &s(&["frobnicate"])).status, Status::NotSupported);
-        assert_eq!(run(None, &s(&[])).status, Status::Failure);
-        assert_eq!(run(None, &s(&["mount", "/x"])).status, Status::Failure);
-        assert_eq!(run(None, &s(&["unmount"])).status, Status::Failure);
-        assert_eq!(run(Some("nope"), &s(&["init"])).status, Status::Failure);
+        assert_eq!(rt(None, &s(&["frobnicate"])).status, Status::NotSupported);
+        assert_eq!(rt(None, &s(&[])).status, Status::Failure);
+        assert_eq!(rt(None, &s(&["mount", "/x"])).status, Status::Failure);
+        assert_eq!(rt(None, &s(&["unmount"])).status, Status::Failure);
+        assert_eq!(rt(Some("nope"), &s(&["init"])).status, Status::Failure);
     }
 
     #[test]
     fn bad_input_fails_before_reaching_the_daemon() {
         // MOOR_SOCKET is irrelevant: each of these fails on validation first.
         let dir = "/var/lib/kubelet/pods/u/volumes/moor~local/v";
-        let r = run(Some("local"), &s(&["mount", dir, "{not json"]));
+        let r = rt(Some("local"), &s(&["mount", dir, "{not json"]));
         assert!(r.message.unwrap().starts_with("bad_options:"));
-        let r = run(
+        let r = rt(
             Some("local"),
             &s(&["mount", dir, r#"{"kubernetes.io/readwrite":"x"}"#]),
         );
         assert!(r.message.unwrap().starts_with("bad_options:"));
-        let r = run(
+        let r = rt(
             Some("local"),
             &s(&[
                 "mount",
@@ -218,7 +339,7 @@ mod tests {
             ]),
         );
         assert!(r.message.unwrap().starts_with("bad_path:"));
-        let r = run(
+        let r = rt(
             Some("local"),
             &s(&[
                 "unmount",
@@ -226,5 +347,127 @@ mod tests {
             ]),
         );
         assert!(r.message.unwrap().starts_with("bad_path:"));
+    }
+
+    #[test]
+    fn a_non_utf8_argument_is_named_in_a_failure() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = |b: &[u8]| OsString::from_vec(b.to_vec());
+        let dir = OsString::from("/var/lib/kubelet/pods/u/volumes/moor~local/v");
+        for (args, prefix, which) in [
+            (
+                vec![bad(b"mo\xffunt"), dir.clone(), "{}".into()],
+                "usage:",
+                "argument 1",
+            ),
+            (
+                vec![
+                    "mount".into(),
+                    bad(b"/var/lib/kubelet/pods/u/volumes/moor~local/\xff"),
+                    "{}".into(),
+                ],
+                "bad_path:",
+                "argument 2",
+            ),
+            (
+                vec!["mount".into(), dir.clone(), bad(b"{\"path\":\"/\xfe\"}")],
+                "bad_options:",
+                "argument 3",
+            ),
+            (
+                vec!["unmount".into(), bad(b"\xc3\x28")],
+                "bad_path:",
+                "argument 2",
+            ),
+            (
+                vec![
+                    "expandfs".into(),
+                    "{}".into(),
+                    "/dev/x".into(),
+                    "/m".into(),
+                    bad(b"1\xff"),
+                    "1".into(),
+                ],
+                "bad_options:",
+                "argument 5",
+            ),
+        ] {
+            let r = rt(Some("local"), &args);
+            assert_eq!(r.status, Status::Failure, "{args:?}");
+            let m = r.message.unwrap();
+            assert!(m.starts_with(prefix) && m.contains(which), "{args:?}: {m}");
+        }
+    }
+
+    #[test]
+    fn option_mistakes_and_foreign_nodes_are_answered_without_the_daemon() {
+        let dir = "/var/lib/kubelet/pods/u/volumes/moor~local/v";
+        for (json, prefix) in [
+            (r#"{"pth":"/x"}"#, "bad_options: unknown option pth"),
+            (
+                r#"{"node":"node-a"}"#,
+                "bad_options: option path is required",
+            ),
+            (
+                r#"{"path":"/x","mountOption":"ro"}"#,
+                "bad_options: unknown option mountOption",
+            ),
+            (
+                r#"{"path":"/x","node":"node-b"}"#,
+                "wrong_node: volume /x belongs to node node-b, this is node node-a",
+            ),
+        ] {
+            let m = rt(Some("local"), &s(&["mount", dir, json]))
+                .message
+                .unwrap();
+            assert!(m.starts_with(prefix), "{json}: {m}");
+        }
+        let nfs = "/var/lib/kubelet/pods/u/volumes/moor~nfs/v";
+        let m = rt(None, &s(&["mount", nfs, r#"{"server":"s"}"#]))
+            .message
+            .unwrap();
+        assert!(m.starts_with("bad_options: option path is required"), "{m}");
+        // A valid request goes to the daemon, which is not there.
+        let m = rt(
+            Some("local"),
+            &s(&["mount", dir, r#"{"path":"/x","node":"node-a"}"#]),
+        )
+        .message
+        .unwrap();
+        assert!(m.starts_with("daemon_unreachable:"), "{m}");
+        assert!(m.contains("[socket from test]"), "{m}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Whatever bytes kubelet (or anyone) passes, the answer is one JSON object on one
+        /// line that kubelet can parse back.
+        #[test]
+        fn any_argv_gets_one_json_line(
+            driver in proptest::option::of(proptest::sample::select(vec!["local", "nfs", "rbd", "nope"])),
+            op in proptest::sample::select(vec!["init", "mount", "unmount", "expandfs", "attach", "x"]),
+            args in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                    proptest::sample::select(vec![
+                        b"/var/lib/kubelet/pods/u/volumes/moor~local/v".to_vec(),
+                        b"{\"path\":\"/x\"}".to_vec(),
+                        b"{\"pth\":\"\xff\"}".to_vec(),
+                        b"{}".to_vec(),
+                    ]),
+                ],
+                0..6,
+            ),
+            raw_op in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+            use_raw_op in proptest::bool::ANY,
+        ) {
+            use std::os::unix::ffi::OsStringExt;
+            let mut argv = vec![if use_raw_op { OsString::from_vec(raw_op) } else { op.into() }];
+            argv.extend(args.into_iter().map(OsString::from_vec));
+            let line = rt(driver, &argv).to_json();
+            proptest::prop_assert!(!line.contains('\n'), "{line}");
+            let back: Reply = serde_json::from_str(&line).unwrap();
+            proptest::prop_assert_eq!(back.exit_code() == 0, back.status == Status::Success);
+        }
     }
 }

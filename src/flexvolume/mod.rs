@@ -7,9 +7,11 @@
 
 pub mod frontend;
 pub mod options;
+pub mod precheck;
 pub mod reply;
 
 pub use options::{OptionsError, VolumeOptions};
+pub use precheck::{PrecheckError, precheck};
 pub use reply::{Capabilities, Reply, Status};
 
 /// The drivers moor serves, as FlexVolume driver names (`moor~<name>/<name>`).

@@ -185,7 +185,7 @@ pub enum FsError {
         asked: String,
     },
     /// mkfs ran and failed.
-    #[error("volume {volume}: `{cmdline}` failed (exit {code:?}): {stderr}")]
+    #[error("volume {volume}: `{cmdline}` failed ({}): {stderr}", crate::host::exec::exit_text(*code))]
     MkfsFailed {
         /// Volume key.
         volume: String,
@@ -198,7 +198,8 @@ pub enum FsError {
     },
     /// fsck found errors it did not fix.
     #[error(
-        "volume {volume}: `{cmdline}` found errors it could not fix (exit {code:?}): {stderr}; run fsck by hand"
+        "volume {volume}: `{cmdline}` found errors it could not fix ({}): {stderr}; run fsck by hand",
+        crate::host::exec::exit_text(*code)
     )]
     FsckFailed {
         /// Volume key.
@@ -335,7 +336,11 @@ pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepare
             asked: asked.into(),
         });
     };
-    let cmd = Cmd::new(program).args(args).timeout(MKFS_TIMEOUT);
+    // Killed halfway, mkfs would leave a disk neither blank nor formatted.
+    let cmd = Cmd::new(program)
+        .args(args)
+        .timeout(MKFS_TIMEOUT)
+        .outlive_operation();
     tracing::info!(volume = req.volume, device = %req.device.display(), fs_type = asked, "formatting blank device");
     let out = host.runner.run(&cmd).map_err(|source| FsError::Exec {
         volume: req.volume.into(),
@@ -457,7 +462,10 @@ pub fn fsck(host: &Host, volume: &str, device: &Path, fs_type: &str) -> Result<(
     let Some((program, args)) = mkfs::fsck_command(fs_type, device) else {
         return Ok(());
     };
-    let cmd = Cmd::new(program).args(args).timeout(FSCK_TIMEOUT);
+    let cmd = Cmd::new(program)
+        .args(args)
+        .timeout(FSCK_TIMEOUT)
+        .outlive_operation();
     let out = host.runner.run(&cmd).map_err(|source| FsError::Exec {
         volume: volume.into(),
         source,
@@ -475,6 +483,36 @@ pub fn fsck(host: &Host, volume: &str, device: &Path, fs_type: &str) -> Result<(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn exit_codes_read_as_an_operator_writes_them() {
+        let fsck = FsError::FsckFailed {
+            volume: "v".into(),
+            cmdline: "e2fsck -p /dev/x".into(),
+            code: Some(4),
+            stderr: "bad".into(),
+        };
+        let mkfs = FsError::MkfsFailed {
+            volume: "v".into(),
+            cmdline: "mkfs.xfs /dev/x".into(),
+            code: None,
+            stderr: "".into(),
+        };
+        let exec = ExecError::Failed {
+            cmdline: "blkid".into(),
+            code: Some(2),
+            stderr: "".into(),
+        };
+        let probe = super::super::probe::interpret(Some(4), "", "usage").unwrap_err();
+        for (e, want) in [
+            (fsck.to_string(), "(exit status 4)"),
+            (mkfs.to_string(), "(killed by a signal)"),
+            (exec.to_string(), "(exit status 2)"),
+            (probe.to_string(), "blkid exit status 4"),
+        ] {
+            assert!(e.contains(want) && !e.contains("Some("), "{e}");
+        }
+    }
     use super::*;
     use crate::host::fake::{FakeMounts, ScriptRunner};
     use crate::host::{BlockDevices, HostPaths};

@@ -43,7 +43,7 @@ impl Probe {
 
 /// blkid answered in a way that proves nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("blkid exit {code:?}: {detail}")]
+#[error("blkid {}: {detail}", crate::host::exec::exit_text(*code))]
 pub struct ProbeUnclear {
     /// Exit code.
     pub code: Option<i32>,

@@ -102,6 +102,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    let timeout = super::deadline::clamp(timeout);
     let (tx, rx) = mpsc::sync_channel(1);
     let span = tracing::Span::current();
     // Set when the caller stops waiting: a job that has not started by then never starts

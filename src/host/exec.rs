@@ -37,6 +37,8 @@ pub struct Cmd {
     /// that fork a daemon (FUSE mounts): the daemon must not hold moor's pipes open, and
     /// what it prints later still lands somewhere an operator can read.
     pub output_file: Option<std::path::PathBuf>,
+    /// Never cut to the operation's deadline (see [`Cmd::outlive_operation`]).
+    pub outlive_operation: bool,
 }
 
 impl Cmd {
@@ -50,7 +52,16 @@ impl Cmd {
             timeout: Duration::from_secs(60),
             redact: Vec::new(),
             output_file: None,
+            outlive_operation: false,
         }
+    }
+
+    /// Keeps this command's own deadline even past the operation's: for tools that must not
+    /// be killed halfway (mkfs, fsck). The operation's timeout answer then names it, and
+    /// the volume stays locked until it ends.
+    pub fn outlive_operation(mut self) -> Self {
+        self.outlive_operation = true;
+        self
     }
 
     /// Sends stdout and stderr to `path` instead of pipes (see [`Cmd::output_file`]).
@@ -157,6 +168,14 @@ impl Output {
     }
 }
 
+/// How a command ended, for messages: `exit status 4`, or `killed by a signal` (no code).
+pub fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit status {c}"),
+        None => "killed by a signal".to_owned(),
+    }
+}
+
 /// Why a command could not produce an [`Output`].
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -184,7 +203,7 @@ pub enum ExecError {
         timeout: Duration,
     },
     /// The command ran and exited non-zero (from [`CommandRunner::run_ok`]).
-    #[error("`{cmdline}` failed (exit {}): {stderr}", code.map_or_else(|| "by signal".to_owned(), |c| c.to_string()))]
+    #[error("`{cmdline}` failed ({}): {stderr}", exit_text(*code))]
     Failed {
         /// Redacted command line.
         cmdline: String,
@@ -282,12 +301,20 @@ impl CommandRunner for SystemRunner {
         }
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
-        let status = wait_deadline(&mut child, cmd.timeout);
+        // Within a volume operation, the command must end before the operation does (or,
+        // when it must not be cut, be named by the operation's timeout answer).
+        let timeout = if cmd.outlive_operation {
+            cmd.timeout
+        } else {
+            super::deadline::clamp(cmd.timeout)
+        };
+        let _running = super::deadline::running(&cmd.display());
+        let status = wait_deadline(&mut child, timeout);
         let Some(status) = status else {
-            tracing::warn!(cmd = %cmd.display(), timeout = ?cmd.timeout, "command timed out; killed");
+            tracing::warn!(cmd = %cmd.display(), ?timeout, "command timed out; killed");
             return Err(ExecError::Timeout {
                 cmdline: cmd.display(),
-                timeout: cmd.timeout,
+                timeout,
             });
         };
         let mut out = Output {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 pub mod allow;
 pub mod blockdev;
 pub mod bounded;
+pub mod deadline;
 pub mod exec;
 pub mod fake;
 pub mod fusectl;
@@ -18,6 +19,7 @@ pub mod paths;
 pub mod rbdbus;
 pub mod scsi;
 pub mod secrets;
+pub mod stdio;
 
 pub use blockdev::{BlockDevices, DevNum};
 pub use exec::{Cmd, CommandRunner, ExecError, Output, SystemRunner};

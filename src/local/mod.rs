@@ -14,4 +14,4 @@ pub mod pv;
 pub mod watch;
 pub mod wipe;
 
-pub use driver::LocalDriver;
+pub use driver::{LocalDriver, OPTIONS};

@@ -593,9 +593,9 @@ fn wipe_block(
         let out = host.runner.run(&cmd).map_err(|e| e.to_string())?;
         if !out.success() {
             return Err(format!(
-                "`{}` exited {:?}: {}",
+                "`{}` failed ({}): {}",
                 cmd.display(),
-                out.code,
+                crate::host::exec::exit_text(out.code),
                 out.stderr_tail()
             ));
         }
