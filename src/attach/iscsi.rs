@@ -819,6 +819,8 @@ mod tests {
             read_only: false,
             phase: StagePhase::Unstaging,
             formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
         };
         r.driver.detach(&r.host, &rec).unwrap();
         assert_eq!(
@@ -861,6 +863,8 @@ mod tests {
             read_only: false,
             phase: StagePhase::Staging,
             formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
         };
         r.driver.detach(&r.host, &rec).unwrap();
         assert_eq!(
