@@ -970,6 +970,7 @@ impl Lifecycle {
             // A block volume stays remembered (idle) with the filesystem moor saw, so if it
             // ever looks blank later it is refused, not formatted. `moor forget` ends that.
             rec.phase = StagePhase::Idle;
+            rec.mount_id = None;
             self.journal.put_stage(&rec)?;
             self.state().stages.insert(key.into(), rec.clone());
         } else {

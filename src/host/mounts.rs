@@ -163,18 +163,34 @@ pub struct KernelMounts {
     pub mountinfo: PathBuf,
     /// The kubelet dir: every target is opened beneath it.
     pub kubelet_dir: PathBuf,
-    /// The kubelet dir's fd, opened at first use and held for the daemon's life.
-    pub kubelet_fd: std::sync::OnceLock<std::os::fd::OwnedFd>,
+    /// The kubelet dir's fd, opened at first use and held; opened again only when the
+    /// kubelet dir's path now names another directory (a filesystem mounted on it after
+    /// moor started), so targets never land in a directory kubelet no longer sees.
+    pub kubelet_fd: std::sync::Mutex<Option<std::sync::Arc<std::os::fd::OwnedFd>>>,
 }
 
 impl KernelMounts {
-    fn root(&self) -> std::io::Result<std::os::fd::BorrowedFd<'_>> {
+    fn root(&self) -> std::io::Result<std::sync::Arc<std::os::fd::OwnedFd>> {
         use std::os::fd::AsFd;
-        if let Some(fd) = self.kubelet_fd.get() {
-            return Ok(fd.as_fd());
+        let identity = |fd: std::os::fd::BorrowedFd<'_>| -> std::io::Result<(u64, u64, u64)> {
+            let m = target::statx_at(fd, std::ffi::OsStr::new(""))?;
+            let st = nix::sys::stat::fstat(fd).map_err(std::io::Error::from)?;
+            Ok((m.mount_id, st.st_dev, st.st_ino))
+        };
+        let fresh = target::open_dir_path(&self.kubelet_dir)?;
+        let now = identity(fresh.as_fd())?;
+        let mut held = self.kubelet_fd.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = held.as_ref()
+            && identity(fd.as_fd()).ok() == Some(now)
+        {
+            return Ok(fd.clone());
         }
-        let fd = target::open_dir_path(&self.kubelet_dir)?;
-        Ok(self.kubelet_fd.get_or_init(|| fd).as_fd())
+        if held.is_some() {
+            tracing::warn!(kubelet_dir = %self.kubelet_dir.display(), "the kubelet dir now names another directory; holding the new one");
+        }
+        let fd = std::sync::Arc::new(fresh);
+        *held = Some(fd.clone());
+        Ok(fd)
     }
 }
 
@@ -401,7 +417,9 @@ impl MountTable for KernelMounts {
     }
 
     fn open_target(&self, path: &Path, create: bool) -> std::io::Result<Target> {
-        target::open_target(self.root()?, &self.kubelet_dir, path, create)
+        use std::os::fd::AsFd;
+        let root = self.root()?;
+        target::open_target(root.as_fd(), &self.kubelet_dir, path, create)
     }
 
     fn target_mount(&self, t: &Target) -> std::io::Result<PathMount> {
