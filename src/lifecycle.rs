@@ -5,7 +5,9 @@
 //! - every side effect is preceded by a journal record of the intent, and every step is
 //!   idempotent, so a crash anywhere is finished or undone by [`Lifecycle::reconstruct`];
 //! - a failed mount leaves nothing behind that it created (rollback), and never formats;
-//! - moor unmounts only what a record or the volume key says it owns;
+//! - moor unmounts only what [`owned::may_unmount`] says it made (by recorded mount id);
+//! - pod and stage directories are reached through fds opened once beneath the kubelet dir
+//!   (`host::target`), never through a path walked again;
 //! - directories are removed with `rmdir` only, after checking they are not mount points.
 //!
 //! Callers serialise operations per volume key (the daemon's executor does); the methods
@@ -713,19 +715,21 @@ impl Lifecycle {
         previous: Option<StageRecord>,
     ) {
         let key = plan.spec.key.as_str();
-        let unmounted = self
-            .open_target(stage_path, false)
-            .and_then(|held| match held {
-                Some(t) => {
-                    self.unmount_guarded(&t, Place::Stage, key, true, rec.mount_id, None, false)
-                }
-                None => Ok(false),
-            });
+        let held = self.open_target(stage_path, false);
+        let unmounted = match &held {
+            Ok(Some(t)) => {
+                self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(Error::Internal(e.to_string())),
+        };
         if let Err(e) = unmounted {
             tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
             return;
         }
-        remove_empty_dir(stage_path);
+        if let Ok(Some(t)) = &held {
+            remove_empty_target(t);
+        }
         if let Err(e) = plan.driver.detach(&self.host, rec) {
             tracing::error!(volume = key, error = %e, "rollback: detach failed; record kept");
             return;
@@ -947,9 +951,9 @@ impl Lifecycle {
         self.state().stages.insert(key.into(), rec.clone());
         pause_point("unstage:intent");
         let stage_path = self.stage_path(&rec.driver, key);
-        if let Some(t) = self.open_target(&stage_path, false)? {
-            let plain =
-                self.unmount_guarded(&t, Place::Stage, key, true, rec.mount_id, None, false);
+        let held = self.open_target(&stage_path, false)?;
+        if let Some(t) = &held {
+            let plain = self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false);
             match plain {
                 Ok(_) => {}
                 // A share whose server is gone (or hangs) is detached lazily: nothing of it
@@ -957,13 +961,15 @@ impl Lifecycle {
                 // A block stage is never detached lazily: its device is logged out next.
                 Err(e @ Error::Mount { .. }) if matches!(rec.source, StageSource::Remote(_)) => {
                     tracing::warn!(volume = key, error = %e, "unmount of the share failed; detaching it lazily");
-                    self.unmount_guarded(&t, Place::Stage, key, true, rec.mount_id, None, true)?;
+                    self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, true)?;
                 }
                 Err(e) => return Err(e),
             }
         }
         pause_point("unstage:unmounted");
-        remove_empty_dir(&stage_path);
+        if let Some(t) = &held {
+            remove_empty_target(t);
+        }
         let driver = self.driver(&rec.driver)?;
         driver.detach(&self.host, &rec)?;
         if rec.fs_type.is_some() {
@@ -1101,7 +1107,9 @@ impl Lifecycle {
                 if self.journal.put_stage(&s).is_ok() {
                     self.state().stages.insert(s.key.clone(), s);
                 }
-                remove_empty_dir(&stage_path);
+                if let Ok(Some(t)) = self.open_target(&stage_path, false) {
+                    remove_empty_target(&t);
+                }
                 report.idled += 1;
             }
             (_, _, n) if n > 0 => {
@@ -1518,12 +1526,15 @@ impl Lifecycle {
     }
 }
 
-/// `rmdir`, never a recursive removal; a non-empty or mounted directory stays.
-fn remove_empty_dir(p: &Path) {
-    match std::fs::remove_dir(p) {
+/// `rmdir` through the held parent, never a recursive removal; a non-empty or mounted
+/// directory stays.
+fn remove_empty_target(t: &Target) {
+    match t.remove_dir() {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::debug!(path = %p.display(), error = %e, "directory left in place"),
+        Err(e) => {
+            tracing::debug!(path = %t.path().display(), error = %e, "directory left in place")
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //! Invariants: the request path asks targeted questions (`statx` for "is this a mount
 //! root, which device") and never reads the whole mount table; a full snapshot of
 //! `/proc/self/mountinfo` is for start-up and the reconciler only. Unmount never follows a
-//! symlink at the target (`UMOUNT_NOFOLLOW`). Filesystem mounts run with a deadline off the
-//! caller's thread, because a mount can block in the kernel.
+//! symlink at the target (`UMOUNT_NOFOLLOW`); the lifecycle's mounts and unmounts go through
+//! held [`Target`]s (see [`super::target`]), never a path walked again. Filesystem mounts run
+//! with a deadline off the caller's thread, because a mount can block in the kernel.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;

@@ -79,6 +79,23 @@ impl Target {
         }
     }
 
+    /// Removes the target directory if it is empty (`rmdir` through the held parent: never
+    /// a recursive removal, never a directory elsewhere).
+    pub fn remove_dir(&self) -> std::io::Result<()> {
+        match &self.parent {
+            Some(fd) => {
+                let c = cstr(&self.name)?;
+                // SAFETY: `c` is NUL-terminated and `fd` a valid directory fd.
+                let r = unsafe { libc::unlinkat(fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) };
+                if r != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            }
+            None => std::fs::remove_dir(&self.path),
+        }
+    }
+
     /// Opens the target directory itself (`O_PATH`), refusing a symlink in its place.
     pub fn open_dir(&self) -> std::io::Result<OwnedFd> {
         match &self.parent {
