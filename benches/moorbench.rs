@@ -1037,7 +1037,6 @@ fn table_refresh(n: usize) -> Result<(f64, f64)> {
     let table = moor::host::KernelMounts {
         mountinfo: "/proc/self/mountinfo".into(),
         kubelet_dir: "/".into(),
-        kubelet_fd: Default::default(),
     };
     let mut own = Vec::new();
     let mut fm = Vec::new();

@@ -523,3 +523,31 @@ fn block_mount_options_survive_on_every_pod_bind() {
     d.unmount("pod-c", "vol").assert_ok();
     assert_eq!(d.mounts(), NONE);
 }
+
+/// The kubelet dir gets a filesystem mounted on it after the daemon started (a node whose
+/// `/var/lib/kubelet` mount comes up late): moor's held fd must follow, so the pod sees its
+/// volume at the path kubelet uses, not in the directory now hidden under the mount.
+#[test]
+fn a_kubelet_dir_mounted_after_start_is_followed() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let src = source(&d, "ssd1");
+    d.mount("pod-a", "vol", json!({"path": s(&src)}))
+        .assert_ok();
+    d.unmount("pod-a", "vol").assert_ok();
+    sh(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=4m", "late", s(&d.kubelet_dir())],
+    );
+    d.mount("pod-b", "vol", json!({"path": s(&src)}))
+        .assert_ok();
+    let pod = d.pod_dir("pod-b", "vol");
+    assert_eq!(
+        std::fs::read_to_string(pod.join("existing")).unwrap(),
+        "already here",
+        "the bind is not where kubelet looks"
+    );
+    d.unmount("pod-b", "vol").assert_ok();
+    sh("umount", &[s(&d.kubelet_dir())]);
+    assert_eq!(d.mounts(), NONE);
+}

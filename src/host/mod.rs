@@ -46,7 +46,6 @@ impl Host {
         let kernel = Arc::new(KernelMounts {
             mountinfo: paths.proc.join("self/mountinfo"),
             kubelet_dir: paths.kubelet_dir.clone(),
-            kubelet_fd: Default::default(),
         });
         Host {
             blockdev: BlockDevices {

@@ -164,34 +164,16 @@ pub struct KernelMounts {
     pub mountinfo: PathBuf,
     /// The kubelet dir: every target is opened beneath it.
     pub kubelet_dir: PathBuf,
-    /// The kubelet dir's fd, opened at first use and held; opened again only when the
-    /// kubelet dir's path now names another directory (a filesystem mounted on it after
-    /// moor started), so targets never land in a directory kubelet no longer sees.
-    pub kubelet_fd: std::sync::Mutex<Option<std::sync::Arc<std::os::fd::OwnedFd>>>,
 }
 
 impl KernelMounts {
-    fn root(&self) -> std::io::Result<std::sync::Arc<std::os::fd::OwnedFd>> {
-        use std::os::fd::AsFd;
-        let identity = |fd: std::os::fd::BorrowedFd<'_>| -> std::io::Result<(u64, u64, u64)> {
-            let m = target::statx_at(fd, std::ffi::OsStr::new(""))?;
-            let st = nix::sys::stat::fstat(fd).map_err(std::io::Error::from)?;
-            Ok((m.mount_id, st.st_dev, st.st_ino))
-        };
-        let fresh = target::open_dir_path(&self.kubelet_dir)?;
-        let now = identity(fresh.as_fd())?;
-        let mut held = self.kubelet_fd.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(fd) = held.as_ref()
-            && identity(fd.as_fd()).ok() == Some(now)
-        {
-            return Ok(fd.clone());
-        }
-        if held.is_some() {
-            tracing::warn!(kubelet_dir = %self.kubelet_dir.display(), "the kubelet dir now names another directory; holding the new one");
-        }
-        let fd = std::sync::Arc::new(fresh);
-        *held = Some(fd.clone());
-        Ok(fd)
+    /// The kubelet dir, opened for one operation. Not held across operations: an open fd
+    /// pins its mount (the operator's `umount /var/lib/kubelet` would answer EBUSY) and
+    /// would keep pointing into a directory a later mount hid. The kubelet dir's own path is
+    /// root's configuration; what a swap can attack is below it, and that is walked from
+    /// this fd.
+    fn root(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        target::open_dir_path(&self.kubelet_dir)
     }
 }
 
