@@ -837,11 +837,14 @@ impl Lifecycle {
                 (Some(t), Some(id)) => self
                     .unmount_guarded(t, Place::PodDir, &stage.key, true, Some(id), None, false)
                     .is_err(),
-                _ => false,
+                // Nothing made, but something is still there (the earlier step refused it):
+                // moor's own earlier bind may be under it, so its record must stay.
+                (Some(t), None) => !matches!(self.found_at(t), Ok(Found::Nothing)),
+                (None, _) => false,
             };
             if still_mounted {
                 rec.phase = PublishPhase::Unpublishing;
-                rec.mount_id = made;
+                rec.mount_id = made.or(earlier);
                 let _ = self.journal.put_publish(&rec);
                 self.state().put_publish(rec);
             } else {

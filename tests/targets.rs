@@ -551,3 +551,36 @@ fn a_kubelet_dir_mounted_after_start_is_followed() {
     sh("umount", &[s(&d.kubelet_dir())]);
     assert_eq!(d.mounts(), NONE);
 }
+
+/// Item 6, the rollback that unmounted what the check three lines earlier refused: a busy
+/// unmount leaves moor's bind (record `unpublishing`), someone stacks a tmpfs on the pod
+/// dir, kubelet retries `mount`. moor must refuse, leave the tmpfs, and keep owning its own
+/// bind underneath, so the unmount completes once the tmpfs and the open file are gone.
+#[test]
+fn a_mount_retry_over_a_foreign_mount_keeps_moors_bind_owned() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let src = source(&d, "ssd1");
+    let opts = json!({"path": s(&src)});
+    d.mount("pod-a", "vol", opts.clone()).assert_ok();
+    let pod = d.pod_dir("pod-a", "vol");
+    let held = std::fs::File::create(pod.join("open-file")).unwrap();
+    assert_failure(&d.unmount("pod-a", "vol"), "mount_busy", &[]);
+    sh("mount", &["-t", "tmpfs", "-o", "size=1m", "foreign", s(&pod)]);
+    std::fs::write(pod.join("foreign-file"), "not moor's").unwrap();
+
+    let r = d.mount("pod-a", "vol", opts);
+    assert_eq!(r.status(), "Failure", "{}", r.json);
+    assert_eq!(
+        std::fs::read_to_string(pod.join("foreign-file")).unwrap(),
+        "not moor's",
+        "the rollback unmounted the foreign mount"
+    );
+    assert_eq!(mount_entries_at(&pod).len(), 2);
+
+    sh("umount", &[s(&pod)]);
+    drop(held);
+    d.unmount("pod-a", "vol").assert_ok();
+    assert_eq!(d.mounts(), NONE, "moor's own bind was orphaned");
+    assert_eq!(d.active_stage_records(), Vec::<serde_json::Value>::new());
+}
