@@ -566,7 +566,10 @@ fn a_mount_retry_over_a_foreign_mount_keeps_moors_bind_owned() {
     let pod = d.pod_dir("pod-a", "vol");
     let held = std::fs::File::create(pod.join("open-file")).unwrap();
     assert_failure(&d.unmount("pod-a", "vol"), "mount_busy", &[]);
-    sh("mount", &["-t", "tmpfs", "-o", "size=1m", "foreign", s(&pod)]);
+    sh(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=1m", "foreign", s(&pod)],
+    );
     std::fs::write(pod.join("foreign-file"), "not moor's").unwrap();
 
     let r = d.mount("pod-a", "vol", opts);
