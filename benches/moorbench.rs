@@ -1047,6 +1047,7 @@ fn table_refresh(n: usize) -> Result<(f64, f64)> {
     use moor::host::MountTable;
     let table = moor::host::KernelMounts {
         mountinfo: "/proc/self/mountinfo".into(),
+        kubelet_dir: "/".into(),
     };
     let mut own = Vec::new();
     let mut fm = Vec::new();

@@ -53,10 +53,22 @@ pub enum Error {
         detail: String,
     },
     /// A mount moor does not own: moor never unmounts it.
-    #[error("{target} is mounted, but not by moor (no record of it); leaving it alone")]
+    #[error("{detail}; leaving it alone")]
     NotOwned {
         /// The mount point.
         target: PathBuf,
+        /// What is there, and what moor made there if anything (the ownership refusal).
+        detail: String,
+    },
+    /// Mount options a bind cannot carry (filesystem-specific ones on a directory volume).
+    #[error(
+        "volume {volume}: mountOptions {options} cannot be applied to a bind of a directory (only ro, nosuid, nodev, noexec, noatime, nodiratime, relatime, strictatime can); remove them"
+    )]
+    BindOptions {
+        /// Volume key.
+        volume: String,
+        /// The options refused.
+        options: String,
     },
     /// A different filesystem than the one moor staged before: the device path now points
     /// at another disk.
@@ -137,6 +149,7 @@ impl Error {
             Error::UnknownDriver(..) => "unknown_driver",
             Error::TargetBusy { .. } => "target_busy",
             Error::NotOwned { .. } => "not_owned",
+            Error::BindOptions { .. } => "bad_options",
             Error::DeviceChanged { .. } => "device_changed",
             Error::NoDevice { .. } => "no_device",
             Error::RemoteMount { detail, .. } if detail.contains("did not finish within") => {

@@ -5,14 +5,16 @@
 //! - every side effect is preceded by a journal record of the intent, and every step is
 //!   idempotent, so a crash anywhere is finished or undone by [`Lifecycle::reconstruct`];
 //! - a failed mount leaves nothing behind that it created (rollback), and never formats;
-//! - moor unmounts only what a record or the volume key says it owns;
+//! - moor unmounts only what [`owned::may_unmount`] says it made (by recorded mount id);
+//! - pod and stage directories are reached through fds opened once beneath the kubelet dir
+//!   (`host::target`), never through a path walked again;
 //! - directories are removed with `rmdir` only, after checking they are not mount points.
 //!
 //! Callers serialise operations per volume key (the daemon's executor does); the methods
 //! here only take the short internal state lock.
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,13 +28,15 @@ use crate::flexvolume::VolumeOptions;
 use crate::fs::{self, Prepared, format::FormatRequest};
 use crate::host::allow::{AllowList, Resolved, SourceObject};
 use crate::host::mounts::{is_dead_mount_error, split_options};
-use crate::host::{FsMount, Host, PodVolumeDir};
+use crate::host::{FsMount, Host, PathError, PodVolumeDir, Target};
 use crate::journal::{
-    Journal, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource,
+    Journal, MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord,
+    StageSource,
 };
 use crate::local::discover::IdSources;
 use crate::share;
 use crate::testhook::pause_point;
+use owned::{Found, Place, UnmountFacts, Verdict};
 
 /// A staged network filesystem, as the stale-mount probe sees it.
 #[derive(Debug, Clone)]
@@ -307,6 +311,9 @@ impl Lifecycle {
         if let Some(h) = &held {
             self.known_local_source(driver.name(), &mut spec, h)?;
         }
+        if matches!(spec.source, StageSource::Directory { .. }) {
+            bind_flags(&spec.key, &spec.mount_options)?;
+        }
         Ok(MountPlan {
             driver,
             target,
@@ -404,6 +411,7 @@ impl Lifecycle {
     pub fn mount(&self, plan: &MountPlan) -> Result<MountOutcome, Error> {
         let target = &plan.target.path;
         let existing = self.state().publishes.get(target).cloned();
+        let previous = existing.clone();
         match existing {
             Some(p) if p.key != plan.spec.key => {
                 return Err(Error::TargetBusy {
@@ -414,7 +422,7 @@ impl Lifecycle {
             Some(p) if p.phase == PublishPhase::Published && self.is_mount_point(target)? => {
                 return Ok(MountOutcome::AlreadyPublished);
             }
-            Some(mut p) if self.is_mount_point(target)? && self.is_bind_of_stage(target, &p) => {
+            Some(mut p) if self.is_mount_point(target)? && self.is_our_bind(&p) => {
                 // Our bind is still there (an unmount that failed half-way, a crash before
                 // the Published record): kubelet wants it mounted, so it simply is.
                 p.phase = PublishPhase::Published;
@@ -433,7 +441,7 @@ impl Lifecycle {
             }
         }
         let stage = self.stage(plan)?;
-        if let Err(e) = self.publish(plan, &stage) {
+        if let Err(e) = self.publish(plan, &stage, previous.and_then(|p| p.mount_id)) {
             if self.state().user_count(&plan.spec.key) == 0
                 && let Err(u) = self.unstage(&plan.spec.key)
             {
@@ -457,6 +465,122 @@ impl Lifecycle {
         }
     }
 
+    /// Opens a pod or stage directory once, beneath the kubelet dir with no symlink on the
+    /// way (see [`crate::host::target`]); `None` when it (or a parent) does not exist.
+    fn open_target(&self, path: &Path, create: bool) -> Result<Option<Target>, Error> {
+        match self.host.mounts.open_target(path, create) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+                ) =>
+            {
+                Err(Error::Path(PathError::Symlink {
+                    path: path.display().to_string(),
+                    component: format!("a component of it ({e})"),
+                }))
+            }
+            Err(source) => Err(Error::Io {
+                what: "open",
+                path: path.into(),
+                source,
+            }),
+        }
+    }
+
+    /// What is mounted on a held target now.
+    fn found_at(&self, t: &Target) -> Result<Found, Error> {
+        match self.host.mounts.target_mount(t) {
+            Ok(m) if m.is_mount_root => Ok(Found::Mount(m)),
+            Ok(_) => Ok(Found::Nothing),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Nothing),
+            Err(e) if is_dead_mount_error(&e) => Ok(Found::Dead),
+            Err(source) => Err(Error::Io {
+                what: "statx",
+                path: t.path().into(),
+                source,
+            }),
+        }
+    }
+
+    /// The facts [`owned::may_unmount`] decides on, gathered now.
+    fn unmount_facts<'a>(
+        &self,
+        t: &'a Target,
+        place: Place,
+        recorded: bool,
+        mount_id: Option<MountId>,
+        stage_path: Option<&Path>,
+    ) -> Result<UnmountFacts<'a>, Error> {
+        let found = self.found_at(t)?;
+        let stage_now = match (place, mount_id, stage_path) {
+            (Place::PodDir, None, Some(sp)) => self.host.mounts.path_mount(sp).ok(),
+            _ => None,
+        };
+        Ok(UnmountFacts {
+            path: t.path(),
+            place,
+            recorded,
+            mount_id,
+            found,
+            stage_now,
+        })
+    }
+
+    /// Every unmount moor does goes through here: it unmounts what is on `t` only when the
+    /// ownership decision says it is moor's, and answers `not_owned` otherwise (the record
+    /// stays). Returns whether something was unmounted.
+    #[allow(clippy::too_many_arguments)]
+    fn unmount_guarded(
+        &self,
+        t: &Target,
+        place: Place,
+        key: &str,
+        recorded: bool,
+        mount_id: Option<MountId>,
+        stage_path: Option<&Path>,
+        lazy: bool,
+    ) -> Result<bool, Error> {
+        let facts = self.unmount_facts(t, place, recorded, mount_id, stage_path)?;
+        match owned::may_unmount(&facts) {
+            Ok(Verdict::NothingMounted) => Ok(false),
+            Ok(Verdict::Unmount) => {
+                let lazy = lazy || facts.found == Found::Dead;
+                match self
+                    .host
+                    .mounter
+                    .unmount_target(t, lazy, self.timeouts.unmount)
+                {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.errno() == Some(Errno::EINVAL) => Ok(false),
+                    Err(e) => Err(Self::mount_err(key)(e)),
+                }
+            }
+            Err(refusal) => {
+                tracing::warn!(volume = key, target = %t.path().display(), refusal = %refusal, "not unmounting a mount moor did not make");
+                Err(Error::NotOwned {
+                    target: t.path().into(),
+                    detail: refusal.to_string(),
+                })
+            }
+        }
+    }
+
+    /// True when the ownership decision would let moor unmount what is on `t`: the mount
+    /// there is the one moor recorded.
+    fn owns(
+        &self,
+        t: &Target,
+        place: Place,
+        mount_id: Option<MountId>,
+        stage_path: Option<&Path>,
+    ) -> bool {
+        self.unmount_facts(t, place, true, mount_id, stage_path)
+            .is_ok_and(|f| owned::may_unmount(&f) == Ok(Verdict::Unmount))
+    }
+
     fn mount_err(volume: &str) -> impl Fn(crate::host::MountError) -> Error + '_ {
         move |source| Error::Mount {
             volume: volume.into(),
@@ -477,6 +601,16 @@ impl Lifecycle {
             && rec.phase == StagePhase::Staged
             && self.is_mount_point(&stage_path)?
         {
+            let held = self.open_target(&stage_path, false)?;
+            if !held
+                .as_ref()
+                .is_some_and(|t| self.owns(t, Place::Stage, rec.mount_id, None))
+            {
+                return Err(Error::TargetBusy {
+                    target: stage_path,
+                    detail: "the mount on the stage is not the one moor made; remove the other mount first".into(),
+                });
+            }
             // An attached device's path is the attach's to choose; the key names the volume.
             let attaching = matches!(plan.spec.source, StageSource::Attached { .. });
             let same = rec.source == plan.spec.source
@@ -506,6 +640,8 @@ impl Lifecycle {
             read_only: is_block && plan.opts.read_only,
             phase: StagePhase::Staging,
             formatted_by_moor: previous.as_ref().is_some_and(|r| r.formatted_by_moor),
+            mount_id: None,
+            adopted: false,
         };
         self.journal.put_stage(&rec)?;
         self.state().stages.insert(key.into(), rec.clone());
@@ -544,36 +680,57 @@ impl Lifecycle {
             self.state().stages.insert(key.into(), rec.clone());
         }
         pause_point("stage:attached");
-        make_dir(stage_path, 0o750)?;
-        if self.is_mount_point(stage_path)? {
-            // A leftover of an interrupted stage of this same key: ours by the key's path.
-            self.host
-                .mounter
-                .unmount(stage_path, false, self.timeouts.unmount)
-                .map_err(Self::mount_err(key))?;
-        }
+        let held = self.open_target(stage_path, true)?.ok_or_else(|| {
+            Error::Internal(format!("stage dir {} vanished", stage_path.display()))
+        })?;
+        // A leftover of an interrupted stage of this same key (its record has no mount id).
+        let recorded = self.state().stages.contains_key(key);
+        self.unmount_guarded(&held, Place::Stage, key, recorded, None, None, false)?;
         match rec.source.clone() {
             // The object resolved at plan time, through its fd: a path swapped since cannot
             // redirect the bind.
             StageSource::Directory { path } => {
+                let flags = bind_flags(key, &plan.spec.mount_options)?;
                 let source = match &plan.held {
-                    Some(h) => h.fd_path(&self.host.paths.proc),
-                    None => path,
+                    Some(h) => Target::held_dir(
+                        &path,
+                        h.dup_fd().map_err(|source| Error::Io {
+                            what: "hold the source directory",
+                            path: path.clone(),
+                            source,
+                        })?,
+                    ),
+                    None => Target::by_path(&path),
                 };
-                self.host
+                let m = self
+                    .host
                     .mounter
-                    .bind(&source, stage_path, false)
-                    .map_err(Self::mount_err(key))
+                    .bind_target(&source, &held, flags)
+                    .map_err(Self::mount_err(key))?;
+                rec.mount_id = Some(m.into());
+                Ok(())
             }
             StageSource::Block { device }
             | StageSource::Attached {
                 device: Some(device),
-            } => self.stage_block(plan, &device, stage_path, rec),
+            } => self.stage_block(plan, &device, &held, rec),
             StageSource::Attached { device: None } => Err(Error::NoDevice {
                 volume: key.into(),
                 driver: plan.driver.name(),
             }),
-            StageSource::Remote(remote) => self.mount_remote(key, &remote, stage_path),
+            StageSource::Remote(remote) => {
+                self.mount_remote(key, &remote, stage_path)?;
+                rec.mount_id = self.mount_id_at(&held);
+                Ok(())
+            }
+        }
+    }
+
+    /// The identity of the mount on a held target now (right after moor made it).
+    fn mount_id_at(&self, t: &Target) -> Option<MountId> {
+        match self.found_at(t) {
+            Ok(Found::Mount(m)) => Some(m.into()),
+            _ => None,
         }
     }
 
@@ -581,11 +738,12 @@ impl Lifecycle {
         &self,
         plan: &MountPlan,
         device: &Path,
-        stage_path: &Path,
+        held: &Target,
         rec: &mut StageRecord,
     ) -> Result<(), Error> {
         let key = plan.spec.key.as_str();
         self.claim_device(key, device, rec)?;
+        let stage_path = held.path();
         // One disk is staged once: not under a second path, not while mounted elsewhere.
         fs::check_exclusive(key, device)?;
         let known = rec.known_filesystem();
@@ -624,10 +782,12 @@ impl Lifecycle {
             flags,
             data,
         };
-        self.host
+        let made = self
+            .host
             .mounter
-            .mount(&m, self.timeouts.mount)
+            .mount_target(&m, held, self.timeouts.mount)
             .map_err(Self::mount_err(key))?;
+        rec.mount_id = Some(made.into());
         rec.fs_type = Some(prepared.fs_type().into());
         rec.fs_uuid = prepared.uuid().map(str::to_owned);
         rec.formatted_by_moor |= matches!(prepared, Prepared::Formatted { .. });
@@ -731,9 +891,12 @@ impl Lifecycle {
                 ),
             });
         }
+        let held = self.open_target(stage_path, false)?.ok_or_else(|| {
+            Error::Internal(format!("stage dir {} vanished", stage_path.display()))
+        })?;
         self.host
             .mounter
-            .remount(stage_path, false)
+            .remount(&held.proc_path(), false)
             .map_err(Self::mount_err(&rec.key))?;
         let mut rec = rec.clone();
         rec.read_only = false;
@@ -750,16 +913,21 @@ impl Lifecycle {
         previous: Option<StageRecord>,
     ) {
         let key = plan.spec.key.as_str();
-        if self.is_mount_point(stage_path).unwrap_or(false)
-            && let Err(e) = self
-                .host
-                .mounter
-                .unmount(stage_path, false, self.timeouts.unmount)
-        {
+        let held = self.open_target(stage_path, false);
+        let unmounted = match &held {
+            Ok(Some(t)) => {
+                self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(Error::Internal(e.to_string())),
+        };
+        if let Err(e) = unmounted {
             tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
             return;
         }
-        remove_empty_dir(stage_path);
+        if let Ok(Some(t)) = &held {
+            remove_empty_target(t);
+        }
         if let Err(e) = plan.driver.detach(&self.host, rec) {
             tracing::error!(volume = key, error = %e, "rollback: detach failed; record kept");
             return;
@@ -790,7 +958,12 @@ impl Lifecycle {
         };
     }
 
-    fn publish(&self, plan: &MountPlan, stage: &StageRecord) -> Result<(), Error> {
+    fn publish(
+        &self,
+        plan: &MountPlan,
+        stage: &StageRecord,
+        earlier: Option<MountId>,
+    ) -> Result<(), Error> {
         let target = &plan.target.path;
         let stage_path = self.stage_path(&stage.driver, &stage.key);
         let mut rec = PublishRecord {
@@ -802,40 +975,74 @@ impl Lifecycle {
             namespace: plan.opts.pod_namespace.clone(),
             read_only: plan.opts.read_only,
             phase: PublishPhase::Publishing,
+            mount_id: earlier,
         };
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec.clone());
         pause_point("publish:intent");
-        let steps = || -> Result<(), Error> {
-            make_dir(target, 0o750)?;
-            if self.is_mount_point(target)? {
-                // Our own earlier, interrupted bind (the record says so): redo it cleanly.
-                self.unmount_if_ours(target, &stage_path, &stage.key)?;
-            }
-            self.host
+        let mut made: Option<MountId> = None;
+        let mut held: Option<Target> = None;
+        let mut steps = || -> Result<(), Error> {
+            let t = self
+                .open_target(target, true)?
+                .ok_or_else(|| Error::Internal(format!("{} vanished", target.display())))?;
+            let t = held.insert(t);
+            // Our own earlier, interrupted bind (the record says so): redo it cleanly.
+            self.unmount_guarded(
+                t,
+                Place::PodDir,
+                &stage.key,
+                true,
+                earlier,
+                Some(&stage_path),
+                false,
+            )?;
+            let source = self
+                .open_target(&stage_path, false)?
+                .ok_or_else(|| Error::Internal(format!("{} vanished", stage_path.display())))?;
+            let flags = if plan.opts.read_only {
+                nix::mount::MsFlags::MS_RDONLY
+            } else {
+                nix::mount::MsFlags::empty()
+            };
+            let m = self
+                .host
                 .mounter
-                .bind(&stage_path, target, plan.opts.read_only)
+                .bind_target(&source, t, flags)
                 .map_err(Self::mount_err(&stage.key))?;
+            made = Some(m.into());
+            pause_point("publish:bound-before-fsgroup");
             if let (Some(gid), false) = (plan.opts.fs_group, plan.opts.read_only) {
-                apply_fs_group(&stage_path, gid).map_err(|source| Error::Io {
+                // Through the stage moor checked, not the pod dir: whatever got stacked on
+                // the pod dir since the bind is not moor's to chgrp.
+                let changed = if source.parent().is_some() {
+                    crate::host::target::fs_group(&source, gid)
+                } else {
+                    apply_fs_group(&stage_path, gid)
+                };
+                changed.map_err(|source| Error::Io {
                     what: "apply fsGroup to",
-                    path: stage_path.clone(),
+                    path: target.clone(),
                     source,
                 })?;
             }
             Ok(())
         };
         if let Err(e) = steps() {
-            let still_mounted = self.is_mount_point(target).unwrap_or(true)
-                && self
-                    .host
-                    .mounter
-                    .unmount(target, false, self.timeouts.unmount)
-                    .is_err();
+            // Only the bind this call made may go; a refusal (something else stacked on it
+            // now) keeps the record, so kubelet's next unmount can still remove ours.
+            let still_mounted = match (&held, made) {
+                (Some(t), Some(id)) => self
+                    .unmount_guarded(t, Place::PodDir, &stage.key, true, Some(id), None, false)
+                    .is_err(),
+                // Nothing made, but something is still there (the earlier step refused it):
+                // moor's own earlier bind may be under it, so its record must stay.
+                (Some(t), None) => !matches!(self.found_at(t), Ok(Found::Nothing)),
+                (None, _) => false,
+            };
             if still_mounted {
-                // Never forget a bind that is still there: the record keeps it owned, so
-                // kubelet's next unmount can remove it (no orphaned pod directory).
                 rec.phase = PublishPhase::Unpublishing;
+                rec.mount_id = made.or(earlier);
                 let _ = self.journal.put_publish(&rec);
                 self.state().put_publish(rec);
             } else {
@@ -846,64 +1053,37 @@ impl Lifecycle {
         }
         pause_point("publish:bound");
         rec.phase = PublishPhase::Published;
+        rec.mount_id = made;
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec);
         tracing::info!(volume = %stage.key, target = %target.display(), pod_uid = %plan.target.pod_uid, read_only = plan.opts.read_only, "published");
         Ok(())
     }
 
-    /// True when `target` is mounted from the same filesystem as `p`'s stage.
-    fn is_bind_of_stage(&self, target: &Path, p: &PublishRecord) -> bool {
-        let stage = self
-            .host
-            .mounts
-            .path_mount(&self.stage_path(&p.driver, &p.key));
-        let bind = self.host.mounts.path_mount(target);
-        matches!((stage, bind), (Ok(s), Ok(t)) if s.is_mount_root && t.is_mount_root && s.dev == t.dev)
+    /// True when the mount on `p`'s pod dir is the bind moor recorded for it.
+    fn is_our_bind(&self, p: &PublishRecord) -> bool {
+        let stage_path = self.stage_path(&p.driver, &p.key);
+        matches!(self.open_target(&p.target, false), Ok(Some(t))
+            if self.owns(&t, Place::PodDir, p.mount_id, Some(&stage_path)))
     }
 
-    /// Unmounts `target` only if it is a bind of the stage (same device); refuses otherwise.
-    fn unmount_if_ours(&self, target: &Path, stage_path: &Path, key: &str) -> Result<(), Error> {
-        let t = match self.host.mounts.path_mount(target) {
-            Ok(t) => t,
-            // A dead share under a path moor's record owns: detach it without asking it.
-            Err(e) if is_dead_mount_error(&e) => return self.detach_dead(target, key),
-            Err(source) => {
-                return Err(Error::Io {
-                    what: "statx",
-                    path: target.into(),
-                    source,
-                });
-            }
+    /// Refuses with `not_owned` when the stage's mount is not the one moor made: checked
+    /// before the last pod's bind goes, so a refused unstage leaves the whole volume as it
+    /// was and kubelet's retry can finish it once the other mount is gone.
+    fn check_stage_owned(&self, key: &str) -> Result<(), Error> {
+        let Some(rec) = self.state().stages.get(key).cloned() else {
+            return Ok(());
         };
-        let stage = self.host.mounts.path_mount(stage_path).ok();
-        if let Some(s) = &stage
-            && s.is_mount_root
-            && s.dev != t.dev
-        {
-            return Err(Error::NotOwned {
-                target: target.into(),
-            });
-        }
-        // While the stage holds the same filesystem, this bind is not its last reference:
-        // unmounting it cannot wait on a server, so no deadline thread is needed.
-        let stage_holds_it = stage.is_some_and(|s| s.is_mount_root && s.dev == t.dev);
-        let result = if stage_holds_it {
-            self.host.mounter.unmount_bind(target)
-        } else {
-            self.host
-                .mounter
-                .unmount(target, false, self.timeouts.unmount)
+        let Some(t) = self.open_target(&self.stage_path(&rec.driver, key), false)? else {
+            return Ok(());
         };
-        result
-            .or_else(|e| {
-                if e.errno() == Some(Errno::EINVAL) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
+        let facts = self.unmount_facts(&t, Place::Stage, true, rec.mount_id, None)?;
+        owned::may_unmount(&facts)
+            .map(drop)
+            .map_err(|refusal| Error::NotOwned {
+                target: t.path().into(),
+                detail: refusal.to_string(),
             })
-            .map_err(Self::mount_err(key))
     }
 
     /// unpublish, then unstage + detach when no publish remains. Idempotent: a directory
@@ -911,19 +1091,41 @@ impl Lifecycle {
     pub fn unmount(&self, driver: Option<&str>, target: &str) -> Result<UnmountOutcome, Error> {
         let dir = self.host.paths.pod_volume_dir(target, driver)?;
         let target = dir.path;
+        let held = self.open_target(&target, false)?;
         let Some(mut rec) = self.state().publishes.get(&target).cloned() else {
-            if self.is_mount_point(&target)? {
-                return Err(Error::NotOwned { target });
+            if let Some(t) = &held {
+                self.unmount_guarded(t, Place::PodDir, "", false, None, None, false)?;
             }
             return Ok(UnmountOutcome::NotMounted);
         };
+        let stage_path = self.stage_path(&rec.driver, &rec.key);
+        if self.state().user_count(&rec.key) <= 1 {
+            self.check_stage_owned(&rec.key)?;
+        }
+        if let Some(t) = &held {
+            let facts =
+                self.unmount_facts(t, Place::PodDir, true, rec.mount_id, Some(&stage_path))?;
+            if let Err(refusal) = owned::may_unmount(&facts) {
+                return Err(Error::NotOwned {
+                    target: target.clone(),
+                    detail: refusal.to_string(),
+                });
+            }
+        }
         rec.phase = PublishPhase::Unpublishing;
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec.clone());
         pause_point("unpublish:intent");
-        if self.is_mount_point(&target)? {
-            let stage_path = self.stage_path(&rec.driver, &rec.key);
-            self.unmount_if_ours(&target, &stage_path, &rec.key)?;
+        if let Some(t) = &held {
+            self.unmount_guarded(
+                t,
+                Place::PodDir,
+                &rec.key,
+                true,
+                rec.mount_id,
+                Some(&stage_path),
+                false,
+            )?;
         }
         pause_point("unpublish:unmounted");
         self.journal.remove_publish(&target)?;
@@ -950,31 +1152,32 @@ impl Lifecycle {
         self.state().stages.insert(key.into(), rec.clone());
         pause_point("unstage:intent");
         let stage_path = self.stage_path(&rec.driver, key);
-        if self.is_mount_point(&stage_path)? {
-            let plain = self
-                .host
-                .mounter
-                .unmount(&stage_path, false, self.timeouts.unmount);
+        let held = self.open_target(&stage_path, false)?;
+        if let Some(t) = &held {
+            let plain = self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false);
             match plain {
-                Ok(()) => {}
+                Ok(_) => {}
                 // A share whose server is gone (or hangs) is detached lazily: nothing of it
                 // is left to flush to a device, and kubelet must get its directory back.
                 // A block stage is never detached lazily: its device is logged out next.
-                Err(e) if matches!(rec.source, StageSource::Remote(_)) => {
+                Err(e @ Error::Mount { .. }) if matches!(rec.source, StageSource::Remote(_)) => {
                     tracing::warn!(volume = key, error = %e, "unmount of the share failed; detaching it lazily");
-                    self.detach_dead(&stage_path, key)?;
+                    self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, true)?;
                 }
-                Err(e) => return Err(Self::mount_err(key)(e)),
+                Err(e) => return Err(e),
             }
         }
         pause_point("unstage:unmounted");
-        remove_empty_dir(&stage_path);
+        if let Some(t) = &held {
+            remove_empty_target(t);
+        }
         let driver = self.driver(&rec.driver)?;
         driver.detach(&self.host, &rec)?;
         if rec.fs_type.is_some() {
             // A block volume stays remembered (idle) with the filesystem moor saw, so if it
             // ever looks blank later it is refused, not formatted. `moor forget` ends that.
             rec.phase = StagePhase::Idle;
+            rec.mount_id = None;
             self.journal.put_stage(&rec)?;
             self.state().stages.insert(key.into(), rec.clone());
         } else {
@@ -1037,14 +1240,10 @@ impl Lifecycle {
                 // The bind vanished under a live record (someone unmounted it): restore it
                 // if the pod directory and the stage are still there.
                 let stage_ok = self.is_mount_point(&stage_path).unwrap_or(false);
-                if stage_ok
-                    && p.target.is_dir()
-                    && self
-                        .host
-                        .mounter
-                        .bind(&stage_path, &p.target, p.read_only)
-                        .is_ok()
-                {
+                if stage_ok && let Some(id) = self.bind_again(&p, &stage_path) {
+                    p.mount_id = Some(id);
+                    let _ = self.journal.put_publish(&p);
+                    self.state().put_publish(p);
                     report.healed += 1;
                 } else {
                     self.forget_publish(&p.target, report, "its bind is gone");
@@ -1052,7 +1251,22 @@ impl Lifecycle {
             }
             PublishPhase::Publishing | PublishPhase::Unpublishing => {
                 // kubelet never got Success for a Publishing record: undo it, kubelet retries.
-                if mounted && let Err(e) = self.unmount_if_ours(&p.target, &stage_path, &p.key) {
+                let undone = match self.open_target(&p.target, false) {
+                    Ok(Some(t)) if mounted => self
+                        .unmount_guarded(
+                            &t,
+                            Place::PodDir,
+                            &p.key,
+                            true,
+                            p.mount_id,
+                            Some(&stage_path),
+                            false,
+                        )
+                        .map(drop),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = undone {
                     report
                         .problems
                         .push(format!("{}: cannot undo: {e}", p.target.display()));
@@ -1094,7 +1308,9 @@ impl Lifecycle {
                 if self.journal.put_stage(&s).is_ok() {
                     self.state().stages.insert(s.key.clone(), s);
                 }
-                remove_empty_dir(&stage_path);
+                if let Ok(Some(t)) = self.open_target(&stage_path, false) {
+                    remove_empty_target(&t);
+                }
                 report.idled += 1;
             }
             (_, _, n) if n > 0 => {
@@ -1149,15 +1365,25 @@ impl Lifecycle {
             if self.state().stages.contains_key(key) || self.drivers.get(driver).is_none() {
                 continue;
             }
-            let source = if m.source.starts_with("/dev/") {
-                StageSource::Block {
-                    device: m.source.clone().into(),
-                }
-            } else {
-                StageSource::Directory {
-                    path: m.root.clone(),
-                }
-            };
+            // A bind of a directory has a mount root below its filesystem's root; a
+            // filesystem that is also mounted anywhere moor did not make (the host's root
+            // disk, above all) is not a disk moor staged either. Both are adopted as
+            // directories, so expandfs, fsck and mkfs never touch their device.
+            let foreign_too = table.iter().any(|o| {
+                (o.major, o.minor) == (m.major, m.minor)
+                    && !o.mount_point.starts_with(&stage_root)
+                    && !o.mount_point.starts_with(&pods_root)
+            });
+            let source =
+                if m.source.starts_with("/dev/") && m.root == Path::new("/") && !foreign_too {
+                    StageSource::Block {
+                        device: m.source.clone().into(),
+                    }
+                } else {
+                    StageSource::Directory {
+                        path: m.root.clone(),
+                    }
+                };
             let rec = StageRecord {
                 key: key.clone(),
                 driver: driver.clone(),
@@ -1168,6 +1394,8 @@ impl Lifecycle {
                 read_only: m.is_read_only(),
                 phase: StagePhase::Staged,
                 formatted_by_moor: false,
+                mount_id: self.mount_id_of_path(&m.mount_point),
+                adopted: true,
             };
             if self.journal.put_stage(&rec).is_ok() {
                 self.state().stages.insert(key.clone(), rec);
@@ -1202,12 +1430,18 @@ impl Lifecycle {
                 namespace: None,
                 read_only: m.is_read_only(),
                 phase: PublishPhase::Published,
+                mount_id: self.mount_id_of_path(&m.mount_point),
             };
             if self.journal.put_publish(&rec).is_ok() {
                 self.state().put_publish(rec);
                 report.adopted += 1;
             }
         }
+    }
+
+    fn mount_id_of_path(&self, path: &Path) -> Option<MountId> {
+        let t = self.open_target(path, false).ok().flatten()?;
+        self.mount_id_at(&t)
     }
 
     /// Published pod dirs whose bind vanished while the stage is healthy: bind them again.
@@ -1255,14 +1489,43 @@ impl Lifecycle {
         if !self.is_mount_point(&stage_path).unwrap_or(false) {
             return false;
         }
-        match self.host.mounter.bind(&stage_path, &p.target, p.read_only) {
-            Ok(()) => {
-                tracing::warn!(volume = %p.key, target = %p.target.display(), "bind had vanished; restored");
-                true
-            }
+        let Some(id) = self.bind_again(&p, &stage_path) else {
+            return false;
+        };
+        let mut p = p;
+        p.mount_id = Some(id);
+        if let Err(e) = self.journal.put_publish(&p) {
+            tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "bind restored, but its new mount id is not recorded");
+        }
+        tracing::warn!(volume = %p.key, target = %p.target.display(), "bind had vanished; restored");
+        self.state().put_publish(p);
+        true
+    }
+
+    /// Binds the stage onto an existing pod dir again (ro where the pod asked), through the
+    /// held directories; returns the new bind's identity.
+    fn bind_again(&self, p: &PublishRecord, stage_path: &Path) -> Option<MountId> {
+        let run = || -> Result<MountId, Error> {
+            let none = || Error::Internal("directory vanished".into());
+            let t = self.open_target(&p.target, false)?.ok_or_else(none)?;
+            let source = self.open_target(stage_path, false)?.ok_or_else(none)?;
+            let flags = if p.read_only {
+                nix::mount::MsFlags::MS_RDONLY
+            } else {
+                nix::mount::MsFlags::empty()
+            };
+            let m = self
+                .host
+                .mounter
+                .bind_target(&source, &t, flags)
+                .map_err(Self::mount_err(&p.key))?;
+            Ok(m.into())
+        };
+        match run() {
+            Ok(id) => Some(id),
             Err(e) => {
-                tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "cannot restore bind");
-                false
+                tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "cannot bind the pod directory again");
+                None
             }
         }
     }
@@ -1313,47 +1576,54 @@ impl Lifecycle {
                 .collect()
         };
         for p in &pods {
-            self.detach_dead(&p.target, key)?;
+            self.detach_dead(&p.target, Place::PodDir, key, p.mount_id)?;
         }
-        self.detach_dead(&stage_path, key)?;
+        self.detach_dead(&stage_path, Place::Stage, key, rec.mount_id)?;
         self.mount_remote(key, remote, &stage_path)?;
+        if let Some(t) = self.open_target(&stage_path, false)? {
+            let mut rec = rec.clone();
+            rec.mount_id = self.mount_id_at(&t);
+            self.journal.put_stage(&rec)?;
+            self.state().stages.insert(key.into(), rec);
+        }
         let mut rebound = 0;
-        for p in &pods {
+        for p in pods {
             if !p.target.is_dir() {
                 continue;
             }
-            self.host
-                .mounter
-                .bind(&stage_path, &p.target, p.read_only)
-                .map_err(Self::mount_err(key))?;
+            let id = self.bind_again(&p, &stage_path).ok_or_else(|| {
+                Error::Internal(format!("cannot bind {} again", p.target.display()))
+            })?;
+            let mut p = p;
+            p.mount_id = Some(id);
+            self.journal.put_publish(&p)?;
+            self.state().put_publish(p);
             rebound += 1;
         }
         tracing::warn!(volume = key, driver = %rec.driver, server = %remote.server, rebound, "stale mount healed: export mounted again and pod directories bound again");
         Ok(rebound)
     }
 
-    /// Lazily unmounts every mount stacked on `path` (moor's own stage or bind, by record).
-    fn detach_dead(&self, path: &Path, key: &str) -> Result<(), Error> {
-        for _ in 0..8 {
-            match self.host.mounts.path_mount(path) {
-                Ok(m) if !m.is_mount_root => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if !is_dead_mount_error(&e) => {
-                    return Err(Error::Io {
-                        what: "statx",
-                        path: path.into(),
-                        source: e,
-                    });
-                }
-                _ => {}
-            }
-            match self.host.mounter.unmount(path, true, self.timeouts.unmount) {
-                Ok(()) => {}
-                Err(e) if e.errno() == Some(Errno::EINVAL) => return Ok(()),
-                Err(e) => return Err(Self::mount_err(key)(e)),
-            }
-        }
-        Ok(())
+    /// Lazily detaches moor's own (dead) stage or bind at `path`, through the ownership
+    /// decision: a mount stacked on it by someone else is refused, not removed.
+    fn detach_dead(
+        &self,
+        path: &Path,
+        place: Place,
+        key: &str,
+        mount_id: Option<MountId>,
+    ) -> Result<(), Error> {
+        let Some(t) = self.open_target(path, false)? else {
+            return Ok(());
+        };
+        let stage = self.stage_path_of(key);
+        self.unmount_guarded(&t, place, key, true, mount_id, stage.as_deref(), true)
+            .map(drop)
+    }
+
+    fn stage_path_of(&self, key: &str) -> Option<PathBuf> {
+        let st = self.state();
+        st.stages.get(key).map(|r| self.stage_path(&r.driver, key))
     }
 
     /// Stage mounts with their labels, for volume statistics.
@@ -1484,24 +1754,15 @@ pub(crate) fn device_holder<'a>(
         .map(|s| s.key.clone())
 }
 
-fn make_dir(p: &Path, mode: u32) -> Result<(), Error> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(p)
-        .map_err(|source| Error::Io {
-            what: "mkdir",
-            path: p.into(),
-            source,
-        })
-}
-
-/// `rmdir`, never a recursive removal; a non-empty or mounted directory stays.
-fn remove_empty_dir(p: &Path) {
-    match std::fs::remove_dir(p) {
+/// `rmdir` through the held parent, never a recursive removal; a non-empty or mounted
+/// directory stays.
+fn remove_empty_target(t: &Target) {
+    match t.remove_dir() {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::debug!(path = %p.display(), error = %e, "directory left in place"),
+        Err(e) => {
+            tracing::debug!(path = %t.path().display(), error = %e, "directory left in place")
+        }
     }
 }
 
@@ -1519,7 +1780,33 @@ pub fn apply_fs_group(root: &Path, gid: u32) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// The generic flags of a directory volume's `mountOptions`, applied to its bind; anything
+/// a bind cannot carry (filesystem options, `sync`, …) is refused by name, never dropped.
+fn bind_flags(key: &str, options: &str) -> Result<nix::mount::MsFlags, Error> {
+    let (flags, data) = split_options(options);
+    let refused = |options: String| Error::BindOptions {
+        volume: key.into(),
+        options,
+    };
+    if !data.is_empty() {
+        return Err(refused(data));
+    }
+    crate::host::target::bind_attrs(flags).map_err(|rest| {
+        let names: Vec<&str> = options
+            .split(',')
+            .map(str::trim)
+            .filter(|o| {
+                let (f, _) = split_options(o);
+                !f.is_empty() && rest.contains(f)
+            })
+            .collect();
+        refused(names.join(","))
+    })?;
+    Ok(flags)
+}
+
 mod expand;
+pub mod owned;
 pub use expand::ExpandError;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 static PAUSE_AT: OnceLock<Option<String>> = OnceLock::new();
+static HOLD_AT: OnceLock<Option<String>> = OnceLock::new();
 
 /// Every lifecycle point, in the order a mount and an unmount pass them. Drivers add their
 /// own inside attach: `rbd:mapped`, `iscsi:logged-in`.
@@ -15,6 +16,7 @@ pub const POINTS: &[&str] = &[
     "stage:attached",
     "stage:mounted",
     "publish:intent",
+    "publish:bound-before-fsgroup",
     "publish:bound",
     "unpublish:intent",
     "unpublish:unmounted",
@@ -22,8 +24,31 @@ pub const POINTS: &[&str] = &[
     "unstage:unmounted",
 ];
 
-/// Pauses forever at `point` when the test environment asks for it.
+/// Pauses forever at `point` when the test environment asks for it; with
+/// `MOOR_TEST_HOLD_AT=<point>` it touches the marker and goes on once the test removed it
+/// (at most a minute), so a test can change the machine between two steps.
 pub fn pause_point(point: &str) {
+    let hold = HOLD_AT.get_or_init(|| {
+        std::env::var("MOOR_TEST_HOLD_AT")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    if hold.as_deref() == Some(point)
+        && let Some(marker) = std::env::var_os("MOOR_TEST_PAUSE_MARKER")
+    {
+        tracing::warn!(
+            point,
+            "test hold point reached; waiting for the marker to go"
+        );
+        let _ = std::fs::write(&marker, point);
+        for _ in 0..6000 {
+            if !std::path::Path::new(&marker).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        return;
+    }
     let want = PAUSE_AT.get_or_init(|| {
         std::env::var("MOOR_TEST_PAUSE_AT")
             .ok()

@@ -569,6 +569,8 @@ mod tests {
             read_only: false,
             phase: crate::journal::StagePhase::Unstaging,
             formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
         };
         runner.expect("multipath -f 3600601603ba0123400000000000000aa", 0, "");
         FcDriver.detach(&host, &rec).unwrap();

@@ -754,6 +754,8 @@ mod tests {
                 read_only: false,
                 phase: StagePhase::Unstaging,
                 formatted_by_moor: false,
+                mount_id: None,
+                adopted: false,
             };
             let e = r.driver.detach(&r.host, &rec).unwrap_err();
             assert_eq!(e.reason(), "bad_options", "{key}: {e}");
@@ -883,6 +885,8 @@ mod tests {
             read_only: false,
             phase: StagePhase::Unstaging,
             formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
         };
         r.driver.detach(&r.host, &rec).unwrap();
         assert_eq!(
@@ -925,6 +929,8 @@ mod tests {
             read_only: false,
             phase: StagePhase::Staging,
             formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
         };
         r.driver.detach(&r.host, &rec).unwrap();
         assert_eq!(

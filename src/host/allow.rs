@@ -72,6 +72,11 @@ impl PartialEq for Resolved {
 impl Eq for Resolved {}
 
 impl Resolved {
+    /// A second descriptor of the held object (for a bind through the new mount API).
+    pub fn dup_fd(&self) -> std::io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
     /// `/proc/self/fd/N`: a path that names the held object itself, for mount(2).
     pub fn fd_path(&self, proc: &Path) -> PathBuf {
         proc.join("self/fd").join(self.fd.as_raw_fd().to_string())

@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use super::exec::{Cmd, CommandRunner, ExecError, Output};
 use super::mountinfo::MountInfo;
 use super::mounts::{FsMount, MountError, MountTable, Mounter, PathMount};
+use super::target::Target;
 
 /// One expected command and its canned answer.
 #[derive(Debug, Clone)]
@@ -209,6 +210,40 @@ impl Mounter for FakeMounts {
             errno: Errno::EINVAL,
         })
     }
+
+    fn bind_target(
+        &self,
+        source: &Target,
+        target: &Target,
+        flags: nix::mount::MsFlags,
+    ) -> Result<PathMount, MountError> {
+        let ro = flags.contains(nix::mount::MsFlags::MS_RDONLY);
+        self.bind(source.path(), target.path(), ro)?;
+        self.path_mount(target.path())
+            .map_err(|_| MountError::BadPath(target.path().into()))
+    }
+
+    fn mount_target(
+        &self,
+        m: &FsMount,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<PathMount, MountError> {
+        let mut m = m.clone();
+        m.target = target.path().into();
+        self.mount(&m, timeout)?;
+        self.path_mount(target.path())
+            .map_err(|_| MountError::BadPath(target.path().into()))
+    }
+
+    fn unmount_target(
+        &self,
+        target: &Target,
+        lazy: bool,
+        timeout: Duration,
+    ) -> Result<(), MountError> {
+        self.unmount(target.path(), lazy, timeout)
+    }
 }
 
 impl MountTable for FakeMounts {
@@ -217,6 +252,7 @@ impl MountTable for FakeMounts {
             return Ok(PathMount {
                 is_mount_root: true,
                 mount_id: m.mount_id,
+                id_unique: true,
                 dev: (m.major, m.minor),
             });
         }
@@ -224,8 +260,16 @@ impl MountTable for FakeMounts {
         Ok(PathMount {
             is_mount_root: false,
             mount_id: 1,
+            id_unique: true,
             dev: (0, 0),
         })
+    }
+
+    fn open_target(&self, path: &Path, create: bool) -> std::io::Result<Target> {
+        if create {
+            std::fs::create_dir_all(path)?;
+        }
+        Ok(Target::by_path(path))
     }
 
     fn snapshot(&self) -> std::io::Result<Vec<MountInfo>> {

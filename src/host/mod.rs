@@ -20,11 +20,13 @@ pub mod rbdbus;
 pub mod scsi;
 pub mod secrets;
 pub mod stdio;
+pub mod target;
 
 pub use blockdev::{BlockDevices, DevNum};
 pub use exec::{Cmd, CommandRunner, ExecError, Output, SystemRunner};
 pub use mounts::{FsMount, KernelMounts, MountError, MountTable, Mounter, PathMount};
 pub use paths::{HostPaths, PathError, PodVolumeDir};
+pub use target::Target;
 
 /// Everything that touches the machine, bundled for injection.
 #[derive(Clone)]
@@ -46,6 +48,7 @@ impl Host {
     pub fn system(paths: HostPaths) -> Self {
         let kernel = Arc::new(KernelMounts {
             mountinfo: paths.proc.join("self/mountinfo"),
+            kubelet_dir: paths.kubelet_dir.clone(),
         });
         Host {
             blockdev: BlockDevices {

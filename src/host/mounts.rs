@@ -3,8 +3,9 @@
 //! Invariants: the request path asks targeted questions (`statx` for "is this a mount
 //! root, which device") and never reads the whole mount table; a full snapshot of
 //! `/proc/self/mountinfo` is for start-up and the reconciler only. Unmount never follows a
-//! symlink at the target (`UMOUNT_NOFOLLOW`). Filesystem mounts run with a deadline off the
-//! caller's thread, because a mount can block in the kernel.
+//! symlink at the target (`UMOUNT_NOFOLLOW`); the lifecycle's mounts and unmounts go through
+//! held [`Target`]s (see [`super::target`]), never a path walked again. Filesystem mounts run
+//! with a deadline off the caller's thread, because a mount can block in the kernel.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -16,6 +17,7 @@ use nix::mount::{MntFlags, MsFlags};
 
 use super::bounded::{TimedOut, bounded};
 use super::mountinfo::{self, MountInfo};
+use super::target::{self, Target};
 
 /// A filesystem mount: `mount -t <fs_type> -o <flags,data> <source> <target>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +89,29 @@ pub trait Mounter: Send + Sync {
     fn unmount_bind(&self, target: &Path) -> Result<(), MountError> {
         self.unmount(target, false, Duration::from_secs(60))
     }
+    /// Binds `source` onto the held `target` with `flags` (per-mount flags only: `ro`,
+    /// `nosuid`, `nodev`, `noexec`, atime modes) set before the bind is visible; the
+    /// source mount's own flags are kept. Returns the new mount.
+    fn bind_target(
+        &self,
+        source: &Target,
+        target: &Target,
+        flags: MsFlags,
+    ) -> Result<PathMount, MountError>;
+    /// Mounts a filesystem on the held `target`; returns the new mount.
+    fn mount_target(
+        &self,
+        m: &FsMount,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<PathMount, MountError>;
+    /// Unmounts the mount on top of the held `target` (never a path walked again).
+    fn unmount_target(
+        &self,
+        target: &Target,
+        lazy: bool,
+        timeout: Duration,
+    ) -> Result<(), MountError>;
 }
 
 /// What `statx` says about a path.
@@ -94,8 +119,12 @@ pub trait Mounter: Send + Sync {
 pub struct PathMount {
     /// True when the path is the root of a mount.
     pub is_mount_root: bool,
-    /// Kernel mount id of the mount the path is on.
+    /// Kernel mount id of the mount the path is on: the never-reused 64-bit id
+    /// (`STATX_MNT_ID_UNIQUE`, Linux 6.8+) when `id_unique`, else the 32-bit one, which
+    /// the kernel hands to the next mount as soon as this one is gone.
     pub mount_id: u64,
+    /// `mount_id` is the unique kind.
+    pub id_unique: bool,
     /// Device (major, minor) of the filesystem.
     pub dev: (u32, u32),
 }
@@ -106,6 +135,13 @@ pub trait MountTable: Send + Sync {
     fn path_mount(&self, path: &Path) -> std::io::Result<PathMount>;
     /// The whole table (start-up and reconciler only: costs ~19 ms at 10,000 mounts).
     fn snapshot(&self) -> std::io::Result<Vec<MountInfo>>;
+    /// Opens a directory under the kubelet dir as a [`Target`] (see [`super::target`]),
+    /// creating missing components (0750) when `create`.
+    fn open_target(&self, path: &Path, create: bool) -> std::io::Result<Target>;
+    /// What `statx` says about a held target now.
+    fn target_mount(&self, t: &Target) -> std::io::Result<PathMount> {
+        self.path_mount(t.path())
+    }
 
     /// True when `path` is the root of a mount; false when it is not or does not exist.
     fn is_mount_point(&self, path: &Path) -> std::io::Result<bool> {
@@ -122,10 +158,35 @@ fn cpath(p: &Path) -> Result<CString, MountError> {
 }
 
 /// The kernel's mount table, through syscalls.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KernelMounts {
     /// Path of the mountinfo file to snapshot (normally `/proc/self/mountinfo`).
     pub mountinfo: PathBuf,
+    /// The kubelet dir: every target is opened beneath it.
+    pub kubelet_dir: PathBuf,
+}
+
+impl KernelMounts {
+    /// The kubelet dir, opened for one operation. Not held across operations: an open fd
+    /// pins its mount (the operator's `umount /var/lib/kubelet` would answer EBUSY) and
+    /// would keep pointing into a directory a later mount hid. The kubelet dir's own path is
+    /// root's configuration; what a swap can attack is below it, and that is walked from
+    /// this fd.
+    fn root(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        target::open_dir_path(&self.kubelet_dir)
+    }
+}
+
+fn sys_err<'a>(op: &'static str, target: &'a Target) -> impl Fn(Errno) -> MountError + 'a {
+    move |errno| MountError::Sys {
+        op,
+        target: target.path().to_owned(),
+        errno,
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 impl Mounter for KernelMounts {
@@ -223,6 +284,97 @@ impl Mounter for KernelMounts {
     fn unmount_bind(&self, target: &Path) -> Result<(), MountError> {
         Self::umount_now(target, MntFlags::UMOUNT_NOFOLLOW)
     }
+
+    fn bind_target(
+        &self,
+        source: &Target,
+        target: &Target,
+        flags: MsFlags,
+    ) -> Result<PathMount, MountError> {
+        let (set, clr) = target::bind_attrs(flags).map_err(|_| MountError::Sys {
+            op: "bind",
+            target: target.path().into(),
+            errno: Errno::EINVAL,
+        })?;
+        let src = match source.parent() {
+            _ if source.is_held_dir() => source.open_dir(),
+            Some(_) => source.open_dir(),
+            // A source outside the kubelet dir (a directory volume), not following a final symlink.
+            None => target::open_dir_path(source.path()),
+        }
+        .map_err(|e| sys_err("open bind source", source)(io_errno(&e)))?;
+        let dst = target
+            .open_dir()
+            .map_err(|e| sys_err("open bind target", target)(io_errno(&e)))?;
+        use std::os::fd::AsFd;
+        target::bind_fd(src.as_fd(), dst.as_fd(), set, clr).map_err(sys_err("bind", target))
+    }
+
+    fn mount_target(
+        &self,
+        m: &FsMount,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<PathMount, MountError> {
+        use std::os::fd::AsRawFd;
+        let dst = target
+            .open_dir()
+            .map_err(|e| sys_err("open mount target", target)(io_errno(&e)))?;
+        let m2 = m.clone();
+        let run = move || {
+            // The mount lands on the directory the fd holds, whatever its path says now.
+            let at = PathBuf::from(format!("/proc/self/fd/{}", dst.as_raw_fd()));
+            let r = nix::mount::mount(
+                Some(&m2.source),
+                &at,
+                Some(m2.fs_type.as_str()),
+                m2.flags,
+                (!m2.data.is_empty()).then_some(m2.data.as_str()),
+            );
+            drop(dst);
+            r
+        };
+        bounded(timeout, run)
+            .map_err(|timeout| MountError::Timeout {
+                op: "mount",
+                target: target.path().into(),
+                timeout,
+            })?
+            .map_err(sys_err("mount", target))?;
+        target
+            .statx()
+            .map_err(|e| sys_err("statx", target)(io_errno(&e)))
+    }
+
+    fn unmount_target(
+        &self,
+        target: &Target,
+        lazy: bool,
+        timeout: Duration,
+    ) -> Result<(), MountError> {
+        let mut flags = MntFlags::UMOUNT_NOFOLLOW;
+        if lazy {
+            flags |= MntFlags::MNT_DETACH;
+        }
+        // The deadline thread may outlive this call: it holds its own parent fd.
+        let held = target
+            .try_clone()
+            .map_err(|e| sys_err("unmount", target)(io_errno(&e)))?;
+        let run = move || {
+            let t = cpath(&held.proc_path()).map_err(|_| Errno::EINVAL)?;
+            // SAFETY: `t` is a valid NUL-terminated path that outlives the call.
+            let r = unsafe { libc::umount2(t.as_ptr(), flags.bits()) };
+            drop(held);
+            Errno::result(r).map(drop)
+        };
+        bounded(timeout, run)
+            .map_err(|timeout| MountError::Timeout {
+                op: "unmount",
+                target: target.path().into(),
+                timeout,
+            })?
+            .map_err(sys_err("unmount", target))
+    }
 }
 
 impl KernelMounts {
@@ -247,30 +399,39 @@ impl MountTable for KernelMounts {
         let text = std::fs::read_to_string(&self.mountinfo)?;
         mountinfo::parse(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
+
+    fn open_target(&self, path: &Path, create: bool) -> std::io::Result<Target> {
+        use std::os::fd::AsFd;
+        let root = self.root()?;
+        target::open_target(root.as_fd(), &self.kubelet_dir, path, create)
+    }
+
+    fn target_mount(&self, t: &Target) -> std::io::Result<PathMount> {
+        t.statx()
+    }
 }
 
 /// `statx` with the mount-root attribute and the mount id, without following a final
 /// symlink or triggering an automount.
 pub fn statx_mount(path: &Path) -> std::io::Result<PathMount> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: statx is a plain C struct; all-zero is a valid bit pattern.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `stx` is a valid, writable statx buffer.
-    let r = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            // DONT_SYNC: the answer is the VFS's (mount root, mount id); asking a FUSE or NFS
-            // server to revalidate would only add a round trip, or hang on a dead one.
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT | libc::AT_STATX_DONT_SYNC,
-            libc::STATX_TYPE | libc::STATX_MNT_ID,
-            &mut stx,
-        )
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (d, n),
+        _ => (path, std::ffi::OsStr::new("")),
     };
-    if r != 0 {
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is NUL-terminated.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: `fd` was just returned by open and is owned by nothing else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    super::target::statx_at(std::os::fd::AsFd::as_fd(&fd), name)
+}
+
+/// The mount facts of a `statx` answer.
+pub(crate) fn path_mount_of(stx: &libc::statx) -> std::io::Result<PathMount> {
     let attr = libc::STATX_ATTR_MOUNT_ROOT as u64;
     if stx.stx_attributes_mask & attr == 0 {
         // Kernels before 5.8 cannot say; moor needs 5.8+ (documented in the README).
@@ -282,6 +443,8 @@ pub fn statx_mount(path: &Path) -> std::io::Result<PathMount> {
     Ok(PathMount {
         is_mount_root: stx.stx_attributes & attr != 0,
         mount_id: stx.stx_mnt_id,
+        // 0x4000 is STATX_MNT_ID_UNIQUE: the kernel says which of the two ids it gave.
+        id_unique: stx.stx_mask & 0x4000 != 0,
         dev: (stx.stx_dev_major, stx.stx_dev_minor),
     })
 }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-pub use record::{PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource};
+pub use record::{
+    MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource,
+};
 
 /// Journal I/O failed.
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +308,8 @@ mod tests {
             read_only: false,
             phase: StagePhase::Staging,
             formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
         }
     }
 
@@ -326,6 +330,7 @@ mod tests {
             namespace: Some("ns".into()),
             read_only: true,
             phase: PublishPhase::Published,
+            mount_id: None,
         };
         j.put_publish(&p).unwrap();
         let l = j.load().unwrap();

@@ -98,6 +98,34 @@ pub struct StageRecord {
     /// moor created the filesystem.
     #[serde(default)]
     pub formatted_by_moor: bool,
+    /// The stage mount moor made (what it may unmount later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_id: Option<MountId>,
+    /// Rebuilt from the mount table after the record was lost: moor never formats, checks or
+    /// grows it (it may only be unpublished and unstaged).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+}
+
+/// The identity of a mount moor made, as `statx` gave it right after the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountId {
+    /// The kernel's mount id.
+    pub id: u64,
+    /// `id` is the never-reused 64-bit id (Linux 6.8+), not the 32-bit one.
+    pub unique: bool,
+    /// Device (major, minor) of the mounted filesystem.
+    pub dev: (u32, u32),
+}
+
+impl From<crate::host::PathMount> for MountId {
+    fn from(m: crate::host::PathMount) -> Self {
+        MountId {
+            id: m.mount_id,
+            unique: m.id_unique,
+            dev: m.dev,
+        }
+    }
 }
 
 impl StageRecord {
@@ -141,4 +169,7 @@ pub struct PublishRecord {
     pub read_only: bool,
     /// Progress.
     pub phase: PublishPhase,
+    /// The bind moor made (what it may unmount later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_id: Option<MountId>,
 }

@@ -57,6 +57,15 @@ pub enum ExpandError {
         /// The PV name kubelet gave.
         pv: String,
     },
+    /// The stage was adopted from the mount table after its record was lost: moor cannot
+    /// tell which disk it is, so it never grows (or checks, or formats) it.
+    #[error(
+        "volume {volume}: adopted from the mount table after its record was lost; moor does not grow a filesystem whose disk it cannot identify (unmount it and mount it again)"
+    )]
+    Adopted {
+        /// Volume key.
+        volume: String,
+    },
     /// The stage is mounted read-only.
     #[error(
         "volume {volume}: the filesystem is mounted read-only; a read-only volume is not grown"
@@ -125,6 +134,7 @@ impl ExpandError {
         match self {
             ExpandError::NotMounted { .. } => "not_mounted",
             ExpandError::ReadOnly { .. } => "read_only",
+            ExpandError::Adopted { .. } => "adopted",
             ExpandError::DeviceTooSmall { .. } => "device_too_small",
             ExpandError::NoCapability { .. } => "missing_capability",
             ExpandError::Unsupported { .. } => "unsupported_fs",
@@ -185,6 +195,9 @@ impl Lifecycle {
             )));
         };
         let device = match &rec.source {
+            StageSource::Block { .. } | StageSource::Attached { .. } if rec.adopted => {
+                return Err(ExpandError::Adopted { volume: key.into() }.into());
+            }
             StageSource::Directory { .. } | StageSource::Remote(_) => {
                 return Ok(format!(
                     "nothing to grow: a {} volume has no filesystem of its own",

@@ -363,6 +363,8 @@ fn a_device_is_held_by_one_volume_key_whatever_its_names() {
             read_only: false,
             phase,
             formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
         }
     };
     let legacy_dev = |p: &Path| (p == Path::new("/dev/sdb")).then_some(dev);

@@ -639,6 +639,8 @@ mod tests {
                 read_only: false,
                 phase: crate::journal::StagePhase::Unstaging,
                 formatted_by_moor: false,
+                mount_id: None,
+                adopted: false,
             };
             assert!(!serde_json::to_string(&rec).unwrap().contains(KEY));
             CephFsDriver.detach(&host, &rec).unwrap();

@@ -349,6 +349,8 @@ mod tests {
             read_only: false,
             phase: crate::journal::StagePhase::Unstaging,
             formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
         };
         let (host, runner) = crate::share::test_host(d.path());
         let stage = host.paths.stage_dir("glusterfs", &s.key);

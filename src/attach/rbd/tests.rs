@@ -127,6 +127,8 @@ impl Fixture {
             read_only: false,
             phase: StagePhase::Staging,
             formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
         }
     }
 
