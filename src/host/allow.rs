@@ -88,13 +88,15 @@ impl Resolved {
 pub enum AllowError {
     /// The node allows no source of this kind.
     #[error(
-        "option path={path}: {kind} volumes are refused: this node allows none; list the {kind} (or, for a directory, a root above it) under local.{key} in /etc/moor/config.yaml"
+        "option path={path}: {kind} volumes are refused: this node allows none; list {what} under local.{key} in /etc/moor/config.yaml"
     )]
     NoneAllowed {
         /// The text.
         path: String,
         /// `directory` or `device`.
         kind: &'static str,
+        /// What the operator lists to allow it.
+        what: &'static str,
         /// The config key.
         key: &'static str,
     },
@@ -370,6 +372,7 @@ impl AllowList {
                     AllowError::NoneAllowed {
                         path,
                         kind: "device",
+                        what: "the device (or a directory of links to it)",
                         key: "allowed-devices",
                     }
                 } else {
@@ -402,6 +405,7 @@ impl AllowList {
             AllowError::NoneAllowed {
                 path: path.into(),
                 kind: "directory",
+                what: "the directory or a root above it",
                 key: "allowed-directories",
             }
         } else {
