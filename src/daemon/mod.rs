@@ -7,7 +7,7 @@ pub mod notify;
 pub mod reconciler;
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -38,9 +38,19 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    /// Another daemon holds the lock.
-    #[error("another moor daemon is running (lock {0} is held)")]
-    AlreadyRunning(PathBuf),
+    /// Another daemon holds the lock of a directory moor must own alone.
+    #[error(
+        "another moor daemon{} already uses {dir} (lock {lock} is held); stop it or give this one its own --state-dir and --run-dir",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    AlreadyRunning {
+        /// The state or run dir.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+        /// The holder's pid, as it wrote it into the lock.
+        pid: Option<u32>,
+    },
     /// Reconstruction failed outright.
     #[error("reconstruction failed: {0}")]
     Reconstruct(#[from] crate::Error),
@@ -66,17 +76,41 @@ fn private_dir(p: &Path) -> Result<(), DaemonError> {
     fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(io("chmod", p))
 }
 
-/// Holds the single-instance lock for the daemon's lifetime.
-fn lock_instance(run_dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError> {
-    let path = run_dir.join("moor.lock");
+/// Holds `<dir>/moor.lock` for the daemon's lifetime, with this daemon's pid written into
+/// it, so a second daemon on the same dir is refused with the holder's pid. Both the state
+/// dir and the run dir are locked: two daemons sharing either would adopt each other's
+/// mounts (a DaemonSet beside a systemd unit).
+fn lock_instance(dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("moor.lock");
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(io("open", &path))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| DaemonError::AlreadyRunning(path))
+    let mut held = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut f, _)) => {
+            let mut text = String::new();
+            let pid = f
+                .read_to_string(&mut text)
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            return Err(DaemonError::AlreadyRunning {
+                dir: dir.into(),
+                lock: path,
+                pid,
+            });
+        }
+    };
+    held.set_len(0).map_err(io("truncate", &path))?;
+    held.rewind().map_err(io("seek", &path))?;
+    writeln!(held, "{}", std::process::id()).map_err(io("write", &path))?;
+    Ok(held)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -89,7 +123,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(parent) = cfg.socket.parent() {
         private_dir(parent)?;
     }
-    let _lock = lock_instance(&cfg.run_dir)?;
+    let _state_lock = lock_instance(&cfg.state_dir)?;
+    let _run_lock = lock_instance(&cfg.run_dir)?;
     let host = Host::system(HostPaths::system(
         cfg.kubelet_dir.clone(),
         cfg.state_dir.clone(),
