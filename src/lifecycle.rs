@@ -803,9 +803,10 @@ impl Lifecycle {
                 .iter()
                 .map(|p| {
                     format!(
-                        "unreadable record set aside at {}: {}",
+                        "unusable record ({}) set aside at {}: {}",
+                        p.reason,
                         p.path.display(),
-                        p.error
+                        p.detail
                     )
                 })
                 .collect(),
