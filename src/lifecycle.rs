@@ -136,6 +136,8 @@ struct State {
     stages: HashMap<String, StageRecord>,
     publishes: HashMap<PathBuf, PublishRecord>,
     users: HashMap<String, BTreeSet<PathBuf>>,
+    /// Journal entries set aside by the last reconstruction.
+    set_aside: Vec<crate::journal::Problem>,
 }
 
 impl State {
@@ -821,6 +823,7 @@ impl Lifecycle {
             for p in loaded.publishes {
                 st.put_publish(p);
             }
+            st.set_aside = loaded.problems;
         }
         self.adopt_unrecorded(&mut report);
         let publishes: Vec<PublishRecord> = self.state().publishes.values().cloned().collect();
@@ -1203,6 +1206,19 @@ impl Lifecycle {
         self.state().stages.remove(key);
         tracing::warn!(volume = key, "forgotten on request");
         Ok(true)
+    }
+
+    /// Journal entries the last reconstruction set aside, for `moor status`.
+    pub fn set_aside(&self) -> Vec<crate::api::SetAsideRecord> {
+        self.state()
+            .set_aside
+            .iter()
+            .map(|p| crate::api::SetAsideRecord {
+                path: p.path.display().to_string(),
+                reason: p.reason.into(),
+                detail: p.detail.clone(),
+            })
+            .collect()
     }
 
     /// Count of staged volumes and publishes, for gauges.

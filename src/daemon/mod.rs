@@ -169,6 +169,12 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             })
             .inc_by(n as u64);
     }
+    for p in lifecycle.set_aside() {
+        metrics
+            .records_set_aside
+            .get_or_create(&crate::metrics::SetAsideLabels { reason: p.reason })
+            .inc();
+    }
     tracing::info!(?report, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
