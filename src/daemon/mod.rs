@@ -81,18 +81,28 @@ fn private_dir(p: &Path) -> Result<(), DaemonError> {
 /// dir and the run dir are locked: two daemons sharing either would adopt each other's
 /// mounts (a DaemonSet beside a systemd unit).
 fn lock_instance(dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError> {
-    use std::io::{Read, Seek, Write};
+    use std::io::Read;
     let path = dir.join("moor.lock");
+    let open = |write: bool| {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(write)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io("open", &path))
+    };
+    // Created by a short-lived writable handle; the lock itself is held through a read-only
+    // one, so an operator can still remount the state dir read-only under a running daemon.
+    drop(open(true)?);
     let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
         .read(true)
-        .write(true)
-        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(io("open", &path))?;
-    let mut held = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+    let held = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((mut f, _)) => {
             let mut text = String::new();
@@ -107,9 +117,10 @@ fn lock_instance(dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError> {
             });
         }
     };
-    held.set_len(0).map_err(io("truncate", &path))?;
-    held.rewind().map_err(io("seek", &path))?;
-    writeln!(held, "{}", std::process::id()).map_err(io("write", &path))?;
+    let mut w = open(true)?;
+    w.set_len(0).map_err(io("truncate", &path))?;
+    std::io::Write::write_all(&mut w, format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io("write", &path))?;
     Ok(held)
 }
 
