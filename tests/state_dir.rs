@@ -332,3 +332,327 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
         .assert_ok();
     d.unmount("pod-b", "vol").assert_ok();
 }
+
+// ---- Item 5: a failed journal write never strands a mount --------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Break {
+    /// The filesystem is full.
+    Enospc,
+    /// The filesystem is remounted read-only.
+    Erofs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dir {
+    State,
+    Run,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    Mount,
+    Unmount,
+}
+
+/// A volume for the case: a plain directory or a blank loop device moor formats.
+enum Vol {
+    Directory(PathBuf),
+    Block(common::LoopDev),
+}
+
+impl Vol {
+    fn opts(&self) -> serde_json::Value {
+        match self {
+            Vol::Directory(p) => json!({"path": s(p)}),
+            Vol::Block(l) => json!({"path": l.path_str(), "kubernetes.io/fsType": "ext4"}),
+        }
+    }
+    fn path(&self) -> &str {
+        match self {
+            Vol::Directory(p) => s(p),
+            Vol::Block(l) => l.path_str(),
+        }
+    }
+    /// A loop device no mount holds can be opened exclusively.
+    fn assert_device_free(&self) {
+        if let Vol::Block(l) = self {
+            use std::os::unix::fs::OpenOptionsExt;
+            let r = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_EXCL)
+                .open(&l.path);
+            assert!(r.is_ok(), "{} is still held: {r:?}", l.path.display());
+        }
+    }
+}
+
+fn filler(dir: &Path) -> PathBuf {
+    dir.join("filler")
+}
+
+fn break_dir(dir: &Path, how: Break) {
+    match how {
+        Break::Enospc => {
+            use std::io::Write;
+            let mut f = std::fs::File::create(filler(dir)).unwrap();
+            let block = vec![0u8; 64 << 10];
+            while f.write_all(&block).is_ok() {}
+            let _ = f.sync_all();
+            // What is left of the last block is taken too.
+            while f.write_all(&[0u8]).is_ok() {}
+        }
+        Break::Erofs => {
+            common::sh("mount", &["-o", "remount,ro", s(dir)]);
+        }
+    }
+}
+
+fn heal_dir(dir: &Path, how: Break) {
+    match how {
+        Break::Enospc => std::fs::remove_file(filler(dir)).unwrap(),
+        Break::Erofs => {
+            common::sh("mount", &["-o", "remount,rw", s(dir)]);
+        }
+    }
+}
+
+fn publish_records(d: &Daemon) -> usize {
+    std::fs::read_dir(d.run_dir().join("publish"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count()
+}
+
+/// Waits (at most 15 s: the reconciler runs every second) until nothing of the volume is
+/// left: no mount under the tree, no stage record claiming a mount, no publish record.
+#[track_caller]
+fn assert_converges_to_nothing(d: &Daemon, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        // The test's own tmpfs under the state or run dir is not the volume's.
+        let mounts: Vec<PathBuf> = d
+            .mounts()
+            .into_iter()
+            .filter(|m| *m != d.state_dir() && *m != d.run_dir())
+            .collect();
+        let active = d.active_stage_records();
+        let publishes = publish_records(d);
+        if mounts.is_empty() && active.is_empty() && publishes == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still mounted {mounts:?}, active stage records {active:?}, {publishes} publish record(s); log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A daemon whose state or run dir is a small tmpfs of its own, reconciling every second,
+/// paused once at `pause` (when given) until the test says go on.
+fn daemon_on_tmpfs(dir: Dir, pause: Option<&str>) -> Daemon {
+    let mut d = Daemon::start();
+    d.stop();
+    let at = match dir {
+        Dir::State => d.state_dir(),
+        Dir::Run => d.run_dir(),
+    };
+    common::sh(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=2m,mode=0700",
+            "journal-it",
+            s(&at),
+        ],
+    );
+    d.extra_args = vec!["--reconcile-interval-seconds".into(), "1".into()];
+    if let Some(point) = pause {
+        let root = d.root.path().to_owned();
+        d.extra_env = vec![
+            ("MOOR_TEST_PAUSE_AT".into(), point.into()),
+            (
+                "MOOR_TEST_PAUSE_MARKER".into(),
+                root.join("paused").display().to_string(),
+            ),
+            (
+                "MOOR_TEST_RESUME_MARKER".into(),
+                root.join("resume").display().to_string(),
+            ),
+        ];
+    }
+    d.spawn();
+    d
+}
+
+fn run_case(dir: Dir, how: Break, op: Op, block: bool) {
+    require_privileged_sandbox();
+    // Where the write that fails comes: the Staged record after the stage was mounted, the
+    // Published record after the bind, the removal of the publish record after the unbind;
+    // for the state dir's unmount, the unstage's first write (no pause needed).
+    let pause = match (dir, op) {
+        (Dir::State, Op::Mount) => Some("stage:mounted"),
+        (Dir::Run, Op::Mount) => Some("publish:bound"),
+        (Dir::Run, Op::Unmount) => Some("unpublish:unmounted"),
+        (Dir::State, Op::Unmount) => None,
+    };
+    let d = daemon_on_tmpfs(dir, pause);
+    let broken = match dir {
+        Dir::State => d.state_dir(),
+        Dir::Run => d.run_dir(),
+    };
+    let vol = if block {
+        Vol::Block(common::LoopDev::new(64))
+    } else {
+        Vol::Directory(source(&d, "ssd"))
+    };
+    let pod_dir = d.pod_dir("pod-a", "vol");
+    let stage = d.stage_path(vol.path());
+
+    match op {
+        Op::Mount => {
+            std::fs::create_dir_all(&pod_dir).unwrap();
+            let mut o = vol.opts();
+            let m = o.as_object_mut().unwrap();
+            m.insert("kubernetes.io/pod.uid".into(), "pod-a".into());
+            m.insert("kubernetes.io/readwrite".into(), "rw".into());
+            let call = Command::new(d.driver_link())
+                .args(["mount", s(&pod_dir), &o.to_string()])
+                .env("MOOR_SOCKET", d.socket())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let marker = d.root.path().join("paused");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !marker.exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never paused; log:\n{}",
+                    d.log_text()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            break_dir(&broken, how);
+            std::fs::write(d.root.path().join("resume"), "").unwrap();
+            let out = call.wait_with_output().unwrap();
+            let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(reply["status"], "Failure", "{reply}");
+            // kubelet was told it failed: the pod dir is not left mounted.
+            assert!(
+                !is_mounted(&pod_dir),
+                "pod dir left mounted after a failed mount"
+            );
+            if dir == Dir::State {
+                // The stage was rolled back at once (only its record waits for the journal).
+                assert!(
+                    !is_mounted(&stage),
+                    "stage left mounted after a failed mount"
+                );
+                vol.assert_device_free();
+            }
+        }
+        Op::Unmount => {
+            d.mount("pod-a", "vol", vol.opts()).assert_ok();
+            if dir == Dir::Run {
+                let marker = d.root.path().join("paused");
+                let unmount = {
+                    let (link, sock, pd) = (d.driver_link(), d.socket(), pod_dir.clone());
+                    std::thread::spawn(move || {
+                        Command::new(link)
+                            .args(["unmount", s(&pd)])
+                            .env("MOOR_SOCKET", sock)
+                            .output()
+                            .unwrap()
+                    })
+                };
+                while !marker.exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                break_dir(&broken, how);
+                std::fs::write(d.root.path().join("resume"), "").unwrap();
+                let out = unmount.join().unwrap();
+                let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(reply["status"], "Failure", "{reply}");
+            } else {
+                break_dir(&broken, how);
+                let r = d.flex(&["unmount", s(&pod_dir)]);
+                assert_eq!(r.status(), "Failure", "{}", r.json);
+            }
+            assert!(!is_mounted(&pod_dir), "the pod's bind is gone");
+            // kubelet's retry while the journal is still broken must not hear "not mounted"
+            // while the stage is still there.
+            let retry = d.flex(&["unmount", s(&pod_dir)]);
+            assert!(
+                !retry.ok() || !is_mounted(&stage),
+                "retry answered Success with the stage still mounted: {}",
+                retry.json
+            );
+        }
+    }
+
+    heal_dir(&broken, how);
+    assert_converges_to_nothing(&d, &format!("{dir:?} {how:?} {op:?}"));
+    vol.assert_device_free();
+    // kubelet's retry (mount: it retries, then the pod goes; unmount: its retry) converges.
+    if op == Op::Unmount {
+        d.unmount("pod-a", "vol").assert_ok();
+    }
+    // The same volume works again, through a full mount and unmount.
+    d.mount("pod-b", "vol", vol.opts()).assert_ok();
+    assert!(is_mounted(&d.pod_dir("pod-b", "vol")));
+    d.unmount("pod-b", "vol").assert_ok();
+    let _ = std::fs::remove_dir(&pod_dir);
+    assert_converges_to_nothing(&d, "after a later mount and unmount");
+    vol.assert_device_free();
+}
+
+#[test]
+fn state_dir_full_during_mount_of_a_directory() {
+    run_case(Dir::State, Break::Enospc, Op::Mount, false);
+}
+#[test]
+fn state_dir_full_during_mount_of_a_block_volume() {
+    run_case(Dir::State, Break::Enospc, Op::Mount, true);
+}
+#[test]
+fn state_dir_read_only_during_mount_of_a_directory() {
+    run_case(Dir::State, Break::Erofs, Op::Mount, false);
+}
+#[test]
+fn state_dir_read_only_during_mount_of_a_block_volume() {
+    run_case(Dir::State, Break::Erofs, Op::Mount, true);
+}
+#[test]
+fn state_dir_full_during_unmount_of_a_directory() {
+    run_case(Dir::State, Break::Enospc, Op::Unmount, false);
+}
+#[test]
+fn state_dir_full_during_unmount_of_a_block_volume() {
+    run_case(Dir::State, Break::Enospc, Op::Unmount, true);
+}
+#[test]
+fn state_dir_read_only_during_unmount_of_a_directory() {
+    run_case(Dir::State, Break::Erofs, Op::Unmount, false);
+}
+#[test]
+fn state_dir_read_only_during_unmount_of_a_block_volume() {
+    run_case(Dir::State, Break::Erofs, Op::Unmount, true);
+}
+#[test]
+fn run_dir_full_during_mount_of_a_block_volume() {
+    run_case(Dir::Run, Break::Enospc, Op::Mount, true);
+}
+#[test]
+fn run_dir_read_only_during_unmount_of_a_block_volume() {
+    run_case(Dir::Run, Break::Erofs, Op::Unmount, true);
+}
