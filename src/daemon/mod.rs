@@ -40,7 +40,7 @@ pub enum DaemonError {
     },
     /// Another daemon holds the lock of a directory moor must own alone.
     #[error(
-        "another moor daemon{} already uses {dir} (lock {lock} is held); stop it or give this one its own --state-dir and --run-dir",
+        "another moor daemon is running{} and uses {dir} (lock {lock} is held); stop it or give this one its own --state-dir and --run-dir",
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]
     AlreadyRunning {
