@@ -282,17 +282,25 @@ fn status(output: Output) -> Result<i32, CliError> {
         &Request::Status,
         Duration::from_secs(10),
     )?;
-    let Response::Status { node, volumes } = resp else {
+    let Response::Status {
+        node,
+        volumes,
+        set_aside,
+    } = resp
+    else {
         return Err(CliError::Other(format!(
             "unexpected answer from the daemon: {resp:?}"
         )));
     };
     match output {
         Output::Json => {
-            let v = serde_json::json!({ "node": node, "volumes": volumes });
+            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        Output::Table => print!("{}", status_table(&node, &volumes)),
+        Output::Table => {
+            print!("{}", status_table(&node, &volumes));
+            print!("{}", set_aside_table(&set_aside));
+        }
     }
     Ok(0)
 }
@@ -347,6 +355,22 @@ pub fn status_table(node: &str, volumes: &[crate::api::VolumeStatus]) -> String 
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// Journal entries set aside at start-up, after the volume table (nothing when none).
+pub fn set_aside_table(entries: &[crate::api::SetAsideRecord]) -> String {
+    if entries.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{} journal entr{} set aside (kept on disk; inspect, then remove):\n",
+        entries.len(),
+        if entries.len() == 1 { "y" } else { "ies" }
+    );
+    for e in entries {
+        out.push_str(&format!("  {}  {}: {}\n", e.path, e.reason, e.detail));
     }
     out
 }

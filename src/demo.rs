@@ -409,7 +409,7 @@ fn start_daemon(sb: &Sandbox, exe: &Path, port: u16) -> Result<(Child, String), 
 
 fn status(sb: &Sandbox) -> Result<String, DemoError> {
     match client::call(&sb.socket(), &Request::Status, Duration::from_secs(5)) {
-        Ok(Response::Status { node, volumes }) => Ok(crate::cli::status_table(&node, &volumes)),
+        Ok(Response::Status { node, volumes, .. }) => Ok(crate::cli::status_table(&node, &volumes)),
         Ok(other) => Err(fail("status", format!("{other:?}"))),
         Err(e) => Err(fail("status", e)),
     }

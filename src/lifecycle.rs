@@ -151,6 +151,12 @@ struct State {
     stages: HashMap<String, StageRecord>,
     publishes: HashMap<PathBuf, PublishRecord>,
     users: HashMap<String, BTreeSet<PathBuf>>,
+    /// Journal entries set aside by the last reconstruction.
+    set_aside: Vec<crate::journal::Problem>,
+    /// Stages the lifecycle decided to unstage and has not yet (a journal write or a step
+    /// failed), with the pod dirs whose unmount led there. The reconciler finishes them, and
+    /// kubelet's retry on one of those pod dirs retries the unstage (see `unmount`).
+    unstage_pending: HashMap<String, BTreeSet<PathBuf>>,
 }
 
 impl State {
@@ -175,6 +181,20 @@ impl State {
 
     fn user_count(&self, key: &str) -> usize {
         self.users.get(key).map_or(0, BTreeSet::len)
+    }
+
+    fn mark_unstage(&mut self, key: &str, target: Option<&Path>) {
+        let t = self.unstage_pending.entry(key.to_owned()).or_default();
+        if let Some(target) = target {
+            t.insert(target.to_owned());
+        }
+    }
+
+    fn pending_key_of(&self, target: &Path) -> Option<String> {
+        self.unstage_pending
+            .iter()
+            .find(|(_, t)| t.contains(target))
+            .map(|(k, _)| k.clone())
     }
 }
 
@@ -404,7 +424,11 @@ impl Lifecycle {
 
     /// The key a pod directory is published from, if moor has a record of it.
     pub fn key_of(&self, target: &Path) -> Option<String> {
-        self.state().publishes.get(target).map(|p| p.key.clone())
+        let st = self.state();
+        st.publishes
+            .get(target)
+            .map(|p| p.key.clone())
+            .or_else(|| st.pending_key_of(target))
     }
 
     /// attach + stage + publish. Idempotent; on failure undoes what it did.
@@ -442,10 +466,14 @@ impl Lifecycle {
         }
         let stage = self.stage(plan)?;
         if let Err(e) = self.publish(plan, &stage, previous.and_then(|p| p.mount_id)) {
+            // Marked before trying: if the unstage cannot run now (a publish record that
+            // could not be removed still counts as a user, a journal write fails), the
+            // reconciler finishes it once the pod dir's record is gone.
+            self.state().mark_unstage(&plan.spec.key, None);
             if self.state().user_count(&plan.spec.key) == 0
                 && let Err(u) = self.unstage(&plan.spec.key)
             {
-                tracing::error!(volume = %plan.spec.key, error = %u, "rollback of the stage failed");
+                tracing::error!(volume = %plan.spec.key, error = %u, "rollback of the stage failed; the reconciler retries it");
             }
             return Err(e);
         }
@@ -646,11 +674,20 @@ impl Lifecycle {
         self.journal.put_stage(&rec)?;
         self.state().stages.insert(key.into(), rec.clone());
         pause_point("stage:intent");
-        match self.stage_steps(plan, &stage_path, &mut rec) {
-            Ok(()) => {
+        // The Staged write is part of the steps: when it fails, the mount is rolled back
+        // like any other failure, never left behind a Staging record.
+        let steps = self
+            .stage_steps(plan, &stage_path, &mut rec)
+            .and_then(|()| {
                 pause_point("stage:mounted");
-                rec.phase = StagePhase::Staged;
-                self.journal.put_stage(&rec)?;
+                let mut staged = rec.clone();
+                staged.phase = StagePhase::Staged;
+                self.journal.put_stage(&staged)?;
+                Ok(staged)
+            });
+        match steps {
+            Ok(staged) => {
+                rec = staged;
                 self.state().stages.insert(key.into(), rec.clone());
                 tracing::info!(volume = key, driver = plan.driver.name(), target = %stage_path.display(), "staged");
                 Ok(rec)
@@ -949,7 +986,11 @@ impl Lifecycle {
             None => self.journal.remove_stage(key),
         };
         if let Err(e) = result {
-            tracing::error!(volume = key, error = %e, "rollback: journal update failed");
+            // The journal still says Staging: so does memory, and the reconciler finishes
+            // this undo (unmount and detach are idempotent) once the journal is writable.
+            tracing::error!(volume = key, error = %e, "rollback: journal update failed; the reconciler retries it");
+            self.state().stages.insert(key.into(), rec.clone());
+            return;
         }
         let mut st = self.state();
         match keep {
@@ -1026,6 +1067,12 @@ impl Lifecycle {
                     source,
                 })?;
             }
+            pause_point("publish:bound");
+            // Part of the steps: a Published record that cannot be written undoes the bind.
+            let mut published = rec.clone();
+            published.phase = PublishPhase::Published;
+            published.mount_id = made;
+            self.journal.put_publish(&published)?;
             Ok(())
         };
         if let Err(e) = steps() {
@@ -1045,16 +1092,17 @@ impl Lifecycle {
                 rec.mount_id = made.or(earlier);
                 let _ = self.journal.put_publish(&rec);
                 self.state().put_publish(rec);
+            } else if let Err(j) = self.journal.remove_publish(target) {
+                // Nothing is bound, but the record stays until it can be removed (the
+                // reconciler does it): memory keeps saying Publishing, as the journal does.
+                tracing::error!(volume = %stage.key, target = %target.display(), error = %j, "rollback: publish record not removed; the reconciler retries it");
             } else {
-                let _ = self.journal.remove_publish(target);
                 self.state().drop_publish(target);
             }
             return Err(e);
         }
-        pause_point("publish:bound");
         rec.phase = PublishPhase::Published;
         rec.mount_id = made;
-        self.journal.put_publish(&rec)?;
         self.state().put_publish(rec);
         tracing::info!(volume = %stage.key, target = %target.display(), pod_uid = %plan.target.pod_uid, read_only = plan.opts.read_only, "published");
         Ok(())
@@ -1095,6 +1143,24 @@ impl Lifecycle {
         let Some(mut rec) = self.state().publishes.get(&target).cloned() else {
             if let Some(t) = &held {
                 self.unmount_guarded(t, Place::PodDir, "", false, None, None, false)?;
+            }
+            // This pod dir's bind and record are gone but the unstage its unmount started
+            // did not finish (a journal write failed). The retry retries the unstage and
+            // answers its result: "not mounted" would let kubelet forget the pod while the
+            // volume stays mounted (a disk still held) with nothing reporting it, whereas a
+            // failure stays visible on the pod until the node's journal is writable again —
+            // and the reconciler finishes the same unstage by itself meanwhile.
+            let pending = self.state().pending_key_of(&target);
+            if let Some(key) = pending {
+                if self.state().user_count(&key) > 0 {
+                    // Another pod uses the stage now: it stays, and this pod is done.
+                    if let Some(t) = self.state().unstage_pending.get_mut(&key) {
+                        t.remove(&target);
+                    }
+                    return Ok(UnmountOutcome::Unpublished);
+                }
+                self.unstage(&key)?;
+                return Ok(UnmountOutcome::Unstaged);
             }
             return Ok(UnmountOutcome::NotMounted);
         };
@@ -1138,13 +1204,16 @@ impl Lifecycle {
         if remaining > 0 {
             return Ok(UnmountOutcome::Unpublished);
         }
+        self.state().mark_unstage(&rec.key, Some(&target));
         self.unstage(&rec.key)?;
         Ok(UnmountOutcome::Unstaged)
     }
 
     /// Unmounts the stage and detaches; removes the record.
     fn unstage(&self, key: &str) -> Result<(), Error> {
+        self.state().mark_unstage(key, None);
         let Some(mut rec) = self.state().stages.get(key).cloned() else {
+            self.state().unstage_pending.remove(key);
             return Ok(());
         };
         rec.phase = StagePhase::Unstaging;
@@ -1184,6 +1253,7 @@ impl Lifecycle {
             self.journal.remove_stage(key)?;
             self.state().stages.remove(key);
         }
+        self.state().unstage_pending.remove(key);
         tracing::info!(volume = key, driver = %rec.driver, "unstaged");
         Ok(())
     }
@@ -1198,9 +1268,10 @@ impl Lifecycle {
                 .iter()
                 .map(|p| {
                     format!(
-                        "unreadable record set aside at {}: {}",
+                        "unusable record ({}) set aside at {}: {}",
+                        p.reason,
                         p.path.display(),
-                        p.error
+                        p.detail
                     )
                 })
                 .collect(),
@@ -1215,6 +1286,7 @@ impl Lifecycle {
             for p in loaded.publishes {
                 st.put_publish(p);
             }
+            st.set_aside = loaded.problems;
         }
         self.adopt_unrecorded(&mut report);
         let publishes: Vec<PublishRecord> = self.state().publishes.values().cloned().collect();
@@ -1287,6 +1359,16 @@ impl Lifecycle {
     fn forget_publish(&self, target: &Path, report: &mut Reconstruction, why: &str) {
         if let Err(e) = self.journal.remove_publish(target) {
             report.problems.push(format!("{}: {e}", target.display()));
+            // Still on disk: kept in memory as Unpublishing, so the reconciler removes it
+            // once the journal is writable (and the stage's user count stays true).
+            let mut st = self.state();
+            if let Some(p) = st.publishes.get(target).cloned() {
+                st.put_publish(PublishRecord {
+                    phase: PublishPhase::Unpublishing,
+                    ..p
+                });
+            }
+            return;
         }
         self.state().drop_publish(target);
         if !why.is_empty() {
@@ -1330,6 +1412,79 @@ impl Lifecycle {
                 }
             }
         }
+    }
+
+    /// Volumes with a transition to finish: a stage or publish record in a transitional
+    /// phase, or a stage the lifecycle decided to unstage and has not. A Staged stage with
+    /// no pod is not one by itself (a publish under way holds it by the lock; CSI stages
+    /// without publishing). The caller finishes each under its volume's lock.
+    pub fn pending_transitions(&self) -> Vec<String> {
+        let st = self.state();
+        let mut keys: BTreeSet<String> = st
+            .stages
+            .values()
+            .filter(|s| matches!(s.phase, StagePhase::Staging | StagePhase::Unstaging))
+            .map(|s| s.key.clone())
+            .collect();
+        keys.extend(
+            st.publishes
+                .values()
+                .filter(|p| p.phase != PublishPhase::Published)
+                .map(|p| p.key.clone()),
+        );
+        keys.extend(
+            st.unstage_pending
+                .keys()
+                .filter(|k| st.user_count(k) == 0)
+                .cloned(),
+        );
+        keys.into_iter().collect()
+    }
+
+    /// Finishes or undoes `key`'s interrupted transitions exactly as start-up reconstruction
+    /// does (the same code): half-done publishes are undone or finished, then a stage left
+    /// with no pod in a transitional phase, or marked for unstage, is unstaged. The caller
+    /// holds the volume's lock, so no kubelet call on it is under way.
+    pub fn finish_pending(&self, key: &str) -> Reconstruction {
+        let mut report = Reconstruction::default();
+        let publishes: Vec<PublishRecord> = self
+            .state()
+            .publishes
+            .values()
+            .filter(|p| p.key == key && p.phase != PublishPhase::Published)
+            .cloned()
+            .collect();
+        for p in publishes {
+            // kubelet never got Success for it, or asked for its removal: once undone, the
+            // stage it was the last user of goes too (as FlexVolume's unmount would).
+            self.state().mark_unstage(key, Some(&p.target));
+            self.reconstruct_publish(p, &mut report);
+        }
+        let (stage, marked, users) = {
+            let st = self.state();
+            (
+                st.stages.get(key).cloned(),
+                st.unstage_pending.contains_key(key),
+                st.user_count(key),
+            )
+        };
+        match stage {
+            None => {
+                self.state().unstage_pending.remove(key);
+            }
+            Some(s)
+                if users == 0
+                    && (matches!(s.phase, StagePhase::Staging | StagePhase::Unstaging)
+                        || (marked && s.phase == StagePhase::Staged)) =>
+            {
+                self.reconstruct_stage(s, &mut report);
+            }
+            Some(s) if s.phase == StagePhase::Idle => {
+                self.state().unstage_pending.remove(key);
+            }
+            Some(_) => {}
+        }
+        report
     }
 
     /// Mounts in moor's own directories that no record explains (the state dir was lost):
@@ -1664,6 +1819,19 @@ impl Lifecycle {
         self.state().stages.remove(key);
         tracing::warn!(volume = key, "forgotten on request");
         Ok(true)
+    }
+
+    /// Journal entries the last reconstruction set aside, for `moor status`.
+    pub fn set_aside(&self) -> Vec<crate::api::SetAsideRecord> {
+        self.state()
+            .set_aside
+            .iter()
+            .map(|p| crate::api::SetAsideRecord {
+                path: p.path.display().to_string(),
+                reason: p.reason.into(),
+                detail: p.detail.clone(),
+            })
+            .collect()
     }
 
     /// Count of staged volumes and publishes, for gauges.

@@ -104,6 +104,16 @@ pub struct Metrics {
     pub inodes_free: Family<VolumeLabels, GaugeU>,
     /// Volume used inodes.
     pub inodes_used: Family<VolumeLabels, GaugeU>,
+    /// Journal entries found unusable at start-up and set aside as `*.corrupt` (still on
+    /// disk, for an operator to inspect), by reason.
+    pub records_set_aside: Family<SetAsideLabels, Gauge>,
+}
+
+/// Labels of set-aside journal entries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SetAsideLabels {
+    /// `invalid_json`, `not_regular`, `set_aside_earlier`, … (see `host::records`).
+    pub reason: String,
 }
 
 /// Labels of heal attempts.
@@ -150,6 +160,7 @@ impl Metrics {
             inodes: Family::default(),
             inodes_free: Family::default(),
             inodes_used: Family::default(),
+            records_set_aside: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -247,6 +258,11 @@ impl Metrics {
                 None => registry.register(name, help, fam.clone()),
             }
         }
+        registry.register(
+            "journal_records_set_aside",
+            "Journal entries set aside as *.corrupt at start-up, by reason",
+            m.records_set_aside.clone(),
+        );
         let info = Family::<BuildLabels, Gauge>::default();
         info.get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION").into(),

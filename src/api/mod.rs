@@ -97,6 +97,17 @@ pub struct VolumeStatus {
     pub pods: Vec<PodUse>,
 }
 
+/// A journal entry moor could not use and set aside (still on disk, renamed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAsideRecord {
+    /// Where it is now.
+    pub path: String,
+    /// Stable label (`invalid_json`, `not_regular`, `set_aside_earlier`, …).
+    pub reason: String,
+    /// What was wrong with it.
+    pub detail: String,
+}
+
 /// The daemon's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -112,5 +123,8 @@ pub enum Response {
         node: String,
         /// Volumes.
         volumes: Vec<VolumeStatus>,
+        /// Journal entries set aside at start-up.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        set_aside: Vec<SetAsideRecord>,
     },
 }

@@ -332,6 +332,7 @@ impl Executor {
             Request::Status => answer.send(&Response::Status {
                 node: self.lifecycle.node_name().into(),
                 volumes: self.lifecycle.status(),
+                set_aside: self.lifecycle.set_aside(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
             Request::Mount {

@@ -7,7 +7,7 @@ pub mod notify;
 pub mod reconciler;
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -38,9 +38,19 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    /// Another daemon holds the lock.
-    #[error("another moor daemon is running (lock {0} is held)")]
-    AlreadyRunning(PathBuf),
+    /// Another daemon holds the lock of a directory moor must own alone.
+    #[error(
+        "another moor daemon is running{} and uses {dir} (lock {lock} is held); stop it or give this one its own --state-dir and --run-dir",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    AlreadyRunning {
+        /// The state or run dir.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+        /// The holder's pid, as it wrote it into the lock.
+        pid: Option<u32>,
+    },
     /// Reconstruction failed outright.
     #[error("reconstruction failed: {0}")]
     Reconstruct(#[from] crate::Error),
@@ -76,17 +86,52 @@ fn private_dir(p: &Path) -> Result<(), DaemonError> {
     fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(io("chmod", p))
 }
 
-/// Holds the single-instance lock for the daemon's lifetime.
-fn lock_instance(run_dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError> {
-    let path = run_dir.join("moor.lock");
+/// Holds `<dir>/moor.lock` for the daemon's lifetime, with this daemon's pid written into
+/// it, so a second daemon on the same dir is refused with the holder's pid. Both the state
+/// dir and the run dir are locked: two daemons sharing either would adopt each other's
+/// mounts (a DaemonSet beside a systemd unit).
+fn lock_instance(dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError> {
+    use std::io::Read;
+    let path = dir.join("moor.lock");
+    let open = |write: bool| {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(write)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io("open", &path))
+    };
+    // Created by a short-lived writable handle; the lock itself is held through a read-only
+    // one, so an operator can still remount the state dir read-only under a running daemon.
+    drop(open(true)?);
     let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(io("open", &path))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| DaemonError::AlreadyRunning(path))
+    let held = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut f, _)) => {
+            let mut text = String::new();
+            let pid = f
+                .read_to_string(&mut text)
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            return Err(DaemonError::AlreadyRunning {
+                dir: dir.into(),
+                lock: path,
+                pid,
+            });
+        }
+    };
+    let mut w = open(true)?;
+    w.set_len(0).map_err(io("truncate", &path))?;
+    std::io::Write::write_all(&mut w, format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io("write", &path))?;
+    Ok(held)
 }
 
 /// What `moor~local` may serve; the socket's directory is refused beside the lifecycle's own.
@@ -116,7 +161,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(parent) = cfg.socket.parent() {
         socket_dir(parent)?;
     }
-    let _lock = lock_instance(&cfg.run_dir)?;
+    let _state_lock = lock_instance(&cfg.state_dir)?;
+    let _run_lock = lock_instance(&cfg.run_dir)?;
     let host = Host::system(HostPaths::system(
         cfg.kubelet_dir.clone(),
         cfg.state_dir.clone(),
@@ -161,6 +207,12 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 outcome: outcome.into(),
             })
             .inc_by(n as u64);
+    }
+    for p in lifecycle.set_aside() {
+        metrics
+            .records_set_aside
+            .get_or_create(&crate::metrics::SetAsideLabels { reason: p.reason })
+            .inc();
     }
     tracing::info!(?report, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");
 

@@ -253,6 +253,28 @@ impl Reconciler {
 }
 
 impl Reconciler {
+    /// Finishes or undoes the transitions a failed journal write or rollback step left
+    /// behind (a stage still mounted after its last pod's unmount, a half-made stage after a
+    /// failed mount), each under its volume's lock taken only if free: kubelet's own call on
+    /// that volume goes first, and this is tried again next pass. Returns how many volumes
+    /// now have nothing left to finish.
+    pub fn finish_pending(&self) -> usize {
+        let mut done = 0;
+        for key in self.lifecycle.pending_transitions() {
+            let lc = &self.lifecycle;
+            let Some(report) = self.exec.try_locked(&key, || lc.finish_pending(&key)) else {
+                continue;
+            };
+            if report.problems.is_empty() {
+                done += 1;
+                tracing::warn!(volume = %key, ?report, "interrupted transition finished");
+            } else {
+                tracing::warn!(volume = %key, problems = ?report.problems, "interrupted transition not finished yet; retried next pass");
+            }
+        }
+        done
+    }
+
     /// Binds again the pod directories whose bind vanished under a live record, each under
     /// its volume's lock (an unpublish in progress is never undone). Returns how many.
     pub fn restore_publishes(&self) -> usize {
@@ -349,6 +371,7 @@ pub async fn run(mut rec: Reconciler, interval: Duration) {
             last_stats = Some(Instant::now());
         }
         let done = tokio::task::spawn_blocking(move || {
+            rec.finish_pending();
             rec.heal_shares();
             if stats_due {
                 rec.restore_publishes();

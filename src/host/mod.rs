@@ -17,6 +17,7 @@ pub mod mountinfo;
 pub mod mounts;
 pub mod paths;
 pub mod rbdbus;
+pub mod records;
 pub mod scsi;
 pub mod secrets;
 pub mod stdio;

@@ -16,10 +16,9 @@ pub mod record;
 
 use std::ffi::CString;
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,14 +53,8 @@ pub enum JournalError {
     },
 }
 
-/// A record that could not be read back; it is moved aside, never deleted.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    /// Where it was moved to.
-    pub path: PathBuf,
-    /// Why it was unreadable.
-    pub error: String,
-}
+/// A record directory entry that could not be used; it is moved aside, never deleted.
+pub use crate::host::records::SetAside as Problem;
 
 /// Everything read back at start-up.
 #[derive(Debug, Default)]
@@ -70,7 +63,7 @@ pub struct Loaded {
     pub stages: Vec<StageRecord>,
     /// Publish records.
     pub publishes: Vec<PublishRecord>,
-    /// Records that could not be parsed.
+    /// Entries that could not be used, set aside now or earlier.
     pub problems: Vec<Problem>,
 }
 
@@ -79,6 +72,8 @@ pub struct Loaded {
 pub struct Journal {
     stage_dir: RecordDir,
     publish_dir: RecordDir,
+    /// A record directory found to be something else at open, and set aside.
+    opened_over: Vec<Problem>,
 }
 
 /// A record directory, kept open: records are written relative to its descriptor
@@ -90,37 +85,82 @@ struct RecordDir {
 }
 
 impl RecordDir {
-    fn open(path: PathBuf) -> Result<Self, JournalError> {
-        let fd = File::open(&path).map_err(|source| JournalError::Io {
-            op: "open",
-            path: path.clone(),
-            source,
-        })?;
-        Ok(RecordDir {
-            path,
-            fd: Arc::new(fd.into()),
-        })
+    fn open(path: PathBuf) -> Result<(Self, Option<Problem>), JournalError> {
+        let (fd, aside) =
+            crate::host::records::open_dir(&path, 0o700).map_err(|source| JournalError::Io {
+                op: "open",
+                path: path.clone(),
+                source,
+            })?;
+        Ok((
+            RecordDir {
+                path,
+                fd: Arc::new(fd),
+            },
+            aside,
+        ))
+    }
+
+    /// Reads the directory; `parse` turns `(stem, bytes)` into a record or says why not
+    /// (reason label, detail), and a rejected entry is set aside.
+    fn load<T>(
+        &self,
+        valid_stem: impl Fn(&str) -> bool,
+        parse: impl Fn(&str, &[u8]) -> Result<T, (&'static str, String)>,
+        problems: &mut Vec<Problem>,
+    ) -> Vec<T> {
+        use crate::host::records;
+        let read = records::read_records(self.fd.as_fd(), &self.path, valid_stem);
+        problems.extend(read.set_aside);
+        let mut out = Vec::new();
+        for (stem, bytes) in read.records {
+            match parse(&stem, &bytes) {
+                Ok(r) => out.push(r),
+                Err((reason, detail)) => problems.push(records::reject(
+                    self.fd.as_fd(),
+                    &self.path,
+                    &stem,
+                    reason,
+                    detail,
+                )),
+            }
+        }
+        out
     }
 }
 
+/// Decodes a record: UTF-8, then JSON, then the record's shape (reason label on failure).
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, (&'static str, String)> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ("not_utf8", e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| ("invalid_json", e.to_string()))?;
+    serde_json::from_value(value).map_err(|e| ("wrong_shape", e.to_string()))
+}
+
+/// The characters [`crate::driver::volume_key`] produces.
+fn is_stage_stem(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255 - ".json".len()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && !s.starts_with('.')
+}
+
+fn is_publish_stem(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 impl Journal {
-    /// Opens (creating, mode 0700) the two record directories.
+    /// Opens (creating, mode 0700) the two record directories; one that is a file or a
+    /// symlink is set aside and created anew.
     pub fn open(state_dir: &Path, run_dir: &Path) -> Result<Self, JournalError> {
         let (stage_dir, publish_dir) = (state_dir.join("stage"), run_dir.join("publish"));
-        for d in [&stage_dir, &publish_dir] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(d)
-                .map_err(|source| JournalError::Io {
-                    op: "mkdir",
-                    path: d.clone(),
-                    source,
-                })?;
-        }
+        let (stage_dir, a) = RecordDir::open(stage_dir)?;
+        let (publish_dir, b) = RecordDir::open(publish_dir)?;
         Ok(Journal {
-            stage_dir: RecordDir::open(stage_dir)?,
-            publish_dir: RecordDir::open(publish_dir)?,
+            stage_dir,
+            publish_dir,
+            opened_over: a.into_iter().chain(b).collect(),
         })
     }
 
@@ -157,55 +197,46 @@ impl Journal {
         remove_durable(&self.publish_dir, &Self::publish_name(target))
     }
 
-    /// Reads every record back; unreadable ones are moved aside as `*.corrupt`.
+    /// Reads every record back. Never fails on content: whatever entry cannot be used (not
+    /// a regular file, unreadable, too large, not UTF-8, not JSON, the wrong shape, a record
+    /// under a name it does not belong to, a name moor does not write) is set aside as
+    /// `*.corrupt` and reported in [`Loaded::problems`], and everything else is loaded.
     pub fn load(&self) -> Result<Loaded, JournalError> {
-        let mut out = Loaded::default();
-        for (path, text) in read_dir_json(&self.stage_dir.path)? {
-            match serde_json::from_str::<StageRecord>(&text) {
-                Ok(r) => out.stages.push(r),
-                Err(e) => out.problems.push(set_aside(&path, e)),
-            }
-        }
-        for (path, text) in read_dir_json(&self.publish_dir.path)? {
-            match serde_json::from_str::<PublishRecord>(&text) {
-                Ok(r) => out.publishes.push(r),
-                Err(e) => out.problems.push(set_aside(&path, e)),
-            }
-        }
-        Ok(out)
+        let mut problems = self.opened_over.clone();
+        let stages = self.stage_dir.load(
+            is_stage_stem,
+            |stem, bytes| {
+                let r: StageRecord = decode(bytes)?;
+                if Self::stage_name(&r.key) != stem {
+                    return Err((
+                        "wrong_shape",
+                        format!("holds volume {} under another name", r.key),
+                    ));
+                }
+                Ok(r)
+            },
+            &mut problems,
+        );
+        let publishes = self.publish_dir.load(
+            is_publish_stem,
+            |stem, bytes| {
+                let r: PublishRecord = decode(bytes)?;
+                if Self::publish_name(&r.target) != stem {
+                    return Err((
+                        "wrong_shape",
+                        format!("holds {} under another name", r.target.display()),
+                    ));
+                }
+                Ok(r)
+            },
+            &mut problems,
+        );
+        Ok(Loaded {
+            stages,
+            publishes,
+            problems,
+        })
     }
-}
-
-fn set_aside(path: &Path, e: serde_json::Error) -> Problem {
-    let aside = path.with_extension("corrupt");
-    let _ = fs::rename(path, &aside);
-    tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %e, "unreadable journal record set aside");
-    Problem {
-        path: aside,
-        error: e.to_string(),
-    }
-}
-
-fn read_dir_json(dir: &Path) -> Result<Vec<(PathBuf, String)>, JournalError> {
-    let io = |op, path: &Path, source| JournalError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    };
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| io("read", dir, e))? {
-        let entry = entry.map_err(|e| io("read", dir, e))?;
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let text = fs::read_to_string(&path).map_err(|e| io("read", &path, e))?;
-            out.push((path, text));
-        } else if path.extension().is_some_and(|e| e == "tmp") {
-            // A write that crashed before its rename: the old record (if any) is intact.
-            let _ = fs::remove_file(&path);
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
 }
 
 fn c_name(name: &str) -> std::io::Result<CString> {
@@ -246,8 +277,16 @@ fn write_atomic<T: serde::Serialize>(
     }
     // SAFETY: `fd` was just returned by openat and is owned by nothing else.
     let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    f.write_all(&body).map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("fsync", e))?;
+    if let Err(e) = f
+        .write_all(&body)
+        .map_err(|e| io("write", e))
+        .and_then(|()| f.sync_all().map_err(|e| io("fsync", e)))
+    {
+        // A full state dir must not stay full because of our own half-written temp file.
+        // SAFETY: `tmp` is NUL-terminated and `dfd` is open.
+        unsafe { libc::unlinkat(dfd, tmp.as_ptr(), 0) };
+        return Err(e);
+    }
     drop(f);
     // SAFETY: both names are NUL-terminated; `dfd` is open.
     if unsafe { libc::renameat(dfd, tmp.as_ptr(), dfd, name.as_ptr()) } != 0 {
@@ -294,6 +333,7 @@ fn sync_dir(dir: &RecordDir) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::fs;
 
     fn stage(key: &str) -> StageRecord {
         StageRecord {
@@ -349,8 +389,131 @@ mod tests {
         fs::write(t.path().join("s/stage/half.tmp"), "{").unwrap();
         let l = j.load().unwrap();
         assert_eq!(l.problems.len(), 1);
-        assert!(t.path().join("s/stage/bad.corrupt").exists());
+        assert!(t.path().join("s/stage/bad.json.corrupt").exists());
         assert!(!t.path().join("s/stage/half.tmp").exists());
+    }
+
+    /// Every kind of entry another party can leave in a record directory: the good record
+    /// is loaded, each bad one is set aside under a new name (never deleted) with its reason.
+    #[test]
+    fn any_bad_entry_is_set_aside_and_the_good_ones_still_load() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        let j = Journal::open(&t.path().join("s"), &t.path().join("r")).unwrap();
+        let good = stage("local-good-0123456789ab");
+        j.put_stage(&good).unwrap();
+        let sd = t.path().join("s/stage");
+        let pd = t.path().join("r/publish");
+        let mut bad: Vec<(std::path::PathBuf, &str)> = Vec::new();
+        let mut add = |p: std::path::PathBuf, reason: &'static str| bad.push((p, reason));
+        fs::write(sd.join("local-nonutf8.json"), b"{\"key\": \"\xff\xfe\"}").unwrap();
+        add(sd.join("local-nonutf8.json"), "not_utf8");
+        fs::write(sd.join("local-notjson.json"), "{ not json").unwrap();
+        add(sd.join("local-notjson.json"), "invalid_json");
+        fs::write(sd.join("local-shape.json"), r#"{"key": 1, "phase": []}"#).unwrap();
+        add(sd.join("local-shape.json"), "wrong_shape");
+        let mut other = stage("local-someone-else");
+        other.phase = StagePhase::Staged;
+        fs::write(
+            sd.join("local-misnamed.json"),
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap();
+        add(sd.join("local-misnamed.json"), "wrong_shape");
+        fs::create_dir(sd.join("local-dir.json")).unwrap();
+        add(sd.join("local-dir.json"), "not_regular");
+        nix::unistd::mkfifo(&sd.join("local-fifo.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        add(sd.join("local-fifo.json"), "not_regular");
+        fs::write(
+            t.path().join("outside"),
+            serde_json::to_vec(&stage("local-link")).unwrap(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), sd.join("local-link.json")).unwrap();
+        add(sd.join("local-link.json"), "symlink");
+        let huge = fs::File::create(sd.join("local-huge.json")).unwrap();
+        huge.set_len(64 << 20).unwrap();
+        add(sd.join("local-huge.json"), "too_large");
+        fs::write(sd.join("README"), "notes").unwrap();
+        add(sd.join("README"), "unknown_name");
+        let weird = std::ffi::OsStr::from_bytes(b"\xff\xfe.json");
+        fs::write(sd.join(weird), "{}").unwrap();
+        add(sd.join(weird), "unknown_name");
+        fs::write(pd.join("0123456789abcdef0123456789abcdef.json"), "[]").unwrap();
+        add(
+            pd.join("0123456789abcdef0123456789abcdef.json"),
+            "wrong_shape",
+        );
+        fs::write(pd.join("nothex.json"), "{}").unwrap();
+        add(pd.join("nothex.json"), "unknown_name");
+
+        let l = j.load().unwrap();
+        assert_eq!(l.stages, vec![good.clone()], "the good record loads");
+        assert!(l.publishes.is_empty());
+        for (p, reason) in &bad {
+            let mut aside = p.as_os_str().to_owned();
+            aside.push(".corrupt");
+            let found = l
+                .problems
+                .iter()
+                .find(|x| x.path.as_os_str() == aside)
+                .unwrap_or_else(|| panic!("{} not reported: {:?}", p.display(), l.problems));
+            assert_eq!(found.reason, *reason, "{}", p.display());
+            assert!(
+                fs::symlink_metadata(&aside).is_ok(),
+                "{} was not kept",
+                p.display()
+            );
+            assert!(
+                fs::symlink_metadata(p).is_err(),
+                "{} still in place",
+                p.display()
+            );
+        }
+        assert_eq!(l.problems.len(), bad.len(), "{:?}", l.problems);
+        assert!(
+            t.path().join("outside").exists(),
+            "a symlink's target is never touched"
+        );
+
+        // A second start lists them again (still there for the operator), sets nothing new
+        // aside, and a record that goes bad under a name already taken gets its own name.
+        fs::write(sd.join("local-notjson.json"), "{ again").unwrap();
+        let l = j.load().unwrap();
+        assert_eq!(l.stages, vec![good]);
+        assert!(sd.join("local-notjson.json.1.corrupt").exists());
+        assert_eq!(
+            l.problems
+                .iter()
+                .filter(|p| p.reason == "set_aside_earlier")
+                .count(),
+            bad.len()
+        );
+    }
+
+    /// The record directory itself replaced by a file or a symlink: set aside, made anew.
+    #[test]
+    fn a_record_directory_that_is_not_a_directory_is_set_aside() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("s")).unwrap();
+        fs::create_dir_all(t.path().join("r")).unwrap();
+        fs::create_dir_all(t.path().join("elsewhere")).unwrap();
+        fs::write(t.path().join("s/stage"), "a file").unwrap();
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), t.path().join("r/publish")).unwrap();
+        let j = Journal::open(&t.path().join("s"), &t.path().join("r")).unwrap();
+        let l = j.load().unwrap();
+        let mut reasons: Vec<_> = l.problems.iter().map(|p| p.reason).collect();
+        reasons.sort();
+        assert_eq!(reasons, ["not_a_directory", "not_a_directory"]);
+        assert!(t.path().join("s/stage.corrupt").is_file());
+        assert!(
+            fs::symlink_metadata(t.path().join("r/publish.corrupt"))
+                .unwrap()
+                .is_symlink()
+        );
+        j.put_stage(&stage("k")).unwrap();
+        assert!(t.path().join("s/stage/k.json").is_file());
+        assert_eq!(fs::read_dir(t.path().join("elsewhere")).unwrap().count(), 0);
     }
 
     #[test]

@@ -435,3 +435,41 @@ fn a_device_is_held_by_one_volume_key_whatever_its_names() {
         assert_eq!(holder(std::slice::from_ref(&r)), None, "{}", r.key);
     }
 }
+
+/// The reconciler's sweep: nothing to finish while volumes are simply published; an unmount
+/// that failed half-way (the bind was busy) leaves a transitional record, and finishing it
+/// (what the reconciler does under the lock) removes the bind and the stage it was the last
+/// user of, as kubelet's retry would.
+#[test]
+fn only_interrupted_transitions_are_finished_by_the_sweep() {
+    let rig = Rig::new();
+    let lc = rig.lifecycle();
+    rig.mount(&lc, "p1", false).unwrap();
+    rig.mount(&lc, "p2", false).unwrap();
+    assert!(
+        lc.pending_transitions().is_empty(),
+        "published volumes are left alone"
+    );
+    lc.unmount(Some("local"), &rig.target("p1")).unwrap();
+    assert!(
+        lc.pending_transitions().is_empty(),
+        "a stage in use is left alone"
+    );
+
+    rig.mounts.fail_next("unmount", Errno::EBUSY);
+    lc.unmount(Some("local"), &rig.target("p2")).unwrap_err();
+    let key = lc.key_of(Path::new(&rig.target("p2"))).unwrap();
+    assert_eq!(lc.pending_transitions(), vec![key.clone()]);
+    let report = lc.finish_pending(&key);
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert!(
+        rig.mounts.mount_points().is_empty(),
+        "bind and stage are gone"
+    );
+    assert_eq!(rig.journal_files(), 0);
+    assert!(lc.pending_transitions().is_empty());
+    assert_eq!(
+        lc.unmount(Some("local"), &rig.target("p2")).unwrap(),
+        UnmountOutcome::NotMounted
+    );
+}

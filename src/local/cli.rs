@@ -140,10 +140,10 @@ pub fn scan_all(cfg: &Config, host: &Host) -> Vec<Scan> {
         .iter()
         .map(|c| {
             let mut s = scan_class(host, &src, c);
-            let (held, ok): (Vec<_>, Vec<_>) = s
-                .entries
-                .into_iter()
-                .partition(|e| unfinished.contains(&e.stable_id));
+            let (held, ok): (Vec<_>, Vec<_>) = s.entries.into_iter().partition(|e| {
+                unfinished.contains(&e.stable_id)
+                    || wipe::held_by_unusable_record(&cfg.state_dir, &e.stable_id)
+            });
             s.entries = ok;
             s.skipped
                 .extend(held.into_iter().map(|e| super::discover::Skipped {

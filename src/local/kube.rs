@@ -439,7 +439,7 @@ pub async fn sync_once<A: PvApi>(
         .iter()
         .map(|c| super::discover::scan_class(host, &src, c))
         .collect();
-    let unfinished = wipe::unfinished_ids(&cfg.state_dir);
+    let unfinished = wipe::unfinished_among(&cfg.state_dir, &scans);
     let mut report = reconcile(api, &cfg.node_name, &cfg.local, &scans, &unfinished).await?;
     let ctx = WipeCtx {
         host,

@@ -210,7 +210,7 @@ async fn pass(
     let Some(api) = api else {
         return;
     };
-    let unfinished = wipe::unfinished_ids(&cfg.state_dir);
+    let unfinished = wipe::unfinished_among(&cfg.state_dir, &scans);
     let report = match reconcile(api, &cfg.node_name, &cfg.local, &scans, &unfinished).await {
         Ok(r) => r,
         Err(e) => {

@@ -319,28 +319,76 @@ pub fn remove_record(state_dir: &Path, stable_id: &str) -> std::io::Result<()> {
     }
 }
 
-/// Every record; unreadable ones are reported, never deleted.
+/// Every record; an entry that is not a readable, well-shaped record under its own name is
+/// set aside as `*.corrupt` (never deleted) and reported, and the others still load.
 pub fn load_records(state_dir: &Path) -> (Vec<WipeRecord>, Vec<String>) {
-    let mut recs = Vec::new();
-    let mut problems = Vec::new();
-    let Ok(rd) = std::fs::read_dir(wipe_dir(state_dir)) else {
-        return (recs, problems);
+    use crate::host::records;
+    let dir = wipe_dir(state_dir);
+    if std::fs::symlink_metadata(&dir).is_err() {
+        return (Vec::new(), Vec::new());
+    }
+    let (fd, over) = match records::open_dir(&dir, 0o700) {
+        Ok(x) => x,
+        Err(e) => return (Vec::new(), vec![format!("{}: {e}", dir.display())]),
     };
-    for e in rd.filter_map(Result::ok) {
-        let p = e.path();
-        if p.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        match std::fs::read_to_string(&p)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str::<WipeRecord>(&t).map_err(|e| e.to_string()))
-        {
+    let mut problems: Vec<String> = over
+        .into_iter()
+        .map(|p| format!("{} ({}): {}", p.path.display(), p.reason, p.detail))
+        .collect();
+    let read = records::read_records(fd.as_fd(), &dir, |stem| {
+        stem.len() == 24 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    problems.extend(
+        read.set_aside
+            .iter()
+            .map(|p| format!("{} ({}): {}", p.path.display(), p.reason, p.detail)),
+    );
+    let mut recs = Vec::new();
+    for (stem, bytes) in read.records {
+        let parsed = std::str::from_utf8(&bytes)
+            .map_err(|e| ("not_utf8", e.to_string()))
+            .and_then(|t| {
+                serde_json::from_str::<WipeRecord>(t).map_err(|e| ("invalid_json", e.to_string()))
+            })
+            .and_then(|r| {
+                let own = record_path(state_dir, &r.stable_id);
+                if own.file_stem().is_some_and(|s| s == stem.as_str()) {
+                    Ok(r)
+                } else {
+                    Err((
+                        "wrong_shape",
+                        format!("holds {} under another name", r.stable_id),
+                    ))
+                }
+            });
+        match parsed {
             Ok(r) => recs.push(r),
-            Err(e) => problems.push(format!("{}: {e}", p.display())),
+            Err((reason, detail)) => {
+                let p = records::reject(fd.as_fd(), &dir, &stem, reason, detail);
+                problems.push(format!("{} ({}): {}", p.path.display(), p.reason, p.detail));
+            }
         }
     }
     recs.sort_by(|a, b| a.entry.cmp(&b.entry));
     (recs, problems)
+}
+
+/// True when the wipe record of `stable_id` was set aside as unusable: its wipe may not
+/// have finished, so the entry is held back like an unfinished one until an operator
+/// removes the `*.corrupt` file.
+pub fn held_by_unusable_record(state_dir: &Path, stable_id: &str) -> bool {
+    let own = record_path(state_dir, stable_id);
+    let Some(name) = own.file_name().map(|n| n.as_bytes().to_vec()) else {
+        return false;
+    };
+    let Ok(rd) = std::fs::read_dir(wipe_dir(state_dir)) else {
+        return false;
+    };
+    rd.filter_map(Result::ok).any(|e| {
+        let n = e.file_name();
+        let n = n.as_bytes();
+        n.starts_with(&name) && n.ends_with(b".corrupt")
+    })
 }
 
 /// Stable ids with an unfinished (started or failed) wipe: never published.
@@ -351,6 +399,17 @@ pub fn unfinished_ids(state_dir: &Path) -> Vec<String> {
         .filter(|r| r.phase != WipePhase::Done)
         .map(|r| r.stable_id)
         .collect()
+}
+
+/// [`unfinished_ids`], plus the scanned entries whose wipe record was set aside as unusable.
+pub fn unfinished_among(state_dir: &Path, scans: &[super::discover::Scan]) -> Vec<String> {
+    let mut ids = unfinished_ids(state_dir);
+    for e in scans.iter().flat_map(|s| &s.entries) {
+        if !ids.contains(&e.stable_id) && held_by_unusable_record(state_dir, &e.stable_id) {
+            ids.push(e.stable_id.clone());
+        }
+    }
+    ids
 }
 
 /// A wipe that did not happen or did not finish.
@@ -1020,8 +1079,48 @@ mod tests {
         assert_eq!(load_records(t.path()).0, vec![r.clone()]);
         std::fs::write(wipe_dir(t.path()).join("bad.json"), "{").unwrap();
         assert_eq!(load_records(t.path()).1.len(), 1);
+        assert!(wipe_dir(t.path()).join("bad.json.corrupt").exists());
         remove_record(t.path(), &r.stable_id).unwrap();
         remove_record(t.path(), &r.stable_id).unwrap();
         assert!(load_records(t.path()).0.is_empty());
+    }
+
+    /// A wipe record that cannot be read (garbage, a FIFO, a directory, another id's record
+    /// under its name) is set aside, never deleted, never blocks the reader, and holds its
+    /// entry back as an unfinished wipe would: a half-wiped entry is never offered again.
+    #[test]
+    fn an_unusable_wipe_record_is_set_aside_and_holds_its_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let mut good = WipeRecord {
+            entry: "/mnt/disks/ok".into(),
+            class: "c".into(),
+            stable_id: "fs-ok".into(),
+            pv: None,
+            method: "contents".into(),
+            phase: WipePhase::Done,
+            started: 1,
+            finished: Some(2),
+            error: None,
+            nested_mounts_left: vec![],
+        };
+        put_record(t.path(), &good).unwrap();
+        let ids = ["fs-garbage", "fs-fifo", "fs-dir", "fs-other", "fs-nonutf8"];
+        let path = |id: &str| record_path(t.path(), id);
+        std::fs::write(path(ids[0]), "{ half").unwrap();
+        nix::unistd::mkfifo(&path(ids[1]), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::create_dir(path(ids[2])).unwrap();
+        good.stable_id = "fs-elsewhere".into();
+        std::fs::write(path(ids[3]), serde_json::to_vec(&good).unwrap()).unwrap();
+        std::fs::write(path(ids[4]), b"{\"entry\": \"\xff\"}").unwrap();
+        let (recs, problems) = load_records(t.path());
+        assert_eq!(recs.len(), 1, "{problems:?}");
+        assert_eq!(problems.len(), ids.len(), "{problems:?}");
+        for id in ids {
+            let mut aside = path(id).into_os_string();
+            aside.push(".corrupt");
+            assert!(std::fs::symlink_metadata(&aside).is_ok(), "{id} not kept");
+            assert!(held_by_unusable_record(t.path(), id), "{id} not held");
+        }
+        assert!(!held_by_unusable_record(t.path(), "fs-ok"));
     }
 }

@@ -1,0 +1,338 @@
+//! Reading a record directory (the journal's stage and publish records, the wipe journal)
+//! whatever another party left in it.
+//!
+//! Invariant: reading never blocks, never follows a link, never reads without bound and never
+//! deletes: an entry that is not a readable, regular record file of a name moor writes is
+//! renamed to `<name>.corrupt` (or `<name>.<n>.corrupt`, never replacing anything) and
+//! reported, and every other entry is still read. Only `*.tmp` files — moor's own writes that
+//! a crash interrupted before their rename — are removed.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+/// The largest record moor reads; a real one is a few hundred bytes.
+pub const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+/// An entry that was (or already had been) moved out of the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// Where it is now.
+    pub path: PathBuf,
+    /// A stable label: `not_regular`, `symlink`, `too_large`, `unreadable`, `not_utf8`,
+    /// `invalid_json`, `wrong_shape`, `unknown_name`, `not_a_directory`, `set_aside_earlier`.
+    pub reason: &'static str,
+    /// The detail (OS error, parse error).
+    pub detail: String,
+}
+
+/// What a record directory held.
+#[derive(Debug, Default)]
+pub struct DirRead {
+    /// `(stem, bytes)` of each regular `<stem>.json` whose stem the caller accepted.
+    pub records: Vec<(String, Vec<u8>)>,
+    /// Entries set aside now or earlier.
+    pub set_aside: Vec<SetAside>,
+}
+
+fn c_name(name: &OsStr) -> std::io::Result<CString> {
+    CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+/// Opens `path` as a directory (created with `mode` when missing), never through a symlink.
+/// A file, symlink or anything else in its place is set aside first, so the daemon can
+/// start with an empty directory there instead of refusing to start.
+pub fn open_dir(path: &Path, mode: u32) -> std::io::Result<(OwnedFd, Option<SetAside>)> {
+    let mut aside = None;
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_dir() => {}
+        Ok(md) => {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            let name = path.file_name().unwrap_or_default();
+            let pfd = open_dir_fd(parent)?;
+            let kind = if md.file_type().is_symlink() {
+                "a symlink"
+            } else {
+                "not a directory"
+            };
+            aside = Some(set_aside_at(
+                pfd.as_fd(),
+                parent,
+                name,
+                "not_a_directory",
+                format!("the record directory was {kind}"),
+            )?);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)?;
+    Ok((open_dir_fd(path)?, aside))
+}
+
+fn open_dir_fd(path: &Path) -> std::io::Result<OwnedFd> {
+    let c = c_name(path.as_os_str())?;
+    // SAFETY: `c` is NUL-terminated; the flags open a directory without following a link.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Renames `name` in `dir` to `<name>.corrupt` (or `<name>.<n>.corrupt`), never replacing
+/// an entry, and logs it. Fails only when no name could be taken (a read-only directory).
+pub fn set_aside_at(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    name: &OsStr,
+    reason: &'static str,
+    detail: String,
+) -> std::io::Result<SetAside> {
+    let from = c_name(name)?;
+    let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+    for n in 0..100u32 {
+        let mut to = name.as_bytes().to_vec();
+        if n > 0 {
+            to.extend_from_slice(format!(".{n}").as_bytes());
+        }
+        to.extend_from_slice(b".corrupt");
+        let to_os = OsString::from_vec(to);
+        let to_c = c_name(&to_os)?;
+        // SAFETY: both names are NUL-terminated; `dir` is an open directory.
+        let r = unsafe {
+            libc::renameat2(
+                dir.as_raw_fd(),
+                from.as_ptr(),
+                dir.as_raw_fd(),
+                to_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            let path = dir_path.join(&to_os);
+            tracing::error!(path = %dir_path.join(name).display(), moved_to = %path.display(), reason, error = %detail, "unusable record set aside");
+            return Ok(SetAside {
+                path,
+                reason,
+                detail,
+            });
+        }
+        last = std::io::Error::last_os_error();
+        if last.raw_os_error() != Some(libc::EEXIST) {
+            break;
+        }
+    }
+    tracing::error!(path = %dir_path.join(name).display(), reason, error = %detail, rename_error = %last, "unusable record cannot be set aside; ignored");
+    Err(last)
+}
+
+fn stat_at(dir: BorrowedFd<'_>, name: &CString) -> std::io::Result<libc::stat> {
+    // SAFETY: libc::stat is plain data; all-zero is a valid bit pattern.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory fd, a NUL-terminated name, a writable stat buffer.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Why an entry cannot be read as a record (reason label, detail).
+type Unusable = (&'static str, String);
+
+/// Reads one entry as a regular file of at most [`MAX_RECORD_BYTES`]: looked at with
+/// `fstatat` before it is opened (a FIFO or a device node is never opened), then opened
+/// non-blocking without following a link and checked again on the descriptor.
+fn read_entry(dir: BorrowedFd<'_>, name: &CString) -> Result<Vec<u8>, Unusable> {
+    let unreadable = |e: std::io::Error| ("unreadable", e.to_string());
+    let kind = |mode: libc::mode_t| -> Result<(), Unusable> {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => Ok(()),
+            libc::S_IFLNK => Err(("symlink", "a symlink (never followed)".into())),
+            libc::S_IFDIR => Err(("not_regular", "a directory".into())),
+            libc::S_IFIFO => Err(("not_regular", "a FIFO".into())),
+            libc::S_IFSOCK => Err(("not_regular", "a socket".into())),
+            _ => Err(("not_regular", "a device node".into())),
+        }
+    };
+    let st = stat_at(dir, name).map_err(unreadable)?;
+    kind(st.st_mode)?;
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return Err(("symlink", "a symlink (never followed)".into()));
+        }
+        return Err(unreadable(e));
+    }
+    // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let md = file.metadata().map_err(unreadable)?;
+    if !md.file_type().is_file() {
+        return Err(("not_regular", "replaced while being read".into()));
+    }
+    if md.len() > MAX_RECORD_BYTES {
+        return Err((
+            "too_large",
+            format!("{} bytes, more than {MAX_RECORD_BYTES}", md.len()),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORD_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err(("too_large", format!("more than {MAX_RECORD_BYTES} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// Reads every entry of the open record directory `dir` (at `dir_path`, for messages).
+/// `valid_stem` says which `<stem>.json` names moor writes there. Never fails: an entry
+/// that cannot be listed, read or accepted is set aside (or, when even that fails, only
+/// reported), so one bad entry never hides the others.
+pub fn read_records(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    valid_stem: impl Fn(&str) -> bool,
+) -> DirRead {
+    let mut out = DirRead::default();
+    let report = |out: &mut DirRead, name: &OsStr, reason: &'static str, detail: String| {
+        let entry = match set_aside_at(dir, dir_path, name, reason, detail.clone()) {
+            Ok(s) => s,
+            Err(e) => SetAside {
+                path: dir_path.join(name),
+                reason,
+                detail: format!("{detail}; cannot be set aside: {e}"),
+            },
+        };
+        out.set_aside.push(entry);
+    };
+    let names = match list(dir) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(path = %dir_path.display(), error = %e, "record directory cannot be listed");
+            out.set_aside.push(SetAside {
+                path: dir_path.into(),
+                reason: "unreadable",
+                detail: format!("cannot list the directory: {e}"),
+            });
+            return out;
+        }
+    };
+    for name in names {
+        let bytes = name.as_bytes();
+        if bytes.ends_with(b".corrupt") {
+            out.set_aside.push(SetAside {
+                path: dir_path.join(&name),
+                reason: "set_aside_earlier",
+                detail: "set aside by an earlier start; inspect it, then remove it".into(),
+            });
+            continue;
+        }
+        let Ok(c) = c_name(&name) else { continue };
+        if bytes.ends_with(b".tmp") {
+            // A write that crashed before its rename: the old record (if any) is intact.
+            if stat_at(dir, &c).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+                // SAFETY: a valid directory fd and a NUL-terminated name.
+                unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+            } else {
+                report(
+                    &mut out,
+                    &name,
+                    "not_regular",
+                    "a .tmp entry that is not a file".into(),
+                );
+            }
+            continue;
+        }
+        let Some(stem) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".json"))
+            .filter(|s| valid_stem(s))
+        else {
+            let reason = if name.to_str().is_none() {
+                "not a UTF-8 name"
+            } else {
+                "not a record name moor writes here"
+            };
+            report(&mut out, &name, "unknown_name", reason.into());
+            continue;
+        };
+        match read_entry(dir, &c) {
+            Ok(b) => out.records.push((stem.to_owned(), b)),
+            Err((reason, detail)) => report(&mut out, &name, reason, detail),
+        }
+    }
+    out.records.sort();
+    out
+}
+
+/// The names in `dir`, without `.` and `..`.
+fn list(dir: BorrowedFd<'_>) -> std::io::Result<Vec<OsString>> {
+    // A fresh open of "." (not a dup, which would share the offset): every listing starts
+    // at the beginning and the caller's descriptor is left as it was.
+    let mut d = nix::dir::Dir::openat(
+        dir,
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(std::io::Error::from)?;
+    let mut names = Vec::new();
+    for e in d.iter() {
+        let e = e.map_err(std::io::Error::from)?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(OsString::from_vec(n.to_vec()));
+        }
+    }
+    Ok(names)
+}
+
+/// Sets aside a record whose content the caller could not accept (bad JSON, wrong shape).
+pub fn reject(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    stem: &str,
+    reason: &'static str,
+    detail: String,
+) -> SetAside {
+    let name = OsString::from(format!("{stem}.json"));
+    match set_aside_at(dir, dir_path, &name, reason, detail.clone()) {
+        Ok(s) => s,
+        Err(e) => SetAside {
+            path: dir_path.join(&name),
+            reason,
+            detail: format!("{detail}; cannot be set aside: {e}"),
+        },
+    }
+}
