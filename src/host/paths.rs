@@ -229,30 +229,13 @@ impl HostPaths {
 /// any symlink on the way, the last component included — and closes it again. `path` is
 /// clean (no `..`), so the walk cannot leave the directories it names.
 fn open_no_symlinks(path: &Path) -> std::io::Result<()> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: open_how is a plain C struct; all-zero is valid.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS;
-    // SAFETY: `p` is NUL-terminated and `how` is a valid open_how of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::Other))?;
-    // SAFETY: `fd` was just returned by openat2 and is owned by nothing else.
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    Ok(())
+    super::allow::openat2(
+        libc::AT_FDCWD,
+        path,
+        libc::O_PATH,
+        libc::RESOLVE_NO_SYMLINKS,
+    )
+    .map(drop)
 }
 
 /// Absolute, and made only of normal components (no `.`, `..`, `//` or trailing `/`), so

@@ -228,22 +228,12 @@ fn cstr(name: &OsStr) -> std::io::Result<CString> {
 /// `openat2(dir, name, O_PATH | O_DIRECTORY)` confined beneath `dir`, with no symlink and
 /// no magic link anywhere (a symlink answers ELOOP, a file ENOTDIR).
 pub fn open_beneath(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<OwnedFd> {
-    let c = cstr(name)?;
-    // SAFETY: open_how is a plain C struct; all-zero is valid.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `c` is NUL-terminated, `how` is a valid open_how of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    owned(fd)
+    super::allow::openat2(
+        dir.as_raw_fd(),
+        Path::new(name),
+        libc::O_PATH | libc::O_DIRECTORY,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 /// Opens a directory by its path (`O_PATH`, no final symlink): the kubelet dir's own fd.
