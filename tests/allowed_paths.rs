@@ -15,12 +15,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::host::{assert_failure, digest, mkfs, mount_entries_under, probe};
-use common::{Daemon, LoopDev, require_privileged_sandbox, sh};
+use common::{Daemon, LoopDev, require_privileged_sandbox, s, sh};
 use serde_json::json;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// (gid, mode) of a path, not following a final symlink.
 fn owner(p: &Path) -> (u32, u32) {

@@ -15,28 +15,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::host::{assert_failure, mount_entries_at};
-use common::{Daemon, is_mounted, mounts_under, require_privileged_sandbox, sh};
+use common::{
+    Daemon, is_mounted, mounts_under, require_privileged_sandbox, s, sh, source, write_errno,
+};
 use serde_json::json;
 
 const NONE: Vec<PathBuf> = Vec::new();
-
-/// A source directory outside the kubelet dir with one file in it.
-fn source(d: &Daemon, name: &str) -> PathBuf {
-    let dir = d.root.path().join("disks").join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("existing"), "already here").unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn write_errno(dir: &Path, name: &str) -> Option<i32> {
-    std::fs::write(dir.join(name), "x")
-        .err()
-        .and_then(|e| e.raw_os_error())
-}
 
 /// A tmpfs the test mounts itself (a mount moor did not make), with a file in it.
 fn foreign_mount(at: &Path) {

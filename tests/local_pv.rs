@@ -20,12 +20,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::host::{mkfs, probe, read_at, write_at};
-use common::{Daemon, LoopDev, require_privileged_sandbox, sh};
+use common::{Daemon, LoopDev, require_privileged_sandbox, s, sh};
 use serde_json::json;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A node with two classes: `fast` (Filesystem: a bind-mounted directory of an ext4 disk
 /// and a blank disk moor would format) and `raw` (Block), a fake host `/dev` holding the

@@ -15,20 +15,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Daemon, is_mounted, require_privileged_sandbox};
+use common::{Daemon, is_mounted, require_privileged_sandbox, s, source};
 use serde_json::json;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A source directory outside the kubelet dir with one file in it.
-fn source(d: &Daemon, name: &str) -> PathBuf {
-    let dir = d.root.path().join("disks").join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("existing"), "already here").unwrap();
-    dir
-}
 
 /// `moor status -o json` against the daemon.
 fn status(d: &Daemon) -> serde_json::Value {

@@ -21,22 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::host::{assert_failure, mkfs, mount_entries_at, mount_entries_under};
-use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox, sh};
+use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox, s, sh, source, write_errno};
 use serde_json::json;
 
 const NONE: Vec<PathBuf> = Vec::new();
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A source directory outside the kubelet dir with one file in it.
-fn source(d: &Daemon, name: &str) -> PathBuf {
-    let dir = d.root.path().join("disks").join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("existing"), "already here").unwrap();
-    dir
-}
 
 fn pod_opts(pod: &str, vol: &str, mut opts: serde_json::Value) -> String {
     let o = opts.as_object_mut().unwrap();
@@ -47,12 +35,6 @@ fn pod_opts(pod: &str, vol: &str, mut opts: serde_json::Value) -> String {
         .or_insert(vol.into());
     o.entry("kubernetes.io/readwrite").or_insert("rw".into());
     opts.to_string()
-}
-
-fn write_errno(dir: &Path, name: &str) -> Option<i32> {
-    std::fs::write(dir.join(name), "x")
-        .err()
-        .and_then(|e| e.raw_os_error())
 }
 
 /// The per-mount options (mountinfo field 6) of the topmost mount at `p`.

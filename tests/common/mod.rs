@@ -483,3 +483,23 @@ pub fn is_mounted(p: &Path) -> bool {
 
 /// Host-side checks (signatures, checksums, mount table, daemon log) and device setup.
 pub mod host;
+
+/// A path as the `&str` the front end's JSON options carry.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A source directory under the daemon's allowed root, with one file in it.
+pub fn source(d: &Daemon, name: &str) -> PathBuf {
+    let dir = d.allowed_root().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("existing"), "already here").unwrap();
+    dir
+}
+
+/// The errno of writing a file `name` into `dir` (None: the write worked).
+pub fn write_errno(dir: &Path, name: &str) -> Option<i32> {
+    std::fs::write(dir.join(name), "x")
+        .err()
+        .and_then(|e| e.raw_os_error())
+}
