@@ -181,7 +181,8 @@ async fn serve(
     let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
         .map_err(io("start serving", &cfg.socket))?;
     let reconciler = tokio::spawn(reconciler::run(
-        reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone()),
+        reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone())
+            .with_pod_log_dir(cfg.pod_log_dir.clone()),
         cfg.reconcile_interval,
     ));
     http_state.ready.store(true, Ordering::Relaxed);

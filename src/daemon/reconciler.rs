@@ -22,8 +22,9 @@ use nix::errno::Errno;
 use crate::daemon::executor::Executor;
 use crate::host::bounded::bounded;
 use crate::host::fusectl;
+use crate::journal::record::PublishRecord;
 use crate::lifecycle::{Lifecycle, RemoteStage};
-use crate::metrics::{ErrorLabels, HealLabels, Metrics, VolumeLabels};
+use crate::metrics::{ErrorLabels, HealLabels, Metrics, VolumeUse, volume_labels};
 
 /// Deadline of one statvfs.
 const STAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -138,6 +139,7 @@ pub struct Reconciler {
     exec: Arc<Executor>,
     backoff: HashMap<String, Backoff>,
     fusectl: PathBuf,
+    labels: LabelSources,
 }
 
 impl Reconciler {
@@ -149,7 +151,14 @@ impl Reconciler {
             exec,
             backoff: HashMap::new(),
             fusectl: PathBuf::from(fusectl::CONNECTIONS),
+            labels: LabelSources::new(crate::host::podlogs::DEFAULT_POD_LOG_DIR.into()),
         }
+    }
+
+    /// Reads pods' namespaces from `dir` instead of kubelet's `/var/log/pods`.
+    pub fn with_pod_log_dir(mut self, dir: PathBuf) -> Self {
+        self.labels = LabelSources::new(dir);
+        self
     }
 
     /// Probes every staged share and heals the dead ones. Returns how many were healed.
@@ -268,10 +277,59 @@ impl Reconciler {
     }
 }
 
-/// One statistics pass: refresh volume statistics.
-pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
+/// Where the statistics' labels come from: only sources a pod author cannot write. A pod's
+/// namespace is read from kubelet's pod log directory, cached by pod UID (a UID never
+/// changes namespace) and looked up again at most once per pass.
+pub struct LabelSources {
+    pod_log_dir: PathBuf,
+    namespaces: HashMap<String, String>,
+}
+
+impl LabelSources {
+    /// Sources reading pod namespaces under `pod_log_dir`.
+    pub fn new(pod_log_dir: PathBuf) -> Self {
+        LabelSources {
+            pod_log_dir,
+            namespaces: HashMap::new(),
+        }
+    }
+
+    /// The uses of each volume, the namespace of each from the trusted sources. The
+    /// namespace kubelet passed in the options (`PublishRecord::namespace`) is never read:
+    /// an inline volume's author writes it.
+    pub fn uses(&mut self, volumes: &[Vec<PublishRecord>]) -> Vec<Vec<VolumeUse>> {
+        let all = || volumes.iter().flatten();
+        if all().any(|p| !self.namespaces.contains_key(&p.pod_uid)) {
+            match crate::host::podlogs::namespaces(&self.pod_log_dir) {
+                Ok(found) => self.namespaces = found,
+                Err(e) => {
+                    tracing::warn!(dir = %self.pod_log_dir.display(), error = %e, "cannot read pod log directories; volume statistics get no namespace")
+                }
+            }
+        }
+        self.namespaces
+            .retain(|uid, _| all().any(|p| p.pod_uid == *uid));
+        volumes
+            .iter()
+            .map(|pubs| {
+                pubs.iter()
+                    .map(|p| VolumeUse {
+                        volume_name: p.volume_name.clone(),
+                        namespace: self.namespaces.get(&p.pod_uid).cloned(),
+                        claim: None,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// One statistics pass: refresh volume statistics, one series per volume key.
+pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics, sources: &mut LabelSources) {
     metrics.reconcile_runs.inc();
     let volumes = lifecycle.staged_volumes();
+    let publishes: Vec<Vec<PublishRecord>> = volumes.iter().map(|(_, _, p)| p.clone()).collect();
+    let uses = sources.uses(&publishes);
     let families = [
         &metrics.capacity_bytes,
         &metrics.available_bytes,
@@ -281,7 +339,7 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
         &metrics.inodes_used,
     ];
     let mut fresh = Vec::new();
-    for (stage, path, first_pod) in volumes {
+    for ((stage, path, _), uses) in volumes.into_iter().zip(uses) {
         let p = path.clone();
         let stats = match bounded(STAT_TIMEOUT, move || nix::sys::statvfs::statvfs(&p)) {
             Ok(Ok(s)) => s,
@@ -294,17 +352,7 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
                 continue;
             }
         };
-        let labels = VolumeLabels {
-            namespace: first_pod
-                .as_ref()
-                .and_then(|p| p.namespace.clone())
-                .unwrap_or_default(),
-            volume: first_pod
-                .as_ref()
-                .map(|p| p.volume_name.clone())
-                .unwrap_or_else(|| stage.key.clone()),
-            driver: stage.driver.clone(),
-        };
+        let labels = volume_labels(&stage.key, &stage.driver, &uses);
         let frsize = stats.fragment_size();
         let values = [
             stats.blocks() * frsize,
@@ -352,7 +400,7 @@ pub async fn run(mut rec: Reconciler, interval: Duration) {
             rec.heal_shares();
             if stats_due {
                 rec.restore_publishes();
-                pass(&rec.lifecycle, &rec.metrics);
+                pass(&rec.lifecycle, &rec.metrics, &mut rec.labels);
             }
             rec
         })
@@ -406,5 +454,59 @@ fn watch_mount_table(changed: Arc<tokio::sync::Notify>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the mount-table watch; probing on the timer only");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::record::PublishPhase;
+
+    fn publish(uid: &str, volume: &str, claimed_ns: Option<&str>) -> PublishRecord {
+        PublishRecord {
+            target: format!("/var/lib/kubelet/pods/{uid}/volumes/moor~local/{volume}").into(),
+            key: format!("local-{uid}"),
+            driver: "local".into(),
+            pod_uid: uid.into(),
+            volume_name: volume.into(),
+            namespace: claimed_ns.map(Into::into),
+            read_only: false,
+            phase: PublishPhase::Published,
+        }
+    }
+
+    #[test]
+    fn a_namespace_in_the_options_is_never_a_label() {
+        let logs = tempfile::tempdir().unwrap();
+        std::fs::create_dir(logs.path().join("team-a_web-0_uid-a")).unwrap();
+        std::fs::create_dir(logs.path().join("team-b_db-0_uid-b")).unwrap();
+        let mut src = LabelSources::new(logs.path().into());
+        let vols = vec![
+            vec![publish("uid-a", "vol", Some("kube-system"))],
+            vec![publish("uid-b", "vol", Some("kube-system"))],
+            // A pod kubelet made no log directory for: its own claim is still not taken.
+            vec![publish("uid-c", "vol", Some("kube-system"))],
+        ];
+        let uses = src.uses(&vols);
+        let labels: Vec<_> = vols
+            .iter()
+            .zip(&uses)
+            .map(|(v, u)| volume_labels(&v[0].key, "local", u))
+            .collect();
+        assert_eq!(labels[0].namespace, "team-a");
+        assert_eq!(labels[1].namespace, "team-b");
+        assert_eq!(labels[2].namespace, "");
+        assert!(labels.iter().all(|l| l.volume == "vol"));
+        assert_ne!(labels[0], labels[1]);
+        // A pod whose log directory appears later is found on a later pass.
+        std::fs::create_dir(logs.path().join("team-c_job-0_uid-c")).unwrap();
+        assert_eq!(src.uses(&vols)[2][0].namespace.as_deref(), Some("team-c"));
+    }
+
+    #[test]
+    fn without_a_pod_log_dir_the_namespace_is_empty() {
+        let mut src = LabelSources::new("/nonexistent/moor-pod-logs".into());
+        let uses = src.uses(&[vec![publish("uid-a", "vol", Some("kube-system"))]]);
+        assert_eq!(uses[0][0].namespace, None);
     }
 }

@@ -14,6 +14,7 @@ pub mod fusectl;
 pub mod mountinfo;
 pub mod mounts;
 pub mod paths;
+pub mod podlogs;
 pub mod rbdbus;
 pub mod scsi;
 pub mod secrets;

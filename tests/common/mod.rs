@@ -147,6 +147,10 @@ impl Daemon {
     pub fn log(&self) -> PathBuf {
         self.root.path().join("daemon.log")
     }
+    /// kubelet's pod log directory (`<namespace>_<pod>_<uid>`) for this daemon.
+    pub fn pod_log_dir(&self) -> PathBuf {
+        self.root.path().join("pod-logs")
+    }
 
     /// Starts a daemon on a fresh tree.
     pub fn start() -> Self {
@@ -203,6 +207,8 @@ impl Daemon {
             .arg(self.run_dir())
             .arg("--socket")
             .arg(self.socket())
+            .arg("--pod-log-dir")
+            .arg(self.pod_log_dir())
             .args([
                 "--metrics-addr",
                 "off",
