@@ -24,7 +24,7 @@ use crate::host::bounded::bounded;
 use crate::host::fusectl;
 use crate::journal::record::PublishRecord;
 use crate::lifecycle::{Lifecycle, RemoteStage};
-use crate::metrics::{ErrorLabels, HealLabels, Metrics, VolumeUse, volume_labels};
+use crate::metrics::{BoundClaim, ErrorLabels, HealLabels, Metrics, VolumeUse, volume_labels};
 
 /// Deadline of one statvfs.
 const STAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -157,7 +157,13 @@ impl Reconciler {
 
     /// Reads pods' namespaces from `dir` instead of kubelet's `/var/log/pods`.
     pub fn with_pod_log_dir(mut self, dir: PathBuf) -> Self {
-        self.labels = LabelSources::new(dir);
+        self.labels.pod_log_dir = dir;
+        self
+    }
+
+    /// Labels PVs' statistics with their claims from `cache`.
+    pub fn with_claims(mut self, cache: Arc<ClaimCache>) -> Self {
+        self.labels.claims = Some(cache);
         self
     }
 
@@ -277,12 +283,98 @@ impl Reconciler {
     }
 }
 
+/// PVs and their claims as the API server says, for the statistics' labels: the pass asks
+/// for the pod volume directory names it sees ([`ClaimCache::wanted`]), [`refresh_claims`]
+/// answers them off the request path.
+#[derive(Default)]
+pub struct ClaimCache {
+    wanted: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    known: std::sync::Mutex<HashMap<String, (Instant, Option<BoundClaim>)>>,
+}
+
+impl ClaimCache {
+    fn want(&self, driver: &str, pv: &str) {
+        if let Ok(mut w) = self.wanted.lock() {
+            w.insert((driver.to_owned(), pv.to_owned()));
+        }
+    }
+
+    /// The claim of PV `pv`, when the API server said it is bound and served by `driver`.
+    fn claim(&self, driver: &str, pv: &str) -> Option<BoundClaim> {
+        self.want(driver, pv);
+        let known = self.known.lock().ok()?;
+        known.get(pv).and_then(|(_, c)| c.clone())
+    }
+
+    /// Records what the API server said about `pv` (None: no such PV of this driver).
+    pub fn record(&self, pv: &str, claim: Option<BoundClaim>) {
+        if let Ok(mut k) = self.known.lock() {
+            k.insert(pv.to_owned(), (Instant::now(), claim));
+        }
+    }
+}
+
+/// The claim bound to `pv` when it is a FlexVolume PV of moor's `driver`.
+pub fn bound_claim(
+    pv: &k8s_openapi::api::core::v1::PersistentVolume,
+    driver: &str,
+) -> Option<BoundClaim> {
+    let spec = pv.spec.as_ref()?;
+    let flex = spec.flex_volume.as_ref()?;
+    if flex.driver != format!("{}~{driver}", crate::host::paths::VENDOR) {
+        return None;
+    }
+    let claim = spec.claim_ref.as_ref()?;
+    Some(BoundClaim {
+        persistent_volume: pv.metadata.name.clone()?,
+        namespace: claim.namespace.clone().filter(|n| !n.is_empty())?,
+        name: claim.name.clone().filter(|n| !n.is_empty())?,
+    })
+}
+
+/// How long an answer about a PV is kept (a PV is rebound rarely; a new PV is seen by then).
+const CLAIM_TTL: Duration = Duration::from_secs(300);
+/// At most this many PV lookups per round, so a node with many volumes never floods the API.
+const CLAIM_LOOKUPS_PER_ROUND: usize = 20;
+
+/// Answers the cache's wanted PVs from the API server, every `interval`, until dropped.
+pub async fn refresh_claims(cache: Arc<ClaimCache>, client: kube::Client, interval: Duration) {
+    let api: kube::Api<k8s_openapi::api::core::v1::PersistentVolume> = kube::Api::all(client);
+    loop {
+        let wanted: Vec<(String, String)> = cache
+            .wanted
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w).into_iter().collect())
+            .unwrap_or_default();
+        let stale = |pv: &str| {
+            cache.known.lock().map_or(true, |k| {
+                k.get(pv).is_none_or(|(at, _)| at.elapsed() >= CLAIM_TTL)
+            })
+        };
+        let due: Vec<_> = wanted.iter().filter(|(_, pv)| stale(pv)).collect();
+        for (driver, pv) in due.into_iter().take(CLAIM_LOOKUPS_PER_ROUND) {
+            match api.get_opt(pv).await {
+                Ok(found) => cache.record(pv, found.as_ref().and_then(|p| bound_claim(p, driver))),
+                Err(e) => {
+                    tracing::warn!(pv = %pv, error = %e, "cannot read the PV for its claim; statistics keep the directory name only");
+                }
+            }
+        }
+        if let Ok(mut k) = cache.known.lock() {
+            k.retain(|pv, _| wanted.iter().any(|(_, w)| w == pv));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// Where the statistics' labels come from: only sources a pod author cannot write. A pod's
 /// namespace is read from kubelet's pod log directory, cached by pod UID (a UID never
-/// changes namespace) and looked up again at most once per pass.
+/// changes namespace) and looked up again at most once per pass; a PV and its claim come
+/// from the API server when the daemon has credentials.
 pub struct LabelSources {
     pod_log_dir: PathBuf,
     namespaces: HashMap<String, String>,
+    claims: Option<Arc<ClaimCache>>,
 }
 
 impl LabelSources {
@@ -291,7 +383,14 @@ impl LabelSources {
         LabelSources {
             pod_log_dir,
             namespaces: HashMap::new(),
+            claims: None,
         }
+    }
+
+    /// Also takes PVs' claims from `cache`.
+    pub fn with_claims(mut self, cache: Arc<ClaimCache>) -> Self {
+        self.claims = Some(cache);
+        self
     }
 
     /// The uses of each volume, the namespace of each from the trusted sources. The
@@ -313,10 +412,20 @@ impl LabelSources {
             .iter()
             .map(|pubs| {
                 pubs.iter()
-                    .map(|p| VolumeUse {
-                        volume_name: p.volume_name.clone(),
-                        namespace: self.namespaces.get(&p.pod_uid).cloned(),
-                        claim: None,
+                    .map(|p| {
+                        let namespace = self.namespaces.get(&p.pod_uid).cloned();
+                        // An inline volume may be named like a PV of another namespace: the
+                        // claim counts only when it is in the pod's own (trusted) namespace.
+                        let claim = self
+                            .claims
+                            .as_ref()
+                            .and_then(|c| c.claim(&p.driver, &p.volume_name))
+                            .filter(|c| namespace.as_deref() == Some(c.namespace.as_str()));
+                        VolumeUse {
+                            volume_name: p.volume_name.clone(),
+                            namespace,
+                            claim,
+                        }
                     })
                     .collect()
             })
@@ -501,6 +610,81 @@ mod tests {
         // A pod whose log directory appears later is found on a later pass.
         std::fs::create_dir(logs.path().join("team-c_job-0_uid-c")).unwrap();
         assert_eq!(src.uses(&vols)[2][0].namespace.as_deref(), Some("team-c"));
+    }
+
+    fn pv(
+        name: &str,
+        driver: &str,
+        claim: Option<(&str, &str)>,
+    ) -> k8s_openapi::api::core::v1::PersistentVolume {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "flexVolume": {"driver": driver},
+                "claimRef": claim.map(|(ns, n)| serde_json::json!({"namespace": ns, "name": n})),
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pv_claim_counts_only_for_moors_driver_and_the_pods_own_namespace() {
+        assert_eq!(
+            bound_claim(&pv("pv-1", "moor~local", Some(("team-a", "data"))), "local"),
+            Some(BoundClaim {
+                persistent_volume: "pv-1".into(),
+                namespace: "team-a".into(),
+                name: "data".into(),
+            })
+        );
+        for (p, driver) in [
+            (pv("pv-1", "moor~nfs", Some(("team-a", "data"))), "local"),
+            (pv("pv-1", "other~local", Some(("team-a", "data"))), "local"),
+            (pv("pv-1", "moor~local", None), "local"),
+            (pv("pv-1", "moor~local", Some(("", "data"))), "local"),
+        ] {
+            assert_eq!(bound_claim(&p, driver), None, "{p:?}");
+        }
+        let logs = tempfile::tempdir().unwrap();
+        std::fs::create_dir(logs.path().join("team-a_web-0_uid-a")).unwrap();
+        std::fs::create_dir(logs.path().join("team-b_evil-0_uid-b")).unwrap();
+        let cache = Arc::new(ClaimCache::default());
+        cache.record(
+            "pv-1",
+            bound_claim(&pv("pv-1", "moor~local", Some(("team-a", "data"))), "local"),
+        );
+        let mut src = LabelSources::new(logs.path().into()).with_claims(cache.clone());
+        let uses = src.uses(&[
+            vec![publish("uid-a", "pv-1", None)],
+            // An inline volume in team-b named like team-a's PV gets no claim.
+            vec![publish("uid-b", "pv-1", Some("team-a"))],
+        ]);
+        let a = volume_labels("k-a", "local", &uses[0]);
+        assert_eq!(
+            (
+                a.namespace.as_str(),
+                a.persistentvolumeclaim.as_str(),
+                a.persistentvolume.as_str()
+            ),
+            ("team-a", "data", "pv-1")
+        );
+        let b = volume_labels("k-b", "local", &uses[1]);
+        assert_eq!(
+            (
+                b.namespace.as_str(),
+                b.persistentvolumeclaim.as_str(),
+                b.persistentvolume.as_str()
+            ),
+            ("team-b", "", "")
+        );
+        // What the pass asked about is what the refresher looks up.
+        assert!(
+            cache
+                .wanted
+                .lock()
+                .unwrap()
+                .contains(&("local".to_owned(), "pv-1".to_owned()))
+        );
     }
 
     #[test]
