@@ -360,8 +360,10 @@ pub async fn refresh_claims(cache: Arc<ClaimCache>, client: kube::Client, interv
                 }
             }
         }
+        // Expired by age only: pruning by one round's wanted set would drop a label
+        // whenever a round runs between two passes, and the series would flap.
         if let Ok(mut k) = cache.known.lock() {
-            k.retain(|pv, _| wanted.iter().any(|(_, w)| w == pv));
+            k.retain(|_, (at, _)| at.elapsed() < 2 * CLAIM_TTL);
         }
         tokio::time::sleep(interval).await;
     }
