@@ -314,14 +314,15 @@ impl ClaimCache {
     }
 }
 
-/// The claim bound to `pv` when it is a FlexVolume PV of moor's `driver`.
+/// The claim bound to `pv` when it is a FlexVolume PV of moor's `driver` (`moor/<driver>`).
 pub fn bound_claim(
     pv: &k8s_openapi::api::core::v1::PersistentVolume,
     driver: &str,
 ) -> Option<BoundClaim> {
     let spec = pv.spec.as_ref()?;
     let flex = spec.flex_volume.as_ref()?;
-    if flex.driver != format!("{}~{driver}", crate::host::paths::VENDOR) {
+    // A PV names a FlexVolume driver `vendor/driver`; kubelet's directory is `vendor~driver`.
+    if flex.driver != format!("{}/{driver}", crate::host::paths::VENDOR) {
         return None;
     }
     let claim = spec.claim_ref.as_ref()?;
@@ -632,7 +633,7 @@ mod tests {
     #[test]
     fn a_pv_claim_counts_only_for_moors_driver_and_the_pods_own_namespace() {
         assert_eq!(
-            bound_claim(&pv("pv-1", "moor~local", Some(("team-a", "data"))), "local"),
+            bound_claim(&pv("pv-1", "moor/local", Some(("team-a", "data"))), "local"),
             Some(BoundClaim {
                 persistent_volume: "pv-1".into(),
                 namespace: "team-a".into(),
@@ -640,10 +641,11 @@ mod tests {
             })
         );
         for (p, driver) in [
-            (pv("pv-1", "moor~nfs", Some(("team-a", "data"))), "local"),
-            (pv("pv-1", "other~local", Some(("team-a", "data"))), "local"),
-            (pv("pv-1", "moor~local", None), "local"),
-            (pv("pv-1", "moor~local", Some(("", "data"))), "local"),
+            (pv("pv-1", "moor/nfs", Some(("team-a", "data"))), "local"),
+            (pv("pv-1", "other/local", Some(("team-a", "data"))), "local"),
+            (pv("pv-1", "moor~local", Some(("team-a", "data"))), "local"),
+            (pv("pv-1", "moor/local", None), "local"),
+            (pv("pv-1", "moor/local", Some(("", "data"))), "local"),
         ] {
             assert_eq!(bound_claim(&p, driver), None, "{p:?}");
         }
@@ -653,7 +655,7 @@ mod tests {
         let cache = Arc::new(ClaimCache::default());
         cache.record(
             "pv-1",
-            bound_claim(&pv("pv-1", "moor~local", Some(("team-a", "data"))), "local"),
+            bound_claim(&pv("pv-1", "moor/local", Some(("team-a", "data"))), "local"),
         );
         let mut src = LabelSources::new(logs.path().into()).with_claims(cache.clone());
         let uses = src.uses(&[
@@ -687,6 +689,77 @@ mod tests {
                 .unwrap()
                 .contains(&("local".to_owned(), "pv-1".to_owned()))
         );
+    }
+
+    #[test]
+    fn the_refresher_reads_wanted_pvs_from_the_api_server() {
+        use axum::extract::Path as AxPath;
+        use axum::http::StatusCode;
+        async fn get_pv(AxPath(name): AxPath<String>) -> (StatusCode, String) {
+            let found = match name.as_str() {
+                "pv-1" => Some(("moor/local", Some(("team-a", "data")))),
+                "pv-nfs" => Some(("moor/nfs", Some(("team-a", "share")))),
+                _ => None,
+            };
+            match found {
+                Some((driver, claim)) => {
+                    let mut p = serde_json::to_value(pv(&name, driver, claim)).unwrap();
+                    p["apiVersion"] = "v1".into();
+                    p["kind"] = "PersistentVolume".into();
+                    (StatusCode::OK, p.to_string())
+                }
+                None => (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":format!("persistentvolumes \"{name}\" not found")}).to_string(),
+                ),
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let app = axum::Router::new().route(
+                "/api/v1/persistentvolumes/{name}",
+                axum::routing::get(get_pv),
+            );
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app).await;
+            });
+            let client = kube::Client::try_from(kube::Config::new(
+                format!("http://{addr}").parse().unwrap(),
+            ))
+            .unwrap();
+            let cache = Arc::new(ClaimCache::default());
+            for (driver, name) in [
+                ("local", "pv-1"),
+                ("local", "pv-nfs"),
+                ("local", "inline-vol"),
+            ] {
+                assert_eq!(cache.claim(driver, name), None, "nothing known yet");
+            }
+            let task = tokio::spawn(refresh_claims(
+                cache.clone(),
+                client,
+                Duration::from_millis(50),
+            ));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cache.known.lock().unwrap().len() < 3 {
+                assert!(Instant::now() < deadline, "refresher did not answer");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            task.abort();
+            assert_eq!(
+                cache.claim("local", "pv-1").map(|c| c.name),
+                Some("data".to_owned())
+            );
+            // Another driver's PV, and no PV at all: no claim.
+            assert_eq!(cache.claim("local", "pv-nfs"), None);
+            assert_eq!(cache.claim("local", "inline-vol"), None);
+        });
     }
 
     #[test]
