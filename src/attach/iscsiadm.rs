@@ -53,7 +53,12 @@ impl Portal {
             // A bare name, IPv4 address or IPv6 address (several colons): default port.
             (s.to_owned(), 3260)
         };
-        let ok = !host.is_empty()
+        // iscsiadm reads a `-p` value that begins with `-` as its next option: a host starts
+        // with a letter or digit (or the `:` of an IPv6 address such as `::1`).
+        let ok = host
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == ':')
             && host
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
@@ -224,6 +229,28 @@ mod tests {
             Portal::parse("[fd00::1]:3260").map(|p| p.arg()),
             Some("[fd00::1]:3260".into())
         );
+    }
+
+    #[test]
+    fn a_portal_never_reads_as_an_option() {
+        // Found by the iscsi fuzz target: `-` parsed as a host, giving `-p -:3260`.
+        for bad in [
+            "-",
+            "-u",
+            "--login",
+            "-u:3260",
+            "[-u]:3260",
+            "[-x]",
+            ".a:3260",
+            " -u ",
+        ] {
+            assert_eq!(Portal::parse(bad), None, "{bad}");
+            assert_eq!(parse_portals(&format!("10.0.0.1,{bad}")), None, "{bad}");
+        }
+        for good in ["a-b.example", "10.0.0.1:3260", "::1", "[fd00::1]:3261"] {
+            let p = Portal::parse(good).unwrap();
+            assert!(!p.arg().starts_with('-'), "{good}");
+        }
     }
 
     #[test]
