@@ -94,6 +94,9 @@ struct DaemonArgs {
     /// Log format: text or json [default: text on a TTY, json otherwise].
     #[arg(long, env = "MOOR_LOG_FORMAT")]
     log_format: Option<String>,
+    /// kubelet's pod log directory, the source of pods' namespaces [default: /var/log/pods].
+    #[arg(long, env = "MOOR_POD_LOG_DIR")]
+    pod_log_dir: Option<PathBuf>,
 }
 
 impl DaemonArgs {
@@ -112,6 +115,7 @@ impl DaemonArgs {
                 reconcile_interval_seconds: self.reconcile_interval_seconds,
                 log_format: self.log_format,
                 local: None,
+                pod_log_dir: self.pod_log_dir,
             },
         }
     }

@@ -36,6 +36,9 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Local PV discovery: classes and their discovery directories (file only).
     pub local: Option<crate::local::classes::LocalFileConfig>,
+    /// kubelet's pod log directory (`<namespace>_<pod>_<uid>` entries), where the volume
+    /// statistics take each pod's namespace from.
+    pub pod_log_dir: Option<PathBuf>,
 }
 
 /// Flag/env overrides (clap fills these).
@@ -72,6 +75,8 @@ pub struct Config {
     pub log_format: Option<String>,
     /// Local PV discovery (no classes: off).
     pub local: crate::local::classes::LocalConfig,
+    /// kubelet's pod log directory.
+    pub pod_log_dir: PathBuf,
 }
 
 /// A configuration that cannot be used.
@@ -224,6 +229,11 @@ impl Config {
             )?,
             log_format,
             local,
+            pod_log_dir: path_key(
+                "pod-log-dir",
+                pick(&top.pod_log_dir, &file.pod_log_dir)
+                    .unwrap_or_else(|| crate::host::podlogs::DEFAULT_POD_LOG_DIR.into()),
+            )?,
         };
         let socket_dir = cfg.socket.parent().unwrap_or(&cfg.socket);
         cfg.local

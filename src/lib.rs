@@ -14,6 +14,7 @@ pub mod driver;
 pub mod error;
 pub mod flexvolume;
 pub mod fs;
+pub mod fuzzing;
 pub mod host;
 pub mod http;
 pub mod journal;

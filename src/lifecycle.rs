@@ -1781,20 +1781,22 @@ impl Lifecycle {
         st.stages.get(key).map(|r| self.stage_path(&r.driver, key))
     }
 
-    /// Stage mounts with their labels, for volume statistics.
-    pub fn staged_volumes(&self) -> Vec<(StageRecord, PathBuf, Option<PublishRecord>)> {
+    /// Stage mounts with every publish of each (in target order), for volume statistics.
+    pub fn staged_volumes(&self) -> Vec<(StageRecord, PathBuf, Vec<PublishRecord>)> {
         let st = self.state();
         st.stages
             .values()
             .filter(|s| s.phase == StagePhase::Staged)
             .map(|s| {
-                let first = st
+                let users = st
                     .users
                     .get(&s.key)
-                    .and_then(|u| u.iter().next())
-                    .and_then(|t| st.publishes.get(t))
-                    .cloned();
-                (s.clone(), self.stage_path(&s.driver, &s.key), first)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| st.publishes.get(t))
+                    .cloned()
+                    .collect();
+                (s.clone(), self.stage_path(&s.driver, &s.key), users)
             })
             .collect()
     }

@@ -1,7 +1,8 @@
 //! Prometheus metrics: one [`Metrics`] value (no globals), prefix `moor_`, base units,
 //! labels `driver`/`op`/`reason` — never a volume id or path on operation metrics, so
 //! cardinality stays bounded. Per-volume statistics follow kubelet's
-//! `kubelet_volume_stats_*` shape (`namespace` + volume) under the `moor_` prefix.
+//! `kubelet_volume_stats_*` shape (`namespace`, `persistentvolumeclaim`) under the `moor_`
+//! prefix, one series per volume key, labelled only from sources a pod author cannot write.
 
 use std::sync::atomic::AtomicU64;
 
@@ -33,16 +34,78 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
-/// Labels of per-volume statistics. FlexVolume is never told the claim's name, so the
-/// volume is named by kubelet's `pvOrVolumeName` (the PV name, or the inline volume name).
+/// Labels of per-volume statistics: one series per volume key. Every value comes from a
+/// source a pod author cannot write (the kubelet's pod directory path, the pod's log
+/// directory kubelet creates, the API server) — never from the volume's options, which
+/// kubelet lets an inline volume's author set (`kubernetes.io/pod.namespace` included).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VolumeLabels {
-    /// Pod namespace of the first pod using it.
+    /// Namespace of the pods using it (of the claim, for a PV); empty when unknown or when
+    /// pods of several namespaces share an inline volume.
     pub namespace: String,
-    /// PV or inline volume name.
+    /// The claim bound to the PV, when moor could confirm it; else empty.
+    pub persistentvolumeclaim: String,
+    /// The PV, when moor could confirm the pod directory is a PV's; else empty.
+    pub persistentvolume: String,
+    /// kubelet's name of the pod volume directory: the PV name, or the inline volume name.
     pub volume: String,
+    /// moor's volume key: what makes the series unique.
+    pub volume_key: String,
     /// Driver name.
     pub driver: String,
+}
+
+/// A PV and its bound claim, as the API server (not the pod) says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundClaim {
+    /// PV name.
+    pub persistent_volume: String,
+    /// The claim's namespace.
+    pub namespace: String,
+    /// The claim's name.
+    pub name: String,
+}
+
+/// One pod's use of a volume, from sources a pod author cannot write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeUse {
+    /// The pod volume directory's name (kubelet's `pvOrVolumeName`).
+    pub volume_name: String,
+    /// The pod's namespace from a trusted source, if one answered.
+    pub namespace: Option<String>,
+    /// The PV behind the directory and its claim, if confirmed.
+    pub claim: Option<BoundClaim>,
+}
+
+/// The labels of a volume's statistics from its uses (in a stable order). A confirmed PV
+/// gives its claim's namespace and name. Otherwise the namespace is the one every user's
+/// trusted source agrees on; users in several namespaces, or any user of unknown
+/// namespace, leave it empty rather than credit one tenant with another's volume.
+pub fn volume_labels(key: &str, driver: &str, uses: &[VolumeUse]) -> VolumeLabels {
+    let mut l = VolumeLabels {
+        namespace: String::new(),
+        persistentvolumeclaim: String::new(),
+        persistentvolume: String::new(),
+        volume: uses
+            .first()
+            .map(|u| u.volume_name.clone())
+            .unwrap_or_default(),
+        volume_key: key.into(),
+        driver: driver.into(),
+    };
+    if let Some(c) = uses.iter().find_map(|u| u.claim.as_ref()) {
+        l.namespace = c.namespace.clone();
+        l.persistentvolumeclaim = c.name.clone();
+        l.persistentvolume = c.persistent_volume.clone();
+        return l;
+    }
+    let mut namespaces = uses.iter().map(|u| u.namespace.as_deref());
+    if let Some(Some(first)) = namespaces.next()
+        && namespaces.all(|n| n == Some(first))
+    {
+        l.namespace = first.into();
+    }
+    l
 }
 
 /// Labels of volume counts.
@@ -317,21 +380,108 @@ mod tests {
         m.observe("local", "mount", 0.002, None);
         m.observe("local", "mount", 0.5, Some("signature_present"));
         m.capacity_bytes
-            .get_or_create(&VolumeLabels {
-                namespace: "ns".into(),
-                volume: "pv1".into(),
-                driver: "local".into(),
-            })
+            .get_or_create(&volume_labels(
+                "local-dev-wwn-1",
+                "local",
+                &[VolumeUse {
+                    volume_name: "pv1".into(),
+                    namespace: Some("ns".into()),
+                    claim: None,
+                }],
+            ))
             .set(1 << 30);
         let text = m.encode();
         for want in [
             r#"moor_operations_total{driver="local",op="mount"} 2"#,
             r#"moor_operation_errors_total{driver="local",op="mount",reason="signature_present"} 1"#,
             "# TYPE moor_operation_duration_seconds histogram",
-            r#"moor_volume_stats_capacity_bytes{namespace="ns",volume="pv1",driver="local"} 1073741824"#,
+            r#"moor_volume_stats_capacity_bytes{namespace="ns",persistentvolumeclaim="",persistentvolume="",volume="pv1",volume_key="local-dev-wwn-1",driver="local"} 1073741824"#,
             "moor_build_info",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+    }
+
+    fn inline(name: &str, ns: Option<&str>) -> VolumeUse {
+        VolumeUse {
+            volume_name: name.into(),
+            namespace: ns.map(Into::into),
+            claim: None,
+        }
+    }
+
+    #[test]
+    fn two_volumes_named_alike_in_two_namespaces_are_two_series() {
+        let m = Metrics::new();
+        let a = volume_labels("local-dev-a", "local", &[inline("vol", Some("team-a"))]);
+        let b = volume_labels("local-dev-b", "local", &[inline("vol", Some("team-b"))]);
+        assert_ne!(a, b);
+        m.capacity_bytes.get_or_create(&a).set(64 << 20);
+        m.capacity_bytes.get_or_create(&b).set(128 << 20);
+        let text = m.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("moor_volume_stats_capacity_bytes{"))
+            .collect();
+        assert_eq!(series.len(), 2, "{text}");
+        assert!(text.contains(r#"namespace="team-a",persistentvolumeclaim="",persistentvolume="",volume="vol",volume_key="local-dev-a",driver="local"} 67108864"#), "{text}");
+        assert!(text.contains(r#"namespace="team-b",persistentvolumeclaim="",persistentvolume="",volume="vol",volume_key="local-dev-b",driver="local"} 134217728"#), "{text}");
+        // Even with no namespace known at all, the key keeps them apart.
+        assert_ne!(
+            volume_labels("k1", "local", &[inline("vol", None)]),
+            volume_labels("k2", "local", &[inline("vol", None)])
+        );
+    }
+
+    #[test]
+    fn a_shared_volume_is_one_series_named_only_when_its_users_agree() {
+        let same = volume_labels(
+            "nfs-x",
+            "nfs",
+            &[
+                inline("data", Some("team-a")),
+                inline("cache", Some("team-a")),
+            ],
+        );
+        assert_eq!(
+            (same.namespace.as_str(), same.volume.as_str()),
+            ("team-a", "data")
+        );
+        for uses in [
+            vec![
+                inline("data", Some("team-a")),
+                inline("data", Some("team-b")),
+            ],
+            vec![inline("data", Some("team-a")), inline("data", None)],
+            vec![inline("data", None), inline("data", Some("team-a"))],
+        ] {
+            assert_eq!(
+                volume_labels("nfs-x", "nfs", &uses).namespace,
+                "",
+                "{uses:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_confirmed_pv_is_labelled_by_its_claim() {
+        let claim = BoundClaim {
+            persistent_volume: "pv-7".into(),
+            namespace: "team-a".into(),
+            name: "data-web-0".into(),
+        };
+        let l = volume_labels(
+            "local-dev-7",
+            "local",
+            &[VolumeUse {
+                volume_name: "pv-7".into(),
+                namespace: Some("team-a".into()),
+                claim: Some(claim),
+            }],
+        );
+        assert_eq!(l.namespace, "team-a");
+        assert_eq!(l.persistentvolumeclaim, "data-web-0");
+        assert_eq!(l.persistentvolume, "pv-7");
+        assert_eq!(l.volume, "pv-7");
     }
 }

@@ -149,8 +149,9 @@ fn metrics_and_health_endpoints() {
         r#"moor_operations_total{driver="local",op="mount"} 2"#,
         r#"moor_operation_errors_total{driver="local",op="mount",reason="wrong_node"} 1"#,
         r#"moor_operation_duration_seconds_count{driver="local",op="mount"} 2"#,
-        r#"moor_volume_stats_capacity_bytes{namespace="team-a",volume="pv-a",driver="local"}"#,
-        r#"moor_volume_stats_inodes_used{namespace="team-a",volume="pv-a",driver="local"}"#,
+        // No pod log directory for pod1: the namespace its options claim is not shown.
+        r#"moor_volume_stats_capacity_bytes{namespace="",persistentvolumeclaim="",persistentvolume="",volume="pv-a",volume_key="#,
+        r#"moor_volume_stats_inodes_used{namespace="",persistentvolumeclaim="",persistentvolume="",volume="pv-a",volume_key="#,
         "moor_published_volumes 1",
     ] {
         assert!(text.contains(want), "missing {want} in:\n{text}");

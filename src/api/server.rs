@@ -25,7 +25,7 @@ use crate::daemon::executor::{Answer, Executor};
 use crate::flexvolume::Reply;
 
 /// Largest request accepted (options with secrets fit easily).
-const MAX_REQUEST: u64 = 1 << 20;
+pub const MAX_REQUEST: u64 = 1 << 20;
 /// Threads kept waiting in `accept`.
 const SPARE_THREADS: usize = 3;
 /// Connection threads alive at once, at most (operations run in parallel up to this).

@@ -228,6 +228,28 @@ mod tests {
     }
 
     #[test]
+    fn a_portal_never_reads_as_an_option() {
+        // Found by the iscsi fuzz target: `-` parsed as a host, giving `-p -:3260`.
+        for bad in [
+            "-",
+            "-u",
+            "--login",
+            "-u:3260",
+            "[-u]:3260",
+            "[-x]",
+            ".a:3260",
+            " -u ",
+        ] {
+            assert_eq!(Portal::parse(bad), None, "{bad}");
+            assert_eq!(parse_portals(&format!("10.0.0.1,{bad}")), None, "{bad}");
+        }
+        for good in ["a-b.example", "10.0.0.1:3260", "::1", "[fd00::1]:3261"] {
+            let p = Portal::parse(good).unwrap();
+            assert!(!p.arg().starts_with('-'), "{good}");
+        }
+    }
+
+    #[test]
     fn target_names_are_checked() {
         assert!(valid_target_name("iqn.2003-01.org.linux-iscsi.lab:disk1"));
         assert!(!valid_target_name("iqn.x/../../etc"));

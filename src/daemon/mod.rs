@@ -260,8 +260,22 @@ async fn serve(
     let local_pvs = crate::local::watch::spawn(&cfg, lifecycle.clone(), stop_rx);
     let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
         .map_err(io("start serving", &cfg.socket))?;
+    let claims = Arc::new(reconciler::ClaimCache::default());
+    if !matches!(cfg.local.kubernetes, crate::local::classes::KubeMode::Off) {
+        let (cache, interval) = (claims.clone(), cfg.reconcile_interval);
+        tokio::spawn(async move {
+            match kube::Client::try_default().await {
+                Ok(client) => reconciler::refresh_claims(cache, client, interval).await,
+                Err(e) => {
+                    tracing::info!(error = %e, "no Kubernetes credentials: volume statistics name no PV or claim")
+                }
+            }
+        });
+    }
     let reconciler = tokio::spawn(reconciler::run(
-        reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone()),
+        reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone())
+            .with_pod_log_dir(cfg.pod_log_dir.clone())
+            .with_claims(claims),
         cfg.reconcile_interval,
     ));
     http_state.ready.store(true, Ordering::Relaxed);

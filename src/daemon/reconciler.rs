@@ -22,8 +22,9 @@ use nix::errno::Errno;
 use crate::daemon::executor::Executor;
 use crate::host::bounded::bounded;
 use crate::host::fusectl;
+use crate::journal::record::PublishRecord;
 use crate::lifecycle::{Lifecycle, RemoteStage};
-use crate::metrics::{ErrorLabels, HealLabels, Metrics, VolumeLabels};
+use crate::metrics::{BoundClaim, ErrorLabels, HealLabels, Metrics, VolumeUse, volume_labels};
 
 /// Deadline of one statvfs.
 const STAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -138,6 +139,7 @@ pub struct Reconciler {
     exec: Arc<Executor>,
     backoff: HashMap<String, Backoff>,
     fusectl: PathBuf,
+    labels: LabelSources,
 }
 
 impl Reconciler {
@@ -149,7 +151,20 @@ impl Reconciler {
             exec,
             backoff: HashMap::new(),
             fusectl: PathBuf::from(fusectl::CONNECTIONS),
+            labels: LabelSources::new(crate::host::podlogs::DEFAULT_POD_LOG_DIR.into()),
         }
+    }
+
+    /// Reads pods' namespaces from `dir` instead of kubelet's `/var/log/pods`.
+    pub fn with_pod_log_dir(mut self, dir: PathBuf) -> Self {
+        self.labels.pod_log_dir = dir;
+        self
+    }
+
+    /// Labels PVs' statistics with their claims from `cache`.
+    pub fn with_claims(mut self, cache: Arc<ClaimCache>) -> Self {
+        self.labels.claims = Some(cache);
+        self
     }
 
     /// Probes every staged share and heals the dead ones. Returns how many were healed.
@@ -290,10 +305,165 @@ impl Reconciler {
     }
 }
 
-/// One statistics pass: refresh volume statistics.
-pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
+/// PVs and their claims as the API server says, for the statistics' labels: the pass asks
+/// for the pod volume directory names it sees ([`ClaimCache::wanted`]), [`refresh_claims`]
+/// answers them off the request path.
+#[derive(Default)]
+pub struct ClaimCache {
+    wanted: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    known: std::sync::Mutex<HashMap<String, (Instant, Option<BoundClaim>)>>,
+}
+
+impl ClaimCache {
+    fn want(&self, driver: &str, pv: &str) {
+        if let Ok(mut w) = self.wanted.lock() {
+            w.insert((driver.to_owned(), pv.to_owned()));
+        }
+    }
+
+    /// The claim of PV `pv`, when the API server said it is bound and served by `driver`.
+    fn claim(&self, driver: &str, pv: &str) -> Option<BoundClaim> {
+        self.want(driver, pv);
+        let known = self.known.lock().ok()?;
+        known.get(pv).and_then(|(_, c)| c.clone())
+    }
+
+    /// Records what the API server said about `pv` (None: no such PV of this driver).
+    pub fn record(&self, pv: &str, claim: Option<BoundClaim>) {
+        if let Ok(mut k) = self.known.lock() {
+            k.insert(pv.to_owned(), (Instant::now(), claim));
+        }
+    }
+}
+
+/// The claim bound to `pv` when it is a FlexVolume PV of moor's `driver` (`moor/<driver>`).
+pub fn bound_claim(
+    pv: &k8s_openapi::api::core::v1::PersistentVolume,
+    driver: &str,
+) -> Option<BoundClaim> {
+    let spec = pv.spec.as_ref()?;
+    let flex = spec.flex_volume.as_ref()?;
+    // A PV names a FlexVolume driver `vendor/driver`; kubelet's directory is `vendor~driver`.
+    if flex.driver != format!("{}/{driver}", crate::host::paths::VENDOR) {
+        return None;
+    }
+    let claim = spec.claim_ref.as_ref()?;
+    Some(BoundClaim {
+        persistent_volume: pv.metadata.name.clone()?,
+        namespace: claim.namespace.clone().filter(|n| !n.is_empty())?,
+        name: claim.name.clone().filter(|n| !n.is_empty())?,
+    })
+}
+
+/// How long an answer about a PV is kept (a PV is rebound rarely; a new PV is seen by then).
+const CLAIM_TTL: Duration = Duration::from_secs(300);
+/// At most this many PV lookups per round, so a node with many volumes never floods the API.
+const CLAIM_LOOKUPS_PER_ROUND: usize = 20;
+
+/// Answers the cache's wanted PVs from the API server, every `interval`, until dropped.
+pub async fn refresh_claims(cache: Arc<ClaimCache>, client: kube::Client, interval: Duration) {
+    let api: kube::Api<k8s_openapi::api::core::v1::PersistentVolume> = kube::Api::all(client);
+    loop {
+        let wanted: Vec<(String, String)> = cache
+            .wanted
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w).into_iter().collect())
+            .unwrap_or_default();
+        let stale = |pv: &str| {
+            cache.known.lock().map_or(true, |k| {
+                k.get(pv).is_none_or(|(at, _)| at.elapsed() >= CLAIM_TTL)
+            })
+        };
+        let due: Vec<_> = wanted.iter().filter(|(_, pv)| stale(pv)).collect();
+        for (driver, pv) in due.into_iter().take(CLAIM_LOOKUPS_PER_ROUND) {
+            match api.get_opt(pv).await {
+                Ok(found) => cache.record(pv, found.as_ref().and_then(|p| bound_claim(p, driver))),
+                Err(e) => {
+                    tracing::warn!(pv = %pv, error = %e, "cannot read the PV for its claim; statistics keep the directory name only");
+                }
+            }
+        }
+        // Expired by age only: pruning by one round's wanted set would drop a label
+        // whenever a round runs between two passes, and the series would flap.
+        if let Ok(mut k) = cache.known.lock() {
+            k.retain(|_, (at, _)| at.elapsed() < 2 * CLAIM_TTL);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Where the statistics' labels come from: only sources a pod author cannot write. A pod's
+/// namespace is read from kubelet's pod log directory, cached by pod UID (a UID never
+/// changes namespace) and looked up again at most once per pass; a PV and its claim come
+/// from the API server when the daemon has credentials.
+pub struct LabelSources {
+    pod_log_dir: PathBuf,
+    namespaces: HashMap<String, String>,
+    claims: Option<Arc<ClaimCache>>,
+}
+
+impl LabelSources {
+    /// Sources reading pod namespaces under `pod_log_dir`.
+    pub fn new(pod_log_dir: PathBuf) -> Self {
+        LabelSources {
+            pod_log_dir,
+            namespaces: HashMap::new(),
+            claims: None,
+        }
+    }
+
+    /// Also takes PVs' claims from `cache`.
+    pub fn with_claims(mut self, cache: Arc<ClaimCache>) -> Self {
+        self.claims = Some(cache);
+        self
+    }
+
+    /// The uses of each volume, the namespace of each from the trusted sources. The
+    /// namespace kubelet passed in the options (`PublishRecord::namespace`) is never read:
+    /// an inline volume's author writes it.
+    pub fn uses(&mut self, volumes: &[Vec<PublishRecord>]) -> Vec<Vec<VolumeUse>> {
+        let all = || volumes.iter().flatten();
+        if all().any(|p| !self.namespaces.contains_key(&p.pod_uid)) {
+            match crate::host::podlogs::namespaces(&self.pod_log_dir) {
+                Ok(found) => self.namespaces = found,
+                Err(e) => {
+                    tracing::warn!(dir = %self.pod_log_dir.display(), error = %e, "cannot read pod log directories; volume statistics get no namespace")
+                }
+            }
+        }
+        self.namespaces
+            .retain(|uid, _| all().any(|p| p.pod_uid == *uid));
+        volumes
+            .iter()
+            .map(|pubs| {
+                pubs.iter()
+                    .map(|p| {
+                        let namespace = self.namespaces.get(&p.pod_uid).cloned();
+                        // An inline volume may be named like a PV of another namespace: the
+                        // claim counts only when it is in the pod's own (trusted) namespace.
+                        let claim = self
+                            .claims
+                            .as_ref()
+                            .and_then(|c| c.claim(&p.driver, &p.volume_name))
+                            .filter(|c| namespace.as_deref() == Some(c.namespace.as_str()));
+                        VolumeUse {
+                            volume_name: p.volume_name.clone(),
+                            namespace,
+                            claim,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// One statistics pass: refresh volume statistics, one series per volume key.
+pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics, sources: &mut LabelSources) {
     metrics.reconcile_runs.inc();
     let volumes = lifecycle.staged_volumes();
+    let publishes: Vec<Vec<PublishRecord>> = volumes.iter().map(|(_, _, p)| p.clone()).collect();
+    let uses = sources.uses(&publishes);
     let families = [
         &metrics.capacity_bytes,
         &metrics.available_bytes,
@@ -303,7 +473,7 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
         &metrics.inodes_used,
     ];
     let mut fresh = Vec::new();
-    for (stage, path, first_pod) in volumes {
+    for ((stage, path, _), uses) in volumes.into_iter().zip(uses) {
         let p = path.clone();
         let stats = match bounded(STAT_TIMEOUT, move || nix::sys::statvfs::statvfs(&p)) {
             Ok(Ok(s)) => s,
@@ -316,17 +486,7 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics) {
                 continue;
             }
         };
-        let labels = VolumeLabels {
-            namespace: first_pod
-                .as_ref()
-                .and_then(|p| p.namespace.clone())
-                .unwrap_or_default(),
-            volume: first_pod
-                .as_ref()
-                .map(|p| p.volume_name.clone())
-                .unwrap_or_else(|| stage.key.clone()),
-            driver: stage.driver.clone(),
-        };
+        let labels = volume_labels(&stage.key, &stage.driver, &uses);
         let frsize = stats.fragment_size();
         let values = [
             stats.blocks() * frsize,
@@ -375,7 +535,7 @@ pub async fn run(mut rec: Reconciler, interval: Duration) {
             rec.heal_shares();
             if stats_due {
                 rec.restore_publishes();
-                pass(&rec.lifecycle, &rec.metrics);
+                pass(&rec.lifecycle, &rec.metrics, &mut rec.labels);
             }
             rec
         })
@@ -429,5 +589,207 @@ fn watch_mount_table(changed: Arc<tokio::sync::Notify>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the mount-table watch; probing on the timer only");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::record::PublishPhase;
+
+    fn publish(uid: &str, volume: &str, claimed_ns: Option<&str>) -> PublishRecord {
+        PublishRecord {
+            target: format!("/var/lib/kubelet/pods/{uid}/volumes/moor~local/{volume}").into(),
+            key: format!("local-{uid}"),
+            driver: "local".into(),
+            pod_uid: uid.into(),
+            volume_name: volume.into(),
+            namespace: claimed_ns.map(Into::into),
+            read_only: false,
+            phase: PublishPhase::Published,
+            mount_id: None,
+        }
+    }
+
+    #[test]
+    fn a_namespace_in_the_options_is_never_a_label() {
+        let logs = tempfile::tempdir().unwrap();
+        std::fs::create_dir(logs.path().join("team-a_web-0_uid-a")).unwrap();
+        std::fs::create_dir(logs.path().join("team-b_db-0_uid-b")).unwrap();
+        let mut src = LabelSources::new(logs.path().into());
+        let vols = vec![
+            vec![publish("uid-a", "vol", Some("kube-system"))],
+            vec![publish("uid-b", "vol", Some("kube-system"))],
+            // A pod kubelet made no log directory for: its own claim is still not taken.
+            vec![publish("uid-c", "vol", Some("kube-system"))],
+        ];
+        let uses = src.uses(&vols);
+        let labels: Vec<_> = vols
+            .iter()
+            .zip(&uses)
+            .map(|(v, u)| volume_labels(&v[0].key, "local", u))
+            .collect();
+        assert_eq!(labels[0].namespace, "team-a");
+        assert_eq!(labels[1].namespace, "team-b");
+        assert_eq!(labels[2].namespace, "");
+        assert!(labels.iter().all(|l| l.volume == "vol"));
+        assert_ne!(labels[0], labels[1]);
+        // A pod whose log directory appears later is found on a later pass.
+        std::fs::create_dir(logs.path().join("team-c_job-0_uid-c")).unwrap();
+        assert_eq!(src.uses(&vols)[2][0].namespace.as_deref(), Some("team-c"));
+    }
+
+    fn pv(
+        name: &str,
+        driver: &str,
+        claim: Option<(&str, &str)>,
+    ) -> k8s_openapi::api::core::v1::PersistentVolume {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "flexVolume": {"driver": driver},
+                "claimRef": claim.map(|(ns, n)| serde_json::json!({"namespace": ns, "name": n})),
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pv_claim_counts_only_for_moors_driver_and_the_pods_own_namespace() {
+        assert_eq!(
+            bound_claim(&pv("pv-1", "moor/local", Some(("team-a", "data"))), "local"),
+            Some(BoundClaim {
+                persistent_volume: "pv-1".into(),
+                namespace: "team-a".into(),
+                name: "data".into(),
+            })
+        );
+        for (p, driver) in [
+            (pv("pv-1", "moor/nfs", Some(("team-a", "data"))), "local"),
+            (pv("pv-1", "other/local", Some(("team-a", "data"))), "local"),
+            (pv("pv-1", "moor~local", Some(("team-a", "data"))), "local"),
+            (pv("pv-1", "moor/local", None), "local"),
+            (pv("pv-1", "moor/local", Some(("", "data"))), "local"),
+        ] {
+            assert_eq!(bound_claim(&p, driver), None, "{p:?}");
+        }
+        let logs = tempfile::tempdir().unwrap();
+        std::fs::create_dir(logs.path().join("team-a_web-0_uid-a")).unwrap();
+        std::fs::create_dir(logs.path().join("team-b_evil-0_uid-b")).unwrap();
+        let cache = Arc::new(ClaimCache::default());
+        cache.record(
+            "pv-1",
+            bound_claim(&pv("pv-1", "moor/local", Some(("team-a", "data"))), "local"),
+        );
+        let mut src = LabelSources::new(logs.path().into()).with_claims(cache.clone());
+        let uses = src.uses(&[
+            vec![publish("uid-a", "pv-1", None)],
+            // An inline volume in team-b named like team-a's PV gets no claim.
+            vec![publish("uid-b", "pv-1", Some("team-a"))],
+        ]);
+        let a = volume_labels("k-a", "local", &uses[0]);
+        assert_eq!(
+            (
+                a.namespace.as_str(),
+                a.persistentvolumeclaim.as_str(),
+                a.persistentvolume.as_str()
+            ),
+            ("team-a", "data", "pv-1")
+        );
+        let b = volume_labels("k-b", "local", &uses[1]);
+        assert_eq!(
+            (
+                b.namespace.as_str(),
+                b.persistentvolumeclaim.as_str(),
+                b.persistentvolume.as_str()
+            ),
+            ("team-b", "", "")
+        );
+        // What the pass asked about is what the refresher looks up.
+        assert!(
+            cache
+                .wanted
+                .lock()
+                .unwrap()
+                .contains(&("local".to_owned(), "pv-1".to_owned()))
+        );
+    }
+
+    #[test]
+    fn the_refresher_reads_wanted_pvs_from_the_api_server() {
+        use axum::extract::Path as AxPath;
+        use axum::http::StatusCode;
+        async fn get_pv(AxPath(name): AxPath<String>) -> (StatusCode, String) {
+            let found = match name.as_str() {
+                "pv-1" => Some(("moor/local", Some(("team-a", "data")))),
+                "pv-nfs" => Some(("moor/nfs", Some(("team-a", "share")))),
+                _ => None,
+            };
+            match found {
+                Some((driver, claim)) => {
+                    let mut p = serde_json::to_value(pv(&name, driver, claim)).unwrap();
+                    p["apiVersion"] = "v1".into();
+                    p["kind"] = "PersistentVolume".into();
+                    (StatusCode::OK, p.to_string())
+                }
+                None => (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":format!("persistentvolumes \"{name}\" not found")}).to_string(),
+                ),
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let app = axum::Router::new().route(
+                "/api/v1/persistentvolumes/{name}",
+                axum::routing::get(get_pv),
+            );
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app).await;
+            });
+            let client = kube::Client::try_from(kube::Config::new(
+                format!("http://{addr}").parse().unwrap(),
+            ))
+            .unwrap();
+            let cache = Arc::new(ClaimCache::default());
+            for (driver, name) in [
+                ("local", "pv-1"),
+                ("local", "pv-nfs"),
+                ("local", "inline-vol"),
+            ] {
+                assert_eq!(cache.claim(driver, name), None, "nothing known yet");
+            }
+            let task = tokio::spawn(refresh_claims(
+                cache.clone(),
+                client,
+                Duration::from_millis(50),
+            ));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cache.known.lock().unwrap().len() < 3 {
+                assert!(Instant::now() < deadline, "refresher did not answer");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            task.abort();
+            assert_eq!(
+                cache.claim("local", "pv-1").map(|c| c.name),
+                Some("data".to_owned())
+            );
+            // Another driver's PV, and no PV at all: no claim.
+            assert_eq!(cache.claim("local", "pv-nfs"), None);
+            assert_eq!(cache.claim("local", "inline-vol"), None);
+        });
+    }
+
+    #[test]
+    fn without_a_pod_log_dir_the_namespace_is_empty() {
+        let mut src = LabelSources::new("/nonexistent/moor-pod-logs".into());
+        let uses = src.uses(&[vec![publish("uid-a", "vol", Some("kube-system"))]]);
+        assert_eq!(uses[0][0].namespace, None);
     }
 }

@@ -16,6 +16,7 @@ pub mod fusectl;
 pub mod mountinfo;
 pub mod mounts;
 pub mod paths;
+pub mod podlogs;
 pub mod rbdbus;
 pub mod records;
 pub mod scsi;

@@ -113,9 +113,12 @@ pub fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
+        // `\ooo` is one byte, so at most `\377`: the kernel writes nothing larger, and a
+        // larger one (which would overflow the byte) is kept as the text it is.
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
+            && (b'0'..=b'3').contains(&bytes[i + 1])
+            && bytes[i + 2..i + 4]
                 .iter()
                 .all(|b| (b'0'..=b'7').contains(b))
         {
@@ -187,7 +190,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn octal_escapes_beyond_a_byte_are_kept_as_text() {
+        // Found by the mountinfo fuzz target: `\777` overflowed the byte being decoded.
+        for raw in ["\\400", "\\477", "\\777", "a\\7771", "\\4000"] {
+            assert_eq!(unescape(raw), raw, "{raw}");
+            let line = format!("40 1 8:1 {raw} /m{raw} rw - x{raw} s{raw} rw");
+            let m = parse_line(&line).unwrap();
+            assert_eq!(m.root, PathBuf::from(raw));
+            assert_eq!(m.mount_point, PathBuf::from(format!("/m{raw}")));
+            assert_eq!(m.fs_type, format!("x{raw}"));
+            assert_eq!(m.source, format!("s{raw}"));
+        }
+        assert_eq!(unescape("\\377\\000\\040"), "\u{FFFD}\0 ");
+    }
+
     proptest! {
+        #[test]
+        fn any_text_unescapes_without_panicking(s in "(\\\\[0-9]{0,4}|[ -~]){0,20}") {
+            let _ = unescape(&s);
+        }
+
         #[test]
         fn escape_round_trips(s in "[ -~\t\n]{0,40}") {
             prop_assert_eq!(unescape(&escape(&s)), s);

@@ -186,6 +186,10 @@ impl Daemon {
     pub fn allowed_root(&self) -> PathBuf {
         self.root.path().join("disks")
     }
+    /// kubelet's pod log directory (`<namespace>_<pod>_<uid>`) for this daemon.
+    pub fn pod_log_dir(&self) -> PathBuf {
+        self.root.path().join("pod-logs")
+    }
 
     /// Starts a daemon on a fresh tree.
     pub fn start() -> Self {
@@ -280,6 +284,8 @@ impl Daemon {
             .arg(self.run_dir())
             .arg("--socket")
             .arg(self.socket())
+            .arg("--pod-log-dir")
+            .arg(self.pod_log_dir())
             .args([
                 "--metrics-addr",
                 "off",
