@@ -243,7 +243,7 @@ mod tests {
             assert_eq!(Portal::parse(bad), None, "{bad}");
             assert_eq!(parse_portals(&format!("10.0.0.1,{bad}")), None, "{bad}");
         }
-        for good in ["a-b.example", "10.0.0.1:3260", "::1", "[fd00::1]:3261"] {
+        for good in ["a-b.example", "10.0.0.1:3260", "[::1]", "[fd00::1]:3261"] {
             let p = Portal::parse(good).unwrap();
             assert!(!p.arg().starts_with('-'), "{good}");
         }
