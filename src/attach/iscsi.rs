@@ -81,6 +81,19 @@ pub struct Target {
 impl Target {
     /// From the persisted options (the same keys as the user's).
     pub fn from_map(m: &BTreeMap<String, String>) -> Result<Target, OptionsError> {
+        Self::parse_map(m, false)
+    }
+
+    /// [`Target::from_map`] for a stage record moor wrote itself, at detach: an IQN an
+    /// earlier moor accepted (`iqn.`/`eui.`/`naa.` and letters, digits, `.`, `-`, `:`, `_`)
+    /// is taken even where the strict RFC 3720 form refuses it, so an upgrade never strands
+    /// a volume it cannot log out of; such a name cannot start with `-` or hold anything a
+    /// tool could read as more than the name.
+    pub fn from_record(m: &BTreeMap<String, String>) -> Result<Target, OptionsError> {
+        Self::parse_map(m, true)
+    }
+
+    fn parse_map(m: &BTreeMap<String, String>, recorded: bool) -> Result<Target, OptionsError> {
         let get = |k: &'static str| m.get(k).map(String::as_str).unwrap_or("");
         let tp = get("targetPortal");
         if tp.is_empty() {
@@ -102,7 +115,16 @@ impl Target {
                 driver: "iscsi".into(),
             });
         }
-        let iqn = validate::iscsi_name("iqn", iqn)?;
+        let earlier_form = |n: &str| {
+            ["iqn.", "eui.", "naa."].iter().any(|p| n.starts_with(p))
+                && n.len() <= 223
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c))
+        };
+        let iqn = match validate::iscsi_name("iqn", iqn) {
+            Err(_) if recorded && earlier_form(iqn) => iqn.to_owned(),
+            r => r?,
+        };
         let lun = match get("lun") {
             "" => 0,
             l => validate::lun("lun", l)?,
@@ -558,7 +580,7 @@ impl Driver for IscsiDriver {
     }
 
     fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
-        let t = Target::from_map(&rec.options)?;
+        let t = Target::from_record(&rec.options)?;
         let lock = self.lock(&t.iqn);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.detach_target(
@@ -730,6 +752,37 @@ mod tests {
                     assert!(r.runner.calls().is_empty(), "{key}={value:?}");
                 }
             }
+        }
+    }
+
+    /// A record an earlier moor wrote with an IQN the strict form refuses (no date, a one-digit
+    /// month) still detaches: an upgrade must not strand a volume.
+    #[test]
+    fn a_record_of_an_earlier_version_still_detaches() {
+        let r = rig();
+        let spec = r.driver.volume(&node(), &opts(&[])).unwrap();
+        for iqn in ["iqn.2024-1.legacy.example:disk", "iqn.legacy:disk_1"] {
+            let mut options = spec.persist.clone();
+            options.insert("iqn".into(), iqn.into());
+            assert!(
+                Target::from_map(&options).is_err(),
+                "{iqn} is not strict RFC 3720"
+            );
+            let rec = StageRecord {
+                key: spec.key.clone(),
+                driver: "iscsi".into(),
+                source: StageSource::Attached { device: None },
+                options,
+                fs_type: None,
+                fs_uuid: None,
+                read_only: false,
+                phase: StagePhase::Unstaging,
+                formatted_by_moor: false,
+                mount_id: None,
+                adopted: false,
+            };
+            // No session of it is logged in: nothing to run, and no refusal either.
+            r.driver.detach(&r.host, &rec).unwrap();
         }
     }
 
