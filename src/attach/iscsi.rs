@@ -610,6 +610,27 @@ mod tests {
         driver: IscsiDriver,
     }
 
+    /// The stage record detach gets for `key`: unstaging, as the lifecycle hands it over.
+    fn unstaging(
+        key: &str,
+        device: Option<std::path::PathBuf>,
+        options: BTreeMap<String, String>,
+    ) -> StageRecord {
+        StageRecord {
+            key: key.into(),
+            driver: "iscsi".into(),
+            source: StageSource::Attached { device },
+            options,
+            fs_type: None,
+            fs_uuid: None,
+            read_only: false,
+            phase: StagePhase::Unstaging,
+            formatted_by_moor: false,
+            mount_id: None,
+            adopted: false,
+        }
+    }
+
     fn rig() -> Rig {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
@@ -768,19 +789,7 @@ mod tests {
                 Target::from_map(&options).is_err(),
                 "{iqn} is not strict RFC 3720"
             );
-            let rec = StageRecord {
-                key: spec.key.clone(),
-                driver: "iscsi".into(),
-                source: StageSource::Attached { device: None },
-                options,
-                fs_type: None,
-                fs_uuid: None,
-                read_only: false,
-                phase: StagePhase::Unstaging,
-                formatted_by_moor: false,
-                mount_id: None,
-                adopted: false,
-            };
+            let rec = unstaging(&spec.key, None, options);
             // No session of it is logged in: nothing to run, and no refusal either.
             r.driver.detach(&r.host, &rec).unwrap();
         }
@@ -797,19 +806,7 @@ mod tests {
             spec.persist.insert(key.into(), value.into());
             let e = r.driver.attach(&r.host, &spec, &opts(&[])).unwrap_err();
             assert_eq!(e.reason(), "bad_options", "{key}: {e}");
-            let rec = StageRecord {
-                key: spec.key.clone(),
-                driver: "iscsi".into(),
-                source: StageSource::Attached { device: None },
-                options: spec.persist.clone(),
-                fs_type: None,
-                fs_uuid: None,
-                read_only: false,
-                phase: StagePhase::Unstaging,
-                formatted_by_moor: false,
-                mount_id: None,
-                adopted: false,
-            };
+            let rec = unstaging(&spec.key, None, spec.persist.clone());
             let e = r.driver.detach(&r.host, &rec).unwrap_err();
             assert_eq!(e.reason(), "bad_options", "{key}: {e}");
         }
@@ -926,21 +923,7 @@ mod tests {
         disk(&sys, "5:0:0:1", "sdd", "naa.6001405bb");
         let mut options = spec.persist.clone();
         options.extend(a.persist.clone());
-        let rec = StageRecord {
-            key: spec.key.clone(),
-            driver: "iscsi".into(),
-            source: StageSource::Attached {
-                device: a.device.clone(),
-            },
-            options,
-            fs_type: None,
-            fs_uuid: None,
-            read_only: false,
-            phase: StagePhase::Unstaging,
-            formatted_by_moor: false,
-            mount_id: None,
-            adopted: false,
-        };
+        let rec = unstaging(&spec.key, a.device.clone(), options);
         r.driver.detach(&r.host, &rec).unwrap();
         assert_eq!(
             std::fs::read_to_string(sys.join("block/sdc/device/delete")).unwrap(),
