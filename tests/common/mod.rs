@@ -84,9 +84,19 @@ pub struct LoopDev {
 /// The directory of device links that every test daemon allows (`local.allowed-devices`):
 /// a [`LoopDev::new`] is listed there, a [`LoopDev::unlisted`] is not.
 pub fn allowed_device_dir() -> PathBuf {
-    let dir = PathBuf::from(format!("/var/tmp/moor-it-devices-{}", std::process::id()));
+    let dir = device_dir_path();
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+fn device_dir_path() -> PathBuf {
+    PathBuf::from(format!("/var/tmp/moor-it-devices-{}", std::process::id()))
+}
+
+/// Removes this process's device-link directory once nothing is listed in it (rmdir only:
+/// a directory still holding a live loop device's link stays).
+fn tidy_device_dir() {
+    let _ = std::fs::remove_dir(device_dir_path());
 }
 
 impl LoopDev {
@@ -138,6 +148,7 @@ impl Drop for LoopDev {
     fn drop(&mut self) {
         if let Some(l) = &self.listed {
             let _ = std::fs::remove_file(l);
+            tidy_device_dir();
         }
         let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
     }
@@ -440,6 +451,7 @@ impl Drop for Daemon {
         for m in mounts_under(self.root.path()).into_iter().rev() {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
+        tidy_device_dir();
     }
 }
 
