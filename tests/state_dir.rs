@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Daemon, is_mounted, require_privileged_sandbox, s, source};
+use common::{Daemon, free_port, http_get, is_mounted, require_privileged_sandbox, s, source};
 use serde_json::json;
 
 /// `moor status -o json` against the daemon.
@@ -31,25 +31,6 @@ fn status(d: &Daemon) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// A free local TCP port for the daemon's metrics.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn metrics(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    c.read_to_string(&mut body).unwrap();
-    body
 }
 
 /// Every file name (as bytes, relative) under `dir`, with its size, without following links.
@@ -218,7 +199,7 @@ fn a_daemon_starts_whatever_the_record_dirs_hold_and_sets_bad_entries_aside() {
         );
     }
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "{}");
-    let text = metrics(port);
+    let text = http_get(port, "/metrics");
     let total: f64 = text
         .lines()
         .filter(|l| l.starts_with("moor_journal_records_set_aside{"))

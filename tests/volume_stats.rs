@@ -10,22 +10,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 
-use common::{Daemon, LoopDev, require_privileged_sandbox};
+use common::{Daemon, LoopDev, free_port, http_get, require_privileged_sandbox};
 use serde_json::json;
-
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
 
 /// `moor_volume_stats_capacity_bytes` series: label text → value.
 fn capacity_series(text: &str) -> BTreeMap<String, u64> {
@@ -41,11 +28,7 @@ fn capacity_series(text: &str) -> BTreeMap<String, u64> {
 #[test]
 fn volumes_named_alike_get_a_series_each_and_a_forged_namespace_is_not_shown() {
     require_privileged_sandbox();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut d = Daemon::start();
     d.stop();
     d.extra_args = vec![
@@ -89,7 +72,7 @@ fn volumes_named_alike_get_a_series_each_and_a_forged_namespace_is_not_shown() {
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let series = loop {
-        let s = capacity_series(&scrape(port));
+        let s = capacity_series(&http_get(port, "/metrics"));
         if s.len() >= 3 || std::time::Instant::now() > deadline {
             break s;
         }
@@ -118,7 +101,7 @@ fn volumes_named_alike_get_a_series_each_and_a_forged_namespace_is_not_shown() {
         d.unmount(pod, "vol").assert_ok();
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !capacity_series(&scrape(port)).is_empty() {
+    while !capacity_series(&http_get(port, "/metrics")).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "series of unmounted volumes stay"

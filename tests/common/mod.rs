@@ -521,3 +521,27 @@ pub fn write_errno(dir: &Path, name: &str) -> Option<i32> {
         .err()
         .and_then(|e| e.raw_os_error())
 }
+
+/// A TCP port on loopback that nothing listens on now (for a daemon's `--metrics-addr`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET <path>` from the daemon's HTTP endpoint on loopback: the whole response, headers
+/// included.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
