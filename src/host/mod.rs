@@ -23,6 +23,7 @@ pub mod scsi;
 pub mod secrets;
 pub mod stdio;
 pub mod target;
+pub mod tree;
 
 pub use blockdev::{BlockDevices, DevNum};
 pub use exec::{Cmd, CommandRunner, ExecError, Output, SystemRunner};
