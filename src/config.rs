@@ -169,12 +169,10 @@ impl Config {
         }
         let node_name = match pick(&top.node_name, &file.node_name).filter(|n| !n.is_empty()) {
             Some(n) => n,
-            None => nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .map_err(|e| ConfigError::Invalid {
-                    key: "node-name",
-                    message: format!("not set and the hostname cannot be read: {e}"),
-                })?,
+            None => crate::host::process::hostname().map_err(|e| ConfigError::Invalid {
+                key: "node-name",
+                message: format!("not set and the hostname cannot be read: {e}"),
+            })?,
         };
         let kubelet_dir = path_key(
             "kubelet-dir",

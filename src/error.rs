@@ -141,7 +141,9 @@ impl Error {
             Error::Fs(f) => f.reason(),
             Error::Mount { source, .. } => match source {
                 MountError::Timeout { .. } => "timeout",
-                MountError::Sys { errno, .. } if *errno == nix::errno::Errno::EBUSY => "mount_busy",
+                MountError::Sys { errno, .. } if *errno == crate::host::Errno::EBUSY => {
+                    "mount_busy"
+                }
                 _ => "mount_failed",
             },
             Error::Journal(_) => "journal_failed",

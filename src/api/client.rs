@@ -98,11 +98,7 @@ pub fn discover_with(
                 .iter()
                 .find_map(|(_, k)| k.node_name.clone().filter(|n| !n.is_empty()))
         })
-        .or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .map(|h| h.to_string_lossy().into_owned())
-        });
+        .or_else(|| crate::host::process::hostname().ok());
     Discovery {
         socket,
         socket_from,
@@ -125,7 +121,7 @@ fn read_keys(path: &Path) -> Result<Option<FrontKeys>, String> {
     if !md.is_file() {
         return Err("not a regular file".into());
     }
-    let me = nix::unistd::geteuid().as_raw();
+    let me = crate::host::process::euid();
     if md.uid() != 0 && md.uid() != me {
         return Err(format!("owned by uid {}, not root", md.uid()));
     }
@@ -206,14 +202,13 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
         source,
         hint: daemon_hint(),
     })?;
-    let peer = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+    let peer = crate::host::process::peer_credentials(&s)
         .map_err(|e| exchange(format!("cannot read the server's credentials: {e}")))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if peer.uid() != 0 && peer.uid() != me {
+    let me = crate::host::process::euid();
+    if peer.uid != 0 && peer.uid != me {
         return Err(exchange(format!(
             "the socket is served by uid {} (pid {}), not root; refusing to send it a request",
-            peer.uid(),
-            peer.pid()
+            peer.uid, peer.pid
         )));
     }
     s.set_write_timeout(Some(timeout))

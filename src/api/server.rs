@@ -67,7 +67,7 @@ pub fn serve(
         listener,
         socket,
         exec,
-        me: nix::unistd::geteuid().as_raw(),
+        me: crate::host::process::euid(),
         accepting: AtomicUsize::new(0),
         threads: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
@@ -155,8 +155,8 @@ fn work(sh: &Arc<Shared>) {
 }
 
 fn connection(stream: UnixStream, sh: &Shared, stopping: bool) {
-    let uid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-        .map(|c| c.uid())
+    let uid = crate::host::process::peer_credentials(&stream)
+        .map(|c| c.uid)
         .ok();
     // The request is read even from a peer about to be refused, so it gets its answer
     // instead of a broken pipe.

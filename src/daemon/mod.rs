@@ -6,8 +6,8 @@ pub mod executor;
 pub mod notify;
 pub mod reconciler;
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::driver::Drivers;
+use crate::host::process::{LockError, PidLock};
 use crate::host::{Host, HostPaths};
 use crate::http::HttpState;
 use crate::journal::Journal;
@@ -90,48 +91,16 @@ fn private_dir(p: &Path) -> Result<(), DaemonError> {
 /// it, so a second daemon on the same dir is refused with the holder's pid. Both the state
 /// dir and the run dir are locked: two daemons sharing either would adopt each other's
 /// mounts (a DaemonSet beside a systemd unit).
-fn lock_instance(dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError> {
-    use std::io::Read;
+fn lock_instance(dir: &Path) -> Result<PidLock, DaemonError> {
     let path = dir.join("moor.lock");
-    let open = |write: bool| {
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(write)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(io("open", &path))
-    };
-    // Created by a short-lived writable handle; the lock itself is held through a read-only
-    // one, so an operator can still remount the state dir read-only under a running daemon.
-    drop(open(true)?);
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(io("open", &path))?;
-    let held = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((mut f, _)) => {
-            let mut text = String::new();
-            let pid = f
-                .read_to_string(&mut text)
-                .ok()
-                .and_then(|_| text.trim().parse().ok());
-            return Err(DaemonError::AlreadyRunning {
-                dir: dir.into(),
-                lock: path,
-                pid,
-            });
-        }
-    };
-    let mut w = open(true)?;
-    w.set_len(0).map_err(io("truncate", &path))?;
-    std::io::Write::write_all(&mut w, format!("{}\n", std::process::id()).as_bytes())
-        .map_err(io("write", &path))?;
-    Ok(held)
+    crate::host::process::lock_pid_file(&path).map_err(|e| match e {
+        LockError::Held { pid } => DaemonError::AlreadyRunning {
+            dir: dir.into(),
+            lock: path.clone(),
+            pid,
+        },
+        LockError::Io { op, source } => io(op, &path)(source),
+    })
 }
 
 /// What `moor~local` may serve; the socket's directory is refused beside the lifecycle's own.
@@ -334,7 +303,7 @@ fn socket_dir(p: &Path) -> Result<(), DaemonError> {
             .map_err(io("create", p))?;
     }
     let md = fs::metadata(p).map_err(io("inspect", p))?;
-    let me = nix::unistd::geteuid().as_raw();
+    let me = crate::host::process::euid();
     let why = if !md.is_dir() {
         Some("is not a directory".to_owned())
     } else if md.uid() != 0 && md.uid() != me {

@@ -17,11 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-
 use crate::daemon::executor::Executor;
-use crate::host::bounded::bounded;
 use crate::host::fusectl;
+use crate::host::probe::{UsageError, fs_usage};
 use crate::journal::record::PublishRecord;
 use crate::lifecycle::{Lifecycle, RemoteStage};
 use crate::metrics::{BoundClaim, ErrorLabels, HealLabels, Metrics, VolumeUse, volume_labels};
@@ -35,94 +33,11 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest wait between two heal attempts of one share.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// What a probe of a share's stage saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    /// Answers.
-    Alive,
-    /// Answers with an error only a dead mount gives.
-    Dead(Errno),
-    /// The stage is no longer a mount point.
-    Gone,
-    /// No answer within the deadline.
-    Hung,
-}
-
-impl Probe {
-    fn label(self) -> String {
-        match self {
-            Probe::Alive => "alive".into(),
-            Probe::Dead(e) => format!("{e:?}"),
-            Probe::Gone => "unmounted".into(),
-            Probe::Hung => "hung".into(),
-        }
-    }
-}
+pub use crate::host::probe::Probe;
 
 /// Probes a share's stage mount: bounded, off the caller's thread.
 pub fn probe(lifecycle: &Lifecycle, stage: &Path, timeout: Duration) -> Probe {
-    let mounts = lifecycle.host().mounts.clone();
-    let p = stage.to_path_buf();
-    let answer = bounded(timeout, move || -> Result<bool, Errno> {
-        if !mounts
-            .is_mount_point(&p)
-            .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?
-        {
-            return Ok(false);
-        }
-        nix::sys::statfs::statfs(&p)?;
-        let fd = nix::fcntl::open(
-            &p,
-            nix::fcntl::OFlag::O_RDONLY
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )?;
-        // statfs and opendir can be answered from a client's caches (an evicted ceph-fuse
-        // passes both): a forced attribute sync and one directory read must reach the server.
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: statx is a plain C struct; all-zero is a valid bit pattern.
-            let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-            // SAFETY: a valid open fd, an empty NUL-terminated path with AT_EMPTY_PATH, and a
-            // writable statx buffer.
-            let r = unsafe {
-                libc::statx(
-                    fd.as_raw_fd(),
-                    c"".as_ptr(),
-                    libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC,
-                    libc::STATX_BASIC_STATS,
-                    &mut stx,
-                )
-            };
-            Errno::result(r)?;
-            let mut buf = [0u8; 4096];
-            // SAFETY: a valid open directory fd and a writable buffer of the given length.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_getdents64,
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                )
-            };
-            if n < 0 {
-                return Err(Errno::last());
-            }
-        }
-        drop(fd);
-        Ok(true)
-    });
-    match answer {
-        Ok(Ok(true)) => Probe::Alive,
-        Ok(Ok(false)) => Probe::Gone,
-        Ok(Err(e)) if crate::host::mounts::is_dead_mount_error(&std::io::Error::from(e)) => {
-            Probe::Dead(e)
-        }
-        // Other errors (EACCES on a root-squashed export…) say the server answers.
-        Ok(Err(_)) => Probe::Alive,
-        Err(_) => Probe::Hung,
-    }
+    lifecycle.host().mounts.probe(stage, timeout)
 }
 
 /// Heal attempts that failed, per volume key.
@@ -474,27 +389,25 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics, sources: &mut LabelSources
     ];
     let mut fresh = Vec::new();
     for ((stage, path, _), uses) in volumes.into_iter().zip(uses) {
-        let p = path.clone();
-        let stats = match bounded(STAT_TIMEOUT, move || nix::sys::statvfs::statvfs(&p)) {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+        let stats = match fs_usage(&path, STAT_TIMEOUT) {
+            Ok(s) => s,
+            Err(UsageError::Failed(e)) => {
                 tracing::warn!(volume = %stage.key, target = %path.display(), error = %e, "statvfs failed");
                 continue;
             }
-            Err(t) => {
+            Err(UsageError::Hung(t)) => {
                 tracing::warn!(volume = %stage.key, target = %path.display(), error = %t, "statvfs hung");
                 continue;
             }
         };
         let labels = volume_labels(&stage.key, &stage.driver, &uses);
-        let frsize = stats.fragment_size();
         let values = [
-            stats.blocks() * frsize,
-            stats.blocks_available() * frsize,
-            stats.blocks().saturating_sub(stats.blocks_free()) * frsize,
-            stats.files(),
-            stats.files_free(),
-            stats.files().saturating_sub(stats.files_free()),
+            stats.capacity_bytes,
+            stats.available_bytes,
+            stats.used_bytes,
+            stats.inodes,
+            stats.inodes_free,
+            stats.inodes.saturating_sub(stats.inodes_free),
         ];
         fresh.push((labels, values));
     }
@@ -514,7 +427,10 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics, sources: &mut LabelSources
 /// every `interval`, until dropped.
 pub async fn run(mut rec: Reconciler, interval: Duration) {
     let changed = Arc::new(tokio::sync::Notify::new());
-    watch_mount_table(changed.clone());
+    watch_mount_table(
+        &rec.lifecycle.host().paths.proc.join("self/mountinfo"),
+        changed.clone(),
+    );
     let mut tick = tokio::time::interval(interval.min(PROBE_INTERVAL));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_stats: Option<Instant> = None;
@@ -553,42 +469,12 @@ pub async fn run(mut rec: Reconciler, interval: Duration) {
 /// Wait after a mount-table change before probing, to coalesce bursts.
 const MOUNT_CHANGE_SETTLE: Duration = Duration::from_millis(500);
 
-/// A thread that wakes `changed` whenever this mount namespace's table changes: the kernel
-/// flags `/proc/self/mountinfo` with POLLPRI on every mount and unmount (no read needed).
-fn watch_mount_table(changed: Arc<tokio::sync::Notify>) {
-    let file = match std::fs::File::open("/proc/self/mountinfo") {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the mount table; probing on the timer only");
-            return;
-        }
-    };
-    let spawned = std::thread::Builder::new()
-        .name("moor-mountwatch".into())
-        .spawn(move || {
-            use std::os::fd::AsRawFd;
-            let mut pfd = libc::pollfd {
-                fd: file.as_raw_fd(),
-                events: libc::POLLPRI,
-                revents: 0,
-            };
-            loop {
-                // SAFETY: one valid pollfd whose fd stays open (owned by `file`) for the loop.
-                let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-                if r < 0 {
-                    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                        continue;
-                    }
-                    tracing::warn!(error = %std::io::Error::last_os_error(), "mount-table watch stopped");
-                    return;
-                }
-                if pfd.revents & (libc::POLLPRI | libc::POLLERR) != 0 {
-                    changed.notify_one();
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the mount-table watch; probing on the timer only");
+/// Wakes `changed` whenever this mount namespace's table changes (see
+/// [`crate::host::mountwatch`]); the table is the host paths' own, so a test points it
+/// elsewhere.
+fn watch_mount_table(mountinfo: &Path, changed: Arc<tokio::sync::Notify>) {
+    if let Err(e) = crate::host::mountwatch::watch(mountinfo, move || changed.notify_one()) {
+        tracing::warn!(path = %mountinfo.display(), error = %e, "cannot watch the mount table; probing on the timer only");
     }
 }
 

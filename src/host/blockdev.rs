@@ -23,6 +23,16 @@ impl std::fmt::Display for DevNum {
     }
 }
 
+impl DevNum {
+    /// The number a `stat` reports as `st_rdev` (or `st_dev`).
+    pub fn from_rdev(rdev: u64) -> Self {
+        DevNum {
+            major: libc::major(rdev),
+            minor: libc::minor(rdev),
+        }
+    }
+}
+
 /// How much of each end of a device is read to prove it is readable.
 const READ_CHECK: u64 = 1 << 20;
 

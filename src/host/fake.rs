@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use super::exec::{Cmd, CommandRunner, ExecError, Output};
 use super::mountinfo::MountInfo;
 use super::mounts::{FsMount, MountError, MountTable, Mounter, PathMount};
+use super::probe::Probe;
 use super::target::Target;
 
 /// One expected command and its canned answer.
@@ -89,6 +90,7 @@ pub struct FakeMounts {
     table: Mutex<BTreeMap<PathBuf, MountInfo>>,
     next_id: Mutex<u64>,
     fail_next: Mutex<Vec<(&'static str, Errno)>>,
+    probes: Mutex<BTreeMap<PathBuf, Probe>>,
 }
 
 impl FakeMounts {
@@ -96,6 +98,14 @@ impl FakeMounts {
     pub fn fail_next(&self, op: &'static str, errno: Errno) {
         if let Ok(mut f) = self.fail_next.lock() {
             f.push((op, errno));
+        }
+    }
+
+    /// Makes the stale-mount probe of the mount at `target` answer `seen` (a dead export,
+    /// a hung server) while it is mounted; unmounting or mounting there again forgets it.
+    pub fn set_probe(&self, target: &Path, seen: Probe) {
+        if let Ok(mut p) = self.probes.lock() {
+            p.insert(target.to_owned(), seen);
         }
     }
 
@@ -129,6 +139,9 @@ impl FakeMounts {
     }
 
     fn insert(&self, mut m: MountInfo) {
+        if let Ok(mut p) = self.probes.lock() {
+            p.remove(&m.mount_point);
+        }
         if let (Ok(mut t), Ok(mut id)) = (self.table.lock(), self.next_id.lock()) {
             *id += 1;
             m.mount_id = 1000 + *id;
@@ -204,6 +217,9 @@ impl Mounter for FakeMounts {
             .table
             .lock()
             .map_err(|_| MountError::BadPath(target.into()))?;
+        if let Ok(mut p) = self.probes.lock() {
+            p.remove(target);
+        }
         t.remove(target).map(drop).ok_or(MountError::Sys {
             op: "unmount",
             target: target.into(),
@@ -270,6 +286,18 @@ impl MountTable for FakeMounts {
             std::fs::create_dir_all(path)?;
         }
         Ok(Target::by_path(path))
+    }
+
+    /// Not mounted: gone; else what [`FakeMounts::set_probe`] said, or alive.
+    fn probe(&self, path: &Path, _timeout: Duration) -> Probe {
+        if self.get(path).is_none() {
+            return Probe::Gone;
+        }
+        self.probes
+            .lock()
+            .ok()
+            .and_then(|p| p.get(path).copied())
+            .unwrap_or(Probe::Alive)
     }
 
     fn snapshot(&self) -> std::io::Result<Vec<MountInfo>> {

@@ -15,8 +15,11 @@ pub mod fake;
 pub mod fusectl;
 pub mod mountinfo;
 pub mod mounts;
+pub mod mountwatch;
 pub mod paths;
 pub mod podlogs;
+pub mod probe;
+pub mod process;
 pub mod rbdbus;
 pub mod records;
 pub mod scsi;
@@ -28,6 +31,9 @@ pub mod tree;
 pub use blockdev::{BlockDevices, DevNum};
 pub use exec::{Cmd, CommandRunner, ExecError, Output, SystemRunner};
 pub use mounts::{FsMount, KernelMounts, MountError, MountTable, Mounter, PathMount};
+/// The kernel's error numbers and mount flags, as the seam's signatures use them.
+pub use nix::errno::Errno;
+pub use nix::mount::MsFlags;
 pub use paths::{HostPaths, PathError, PodVolumeDir};
 pub use target::Target;
 

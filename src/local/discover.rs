@@ -13,7 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::fs::probe;
+use crate::host::probe::{UsageError, fs_usage};
 use crate::host::{Cmd, DevNum, Host};
+
+/// Deadline of the `statvfs` that sizes a mount-point entry (a dead mount must not stall
+/// discovery).
+const STATVFS_TIMEOUT: Duration = Duration::from_secs(10);
 
 use super::classes::{ClassConfig, LocalConfig};
 
@@ -194,10 +199,7 @@ pub fn block_stable_id(src: &IdSources, dev: DevNum) -> Option<String> {
 
 fn dev_of(m: &std::fs::Metadata) -> DevNum {
     use std::os::unix::fs::MetadataExt;
-    DevNum {
-        major: nix::sys::stat::major(m.rdev()) as u32,
-        minor: nix::sys::stat::minor(m.rdev()) as u32,
-    }
+    DevNum::from_rdev(m.rdev())
 }
 
 /// The device node of `dev` under the dev dir, from sysfs `uevent` (`DEVNAME=`).
@@ -342,8 +344,12 @@ pub fn inspect(
                 m.fs_type, m.source
             )
         })?;
-        let vfs = nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs: {e}"))?;
-        let size = vfs.blocks() as u64 * vfs.fragment_size() as u64;
+        let size = fs_usage(path, STATVFS_TIMEOUT)
+            .map_err(|e| match e {
+                UsageError::Failed(e) => format!("statvfs: {e}"),
+                UsageError::Hung(t) => format!("statvfs: {t}"),
+            })?
+            .capacity_bytes;
         (
             EntryKind::MountPoint {
                 dev,

@@ -76,10 +76,7 @@ pub fn volume_keys_of(path: &Path, ids: &IdSources) -> Vec<String> {
     let mut keys = Vec::new();
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() => {
-            let dev = DevNum {
-                major: libc::major(m.rdev()),
-                minor: libc::minor(m.rdev()),
-            };
+            let dev = DevNum::from_rdev(m.rdev());
             keys.push(volume_key("local", &device_stable_id(ids, dev)));
         }
         Ok(m) if m.is_dir() => {
