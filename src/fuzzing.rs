@@ -220,7 +220,11 @@ pub fn superblock(data: &[u8]) {
         ("btrfs", 65536 + 64, &b"_BHRfS_M"[..]),
         ("vfat", 0, &[][..]),
     ] {
-        let Ok(Some(uuid)) = crate::fs::superblock::uuid(&img, fs) else {
+        let Ok(Some(uuid)) = crate::fs::superblock::uuid(
+            &crate::host::SysfsBlockDevices { sys: "/sys".into() },
+            &img,
+            fs,
+        ) else {
             continue;
         };
         assert!(

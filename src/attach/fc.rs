@@ -523,7 +523,7 @@ mod tests {
     #[test]
     fn attach_prefers_multipath_and_detach_flushes_then_deletes_only_its_paths() {
         use crate::host::fake::{FakeMounts, ScriptRunner};
-        use crate::host::{BlockDevices, HostPaths};
+        use crate::host::{HostPaths, SysfsBlockDevices};
         use std::sync::Arc;
         let d = tempfile::tempdir().unwrap();
         let sys = d.path().join("sys");
@@ -540,7 +540,7 @@ mod tests {
         let runner = Arc::new(ScriptRunner::default());
         let mounts = Arc::new(FakeMounts::default());
         let host = Host {
-            blockdev: BlockDevices { sys: sys.clone() },
+            blockdev: Arc::new(SysfsBlockDevices { sys: sys.clone() }),
             paths,
             runner: runner.clone(),
             mounter: mounts.clone(),

@@ -598,7 +598,7 @@ mod tests {
     use crate::attach::scsi::tests::disk;
     use crate::flexvolume::options::Secret;
     use crate::host::fake::{FakeMounts, ScriptRunner};
-    use crate::host::{BlockDevices, HostPaths};
+    use crate::host::{HostPaths, SysfsBlockDevices};
     use crate::journal::StagePhase;
 
     const IQN: &str = "iqn.2024-01.dev.moor.lab:plain";
@@ -646,9 +646,9 @@ mod tests {
         let runner = Arc::new(ScriptRunner::default());
         let mounts = Arc::new(FakeMounts::default());
         let host = Host {
-            blockdev: BlockDevices {
+            blockdev: Arc::new(SysfsBlockDevices {
                 sys: paths.sys.clone(),
-            },
+            }),
             paths,
             runner: runner.clone(),
             mounter: mounts.clone(),

@@ -28,7 +28,7 @@ pub mod stdio;
 pub mod target;
 pub mod tree;
 
-pub use blockdev::{BlockDevices, DevNum};
+pub use blockdev::{BlockDevices, DevNum, SysfsBlockDevices};
 pub use exec::{Cmd, CommandRunner, ExecError, Output, SystemRunner};
 pub use mounts::{FsMount, KernelMounts, MountError, MountTable, Mounter, PathMount};
 /// The kernel's error numbers and mount flags, as the seam's signatures use them.
@@ -49,7 +49,7 @@ pub struct Host {
     /// Mount questions.
     pub mounts: Arc<dyn MountTable>,
     /// Block device questions.
-    pub blockdev: BlockDevices,
+    pub blockdev: Arc<dyn BlockDevices>,
 }
 
 impl Host {
@@ -60,9 +60,9 @@ impl Host {
             kubelet_dir: paths.kubelet_dir.clone(),
         });
         Host {
-            blockdev: BlockDevices {
+            blockdev: Arc::new(SysfsBlockDevices {
                 sys: paths.sys.clone(),
-            },
+            }),
             paths,
             runner: Arc::new(SystemRunner),
             mounter: kernel.clone(),
@@ -77,4 +77,23 @@ impl std::fmt::Debug for Host {
             .field("paths", &self.paths)
             .finish_non_exhaustive()
     }
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`, blocking until it is seeded).
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
 }

@@ -170,7 +170,7 @@ impl Lifecycle {
         self.claim_device(key, device, rec)?;
         let stage_path = held.path();
         // One disk is staged once: not under a second path, not while mounted elsewhere.
-        fs::check_exclusive(key, device)?;
+        fs::check_exclusive(&self.host, key, device)?;
         let known = rec.known_filesystem();
         let prepared = fs::ensure_filesystem(
             &self.host,

@@ -9,13 +9,14 @@ use nix::errno::Errno;
 
 use super::publish::apply_fs_group;
 use super::*;
+use crate::host::HostPaths;
 use crate::host::Mounter;
-use crate::host::fake::{FakeMounts, ScriptRunner};
-use crate::host::{BlockDevices, HostPaths};
+use crate::host::fake::{FakeHost, FakeMounts};
 use crate::journal::{StagePhase, StageRecord};
 
 struct Rig {
     _tmp: tempfile::TempDir,
+    fake: FakeHost,
     paths: HostPaths,
     mounts: Arc<FakeMounts>,
     source: PathBuf,
@@ -24,34 +25,21 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        let paths = HostPaths {
-            kubelet_dir: root.join("kubelet"),
-            kubelet_alias: None,
-            state_dir: root.join("state"),
-            run_dir: root.join("run"),
-            sys: "/sys".into(),
-            dev: "/dev".into(),
-            proc: "/proc".into(),
-        };
-        let source = root.join("data");
+        let fake = FakeHost::new(tmp.path());
+        let source = tmp.path().join("data");
         std::fs::create_dir_all(&source).unwrap();
         Rig {
+            paths: fake.host.paths.clone(),
+            mounts: fake.mounts.clone(),
+            fake,
             _tmp: tmp,
-            paths,
-            mounts: Arc::new(FakeMounts::default()),
             source,
         }
     }
 
+    /// A lifecycle as a daemon (re)started on this host builds it: the journal read again.
     fn lifecycle(&self) -> Lifecycle {
-        let host = Host {
-            paths: self.paths.clone(),
-            runner: Arc::new(ScriptRunner::default()),
-            mounter: self.mounts.clone(),
-            mounts: self.mounts.clone(),
-            blockdev: BlockDevices { sys: "/sys".into() },
-        };
+        let host = self.fake.host.clone();
         let journal = Journal::open(&self.paths.state_dir, &self.paths.run_dir).unwrap();
         Lifecycle::new(
             host,

@@ -119,24 +119,8 @@ pub(crate) fn test_host(
     crate::host::Host,
     std::sync::Arc<crate::host::fake::ScriptRunner>,
 ) {
-    use std::sync::Arc;
-    let runner = Arc::new(crate::host::fake::ScriptRunner::default());
-    let mounts = Arc::new(crate::host::fake::FakeMounts::default());
-    let host = crate::host::Host {
-        paths: crate::host::HostPaths {
-            kubelet_dir: root.join("kubelet"),
-            kubelet_alias: None,
-            state_dir: root.join("state"),
-            run_dir: root.join("run"),
-            sys: "/sys".into(),
-            dev: "/dev".into(),
-            proc: "/proc".into(),
-        },
-        runner: runner.clone(),
-        mounter: mounts.clone(),
-        mounts,
-        blockdev: crate::host::BlockDevices { sys: "/sys".into() },
-    };
+    let fake = crate::host::fake::FakeHost::new(root);
+    let (host, runner) = (fake.host, fake.runner);
     (host, runner)
 }
 

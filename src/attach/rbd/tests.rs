@@ -5,7 +5,7 @@ use super::*;
 use crate::flexvolume::options::Secret;
 use crate::host::fake::{FakeMounts, ScriptRunner};
 use crate::host::rbdbus::tests::{add as add_mapping, add_in_namespace};
-use crate::host::{BlockDevices, CommandRunner, ExecError, HostPaths, Output};
+use crate::host::{CommandRunner, ExecError, HostPaths, Output, SysfsBlockDevices};
 use crate::journal::StagePhase;
 
 const KEY: &str = "AQBzZ2ZmAAAAABAAm0o7mYbn4tQXa8VvYV1nLQ==";
@@ -87,9 +87,9 @@ impl Fixture {
         });
         let mounts = Arc::new(FakeMounts::default());
         let host = Host {
-            blockdev: BlockDevices {
+            blockdev: Arc::new(SysfsBlockDevices {
                 sys: paths.sys.clone(),
-            },
+            }),
             paths: paths.clone(),
             runner: kernel.clone(),
             mounter: mounts.clone(),
