@@ -7,7 +7,7 @@ pub mod notify;
 pub mod reconciler;
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -79,12 +79,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 }
 
 fn private_dir(p: &Path) -> Result<(), DaemonError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(p)
-        .map_err(io("create", p))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(io("chmod", p))
+    crate::host::dirs::private_dir(p, 0o700).map_err(|(op, e)| io(op, p)(e))
 }
 
 /// Holds `<dir>/moor.lock` for the daemon's lifetime, with this daemon's pid written into
@@ -296,11 +291,7 @@ async fn wait_for_signal() {
 fn socket_dir(p: &Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::MetadataExt;
     if !p.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(p)
-            .map_err(io("create", p))?;
+        crate::host::dirs::create_missing(p, 0o700).map_err(|(op, e)| io(op, p)(e))?;
     }
     let md = fs::metadata(p).map_err(io("inspect", p))?;
     let me = crate::host::process::euid();

@@ -210,7 +210,7 @@ fn read_ends(path: &Path) -> std::io::Result<Ends> {
 const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 
 /// Makes a loop device take its backing file's current size (what `losetup -c` does).
-pub fn loop_set_capacity(path: &Path) -> std::io::Result<()> {
+fn loop_set_capacity(path: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let f = File::open(path)?;
     // SAFETY: `f` is an open descriptor for the whole call; this ioctl takes no argument
@@ -225,7 +225,7 @@ pub fn loop_set_capacity(path: &Path) -> std::io::Result<()> {
 /// Opens the device with `O_EXCL`, which for a block device fails with EBUSY while anything
 /// holds it exclusively: a mount, device-mapper, md, another exclusive opener. Closed again
 /// at once.
-pub fn claim_exclusive(path: &Path) -> std::io::Result<()> {
+fn claim_exclusive(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)

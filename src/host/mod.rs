@@ -10,6 +10,7 @@ pub mod allow;
 pub mod blockdev;
 pub mod bounded;
 pub mod deadline;
+pub mod dirs;
 pub mod exec;
 pub mod fake;
 pub mod fusectl;

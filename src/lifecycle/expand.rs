@@ -21,7 +21,6 @@ use super::Lifecycle;
 use crate::attach::scsi::{self, Scsi};
 use crate::error::Error;
 use crate::fs::mkfs::{grow_command, is_ext};
-use crate::host::blockdev::loop_set_capacity;
 use crate::host::{Cmd, ExecError};
 use crate::journal::{StagePhase, StageSource};
 
@@ -302,7 +301,10 @@ impl Lifecycle {
                 })?;
             }
         } else if name.starts_with("loop") {
-            loop_set_capacity(device).map_err(io("set the capacity of", device.to_owned()))?;
+            self.host
+                .blockdev
+                .set_capacity(device)
+                .map_err(io("set the capacity of", device.to_owned()))?;
         } else if let Some(id) = name.strip_prefix("rbd") {
             // krbd hears of an `rbd resize` through its header watch, a moment later;
             // `refresh` reads the header now.

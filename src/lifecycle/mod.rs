@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::flexvolume::VolumeOptions;
 use crate::host::allow::{AllowList, Resolved};
 use crate::host::mounts::is_dead_mount_error;
-use crate::host::{Host, PathError, PodVolumeDir, Target};
+use crate::host::{Errno, Host, PathError, PodVolumeDir, Target};
 use crate::journal::{Journal, PublishPhase, StageSource};
 use crate::local::discover::IdSources;
 
@@ -40,7 +40,7 @@ mod status;
 pub use expand::ExpandError;
 pub use heal::RemoteStage;
 
-use publish::{bind_flags, remove_empty_target};
+use publish::bind_flags;
 pub use reconstruct::Reconstruction;
 use state::State;
 
@@ -333,8 +333,8 @@ impl Lifecycle {
             Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e)
                 if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+                    e.raw_os_error().map(Errno::from_raw),
+                    Some(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV)
                 ) =>
             {
                 Err(Error::Path(PathError::Symlink {

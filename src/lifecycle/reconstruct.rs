@@ -167,7 +167,7 @@ impl Lifecycle {
                     self.state().stages.insert(s.key.clone(), s);
                 }
                 if let Ok(Some(t)) = self.open_target(&stage_path, false) {
-                    remove_empty_target(&t);
+                    crate::host::dirs::remove_empty(&t);
                 }
                 report.idled += 1;
             }

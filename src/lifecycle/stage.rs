@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::flexvolume::VolumeOptions;
 use crate::fs::{self, Prepared, format::FormatRequest};
 use crate::host::mounts::split_options;
-use crate::host::{FsMount, Target};
+use crate::host::{FsMount, MsFlags, Target};
 use crate::journal::{RemoteMount, StagePhase, StageRecord, StageSource};
 use crate::share;
 use crate::testhook::pause_point;
@@ -198,7 +198,7 @@ impl Lifecycle {
         }
         let (mut flags, data) = split_options(&plan.spec.mount_options);
         if plan.opts.read_only {
-            flags |= nix::mount::MsFlags::MS_RDONLY;
+            flags |= MsFlags::MS_RDONLY;
         }
         let m = FsMount {
             source: device.into(),
@@ -316,7 +316,7 @@ impl Lifecycle {
             return;
         }
         if let Ok(Some(t)) = &held {
-            remove_empty_target(t);
+            crate::host::dirs::remove_empty(t);
         }
         if let Err(e) = plan.driver.detach(&self.host, rec) {
             tracing::error!(volume = key, error = %e, "rollback: detach failed; record kept");
@@ -381,7 +381,7 @@ impl Lifecycle {
         }
         pause_point("unstage:unmounted");
         if let Some(t) = &held {
-            remove_empty_target(t);
+            crate::host::dirs::remove_empty(t);
         }
         let driver = self.driver(&rec.driver)?;
         driver.detach(&self.host, &rec)?;

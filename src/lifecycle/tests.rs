@@ -2,12 +2,10 @@
 //! root. Real mounts are exercised by the host tests in `tests/`.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use nix::errno::Errno;
 
-use super::publish::apply_fs_group;
 use super::*;
 use crate::host::HostPaths;
 use crate::host::Mounter;
@@ -304,27 +302,6 @@ fn one_pod_dir_cannot_serve_two_volumes() {
     o.insert("path".into(), other.display().to_string());
     let plan = lc.plan_mount("local", &rig.target("p1"), &o).unwrap();
     assert_eq!(lc.mount(&plan).unwrap_err().reason(), "target_busy");
-}
-
-#[test]
-fn fs_group_changes_only_the_root_and_only_once() {
-    let t = tempfile::tempdir().unwrap();
-    let sub = t.path().join("sub");
-    std::fs::create_dir(&sub).unwrap();
-    let before = std::fs::metadata(&sub).unwrap().gid();
-    assert!(apply_fs_group(t.path(), 4321).unwrap());
-    let md = std::fs::metadata(t.path()).unwrap();
-    assert_eq!(md.gid(), 4321);
-    assert_eq!(md.mode() & 0o2070, 0o2070);
-    assert_eq!(
-        std::fs::metadata(&sub).unwrap().gid(),
-        before,
-        "no recursive walk"
-    );
-    assert!(
-        !apply_fs_group(t.path(), 4321).unwrap(),
-        "second time: nothing to do"
-    );
 }
 
 #[test]

@@ -498,7 +498,11 @@ pub fn gather(ctx: &WipeCtx<'_>, entry_path: &Path, expected_id: Option<&str>) -
         }
         // The kernel's own answer: O_EXCL on a block device fails with EBUSY while it is
         // mounted or claimed by a holder.
-        exclusive_open = crate::host::blockdev::claim_exclusive(device).map_err(|e| e.to_string());
+        exclusive_open = ctx
+            .host
+            .blockdev
+            .claim_exclusive(device)
+            .map_err(|e| e.to_string());
     }
     WipeFacts {
         entry_path: entry_path.to_owned(),
