@@ -7,9 +7,9 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 use super::*;
-use crate::host::HostPaths;
 use crate::host::Mounter;
 use crate::host::fake::{FakeHost, FakeMounts};
+use crate::host::{FsMount, HostPaths, MsFlags};
 use crate::journal::{StagePhase, StageRecord};
 
 struct Rig {
@@ -39,24 +39,20 @@ impl Rig {
     fn lifecycle(&self) -> Lifecycle {
         let host = self.fake.host.clone();
         let journal = Journal::open(&self.paths.state_dir, &self.paths.run_dir).unwrap();
-        Lifecycle::new(
-            host,
-            journal,
-            Drivers::builtin(),
-            "node-a".into(),
-            Timeouts::default(),
-        )
-        .with_local_sources(
-            crate::host::allow::AllowList {
-                directories: vec![self.source.clone(), self._tmp.path().join("other")],
-                ..Default::default()
-            },
-            crate::local::discover::IdSources {
-                dev_dir: "/dev".into(),
-                udev_dir: "/run/udev/data".into(),
-                sys: "/sys".into(),
-            },
-        )
+        let mut drivers = Drivers::builtin();
+        drivers.add(Arc::new(FakeBlockDriver));
+        Lifecycle::new(host, journal, drivers, "node-a".into(), Timeouts::default())
+            .with_local_sources(
+                crate::host::allow::AllowList {
+                    directories: vec![self.source.clone(), self._tmp.path().join("other")],
+                    ..Default::default()
+                },
+                crate::local::discover::IdSources {
+                    dev_dir: self.paths.dev.clone(),
+                    udev_dir: self._tmp.path().join("udev"),
+                    sys: self.paths.sys.clone(),
+                },
+            )
     }
 
     fn target(&self, pod: &str) -> String {
@@ -440,5 +436,247 @@ fn only_interrupted_transitions_are_finished_by_the_sweep() {
     assert_eq!(
         lc.unmount(Some("local"), &rig.target("p2")).unwrap(),
         UnmountOutcome::NotMounted
+    );
+}
+
+/// A block driver whose attach hands back the device its `device` option names: the
+/// lifecycle's block path (claim, never-format rule, mount, ownership) over the fake
+/// host's disks, without any one protocol's attach.
+struct FakeBlockDriver;
+
+impl crate::driver::Driver for FakeBlockDriver {
+    fn name(&self) -> &'static str {
+        "fakeblk"
+    }
+
+    fn volume(
+        &self,
+        _node: &crate::driver::NodeContext,
+        opts: &VolumeOptions,
+    ) -> Result<crate::driver::VolumeSpec, crate::driver::DriverError> {
+        let device = opts.user.get("device").cloned().unwrap_or_default();
+        Ok(crate::driver::VolumeSpec {
+            key: crate::driver::volume_key("fakeblk", &device),
+            source: StageSource::Attached { device: None },
+            persist: BTreeMap::from([("device".to_owned(), device)]),
+            mount_options: String::new(),
+        })
+    }
+
+    fn attach(
+        &self,
+        _host: &Host,
+        spec: &crate::driver::VolumeSpec,
+        _opts: &VolumeOptions,
+    ) -> Result<crate::driver::Attached, crate::driver::DriverError> {
+        Ok(crate::driver::Attached {
+            device: spec.persist.get("device").map(PathBuf::from),
+            persist: BTreeMap::new(),
+        })
+    }
+}
+
+impl Rig {
+    /// Adds a blank 4 MiB fake disk at `/dev/<name>` with minor `minor`.
+    fn disk(&self, name: &str, minor: u32) -> PathBuf {
+        let p = PathBuf::from(format!("/dev/{name}"));
+        self.fake
+            .disks
+            .add(&p, crate::host::DevNum { major: 8, minor }, 4 << 20);
+        p
+    }
+
+    fn block_target(&self, pod: &str, vol: &str) -> String {
+        self.paths
+            .kubelet_dir
+            .join(format!("pods/{pod}/volumes/moor~fakeblk/{vol}"))
+            .display()
+            .to_string()
+    }
+
+    fn mount_block(&self, lc: &Lifecycle, pod: &str, device: &Path) -> Result<MountOutcome, Error> {
+        let opts = BTreeMap::from([
+            ("device".to_owned(), device.display().to_string()),
+            ("kubernetes.io/fsType".to_owned(), "ext4".to_owned()),
+            ("kubernetes.io/readwrite".to_owned(), "rw".to_owned()),
+        ]);
+        let vol = device.file_name().unwrap().to_string_lossy().into_owned();
+        let plan = lc.plan_mount("fakeblk", &self.block_target(pod, &vol), &opts)?;
+        lc.mount(&plan)
+    }
+
+    fn block_stage(&self, device: &Path) -> PathBuf {
+        self.paths.stage_dir(
+            "fakeblk",
+            &crate::driver::volume_key("fakeblk", &device.display().to_string()),
+        )
+    }
+
+    /// Scripts `mkfs.ext4` as the real one behaves: the ext magic and the UUID it was given
+    /// (`-U <uuid>`) land in the fake disk's superblock.
+    fn expect_mkfs(&self, device: &Path) {
+        let disks = self.fake.disks.clone();
+        let device = device.to_owned();
+        self.fake.runner.expect_program("mkfs.ext4", move |cmd| {
+            let args: Vec<String> = cmd
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let at = args.iter().position(|a| a == "-U").unwrap();
+            let hex = args[at + 1].replace('-', "");
+            let raw: Vec<u8> = (0..16)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            disks.write_at(&device, 1024 + 56, &[0x53, 0xEF]);
+            disks.write_at(&device, 1024 + 104, &raw);
+            crate::host::Output {
+                code: Some(0),
+                stdout: vec![],
+                stderr: vec![],
+            }
+        });
+    }
+
+    fn programs(&self) -> Vec<String> {
+        self.fake
+            .runner
+            .calls()
+            .iter()
+            .map(|c| c.program_name())
+            .collect()
+    }
+}
+
+/// A blank device: probed twice, formatted once, mounted at the stage and bound into the
+/// pod; a second pod shares that stage and nothing is formatted again.
+#[test]
+fn a_blank_block_device_is_formatted_once_and_staged() {
+    let rig = Rig::new();
+    let lc = rig.lifecycle();
+    let dev = rig.disk("fake0", 16);
+    let blkid = "blkid -p -o export /dev/fake0";
+    rig.fake.runner.expect(blkid, 2, "").expect(blkid, 2, "");
+    rig.expect_mkfs(&dev);
+    assert_eq!(
+        rig.mount_block(&lc, "p1", &dev).unwrap(),
+        MountOutcome::Published
+    );
+    assert_eq!(rig.programs(), ["blkid", "blkid", "mkfs.ext4"]);
+    let stage = rig.block_stage(&dev);
+    let m = rig.mounts.get(&stage).expect("stage mounted");
+    assert_eq!(
+        (m.source.as_str(), m.fs_type.as_str()),
+        ("/dev/fake0", "ext4")
+    );
+    let pod = rig
+        .mounts
+        .get(Path::new(&rig.block_target("p1", "fake0")))
+        .unwrap();
+    assert_eq!(
+        (pod.major, pod.minor),
+        (m.major, m.minor),
+        "the pod sees the stage"
+    );
+    let key = crate::driver::volume_key("fakeblk", "/dev/fake0");
+    let rec = lc.state().stages[&key].clone();
+    assert!(rec.formatted_by_moor);
+    assert_eq!(rec.fs_type.as_deref(), Some("ext4"));
+
+    assert_eq!(
+        rig.mount_block(&lc, "p2", &dev).unwrap(),
+        MountOutcome::Published
+    );
+    assert_eq!(rig.programs().len(), 3, "the second pod formats nothing");
+    assert!(rig.fake.runner.remaining().is_empty());
+    assert_eq!(rig.mounts.mount_points().len(), 3, "one stage + two binds");
+}
+
+/// A device with a filesystem is checked and mounted as it is: never mkfs.
+#[test]
+fn a_block_device_with_a_filesystem_is_mounted_without_mkfs() {
+    let rig = Rig::new();
+    let lc = rig.lifecycle();
+    let dev = rig.disk("fake1", 17);
+    rig.fake.disks.write_at(&dev, 1024 + 56, &[0x53, 0xEF]);
+    rig.fake.runner.expect(
+        "blkid -p -o export /dev/fake1",
+        0,
+        "TYPE=ext4\nUUID=0b9c5a6e-1f1d-4c55-9e3b-2f3f1d0a7c11\n",
+    );
+    rig.fake.runner.expect("e2fsck -p /dev/fake1", 0, "");
+    let before = rig.fake.disks.data(&dev).unwrap();
+    rig.mount_block(&lc, "p1", &dev).unwrap();
+    assert_eq!(rig.programs(), ["blkid", "e2fsck"]);
+    assert_eq!(
+        rig.fake.disks.data(&dev).unwrap(),
+        before,
+        "not a byte written"
+    );
+    assert_eq!(
+        rig.mounts.get(&rig.block_stage(&dev)).unwrap().fs_type,
+        "ext4"
+    );
+    let key = crate::driver::volume_key("fakeblk", "/dev/fake1");
+    let rec = lc.state().stages[&key].clone();
+    assert!(!rec.formatted_by_moor);
+    assert_eq!(
+        rec.fs_uuid.as_deref(),
+        Some("0b9c5a6e-1f1d-4c55-9e3b-2f3f1d0a7c11")
+    );
+}
+
+/// Two block volumes staged side by side: unmounting the last pod of one unstages that
+/// one's mount only. A mount someone stacked on a stage is not moor's: the unstage refuses
+/// it rather than take it down, and the other volume is untouched throughout.
+#[test]
+fn unstage_unmounts_only_its_own_mount() {
+    let rig = Rig::new();
+    let lc = rig.lifecycle();
+    let (a, b) = (rig.disk("fake2", 18), rig.disk("fake3", 19));
+    for d in [&a, &b] {
+        let blkid = format!("blkid -p -o export {}", d.display());
+        rig.fake.runner.expect(&blkid, 0, "TYPE=ext4\n");
+        rig.fake
+            .runner
+            .expect(&format!("e2fsck -p {}", d.display()), 0, "");
+        rig.mount_block(&lc, "p1", d).unwrap();
+    }
+    let (sa, sb) = (rig.block_stage(&a), rig.block_stage(&b));
+    let (ta, tb) = (
+        rig.block_target("p1", "fake2"),
+        rig.block_target("p1", "fake3"),
+    );
+    assert_ne!(
+        rig.mounts.get(&sa).map(|m| (m.major, m.minor)),
+        rig.mounts.get(&sb).map(|m| (m.major, m.minor)),
+        "two disks, two filesystems"
+    );
+    assert_eq!(
+        lc.unmount(Some("fakeblk"), &ta).unwrap(),
+        UnmountOutcome::Unstaged
+    );
+    assert!(rig.mounts.get(&sa).is_none() && rig.mounts.get(Path::new(&ta)).is_none());
+    assert!(rig.mounts.get(&sb).is_some() && rig.mounts.get(Path::new(&tb)).is_some());
+
+    // Someone mounts their own filesystem over b's stage: not moor's to take down.
+    rig.mounts
+        .mount(
+            &FsMount {
+                source: "/dev/other".into(),
+                target: sb.clone(),
+                fs_type: "xfs".into(),
+                flags: MsFlags::empty(),
+                data: String::new(),
+            },
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    let e = lc.unmount(Some("fakeblk"), &tb).unwrap_err();
+    assert_eq!(e.reason(), "not_owned", "{e}");
+    let left = rig.mounts.get(&sb).expect("the foreign mount stays");
+    assert_eq!(
+        (left.source.as_str(), left.fs_type.as_str()),
+        ("/dev/other", "xfs")
     );
 }
