@@ -481,7 +481,237 @@ fn watch_mount_table(mountinfo: &Path, changed: Arc<tokio::sync::Notify>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::Drivers;
+    use crate::host::fake::{FakeHost, FakeMounts};
+    use crate::host::{Errno, FsMount, MountTable, Mounter, MsFlags, Output};
     use crate::journal::record::PublishPhase;
+    use crate::lifecycle::{MountOutcome, Timeouts};
+    use std::collections::BTreeMap;
+
+    /// A daemon's reconciler over a fake host with one NFS volume published to two pods;
+    /// every `mount -t nfs` the script sees is applied to the fake table, as mount(8) would.
+    struct Node {
+        _tmp: tempfile::TempDir,
+        fake: FakeHost,
+        lc: Arc<Lifecycle>,
+        metrics: Arc<Metrics>,
+        rec: Reconciler,
+    }
+
+    const EXPORT: &str = "10.0.0.5:/exports/a";
+
+    fn expect_nfs_mount(fake: &FakeHost) {
+        let mounts: Arc<FakeMounts> = fake.mounts.clone();
+        fake.runner.expect_program("mount", move |cmd| {
+            let target = PathBuf::from(cmd.args.last().unwrap());
+            mounts
+                .mount(
+                    &FsMount {
+                        source: EXPORT.into(),
+                        target,
+                        fs_type: "nfs".into(),
+                        flags: MsFlags::empty(),
+                        data: String::new(),
+                    },
+                    Duration::from_secs(1),
+                )
+                .unwrap();
+            Output {
+                code: Some(0),
+                stdout: vec![],
+                stderr: vec![],
+            }
+        });
+    }
+
+    impl Node {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let fake = FakeHost::new(tmp.path());
+            let journal =
+                crate::journal::Journal::open(&fake.host.paths.state_dir, &fake.host.paths.run_dir)
+                    .unwrap();
+            let lc = Arc::new(Lifecycle::new(
+                fake.host.clone(),
+                journal,
+                Drivers::builtin(),
+                "node-a".into(),
+                Timeouts::default(),
+            ));
+            let metrics = Arc::new(Metrics::new());
+            let exec = Arc::new(Executor::new(
+                lc.clone(),
+                metrics.clone(),
+                Duration::from_secs(30),
+            ));
+            let rec = Reconciler::new(lc.clone(), metrics.clone(), exec)
+                .with_pod_log_dir(tmp.path().join("pod-logs"));
+            let node = Node {
+                _tmp: tmp,
+                fake,
+                lc,
+                metrics,
+                rec,
+            };
+            expect_nfs_mount(&node.fake);
+            for pod in ["p1", "p2"] {
+                let opts = BTreeMap::from([
+                    ("server".to_owned(), "10.0.0.5".to_owned()),
+                    ("path".to_owned(), "/exports/a".to_owned()),
+                ]);
+                let plan = node.lc.plan_mount("nfs", &node.target(pod), &opts).unwrap();
+                assert_eq!(node.lc.mount(&plan).unwrap(), MountOutcome::Published);
+            }
+            assert!(node.fake.runner.remaining().is_empty());
+            node
+        }
+
+        fn target(&self, pod: &str) -> String {
+            self.fake
+                .host
+                .paths
+                .kubelet_dir
+                .join(format!("pods/{pod}/volumes/moor~nfs/data"))
+                .display()
+                .to_string()
+        }
+
+        fn stage(&self) -> PathBuf {
+            self.lc.remote_stages()[0].stage_path.clone()
+        }
+
+        fn mount_id(&self, p: &Path) -> Option<u64> {
+            self.fake.mounts.get(p).map(|m| m.mount_id)
+        }
+
+        fn heals(&self, result: &str) -> u64 {
+            self.metrics
+                .heals
+                .get_or_create(&HealLabels {
+                    driver: "nfs".into(),
+                    result: result.into(),
+                })
+                .get()
+        }
+    }
+
+    /// A share that answers ESTALE is detected, and moor's own stage is mounted again and
+    /// every pod directory bound again onto the new mount.
+    #[test]
+    fn a_stale_share_moor_staged_is_healed_and_its_pods_bound_again() {
+        let mut n = Node::new();
+        let stage = n.stage();
+        let (t1, t2) = (PathBuf::from(n.target("p1")), PathBuf::from(n.target("p2")));
+        let before = n.mount_id(&stage).unwrap();
+        assert_eq!(n.rec.heal_shares(), 0, "a live share is left alone");
+        n.fake.mounts.set_probe(&stage, Probe::Dead(Errno::ESTALE));
+        expect_nfs_mount(&n.fake);
+        assert_eq!(n.rec.heal_shares(), 1);
+        assert!(
+            n.fake.runner.remaining().is_empty(),
+            "the export was mounted again"
+        );
+        let after = n.mount_id(&stage).expect("stage mounted again");
+        assert_ne!(after, before, "a new mount, not the dead one");
+        let stage_dev = n.fake.mounts.get(&stage).map(|m| (m.major, m.minor));
+        for t in [&t1, &t2] {
+            let m = n.fake.mounts.get(t).expect("pod bound again");
+            assert_eq!(Some((m.major, m.minor)), stage_dev, "{}", t.display());
+        }
+        assert_eq!(n.heals("healed"), 1);
+        assert_eq!(
+            n.metrics
+                .stale_detected
+                .get_or_create(&ErrorLabels {
+                    driver: "nfs".into(),
+                    op: "probe".into(),
+                    reason: "ESTALE".into(),
+                })
+                .get(),
+            1
+        );
+        assert_eq!(n.rec.heal_shares(), 0, "healed: alive again");
+    }
+
+    /// A dead mount on the stage that moor did not make (stacked over its own) is never
+    /// taken down: the heal fails, the mount stays, and the next try waits for the backoff.
+    #[test]
+    fn a_dead_mount_moor_did_not_make_is_left_alone() {
+        let mut n = Node::new();
+        let stage = n.stage();
+        n.fake
+            .mounts
+            .mount(
+                &FsMount {
+                    source: "192.0.2.9:/theirs".into(),
+                    target: stage.clone(),
+                    fs_type: "nfs".into(),
+                    flags: MsFlags::empty(),
+                    data: String::new(),
+                },
+                Duration::from_secs(1),
+            )
+            .unwrap();
+        let theirs = n.mount_id(&stage).unwrap();
+        n.fake.mounts.set_probe(&stage, Probe::Dead(Errno::EIO));
+        assert_eq!(n.rec.heal_shares(), 0);
+        assert_eq!(
+            n.mount_id(&stage),
+            Some(theirs),
+            "their mount is still there"
+        );
+        assert_eq!(
+            n.fake.mounts.get(&stage).unwrap().source,
+            "192.0.2.9:/theirs"
+        );
+        assert_eq!(n.heals("failed"), 1);
+        assert!(
+            n.fake
+                .runner
+                .calls()
+                .iter()
+                .filter(|c| c.program_name() == "mount")
+                .count()
+                == 1,
+            "only the stage's first mount ran: none was attempted over theirs"
+        );
+        assert_eq!(n.rec.heal_shares(), 0);
+        assert_eq!(n.heals("failed"), 1, "backing off: not tried again at once");
+    }
+
+    /// A pod's bind that vanished under a live record is bound again onto the stage; a
+    /// pod directory that holds someone else's mount now is not touched.
+    #[test]
+    fn a_vanished_publish_is_restored_and_a_foreign_one_is_not() {
+        let n = Node::new();
+        let stage = n.stage();
+        let (t1, t2) = (PathBuf::from(n.target("p1")), PathBuf::from(n.target("p2")));
+        assert_eq!(n.rec.restore_publishes(), 0, "nothing vanished");
+        n.fake
+            .mounts
+            .unmount(&t1, false, Duration::from_secs(1))
+            .unwrap();
+        n.fake
+            .mounts
+            .unmount(&t2, false, Duration::from_secs(1))
+            .unwrap();
+        n.fake
+            .mounts
+            .bind(Path::new("/elsewhere"), &t2, false)
+            .unwrap();
+        let foreign = n.fake.mounts.get(&t2).unwrap();
+        assert_eq!(n.rec.restore_publishes(), 1);
+        let stage_dev = n.fake.mounts.get(&stage).map(|m| (m.major, m.minor));
+        let m = n.fake.mounts.get(&t1).expect("p1 bound again");
+        assert_eq!(Some((m.major, m.minor)), stage_dev);
+        assert_eq!(
+            n.fake.mounts.get(&t2),
+            Some(foreign),
+            "p2's mount is not moor's"
+        );
+        assert_eq!(n.metrics.healed_publishes.get(), 1);
+        assert!(n.fake.mounts.is_mount_point(&t1).unwrap());
+    }
 
     fn publish(uid: &str, volume: &str, claimed_ns: Option<&str>) -> PublishRecord {
         PublishRecord {
