@@ -597,8 +597,7 @@ mod tests {
     use super::*;
     use crate::attach::scsi::tests::disk;
     use crate::flexvolume::options::Secret;
-    use crate::host::fake::{FakeMounts, ScriptRunner};
-    use crate::host::{HostPaths, SysfsBlockDevices};
+    use crate::host::fake::{FakeHost, ScriptRunner};
     use crate::journal::StagePhase;
 
     const IQN: &str = "iqn.2024-01.dev.moor.lab:plain";
@@ -634,26 +633,8 @@ mod tests {
     fn rig() -> Rig {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        let paths = HostPaths {
-            kubelet_dir: root.join("kubelet"),
-            kubelet_alias: None,
-            state_dir: root.join("state"),
-            run_dir: root.join("run"),
-            sys: root.join("sys"),
-            dev: root.join("dev"),
-            proc: root.join("proc"),
-        };
-        let runner = Arc::new(ScriptRunner::default());
-        let mounts = Arc::new(FakeMounts::default());
-        let host = Host {
-            blockdev: Arc::new(SysfsBlockDevices {
-                sys: paths.sys.clone(),
-            }),
-            paths,
-            runner: runner.clone(),
-            mounter: mounts.clone(),
-            mounts,
-        };
+        let fake = FakeHost::new(root).with_sysfs_fixture();
+        let (host, runner) = (fake.host, fake.runner);
         let driver = IscsiDriver {
             iscsi_dir: root.join("etc-iscsi"),
             ..Default::default()

@@ -548,34 +548,6 @@ mod tests {
         f
     }
 
-    /// Scripts `mkfs.ext4` as the real one behaves: it writes the ext magic and the UUID it
-    /// was given (`-U <uuid>`) into the fake disk's superblock.
-    fn expect_mkfs_ext4(f: &FakeHost) {
-        let disks = f.disks.clone();
-        f.runner.expect_program("mkfs.ext4", move |cmd| {
-            let args: Vec<String> = cmd
-                .args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            let uuid = args
-                .iter()
-                .position(|a| a == "-U")
-                .and_then(|i| args.get(i + 1))
-                .expect("mkfs.ext4 without -U");
-            let raw: Vec<u8> = (0..16)
-                .map(|i| u8::from_str_radix(&uuid.replace('-', "")[2 * i..2 * i + 2], 16).unwrap())
-                .collect();
-            disks.write_at(Path::new(DEV), 1024 + 56, &[0x53, 0xEF]);
-            disks.write_at(Path::new(DEV), 1024 + 104, &raw);
-            Output {
-                code: Some(0),
-                stdout: vec![],
-                stderr: vec![],
-            }
-        });
-    }
-
     fn mkfs_runs(r: &ScriptRunner) -> usize {
         r.calls()
             .iter()
@@ -589,7 +561,7 @@ mod tests {
     fn a_blank_readable_device_is_formatted_once_after_a_second_probe() {
         let f = with_disk();
         f.runner.expect(BLKID, 2, "").expect(BLKID, 2, "");
-        expect_mkfs_ext4(&f);
+        f.expect_mkfs_ext4(Path::new(DEV));
         let p = ensure_filesystem(&f.host, &req("ext4", false, None)).unwrap();
         let Prepared::Formatted { fs_type, uuid } = &p else {
             panic!("{p:?}");

@@ -581,4 +581,53 @@ impl FakeHost {
             disks,
         }
     }
+
+    /// Scripts `mkfs.ext4` next, as the real one behaves on the fake disk at `device`: it
+    /// writes the ext magic and the UUID it was given (`-U <uuid>`) into the superblock, so
+    /// the check that the new filesystem carries moor's UUID reads what mkfs wrote.
+    pub fn expect_mkfs_ext4(&self, device: &Path) {
+        let disks = self.disks.clone();
+        let device = device.to_owned();
+        self.runner.expect_program("mkfs.ext4", move |cmd| {
+            let args: Vec<String> = cmd
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let hex = args
+                .iter()
+                .position(|a| a == "-U")
+                .and_then(|i| args.get(i + 1))
+                .map(|u| u.replace('-', ""))
+                .unwrap_or_default();
+            let raw: Option<Vec<u8>> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            let Some(raw) = raw.filter(|r| r.len() == 16) else {
+                return Output {
+                    code: Some(1),
+                    stdout: vec![],
+                    stderr: b"fake mkfs.ext4: no -U <uuid>".to_vec(),
+                };
+            };
+            // ext2/3/4: superblock at 1024, magic at +56, UUID at +104.
+            disks.write_at(&device, 1024 + 56, &[0x53, 0xEF]);
+            disks.write_at(&device, 1024 + 104, &raw);
+            Output {
+                code: Some(0),
+                stdout: vec![],
+                stderr: vec![],
+            }
+        });
+    }
+
+    /// Answers block device questions from a sysfs fixture tree under `<root>/sys` (what the
+    /// attach drivers' tests build) instead of [`FakeHost::disks`], which then answers
+    /// nothing.
+    pub fn with_sysfs_fixture(mut self) -> Self {
+        self.host.blockdev = Arc::new(super::blockdev::SysfsBlockDevices {
+            sys: self.host.paths.sys.clone(),
+        });
+        self
+    }
 }

@@ -131,11 +131,7 @@ impl Lifecycle {
             let source = self
                 .open_target(&stage_path, false)?
                 .ok_or_else(|| Error::Internal(format!("{} vanished", stage_path.display())))?;
-            let flags = if plan.opts.read_only {
-                MsFlags::MS_RDONLY
-            } else {
-                MsFlags::empty()
-            };
+            let flags = read_only_flag(plan.opts.read_only);
             let m = self
                 .host
                 .mounter
@@ -212,11 +208,7 @@ impl Lifecycle {
             let none = || Error::Internal("directory vanished".into());
             let t = self.open_target(&p.target, false)?.ok_or_else(none)?;
             let source = self.open_target(stage_path, false)?.ok_or_else(none)?;
-            let flags = if p.read_only {
-                MsFlags::MS_RDONLY
-            } else {
-                MsFlags::empty()
-            };
+            let flags = read_only_flag(p.read_only);
             let m = self
                 .host
                 .mounter
@@ -231,6 +223,15 @@ impl Lifecycle {
                 None
             }
         }
+    }
+}
+
+/// A pod bind's flags: read-only where the pod asked.
+fn read_only_flag(read_only: bool) -> MsFlags {
+    if read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
     }
 }
 

@@ -512,32 +512,6 @@ impl Rig {
         )
     }
 
-    /// Scripts `mkfs.ext4` as the real one behaves: the ext magic and the UUID it was given
-    /// (`-U <uuid>`) land in the fake disk's superblock.
-    fn expect_mkfs(&self, device: &Path) {
-        let disks = self.fake.disks.clone();
-        let device = device.to_owned();
-        self.fake.runner.expect_program("mkfs.ext4", move |cmd| {
-            let args: Vec<String> = cmd
-                .args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            let at = args.iter().position(|a| a == "-U").unwrap();
-            let hex = args[at + 1].replace('-', "");
-            let raw: Vec<u8> = (0..16)
-                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-                .collect();
-            disks.write_at(&device, 1024 + 56, &[0x53, 0xEF]);
-            disks.write_at(&device, 1024 + 104, &raw);
-            crate::host::Output {
-                code: Some(0),
-                stdout: vec![],
-                stderr: vec![],
-            }
-        });
-    }
-
     fn programs(&self) -> Vec<String> {
         self.fake
             .runner
@@ -557,7 +531,7 @@ fn a_blank_block_device_is_formatted_once_and_staged() {
     let dev = rig.disk("fake0", 16);
     let blkid = "blkid -p -o export /dev/fake0";
     rig.fake.runner.expect(blkid, 2, "").expect(blkid, 2, "");
-    rig.expect_mkfs(&dev);
+    rig.fake.expect_mkfs_ext4(&dev);
     assert_eq!(
         rig.mount_block(&lc, "p1", &dev).unwrap(),
         MountOutcome::Published

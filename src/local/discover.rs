@@ -415,9 +415,7 @@ pub fn scan_class(host: &Host, src: &IdSources, class: &ClassConfig) -> Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::{FakeMounts, ScriptRunner};
-    use crate::host::{HostPaths, SysfsBlockDevices};
-    use std::sync::Arc;
+    use crate::host::fake::FakeHost;
 
     const NVME: &str = "S:disk/by-id/nvme-eui.002538b471b2b7a1\nS:disk/by-id/nvme-Samsung_SSD_980_PRO_1TB_S5GXNF0R123456\nS:disk/by-path/pci-0000:01:00.0-nvme-1\nE:ID_SERIAL=Samsung_SSD_980_PRO_1TB_S5GXNF0R123456_1\nE:ID_WWN=eui.002538b471b2b7a1\nE:ID_MODEL=Samsung SSD 980 PRO 1TB\nE:ID_FS_UUID=0b1c-aa\n";
 
@@ -456,24 +454,7 @@ mod tests {
     }
 
     fn host_at(root: &Path) -> Host {
-        let fake = Arc::new(FakeMounts::default());
-        Host {
-            paths: HostPaths {
-                kubelet_dir: root.join("kubelet"),
-                kubelet_alias: None,
-                state_dir: root.join("state"),
-                run_dir: root.join("run"),
-                sys: root.join("sys"),
-                dev: root.join("dev"),
-                proc: root.join("proc"),
-            },
-            runner: Arc::new(ScriptRunner::default()),
-            mounter: fake.clone(),
-            mounts: fake,
-            blockdev: Arc::new(SysfsBlockDevices {
-                sys: root.join("sys"),
-            }),
-        }
+        FakeHost::new(root).with_sysfs_fixture().host
     }
 
     #[test]
