@@ -61,11 +61,11 @@ impl Reconciler {
     /// A reconciler over the daemon's lifecycle, taking volume locks through `exec`.
     pub fn new(lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>, exec: Arc<Executor>) -> Self {
         Reconciler {
+            fusectl: lifecycle.host().paths.sys.join(fusectl::CONNECTIONS_IN_SYS),
             lifecycle,
             metrics,
             exec,
             backoff: HashMap::new(),
-            fusectl: PathBuf::from(fusectl::CONNECTIONS),
             labels: LabelSources::new(crate::host::podlogs::DEFAULT_POD_LOG_DIR.into()),
         }
     }

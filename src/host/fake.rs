@@ -631,3 +631,66 @@ impl FakeHost {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_a_device_sees_it_appear_and_gives_up_on_one_that_never_does() {
+        let disks = Arc::new(FakeBlockDevices::default());
+        let t = tempfile::tempdir().unwrap();
+        let (late, never) = (t.path().join("late"), t.path().join("never"));
+        let d = DevNum {
+            major: 252,
+            minor: 3,
+        };
+        let adder = {
+            let (disks, late) = (disks.clone(), late.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(120));
+                disks.add(&late, d, 4096);
+            })
+        };
+        assert_eq!(disks.wait_for(&late, Duration::from_secs(10)), Some(d));
+        adder.join().unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(disks.wait_for(&never, Duration::from_millis(200)), None);
+        assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn two_sources_get_two_device_numbers_and_one_source_keeps_its_own() {
+        let m = FakeMounts::default();
+        let t = tempfile::tempdir().unwrap();
+        let at = |n: &str| t.path().join(n);
+        m.bind(&at("src-a"), &at("a1"), false).unwrap();
+        m.bind(&at("src-a"), &at("a2"), true).unwrap();
+        m.bind(&at("src-b"), &at("b1"), false).unwrap();
+        m.bind(&at("a1"), &at("a3"), false).unwrap();
+        let dev = |n: &str| m.get(&at(n)).map(|x| (x.major, x.minor)).unwrap();
+        assert_eq!(dev("a1"), dev("a2"));
+        assert_eq!(
+            dev("a1"),
+            dev("a3"),
+            "a bind of a mount shows that mount's filesystem"
+        );
+        assert_ne!(dev("a1"), dev("b1"));
+        let fs = |src: &str, target: &str| FsMount {
+            source: src.into(),
+            target: at(target),
+            fs_type: "ext4".into(),
+            flags: nix::mount::MsFlags::empty(),
+            data: String::new(),
+        };
+        m.mount(&fs("/dev/x", "x1"), Duration::from_secs(1))
+            .unwrap();
+        m.mount(&fs("/dev/x", "x2"), Duration::from_secs(1))
+            .unwrap();
+        m.mount(&fs("/dev/y", "y1"), Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(dev("x1"), dev("x2"), "one device, one filesystem");
+        assert_ne!(dev("x1"), dev("y1"));
+        assert_ne!(dev("x1"), dev("a1"));
+    }
+}
