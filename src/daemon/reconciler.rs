@@ -221,7 +221,7 @@ impl Reconciler {
 }
 
 /// PVs and their claims as the API server says, for the statistics' labels: the pass asks
-/// for the pod volume directory names it sees ([`ClaimCache::wanted`]), [`refresh_claims`]
+/// for the pod volume directory names it sees (`wanted`), [`refresh_claims`]
 /// answers them off the request path.
 #[derive(Default)]
 pub struct ClaimCache {

@@ -1,8 +1,10 @@
 //! The host seam: the only code that touches the machine.
 //!
 //! Services receive a [`Host`] value; production builds it with [`Host::system`], unit
-//! tests with the fakes in [`fake`]. Nothing outside this module spawns a process or
-//! calls mount(2).
+//! tests with [`fake::FakeHost::new`]. Invariant: nothing outside this module spawns a
+//! process, calls mount(2) or makes any other call through `libc` or `nix` (tests aside);
+//! the kernel's vocabulary the seam's signatures use, [`Errno`] and [`MsFlags`], is
+//! re-exported here. Every host location comes from the one [`HostPaths`] value.
 
 use std::sync::Arc;
 

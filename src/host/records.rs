@@ -4,11 +4,12 @@
 //! Invariants: a record is replaced atomically — `<stem>.tmp` written and fsync'd, renamed
 //! over `<stem>.json`, then the directory fsync'd, all relative to the directory's descriptor
 //! so no write walks the path again — and a reader sees the old record or the new one, never
-//! a torn one. Reading a directory, whatever another party left in it, never blocks, never follows a link, never reads without bound and never
-//! deletes: an entry that is not a readable, regular record file of a name moor writes is
-//! renamed to `<name>.corrupt` (or `<name>.<n>.corrupt`, never replacing anything) and
-//! reported, and every other entry is still read. Only `*.tmp` files — moor's own writes that
-//! a crash interrupted before their rename — are removed.
+//! a torn one. Reading a directory, whatever another party left in it, never blocks, never
+//! follows a link, never reads without bound and never deletes: an entry that is not a
+//! readable, regular record file of a name moor writes is renamed to `<name>.corrupt` (or
+//! `<name>.<n>.corrupt`, never replacing anything) and reported, and every other entry is
+//! still read. Only `*.tmp` files — moor's own writes that a crash interrupted before their
+//! rename — are removed.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{Read, Write};

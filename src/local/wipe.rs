@@ -7,9 +7,10 @@
 //!   held by a device-mapper/md holder, opened exclusively by someone, or whose disk is not
 //!   the one the PV was made for;
 //! - a record `<state-dir>/wipe/<hash of stable id>.json` is written (atomically, fsync'd,
-//!   through the record store the journal uses) before the first byte is touched, and says `done` only after the wipe finished; a PV is
-//!   deleted (hence offered again) only after that, and discovery does not publish an entry
-//!   whose wipe is unfinished — so a crash never leaves a PV Available over half-wiped data;
+//!   through the record store the journal uses) before the first byte is touched, and says
+//!   `done` only after the wipe finished; a PV is deleted (hence offered again) only after
+//!   that, and discovery does not publish an entry whose wipe is unfinished — so a crash
+//!   never leaves a PV Available over half-wiped data;
 //! - a mount-point entry's contents are removed by [`crate::host::tree::remove_contents`],
 //!   which checks device and mount id at every step: a nested mount is never crossed, only
 //!   left in place;
