@@ -9,7 +9,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{Daemon, LoopDev, is_mounted, mounts_under, require_privileged_sandbox};
 use serde_json::json;
@@ -17,16 +16,8 @@ use serde_json::json;
 /// Pauses the daemon at `point`, starts the FlexVolume call `args` in the background, waits
 /// until the daemon reached the point, SIGKILLs it, and returns the front end's answer.
 fn kill_at(d: &mut Daemon, point: &str, args: &[String]) -> serde_json::Value {
-    let marker = d.root.path().join("paused");
-    let _ = std::fs::remove_file(&marker);
     d.stop();
-    d.extra_env = vec![
-        ("MOOR_TEST_PAUSE_AT".into(), point.into()),
-        (
-            "MOOR_TEST_PAUSE_MARKER".into(),
-            marker.display().to_string(),
-        ),
-    ];
+    let pause = d.pause_at(point);
     d.spawn();
     let call = Command::new(d.driver_link())
         .args(args)
@@ -35,15 +26,7 @@ fn kill_at(d: &mut Daemon, point: &str, args: &[String]) -> serde_json::Value {
         .stderr(Stdio::piped())
         .spawn()
         .expect("front end");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "daemon never reached {point}; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    pause.wait(d);
     d.kill9();
     let out = call.wait_with_output().unwrap();
     assert!(out.stderr.is_empty());

@@ -162,14 +162,7 @@ fn a_hung_operation_is_answered_at_its_deadline_and_keeps_its_volume_locked() {
     require_privileged_sandbox();
     let mut d = Daemon::start();
     d.stop();
-    let marker = d.root.path().join("paused");
-    d.extra_env = vec![
-        ("MOOR_TEST_PAUSE_AT".into(), "publish:intent".into()),
-        (
-            "MOOR_TEST_PAUSE_MARKER".into(),
-            marker.display().to_string(),
-        ),
-    ];
+    let marker = d.pause_at("publish:intent").reached;
     d.extra_args = vec!["--operation-timeout-seconds".into(), "1".into()];
     d.spawn();
     let src = d.root.path().join("src");

@@ -341,6 +341,7 @@ fn every_path_answers_exactly_one_json_object() {
 #[test]
 fn a_panic_answers_one_json_object_whatever_stdout_is() {
     require_privileged_sandbox();
+    common::require_test_hooks(&moor_bin());
     let t = tempfile::Builder::new()
         .prefix("moor-fe")
         .tempdir_in("/var/tmp")
@@ -652,7 +653,7 @@ fn threads_of(pid: u32) -> usize {
 fn idle_connections_are_bounded_and_closed_while_real_calls_go_through() {
     require_privileged_sandbox();
     let d = Daemon::start();
-    let pid = d.child.as_ref().unwrap().id();
+    let pid = d.pid();
     let before = threads_of(pid);
     let idle: Vec<_> = (0..300)
         .map(|_| std::os::unix::net::UnixStream::connect(d.socket()).unwrap())

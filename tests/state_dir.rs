@@ -270,7 +270,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     let src = source(&d, "ssd");
     d.mount("pod-a", "vol", json!({"path": s(&src)}))
         .assert_ok();
-    let first_pid = d.child.as_ref().unwrap().id();
+    let first_pid = d.pid();
     let before = tree(&d.state_dir());
     let mounts_before = d.mounts();
 
@@ -447,18 +447,7 @@ fn daemon_on_tmpfs(dir: Dir, pause: Option<&str>) -> Daemon {
     );
     d.extra_args = vec!["--reconcile-interval-seconds".into(), "1".into()];
     if let Some(point) = pause {
-        let root = d.root.path().to_owned();
-        d.extra_env = vec![
-            ("MOOR_TEST_PAUSE_AT".into(), point.into()),
-            (
-                "MOOR_TEST_PAUSE_MARKER".into(),
-                root.join("paused").display().to_string(),
-            ),
-            (
-                "MOOR_TEST_RESUME_MARKER".into(),
-                root.join("resume").display().to_string(),
-            ),
-        ];
+        d.pause_and_resume_at(point);
     }
     d.spawn();
     d

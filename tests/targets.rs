@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use common::host::{assert_failure, mkfs, mount_entries_at, mount_entries_under};
 use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox, s, sh, source, write_errno};
@@ -259,18 +258,8 @@ fn a_foreign_bind_on_a_stage_is_not_unmounted() {
 fn a_publish_rollback_never_unmounts_a_foreign_mount() {
     require_privileged_sandbox();
     let mut d = Daemon::start();
-    let marker = d.root.path().join("held");
     d.stop();
-    d.extra_env = vec![
-        (
-            "MOOR_TEST_HOLD_AT".into(),
-            "publish:bound-before-fsgroup".into(),
-        ),
-        (
-            "MOOR_TEST_PAUSE_MARKER".into(),
-            marker.display().to_string(),
-        ),
-    ];
+    let pause = d.pause_and_resume_at("publish:bound-before-fsgroup");
     d.spawn();
     // A source on a read-only filesystem: the bind works, the fsGroup chgrp cannot.
     let src = d.root.path().join("disks/ro");
@@ -293,21 +282,13 @@ fn a_publish_rollback_never_unmounts_a_foreign_mount() {
             .env("MOOR_SOCKET", socket)
             .output()
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon never reached the hold point; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    pause.wait(&d);
     sh(
         "mount",
         &["-t", "tmpfs", "-o", "size=1m", "foreign", s(&pod)],
     );
     std::fs::write(pod.join("foreign-file"), "not moor's").unwrap();
-    std::fs::remove_file(&marker).unwrap();
+    pause.resume();
     let out = call.join().unwrap().unwrap();
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["status"], "Failure", "{reply}");
