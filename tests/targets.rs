@@ -25,15 +25,8 @@ use serde_json::json;
 
 const NONE: Vec<PathBuf> = Vec::new();
 
-fn pod_opts(pod: &str, vol: &str, mut opts: serde_json::Value) -> String {
-    let o = opts.as_object_mut().unwrap();
-    o.entry("kubernetes.io/pod.uid").or_insert(pod.into());
-    o.entry("kubernetes.io/pod.namespace")
-        .or_insert("default".into());
-    o.entry("kubernetes.io/pvOrVolumeName")
-        .or_insert(vol.into());
-    o.entry("kubernetes.io/readwrite").or_insert("rw".into());
-    opts.to_string()
+fn pod_opts(pod: &str, vol: &str, opts: serde_json::Value) -> String {
+    common::kubelet_options(pod, vol, opts).to_string()
 }
 
 /// The per-mount options (mountinfo field 6) of the topmost mount at `p`.

@@ -320,6 +320,21 @@ impl Daemon {
         d
     }
 
+    /// Starts a daemon serving `/metrics` on a free loopback port, reconciling every second
+    /// (so volume statistics appear quickly); returns it and the port.
+    pub fn start_with_metrics() -> (Self, u16) {
+        let port = free_port();
+        let mut d = Self::unstarted(&[]);
+        d.extra_args = vec![
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--reconcile-interval-seconds".into(),
+            "1".into(),
+        ];
+        d.spawn();
+        (d, port)
+    }
+
     /// A fresh tree, no daemon yet: set fields, then [`Daemon::spawn`].
     pub fn unstarted(env: &[(&str, &str)]) -> Self {
         let root = tempfile::Builder::new()
@@ -389,9 +404,8 @@ impl Daemon {
         })
     }
 
-    /// (Re)starts the daemon process on the same tree.
-    #[track_caller]
-    pub fn spawn(&mut self) {
+    /// How [`Daemon::spawn`] runs the daemon on this tree.
+    fn spec(&self) -> DaemonSpec {
         let tree = self.tree();
         let mut spec = DaemonSpec::new(moor_exe(), &self.node);
         if self
@@ -413,7 +427,23 @@ impl Daemon {
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
         spec.drop_caps = self.drop_caps.clone();
-        match DaemonProcess::spawn(&tree, &spec) {
+        spec
+    }
+
+    /// The command line [`Daemon::spawn`] runs, for a test that runs a second daemon on the
+    /// same tree itself (its output is the caller's).
+    pub fn command(&self) -> Command {
+        let mut cmd = self.spec().command(&self.tree());
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    }
+
+    /// (Re)starts the daemon process on the same tree.
+    #[track_caller]
+    pub fn spawn(&mut self) {
+        let spec = self.spec();
+        match DaemonProcess::spawn(&self.tree(), &spec) {
             Ok(p) => self.process = Some(p),
             Err(e) => panic!("{e}; log:\n{}", self.log_text()),
         }
@@ -468,14 +498,7 @@ impl Daemon {
     pub fn mount(&self, pod_uid: &str, volume: &str, opts: serde_json::Value) -> FlexResult {
         let dir = self.pod_dir(pod_uid, volume);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut opts = opts;
-        let o = opts.as_object_mut().unwrap();
-        o.entry("kubernetes.io/pod.uid").or_insert(pod_uid.into());
-        o.entry("kubernetes.io/pod.namespace")
-            .or_insert("default".into());
-        o.entry("kubernetes.io/pvOrVolumeName")
-            .or_insert(volume.into());
-        o.entry("kubernetes.io/readwrite").or_insert("rw".into());
+        let opts = kubelet_options(pod_uid, volume, opts);
         self.flex(&["mount", dir.to_str().unwrap(), &opts.to_string()])
     }
 
@@ -582,6 +605,25 @@ impl Drop for Daemon {
         self.tree().unmount_all();
         tidy_device_dir();
     }
+}
+
+/// A volume's options with the keys kubelet adds to every `mount` (pod uid, namespace
+/// `default`, volume name, `rw`) where the test did not set them.
+pub fn kubelet_options(
+    pod_uid: &str,
+    volume: &str,
+    mut opts: serde_json::Value,
+) -> serde_json::Value {
+    let o = opts
+        .as_object_mut()
+        .expect("volume options are a JSON object");
+    o.entry("kubernetes.io/pod.uid").or_insert(pod_uid.into());
+    o.entry("kubernetes.io/pod.namespace")
+        .or_insert("default".into());
+    o.entry("kubernetes.io/pvOrVolumeName")
+        .or_insert(volume.into());
+    o.entry("kubernetes.io/readwrite").or_insert("rw".into());
+    opts
 }
 
 /// Mount points under `root`, from the live table.
