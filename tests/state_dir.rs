@@ -93,6 +93,7 @@ const CAP_DAC_READ_SEARCH: u32 = 2;
 /// Item 4: each kind of bad entry, in the stage records (state dir) and in the publish
 /// records (run dir), beside a live volume.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_daemon_starts_whatever_the_record_dirs_hold_and_sets_bad_entries_aside() {
     require_privileged_sandbox();
     let mut d = Daemon::start();
@@ -224,6 +225,7 @@ fn a_daemon_starts_whatever_the_record_dirs_hold_and_sets_bad_entries_aside() {
 
 /// Item 4: the record directories themselves replaced by a file and by a symlink.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_daemon_starts_when_a_record_dir_is_a_file_or_a_symlink() {
     require_privileged_sandbox();
     let mut d = Daemon::start();
@@ -264,6 +266,7 @@ fn a_daemon_starts_when_a_record_dir_is_a_file_or_a_symlink() {
 /// Item 7: a second daemon on the same state dir, with its own run dir and socket, is
 /// refused with the first one's pid and touches nothing; the first keeps serving.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_second_daemon_on_the_same_state_dir_is_refused() {
     require_privileged_sandbox();
     let d = Daemon::start();
@@ -575,42 +578,52 @@ fn run_case(dir: Dir, how: Break, op: Op, block: bool) {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn state_dir_full_during_mount_of_a_directory() {
     run_case(Dir::State, Break::Enospc, Op::Mount, false);
 }
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn state_dir_full_during_mount_of_a_block_volume() {
     run_case(Dir::State, Break::Enospc, Op::Mount, true);
 }
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn state_dir_read_only_during_mount_of_a_directory() {
     run_case(Dir::State, Break::Erofs, Op::Mount, false);
 }
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn state_dir_read_only_during_mount_of_a_block_volume() {
     run_case(Dir::State, Break::Erofs, Op::Mount, true);
 }
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn state_dir_full_during_unmount_of_a_directory() {
     run_case(Dir::State, Break::Enospc, Op::Unmount, false);
 }
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn state_dir_full_during_unmount_of_a_block_volume() {
     run_case(Dir::State, Break::Enospc, Op::Unmount, true);
 }
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn state_dir_read_only_during_unmount_of_a_directory() {
     run_case(Dir::State, Break::Erofs, Op::Unmount, false);
 }
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn state_dir_read_only_during_unmount_of_a_block_volume() {
     run_case(Dir::State, Break::Erofs, Op::Unmount, true);
 }
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn run_dir_full_during_mount_of_a_block_volume() {
     run_case(Dir::Run, Break::Enospc, Op::Mount, true);
 }
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn run_dir_read_only_during_unmount_of_a_block_volume() {
     run_case(Dir::Run, Break::Erofs, Op::Unmount, true);
 }
