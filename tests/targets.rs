@@ -558,6 +558,7 @@ fn a_mount_retry_over_a_foreign_mount_keeps_moors_bind_owned() {
 /// pod would get the foreign filesystem, so moor refuses and leaves both alone; once the
 /// foreign mount is gone the same call is Success again and the volume unmounts cleanly.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_mount_of_a_published_volume_under_a_foreign_mount_is_not_success() {
     require_privileged_sandbox();
     let d = Daemon::start();
