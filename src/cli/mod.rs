@@ -1,7 +1,8 @@
 //! Command line: `moor daemon | flex | status | forget | demo | local | version`, and argv[0]
 //! dispatch for kubelet's FlexVolume layout (`<plugin-dir>/moor~<driver>/<driver>` → `moor
-//! flex`). The commands with more than a few lines live beside it: [`status`] (the table),
-//! [`demo`]; this file only parses and dispatches.
+//! flex`), with the FlexVolume entry (its panic hook: one JSON line whatever happens). The
+//! longer commands live beside it — [`status`] (the table), [`demo`] — and import nothing
+//! from here: the arrows point from the dispatch to them.
 
 pub mod demo;
 pub mod status;
