@@ -152,9 +152,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for m in common::mounts_under(self.d.root.path()).into_iter().rev() {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        common::unmount_all(self.d.root.path());
     }
 }
 

@@ -186,9 +186,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         // Whatever a failed assertion left: lazily, so a dead FUSE mount cannot hang us.
-        for m in common::mounts_under(&self.root).iter().rev() {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        common::unmount_all(&self.root);
     }
 }
 

@@ -631,6 +631,12 @@ pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
     sandbox::mounts_under(root).expect("read /proc/self/mountinfo")
 }
 
+/// Detaches every mount under `root`, deepest first (a test's last-resort teardown: lazily,
+/// so a dead FUSE mount cannot hang it).
+pub fn unmount_all(root: &Path) {
+    Tree::new(root).unmount_all();
+}
+
 /// True when `p` is a mount point (from the live table).
 pub fn is_mounted(p: &Path) -> bool {
     mounts_under(p).iter().any(|m| m == p)
