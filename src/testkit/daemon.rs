@@ -181,39 +181,36 @@ impl DaemonProcess {
             detail,
             log: log_path.clone(),
         };
-        match (spec.ready, notify) {
-            (Ready::Notify, Some(sock)) => {
-                let mut buf = [0u8; 256];
-                let n = sock
-                    .recv(&mut buf)
-                    .map_err(|e| not_ready(format!("no READY=1: {e}")))?;
-                let msg = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
-                if !msg.contains("READY=1") {
-                    return Err(not_ready(format!("unexpected notification {msg:?}")));
-                }
-                d.notified = msg;
+        if let Some(sock) = notify {
+            let mut buf = [0u8; 256];
+            let n = sock
+                .recv(&mut buf)
+                .map_err(|e| not_ready(format!("no READY=1: {e}")))?;
+            let msg = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+            if !msg.contains("READY=1") {
+                return Err(not_ready(format!("unexpected notification {msg:?}")));
             }
-            (ready, _) => {
-                let poll = match ready {
-                    Ready::Socket { poll } => poll,
-                    Ready::Notify => Duration::from_millis(20),
-                };
-                let deadline = started + spec.deadline;
-                while UnixStream::connect(tree.socket()).is_err() {
-                    if let Some(status) = d.try_wait() {
-                        return Err(TestkitError::ExitedEarly {
-                            status: status.to_string(),
-                            log: log_path,
-                        });
-                    }
-                    if Instant::now() > deadline {
-                        return Err(not_ready(format!(
-                            "{} does not answer",
-                            tree.socket().display()
-                        )));
-                    }
-                    std::thread::sleep(poll);
+            d.notified = msg;
+        } else {
+            let poll = match spec.ready {
+                Ready::Socket { poll } => poll,
+                Ready::Notify => Duration::from_millis(20),
+            };
+            let deadline = started + spec.deadline;
+            while UnixStream::connect(tree.socket()).is_err() {
+                if let Some(status) = d.try_wait() {
+                    return Err(TestkitError::ExitedEarly {
+                        status: status.to_string(),
+                        log: log_path,
+                    });
                 }
+                if Instant::now() > deadline {
+                    return Err(not_ready(format!(
+                        "{} does not answer",
+                        tree.socket().display()
+                    )));
+                }
+                std::thread::sleep(poll);
             }
         }
         d.ready_after = started.elapsed();
@@ -252,5 +249,101 @@ impl DaemonProcess {
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_callers_flags_come_after_the_trees_and_the_config_goes_in_the_environment() {
+        let tree = Tree::new("/scratch/t");
+        let mut spec = DaemonSpec::new("/bin/moor", "node-x");
+        spec.config = Some("/scratch/t/allow.yaml".into());
+        spec.log_filter = Some("debug".into());
+        spec.pod_log_dir = true;
+        spec.args = vec!["--socket".into(), "/elsewhere.sock".into()];
+        spec.env_remove = vec!["MOOR_LOG_FORMAT".into()];
+        let cmd = spec.command(&tree);
+        let args: Vec<&OsStr> = cmd.get_args().collect();
+        let pos = |a: &str| args.iter().position(|x| *x == a).unwrap();
+        assert_eq!(args[0], "daemon");
+        assert_eq!(args[pos("--kubelet-dir") + 1], "/scratch/t/kubelet");
+        assert_eq!(args[pos("--pod-log-dir") + 1], "/scratch/t/pod-logs");
+        assert_eq!(args[pos("--node-name") + 1], "node-x");
+        assert_eq!(args[pos("--metrics-addr") + 1], "off");
+        // Two --socket flags: the tree's first, the caller's last (the last one wins).
+        let sockets: Vec<usize> = (0..args.len()).filter(|i| args[*i] == "--socket").collect();
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(args[sockets[0] + 1], "/scratch/t/run/moor.sock");
+        assert_eq!(args[sockets[1] + 1], "/elsewhere.sock");
+        assert_eq!(sockets[1] + 2, args.len());
+        let envs: Vec<(&OsStr, Option<&OsStr>)> = cmd.get_envs().collect();
+        assert!(envs.contains(&(
+            OsStr::new("MOOR_CONFIG"),
+            Some(OsStr::new("/scratch/t/allow.yaml"))
+        )));
+        assert!(envs.contains(&(OsStr::new("MOOR_LOG"), Some(OsStr::new("debug")))));
+        assert!(envs.contains(&(OsStr::new("MOOR_LOG_FORMAT"), None)));
+        let bare = DaemonSpec::new("/bin/moor", "n").command(&tree);
+        assert!(!bare.get_args().any(|a| a == "--pod-log-dir"));
+        assert!(!bare.get_envs().any(|(k, _)| k == "MOOR_CONFIG"));
+    }
+
+    #[test]
+    fn a_daemon_that_exits_before_it_serves_is_reported_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path());
+        let spec = DaemonSpec::new("/bin/false", "n");
+        let e = DaemonProcess::spawn(&tree, &spec).unwrap_err();
+        assert_eq!(e.reason(), "exited_early", "{e}");
+        assert!(
+            e.to_string().contains(&tree.log().display().to_string()),
+            "{e}"
+        );
+        assert!(tree.log().exists());
+
+        let e = DaemonProcess::spawn(&tree, &DaemonSpec::new(dir.path().join("none"), "n"))
+            .unwrap_err();
+        assert_eq!(e.reason(), "spawn", "{e}");
+    }
+
+    #[test]
+    fn a_daemon_that_never_serves_is_given_up_at_the_deadline() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path());
+        // A "daemon" that stays up and never listens nor notifies.
+        let exe = dir.path().join("fake-moor");
+        std::fs::write(&exe, "#!/bin/sh\nexec sleep 5\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut spec = DaemonSpec::new(&exe, "n");
+        spec.deadline = Duration::from_millis(300);
+        for ready in [
+            Ready::Socket {
+                poll: Duration::from_millis(10),
+            },
+            Ready::Notify,
+        ] {
+            spec.ready = ready;
+            let mut started = Instant::now();
+            let mut e = DaemonProcess::spawn(&tree, &spec).unwrap_err();
+            // A thread of `cargo test` forking while the script was open for writing makes
+            // its exec fail with ETXTBSY for a moment.
+            for _ in 0..20 {
+                let TestkitError::Spawn { source, .. } = &e else {
+                    break;
+                };
+                assert_eq!(source.kind(), std::io::ErrorKind::ExecutableFileBusy, "{e}");
+                std::thread::sleep(Duration::from_millis(50));
+                started = Instant::now();
+                e = DaemonProcess::spawn(&tree, &spec).unwrap_err();
+            }
+            assert_eq!(e.reason(), "not_ready", "{ready:?}: {e}");
+            // Given up at the deadline, and the sleeper was not left running past it.
+            assert!(started.elapsed() < Duration::from_secs(3), "{ready:?}");
+        }
     }
 }
