@@ -116,6 +116,7 @@ mod tests {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(["--exact", name, "--nocapture", "--test-threads", "1"])
             .env(CHILD, "1")
+            .env("MOOR_TESTHOOK_RAN", marker.with_extension("ran"))
             .env("MOOR_TEST_PAUSE_AT", "stage:mounted")
             .env("MOOR_TEST_PAUSE_MARKER", marker)
             .env_remove("MOOR_TEST_RESUME_MARKER")
@@ -149,6 +150,10 @@ mod tests {
         pause_point("stage:intent");
         pause_point("stage:mounted");
         pause_point("stage:mounted");
+        // Proof that the child really ran this test (a wrong name would run none).
+        if let Some(ran) = std::env::var_os("MOOR_TESTHOOK_RAN") {
+            std::fs::write(ran, "went past every point").unwrap();
+        }
         true
     }
 
@@ -211,6 +216,7 @@ mod tests {
         // The second pass of the same point did not pause again (no new marker).
         assert!(st.is_some_and(|s| s.success()), "{st:?}");
         assert!(!marker.exists());
+        assert!(marker.with_extension("ran").exists());
     }
 
     #[test]
