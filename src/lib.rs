@@ -10,7 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
-pub mod driver;
 pub mod error;
 pub mod flexvolume;
 pub mod fs;

@@ -326,7 +326,7 @@ fn records_keyed_by_the_path_text_keep_serving_after_an_upgrade() {
 
     // Rewrite the state as the previous version left it: key = the path text, the stage
     // mounted at that key's directory, no device identity in the record.
-    let old_key = moor::driver::volume_key("local", s(&link));
+    let old_key = moor::volume::volume_key("local", s(&link));
     let [rec] = d.stage_records().try_into().unwrap();
     let new_key = rec["key"].as_str().unwrap().to_owned();
     let stage_root = d.kubelet_dir().join("plugins/moor/local");

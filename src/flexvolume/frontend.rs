@@ -1,16 +1,15 @@
 //! The front end kubelet executes: parse argv and JSON, forward to the daemon, return one
 //! [`Reply`]. No side effects, no logging (kubelet reads stdout and stderr as one JSON).
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use super::options::VolumeOptions;
-use super::precheck::{PrecheckError, precheck};
+use super::precheck::{PrecheckError, check};
 use super::reply::Reply;
 use crate::api::{Request, Response, client};
 use crate::host::paths::{VENDOR, is_clean_absolute};
+use crate::volume::VolumeOptions;
 
 /// Operations of the attach family and the rest of the contract that moor answers with
 /// "Not supported": with `attach: false`, kubelet attaches inside `mount`, and for
@@ -161,13 +160,15 @@ fn mount(
         Err(r) => return r,
     };
     let found = discover();
+    let node = found.node_name.as_deref().unwrap_or_default();
+    let checked = check(&driver, &options, node);
+    // The daemon gets the options as parsed here, typed: it never parses them again.
     let req = Request::Mount {
         driver: driver.clone(),
         target: dir.into(),
-        options: options.clone(),
+        options,
     };
-    let node = found.node_name.as_deref().unwrap_or_default();
-    match precheck(&driver, &options, node) {
+    match checked {
         Ok(_) => forward(&req, &found),
         Err(e @ PrecheckError::Options(_)) => Reply::failure(format!("{}: {e}", e.reason())),
         // The daemon's node name may come from a flag the front end cannot see: when the
@@ -185,15 +186,15 @@ fn mount(
     }
 }
 
-/// kubelet's JSON options, checked as the daemon will read them.
-fn parse_options(json: &str) -> Result<BTreeMap<String, String>, Reply> {
-    let options: BTreeMap<String, String> = serde_json::from_str(json).map_err(|e| {
-        Reply::failure(format!(
-            "bad_options: options are not a JSON object of strings: {e}"
-        ))
-    })?;
-    VolumeOptions::from_map(&options).map_err(|e| Reply::failure(format!("bad_options: {e}")))?;
-    Ok(options)
+/// kubelet's JSON options, parsed by the one parser ([`crate::volume::options::parse`]).
+fn parse_options(json: &str) -> Result<VolumeOptions, Reply> {
+    let options: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(json).map_err(|e| {
+            Reply::failure(format!(
+                "bad_options: options are not a JSON object of strings: {e}"
+            ))
+        })?;
+    crate::volume::options::parse(&options).map_err(|e| Reply::failure(format!("bad_options: {e}")))
 }
 
 fn unmount(driver: Option<&str>, dir: &str, discover: &dyn Fn() -> client::Discovery) -> Reply {
@@ -226,10 +227,7 @@ fn expandfs(
         Ok(o) => o,
         Err(r) => return r,
     };
-    if options
-        .get("kubernetes.io/pvOrVolumeName")
-        .is_none_or(String::is_empty)
-    {
+    if options.pv_or_volume_name.is_none() {
         return Reply::failure("bad_options: expandfs needs kubernetes.io/pvOrVolumeName");
     }
     let Ok(new_size) = new_size.parse::<u64>() else {

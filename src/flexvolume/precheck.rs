@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::options::{OptionsError, VolumeOptions};
+use crate::volume::{OptionsError, VolumeOptions};
 
 /// What one driver accepts: its option names and the ones it requires.
 #[derive(Debug, Clone, Copy)]
@@ -92,16 +92,23 @@ impl PrecheckError {
     }
 }
 
-/// Checks a `mount` request's options for `driver` on node `node_name`. An unknown driver
-/// passes (the caller refuses it with its own message).
+/// Parses a `mount` request's options ([`crate::volume::options::parse`]) and [`check`]s them.
 pub fn precheck(
     driver: &str,
     options: &BTreeMap<String, String>,
     node_name: &str,
 ) -> Result<VolumeOptions, PrecheckError> {
-    let opts = VolumeOptions::from_map(options)?;
+    let opts = crate::volume::options::parse(options)?;
+    check(driver, &opts, node_name)?;
+    Ok(opts)
+}
+
+/// Checks typed options for `driver` on node `node_name`: the option names it knows, the
+/// ones it requires, the node. An unknown driver passes (the caller refuses it with its own
+/// message).
+pub fn check(driver: &str, opts: &VolumeOptions, node_name: &str) -> Result<(), PrecheckError> {
     let Some(table) = TABLE.iter().find(|t| t.driver == driver) else {
-        return Ok(opts);
+        return Ok(());
     };
     opts.check_known(table.driver, table.known)?;
     for key in table.required {
@@ -121,7 +128,7 @@ pub fn precheck(
             this: node_name.to_owned(),
         });
     }
-    Ok(opts)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 pub use record::{
-    MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource,
+    DeviceClaim, MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord,
+    StageSource,
 };
 
 /// Journal I/O failed.
@@ -342,7 +343,9 @@ mod tests {
             source: StageSource::Directory {
                 path: "/srv/a".into(),
             },
-            options: BTreeMap::new(),
+            volume: None,
+            unconverted: BTreeMap::new(),
+            device: None,
             fs_type: None,
             fs_uuid: None,
             read_only: false,

@@ -53,24 +53,22 @@ impl Rig {
             blockdev: BlockDevices { sys: "/sys".into() },
         };
         let journal = Journal::open(&self.paths.state_dir, &self.paths.run_dir).unwrap();
-        Lifecycle::new(
-            host,
-            journal,
-            Drivers::builtin(),
-            "node-a".into(),
-            Timeouts::default(),
-        )
-        .with_local_sources(
+        let ids = crate::local::discover::IdSources {
+            dev_dir: "/dev".into(),
+            udev_dir: "/run/udev/data".into(),
+            sys: "/sys".into(),
+        };
+        let drivers = crate::daemon::drivers::with_local_sources(
+            crate::daemon::drivers::builtin(),
+            &host.paths,
             crate::host::allow::AllowList {
                 directories: vec![self.source.clone(), self._tmp.path().join("other")],
                 ..Default::default()
             },
-            crate::local::discover::IdSources {
-                dev_dir: "/dev".into(),
-                udev_dir: "/run/udev/data".into(),
-                sys: "/sys".into(),
-            },
-        )
+            ids.clone(),
+        );
+        Lifecycle::new(host, journal, drivers, "node-a".into(), Timeouts::default())
+            .with_id_sources(ids)
     }
 
     fn target(&self, pod: &str) -> String {
@@ -81,14 +79,14 @@ impl Rig {
             .to_string()
     }
 
-    fn opts(&self, ro: bool) -> BTreeMap<String, String> {
+    fn opts(&self, ro: bool) -> VolumeOptions {
         let mut m = BTreeMap::new();
         m.insert("path".into(), self.source.display().to_string());
         m.insert(
             "kubernetes.io/readwrite".into(),
             if ro { "ro" } else { "rw" }.into(),
         );
-        m
+        crate::volume::options::parse(&m).unwrap()
     }
 
     fn stage_path(&self, lc: &Lifecycle) -> PathBuf {
@@ -313,7 +311,7 @@ fn one_pod_dir_cannot_serve_two_volumes() {
     let other = rig._tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let mut o = rig.opts(false);
-    o.insert("path".into(), other.display().to_string());
+    o.user.insert("path".into(), other.display().to_string());
     let plan = lc.plan_mount("local", &rig.target("p1"), &o).unwrap();
     assert_eq!(lc.mount(&plan).unwrap_err().reason(), "target_busy");
 }
@@ -347,20 +345,18 @@ fn a_device_is_held_by_one_volume_key_whatever_its_names() {
         minor: 16,
     };
     let rec = |key: &str, phase: StagePhase, device: &str, num: Option<&str>, id: Option<&str>| {
-        let mut options = BTreeMap::new();
-        if let Some(n) = num {
-            options.insert("device-number".to_owned(), n.to_owned());
-        }
-        if let Some(i) = id {
-            options.insert("device-stable-id".to_owned(), i.to_owned());
-        }
         StageRecord {
             key: key.into(),
             driver: "iscsi".into(),
             source: StageSource::Attached {
                 device: Some(device.into()),
             },
-            options,
+            volume: None,
+            unconverted: BTreeMap::new(),
+            device: num.map(|n| crate::journal::DeviceClaim {
+                number: n.into(),
+                stable_id: id.unwrap_or_default().into(),
+            }),
             fs_type: None,
             fs_uuid: None,
             read_only: false,

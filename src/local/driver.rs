@@ -7,17 +7,18 @@
 //! from the directory's real path or the device's stable id (so every name of one disk is one
 //! volume and one lock), and the resolved object is handed to the stage held open.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
-use crate::flexvolume::VolumeOptions;
-use crate::host::DevNum;
 use crate::host::allow::{AllowList, Resolved, SourceObject};
 use crate::host::paths::is_clean_absolute;
-use crate::journal::StageSource;
+use crate::host::{DevNum, Host};
 use crate::local::discover::{IdSources, block_stable_id};
+use crate::volume::state::LocalSource;
+use crate::volume::{
+    CapacityError, Driver, DriverError, NodeContext, StageSource, VolumeOptions, VolumeSpec,
+    VolumeState, volume_key,
+};
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &["path", "node", "mountOptions", "readOnly"];
@@ -150,28 +151,43 @@ impl Driver for LocalDriver {
                 device_stable_id(&self.sources.ids, dev),
             ),
         };
-        let mut persist = BTreeMap::new();
-        persist.insert("path".to_owned(), path.to_owned());
-        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
-        if !mount_options.is_empty() {
-            persist.insert("mountOptions".to_owned(), mount_options.clone());
-        }
         Ok((
             VolumeSpec {
                 key: volume_key(self.name(), &identity),
                 source,
-                persist,
-                mount_options,
+                state: Some(VolumeState::Local(LocalSource {
+                    path: path.to_owned(),
+                    mount_options: opts.mount_options.words().to_vec(),
+                })),
+                mount_options: opts.mount_options.clone(),
             },
             Some(resolved),
         ))
+    }
+
+    /// A loop device is set to its file's size; any other disk (SCSI, or dm over SCSI) is
+    /// rescanned. NVMe and virtio tell their new size by themselves.
+    fn refresh_capacity(
+        &self,
+        host: &Host,
+        device: &Path,
+        name: &str,
+    ) -> Result<(), CapacityError> {
+        if name.starts_with("loop") {
+            crate::host::blockdev::loop_set_capacity(device).map_err(|source| CapacityError::Io {
+                what: "set the capacity of",
+                path: device.to_owned(),
+                source,
+            })
+        } else {
+            crate::attach::scsi::refresh_capacity(host, name)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::DriverError;
 
     fn node() -> NodeContext {
         NodeContext::for_tests()
@@ -216,7 +232,10 @@ mod tests {
         assert_eq!(a.key, s.key, "two spellings of one directory are one key");
         assert_eq!(a.source, s.source);
         assert!(held.is_some());
-        assert_eq!(a.persist["path"], root.join("alias").display().to_string());
+        assert_eq!(
+            a.state.as_ref().and_then(VolumeState::named_path),
+            Some(root.join("alias").display().to_string().as_str())
+        );
     }
 
     #[test]

@@ -347,7 +347,7 @@ impl Daemon {
             .into_iter()
             .find(|r| r["options"]["path"] == path)
             .and_then(|r| r["key"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| moor::driver::volume_key("local", path));
+            .unwrap_or_else(|| moor::volume::volume_key("local", path));
         self.kubelet_dir().join("plugins/moor/local").join(key)
     }
 
