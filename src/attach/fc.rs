@@ -617,4 +617,46 @@ mod tests {
             ("1", "1", "")
         );
     }
+
+    /// Before a grow, a multipath LUN reads its new size in: each path rescanned, then the
+    /// map resized by its name (what lifecycle/expand.rs did itself before it named no
+    /// protocol); a plain path is rescanned alone.
+    #[test]
+    fn capacity_is_refreshed_on_every_path_then_the_map() {
+        let d = tempfile::tempdir().unwrap();
+        let (host, runner) = crate::share::test_host(d.path());
+        let sys = d.path().join("sys");
+        fabric(&sys);
+        let host = Host {
+            paths: crate::host::HostPaths {
+                sys: sys.clone(),
+                ..host.paths.clone()
+            },
+            ..host
+        };
+        for p in ["sdf", "sdg", "sdh"] {
+            std::fs::write(sys.join(format!("block/{p}/device/rescan")), "").unwrap();
+        }
+        let rescanned = |p: &str| {
+            std::fs::read_to_string(sys.join(format!("block/{p}/device/rescan"))).unwrap()
+        };
+        runner.expect(
+            "multipathd resize map 3600601603ba0123400000000000000aa",
+            0,
+            "",
+        );
+        FcDriver
+            .refresh_capacity(&host, Path::new("/dev/dm-4"), "dm-4")
+            .unwrap();
+        assert!(runner.remaining().is_empty());
+        assert_eq!(
+            (rescanned("sdf"), rescanned("sdg"), rescanned("sdh")),
+            ("1".into(), "1".into(), String::new())
+        );
+        FcDriver
+            .refresh_capacity(&host, Path::new("/dev/sdh"), "sdh")
+            .unwrap();
+        assert_eq!(rescanned("sdh"), "1");
+        assert!(runner.calls().len() == 1, "no tool for a plain path");
+    }
 }

@@ -436,6 +436,43 @@ mod tests {
         assert!(m.contains("[socket from test]"), "{m}");
     }
 
+    /// The daemon gets the options the front end parsed, typed: they cross the socket as
+    /// the one parser made them (secrets included), so the daemon never parses text again.
+    #[test]
+    fn the_daemon_gets_the_options_the_front_end_parsed() {
+        let json = r#"{"path":"/x","mountOptions":"noatime, nodev","kubernetes.io/fsType":"xfs","kubernetes.io/readwrite":"ro","kubernetes.io/secret/k":"czNjcjN0"}"#;
+        let opts = parse_options(json).unwrap();
+        let map = serde_json::from_str(json).unwrap();
+        assert_eq!(opts, crate::volume::options::parse(&map).unwrap());
+        assert_eq!(opts.mount_options.words(), ["noatime", "nodev"]);
+        let req = Request::Mount {
+            driver: "local".into(),
+            target: "/t".into(),
+            options: opts.clone(),
+        };
+        let back: Request = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+        let Request::Mount { options, .. } = back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(options, opts);
+        // A bad mount option is answered here, by the same parser, before the daemon.
+        let dir = "/var/lib/kubelet/pods/u/volumes/moor~nfs/v";
+        let m = rt(
+            None,
+            &s(&[
+                "mount",
+                dir,
+                r#"{"server":"s","path":"/e","mountOptions":"hard,-v"}"#,
+            ]),
+        )
+        .message
+        .unwrap();
+        assert!(
+            m.starts_with("bad_options: option mountOptions=hard,-v: expected"),
+            "{m}"
+        );
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
         /// Whatever bytes kubelet (or anyone) passes, the answer is one JSON object on one

@@ -236,6 +236,41 @@ mod tests {
         }
     }
 
+    /// `mountOptions` is read once, by the one parser, for every driver alike: a bad option
+    /// is refused with the same message whichever driver the request names, and a good one
+    /// reaches every driver as the same typed list.
+    #[test]
+    fn mount_options_are_validated_once_for_every_driver() {
+        let required = |driver: &str| -> Vec<(&str, &str)> {
+            let t = TABLE.iter().find(|t| t.driver == driver).unwrap();
+            let mut p: Vec<(&str, &str)> = t.required.iter().map(|k| (*k, "v")).collect();
+            if driver == "fc" {
+                p.push(("wwids", "3600"));
+            }
+            p
+        };
+        let mut refusals = Vec::new();
+        for d in super::super::DRIVERS {
+            let mut pairs = required(d);
+            pairs.push(("mountOptions", "noatime,-oremount"));
+            let e = precheck(d, &map(&pairs), "node-a").unwrap_err();
+            assert_eq!(e.reason(), "bad_options", "{d}: {e}");
+            refusals.push(e.to_string());
+            let mut pairs = required(d);
+            pairs.push(("mountOptions", " noatime, nodev,"));
+            let o = precheck(d, &map(&pairs), "node-a").unwrap();
+            assert_eq!(o.mount_options.words(), ["noatime", "nodev"], "{d}");
+            assert!(!o.user.contains_key("mountOptions"), "{d}");
+        }
+        refusals.dedup();
+        assert_eq!(
+            refusals,
+            [
+                "option mountOptions=noatime,-oremount: expected a comma-separated list of options, none starting with '-', without spaces"
+            ]
+        );
+    }
+
     #[test]
     fn good_requests_pass() {
         for (driver, pairs) in [

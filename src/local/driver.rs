@@ -307,4 +307,28 @@ mod tests {
             "option path is required by driver local"
         );
     }
+
+    /// A stage record main ef677bd wrote for a disk loads typed: the path it was named by
+    /// (what tells a renamed disk), its mount options and the device claim.
+    #[test]
+    fn a_record_of_main_ef677bd_loads_typed() {
+        let rec = crate::journal::record::old_record(include_str!(
+            "../volume/fixtures/local-ef677bd.json"
+        ));
+        assert_eq!(
+            rec.volume,
+            Some(VolumeState::Local(LocalSource {
+                path: "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4".into(),
+                mount_options: vec!["noatime".into(), "discard".into()],
+            }))
+        );
+        assert_eq!(
+            rec.volume.as_ref().and_then(VolumeState::named_path),
+            Some("/dev/disk/by-id/wwn-0x5000c500a1b2c3d4")
+        );
+        assert_eq!(
+            rec.device.as_ref().map(|c| c.stable_id.as_str()),
+            Some("wwn-0x5000c500a1b2c3d4")
+        );
+    }
 }

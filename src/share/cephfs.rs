@@ -599,4 +599,37 @@ mod tests {
             CephFsDriver.detach(&host, &rec.recorded()).unwrap();
         }
     }
+
+    /// A stage record main ef677bd wrote (ceph-fuse, a secret file, a filesystem name) loads
+    /// into the share `volume()` derives from the same options today, and detaches: the
+    /// volume's private directory goes.
+    #[test]
+    fn a_record_of_main_ef677bd_loads_typed_and_detaches() {
+        let rec = crate::journal::record::old_record(include_str!(
+            "../volume/fixtures/cephfs-ef677bd.json"
+        ));
+        let now = CephFsDriver
+            .volume(
+                &node(),
+                &opts(
+                    r#"{"monitors":"m1,m2","path":"/volumes/a","user":"k8s","mounter":"fuse","fsName":"cephfs","secretFile":"/etc/ceph/k8s.secret","mountOptions":"noatime"}"#,
+                ),
+            )
+            .unwrap();
+        assert_eq!(rec.volume, now.state);
+        let Some(VolumeState::Cephfs(share)) = &rec.volume else {
+            panic!("{:?}", rec.volume)
+        };
+        assert_eq!(share.client, CephClient::Fuse);
+        assert_eq!(
+            share.credential,
+            CephCredential::File("/etc/ceph/k8s.secret".into())
+        );
+        let t = tempfile::tempdir().unwrap();
+        let (host, _) = crate::share::test_host(t.path());
+        let dir = secret_dir(&host.paths.run_dir, &rec.key);
+        write_secret(&dir, "ceph.conf", b"[global]\n").unwrap();
+        CephFsDriver.detach(&host, &rec.recorded()).unwrap();
+        assert!(!dir.exists());
+    }
 }

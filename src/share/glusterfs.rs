@@ -362,4 +362,34 @@ mod tests {
         GlusterFsDriver.detach(&host, &rec.recorded()).unwrap();
         assert!(runner.remaining().is_empty());
     }
+
+    /// A stage record main ef677bd wrote loads typed and detaches as it did: the leftover
+    /// client killed by its stage path, the client log removed.
+    #[test]
+    fn a_record_of_main_ef677bd_loads_typed_and_detaches() {
+        let d = tempfile::tempdir().unwrap();
+        let mut old: serde_json::Value =
+            serde_json::from_str(include_str!("../volume/fixtures/glusterfs-ef677bd.json"))
+                .unwrap();
+        let log = d.path().join("client.log");
+        std::fs::write(&log, "E [x] failed\n").unwrap();
+        old["source"]["log_file"] = log.display().to_string().into();
+        let rec = crate::journal::record::old_record(&old.to_string());
+        assert_eq!(
+            rec.volume,
+            Some(VolumeState::Glusterfs(GlusterVolume {
+                endpoints: vec!["g1".into(), "g2".into()],
+                volume: "vol1".into(),
+                mount_options: vec!["acl".into()],
+            }))
+        );
+        let now = spec(r#"{"endpoints":"g1,g2","path":"vol1","mountOptions":"acl"}"#).unwrap();
+        assert_eq!(rec.volume, now.state);
+        let (host, runner) = crate::share::test_host(d.path());
+        let stage = host.paths.stage_dir("glusterfs", &rec.key);
+        runner.expect(&leftover_client_kill(&stage).display(), 1, "");
+        GlusterFsDriver.detach(&host, &rec.recorded()).unwrap();
+        assert!(runner.remaining().is_empty());
+        assert!(!log.exists());
+    }
 }

@@ -205,4 +205,21 @@ mod tests {
             "bad_options"
         );
     }
+
+    /// A stage record main ef677bd wrote loads into the export `volume()` derives from the
+    /// same options today, and round-trips typed.
+    #[test]
+    fn a_record_of_main_ef677bd_loads_typed() {
+        let rec =
+            crate::journal::record::old_record(include_str!("../volume/fixtures/nfs-ef677bd.json"));
+        let now =
+            spec(r#"{"server":"10.0.0.5","path":"/exports/a","mountOptions":"nfsvers=4.1,hard"}"#)
+                .unwrap();
+        assert_eq!(rec.volume, now.state);
+        assert_eq!(rec.source, now.source);
+        let t = tempfile::tempdir().unwrap();
+        let (host, runner) = crate::share::test_host(t.path());
+        NfsDriver.detach(&host, &rec.recorded()).unwrap();
+        assert!(runner.calls().is_empty());
+    }
 }

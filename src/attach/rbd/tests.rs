@@ -712,3 +712,22 @@ fn a_record_of_main_ef677bd_loads_typed_and_detaches() {
     assert_eq!(left.len(), 1);
     assert!(left[0].is_head_of("kube", "", "pvc-1"));
 }
+
+/// Before a grow, krbd reads the image's new size at once (its header `refresh`); a mapping
+/// that is gone is an error naming the attribute, so the grow does not run.
+#[test]
+fn capacity_is_refreshed_through_the_mappings_header() {
+    let f = Fixture::new();
+    add_mapping(&f.host.paths.sys, 3, "rbd", "img1", "-", false);
+    let attr = f.host.paths.sys.join("bus/rbd/devices/3/refresh");
+    std::fs::write(&attr, "").unwrap();
+    RbdDriver
+        .refresh_capacity(&f.host, &f.host.paths.dev.join("rbd3"), "rbd3")
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
+    let e = RbdDriver
+        .refresh_capacity(&f.host, &f.host.paths.dev.join("rbd9"), "rbd9")
+        .unwrap_err();
+    assert!(e.to_string().starts_with("refresh "), "{e}");
+    assert!(f.kernel.script.calls().is_empty());
+}
