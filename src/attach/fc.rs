@@ -354,12 +354,7 @@ impl Driver for FcDriver {
         Ok(())
     }
 
-    fn refresh_capacity(
-        &self,
-        host: &Host,
-        _device: &Path,
-        name: &str,
-    ) -> Result<(), CapacityError> {
+    fn refresh_capacity(&self, host: &Host, name: &str) -> Result<(), CapacityError> {
         super::scsi::refresh_capacity(host, name)
     }
 }
@@ -370,11 +365,7 @@ mod tests {
     use crate::attach::scsi::tests::{disk, dm};
     use std::path::PathBuf;
 
-    fn m(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::volume::options::string_map as m;
 
     /// Two FC HBAs (host3, host4) each seeing target port 50:06:01:60:3b:a0:12:34 as
     /// target H:0:1, LUN 2 on both, assembled by multipath as dm-4.
@@ -645,17 +636,13 @@ mod tests {
             0,
             "",
         );
-        FcDriver
-            .refresh_capacity(&host, Path::new("/dev/dm-4"), "dm-4")
-            .unwrap();
+        FcDriver.refresh_capacity(&host, "dm-4").unwrap();
         assert!(runner.remaining().is_empty());
         assert_eq!(
             (rescanned("sdf"), rescanned("sdg"), rescanned("sdh")),
             ("1".into(), "1".into(), String::new())
         );
-        FcDriver
-            .refresh_capacity(&host, Path::new("/dev/sdh"), "sdh")
-            .unwrap();
+        FcDriver.refresh_capacity(&host, "sdh").unwrap();
         assert_eq!(rescanned("sdh"), "1");
         assert!(runner.calls().len() == 1, "no tool for a plain path");
     }

@@ -559,12 +559,7 @@ impl Driver for IscsiDriver {
         self.detach_target(host, rec.key, t, t.wwid.as_deref())
     }
 
-    fn refresh_capacity(
-        &self,
-        host: &Host,
-        _device: &Path,
-        name: &str,
-    ) -> Result<(), CapacityError> {
+    fn refresh_capacity(&self, host: &Host, name: &str) -> Result<(), CapacityError> {
         super::scsi::refresh_capacity(host, name)
     }
 }

@@ -665,12 +665,7 @@ impl Driver for RbdDriver {
 
     /// krbd hears of an `rbd resize` through its header watch, a moment later; `refresh`
     /// reads the header now.
-    fn refresh_capacity(
-        &self,
-        host: &Host,
-        _device: &Path,
-        name: &str,
-    ) -> Result<(), CapacityError> {
+    fn refresh_capacity(&self, host: &Host, name: &str) -> Result<(), CapacityError> {
         let Some(id) = name.strip_prefix("rbd") else {
             return Ok(());
         };

@@ -5,10 +5,11 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use super::precheck::{PrecheckError, check};
+use super::precheck::check;
 use super::reply::Reply;
 use crate::api::{Request, Response, client};
 use crate::host::paths::{VENDOR, is_clean_absolute};
+use crate::volume::DriverError;
 use crate::volume::VolumeOptions;
 
 /// Operations of the attach family and the rest of the contract that moor answers with
@@ -169,11 +170,10 @@ fn mount(
         options,
     };
     match checked {
-        Ok(_) => forward(&req, &found),
-        Err(e @ PrecheckError::Options(_)) => Reply::failure(format!("{}: {e}", e.reason())),
+        Ok(()) => forward(&req, &found),
         // The daemon's node name may come from a flag the front end cannot see: when the
         // daemon answers, its answer (from the same check) is the one that counts.
-        Err(e @ PrecheckError::WrongNode { .. }) => match call(&req, &found) {
+        Err(e @ DriverError::WrongNode { .. }) => match call(&req, &found) {
             Err(client::ClientError::Connect { .. }) if found.node_name.is_some() => {
                 Reply::failure(format!(
                     "{}: {e} (checked by the front end: the daemon at {} is not reachable)",
@@ -183,6 +183,7 @@ fn mount(
             }
             r => reply_of(r, &found),
         },
+        Err(e) => Reply::failure(format!("{}: {e}", e.reason())),
     }
 }
 

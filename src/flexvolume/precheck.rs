@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::volume::{OptionsError, VolumeOptions};
+use crate::volume::{DriverError, VolumeOptions};
 
 /// What one driver accepts: its option names and the ones it requires.
 #[derive(Debug, Clone, Copy)]
@@ -62,35 +62,10 @@ pub const TABLE: &[DriverOptions] = &[
     },
 ];
 
-/// A request refused before any driver ran.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PrecheckError {
-    /// kubelet's keys or the user's option names are not usable.
-    #[error(transparent)]
-    Options(#[from] OptionsError),
-    /// The volume names another node (`node` option of `moor~local`).
-    #[error(
-        "volume {volume} belongs to node {wanted}, this is node {this}; refusing to mount it here"
-    )]
-    WrongNode {
-        /// Volume (PV or pod volume name, else the path).
-        volume: String,
-        /// The node the volume names.
-        wanted: String,
-        /// This node.
-        this: String,
-    },
-}
-
-impl PrecheckError {
-    /// Stable reason label (the same labels the daemon's errors use).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            PrecheckError::Options(_) => "bad_options",
-            PrecheckError::WrongNode { .. } => "wrong_node",
-        }
-    }
-}
+/// A request refused before any driver ran: a [`DriverError`] (`Options`, or `WrongNode`
+/// for `moor~local`), the same error, message and reason label the driver's own check gives
+/// in the daemon.
+pub type PrecheckError = DriverError;
 
 /// Parses a `mount` request's options ([`crate::volume::options::parse`]) and [`check`]s them.
 pub fn precheck(
@@ -118,7 +93,7 @@ pub fn check(driver: &str, opts: &VolumeOptions, node_name: &str) -> Result<(), 
         && let Some(wanted) = opts.user.get("node").filter(|n| !n.is_empty())
         && wanted != node_name
     {
-        return Err(PrecheckError::WrongNode {
+        return Err(DriverError::WrongNode {
             volume: opts
                 .pv_or_volume_name
                 .clone()
@@ -135,12 +110,7 @@ pub fn check(driver: &str, opts: &VolumeOptions, node_name: &str) -> Result<(), 
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::volume::options::string_map as map;
 
     #[test]
     fn every_driver_has_one_row() {

@@ -138,7 +138,7 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, (&'static s
     serde_json::from_value(value).map_err(|e| ("wrong_shape", e.to_string()))
 }
 
-/// The characters [`crate::driver::volume_key`] produces.
+/// The characters [`crate::volume::volume_key`] produces.
 fn is_stage_stem(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255 - ".json".len()

@@ -239,7 +239,7 @@ impl Lifecycle {
             // The protocol knows how its device learns a new size (a SCSI rescan, a
             // multipath resize, an RBD header refresh, a loop device's file size).
             self.driver(&rec.driver)?
-                .refresh_capacity(&self.host, &device, &name)
+                .refresh_capacity(&self.host, &name)
                 .map_err(|e| match e {
                     CapacityError::Io { what, path, source } => ExpandError::Io {
                         volume: key.into(),

@@ -345,26 +345,20 @@ fn a_device_is_held_by_one_volume_key_whatever_its_names() {
         minor: 16,
     };
     let rec = |key: &str, phase: StagePhase, device: &str, num: Option<&str>, id: Option<&str>| {
-        StageRecord {
-            key: key.into(),
-            driver: "iscsi".into(),
-            source: StageSource::Attached {
+        let mut r = StageRecord::new(
+            key,
+            "iscsi",
+            StageSource::Attached {
                 device: Some(device.into()),
             },
-            volume: None,
-            unconverted: BTreeMap::new(),
-            device: num.map(|n| crate::journal::DeviceClaim {
-                number: n.into(),
-                stable_id: id.unwrap_or_default().into(),
-            }),
-            fs_type: None,
-            fs_uuid: None,
-            read_only: false,
+            None,
             phase,
-            formatted_by_moor: false,
-            mount_id: None,
-            adopted: false,
-        }
+        );
+        r.device = num.map(|n| crate::journal::DeviceClaim {
+            number: n.into(),
+            stable_id: id.unwrap_or_default().into(),
+        });
+        r
     };
     let legacy_dev = |p: &Path| (p == Path::new("/dev/sdb")).then_some(dev);
     let holder = |recs: &[StageRecord]| {

@@ -167,16 +167,12 @@ impl Driver for LocalDriver {
 
     /// A loop device is set to its file's size; any other disk (SCSI, or dm over SCSI) is
     /// rescanned. NVMe and virtio tell their new size by themselves.
-    fn refresh_capacity(
-        &self,
-        host: &Host,
-        device: &Path,
-        name: &str,
-    ) -> Result<(), CapacityError> {
+    fn refresh_capacity(&self, host: &Host, name: &str) -> Result<(), CapacityError> {
         if name.starts_with("loop") {
-            crate::host::blockdev::loop_set_capacity(device).map_err(|source| CapacityError::Io {
+            let device = host.paths.dev.join(name);
+            crate::host::blockdev::loop_set_capacity(&device).map_err(|source| CapacityError::Io {
                 what: "set the capacity of",
-                path: device.to_owned(),
+                path: device.clone(),
                 source,
             })
         } else {

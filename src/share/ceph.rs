@@ -22,13 +22,7 @@ mod tests {
     use super::*;
 
     fn opts(pairs: &[(&str, &str)]) -> VolumeOptions {
-        crate::volume::options::parse(
-            &pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-        .unwrap()
+        crate::volume::options::parse(&crate::volume::options::string_map(pairs)).unwrap()
     }
 
     /// rbd and cephfs read one monitor list the same way: normalised, deduplicated, and

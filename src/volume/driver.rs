@@ -8,7 +8,7 @@
 //! [`ProtocolError`] with its reason label, never as a string.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -290,15 +290,10 @@ pub trait Driver: Send + Sync {
     fn detach(&self, _host: &Host, _rec: &Recorded<'_>) -> Result<(), DriverError> {
         Ok(())
     }
-    /// Makes the kernel read the size of `device` (kernel name `name`) again, before a grow:
-    /// the protocol's rescan or refresh. Default: nothing to refresh (the device tells its
-    /// new size by itself).
-    fn refresh_capacity(
-        &self,
-        _host: &Host,
-        _device: &Path,
-        _name: &str,
-    ) -> Result<(), CapacityError> {
+    /// Makes the kernel read the size of the block device `name` (its kernel name: `sdc`,
+    /// `dm-3`, `rbd0`) again, before a grow: the protocol's rescan or refresh. Default:
+    /// nothing to refresh (the device tells its new size by itself).
+    fn refresh_capacity(&self, _host: &Host, _name: &str) -> Result<(), CapacityError> {
         Ok(())
     }
 }

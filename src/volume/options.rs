@@ -287,6 +287,15 @@ impl VolumeOptions {
     }
 }
 
+/// An option map from pairs, for unit tests.
+#[cfg(test)]
+pub(crate) fn string_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn non_empty(v: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
 }
@@ -303,12 +312,7 @@ fn invalid(k: &str, v: &str, expected: &'static str) -> OptionsError {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::volume::options::string_map as map;
 
     #[test]
     fn kubelet_keys_and_shared_user_keys_become_fields() {

@@ -721,13 +721,9 @@ fn capacity_is_refreshed_through_the_mappings_header() {
     add_mapping(&f.host.paths.sys, 3, "rbd", "img1", "-", false);
     let attr = f.host.paths.sys.join("bus/rbd/devices/3/refresh");
     std::fs::write(&attr, "").unwrap();
-    RbdDriver
-        .refresh_capacity(&f.host, &f.host.paths.dev.join("rbd3"), "rbd3")
-        .unwrap();
+    RbdDriver.refresh_capacity(&f.host, "rbd3").unwrap();
     assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
-    let e = RbdDriver
-        .refresh_capacity(&f.host, &f.host.paths.dev.join("rbd9"), "rbd9")
-        .unwrap_err();
+    let e = RbdDriver.refresh_capacity(&f.host, "rbd9").unwrap_err();
     assert!(e.to_string().starts_with("refresh "), "{e}");
     assert!(f.kernel.script.calls().is_empty());
 }
