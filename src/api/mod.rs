@@ -21,6 +21,7 @@ pub enum Request {
         target: String,
         /// The request's options as the front end parsed them (secrets included: the socket
         /// is root-only).
+        #[serde(deserialize_with = "crate::volume::options::typed_or_kubelet")]
         options: VolumeOptions,
     },
     /// FlexVolume `unmount`: unpublish, then unstage + detach when no publish remains.
@@ -36,6 +37,7 @@ pub enum Request {
         driver: String,
         /// The PV's options as the front end parsed them (no secrets: kubelet sends none to
         /// expandfs).
+        #[serde(deserialize_with = "crate::volume::options::typed_or_kubelet")]
         options: VolumeOptions,
         /// The claim's new size in bytes.
         new_size: u64,

@@ -219,6 +219,22 @@ pub fn parse(map: &BTreeMap<String, String>) -> Result<VolumeOptions, OptionsErr
     Ok(o)
 }
 
+/// Reads a request's options off the daemon's socket: the typed value the front end parsed,
+/// or — from a client that sends kubelet's option map as it came (an earlier front end, a
+/// hand-made request) — that map, through [`parse`]. For `#[serde(deserialize_with)]`.
+pub fn typed_or_kubelet<'de, D: serde::Deserializer<'de>>(d: D) -> Result<VolumeOptions, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Typed(VolumeOptions),
+        Kubelet(BTreeMap<String, String>),
+    }
+    match Wire::deserialize(d)? {
+        Wire::Typed(o) => Ok(o),
+        Wire::Kubelet(m) => parse(&m).map_err(serde::de::Error::custom),
+    }
+}
+
 impl VolumeOptions {
     /// Takes the driver's own keys (FlexVolume's `options`, a CSI volume context): the keys
     /// every driver shares — `mountOptions`, `readOnly` — are parsed out here, the rest kept
@@ -374,6 +390,36 @@ mod tests {
         assert_eq!(back, o);
         assert_eq!(back.secrets["key"], Secret(b"s3cr3t".to_vec()));
         assert!(!format!("{back:?}").contains("s3cr3t"));
+    }
+
+    /// kubelet's map as it came (an earlier front end, a hand-made request, the bench) is
+    /// read through the one parser; the typed value as it is.
+    #[test]
+    fn the_socket_takes_the_typed_value_or_kubelets_map() {
+        #[derive(Deserialize)]
+        struct Req {
+            #[serde(deserialize_with = "typed_or_kubelet")]
+            options: VolumeOptions,
+        }
+        let m = map(&[
+            ("path", "/x"),
+            ("mountOptions", "noatime"),
+            ("kubernetes.io/readwrite", "ro"),
+        ]);
+        let want = parse(&m).unwrap();
+        for wire in [
+            serde_json::json!({ "options": m }),
+            serde_json::json!({ "options": want }),
+        ] {
+            let r: Req = serde_json::from_value(wire).unwrap();
+            assert_eq!(r.options, want);
+        }
+        let bad = serde_json::json!({"options": {"path": "/x", "mountOptions": "-oremount"}});
+        let e = serde_json::from_value::<Req>(bad).err().unwrap();
+        assert!(
+            e.to_string().contains("option mountOptions=-oremount"),
+            "{e}"
+        );
     }
 
     /// A hand-made request cannot smuggle a mount option past the validator: the socket's

@@ -345,7 +345,7 @@ impl Daemon {
         let key = self
             .stage_records()
             .into_iter()
-            .find(|r| r["options"]["path"] == path)
+            .find(|r| r["volume"]["path"] == path)
             .and_then(|r| r["key"].as_str().map(str::to_owned))
             .unwrap_or_else(|| moor::volume::volume_key("local", path));
         self.kubelet_dir().join("plugins/moor/local").join(key)
