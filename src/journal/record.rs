@@ -42,12 +42,10 @@ pub struct StageRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeState>,
     /// The options of a record of an earlier moor that did not convert into a typed volume,
-    /// as written (see the module header).
-    #[serde(
-        default,
-        rename = "options",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    /// as written (see the module header). Always written, empty for a typed record: moor up
+    /// to ef677bd requires the field, so after a downgrade it still loads the record (and
+    /// what it remembers of the filesystem) instead of setting it aside.
+    #[serde(default, rename = "options")]
     pub unconverted: BTreeMap<String, String>,
     /// The block device this stage holds, claimed before its probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -255,14 +253,14 @@ pub struct PublishRecord {
 }
 
 /// A stage record as main ef677bd wrote it, loaded: it must convert into a typed volume and
-/// round-trip in this version's form (no `options` map any more). For the drivers' tests.
+/// round-trip in this version's form (the `options` map empty). For the drivers' tests.
 #[cfg(test)]
 pub(crate) fn old_record(json: &str) -> StageRecord {
     let rec: StageRecord = serde_json::from_str(json).unwrap();
     assert!(rec.unconverted.is_empty(), "not converted: {rec:?}");
     assert!(rec.volume.is_some(), "no typed volume: {rec:?}");
     let text = serde_json::to_string_pretty(&rec).unwrap();
-    assert!(!text.contains("\"options\": {"), "{text}");
+    assert!(text.contains("\"options\": {}"), "{text}");
     let again: StageRecord = serde_json::from_str(&text).unwrap();
     assert_eq!(again, rec);
     rec
@@ -299,5 +297,28 @@ mod tests {
         let again: StageRecord =
             serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
         assert_eq!(again, rec);
+    }
+
+    /// After a downgrade, moor up to ef677bd still loads a record this version wrote (its
+    /// stage record has these required fields), so it keeps what it knew of the volume.
+    #[test]
+    fn an_earlier_moor_still_loads_a_typed_record() {
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct Ef677bdStageRecord {
+            key: String,
+            driver: String,
+            source: StageSource,
+            options: BTreeMap<String, String>,
+            fs_type: Option<String>,
+            fs_uuid: Option<String>,
+            read_only: bool,
+            phase: StagePhase,
+        }
+        let rec = old_record(include_str!("../volume/fixtures/iscsi-ef677bd.json"));
+        let text = serde_json::to_string(&rec).unwrap();
+        let old: Ef677bdStageRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!((old.key, old.phase), (rec.key, rec.phase));
+        assert!(old.options.is_empty());
     }
 }
