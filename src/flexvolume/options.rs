@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-pub use crate::volume::options::{OptionsError, Secret, VolumeOptions};
+use crate::volume::{OptionsError, VolumeOptions};
 
 /// kubelet's JSON argument as a string map (every value must be a string).
 pub fn json_map(json: &str) -> Result<BTreeMap<String, String>, OptionsError> {
@@ -33,6 +33,7 @@ pub fn parse_json(json: &str) -> Result<VolumeOptions, OptionsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::volume::Secret;
 
     /// Captured from a real kubelet (shared/notes/flexvolume.md).
     const KUBELET_SECRET_MOUNT: &str = r#"{"kubernetes.io/fsType":"xfs","kubernetes.io/mounterArgs.FsGroup":"1234","kubernetes.io/pod.name":"flexfsgroup","kubernetes.io/pod.namespace":"default","kubernetes.io/pod.uid":"432cc85a-0001","kubernetes.io/pvOrVolumeName":"vol","kubernetes.io/readwrite":"ro","kubernetes.io/secret/password":"czNjcjN0","kubernetes.io/secret/username":"YWxpY2U=","kubernetes.io/serviceAccount.name":"","size":"2Gi","volumeID":"vol-api-1"}"#;
