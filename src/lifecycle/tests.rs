@@ -45,6 +45,11 @@ impl Rig {
     }
 
     fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle_with(None)
+    }
+
+    /// The lifecycle over the builtin drivers, or over `drivers` alone.
+    fn lifecycle_with(&self, drivers: Option<Drivers>) -> Lifecycle {
         let host = Host {
             paths: self.paths.clone(),
             runner: Arc::new(ScriptRunner::default()),
@@ -58,15 +63,17 @@ impl Rig {
             udev_dir: "/run/udev/data".into(),
             sys: "/sys".into(),
         };
-        let drivers = crate::daemon::drivers::with_local_sources(
-            crate::daemon::drivers::builtin(),
-            &host.paths,
-            crate::host::allow::AllowList {
-                directories: vec![self.source.clone(), self._tmp.path().join("other")],
-                ..Default::default()
-            },
-            ids.clone(),
-        );
+        let drivers = drivers.unwrap_or_else(|| {
+            crate::daemon::drivers::with_local_sources(
+                crate::daemon::drivers::builtin(),
+                &host.paths,
+                crate::host::allow::AllowList {
+                    directories: vec![self.source.clone(), self._tmp.path().join("other")],
+                    ..Default::default()
+                },
+                ids.clone(),
+            )
+        });
         Lifecycle::new(host, journal, drivers, "node-a".into(), Timeouts::default())
             .with_id_sources(ids)
     }
@@ -465,5 +472,82 @@ fn only_interrupted_transitions_are_finished_by_the_sweep() {
     assert_eq!(
         lc.unmount(Some("local"), &rig.target("p2")).unwrap(),
         UnmountOutcome::NotMounted
+    );
+}
+
+/// What attach learns reaches the stage record typed before anything else can fail, so the
+/// detach that undoes the attach (here the rollback of a stage whose device never came)
+/// gets it, as detach after a restart would from the journal.
+#[test]
+fn what_attach_learnt_is_recorded_typed_and_reaches_detach() {
+    use crate::volume::state::{FcLun, FcName};
+    use crate::volume::{Attached, DriverError, Recorded, VolumeState};
+
+    fn lun(wwid: Option<&str>) -> VolumeState {
+        VolumeState::Fc(FcLun {
+            name: FcName::Wwids(vec!["3600a".into()]),
+            mount_options: vec![],
+            wwid: wwid.map(str::to_owned),
+        })
+    }
+
+    #[derive(Default)]
+    struct Learner {
+        detached: Mutex<Vec<Option<VolumeState>>>,
+    }
+
+    impl Driver for Learner {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn volume(&self, _: &NodeContext, _: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
+            Ok(VolumeSpec {
+                key: "fake-1".into(),
+                source: StageSource::Attached { device: None },
+                state: Some(lun(None)),
+                mount_options: Default::default(),
+            })
+        }
+        fn attach(
+            &self,
+            _: &Host,
+            spec: &VolumeSpec,
+            _: &VolumeOptions,
+        ) -> Result<Attached, DriverError> {
+            assert_eq!(
+                spec.state,
+                Some(lun(None)),
+                "attach gets the planned volume"
+            );
+            Ok(Attached {
+                device: None,
+                state: Some(lun(Some("naa.3600a"))),
+            })
+        }
+        fn detach(&self, _: &Host, rec: &Recorded<'_>) -> Result<(), DriverError> {
+            self.detached.lock().unwrap().push(rec.state.cloned());
+            Ok(())
+        }
+    }
+
+    let rig = Rig::new();
+    let learner = Arc::new(Learner::default());
+    let mut drivers = Drivers::default();
+    drivers.add(learner.clone());
+    let lc = rig.lifecycle_with(Some(drivers));
+    let target = rig
+        .paths
+        .kubelet_dir
+        .join("pods/p/volumes/moor~fake/vol")
+        .display()
+        .to_string();
+    let plan = lc
+        .plan_mount("fake", &target, &VolumeOptions::default())
+        .unwrap();
+    let e = lc.mount(&plan).unwrap_err();
+    assert_eq!(e.reason(), "no_device", "{e}");
+    assert_eq!(
+        *learner.detached.lock().unwrap(),
+        [Some(lun(Some("naa.3600a")))]
     );
 }
