@@ -8,7 +8,9 @@
 //! - moor unmounts only what [`owned::may_unmount`] says it made (by recorded mount id);
 //! - pod and stage directories are reached through fds opened once beneath the kubelet dir
 //!   (`host::target`), never through a path walked again;
-//! - directories are removed with `rmdir` only, after checking they are not mount points.
+//! - directories are removed with `rmdir` only, after checking they are not mount points;
+//! - no protocol is named here: the driver's typed volume passes through opaque (the stage
+//!   record keeps it), and attach, detach and capacity refresh are the driver's.
 //!
 //! Callers serialise operations per volume key (the daemon's executor does); the methods
 //! here only take the short internal state lock.
