@@ -9,7 +9,6 @@ pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod driver;
 pub mod error;
 pub mod flexvolume;
 pub mod fs;

@@ -572,9 +572,9 @@ impl Daemon {
         let key = self
             .stage_records()
             .into_iter()
-            .find(|r| r["options"]["path"] == path)
+            .find(|r| r["volume"]["path"] == path)
             .and_then(|r| r["key"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| crate::driver::volume_key("local", path));
+            .unwrap_or_else(|| crate::volume::volume_key("local", path));
         self.kubelet_dir().join("plugins/moor/local").join(key)
     }
 
