@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::driver::DriverError;
-use crate::flexvolume::OptionsError;
 use crate::fs::FsError;
 use crate::host::{MountError, PathError};
 use crate::journal::JournalError;
 use crate::lifecycle::ExpandError;
+use crate::volume::DriverError;
+use crate::volume::OptionsError;
 
 /// Why a volume operation failed.
 #[derive(Debug, thiserror::Error)]

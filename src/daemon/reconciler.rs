@@ -481,7 +481,6 @@ fn watch_mount_table(mountinfo: &Path, changed: Arc<tokio::sync::Notify>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::Drivers;
     use crate::host::fake::{FakeHost, FakeMounts};
     use crate::host::{Errno, FsMount, MountTable, Mounter, MsFlags, Output};
     use crate::journal::record::PublishPhase;
@@ -534,7 +533,7 @@ mod tests {
             let lc = Arc::new(Lifecycle::new(
                 fake.host.clone(),
                 journal,
-                Drivers::builtin(),
+                crate::daemon::drivers::builtin(),
                 "node-a".into(),
                 Timeouts::default(),
             ));
@@ -559,6 +558,7 @@ mod tests {
                     ("server".to_owned(), "10.0.0.5".to_owned()),
                     ("path".to_owned(), "/exports/a".to_owned()),
                 ]);
+                let opts = crate::volume::options::parse(&opts).unwrap();
                 let plan = node.lc.plan_mount("nfs", &node.target(pod), &opts).unwrap();
                 assert_eq!(node.lc.mount(&plan).unwrap(), MountOutcome::Published);
             }

@@ -25,6 +25,7 @@ pub mod probe;
 pub mod process;
 pub mod rbdbus;
 pub mod records;
+pub mod sandbox;
 pub mod scsi;
 pub mod secrets;
 pub mod stdio;

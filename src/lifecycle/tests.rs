@@ -37,22 +37,35 @@ impl Rig {
 
     /// A lifecycle as a daemon (re)started on this host builds it: the journal read again.
     fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle_with(None)
+    }
+
+    /// The lifecycle over the builtin drivers and the fake block driver, or over `drivers`
+    /// alone.
+    fn lifecycle_with(&self, drivers: Option<Drivers>) -> Lifecycle {
         let host = self.fake.host.clone();
         let journal = Journal::open(&self.paths.state_dir, &self.paths.run_dir).unwrap();
-        let mut drivers = Drivers::builtin();
-        drivers.add(Arc::new(FakeBlockDriver));
-        Lifecycle::new(host, journal, drivers, "node-a".into(), Timeouts::default())
-            .with_local_sources(
+        // Device identities from the fake tree, never the machine's udev database.
+        let ids = crate::local::discover::IdSources {
+            dev_dir: self.paths.dev.clone(),
+            udev_dir: self._tmp.path().join("udev"),
+            sys: self.paths.sys.clone(),
+        };
+        let drivers = drivers.unwrap_or_else(|| {
+            let mut builtin = crate::daemon::drivers::builtin();
+            builtin.add(Arc::new(FakeBlockDriver));
+            crate::daemon::drivers::with_local_sources(
+                builtin,
+                &host.paths,
                 crate::host::allow::AllowList {
                     directories: vec![self.source.clone(), self._tmp.path().join("other")],
                     ..Default::default()
                 },
-                crate::local::discover::IdSources {
-                    dev_dir: self.paths.dev.clone(),
-                    udev_dir: self._tmp.path().join("udev"),
-                    sys: self.paths.sys.clone(),
-                },
+                ids.clone(),
             )
+        });
+        Lifecycle::new(host, journal, drivers, "node-a".into(), Timeouts::default())
+            .with_id_sources(ids)
     }
 
     fn target(&self, pod: &str) -> String {
@@ -63,14 +76,14 @@ impl Rig {
             .to_string()
     }
 
-    fn opts(&self, ro: bool) -> BTreeMap<String, String> {
+    fn opts(&self, ro: bool) -> VolumeOptions {
         let mut m = BTreeMap::new();
         m.insert("path".into(), self.source.display().to_string());
         m.insert(
             "kubernetes.io/readwrite".into(),
             if ro { "ro" } else { "rw" }.into(),
         );
-        m
+        crate::volume::options::parse(&m).unwrap()
     }
 
     fn stage_path(&self, lc: &Lifecycle) -> PathBuf {
@@ -295,7 +308,7 @@ fn one_pod_dir_cannot_serve_two_volumes() {
     let other = rig._tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let mut o = rig.opts(false);
-    o.insert("path".into(), other.display().to_string());
+    o.user.insert("path".into(), other.display().to_string());
     let plan = lc.plan_mount("local", &rig.target("p1"), &o).unwrap();
     assert_eq!(lc.mount(&plan).unwrap_err().reason(), "target_busy");
 }
@@ -308,28 +321,20 @@ fn a_device_is_held_by_one_volume_key_whatever_its_names() {
         minor: 16,
     };
     let rec = |key: &str, phase: StagePhase, device: &str, num: Option<&str>, id: Option<&str>| {
-        let mut options = BTreeMap::new();
-        if let Some(n) = num {
-            options.insert("device-number".to_owned(), n.to_owned());
-        }
-        if let Some(i) = id {
-            options.insert("device-stable-id".to_owned(), i.to_owned());
-        }
-        StageRecord {
-            key: key.into(),
-            driver: "iscsi".into(),
-            source: StageSource::Attached {
+        let mut r = StageRecord::new(
+            key,
+            "iscsi",
+            StageSource::Attached {
                 device: Some(device.into()),
             },
-            options,
-            fs_type: None,
-            fs_uuid: None,
-            read_only: false,
+            None,
             phase,
-            formatted_by_moor: false,
-            mount_id: None,
-            adopted: false,
-        }
+        );
+        r.device = num.map(|n| crate::journal::DeviceClaim {
+            number: n.into(),
+            stable_id: id.unwrap_or_default().into(),
+        });
+        r
     };
     let legacy_dev = |p: &Path| (p == Path::new("/dev/sdb")).then_some(dev);
     let holder = |recs: &[StageRecord]| {
@@ -439,39 +444,116 @@ fn only_interrupted_transitions_are_finished_by_the_sweep() {
     );
 }
 
+/// What attach learns reaches the stage record typed before anything else can fail, so the
+/// detach that undoes the attach (here the rollback of a stage whose device never came)
+/// gets it, as detach after a restart would from the journal.
+#[test]
+fn what_attach_learnt_is_recorded_typed_and_reaches_detach() {
+    use crate::volume::state::{FcLun, FcName};
+    use crate::volume::{Attached, DriverError, Recorded, VolumeState};
+
+    fn lun(wwid: Option<&str>) -> VolumeState {
+        VolumeState::Fc(FcLun {
+            name: FcName::Wwids(vec!["3600a".into()]),
+            mount_options: vec![],
+            wwid: wwid.map(str::to_owned),
+        })
+    }
+
+    #[derive(Default)]
+    struct Learner {
+        detached: Mutex<Vec<Option<VolumeState>>>,
+    }
+
+    impl Driver for Learner {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn volume(&self, _: &NodeContext, _: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
+            Ok(VolumeSpec {
+                key: "fake-1".into(),
+                source: StageSource::Attached { device: None },
+                state: Some(lun(None)),
+                mount_options: Default::default(),
+            })
+        }
+        fn attach(
+            &self,
+            _: &Host,
+            spec: &VolumeSpec,
+            _: &VolumeOptions,
+        ) -> Result<Attached, DriverError> {
+            assert_eq!(
+                spec.state,
+                Some(lun(None)),
+                "attach gets the planned volume"
+            );
+            Ok(Attached {
+                device: None,
+                state: Some(lun(Some("naa.3600a"))),
+            })
+        }
+        fn detach(&self, _: &Host, rec: &Recorded<'_>) -> Result<(), DriverError> {
+            self.detached.lock().unwrap().push(rec.state.cloned());
+            Ok(())
+        }
+    }
+
+    let rig = Rig::new();
+    let learner = Arc::new(Learner::default());
+    let mut drivers = Drivers::default();
+    drivers.add(learner.clone());
+    let lc = rig.lifecycle_with(Some(drivers));
+    let target = rig
+        .paths
+        .kubelet_dir
+        .join("pods/p/volumes/moor~fake/vol")
+        .display()
+        .to_string();
+    let plan = lc
+        .plan_mount("fake", &target, &VolumeOptions::default())
+        .unwrap();
+    let e = lc.mount(&plan).unwrap_err();
+    assert_eq!(e.reason(), "no_device", "{e}");
+    assert_eq!(
+        *learner.detached.lock().unwrap(),
+        [Some(lun(Some("naa.3600a")))]
+    );
+}
+
 /// A block driver whose attach hands back the device its `device` option names: the
 /// lifecycle's block path (claim, never-format rule, mount, ownership) over the fake
 /// host's disks, without any one protocol's attach.
 struct FakeBlockDriver;
 
-impl crate::driver::Driver for FakeBlockDriver {
+impl Driver for FakeBlockDriver {
     fn name(&self) -> &'static str {
         "fakeblk"
     }
 
     fn volume(
         &self,
-        _node: &crate::driver::NodeContext,
+        _node: &NodeContext,
         opts: &VolumeOptions,
-    ) -> Result<crate::driver::VolumeSpec, crate::driver::DriverError> {
+    ) -> Result<VolumeSpec, crate::volume::DriverError> {
         let device = opts.user.get("device").cloned().unwrap_or_default();
-        Ok(crate::driver::VolumeSpec {
-            key: crate::driver::volume_key("fakeblk", &device),
+        Ok(VolumeSpec {
+            key: crate::volume::volume_key("fakeblk", &device),
             source: StageSource::Attached { device: None },
-            persist: BTreeMap::from([("device".to_owned(), device)]),
-            mount_options: String::new(),
+            state: None,
+            mount_options: Default::default(),
         })
     }
 
     fn attach(
         &self,
         _host: &Host,
-        spec: &crate::driver::VolumeSpec,
-        _opts: &VolumeOptions,
-    ) -> Result<crate::driver::Attached, crate::driver::DriverError> {
-        Ok(crate::driver::Attached {
-            device: spec.persist.get("device").map(PathBuf::from),
-            persist: BTreeMap::new(),
+        _spec: &VolumeSpec,
+        opts: &VolumeOptions,
+    ) -> Result<crate::volume::Attached, crate::volume::DriverError> {
+        Ok(crate::volume::Attached {
+            device: opts.user.get("device").map(PathBuf::from),
+            state: None,
         })
     }
 }
@@ -501,6 +583,7 @@ impl Rig {
             ("kubernetes.io/readwrite".to_owned(), "rw".to_owned()),
         ]);
         let vol = device.file_name().unwrap().to_string_lossy().into_owned();
+        let opts = crate::volume::options::parse(&opts).unwrap();
         let plan = lc.plan_mount("fakeblk", &self.block_target(pod, &vol), &opts)?;
         lc.mount(&plan)
     }
@@ -508,7 +591,7 @@ impl Rig {
     fn block_stage(&self, device: &Path) -> PathBuf {
         self.paths.stage_dir(
             "fakeblk",
-            &crate::driver::volume_key("fakeblk", &device.display().to_string()),
+            &crate::volume::volume_key("fakeblk", &device.display().to_string()),
         )
     }
 
@@ -552,7 +635,7 @@ fn a_blank_block_device_is_formatted_once_and_staged() {
         (m.major, m.minor),
         "the pod sees the stage"
     );
-    let key = crate::driver::volume_key("fakeblk", "/dev/fake0");
+    let key = crate::volume::volume_key("fakeblk", "/dev/fake0");
     let rec = lc.state().stages[&key].clone();
     assert!(rec.formatted_by_moor);
     assert_eq!(rec.fs_type.as_deref(), Some("ext4"));
@@ -591,7 +674,7 @@ fn a_block_device_with_a_filesystem_is_mounted_without_mkfs() {
         rig.mounts.get(&rig.block_stage(&dev)).unwrap().fs_type,
         "ext4"
     );
-    let key = crate::driver::volume_key("fakeblk", "/dev/fake1");
+    let key = crate::volume::volume_key("fakeblk", "/dev/fake1");
     let rec = lc.state().stages[&key].clone();
     assert!(!rec.formatted_by_moor);
     assert_eq!(
