@@ -43,7 +43,9 @@ pub fn peer_credentials(stream: &UnixStream) -> std::io::Result<PeerCred> {
 
 /// An exclusive lock on a pid file, held until dropped.
 #[derive(Debug)]
-pub struct PidLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+pub struct PidLock {
+    _held: nix::fcntl::Flock<File>,
+}
 
 /// Why [`lock_pid_file`] did not take the lock.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +105,7 @@ pub fn lock_pid_file(path: &Path) -> Result<PidLock, LockError> {
     w.set_len(0).map_err(io("truncate"))?;
     w.write_all(format!("{}\n", std::process::id()).as_bytes())
         .map_err(io("write"))?;
-    Ok(PidLock(held))
+    Ok(PidLock { _held: held })
 }
 
 #[cfg(test)]
