@@ -532,30 +532,13 @@ mod tests {
 
     #[test]
     fn attach_prefers_multipath_and_detach_flushes_then_deletes_only_its_paths() {
-        use crate::host::fake::{FakeMounts, ScriptRunner};
-        use crate::host::{HostPaths, SysfsBlockDevices};
-        use std::sync::Arc;
         let d = tempfile::tempdir().unwrap();
         let sys = d.path().join("sys");
         fabric(&sys);
-        let paths = HostPaths {
-            kubelet_dir: d.path().join("k"),
-            kubelet_alias: None,
-            state_dir: d.path().join("s"),
-            run_dir: d.path().join("r"),
-            sys: sys.clone(),
-            dev: "/dev".into(),
-            proc: "/proc".into(),
-        };
-        let runner = Arc::new(ScriptRunner::default());
-        let mounts = Arc::new(FakeMounts::default());
-        let host = Host {
-            blockdev: Arc::new(SysfsBlockDevices { sys: sys.clone() }),
-            paths,
-            runner: runner.clone(),
-            mounter: mounts.clone(),
-            mounts,
-        };
+        let mut fake = crate::host::fake::FakeHost::new(d.path()).with_sysfs_fixture();
+        // The test expects the device under `/dev`, as the kernel names it.
+        fake.host.paths.dev = "/dev".into();
+        let (host, runner) = (fake.host, fake.runner);
         let mut u = m(&[("targetWWNs", "500601603ba01234"), ("lun", "2")]);
         u.insert("kubernetes.io/fsType".into(), "ext4".into());
         let o = VolumeOptions::from_map(&u).unwrap();
