@@ -106,7 +106,8 @@ pub enum Error {
         log_tail: Option<String>,
     },
     /// The operation's deadline passed (it may still finish in the background).
-    #[error("volume {volume}: {op} did not finish within {after:?}; kubelet will retry")]
+    #[error("volume {volume}: {op} did not finish within {after:?}; kubelet will retry{}",
+        running.as_ref().map(|c| format!(" ({c} and is left to finish: cut short it could leave the volume half-made; the volume stays locked until it ends)")).unwrap_or_default())]
     Timeout {
         /// Volume key or target.
         volume: String,
@@ -114,6 +115,8 @@ pub enum Error {
         op: &'static str,
         /// The deadline.
         after: Duration,
+        /// The command the operation still waits for, and for how long.
+        running: Option<String>,
     },
     /// A filesystem operation on a path failed.
     #[error("{what} {path}: {source}")]
@@ -160,20 +163,5 @@ impl Error {
             Error::Io { .. } => "io_failed",
             Error::Internal(_) => "internal",
         }
-    }
-
-    /// The FlexVolume message: the reason, then the whole cause chain.
-    pub fn flex_message(&self) -> String {
-        let mut msg = format!("{}: {}", self.reason(), self);
-        let mut src = std::error::Error::source(self);
-        while let Some(s) = src {
-            let text = s.to_string();
-            if !msg.contains(&text) {
-                msg.push_str(": ");
-                msg.push_str(&text);
-            }
-            src = s.source();
-        }
-        msg
     }
 }

@@ -13,51 +13,17 @@
 //! - shutdown ([`Executor::drain`]) waits for operations in progress; afterwards none start.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::api::{Request, Response};
+use crate::api::{Answer, Failure, Handler, Request, Response};
 use crate::error::Error;
-use crate::flexvolume::Reply;
 use crate::lifecycle::{Lifecycle, MountOutcome, UnmountOutcome};
 use crate::metrics::Metrics;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a few map/counter updates that cannot panic half-way.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Where a request's one answer goes: the first to claim it sends; later ones are dropped.
-pub struct Answer {
-    claimed: AtomicBool,
-    sink: Box<dyn Fn(&Response) + Send + Sync>,
-}
-
-impl Answer {
-    /// An answer written by `sink` (at most once).
-    pub fn new(sink: impl Fn(&Response) + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Answer {
-            claimed: AtomicBool::new(false),
-            sink: Box::new(sink),
-        })
-    }
-
-    /// True for the first caller only: it must then [`Answer::write`].
-    fn claim(&self) -> bool {
-        !self.claimed.swap(true, Ordering::AcqRel)
-    }
-
-    fn write(&self, r: &Response) {
-        (self.sink)(r);
-    }
-
-    /// Sends `r` unless the request was already answered.
-    pub fn send(&self, r: &Response) {
-        if self.claim() {
-            self.write(r);
-        }
-    }
 }
 
 /// Per-volume-key locks, held by the thread that runs the operation.
@@ -319,13 +285,17 @@ impl Executor {
         let _guard = self.locks.lock(key, Some(Instant::now()))?;
         Some(f())
     }
+}
 
+impl Handler for Executor {
     /// Handles one request on the calling thread and answers it through `answer` (exactly
     /// once). Blocking: it returns when the operation really ended, which may be after the
     /// deadline's answer was sent.
-    pub fn handle(&self, req: Request, answer: &Arc<Answer>) {
+    fn handle(&self, req: Request, answer: &Arc<Answer>) {
         let Some(_pass) = self.gate.enter() else {
-            answer.send(&flex(Reply::failure("moor daemon is shutting down; retry")));
+            answer.send(&Response::Failed(Failure::refused(
+                "moor daemon is shutting down; retry",
+            )));
             return;
         };
         match req {
@@ -372,7 +342,9 @@ impl Executor {
             }
         }
     }
+}
 
+impl Executor {
     /// Runs `run` under the operation deadline and records its metrics; `subject` (the pod
     /// volume directory) names the volume in a timeout message. When the deadline passes
     /// first, the watchdog answers and records the timeout; `run` still goes on to its end.
@@ -395,26 +367,21 @@ impl Executor {
             self.watchdog.arm(
                 deadline,
                 Box::new(move || {
-                    if !answer.claim() {
+                    let Some(claimed) = answer.claim() else {
                         return;
-                    }
+                    };
                     let _entered = span.enter();
                     metrics.in_flight.dec();
                     let e = Error::Timeout {
                         volume: subject,
                         op,
                         after,
+                        running: running.describe(),
                     };
                     let secs = started.elapsed().as_secs_f64();
                     metrics.observe(&driver, op, secs, Some(e.reason()));
                     tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed");
-                    let mut message = e.flex_message();
-                    if let Some(cmd) = running.describe() {
-                        message.push_str(&format!(
-                            " ({cmd} and is left to finish: cut short it could leave the volume half-made; the volume stays locked until it ends)"
-                        ));
-                    }
-                    answer.write(&flex(Reply::failure(message)));
+                    claimed.send(&failed(&e));
                 }),
             )
         };
@@ -424,7 +391,7 @@ impl Executor {
             });
         self.watchdog.disarm(ticket);
         let secs = started.elapsed().as_secs_f64();
-        if !answer.claim() {
+        let Some(claimed) = answer.claim() else {
             // The watchdog answered (and counted) a timeout; this is the real end.
             match &result {
                 Ok(what) => {
@@ -436,22 +403,22 @@ impl Executor {
             }
             self.refresh_counts();
             return;
-        }
+        };
         self.metrics.in_flight.dec();
-        let reply = match result {
+        let response = match result {
             Ok(what) => {
                 self.metrics.observe(driver, op, secs, None);
                 tracing::info!(op, driver, outcome = %what, elapsed_ms = secs * 1e3, "done");
-                Reply::success()
+                Response::Done
             }
             Err(e) => {
                 self.metrics.observe(driver, op, secs, Some(e.reason()));
                 tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed");
-                Reply::failure(e.flex_message())
+                failed(&e)
             }
         };
         self.refresh_counts();
-        answer.write(&flex(reply));
+        claimed.send(&response);
     }
 
     fn refresh_counts(&self) {
@@ -469,11 +436,11 @@ impl Executor {
             Some(_held) => self.lifecycle.forget(&key),
             None => Err(Error::Internal(format!("volume {key}: lock lost"))),
         };
-        flex(match r {
-            Ok(true) => Reply::success(),
-            Ok(false) => Reply::failure(format!("no record of volume {key}")),
-            Err(e) => Reply::failure(e.flex_message()),
-        })
+        match r {
+            Ok(true) => Response::Done,
+            Ok(false) => Response::Failed(Failure::refused(format!("no record of volume {key}"))),
+            Err(e) => failed(&e),
+        }
     }
 
     fn timeout(&self, subject: &str, op: &'static str) -> Error {
@@ -481,6 +448,7 @@ impl Executor {
             volume: subject.into(),
             op,
             after: self.op_timeout,
+            running: None,
         }
     }
 
@@ -537,8 +505,9 @@ impl Executor {
     }
 }
 
-fn flex(reply: Reply) -> Response {
-    Response::Flex { reply }
+/// The answer for a failed operation: its reason label and its cause chain, typed.
+fn failed(e: &Error) -> Response {
+    Response::Failed(Failure::of(e.reason(), e))
 }
 
 #[cfg(test)]
@@ -584,17 +553,5 @@ mod tests {
             Box::new(move || tx.send("fired").unwrap()),
         );
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("fired"));
-    }
-
-    #[test]
-    fn an_answer_is_sent_once() {
-        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n2 = n.clone();
-        let a = Answer::new(move |_| {
-            n2.fetch_add(1, Ordering::SeqCst);
-        });
-        a.send(&flex(Reply::success()));
-        a.send(&flex(Reply::success()));
-        assert_eq!(n.load(Ordering::SeqCst), 1);
     }
 }
