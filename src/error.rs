@@ -165,3 +165,139 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount_err(errno: nix::errno::Errno) -> Error {
+        Error::Mount {
+            volume: "k".into(),
+            source: MountError::Sys {
+                op: "bind",
+                target: "/t".into(),
+                errno,
+            },
+        }
+    }
+
+    /// The labels are metric label values and FlexVolume message prefixes: renaming one is
+    /// a breaking change, so every one of them is spelled out here.
+    #[test]
+    fn every_reason_label_is_pinned() {
+        let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let cases: Vec<(Error, &str)> = vec![
+            (
+                OptionsError::NotString { key: "k".into() }.into(),
+                "bad_options",
+            ),
+            (PathError::NotClean { path: "x".into() }.into(), "bad_path"),
+            (
+                DriverError::WrongNode {
+                    volume: "v".into(),
+                    wanted: "a".into(),
+                    this: "b".into(),
+                }
+                .into(),
+                "wrong_node",
+            ),
+            (
+                FsError::InUse {
+                    volume: "v".into(),
+                    device: "/dev/x".into(),
+                    detail: "d".into(),
+                }
+                .into(),
+                "device_in_use",
+            ),
+            (mount_err(nix::errno::Errno::EBUSY), "mount_busy"),
+            (mount_err(nix::errno::Errno::EINVAL), "mount_failed"),
+            (
+                Error::Mount {
+                    volume: "k".into(),
+                    source: MountError::Timeout {
+                        op: "mount",
+                        target: "/t".into(),
+                        timeout: crate::host::bounded::TimedOut(Duration::from_secs(1)),
+                    },
+                },
+                "timeout",
+            ),
+            (
+                JournalError::Io {
+                    op: "write",
+                    path: "/s".into(),
+                    source: io(),
+                }
+                .into(),
+                "journal_failed",
+            ),
+            (
+                ExpandError::ReadOnly { volume: "v".into() }.into(),
+                "read_only",
+            ),
+            (
+                Error::UnknownDriver("x".into(), "local".into()),
+                "unknown_driver",
+            ),
+            (
+                Error::TargetBusy {
+                    target: "/t".into(),
+                    detail: "d".into(),
+                },
+                "target_busy",
+            ),
+            (
+                Error::NotOwned {
+                    target: "/t".into(),
+                    detail: "d".into(),
+                },
+                "not_owned",
+            ),
+            (
+                Error::BindOptions {
+                    volume: "v".into(),
+                    options: "vers=4".into(),
+                },
+                "bad_options",
+            ),
+            (
+                Error::DeviceChanged {
+                    volume: "v".into(),
+                    device: "/dev/x".into(),
+                    found: "a".into(),
+                    known: "b".into(),
+                },
+                "device_changed",
+            ),
+            (
+                Error::NoDevice {
+                    volume: "v".into(),
+                    driver: "rbd",
+                },
+                "no_device",
+            ),
+            (
+                Error::Timeout {
+                    volume: "v".into(),
+                    op: "mount",
+                    after: Duration::from_secs(300),
+                    running: None,
+                },
+                "timeout",
+            ),
+            (
+                Error::Io {
+                    what: "open",
+                    path: "/p".into(),
+                    source: io(),
+                },
+                "io_failed",
+            ),
+            (Error::Internal("x".into()), "internal"),
+        ];
+        for (e, label) in &cases {
+            assert_eq!(e.reason(), *label, "{e:?}");
+        }
+    }
+}
