@@ -2,14 +2,17 @@
 //! root. Real mounts are exercised by the host tests in `tests/`.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use super::publish::apply_fs_group;
 use super::*;
 use crate::host::Mounter;
 use crate::host::fake::{FakeMounts, ScriptRunner};
 use crate::host::{BlockDevices, HostPaths};
+use crate::journal::{StagePhase, StageRecord};
 
 struct Rig {
     _tmp: tempfile::TempDir,
@@ -368,8 +371,9 @@ fn a_device_is_held_by_one_volume_key_whatever_its_names() {
         }
     };
     let legacy_dev = |p: &Path| (p == Path::new("/dev/sdb")).then_some(dev);
-    let holder =
-        |recs: &[StageRecord]| super::device_holder(recs, "mine", dev, "wwn-0x5000", legacy_dev);
+    let holder = |recs: &[StageRecord]| {
+        super::devices::device_holder(recs, "mine", dev, "wwn-0x5000", legacy_dev)
+    };
     // Another key staged the same device under another name (a second portal of one LUN).
     let portal_b = rec(
         "portal-b",

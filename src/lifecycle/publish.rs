@@ -1,0 +1,287 @@
+//! Publish and unpublish. Publish binds the stage into the pod directory (ro where asked),
+//! applies fsGroup through the stage moor checked, and undoes only the bind this call made
+//! when a later step fails. Unpublish (`unmount`) removes the pod's bind through the
+//! ownership decision, then unstages when it was the last.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::*;
+use crate::error::Error;
+use crate::host::Target;
+use crate::host::mounts::split_options;
+use crate::journal::{MountId, PublishPhase, PublishRecord, StageRecord};
+use crate::testhook::pause_point;
+use owned::{Found, Place};
+
+impl Lifecycle {
+    /// unpublish, then unstage + detach when no publish remains. Idempotent: a directory
+    /// that is not mounted is Success.
+    pub fn unmount(&self, driver: Option<&str>, target: &str) -> Result<UnmountOutcome, Error> {
+        let dir = self.host.paths.pod_volume_dir(target, driver)?;
+        let target = dir.path;
+        let held = self.open_target(&target, false)?;
+        let Some(mut rec) = self.state().publishes.get(&target).cloned() else {
+            if let Some(t) = &held {
+                self.unmount_guarded(t, Place::PodDir, "", false, None, None, false)?;
+            }
+            // This pod dir's bind and record are gone but the unstage its unmount started
+            // did not finish (a journal write failed). The retry retries the unstage and
+            // answers its result: "not mounted" would let kubelet forget the pod while the
+            // volume stays mounted (a disk still held) with nothing reporting it, whereas a
+            // failure stays visible on the pod until the node's journal is writable again —
+            // and the reconciler finishes the same unstage by itself meanwhile.
+            let pending = self.state().pending_key_of(&target);
+            if let Some(key) = pending {
+                if self.state().user_count(&key) > 0 {
+                    // Another pod uses the stage now: it stays, and this pod is done.
+                    if let Some(t) = self.state().unstage_pending.get_mut(&key) {
+                        t.remove(&target);
+                    }
+                    return Ok(UnmountOutcome::Unpublished);
+                }
+                self.unstage(&key)?;
+                return Ok(UnmountOutcome::Unstaged);
+            }
+            return Ok(UnmountOutcome::NotMounted);
+        };
+        let stage_path = self.stage_path(&rec.driver, &rec.key);
+        if self.state().user_count(&rec.key) <= 1 {
+            self.check_stage_owned(&rec.key)?;
+        }
+        if let Some(t) = &held {
+            let facts =
+                self.unmount_facts(t, Place::PodDir, true, rec.mount_id, Some(&stage_path))?;
+            if let Err(refusal) = owned::may_unmount(&facts) {
+                return Err(Error::NotOwned {
+                    target: target.clone(),
+                    detail: refusal.to_string(),
+                });
+            }
+        }
+        rec.phase = PublishPhase::Unpublishing;
+        self.journal.put_publish(&rec)?;
+        self.state().put_publish(rec.clone());
+        pause_point("unpublish:intent");
+        if let Some(t) = &held {
+            self.unmount_guarded(
+                t,
+                Place::PodDir,
+                &rec.key,
+                true,
+                rec.mount_id,
+                Some(&stage_path),
+                false,
+            )?;
+        }
+        pause_point("unpublish:unmounted");
+        self.journal.remove_publish(&target)?;
+        let remaining = {
+            let mut st = self.state();
+            st.drop_publish(&target);
+            st.user_count(&rec.key)
+        };
+        tracing::info!(volume = %rec.key, target = %target.display(), remaining, "unpublished");
+        if remaining > 0 {
+            return Ok(UnmountOutcome::Unpublished);
+        }
+        self.state().mark_unstage(&rec.key, Some(&target));
+        self.unstage(&rec.key)?;
+        Ok(UnmountOutcome::Unstaged)
+    }
+
+    pub(super) fn publish(
+        &self,
+        plan: &MountPlan,
+        stage: &StageRecord,
+        earlier: Option<MountId>,
+    ) -> Result<(), Error> {
+        let target = &plan.target.path;
+        let stage_path = self.stage_path(&stage.driver, &stage.key);
+        let mut rec = PublishRecord {
+            target: target.clone(),
+            key: stage.key.clone(),
+            driver: stage.driver.clone(),
+            pod_uid: plan.target.pod_uid.clone(),
+            volume_name: plan.target.volume_name.clone(),
+            namespace: plan.opts.pod_namespace.clone(),
+            read_only: plan.opts.read_only,
+            phase: PublishPhase::Publishing,
+            mount_id: earlier,
+        };
+        self.journal.put_publish(&rec)?;
+        self.state().put_publish(rec.clone());
+        pause_point("publish:intent");
+        let mut made: Option<MountId> = None;
+        let mut held: Option<Target> = None;
+        let mut steps = || -> Result<(), Error> {
+            let t = self
+                .open_target(target, true)?
+                .ok_or_else(|| Error::Internal(format!("{} vanished", target.display())))?;
+            let t = held.insert(t);
+            // Our own earlier, interrupted bind (the record says so): redo it cleanly.
+            self.unmount_guarded(
+                t,
+                Place::PodDir,
+                &stage.key,
+                true,
+                earlier,
+                Some(&stage_path),
+                false,
+            )?;
+            let source = self
+                .open_target(&stage_path, false)?
+                .ok_or_else(|| Error::Internal(format!("{} vanished", stage_path.display())))?;
+            let flags = if plan.opts.read_only {
+                nix::mount::MsFlags::MS_RDONLY
+            } else {
+                nix::mount::MsFlags::empty()
+            };
+            let m = self
+                .host
+                .mounter
+                .bind_target(&source, t, flags)
+                .map_err(Self::mount_err(&stage.key))?;
+            made = Some(m.into());
+            pause_point("publish:bound-before-fsgroup");
+            if let (Some(gid), false) = (plan.opts.fs_group, plan.opts.read_only) {
+                // Through the stage moor checked, not the pod dir: whatever got stacked on
+                // the pod dir since the bind is not moor's to chgrp.
+                let changed = if source.parent().is_some() {
+                    crate::host::target::fs_group(&source, gid)
+                } else {
+                    apply_fs_group(&stage_path, gid)
+                };
+                changed.map_err(|source| Error::Io {
+                    what: "apply fsGroup to",
+                    path: target.clone(),
+                    source,
+                })?;
+            }
+            pause_point("publish:bound");
+            // Part of the steps: a Published record that cannot be written undoes the bind.
+            let mut published = rec.clone();
+            published.phase = PublishPhase::Published;
+            published.mount_id = made;
+            self.journal.put_publish(&published)?;
+            Ok(())
+        };
+        if let Err(e) = steps() {
+            // Only the bind this call made may go; a refusal (something else stacked on it
+            // now) keeps the record, so kubelet's next unmount can still remove ours.
+            let still_mounted = match (&held, made) {
+                (Some(t), Some(id)) => self
+                    .unmount_guarded(t, Place::PodDir, &stage.key, true, Some(id), None, false)
+                    .is_err(),
+                // Nothing made, but something is still there (the earlier step refused it):
+                // moor's own earlier bind may be under it, so its record must stay.
+                (Some(t), None) => !matches!(self.found_at(t), Ok(Found::Nothing)),
+                (None, _) => false,
+            };
+            if still_mounted {
+                rec.phase = PublishPhase::Unpublishing;
+                rec.mount_id = made.or(earlier);
+                let _ = self.journal.put_publish(&rec);
+                self.state().put_publish(rec);
+            } else if let Err(j) = self.journal.remove_publish(target) {
+                // Nothing is bound, but the record stays until it can be removed (the
+                // reconciler does it): memory keeps saying Publishing, as the journal does.
+                tracing::error!(volume = %stage.key, target = %target.display(), error = %j, "rollback: publish record not removed; the reconciler retries it");
+            } else {
+                self.state().drop_publish(target);
+            }
+            return Err(e);
+        }
+        rec.phase = PublishPhase::Published;
+        rec.mount_id = made;
+        self.state().put_publish(rec);
+        tracing::info!(volume = %stage.key, target = %target.display(), pod_uid = %plan.target.pod_uid, read_only = plan.opts.read_only, "published");
+        Ok(())
+    }
+
+    /// True when the mount on `p`'s pod dir is the bind moor recorded for it.
+    pub(super) fn is_our_bind(&self, p: &PublishRecord) -> bool {
+        let stage_path = self.stage_path(&p.driver, &p.key);
+        matches!(self.open_target(&p.target, false), Ok(Some(t))
+            if self.owns(&t, Place::PodDir, p.mount_id, Some(&stage_path)))
+    }
+
+    /// Binds the stage onto an existing pod dir again (ro where the pod asked), through the
+    /// held directories; returns the new bind's identity.
+    pub(super) fn bind_again(&self, p: &PublishRecord, stage_path: &Path) -> Option<MountId> {
+        let run = || -> Result<MountId, Error> {
+            let none = || Error::Internal("directory vanished".into());
+            let t = self.open_target(&p.target, false)?.ok_or_else(none)?;
+            let source = self.open_target(stage_path, false)?.ok_or_else(none)?;
+            let flags = if p.read_only {
+                nix::mount::MsFlags::MS_RDONLY
+            } else {
+                nix::mount::MsFlags::empty()
+            };
+            let m = self
+                .host
+                .mounter
+                .bind_target(&source, &t, flags)
+                .map_err(Self::mount_err(&p.key))?;
+            Ok(m.into())
+        };
+        match run() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "cannot bind the pod directory again");
+                None
+            }
+        }
+    }
+}
+
+/// `rmdir` through the held parent, never a recursive removal; a non-empty or mounted
+/// directory stays.
+pub(super) fn remove_empty_target(t: &Target) {
+    match t.remove_dir() {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::debug!(path = %t.path().display(), error = %e, "directory left in place")
+        }
+    }
+}
+
+/// Gives the volume root to `gid` (group rwx + setgid, as kubelet's fsGroup does) only when
+/// it differs: one chown/chmod of the root, never a recursive walk. Returns whether it changed.
+pub(super) fn apply_fs_group(root: &Path, gid: u32) -> std::io::Result<bool> {
+    let md = std::fs::symlink_metadata(root)?;
+    let wanted_bits = 0o2070;
+    if md.gid() == gid && md.mode() & wanted_bits == wanted_bits {
+        return Ok(false);
+    }
+    std::os::unix::fs::lchown(root, None, Some(gid))?;
+    let mode = (md.mode() & 0o7777) | wanted_bits;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode))?;
+    Ok(true)
+}
+
+/// The generic flags of a directory volume's `mountOptions`, applied to its bind; anything
+/// a bind cannot carry (filesystem options, `sync`, …) is refused by name, never dropped.
+pub(super) fn bind_flags(key: &str, options: &str) -> Result<nix::mount::MsFlags, Error> {
+    let (flags, data) = split_options(options);
+    let refused = |options: String| Error::BindOptions {
+        volume: key.into(),
+        options,
+    };
+    if !data.is_empty() {
+        return Err(refused(data));
+    }
+    crate::host::target::bind_attrs(flags).map_err(|rest| {
+        let names: Vec<&str> = options
+            .split(',')
+            .map(str::trim)
+            .filter(|o| {
+                let (f, _) = split_options(o);
+                !f.is_empty() && rest.contains(f)
+            })
+            .collect();
+        refused(names.join(","))
+    })?;
+    Ok(flags)
+}
