@@ -16,9 +16,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::api::{Answer, Failure, Handler, Request, Response};
+use crate::api::{
+    Answer, Failure, Handler, PodUse, Request, Response, SetAsideRecord, VolumeStatus,
+};
 use crate::error::Error;
-use crate::lifecycle::{Lifecycle, MountOutcome, UnmountOutcome};
+use crate::journal::{Problem, PublishRecord, StageSource};
+use crate::lifecycle::{Lifecycle, MountOutcome, UnmountOutcome, VolumeView};
 use crate::metrics::Metrics;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -301,8 +304,18 @@ impl Handler for Executor {
         match req {
             Request::Status => answer.send(&Response::Status {
                 node: self.lifecycle.node_name().into(),
-                volumes: self.lifecycle.status(),
-                set_aside: self.lifecycle.set_aside(),
+                volumes: self
+                    .lifecycle
+                    .status()
+                    .iter()
+                    .map(VolumeStatus::from)
+                    .collect(),
+                set_aside: self
+                    .lifecycle
+                    .set_aside()
+                    .iter()
+                    .map(SetAsideRecord::from)
+                    .collect(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
             Request::Mount {
@@ -505,6 +518,58 @@ impl Executor {
     }
 }
 
+/// A volume on the wire (`moor status`, and the never-wipe rules' live volumes): phases in
+/// lower case, the source as an operator reads it.
+impl From<&VolumeView> for VolumeStatus {
+    fn from(v: &VolumeView) -> Self {
+        let s = &v.stage;
+        let (device, source) = match &s.source {
+            StageSource::Block { device }
+            | StageSource::Attached {
+                device: Some(device),
+            } => (
+                Some(device.display().to_string()),
+                device.display().to_string(),
+            ),
+            StageSource::Attached { device: None } => (None, "(attaching)".into()),
+            StageSource::Directory { path } => (None, path.display().to_string()),
+            StageSource::Remote(r) => (None, format!("{} ({})", r.source, r.fs_type)),
+        };
+        VolumeStatus {
+            driver: s.driver.clone(),
+            key: s.key.clone(),
+            state: format!("{:?}", s.phase).to_lowercase(),
+            device,
+            source,
+            fs_type: s.fs_type.clone(),
+            stage_path: v.stage_path.display().to_string(),
+            pods: v.publishes.iter().map(PodUse::from).collect(),
+        }
+    }
+}
+
+impl From<&PublishRecord> for PodUse {
+    fn from(p: &PublishRecord) -> Self {
+        PodUse {
+            pod_uid: p.pod_uid.clone(),
+            namespace: p.namespace.clone(),
+            target: p.target.display().to_string(),
+            read_only: p.read_only,
+            phase: format!("{:?}", p.phase).to_lowercase(),
+        }
+    }
+}
+
+impl From<&Problem> for SetAsideRecord {
+    fn from(p: &Problem) -> Self {
+        SetAsideRecord {
+            path: p.path.display().to_string(),
+            reason: p.reason.into(),
+            detail: p.detail.clone(),
+        }
+    }
+}
+
 /// The answer for a failed operation: its reason label and its cause chain, typed.
 fn failed(e: &Error) -> Response {
     Response::Failed(Failure::of(e.reason(), e))
@@ -553,5 +618,90 @@ mod tests {
             Box::new(move || tx.send("fired").unwrap()),
         );
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("fired"));
+    }
+
+    /// The status table's rows, from records as the journal holds them.
+    #[test]
+    fn the_status_wire_shows_phases_sources_and_pods_as_before() {
+        let stage = |source: serde_json::Value| -> crate::journal::StageRecord {
+            serde_json::from_value(serde_json::json!({
+                "key": "k", "driver": "local", "source": source, "options": {},
+                "fs_type": "ext4", "fs_uuid": null, "read_only": false, "phase": "staged",
+            }))
+            .unwrap()
+        };
+        let publish: PublishRecord = serde_json::from_value(serde_json::json!({
+            "target": "/k/pods/u/volumes/moor~local/v", "key": "k", "driver": "local",
+            "pod_uid": "u", "volume_name": "v", "namespace": "ns", "read_only": true,
+            "phase": "published",
+        }))
+        .unwrap();
+        let view = VolumeView {
+            stage: stage(serde_json::json!({"kind": "block", "device": "/dev/loop7"})),
+            stage_path: "/k/plugins/moor/local/k".into(),
+            publishes: vec![publish],
+        };
+        assert_eq!(
+            VolumeStatus::from(&view),
+            VolumeStatus {
+                driver: "local".into(),
+                key: "k".into(),
+                state: "staged".into(),
+                device: Some("/dev/loop7".into()),
+                source: "/dev/loop7".into(),
+                fs_type: Some("ext4".into()),
+                stage_path: "/k/plugins/moor/local/k".into(),
+                pods: vec![PodUse {
+                    pod_uid: "u".into(),
+                    namespace: Some("ns".into()),
+                    target: "/k/pods/u/volumes/moor~local/v".into(),
+                    read_only: true,
+                    phase: "published".into(),
+                }],
+            }
+        );
+        for (source, device, shown) in [
+            (
+                serde_json::json!({"kind": "directory", "path": "/srv/a"}),
+                None,
+                "/srv/a",
+            ),
+            (
+                serde_json::json!({"kind": "attached", "device": null}),
+                None,
+                "(attaching)",
+            ),
+            (
+                serde_json::json!({"kind": "attached", "device": "/dev/sdb"}),
+                Some("/dev/sdb"),
+                "/dev/sdb",
+            ),
+            (
+                serde_json::json!({"kind": "remote", "fs_type": "nfs", "source": "s:/x",
+                    "options": [], "fuse": false, "server": "s"}),
+                None,
+                "s:/x (nfs)",
+            ),
+        ] {
+            let v = VolumeStatus::from(&VolumeView {
+                stage: stage(source),
+                stage_path: "/s".into(),
+                publishes: vec![],
+            });
+            assert_eq!((v.device.as_deref(), v.source.as_str()), (device, shown));
+        }
+        let aside = SetAsideRecord::from(&Problem {
+            path: "/state/stage/x.json.bad".into(),
+            reason: "invalid_json",
+            detail: "eof".into(),
+        });
+        assert_eq!(
+            (
+                aside.path.as_str(),
+                aside.reason.as_str(),
+                aside.detail.as_str()
+            ),
+            ("/state/stage/x.json.bad", "invalid_json", "eof")
+        );
     }
 }

@@ -211,7 +211,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     for p in lifecycle.set_aside() {
         metrics
             .records_set_aside
-            .get_or_create(&crate::metrics::SetAsideLabels { reason: p.reason })
+            .get_or_create(&crate::metrics::SetAsideLabels {
+                reason: p.reason.into(),
+            })
             .inc();
     }
     tracing::info!(?report, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");

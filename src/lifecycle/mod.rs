@@ -43,6 +43,7 @@ pub use heal::RemoteStage;
 use publish::{bind_flags, remove_empty_target};
 pub use reconstruct::Reconstruction;
 use state::State;
+pub use status::VolumeView;
 
 /// Deadlines for the lifecycle's own syscalls.
 #[derive(Debug, Clone, Copy)]

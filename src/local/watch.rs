@@ -112,7 +112,13 @@ fn forget(lifecycle: &Lifecycle, entry: &std::path::Path) {
 }
 
 fn live(lifecycle: &Lifecycle) -> Result<Option<Vec<crate::api::VolumeStatus>>, String> {
-    Ok(Some(lifecycle.status()))
+    Ok(Some(
+        lifecycle
+            .status()
+            .iter()
+            .map(crate::api::VolumeStatus::from)
+            .collect(),
+    ))
 }
 
 /// Start-up: a wipe the last run did not finish is resumed (the rules are checked again) or,
