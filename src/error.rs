@@ -1,5 +1,9 @@
-//! The top error of a volume operation, rolled up from the module errors. `reason()` is the
-//! stable, low-cardinality label used in metrics and as the FlexVolume message prefix.
+//! The top error of a volume operation, rolled up from the module errors, and the
+//! lifecycle's own error kinds. `reason()` is the stable, low-cardinality label used in
+//! metrics and as the FlexVolume message prefix; it matches variants, never message text.
+//!
+//! Invariant: this module imports nothing from the lifecycle (which returns these errors),
+//! so the two form no circle; `layering.rs` checks it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,9 +11,8 @@ use std::time::Duration;
 use crate::driver::DriverError;
 use crate::flexvolume::OptionsError;
 use crate::fs::FsError;
-use crate::host::{MountError, PathError};
+use crate::host::{ExecError, MountError, PathError};
 use crate::journal::JournalError;
-use crate::lifecycle::ExpandError;
 
 /// Why a volume operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,14 +97,16 @@ pub enum Error {
         driver: &'static str,
     },
     /// A network filesystem mount failed.
-    #[error("volume {volume}: mount from {server} failed: {detail}{}", log_tail.as_ref().map(|t| format!("; client log: {t}")).unwrap_or_default())]
+    #[error("volume {volume}: mount from {server} failed{}", log_tail.as_ref().map(|t| format!(" (client log: {t})")).unwrap_or_default())]
     RemoteMount {
         /// Volume key.
         volume: String,
         /// The server(s).
         server: String,
-        /// The helper's failure.
-        detail: String,
+        /// The helper's failure, typed (a timeout stays a timeout); boxed to keep `Error`
+        /// small on every `Result`.
+        #[source]
+        source: Box<RemoteMountError>,
         /// The tail of the client's own log, when it keeps one.
         log_tail: Option<String>,
     },
@@ -155,7 +160,12 @@ impl Error {
             Error::BindOptions { .. } => "bad_options",
             Error::DeviceChanged { .. } => "device_changed",
             Error::NoDevice { .. } => "no_device",
-            Error::RemoteMount { detail, .. } if detail.contains("did not finish within") => {
+            Error::RemoteMount { source, .. }
+                if matches!(
+                    **source,
+                    RemoteMountError::Helper(ExecError::Timeout { .. })
+                ) =>
+            {
                 "timeout"
             }
             Error::RemoteMount { .. } => "mount_failed",
@@ -166,9 +176,142 @@ impl Error {
     }
 }
 
+/// Why a network filesystem's mount helper left no mount.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteMountError {
+    /// The helper failed, or did not finish within the mount deadline.
+    #[error(transparent)]
+    Helper(#[from] ExecError),
+    /// The helper said it succeeded, but nothing is mounted on the stage.
+    #[error("`{cmdline}` reported success but {stage} is not a mount point")]
+    NoMount {
+        /// The helper's redacted command line.
+        cmdline: String,
+        /// The stage directory.
+        stage: PathBuf,
+    },
+}
+
+/// Why a volume was not grown (`expandfs`, in `lifecycle/expand.rs`). It lives here, with
+/// the top error that wraps it, so that this module imports nothing from the lifecycle.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpandError {
+    /// No stage of this PV on this node.
+    #[error(
+        "no pod on this node uses PV {pv} through moor~{driver}; kubelet expands a volume on the node that has it mounted"
+    )]
+    NotMounted {
+        /// Driver name.
+        driver: String,
+        /// The PV name kubelet gave.
+        pv: String,
+    },
+    /// The stage was adopted from the mount table after its record was lost: moor cannot
+    /// tell which disk it is, so it never grows (or checks, or formats) it.
+    #[error(
+        "volume {volume}: adopted from the mount table after its record was lost; moor does not grow a filesystem whose disk it cannot identify (unmount it and mount it again)"
+    )]
+    Adopted {
+        /// Volume key.
+        volume: String,
+    },
+    /// The stage is mounted read-only.
+    #[error(
+        "volume {volume}: the filesystem is mounted read-only; a read-only volume is not grown"
+    )]
+    ReadOnly {
+        /// Volume key.
+        volume: String,
+    },
+    /// The device has not grown (yet) to the size asked for.
+    #[error(
+        "volume {volume}: {device} is {size} bytes, less than the {want} bytes asked for; grow the backend first (`rbd resize`, the LUN on the array), kubelet retries"
+    )]
+    DeviceTooSmall {
+        /// Volume key.
+        volume: String,
+        /// The device.
+        device: PathBuf,
+        /// Its size after the rescan.
+        size: u64,
+        /// The claim's new size.
+        want: u64,
+    },
+    /// ext4's online resize ioctl needs CAP_SYS_RESOURCE, and moor runs without it.
+    #[error(
+        "volume {volume}: growing ext4 online needs CAP_SYS_RESOURCE, which moor's process does not have; give it back to moor's unit or container (the filesystem was not touched)"
+    )]
+    NoCapability {
+        /// Volume key.
+        volume: String,
+    },
+    /// A filesystem moor has no online grow for.
+    #[error("volume {volume}: moor cannot grow a {fs_type} filesystem online")]
+    Unsupported {
+        /// Volume key.
+        volume: String,
+        /// The filesystem.
+        fs_type: String,
+    },
+    /// A sysfs or device operation failed.
+    #[error("volume {volume}: {what} {path}: {source}")]
+    Io {
+        /// Volume key.
+        volume: String,
+        /// What was done.
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("volume {volume}: {source}")]
+    Command {
+        /// Volume key.
+        volume: String,
+        /// The failure, with the redacted command line and its output.
+        #[source]
+        source: ExecError,
+    },
+}
+
+impl ExpandError {
+    /// Stable reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ExpandError::NotMounted { .. } => "not_mounted",
+            ExpandError::ReadOnly { .. } => "read_only",
+            ExpandError::Adopted { .. } => "adopted",
+            ExpandError::DeviceTooSmall { .. } => "device_too_small",
+            ExpandError::NoCapability { .. } => "missing_capability",
+            ExpandError::Unsupported { .. } => "unsupported_fs",
+            ExpandError::Io { .. } => "io_failed",
+            ExpandError::Command { .. } => "command_failed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exec_timeout() -> ExecError {
+        ExecError::Timeout {
+            cmdline: "mount -t nfs s:/x /st".into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn remote(source: RemoteMountError) -> Error {
+        Error::RemoteMount {
+            volume: "v".into(),
+            server: "s".into(),
+            source: Box::new(source),
+            log_tail: Some("E [x] no such volume".into()),
+        }
+    }
 
     fn mount_err(errno: nix::errno::Errno) -> Error {
         Error::Mount {
@@ -295,6 +438,26 @@ mod tests {
                 "io_failed",
             ),
             (Error::Internal("x".into()), "internal"),
+            (remote(exec_timeout().into()), "timeout"),
+            (
+                remote(
+                    ExecError::Failed {
+                        cmdline: "mount -t nfs s:/x /st".into(),
+                        code: Some(32),
+                        // A helper's own words never pick the label.
+                        stderr: "did not finish within 5s".into(),
+                    }
+                    .into(),
+                ),
+                "mount_failed",
+            ),
+            (
+                remote(RemoteMountError::NoMount {
+                    cmdline: "mount -t nfs s:/x /st".into(),
+                    stage: "/st".into(),
+                }),
+                "mount_failed",
+            ),
         ];
         for (e, label) in &cases {
             assert_eq!(e.reason(), *label, "{e:?}");

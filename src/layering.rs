@@ -1,7 +1,8 @@
 //! Guard tests for DESIGN's arrows (the compiler checks none of them): the floors that a
 //! second front end or a test builds on — `api/` (the protocol) and `host/` (the machine) —
-//! import no domain module. A failure names the file, the line and the module it reached
-//! up to.
+//! import no domain module, and the top error does not import the lifecycle that returns
+//! it (no error ↔ lifecycle circle). A failure names the file, the line and the module it
+//! reached up to.
 
 use std::path::{Path, PathBuf};
 
@@ -80,4 +81,14 @@ fn api_and_host_import_no_domain_module() {
         "arrows pointing up:\n{}",
         found.join("\n")
     );
+}
+
+#[test]
+fn the_top_error_does_not_import_the_lifecycle() {
+    let text = std::fs::read_to_string(src().join("error.rs")).unwrap();
+    let found: Vec<_> = modules_named(&text)
+        .into_iter()
+        .filter(|(_, m)| ["lifecycle", "daemon", "api", "cli"].contains(&m.as_str()))
+        .collect();
+    assert!(found.is_empty(), "error.rs reaches up: {found:?}");
 }

@@ -37,7 +37,7 @@ mod stage;
 mod state;
 mod status;
 
-pub use expand::ExpandError;
+pub use crate::error::ExpandError;
 pub use heal::RemoteStage;
 
 use publish::{bind_flags, remove_empty_target};

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::error::Error;
+use crate::error::{Error, RemoteMountError};
 use crate::flexvolume::VolumeOptions;
 use crate::fs::{self, Prepared, format::FormatRequest};
 use crate::host::mounts::split_options;
@@ -241,20 +241,19 @@ impl Lifecycle {
         if let Some(f) = &output_file {
             let _ = std::fs::remove_file(f);
         }
-        let failed = |detail: String| Error::RemoteMount {
+        let failed = |source: RemoteMountError| Error::RemoteMount {
             volume: key.into(),
             server: remote.server.clone(),
-            detail,
+            source: Box::new(source),
             log_tail: remote.log_file.as_deref().and_then(share::log_tail),
         };
         match result {
             Ok(_) if self.is_mount_point(stage_path)? => Ok(()),
-            Ok(_) => Err(failed(format!(
-                "`{}` reported success but {} is not a mount point",
-                cmd.display(),
-                stage_path.display()
-            ))),
-            Err(e) => Err(failed(e.to_string())),
+            Ok(_) => Err(failed(RemoteMountError::NoMount {
+                cmdline: cmd.display(),
+                stage: stage_path.into(),
+            })),
+            Err(e) => Err(failed(e.into())),
         }
     }
 
@@ -303,20 +302,22 @@ impl Lifecycle {
         previous: Option<StageRecord>,
     ) {
         let key = plan.spec.key.as_str();
-        let held = self.open_target(stage_path, false);
-        let unmounted = match &held {
-            Ok(Some(t)) => {
-                self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false)
+        let unmounted = self.open_target(stage_path, false).and_then(|held| {
+            if let Some(t) = &held {
+                self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false)?;
             }
-            Ok(None) => Ok(false),
-            Err(e) => Err(Error::Internal(e.to_string())),
-        };
-        if let Err(e) = unmounted {
-            tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
-            return;
-        }
-        if let Ok(Some(t)) = &held {
-            remove_empty_target(t);
+            Ok(held)
+        });
+        match unmounted {
+            Ok(held) => {
+                if let Some(t) = &held {
+                    remove_empty_target(t);
+                }
+            }
+            Err(e) => {
+                tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
+                return;
+            }
         }
         if let Err(e) = plan.driver.detach(&self.host, rec) {
             tracing::error!(volume = key, error = %e, "rollback: detach failed; record kept");
