@@ -411,7 +411,7 @@ fn status(sb: &Sandbox) -> Result<String, DemoError> {
     match client::call(&sb.socket(), &Request::Status, Duration::from_secs(5)) {
         Ok(Response::Status { node, volumes, .. }) => Ok(crate::cli::status_table(&node, &volumes)),
         Ok(other) => Err(fail("status", format!("{other:?}"))),
-        Err(e) => Err(fail("status", e)),
+        Err(e) => Err(fail("status", crate::error::Chain(&e))),
     }
 }
 

@@ -52,7 +52,7 @@ pub enum DriverError {
         detail: String,
     },
     /// An external command a driver ran failed (the error names the redacted command).
-    #[error("volume {volume}: {source}")]
+    #[error("volume {volume}")]
     Command {
         /// Volume key.
         volume: String,
@@ -64,7 +64,7 @@ pub enum DriverError {
     #[error(transparent)]
     Scsi(#[from] crate::attach::scsi::ScsiError),
     /// A credential file could not be written or removed.
-    #[error("volume {volume}: secret file {path}: {source}")]
+    #[error("volume {volume}: secret file {path}")]
     SecretFile {
         /// Volume key.
         volume: String,

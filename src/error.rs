@@ -30,7 +30,7 @@ pub enum Error {
     #[error(transparent)]
     Fs(#[from] FsError),
     /// A mount syscall failed.
-    #[error("volume {volume}: {source}")]
+    #[error("volume {volume}")]
     Mount {
         /// Volume key or target.
         volume: String,
@@ -124,7 +124,7 @@ pub enum Error {
         running: Option<String>,
     },
     /// A filesystem operation on a path failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -137,6 +137,22 @@ pub enum Error {
     /// The daemon is shutting down or a worker died.
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// An error and its causes, outermost first, joined by `: `: how a log field or a CLI
+/// message shows an error, since each variant's own message says only its own part.
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {
@@ -254,7 +270,7 @@ pub enum ExpandError {
         fs_type: String,
     },
     /// A sysfs or device operation failed.
-    #[error("volume {volume}: {what} {path}: {source}")]
+    #[error("volume {volume}: {what} {path}")]
     Io {
         /// Volume key.
         volume: String,
@@ -267,7 +283,7 @@ pub enum ExpandError {
         source: std::io::Error,
     },
     /// A tool failed.
-    #[error("volume {volume}: {source}")]
+    #[error("volume {volume}")]
     Command {
         /// Volume key.
         volume: String,
@@ -461,6 +477,166 @@ mod tests {
         ];
         for (e, label) in &cases {
             assert_eq!(e.reason(), *label, "{e:?}");
+        }
+    }
+
+    /// Each level of the chain, outermost first.
+    fn levels(e: &dyn std::error::Error) -> Vec<String> {
+        let mut out = vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(s) = next {
+            out.push(s.to_string());
+            next = s.source();
+        }
+        out
+    }
+
+    /// Every kind of error that wraps a cause: printed as a chain (the FlexVolume message,
+    /// logs, the CLI), each cause appears once, and the chain still says what failed
+    /// (the volume, the path or the command) and why (the OS's or the tool's words).
+    #[test]
+    fn no_cause_is_said_twice_in_a_chain() {
+        use crate::attach::rbd::RbdError;
+        use crate::attach::scsi::ScsiError;
+        let io = || std::io::Error::from_raw_os_error(13);
+        let failed = || ExecError::Failed {
+            cmdline: "iscsiadm -m node -T iqn.x --login".into(),
+            code: Some(24),
+            stderr: "iscsiadm: login failed".into(),
+        };
+        let cases: Vec<(Error, &[&str])> = vec![
+            (
+                mount_err(nix::errno::Errno::EBUSY),
+                &["volume k", "bind /t", "EBUSY"],
+            ),
+            (
+                Error::Io {
+                    what: "open",
+                    path: "/p".into(),
+                    source: io(),
+                },
+                &["open /p", "Permission denied"],
+            ),
+            (
+                remote(exec_timeout().into()),
+                &[
+                    "mount from s failed",
+                    "client log: E [x]",
+                    "did not finish within 30s",
+                ],
+            ),
+            (
+                remote(RemoteMountError::NoMount {
+                    cmdline: "mount -t nfs s:/x /st".into(),
+                    stage: "/st".into(),
+                }),
+                &["volume v", "reported success but /st is not a mount point"],
+            ),
+            (
+                JournalError::Io {
+                    op: "write",
+                    path: "/s/k.json".into(),
+                    source: io(),
+                }
+                .into(),
+                &["journal write /s/k.json", "Permission denied"],
+            ),
+            (
+                ExpandError::Io {
+                    volume: "v".into(),
+                    what: "rescan",
+                    path: "/sys/x".into(),
+                    source: io(),
+                }
+                .into(),
+                &["volume v: rescan /sys/x", "Permission denied"],
+            ),
+            (
+                ExpandError::Command {
+                    volume: "v".into(),
+                    source: failed(),
+                }
+                .into(),
+                &["volume v", "iscsiadm: login failed"],
+            ),
+            (
+                DriverError::Command {
+                    volume: "v".into(),
+                    source: failed(),
+                }
+                .into(),
+                &["volume v", "`iscsiadm -m node -T iqn.x --login` failed"],
+            ),
+            (
+                DriverError::SecretFile {
+                    volume: "v".into(),
+                    path: "/run/moor/secrets/v/key".into(),
+                    source: io(),
+                }
+                .into(),
+                &["secret file /run/moor/secrets/v/key", "Permission denied"],
+            ),
+            (
+                DriverError::Scsi(ScsiError::Io {
+                    volume: "v".into(),
+                    path: "/sys/class/scsi_host/host0/scan".into(),
+                    source: io(),
+                })
+                .into(),
+                &["host0/scan", "Permission denied"],
+            ),
+            (
+                DriverError::Rbd(RbdError::Claim {
+                    volume: "v".into(),
+                    path: "/run/moor/rbd/0".into(),
+                    source: io(),
+                })
+                .into(),
+                &["mapping claim /run/moor/rbd/0", "Permission denied"],
+            ),
+            (
+                DriverError::Rbd(RbdError::Sysfs {
+                    volume: "v".into(),
+                    path: "/sys/bus/rbd/devices".into(),
+                    source: io(),
+                })
+                .into(),
+                &["cannot read /sys/bus/rbd/devices", "Permission denied"],
+            ),
+            (
+                DriverError::Source(crate::host::allow::AllowError::Open {
+                    path: "/srv/x".into(),
+                    source: io(),
+                })
+                .into(),
+                &["option path=/srv/x: cannot use it", "Permission denied"],
+            ),
+            (
+                FsError::Exec {
+                    volume: "v".into(),
+                    source: ExecError::NotFound {
+                        program: "mkfs.xfs".into(),
+                    },
+                }
+                .into(),
+                &["volume v", "mkfs.xfs is not installed"],
+            ),
+        ];
+        for (e, says) in &cases {
+            let chain = levels(e);
+            for (i, outer) in chain.iter().enumerate() {
+                for inner in &chain[i + 1..] {
+                    assert!(
+                        !outer.contains(inner.as_str()),
+                        "{e:?}: {outer:?} repeats {inner:?}"
+                    );
+                }
+            }
+            let text = Chain(e).to_string();
+            assert_eq!(text, chain.join(": "));
+            for s in *says {
+                assert!(text.contains(s), "{text:?} does not say {s:?}");
+            }
         }
     }
 }

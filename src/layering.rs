@@ -1,8 +1,8 @@
 //! Guard tests for DESIGN's arrows (the compiler checks none of them): the floors that a
 //! second front end or a test builds on — `api/` (the protocol) and `host/` (the machine) —
 //! import no domain module, and the top error does not import the lifecycle that returns
-//! it (no error ↔ lifecycle circle). A failure names the file, the line and the module it
-//! reached up to.
+//! it (no error ↔ lifecycle circle); and no error variant prints its own `#[source]` (a
+//! chain printer says each cause once). A failure names the file and the line.
 
 use std::path::{Path, PathBuf};
 
@@ -91,4 +91,164 @@ fn the_top_error_does_not_import_the_lifecycle() {
         .filter(|(_, m)| ["lifecycle", "daemon", "api", "cli"].contains(&m.as_str()))
         .collect();
     assert!(found.is_empty(), "error.rs reaches up: {found:?}");
+}
+
+/// The text between `open` (just after an opening bracket) and its matching close, with
+/// string literals skipped; None when unbalanced.
+fn balanced(text: &str, open: char, close: char) -> Option<&str> {
+    let (mut depth, mut in_str, mut escaped) = (1usize, false, false);
+    for (i, c) in text.char_indices() {
+        if in_str {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            c if c == open => depth += 1,
+            c if c == close => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[..i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The fields of a variant's body that are its source: a field named `source`, or one
+/// marked `#[source]`/`#[from]`; tuple fields by position.
+fn source_fields(body: &str, tuple: bool) -> Vec<String> {
+    // Split at the commas between fields (not those inside `<…>`, `(…)` or `[…]`).
+    let mut fields = vec![String::new()];
+    let mut depth = 0i32;
+    for line in body.lines().map(str::trim).filter(|l| !l.starts_with("//")) {
+        for c in line.chars().chain([' ']) {
+            match c {
+                '<' | '(' | '[' => depth += 1,
+                '>' | ')' | ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    fields.push(String::new());
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(f) = fields.last_mut() {
+                f.push(c);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (pos, f) in fields.iter().filter(|f| !f.trim().is_empty()).enumerate() {
+        let marked = f.contains("#[source]") || f.contains("#[from]");
+        let bare = f.rsplit(']').next().unwrap_or_default().trim();
+        let name = bare
+            .trim_start_matches("pub ")
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim();
+        if tuple && marked {
+            out.push(pos.to_string());
+        } else if !tuple && (marked || name == "source") {
+            out.push(name.to_owned());
+        }
+    }
+    out
+}
+
+/// Each `#[error(...)]` in `text` whose message names its variant's source, by line.
+fn sources_printed(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices("#[error(") {
+        let rest = &text[at + "#[error(".len()..];
+        let Some(attr) = balanced(rest, '(', ')') else {
+            continue;
+        };
+        if attr.trim() == "transparent" {
+            continue;
+        }
+        let after = &rest[attr.len()..];
+        let (Some(brace), Some(paren)) = (
+            after.find('{').or(Some(usize::MAX)),
+            after.find('(').or(Some(usize::MAX)),
+        ) else {
+            continue;
+        };
+        // The variant ends at the first `,` when it has no fields.
+        let end = after.find(',').unwrap_or(usize::MAX);
+        let (open, close, start) = if brace < paren {
+            ('{', '}', brace)
+        } else {
+            ('(', ')', paren)
+        };
+        if start == usize::MAX || end < start {
+            continue;
+        }
+        let Some(body) = balanced(&after[start + 1..], open, close) else {
+            continue;
+        };
+        for name in source_fields(body, open == '(') {
+            if attr.contains(&format!("{{{name}}}")) || attr.contains(&format!("{{{name}:")) {
+                out.push(text[..at].matches('\n').count() + 1);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_source_scanner_sees_a_printed_source() {
+    let text = r#"
+enum E {
+    #[error("volume {volume}: {source}")]
+    A {
+        volume: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume {volume}")]
+    B {
+        volume: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reconstruction failed: {0}")]
+    C(#[from] crate::Error),
+    #[error("{0} at {1}")]
+    D(String, #[source] std::io::Error),
+    #[error("{0}, once")]
+    E(String, #[source] std::io::Error),
+    #[error("bad {0}")]
+    F(String),
+    #[error(transparent)]
+    G(#[from] X),
+}
+"#;
+    assert_eq!(sources_printed(text), [3, 15, 17]);
+}
+
+#[test]
+fn no_error_message_prints_its_own_source() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut found = Vec::new();
+    // This file's own sample is meant to be caught.
+    for f in files.into_iter().filter(|f| !f.ends_with("layering.rs")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for line in sources_printed(&text) {
+            found.push(format!("{}:{line}", f.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "say the cause once, through #[source] (the chain printer adds it):\n{}",
+        found.join("\n")
+    );
 }

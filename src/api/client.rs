@@ -176,7 +176,7 @@ pub fn daemon_hint() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No daemon listening.
-    #[error("moor daemon is not reachable at {socket}: {source} ({hint})")]
+    #[error("moor daemon is not reachable at {socket} ({hint})")]
     Connect {
         /// Socket path.
         socket: PathBuf,

@@ -510,6 +510,7 @@ impl Driver for IscsiDriver {
                 },
                 Err(e @ DriverError::Scsi(ScsiError::Auth { .. })) => return Err(e),
                 Err(e) => {
+                    let e = crate::error::Chain(&e);
                     tracing::warn!(volume, target = %t.iqn, "login through {p} failed: {e}");
                     failures.push(format!("{p}: {e}"));
                 }

@@ -128,7 +128,7 @@ pub enum RbdError {
         client: String,
     },
     /// moor's claim on a mapping could not be written or removed.
-    #[error("volume {volume}: mapping claim {path}: {source}")]
+    #[error("volume {volume}: mapping claim {path}")]
     Claim {
         /// Volume key.
         volume: String,
@@ -149,7 +149,7 @@ pub enum RbdError {
         detail: String,
     },
     /// sysfs could not be read.
-    #[error("volume {volume}: cannot read {path}: {source}")]
+    #[error("volume {volume}: cannot read {path}")]
     Sysfs {
         /// Volume key.
         volume: String,

@@ -456,7 +456,7 @@ pub enum ScsiError {
         waited_ms: u128,
     },
     /// A sysfs or record file write failed.
-    #[error("volume {volume}: {path}: {source}")]
+    #[error("volume {volume}: {path}")]
     Io {
         /// Volume key.
         volume: String,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::api::{
     Answer, Failure, Handler, PodUse, Request, Response, SetAsideRecord, VolumeStatus,
 };
-use crate::error::Error;
+use crate::error::{Chain, Error};
 use crate::journal::{Problem, PublishRecord, StageSource};
 use crate::lifecycle::{Lifecycle, MountOutcome, UnmountOutcome, VolumeView};
 use crate::metrics::Metrics;
@@ -393,7 +393,7 @@ impl Executor {
                     };
                     let secs = started.elapsed().as_secs_f64();
                     metrics.observe(&driver, op, secs, Some(e.reason()));
-                    tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed");
+                    tracing::warn!(op, driver, reason = e.reason(), error = %Chain(&e), elapsed_ms = secs * 1e3, "failed");
                     claimed.send(&failed(&e));
                 }),
             )
@@ -411,7 +411,7 @@ impl Executor {
                     tracing::warn!(op, driver, outcome = %what, elapsed_ms = secs * 1e3, "finished after its deadline")
                 }
                 Err(e) => {
-                    tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed after its deadline")
+                    tracing::warn!(op, driver, reason = e.reason(), error = %Chain(&e), elapsed_ms = secs * 1e3, "failed after its deadline")
                 }
             }
             self.refresh_counts();
@@ -426,7 +426,7 @@ impl Executor {
             }
             Err(e) => {
                 self.metrics.observe(driver, op, secs, Some(e.reason()));
-                tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed");
+                tracing::warn!(op, driver, reason = e.reason(), error = %Chain(&e), elapsed_ms = secs * 1e3, "failed");
                 failed(&e)
             }
         };

@@ -28,7 +28,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(25);
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// A directory or file could not be prepared.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What.
         what: &'static str,
@@ -52,7 +52,7 @@ pub enum DaemonError {
         pid: Option<u32>,
     },
     /// Reconstruction failed outright.
-    #[error("reconstruction failed: {0}")]
+    #[error("reconstruction failed")]
     Reconstruct(#[from] crate::Error),
     /// The journal could not be opened.
     #[error(transparent)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::options::VolumeOptions;
 use super::precheck::{PrecheckError, precheck};
 use super::reply::Reply;
-use crate::api::{Request, Response, client};
+use crate::api::{Failure, Request, Response, client};
 use crate::host::paths::{VENDOR, is_clean_absolute};
 
 /// Operations of the attach family and the rest of the contract that moor answers with
@@ -271,9 +271,11 @@ fn reply_of(r: Result<Response, client::ClientError>, found: &client::Discovery)
     };
     match r {
         Ok(resp) => Reply::from_response(resp),
-        Err(e @ client::ClientError::Connect { .. }) => {
-            Reply::failure(format!("daemon_unreachable: {e}{}", notes()))
-        }
+        Err(e @ client::ClientError::Connect { .. }) => Reply::failure(format!(
+            "{}{}",
+            Failure::of("daemon_unreachable", &e),
+            notes()
+        )),
         Err(e @ client::ClientError::Exchange { .. }) => {
             Reply::failure(format!("daemon_error: {e}"))
         }

@@ -306,7 +306,7 @@ impl Lifecycle {
             if self.state().user_count(&plan.spec.key) == 0
                 && let Err(u) = self.unstage(&plan.spec.key)
             {
-                tracing::error!(volume = %plan.spec.key, error = %u, "rollback of the stage failed; the reconciler retries it");
+                tracing::error!(volume = %plan.spec.key, error = %crate::error::Chain(&u), "rollback of the stage failed; the reconciler retries it");
             }
             return Err(e);
         }

@@ -315,12 +315,12 @@ impl Lifecycle {
                 }
             }
             Err(e) => {
-                tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
+                tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: cannot unmount the stage; record kept");
                 return;
             }
         }
         if let Err(e) = plan.driver.detach(&self.host, rec) {
-            tracing::error!(volume = key, error = %e, "rollback: detach failed; record kept");
+            tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: detach failed; record kept");
             return;
         }
         // Keep what moor learnt (a filesystem it saw or made) as an idle record.
@@ -342,7 +342,7 @@ impl Lifecycle {
         if let Err(e) = result {
             // The journal still says Staging: so does memory, and the reconciler finishes
             // this undo (unmount and detach are idempotent) once the journal is writable.
-            tracing::error!(volume = key, error = %e, "rollback: journal update failed; the reconciler retries it");
+            tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: journal update failed; the reconciler retries it");
             self.state().stages.insert(key.into(), rec.clone());
             return;
         }
@@ -374,7 +374,7 @@ impl Lifecycle {
                 // is left to flush to a device, and kubelet must get its directory back.
                 // A block stage is never detached lazily: its device is logged out next.
                 Err(e @ Error::Mount { .. }) if matches!(rec.source, StageSource::Remote(_)) => {
-                    tracing::warn!(volume = key, error = %e, "unmount of the share failed; detaching it lazily");
+                    tracing::warn!(volume = key, error = %crate::error::Chain(&e), "unmount of the share failed; detaching it lazily");
                     self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, true)?;
                 }
                 Err(e) => return Err(e),
