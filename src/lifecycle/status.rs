@@ -30,17 +30,26 @@ impl Lifecycle {
             .values()
             .filter(|s| s.phase == StagePhase::Staged)
             .map(|s| {
-                let users = st
-                    .users
-                    .get(&s.key)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| st.publishes.get(t))
-                    .cloned()
-                    .collect();
-                (s.clone(), self.stage_path(&s.driver, &s.key), users)
+                let v = self.view(&st, s);
+                (v.stage, v.stage_path, v.publishes)
             })
             .collect()
+    }
+
+    /// Stage `s` with its publishes, in target order.
+    fn view(&self, st: &State, s: &StageRecord) -> VolumeView {
+        VolumeView {
+            stage: s.clone(),
+            stage_path: self.stage_path(&s.driver, &s.key),
+            publishes: st
+                .users
+                .get(&s.key)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| st.publishes.get(t))
+                .cloned()
+                .collect(),
+        }
     }
 
     /// Drops an idle volume's record: moor forgets the filesystem it saw there (an operator
@@ -84,22 +93,7 @@ impl Lifecycle {
     /// Every volume moor has a stage record of, whatever its phase, by driver and key.
     pub fn status(&self) -> Vec<VolumeView> {
         let st = self.state();
-        let mut out: Vec<VolumeView> = st
-            .stages
-            .values()
-            .map(|s| VolumeView {
-                stage: s.clone(),
-                stage_path: self.stage_path(&s.driver, &s.key),
-                publishes: st
-                    .users
-                    .get(&s.key)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| st.publishes.get(t))
-                    .cloned()
-                    .collect(),
-            })
-            .collect();
+        let mut out: Vec<VolumeView> = st.stages.values().map(|s| self.view(&st, s)).collect();
         out.sort_by(|a, b| (&a.stage.driver, &a.stage.key).cmp(&(&b.stage.driver, &b.stage.key)));
         out
     }
