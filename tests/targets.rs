@@ -569,3 +569,54 @@ fn a_mount_retry_over_a_foreign_mount_keeps_moors_bind_owned() {
     assert_eq!(d.mounts(), NONE, "moor's own bind was orphaned");
     assert_eq!(d.active_stage_records(), Vec::<serde_json::Value>::new());
 }
+
+/// A `mount` of a volume moor published answers Success only while moor's own bind is the
+/// mount on the pod directory: with a foreign mount stacked on it (or in its place), the
+/// pod would get the foreign filesystem, so moor refuses and leaves both alone; once the
+/// foreign mount is gone the same call is Success again and the volume unmounts cleanly.
+#[test]
+fn a_mount_of_a_published_volume_under_a_foreign_mount_is_not_success() {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let src = source(&d, "ssd1");
+    std::fs::write(src.join("moor-file"), "the volume").unwrap();
+    let opts = json!({"path": s(&src)});
+    d.mount("pod-a", "vol", opts.clone()).assert_ok();
+    let pod = d.pod_dir("pod-a", "vol");
+
+    // Stacked on moor's bind, then in its place (moor's bind lazily gone underneath).
+    for replace in [false, true] {
+        sh(
+            "mount",
+            &["-t", "tmpfs", "-o", "size=1m", "foreign", s(&pod)],
+        );
+        std::fs::write(pod.join("foreign-file"), "not moor's").unwrap();
+        if replace {
+            // Detach moor's bind from under the tmpfs: move the tmpfs away, drop the bind,
+            // move the tmpfs back.
+            let aside = d.root.path().join("aside");
+            std::fs::create_dir_all(&aside).unwrap();
+            sh("mount", &["--move", s(&pod), s(&aside)]);
+            sh("umount", &[s(&pod)]);
+            sh("mount", &["--move", s(&aside), s(&pod)]);
+        }
+        assert_failure(&d.mount("pod-a", "vol", opts.clone()), "not_owned", &[]);
+        assert_eq!(
+            std::fs::read_to_string(pod.join("foreign-file")).unwrap(),
+            "not moor's",
+            "the foreign mount was touched"
+        );
+        sh("umount", &[s(&pod)]);
+        if replace {
+            // moor's bind is gone too: kubelet's retry gets the volume back.
+            assert_eq!(mount_entries_at(&pod).len(), 0);
+        }
+    }
+    d.mount("pod-a", "vol", opts).assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(pod.join("moor-file")).unwrap(),
+        "the volume"
+    );
+    d.unmount("pod-a", "vol").assert_ok();
+    assert_eq!(d.mounts(), NONE);
+}

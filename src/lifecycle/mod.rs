@@ -277,6 +277,16 @@ impl Lifecycle {
                 });
             }
             Some(p) if p.phase == PublishPhase::Published && self.is_mount_point(target)? => {
+                // Success only for moor's own bind: under a mount stacked on it (or put in
+                // its place) the pod would see someone else's filesystem. Both stay as they
+                // are; kubelet's retry succeeds once the other mount is gone.
+                if !self.is_our_bind(&p) {
+                    tracing::warn!(volume = %p.key, target = %target.display(), "a mount moor did not make is on a published pod directory");
+                    return Err(Error::NotOwned {
+                        target: target.clone(),
+                        detail: "the mount on the pod directory is not the bind moor made; remove the other mount and retry".into(),
+                    });
+                }
                 return Ok(MountOutcome::AlreadyPublished);
             }
             Some(mut p) if self.is_mount_point(target)? && self.is_our_bind(&p) => {
