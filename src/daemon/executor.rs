@@ -1,7 +1,9 @@
 //! The executor: one operation per volume key at a time, different volumes in parallel,
-//! each with a deadline. It runs on the server's connection threads (plain blocking
-//! threads, never the async runtime): a request is validated, locked, run and answered on
-//! the thread that accepted it, with no hand-off.
+//! each with a deadline. It is the server's [`Handler`] and runs on its connection threads
+//! (plain blocking threads, never the async runtime): a request is validated, locked, run
+//! and answered on the thread that accepted it, with no hand-off. It answers in the api's
+//! typed [`Response`] (a failure carries its reason label and cause chain) and maps the
+//! lifecycle's own views to the status table's wire types; it knows no front end.
 //!
 //! Invariants:
 //! - a volume's lock is held until its operation really ends — the deadline answers
