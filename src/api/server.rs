@@ -241,3 +241,43 @@ fn read_request(stream: &UnixStream, busy: &dyn Fn() -> bool) -> Result<Vec<u8>,
 fn refused(message: &str) -> Response {
     Response::Failed(Failure::refused(message))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+
+    /// Answers each request with what it was asked, so a test sees what reached it.
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle(&self, req: Request, answer: &Arc<Answer>) {
+            answer.send(&Response::Failed(Failure::labelled("echo", req.op())));
+        }
+    }
+
+    fn raw(socket: &std::path::Path, line: &[u8]) -> serde_json::Value {
+        let mut s = UnixStream::connect(socket).unwrap();
+        s.write_all(line).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
+
+    #[test]
+    fn requests_reach_the_handler_and_bad_lines_get_a_typed_failure() {
+        let t = tempfile::tempdir().unwrap();
+        let socket = t.path().join("s.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = serve(listener, socket.clone(), Arc::new(Echo)).unwrap();
+        let answer = crate::api::client::call(&socket, &Request::Status, Duration::from_secs(5));
+        assert_eq!(
+            answer.unwrap(),
+            Response::Failed(Failure::labelled("echo", "status"))
+        );
+        let v = raw(&socket, b"{\"op\":\"frobnicate\"}\n");
+        assert_eq!(v["kind"], "failed", "{v}");
+        assert_eq!(v["reason"], "bad_request", "{v}");
+        server.stop();
+    }
+}
