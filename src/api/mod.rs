@@ -197,7 +197,8 @@ pub enum Response {
 }
 
 /// What the server hands each decoded request to (the daemon's executor). It answers
-/// through `answer`, exactly once, and may return before or after answering.
+/// through `answer` exactly once, and may go on working after that: a deadline's answer
+/// can precede the end of the operation it answers.
 pub trait Handler: Send + Sync {
     /// Handles one request on the calling (connection) thread.
     fn handle(&self, req: Request, answer: &Arc<Answer>);

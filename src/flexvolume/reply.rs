@@ -169,6 +169,57 @@ mod tests {
         }
     }
 
+    /// A failed operation's reply, from the daemon's typed error through the wire, is the
+    /// message kubelet got before the Response was typed (reason, then each cause once).
+    #[test]
+    fn a_failed_operation_reads_as_it_did() {
+        use crate::api::Failure;
+        use crate::error::Error;
+        use std::time::Duration;
+        let mount = Error::Mount {
+            volume: "k".into(),
+            source: crate::host::MountError::Sys {
+                op: "bind",
+                target: "/t".into(),
+                errno: nix::errno::Errno::EBUSY,
+            },
+        };
+        let timeout = Error::Timeout {
+            volume: "/pods/v".into(),
+            op: "mount",
+            after: Duration::from_secs(300),
+            running: Some("`mkfs.xfs /dev/x` has run for 2.0s".into()),
+        };
+        let command: Error = crate::driver::DriverError::Command {
+            volume: "v".into(),
+            source: crate::host::ExecError::Failed {
+                cmdline: "iscsiadm -m node --login".into(),
+                code: Some(24),
+                stderr: "iscsiadm: login failed".into(),
+            },
+        }
+        .into();
+        for (e, message) in [
+            (
+                mount,
+                "mount_busy: volume k: bind /t: EBUSY: Device or resource busy",
+            ),
+            (
+                timeout,
+                "timeout: volume /pods/v: mount did not finish within 300s; kubelet will retry (`mkfs.xfs /dev/x` has run for 2.0s and is left to finish: cut short it could leave the volume half-made; the volume stays locked until it ends)",
+            ),
+            (
+                command,
+                "command_failed: volume v: `iscsiadm -m node --login` failed (exit status 24): iscsiadm: login failed",
+            ),
+        ] {
+            let wire =
+                serde_json::to_string(&Response::Failed(Failure::of(e.reason(), &e))).unwrap();
+            let reply = Reply::from_response(serde_json::from_str(&wire).unwrap());
+            assert_eq!(reply, Reply::failure(message));
+        }
+    }
+
     #[test]
     fn not_supported_is_spelled_exactly() {
         let r = Reply::not_supported("x");
