@@ -8,11 +8,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::driver::DriverError;
-use crate::flexvolume::OptionsError;
 use crate::fs::FsError;
 use crate::host::{ExecError, MountError, PathError};
 use crate::journal::JournalError;
+use crate::volume::{DriverError, OptionsError};
 
 /// Why a volume operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -392,8 +391,60 @@ mod tests {
                 "journal_failed",
             ),
             (
+                ExpandError::NotMounted {
+                    driver: "rbd".into(),
+                    pv: "pv".into(),
+                }
+                .into(),
+                "not_mounted",
+            ),
+            (
+                ExpandError::Adopted { volume: "v".into() }.into(),
+                "adopted",
+            ),
+            (
                 ExpandError::ReadOnly { volume: "v".into() }.into(),
                 "read_only",
+            ),
+            (
+                ExpandError::DeviceTooSmall {
+                    volume: "v".into(),
+                    device: "/dev/x".into(),
+                    size: 1,
+                    want: 2,
+                }
+                .into(),
+                "device_too_small",
+            ),
+            (
+                ExpandError::NoCapability { volume: "v".into() }.into(),
+                "missing_capability",
+            ),
+            (
+                ExpandError::Unsupported {
+                    volume: "v".into(),
+                    fs_type: "vfat".into(),
+                }
+                .into(),
+                "unsupported_fs",
+            ),
+            (
+                ExpandError::Io {
+                    volume: "v".into(),
+                    what: "rescan",
+                    path: "/sys/x".into(),
+                    source: io(),
+                }
+                .into(),
+                "io_failed",
+            ),
+            (
+                ExpandError::Command {
+                    volume: "v".into(),
+                    source: exec_timeout(),
+                }
+                .into(),
+                "command_failed",
             ),
             (
                 Error::UnknownDriver("x".into(), "local".into()),
@@ -577,7 +628,7 @@ mod tests {
                 &["secret file /run/moor/secrets/v/key", "Permission denied"],
             ),
             (
-                DriverError::Scsi(ScsiError::Io {
+                DriverError::from(ScsiError::Io {
                     volume: "v".into(),
                     path: "/sys/class/scsi_host/host0/scan".into(),
                     source: io(),
@@ -586,7 +637,7 @@ mod tests {
                 &["host0/scan", "Permission denied"],
             ),
             (
-                DriverError::Rbd(RbdError::Claim {
+                DriverError::from(RbdError::Claim {
                     volume: "v".into(),
                     path: "/run/moor/rbd/0".into(),
                     source: io(),
@@ -595,7 +646,7 @@ mod tests {
                 &["mapping claim /run/moor/rbd/0", "Permission denied"],
             ),
             (
-                DriverError::Rbd(RbdError::Sysfs {
+                DriverError::from(RbdError::Sysfs {
                     volume: "v".into(),
                     path: "/sys/bus/rbd/devices".into(),
                     source: io(),

@@ -100,7 +100,7 @@ pub fn flexvolume(data: &[u8]) {
                 let _ = crate::flexvolume::precheck(d, &map, "node-a");
             }
         }
-        let _ = crate::flexvolume::options::VolumeOptions::parse_json(a);
+        let _ = crate::flexvolume::options::parse_json(a);
     }
     let nowhere = || crate::api::client::Discovery {
         socket: std::env::temp_dir().join(format!(

@@ -6,8 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-/// The crate's top-level modules that a floor may name, per floor.
-const FLOORS: &[(&str, &[&str])] = &[("api", &["api", "host"]), ("host", &["host"])];
+/// The crate's top-level modules that a floor may name, per floor. The protocol's requests
+/// carry the typed options (`volume::VolumeOptions`, what every front end parses into), so
+/// `api/` may name `volume/`, the vocabulary below the drivers.
+const FLOORS: &[(&str, &[&str])] = &[("api", &["api", "host", "volume"]), ("host", &["host"])];
 
 /// Every `crate::<module>` a line of code names (comments skipped: a doc link is no import).
 fn modules_named(text: &str) -> Vec<(usize, String)> {

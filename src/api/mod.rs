@@ -9,12 +9,13 @@
 pub mod client;
 pub mod server;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
+
+use crate::volume::VolumeOptions;
 
 /// A request to the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,8 +27,10 @@ pub enum Request {
         driver: String,
         /// Pod volume directory.
         target: String,
-        /// kubelet's option map (secrets included: the socket is root-only).
-        options: BTreeMap<String, String>,
+        /// The request's options as the front end parsed them (secrets included: the socket
+        /// is root-only).
+        #[serde(deserialize_with = "crate::volume::options::typed_or_kubelet")]
+        options: VolumeOptions,
     },
     /// FlexVolume `unmount`: unpublish, then unstage + detach when no publish remains.
     Unmount {
@@ -40,8 +43,10 @@ pub enum Request {
     Expand {
         /// Driver name.
         driver: String,
-        /// kubelet's option map for the PV (no secrets: kubelet sends none to expandfs).
-        options: BTreeMap<String, String>,
+        /// The PV's options as the front end parsed them (no secrets: kubelet sends none to
+        /// expandfs).
+        #[serde(deserialize_with = "crate::volume::options::typed_or_kubelet")]
+        options: VolumeOptions,
         /// The claim's new size in bytes.
         new_size: u64,
     },

@@ -25,6 +25,7 @@ use crate::error::{Chain, Error};
 use crate::journal::{Problem, PublishRecord, StageSource};
 use crate::lifecycle::{Lifecycle, MountOutcome, UnmountOutcome, VolumeView};
 use crate::metrics::Metrics;
+use crate::volume::VolumeOptions;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a few map/counter updates that cannot panic half-way.
@@ -326,7 +327,7 @@ impl Handler for Executor {
                 options,
             } => {
                 let span = tracing::info_span!("op", op = "mount", driver = %driver, target = %target,
-                    pod_uid = options.get("kubernetes.io/pod.uid").map(String::as_str).unwrap_or(""),
+                    pod_uid = options.pod_uid.as_deref().unwrap_or(""),
                     volume = tracing::field::Empty);
                 let _entered = span.enter();
                 self.timed("mount", &driver, &target, answer, |deadline| {
@@ -338,10 +339,7 @@ impl Handler for Executor {
                 options,
                 new_size,
             } => {
-                let pv = options
-                    .get("kubernetes.io/pvOrVolumeName")
-                    .cloned()
-                    .unwrap_or_default();
+                let pv = options.pv_or_volume_name.clone().unwrap_or_default();
                 let span = tracing::info_span!("op", op = "expandfs", driver = %driver, pv = %pv, new_size, volume = tracing::field::Empty);
                 let _entered = span.enter();
                 self.timed("expandfs", &driver, &pv, answer, |deadline| {
@@ -471,7 +469,7 @@ impl Executor {
         &self,
         driver: &str,
         target: &str,
-        options: &BTreeMap<String, String>,
+        options: &VolumeOptions,
         deadline: Instant,
     ) -> Result<String, Error> {
         let plan = self.lifecycle.plan_mount(driver, target, options)?;

@@ -2,6 +2,7 @@
 //! metrics), readiness via sd_notify, the reconciler, and a clean shutdown on SIGTERM that
 //! leaves every mount in place.
 
+pub mod drivers;
 pub mod executor;
 pub mod notify;
 pub mod reconciler;
@@ -14,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::driver::Drivers;
 use crate::host::{Host, HostPaths};
 use crate::http::HttpState;
 use crate::journal::Journal;
@@ -176,16 +176,16 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     // Under systemd a FUSE daemon started from moor's cgroup would die with a restart of
     // the unit (or a `systemctl stop`); its own scope keeps every pod's mount alive.
     let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    let drivers = drivers::with_local_sources(
+        drivers::builtin(),
+        &host.paths,
+        local_allow_list(&cfg),
+        local_id_sources(&cfg),
+    );
     let lifecycle = Arc::new(
-        Lifecycle::new(
-            host,
-            journal,
-            Drivers::builtin(),
-            cfg.node_name.clone(),
-            timeouts,
-        )
-        .with_fuse_scope(systemd)
-        .with_local_sources(local_allow_list(&cfg), local_id_sources(&cfg)),
+        Lifecycle::new(host, journal, drivers, cfg.node_name.clone(), timeouts)
+            .with_fuse_scope(systemd)
+            .with_id_sources(local_id_sources(&cfg)),
     );
     let metrics = Arc::new(Metrics::new());
     let report = lifecycle.reconstruct()?;

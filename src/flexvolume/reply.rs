@@ -190,7 +190,7 @@ mod tests {
             after: Duration::from_secs(300),
             running: Some("`mkfs.xfs /dev/x` has run for 2.0s".into()),
         };
-        let command: Error = crate::driver::DriverError::Command {
+        let command: Error = crate::volume::DriverError::Command {
             volume: "v".into(),
             source: crate::host::ExecError::Failed {
                 cmdline: "iscsiadm -m node --login".into(),

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 pub use record::{
-    MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource,
+    DeviceClaim, MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord,
+    StageSource,
 };
 
 /// Journal I/O failed.
@@ -137,7 +138,7 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, (&'static s
     serde_json::from_value(value).map_err(|e| ("wrong_shape", e.to_string()))
 }
 
-/// The characters [`crate::driver::volume_key`] produces.
+/// The characters [`crate::volume::volume_key`] produces.
 fn is_stage_stem(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255 - ".json".len()
@@ -342,7 +343,9 @@ mod tests {
             source: StageSource::Directory {
                 path: "/srv/a".into(),
             },
-            options: BTreeMap::new(),
+            volume: None,
+            unconverted: BTreeMap::new(),
+            device: None,
             fs_type: None,
             fs_uuid: None,
             read_only: false,

@@ -18,12 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Lifecycle;
-use crate::attach::scsi::{self, Scsi};
 use crate::error::{Error, ExpandError};
 use crate::fs::mkfs::{grow_command, is_ext};
 use crate::host::Cmd;
-use crate::host::blockdev::loop_set_capacity;
 use crate::journal::{StagePhase, StageSource};
+use crate::volume::CapacityError;
 
 /// `<linux/capability.h>`: what EXT4_IOC_RESIZE_FS asks of its caller.
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -137,7 +136,22 @@ impl Lifecycle {
             .size_bytes(dev)
             .map_err(io("read the size of", &device))?;
         if let Some(name) = self.host.blockdev.kernel_name(dev) {
-            self.refresh_capacity(key, &device, &name)?;
+            // The protocol knows how its device learns a new size (a SCSI rescan, a
+            // multipath resize, an RBD header refresh, a loop device's file size).
+            self.driver(&rec.driver)?
+                .refresh_capacity(&self.host, &name)
+                .map_err(|e| match e {
+                    CapacityError::Io { what, path, source } => ExpandError::Io {
+                        volume: key.into(),
+                        what,
+                        path,
+                        source,
+                    },
+                    CapacityError::Command { source } => ExpandError::Command {
+                        volume: key.into(),
+                        source,
+                    },
+                })?;
         }
         let size = self
             .host
@@ -178,45 +192,6 @@ impl Lifecycle {
             "{fs_type} on {} grown to the device's {size} bytes (device was {before} bytes)",
             device.display()
         ))
-    }
-
-    /// Makes the kernel read the device's size again: each SCSI path rescanned and a
-    /// multipath map resized over them; a loop device set to its file's size; an RBD
-    /// image's header read again. Anything else (virtio, NVMe) tells its new size by itself.
-    fn refresh_capacity(&self, key: &str, device: &Path, name: &str) -> Result<(), Error> {
-        let io = |what, path| io_err(key, what, path);
-        let scsi = Scsi {
-            sys: self.host.paths.sys.clone(),
-        };
-        if name.starts_with("dm-") {
-            for path in scsi.slaves(name) {
-                scsi.rescan(&path)
-                    .map_err(io("rescan", self.host.paths.sys.join("block").join(&path)))?;
-            }
-            if scsi.is_multipath(name) {
-                scsi::resize_multipath(&self.host, name).map_err(|source| {
-                    ExpandError::Command {
-                        volume: key.into(),
-                        source,
-                    }
-                })?;
-            }
-        } else if name.starts_with("loop") {
-            loop_set_capacity(device).map_err(io("set the capacity of", device.to_owned()))?;
-        } else if let Some(id) = name.strip_prefix("rbd") {
-            // krbd hears of an `rbd resize` through its header watch, a moment later;
-            // `refresh` reads the header now.
-            let attr = self
-                .host
-                .paths
-                .sys
-                .join(format!("bus/rbd/devices/{id}/refresh"));
-            crate::host::scsi::write_attr(&attr, "1").map_err(io("refresh", attr.clone()))?;
-        } else {
-            scsi.rescan(name)
-                .map_err(io("rescan", self.host.paths.sys.join("block").join(name)))?;
-        }
-        Ok(())
     }
 }
 

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use super::*;
 use crate::error::{Error, RemoteMountError};
-use crate::flexvolume::VolumeOptions;
 use crate::fs::{self, Prepared, format::FormatRequest};
 use crate::host::mounts::split_options;
 use crate::host::{FsMount, Target};
@@ -58,7 +57,9 @@ impl Lifecycle {
             key: key.into(),
             driver: plan.driver.name().into(),
             source: plan.spec.source.clone(),
-            options: plan.spec.persist.clone(),
+            volume: plan.spec.state.clone(),
+            unconverted: Default::default(),
+            device: None,
             fs_type: previous.as_ref().and_then(|r| r.fs_type.clone()),
             fs_uuid: previous.as_ref().and_then(|r| r.fs_uuid.clone()),
             read_only: is_block && plan.opts.read_only,
@@ -103,11 +104,13 @@ impl Lifecycle {
     ) -> Result<(), Error> {
         let key = plan.spec.key.as_str();
         let attached = plan.driver.attach(&self.host, &plan.spec, &plan.opts)?;
-        if attached.device.is_some() || !attached.persist.is_empty() {
+        if attached.device.is_some() || attached.state.is_some() {
             if let Some(dev) = attached.device {
                 rec.source = StageSource::Attached { device: Some(dev) };
             }
-            rec.options.extend(attached.persist);
+            if let Some(state) = attached.state {
+                rec.volume = Some(state);
+            }
             // Detach after a crash needs what attach learnt (device, WWID, session).
             self.journal.put_stage(rec)?;
             self.state().stages.insert(key.into(), rec.clone());
@@ -123,7 +126,7 @@ impl Lifecycle {
             // The object resolved at plan time, through its fd: a path swapped since cannot
             // redirect the bind.
             StageSource::Directory { path } => {
-                let flags = bind_flags(key, &plan.spec.mount_options)?;
+                let flags = bind_flags(key, &plan.spec.mount_options.joined())?;
                 let source = match &plan.held {
                     Some(h) => Target::held_dir(
                         &path,
@@ -196,7 +199,7 @@ impl Lifecycle {
         if !plan.opts.read_only && matches!(prepared, Prepared::Existing { .. }) {
             fs::fsck(&self.host, key, device, prepared.fs_type())?;
         }
-        let (mut flags, data) = split_options(&plan.spec.mount_options);
+        let (mut flags, data) = split_options(&plan.spec.mount_options.joined());
         if plan.opts.read_only {
             flags |= nix::mount::MsFlags::MS_RDONLY;
         }
@@ -319,7 +322,7 @@ impl Lifecycle {
                 return;
             }
         }
-        if let Err(e) = plan.driver.detach(&self.host, rec) {
+        if let Err(e) = plan.driver.detach(&self.host, &rec.recorded()) {
             tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: detach failed; record kept");
             return;
         }
@@ -385,7 +388,7 @@ impl Lifecycle {
             remove_empty_target(t);
         }
         let driver = self.driver(&rec.driver)?;
-        driver.detach(&self.host, &rec)?;
+        driver.detach(&self.host, &rec.recorded())?;
         if rec.fs_type.is_some() {
             // A block volume stays remembered (idle) with the filesystem moor saw, so if it
             // ever looks blank later it is refused, not formatted. `moor forget` ends that.
