@@ -328,6 +328,16 @@ mod tests {
         }
     }
 
+    fn expand_io() -> Error {
+        ExpandError::Io {
+            volume: "v".into(),
+            what: "rescan",
+            path: "/sys/x".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        }
+        .into()
+    }
+
     fn mount_err(errno: nix::errno::Errno) -> Error {
         Error::Mount {
             volume: "k".into(),
@@ -428,16 +438,7 @@ mod tests {
                 .into(),
                 "unsupported_fs",
             ),
-            (
-                ExpandError::Io {
-                    volume: "v".into(),
-                    what: "rescan",
-                    path: "/sys/x".into(),
-                    source: io(),
-                }
-                .into(),
-                "io_failed",
-            ),
+            (expand_io(), "io_failed"),
             (
                 ExpandError::Command {
                     volume: "v".into(),
@@ -593,13 +594,7 @@ mod tests {
                 &["journal write /s/k.json", "Permission denied"],
             ),
             (
-                ExpandError::Io {
-                    volume: "v".into(),
-                    what: "rescan",
-                    path: "/sys/x".into(),
-                    source: io(),
-                }
-                .into(),
+                expand_io(),
                 &["volume v: rescan /sys/x", "Permission denied"],
             ),
             (
