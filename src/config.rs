@@ -83,7 +83,7 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Read {
         /// Path.
         path: PathBuf,

@@ -16,6 +16,8 @@ pub mod fuzzing;
 pub mod host;
 pub mod http;
 pub mod journal;
+#[cfg(test)]
+mod layering;
 pub mod lifecycle;
 pub mod local;
 pub mod metrics;

@@ -484,15 +484,9 @@ impl Driver for IscsiDriver {
                     return Err(e);
                 }
                 Err(e) => {
-                    // With its causes: the redacted command and its output are the point.
-                    let mut why = e.to_string();
-                    let mut cause = std::error::Error::source(&e);
-                    while let Some(c) = cause {
-                        why = format!("{why}: {c}");
-                        cause = c.source();
-                    }
-                    tracing::warn!(volume, target = %t.iqn, "login through {p} failed: {why}");
-                    failures.push(format!("{p}: {why}"));
+                    let e = crate::error::Chain(&e);
+                    tracing::warn!(volume, target = %t.iqn, "login through {p} failed: {e}");
+                    failures.push(format!("{p}: {e}"));
                 }
             }
         }

@@ -211,8 +211,10 @@ pub fn flex_main(argv: &[OsString]) -> i32 {
     install_flex_panic_hook();
     crate::host::stdio::reserve_std_fds();
     crate::testhook::frontend_panic_point();
-    let reply = flex_reply(argv, &client::discover)
-        .unwrap_or_else(|| Reply::failure("usage: moor flex [--driver D] <op> [args…]"));
+    let reply = flex_reply(argv, &|dir| {
+        client::discover(Path::new(crate::config::DEFAULT_CONFIG), dir)
+    })
+    .unwrap_or_else(|| Reply::failure("usage: moor flex [--driver D] <op> [args…]"));
     let mut line = reply.to_json().into_bytes();
     line.push(b'\n');
     let _ = crate::host::stdio::write_stdout(&line);
@@ -284,12 +286,16 @@ fn version_line() -> String {
 
 fn forget(key: &str) -> Result<i32, CliError> {
     let req = Request::Forget { key: key.into() };
-    match client::call(&client::socket_path(), &req, Duration::from_secs(30))? {
-        Response::Flex { reply } if reply.status == flexvolume::Status::Success => {
+    match client::call(
+        &client::socket_path(Path::new(crate::config::DEFAULT_CONFIG)),
+        &req,
+        Duration::from_secs(30),
+    )? {
+        Response::Done => {
             println!("forgot volume {key}");
             Ok(0)
         }
-        Response::Flex { reply } => Err(CliError::Other(reply.message.unwrap_or_default())),
+        Response::Failed(f) => Err(CliError::Other(f.to_string())),
         other => Err(CliError::Other(format!(
             "unexpected answer from the daemon: {other:?}"
         ))),

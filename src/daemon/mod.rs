@@ -29,7 +29,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(25);
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// A directory or file could not be prepared.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What.
         what: &'static str,
@@ -53,7 +53,7 @@ pub enum DaemonError {
         pid: Option<u32>,
     },
     /// Reconstruction failed outright.
-    #[error("reconstruction failed: {0}")]
+    #[error("reconstruction failed")]
     Reconstruct(#[from] crate::Error),
     /// The journal could not be opened.
     #[error(transparent)]
@@ -175,7 +175,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     for p in lifecycle.set_aside() {
         metrics
             .records_set_aside
-            .get_or_create(&crate::metrics::SetAsideLabels { reason: p.reason })
+            .get_or_create(&crate::metrics::SetAsideLabels {
+                reason: p.reason.into(),
+            })
             .inc();
     }
     tracing::info!(?report, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");

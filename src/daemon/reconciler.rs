@@ -167,7 +167,7 @@ impl Reconciler {
                     .saturating_mul(1 << b.failures.min(8))
                     .min(MAX_BACKOFF);
                 b.next = Some(Instant::now() + wait);
-                tracing::error!(volume = %rs.key, driver = %rs.driver, error = %e, retry_in = ?wait, "heal failed");
+                tracing::error!(volume = %rs.key, driver = %rs.driver, error = %crate::error::Chain(&e), retry_in = ?wait, "heal failed");
                 "failed"
             }
         };

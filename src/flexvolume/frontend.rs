@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::precheck::check;
 use super::reply::Reply;
-use crate::api::{Request, Response, client};
+use crate::api::{Failure, Request, Response, client};
 use crate::host::paths::{VENDOR, is_clean_absolute};
 use crate::volume::DriverError;
 use crate::volume::VolumeOptions;
@@ -42,7 +42,9 @@ fn call_timeout() -> Duration {
 /// `driver_dir` is the directory of the driver executable kubelet ran (where
 /// [`client::FRONTEND_FILE`] may say where the daemon is).
 pub fn run(driver: Option<&str>, args: &[OsString], driver_dir: Option<&Path>) -> Reply {
-    run_with(driver, args, &|| client::discover(driver_dir))
+    run_with(driver, args, &|| {
+        client::discover(Path::new(crate::config::DEFAULT_CONFIG), driver_dir)
+    })
 }
 
 /// [`run`] with the daemon's discovery given: it is asked only when a call is forwarded.
@@ -267,11 +269,12 @@ fn reply_of(r: Result<Response, client::ClientError>, found: &client::Discovery)
         n
     };
     match r {
-        Ok(Response::Flex { reply }) => reply,
-        Ok(other) => Reply::failure(format!("daemon_error: unexpected answer {other:?}")),
-        Err(e @ client::ClientError::Connect { .. }) => {
-            Reply::failure(format!("daemon_unreachable: {e}{}", notes()))
-        }
+        Ok(resp) => Reply::from_response(resp),
+        Err(e @ client::ClientError::Connect { .. }) => Reply::failure(format!(
+            "{}{}",
+            Failure::of("daemon_unreachable", &e),
+            notes()
+        )),
         Err(e @ client::ClientError::Exchange { .. }) => {
             Reply::failure(format!("daemon_error: {e}"))
         }

@@ -212,7 +212,7 @@ pub enum FsError {
         stderr: String,
     },
     /// A tool could not be run.
-    #[error("volume {volume}: {source}")]
+    #[error("volume {volume}")]
     Exec {
         /// Volume key.
         volume: String,

@@ -31,7 +31,7 @@ pub use record::{
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// A file operation failed.
-    #[error("journal {op} {path}: {source}")]
+    #[error("journal {op} {path}")]
     Io {
         /// What was being done.
         op: &'static str,
@@ -42,7 +42,7 @@ pub enum JournalError {
         source: std::io::Error,
     },
     /// A record could not be encoded.
-    #[error("journal encode {path}: {source}")]
+    #[error("journal encode {path}")]
     Encode {
         /// The file.
         path: PathBuf,

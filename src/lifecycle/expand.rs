@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Lifecycle;
-use crate::error::Error;
+use crate::error::{Error, ExpandError};
 use crate::fs::mkfs::{grow_command, is_ext};
-use crate::host::{Cmd, ExecError};
+use crate::host::Cmd;
 use crate::journal::{StagePhase, StageSource};
 use crate::volume::CapacityError;
 
@@ -42,106 +42,6 @@ fn has_effective_cap(proc: &Path, cap: u32) -> bool {
 
 /// An online grow of a large filesystem writes new group descriptors: minutes, not hours.
 const GROW_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Why a volume was not grown.
-#[derive(Debug, thiserror::Error)]
-pub enum ExpandError {
-    /// No stage of this PV on this node.
-    #[error(
-        "no pod on this node uses PV {pv} through moor~{driver}; kubelet expands a volume on the node that has it mounted"
-    )]
-    NotMounted {
-        /// Driver name.
-        driver: String,
-        /// The PV name kubelet gave.
-        pv: String,
-    },
-    /// The stage was adopted from the mount table after its record was lost: moor cannot
-    /// tell which disk it is, so it never grows (or checks, or formats) it.
-    #[error(
-        "volume {volume}: adopted from the mount table after its record was lost; moor does not grow a filesystem whose disk it cannot identify (unmount it and mount it again)"
-    )]
-    Adopted {
-        /// Volume key.
-        volume: String,
-    },
-    /// The stage is mounted read-only.
-    #[error(
-        "volume {volume}: the filesystem is mounted read-only; a read-only volume is not grown"
-    )]
-    ReadOnly {
-        /// Volume key.
-        volume: String,
-    },
-    /// The device has not grown (yet) to the size asked for.
-    #[error(
-        "volume {volume}: {device} is {size} bytes, less than the {want} bytes asked for; grow the backend first (`rbd resize`, the LUN on the array), kubelet retries"
-    )]
-    DeviceTooSmall {
-        /// Volume key.
-        volume: String,
-        /// The device.
-        device: PathBuf,
-        /// Its size after the rescan.
-        size: u64,
-        /// The claim's new size.
-        want: u64,
-    },
-    /// ext4's online resize ioctl needs CAP_SYS_RESOURCE, and moor runs without it.
-    #[error(
-        "volume {volume}: growing ext4 online needs CAP_SYS_RESOURCE, which moor's process does not have; give it back to moor's unit or container (the filesystem was not touched)"
-    )]
-    NoCapability {
-        /// Volume key.
-        volume: String,
-    },
-    /// A filesystem moor has no online grow for.
-    #[error("volume {volume}: moor cannot grow a {fs_type} filesystem online")]
-    Unsupported {
-        /// Volume key.
-        volume: String,
-        /// The filesystem.
-        fs_type: String,
-    },
-    /// A sysfs or device operation failed.
-    #[error("volume {volume}: {what} {path}: {source}")]
-    Io {
-        /// Volume key.
-        volume: String,
-        /// What was done.
-        what: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A tool failed.
-    #[error("volume {volume}: {source}")]
-    Command {
-        /// Volume key.
-        volume: String,
-        /// The failure, with the redacted command line and its output.
-        #[source]
-        source: ExecError,
-    },
-}
-
-impl ExpandError {
-    /// Stable reason label.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ExpandError::NotMounted { .. } => "not_mounted",
-            ExpandError::ReadOnly { .. } => "read_only",
-            ExpandError::Adopted { .. } => "adopted",
-            ExpandError::DeviceTooSmall { .. } => "device_too_small",
-            ExpandError::NoCapability { .. } => "missing_capability",
-            ExpandError::Unsupported { .. } => "unsupported_fs",
-            ExpandError::Io { .. } => "io_failed",
-            ExpandError::Command { .. } => "command_failed",
-        }
-    }
-}
 
 /// An [`ExpandError::Io`] maker for `map_err`.
 fn io_err(

@@ -38,12 +38,13 @@ mod stage;
 mod state;
 mod status;
 
-pub use expand::ExpandError;
+pub use crate::error::ExpandError;
 pub use heal::RemoteStage;
 
 use publish::bind_flags;
 pub use reconstruct::Reconstruction;
 use state::State;
+pub use status::VolumeView;
 
 /// Deadlines for the lifecycle's own syscalls.
 #[derive(Debug, Clone, Copy)]
@@ -291,7 +292,7 @@ impl Lifecycle {
             if self.state().user_count(&plan.spec.key) == 0
                 && let Err(u) = self.unstage(&plan.spec.key)
             {
-                tracing::error!(volume = %plan.spec.key, error = %u, "rollback of the stage failed; the reconciler retries it");
+                tracing::error!(volume = %plan.spec.key, error = %crate::error::Chain(&u), "rollback of the stage failed; the reconciler retries it");
             }
             return Err(e);
         }

@@ -181,7 +181,7 @@ impl Lifecycle {
             } else if let Err(j) = self.journal.remove_publish(target) {
                 // Nothing is bound, but the record stays until it can be removed (the
                 // reconciler does it): memory keeps saying Publishing, as the journal does.
-                tracing::error!(volume = %stage.key, target = %target.display(), error = %j, "rollback: publish record not removed; the reconciler retries it");
+                tracing::error!(volume = %stage.key, target = %target.display(), error = %crate::error::Chain(&j), "rollback: publish record not removed; the reconciler retries it");
             } else {
                 self.state().drop_publish(target);
             }
@@ -219,7 +219,7 @@ impl Lifecycle {
         match run() {
             Ok(id) => Some(id),
             Err(e) => {
-                tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "cannot bind the pod directory again");
+                tracing::error!(volume = %p.key, target = %p.target.display(), error = %crate::error::Chain(&e), "cannot bind the pod directory again");
                 None
             }
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::*;
-use crate::error::Error;
+use crate::error::{Chain, Error};
 use crate::journal::{PublishPhase, PublishRecord, StagePhase, StageRecord, StageSource};
 use owned::Place;
 
@@ -115,9 +115,11 @@ impl Lifecycle {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = undone {
-                    report
-                        .problems
-                        .push(format!("{}: cannot undo: {e}", p.target.display()));
+                    report.problems.push(format!(
+                        "{}: cannot undo: {}",
+                        p.target.display(),
+                        Chain(&e)
+                    ));
                     p.phase = PublishPhase::Unpublishing;
                     let _ = self.journal.put_publish(&p);
                     return;
@@ -134,7 +136,9 @@ impl Lifecycle {
 
     pub(super) fn forget_publish(&self, target: &Path, report: &mut Reconstruction, why: &str) {
         if let Err(e) = self.journal.remove_publish(target) {
-            report.problems.push(format!("{}: {e}", target.display()));
+            report
+                .problems
+                .push(format!("{}: {}", target.display(), Chain(&e)));
             // Still on disk: kept in memory as Unpublishing, so the reconciler removes it
             // once the journal is writable (and the stage's user count stays true).
             let mut st = self.state();
@@ -182,9 +186,11 @@ impl Lifecycle {
                 match self.unstage(&s.key) {
                     Ok(()) if phase == StagePhase::Unstaging => report.finished += 1,
                     Ok(()) => report.rolled_back_stages += 1,
-                    Err(e) => report
-                        .problems
-                        .push(format!("volume {}: cannot unstage: {e}", s.key)),
+                    Err(e) => report.problems.push(format!(
+                        "volume {}: cannot unstage: {}",
+                        s.key,
+                        Chain(&e)
+                    )),
                 }
             }
         }

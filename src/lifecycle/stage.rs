@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::error::Error;
+use crate::error::{Error, RemoteMountError};
 use crate::fs::{self, Prepared, format::FormatRequest};
 use crate::host::mounts::split_options;
 use crate::host::{FsMount, MsFlags, Target};
@@ -244,20 +244,19 @@ impl Lifecycle {
         if let Some(f) = &output_file {
             let _ = std::fs::remove_file(f);
         }
-        let failed = |detail: String| Error::RemoteMount {
+        let failed = |source: RemoteMountError| Error::RemoteMount {
             volume: key.into(),
             server: remote.server.clone(),
-            detail,
+            source: Box::new(source),
             log_tail: remote.log_file.as_deref().and_then(share::log_tail),
         };
         match result {
             Ok(_) if self.is_mount_point(stage_path)? => Ok(()),
-            Ok(_) => Err(failed(format!(
-                "`{}` reported success but {} is not a mount point",
-                cmd.display(),
-                stage_path.display()
-            ))),
-            Err(e) => Err(failed(e.to_string())),
+            Ok(_) => Err(failed(RemoteMountError::NoMount {
+                cmdline: cmd.display(),
+                stage: stage_path.into(),
+            })),
+            Err(e) => Err(failed(e.into())),
         }
     }
 
@@ -306,23 +305,25 @@ impl Lifecycle {
         previous: Option<StageRecord>,
     ) {
         let key = plan.spec.key.as_str();
-        let held = self.open_target(stage_path, false);
-        let unmounted = match &held {
-            Ok(Some(t)) => {
-                self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false)
+        let unmounted = self.open_target(stage_path, false).and_then(|held| {
+            if let Some(t) = &held {
+                self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false)?;
             }
-            Ok(None) => Ok(false),
-            Err(e) => Err(Error::Internal(e.to_string())),
-        };
-        if let Err(e) = unmounted {
-            tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
-            return;
-        }
-        if let Ok(Some(t)) = &held {
-            crate::host::dirs::remove_empty(t);
+            Ok(held)
+        });
+        match unmounted {
+            Ok(held) => {
+                if let Some(t) = &held {
+                    crate::host::dirs::remove_empty(t);
+                }
+            }
+            Err(e) => {
+                tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: cannot unmount the stage; record kept");
+                return;
+            }
         }
         if let Err(e) = plan.driver.detach(&self.host, &rec.recorded()) {
-            tracing::error!(volume = key, error = %e, "rollback: detach failed; record kept");
+            tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: detach failed; record kept");
             return;
         }
         // Keep what moor learnt (a filesystem it saw or made) as an idle record.
@@ -344,7 +345,7 @@ impl Lifecycle {
         if let Err(e) = result {
             // The journal still says Staging: so does memory, and the reconciler finishes
             // this undo (unmount and detach are idempotent) once the journal is writable.
-            tracing::error!(volume = key, error = %e, "rollback: journal update failed; the reconciler retries it");
+            tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: journal update failed; the reconciler retries it");
             self.state().stages.insert(key.into(), rec.clone());
             return;
         }
@@ -376,7 +377,7 @@ impl Lifecycle {
                 // is left to flush to a device, and kubelet must get its directory back.
                 // A block stage is never detached lazily: its device is logged out next.
                 Err(e @ Error::Mount { .. }) if matches!(rec.source, StageSource::Remote(_)) => {
-                    tracing::warn!(volume = key, error = %e, "unmount of the share failed; detaching it lazily");
+                    tracing::warn!(volume = key, error = %crate::error::Chain(&e), "unmount of the share failed; detaching it lazily");
                     self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, true)?;
                 }
                 Err(e) => return Err(e),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use nix::errno::Errno;
+use crate::host::Errno;
 
 use super::*;
 use crate::host::Mounter;
@@ -234,7 +234,7 @@ fn reconstruction_keeps_live_volumes_and_undoes_half_done_ones() {
     // kubelet after its own restart only calls init; the state must carry the volume.
     let st = lc.status();
     assert_eq!(st.len(), 1);
-    assert_eq!(st[0].pods.len(), 1);
+    assert_eq!(st[0].publishes.len(), 1);
     assert_eq!(
         lc.unmount(Some("local"), &rig.target("live")).unwrap(),
         UnmountOutcome::Unstaged
@@ -259,9 +259,9 @@ fn after_a_reboot_records_turn_idle_and_remember_the_volume() {
     let lc = rig.lifecycle();
     let r = lc.reconstruct().unwrap();
     assert_eq!(r.idled, 1);
-    assert_eq!(lc.status()[0].state, "idle");
+    assert_eq!(lc.status()[0].stage.phase, StagePhase::Idle);
     rig.mount(&lc, "p1", false).unwrap();
-    assert_eq!(lc.status()[0].state, "staged");
+    assert_eq!(lc.status()[0].stage.phase, StagePhase::Staged);
 }
 
 #[test]

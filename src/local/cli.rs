@@ -106,7 +106,7 @@ pub enum LocalCliError {
     #[error("no local classes configured (config key local.classes)")]
     NoClasses,
     /// A wipe refused or failed.
-    #[error("{reason}: {source}", reason = .source.reason())]
+    #[error("{reason}", reason = .source.reason())]
     Wipe {
         /// The wipe error.
         #[from]
@@ -173,7 +173,7 @@ pub fn live_volumes(socket: &std::path::Path) -> Result<Option<Vec<VolumeStatus>
         {
             Ok(None)
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(crate::error::Chain(&e).to_string()),
     }
 }
 
@@ -225,11 +225,11 @@ fn forget_key(cfg: &Config, key: &str, daemon_up: bool) {
             Duration::from_secs(30),
         )
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::error::Chain(&e).to_string())
     } else {
         crate::journal::Journal::open(&cfg.state_dir, &cfg.run_dir)
             .and_then(|j| j.remove_stage(&key))
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::error::Chain(&e).to_string())
     };
     if let Err(e) = result {
         eprintln!(
@@ -293,7 +293,10 @@ pub fn run(args: LocalArgs) -> Result<i32, LocalCliError> {
             forget_wiped(&cfg, &rec.entry, daemon_up);
             // Nothing else waits for this record: no PV to delete from the command line.
             if let Err(e) = wipe::remove_record(&cfg.state_dir, &rec.stable_id) {
-                eprintln!("warning: wipe record left in place: {e}");
+                eprintln!(
+                    "warning: wipe record left in place: {}",
+                    crate::error::Chain(&e)
+                );
             }
             println!(
                 "wiped {} ({}, {}){}",

@@ -406,7 +406,7 @@ pub fn wipe_for_job(ctx: &WipeCtx<'_>, job: &WipeJob) -> Result<(), String> {
     }
     wipe::wipe_entry(ctx, &job.entry, Some(&job.stable_id), Some(&job.pv))
         .map(drop)
-        .map_err(|e| format!("{}: {e}", e.reason()))
+        .map_err(|e| format!("{}: {}", e.reason(), crate::error::Chain(&e)))
 }
 
 /// After [`wipe_for_job`]: deletes the PV (UID precondition) and then the record.
@@ -422,7 +422,7 @@ pub async fn finish_job<A: PvApi>(
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(pv = %job.pv, entry = %job.entry.display(), "released local PV wiped and deleted; its entry will be offered again");
-    wipe::remove_record(state_dir, &job.stable_id).map_err(|e| e.to_string())
+    wipe::remove_record(state_dir, &job.stable_id).map_err(|e| crate::error::Chain(&e).to_string())
 }
 
 /// One full pass from the command line (`moor local sync`): scan, reconcile, recycle.

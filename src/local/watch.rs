@@ -106,13 +106,21 @@ fn forget(lifecycle: &Lifecycle, entry: &std::path::Path) {
                 tracing::info!(volume = %key, "wiped entry forgotten; the next claim formats it")
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(volume = %key, error = %e, "wiped entry not forgotten"),
+            Err(e) => {
+                tracing::warn!(volume = %key, error = %crate::error::Chain(&e), "wiped entry not forgotten")
+            }
         }
     }
 }
 
 fn live(lifecycle: &Lifecycle) -> Result<Option<Vec<crate::api::VolumeStatus>>, String> {
-    Ok(Some(lifecycle.status()))
+    Ok(Some(
+        lifecycle
+            .status()
+            .iter()
+            .map(crate::api::VolumeStatus::from)
+            .collect(),
+    ))
 }
 
 /// Start-up: a wipe the last run did not finish is resumed (the rules are checked again) or,
@@ -153,7 +161,7 @@ async fn resume_wipes(cfg: &Arc<Config>, host: &Arc<Host>, lifecycle: &Arc<Lifec
                 match res {
                     Ok(Ok(_)) => tracing::info!("interrupted wipe finished"),
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "interrupted wipe not resumed; the entry stays unpublished")
+                        tracing::error!(error = %crate::error::Chain(&e), "interrupted wipe not resumed; the entry stays unpublished")
                     }
                     Err(e) => tracing::error!(error = %e, "wipe task failed"),
                 }

@@ -412,7 +412,7 @@ pub enum WipeError {
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// The record could not be written: nothing was touched.
-    #[error("wipe record {path}: {source}")]
+    #[error("wipe record {path}")]
     Record {
         /// Path.
         path: PathBuf,
