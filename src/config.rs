@@ -79,6 +79,20 @@ pub struct Config {
     pub pod_log_dir: PathBuf,
 }
 
+impl Config {
+    /// The machine as this configuration sees it: the system host with the configured
+    /// kubelet, state and run dirs, and the local PV config's `/dev`.
+    pub fn host(&self) -> crate::host::Host {
+        let mut paths = crate::host::HostPaths::system(
+            self.kubelet_dir.clone(),
+            self.state_dir.clone(),
+            self.run_dir.clone(),
+        );
+        paths.dev = self.local.dev_dir.clone();
+        crate::host::Host::system(paths)
+    }
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -7,9 +7,16 @@
 use std::path::{Path, PathBuf};
 
 /// The crate's top-level modules that a floor may name, per floor. The protocol's requests
-/// carry the typed options (`volume::VolumeOptions`, what every front end parses into), so
-/// `api/` may name `volume/`, the vocabulary below the drivers.
-const FLOORS: &[(&str, &[&str])] = &[("api", &["api", "host", "volume"]), ("host", &["host"])];
+/// carry the typed options (`volume::VolumeOptions`, what every front end parses into) and
+/// the journal persists each driver's typed volume (`volume::VolumeState`), so `api/` and
+/// `journal/` may name `volume/`: the vocabulary below the drivers, which itself names only
+/// `host/`.
+const FLOORS: &[(&str, &[&str])] = &[
+    ("api", &["api", "host", "volume"]),
+    ("journal", &["journal", "host", "volume"]),
+    ("volume", &["volume", "host"]),
+    ("host", &["host"]),
+];
 
 /// Every `crate::<module>` a line of code names (comments skipped: a doc link is no import).
 fn modules_named(text: &str) -> Vec<(usize, String)> {

@@ -5,6 +5,7 @@
 //! from here: the arrows point from the dispatch to them.
 
 pub mod demo;
+pub mod local;
 pub mod status;
 
 use std::ffi::{OsStr, OsString};
@@ -56,7 +57,7 @@ enum Command {
     /// kubelet drives it (root).
     Demo,
     /// Local persistent volumes: `moor local discover | wipe <entry> | sync`.
-    Local(crate::local::cli::LocalArgs),
+    Local(local::LocalArgs),
     /// Print the version.
     Version,
 }
@@ -241,7 +242,7 @@ pub enum CliError {
     Demo(#[from] demo::DemoError),
     /// `moor local …`.
     #[error(transparent)]
-    Local(#[from] crate::local::cli::LocalCliError),
+    Local(#[from] local::LocalCliError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -265,7 +266,7 @@ pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
         Command::Status { output } => Ok(status::run(output)?),
         Command::Forget { key } => forget(&key),
         Command::Demo => Ok(demo::run()?),
-        Command::Local(args) => Ok(crate::local::cli::run(args)?),
+        Command::Local(args) => Ok(local::run(args)?),
         Command::Version => {
             println!("{}", version_line());
             Ok(0)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::host::HostPaths;
 use crate::host::allow::AllowList;
-use crate::local::discover::IdSources;
+use crate::host::devid::IdSources;
 use crate::volume::Drivers;
 
 /// Every driver moor ships (`moor~local` with the defaults; the daemon replaces it with one

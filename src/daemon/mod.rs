@@ -4,6 +4,7 @@
 
 pub mod drivers;
 pub mod executor;
+pub mod local_pvs;
 pub mod notify;
 pub mod reconciler;
 
@@ -107,8 +108,8 @@ fn local_allow_list(cfg: &Config) -> crate::host::allow::AllowList {
     allow
 }
 
-fn local_id_sources(cfg: &Config) -> crate::local::discover::IdSources {
-    crate::local::discover::IdSources {
+fn local_id_sources(cfg: &Config) -> crate::host::devid::IdSources {
+    crate::host::devid::IdSources {
         dev_dir: cfg.local.dev_dir.clone(),
         udev_dir: cfg.local.udev_dir.clone(),
         sys: "/sys".into(),
@@ -223,7 +224,7 @@ async fn serve(
         cfg.operation_timeout,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let local_pvs = crate::local::watch::spawn(&cfg, lifecycle.clone(), stop_rx);
+    let local_pvs = local_pvs::spawn(&cfg, lifecycle.clone(), stop_rx);
     let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
         .map_err(io("start serving", &cfg.socket))?;
     let claims = Arc::new(reconciler::ClaimCache::default());

@@ -12,6 +12,7 @@ pub mod allow;
 pub mod blockdev;
 pub mod bounded;
 pub mod deadline;
+pub mod devid;
 pub mod dirs;
 pub mod exec;
 pub mod fake;

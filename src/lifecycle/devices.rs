@@ -24,9 +24,7 @@ impl Lifecycle {
         held: &Resolved,
     ) -> Result<(), Error> {
         let ours = match held.object {
-            SourceObject::Block(dev) => {
-                Some(crate::local::driver::device_stable_id(&self.ids, dev))
-            }
+            SourceObject::Block(dev) => Some(crate::host::devid::device_stable_id(&self.ids, dev)),
             SourceObject::Directory { .. } => None,
         };
         let text = spec
@@ -123,7 +121,7 @@ impl Lifecycle {
             .dev_num(device)
             .map_err(|e| in_use(format!("cannot read its device number: {e}")))?
             .ok_or_else(|| in_use("not a block device".into()))?;
-        let stable = crate::local::driver::device_stable_id(&self.ids, dev);
+        let stable = crate::host::devid::device_stable_id(&self.ids, dev);
         let _claims = self.device_claims.lock().unwrap_or_else(|p| p.into_inner());
         let holder = device_holder(self.state().stages.values(), key, dev, &stable, |d| {
             self.host.blockdev.dev_num(d).ok().flatten()

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::host::allow::Resolved;
+use crate::host::devid::IdSources;
 use crate::host::mounts::is_dead_mount_error;
 use crate::host::{Errno, Host, PathError, PodVolumeDir, Target};
 use crate::journal::{Journal, PublishPhase, StageSource};
-use crate::local::discover::IdSources;
 use crate::volume::{Driver, Drivers, NodeContext, VolumeOptions, VolumeSpec};
 
 mod devices;

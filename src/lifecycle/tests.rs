@@ -46,7 +46,7 @@ impl Rig {
         let host = self.fake.host.clone();
         let journal = Journal::open(&self.paths.state_dir, &self.paths.run_dir).unwrap();
         // Device identities from the fake tree, never the machine's udev database.
-        let ids = crate::local::discover::IdSources {
+        let ids = crate::host::devid::IdSources {
             dev_dir: self.paths.dev.clone(),
             udev_dir: self._tmp.path().join("udev"),
             sys: self.paths.sys.clone(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::host::allow::{AllowList, Resolved, SourceObject};
 use crate::host::paths::is_clean_absolute;
 use crate::host::{DevNum, Host};
-use crate::local::discover::{IdSources, block_stable_id};
+use crate::local::discover::IdSources;
 use crate::volume::state::LocalSource;
 use crate::volume::{
     CapacityError, Driver, DriverError, NodeContext, StageSource, VolumeOptions, VolumeSpec,
@@ -55,18 +55,7 @@ impl Default for LocalSources {
     }
 }
 
-/// The identity of a block device: its stable id (WWN, by-id, WWID, dm UUID, loop backing
-/// file) or, when it has none, its device number — which a reboot may give another disk,
-/// hence the warning.
-pub fn device_stable_id(ids: &IdSources, dev: DevNum) -> String {
-    match block_stable_id(ids, dev) {
-        Some(id) => id,
-        None => {
-            tracing::warn!(device = %dev, "block device has no stable id (no WWN, by-id link, WWID, dm UUID or backing file); its identity is its device number");
-            format!("devnum-{dev}")
-        }
-    }
-}
+pub use crate::host::devid::device_stable_id;
 
 /// Every volume key a local `path` may be recorded under: the key of the object it resolves
 /// to now (a device's stable id, a directory's real path), then the key of the text itself

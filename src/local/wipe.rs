@@ -31,7 +31,7 @@ use crate::host::records::Store;
 use crate::host::{Cmd, DevNum, Host};
 
 use super::classes::{ClassConfig, LocalConfig, WipeMethod};
-use super::discover::{Entry, EntryKind, IdSources, inspect};
+use super::discover::{Entry, EntryKind, inspect};
 
 /// Everything [`check_wipe`] needs to know, gathered just before the decision.
 #[derive(Debug, Clone)]
@@ -458,7 +458,7 @@ pub struct WipeCtx<'a> {
 
 /// Gathers the facts about `entry_path`.
 pub fn gather(ctx: &WipeCtx<'_>, entry_path: &Path, expected_id: Option<&str>) -> WipeFacts {
-    let src = IdSources::new(ctx.cfg, ctx.host);
+    let src = crate::local::discover::id_sources(ctx.cfg, ctx.host);
     let class = entry_path
         .parent()
         .and_then(|d| ctx.cfg.class_of_dir(d))
