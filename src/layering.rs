@@ -102,6 +102,125 @@ fn the_top_error_does_not_import_the_lifecycle() {
     assert!(found.is_empty(), "error.rs reaches up: {found:?}");
 }
 
+/// The top-level module a file under `src/` belongs to (`lifecycle` for
+/// `src/lifecycle/stage.rs`, `error` for `src/error.rs`).
+fn top_module(f: &Path) -> String {
+    let rel = f.strip_prefix(src()).unwrap_or(f);
+    let first = rel
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned());
+    first.unwrap_or_default().trim_end_matches(".rs").to_owned()
+}
+
+/// The production code of a file (a test may reach anywhere): none for `tests.rs`; else
+/// the file without its inline `#[cfg(test)] mod tests { … }` (the file's last item, by
+/// convention) and without the single line after any other `#[cfg(test)]`.
+fn production_code(f: &Path, text: &str) -> String {
+    if f.file_name().is_some_and(|n| n == "tests.rs") {
+        return String::new();
+    }
+    let text = text
+        .split("#[cfg(test)]\nmod tests {")
+        .next()
+        .unwrap_or_default();
+    let mut out = String::new();
+    let mut skip = false;
+    for line in text.lines() {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if line.trim() == "#[cfg(test)]" {
+            skip = true;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The import graph between the crate's top-level modules, production code only.
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for f in files {
+        let from = top_module(&f);
+        if ["lib", "main"].contains(&from.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (_, to) in modules_named(&production_code(&f, &text)) {
+            if to != from {
+                graph.entry(from.clone()).or_default().insert(to);
+            }
+        }
+    }
+    graph
+}
+
+/// Every module that can reach itself through the graph, with one such path.
+fn circles(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for start in graph.keys() {
+        // Breadth-first from `start`, remembering each module's predecessor.
+        let mut prev: std::collections::BTreeMap<&str, &str> = Default::default();
+        let mut todo = std::collections::VecDeque::from([start.as_str()]);
+        while let Some(m) = todo.pop_front() {
+            for next in graph.get(m).into_iter().flatten() {
+                if next == start {
+                    let mut path = vec![start.clone(), m.to_owned()];
+                    let mut at = m;
+                    while let Some(p) = prev.get(at) {
+                        path.push((*p).to_owned());
+                        at = p;
+                    }
+                    path.reverse();
+                    path.dedup();
+                    out.push(path);
+                    todo.clear();
+                    break;
+                }
+                if !prev.contains_key(next.as_str()) && next != start {
+                    prev.insert(next, m);
+                    todo.push_back(next);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_module_imports_itself_round_a_circle() {
+    let mut graph = std::collections::BTreeMap::new();
+    for (a, b) in [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")] {
+        graph
+            .entry(a.to_owned())
+            .or_insert_with(std::collections::BTreeSet::new)
+            .insert(b.to_owned());
+    }
+    assert_eq!(
+        circles(&graph).len(),
+        3,
+        "the detector sees a→b→c→a from each end"
+    );
+    let found = circles(&module_graph());
+    assert!(
+        found.is_empty(),
+        "import circles between top-level modules (production code):\n{}",
+        found
+            .iter()
+            .map(|p| p.join(" -> "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// The text between `open` (just after an opening bracket) and its matching close, with
 /// string literals skipped; None when unbalanced.
 fn balanced(text: &str, open: char, close: char) -> Option<&str> {
