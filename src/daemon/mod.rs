@@ -133,6 +133,14 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg.state_dir.clone(),
         cfg.run_dir.clone(),
     ));
+    // Before any mount id is read or recorded: ids from another namespace are learnt again
+    // at reconstruction (a DaemonSet's next pod is a new namespace).
+    match crate::host::nsmark::token(&cfg.run_dir) {
+        Ok(t) => crate::host::process::set_mount_namespace(t),
+        Err(e) => {
+            tracing::warn!(error = %e, run_dir = %cfg.run_dir.display(), "cannot mark this mount namespace; mount ids recorded by a daemon in another namespace will not be recognised as such")
+        }
+    }
     let journal = Journal::open(&cfg.state_dir, &cfg.run_dir)?;
     let timeouts = Timeouts {
         mount: cfg.mount_timeout,
@@ -164,6 +172,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         ("healed", report.healed),
         ("adopted", report.adopted),
         ("idled", report.idled),
+        ("rekeyed", report.rekeyed),
         ("problem", report.problems.len()),
     ] {
         metrics

@@ -20,6 +20,7 @@ pub mod fusectl;
 pub mod mountinfo;
 pub mod mounts;
 pub mod mountwatch;
+pub mod nsmark;
 pub mod paths;
 pub mod podlogs;
 pub mod probe;

@@ -11,6 +11,20 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+/// This daemon's mount namespace token (see [`super::nsmark`]), once the daemon set it:
+/// a mount id means something only inside the namespace it was read in. `None` in a
+/// process that never set it (unit tests, the CLI).
+pub fn mount_namespace() -> Option<u64> {
+    NS.get().copied()
+}
+
+/// Sets [`mount_namespace`] (once; later calls are ignored).
+pub fn set_mount_namespace(token: u64) {
+    let _ = NS.set(token);
+}
+
+static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 /// This process's effective uid.
 pub fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()

@@ -194,6 +194,11 @@ pub struct MountId {
     pub unique: bool,
     /// Device (major, minor) of the mounted filesystem.
     pub dev: (u32, u32),
+    /// The mount namespace `id` was read in (its `/proc/self/ns/mnt` inode): the same mount
+    /// seen from another namespace (a DaemonSet's next pod) has another id. `None` in
+    /// records of earlier versions, which ran in one namespace (a systemd unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns: Option<u64>,
 }
 
 impl From<crate::host::PathMount> for MountId {
@@ -202,6 +207,7 @@ impl From<crate::host::PathMount> for MountId {
             id: m.mount_id,
             unique: m.id_unique,
             dev: m.dev,
+            ns: crate::host::process::mount_namespace(),
         }
     }
 }
