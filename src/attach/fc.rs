@@ -330,27 +330,7 @@ impl Driver for FcDriver {
                 _ => true,
             })
             .collect();
-        let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
-        let dm = match &wwid {
-            Some(w) => scsi.multipath_for_wwid(w),
-            None => scsi.multipath_holding(&names, None),
-        };
-        if let Some(dm) = dm {
-            super::scsi::flush_multipath(host, &dm).map_err(|source| DriverError::Command {
-                volume: volume.into(),
-                source,
-            })?;
-        }
-        for d in &disks {
-            tracing::info!(volume, driver = "fc", device = %d.name, op = "detach", "deleting SCSI device {}", d.addr);
-            scsi.delete(&d.name).map_err(|e| {
-                DriverError::from(ScsiError::Io {
-                    volume: volume.into(),
-                    path: scsi.delete_attr(&d.name),
-                    source: e,
-                })
-            })?;
-        }
+        super::scsi::remove_disks(host, &scsi, volume, wwid.as_deref(), &disks)?;
         Ok(())
     }
 

@@ -375,22 +375,7 @@ impl IscsiDriver {
                 }
             }
         }
-        let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
-        let dm = match wwid {
-            Some(w) => scsi.multipath_for_wwid(w),
-            None => scsi.multipath_holding(&names, None),
-        };
-        if let Some(dm) = dm {
-            super::scsi::flush_multipath(host, &dm).map_err(|source| DriverError::Command {
-                volume: volume.into(),
-                source,
-            })?;
-        }
-        for d in &disks {
-            tracing::info!(volume, device = %d.name, target = %t.iqn, op = "detach", "deleting SCSI device {}", d.addr);
-            scsi.delete(&d.name)
-                .map_err(|e| Self::io(volume, &scsi.delete_attr(&d.name), e))?;
-        }
+        super::scsi::remove_disks(host, &scsi, volume, wwid, &disks)?;
         for (p, s) in &sessions {
             // Devices just deleted may linger in sysfs for a moment; they are not users.
             let left: Vec<_> = scsi

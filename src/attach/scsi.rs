@@ -537,6 +537,40 @@ pub fn wait_for<T>(limit: std::time::Duration, mut f: impl FnMut() -> Option<T>)
     }
 }
 
+/// Removes a volume's SCSI disks from this node, as the iSCSI and FC detach both do: the
+/// multipath map over them flushed first (found by the WWID attach recorded, else by the
+/// disks it holds), then each disk deleted through sysfs.
+pub fn remove_disks(
+    host: &crate::host::Host,
+    scsi: &Scsi,
+    volume: &str,
+    wwid: Option<&str>,
+    disks: &[ScsiDisk],
+) -> Result<(), crate::volume::DriverError> {
+    let names: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
+    let dm = match wwid {
+        Some(w) => scsi.multipath_for_wwid(w),
+        None => scsi.multipath_holding(&names, None),
+    };
+    if let Some(dm) = dm {
+        flush_multipath(host, &dm).map_err(|source| crate::volume::DriverError::Command {
+            volume: volume.into(),
+            source,
+        })?;
+    }
+    for d in disks {
+        tracing::info!(volume, device = %d.name, op = "detach", "deleting SCSI device {}", d.addr);
+        scsi.delete(&d.name).map_err(|source| {
+            crate::volume::DriverError::from(ScsiError::Io {
+                volume: volume.into(),
+                path: scsi.delete_attr(&d.name),
+                source,
+            })
+        })?;
+    }
+    Ok(())
+}
+
 /// Flushes the dm-multipath device `dm` (`multipath -f <map name>`), so its paths can be
 /// deleted.
 pub fn flush_multipath(host: &crate::host::Host, dm: &str) -> Result<(), crate::host::ExecError> {
