@@ -59,15 +59,8 @@ enum Format {
 
 #[derive(Debug, clap::Args)]
 struct Common {
-    /// Config file [default: /etc/moor/config.yaml, if present].
-    #[arg(long, env = "MOOR_CONFIG")]
-    config: Option<PathBuf>,
-    /// kubelet's root directory [default: /var/lib/kubelet].
-    #[arg(long, env = "MOOR_KUBELET_DIR")]
-    kubelet_dir: Option<PathBuf>,
-    /// Durable state directory (wipe records) [default: /var/lib/moor].
-    #[arg(long, env = "MOOR_STATE_DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: super::NodeArgs,
     /// The daemon's socket, asked which volumes are live [default: /run/moor/moor.sock].
     #[arg(long, env = "MOOR_SOCKET")]
     socket: Option<PathBuf>,
@@ -79,10 +72,10 @@ struct Common {
 impl Common {
     fn load(self) -> Result<Config, LocalCliError> {
         let cfg = Config::load(&Overrides {
-            config: self.config,
+            config: self.node.config,
             file: FileConfig {
-                kubelet_dir: self.kubelet_dir,
-                state_dir: self.state_dir,
+                kubelet_dir: self.node.kubelet_dir,
+                state_dir: self.node.state_dir,
                 socket: self.socket,
                 node_name: self.node_name,
                 metrics_addr: Some("off".into()),

@@ -62,17 +62,24 @@ enum Command {
     Version,
 }
 
+/// The flags every command that reads the node's config shares (the daemon, `moor local`).
 #[derive(Debug, clap::Args)]
-struct DaemonArgs {
+pub(crate) struct NodeArgs {
     /// Config file [default: /etc/moor/config.yaml, if present].
     #[arg(long, env = "MOOR_CONFIG")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// kubelet's root directory [default: /var/lib/kubelet].
     #[arg(long, env = "MOOR_KUBELET_DIR")]
-    kubelet_dir: Option<PathBuf>,
-    /// Durable state directory [default: /var/lib/moor].
+    pub kubelet_dir: Option<PathBuf>,
+    /// Durable state directory (the journal, wipe records) [default: /var/lib/moor].
     #[arg(long, env = "MOOR_STATE_DIR")]
-    state_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DaemonArgs {
+    #[command(flatten)]
+    node: NodeArgs,
     /// Runtime state directory, on tmpfs [default: /run/moor].
     #[arg(long, env = "MOOR_RUN_DIR")]
     run_dir: Option<PathBuf>,
@@ -105,10 +112,10 @@ struct DaemonArgs {
 impl DaemonArgs {
     fn overrides(self) -> Overrides {
         Overrides {
-            config: self.config,
+            config: self.node.config,
             file: FileConfig {
-                kubelet_dir: self.kubelet_dir,
-                state_dir: self.state_dir,
+                kubelet_dir: self.node.kubelet_dir,
+                state_dir: self.node.state_dir,
                 run_dir: self.run_dir,
                 socket: self.socket,
                 metrics_addr: self.metrics_addr,
