@@ -6,6 +6,7 @@
 //! effect of its own: it validates, then forwards to the daemon.
 
 pub mod frontend;
+pub mod install;
 pub mod options;
 pub mod precheck;
 pub mod reply;
