@@ -129,6 +129,7 @@ impl DaemonArgs {
                 log_format: self.log_format,
                 local: None,
                 pod_log_dir: self.pod_log_dir,
+                host_mount_namespace: None,
             },
         }
     }

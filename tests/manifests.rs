@@ -251,6 +251,12 @@ fn every_rendering_parses_and_keeps_nodes_safe() {
             !config.local.unwrap().allowed_directories.is_empty(),
             "{name}: an allow-list"
         );
+        // With hostPID, the host-bound tools and FUSE clients are run on the host.
+        assert_eq!(
+            config.host_mount_namespace.as_deref(),
+            Some(Path::new("/proc/1/ns/mnt")),
+            "{name}"
+        );
 
         // Probes: kubelet reaches the listener; only the monitoring component opens it.
         let metrics = env_of(moor, "MOOR_METRICS_ADDR")

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::driver::Drivers;
+use crate::host::onhost::Placement;
 use crate::host::{Host, HostPaths};
 use crate::http::HttpState;
 use crate::journal::Journal;
@@ -151,6 +152,23 @@ fn local_id_sources(cfg: &Config) -> crate::local::discover::IdSources {
     }
 }
 
+/// What `/readyz` says of the placement: one line, and a warning line with the risk.
+fn placement_detail(p: &Placement) -> String {
+    let mut s = format!(
+        "placement: {}, FUSE clients {}\n",
+        p.label(),
+        if p.fuse_scope() {
+            "in scopes of the host's systemd"
+        } else {
+            "in moor's own cgroup"
+        }
+    );
+    if let Some(risk) = p.risk() {
+        s.push_str(&format!("warning: {risk}\n"));
+    }
+    s
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
@@ -163,19 +181,33 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let _state_lock = lock_instance(&cfg.state_dir)?;
     let _run_lock = lock_instance(&cfg.run_dir)?;
-    let host = Host::system(HostPaths::system(
+    let mut host = Host::system(HostPaths::system(
         cfg.kubelet_dir.clone(),
         cfg.state_dir.clone(),
         cfg.run_dir.clone(),
     ));
+    // Under systemd a FUSE daemon started from moor's cgroup would die with a restart of
+    // the unit (or a `systemctl stop`), and in the DaemonSet's container with the pod: its
+    // own scope of the host's systemd keeps every pod's mount alive.
+    let placement = Placement::detect(&host.paths.proc, cfg.host_mount_namespace.as_deref());
+    host.runner = placement.runner(host.runner.clone());
+    match placement.risk() {
+        None => tracing::info!(
+            placement = placement.label(),
+            fuse_scope = "host systemd",
+            "FUSE clients run in scopes of the host's systemd and outlive moor"
+        ),
+        Some(risk) => tracing::warn!(
+            placement = placement.label(),
+            risk,
+            "FUSE mounts do not outlive moor here"
+        ),
+    }
     let journal = Journal::open(&cfg.state_dir, &cfg.run_dir)?;
     let timeouts = Timeouts {
         mount: cfg.mount_timeout,
         unmount: cfg.mount_timeout,
     };
-    // Under systemd a FUSE daemon started from moor's cgroup would die with a restart of
-    // the unit (or a `systemctl stop`); its own scope keeps every pod's mount alive.
-    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
     let lifecycle = Arc::new(
         Lifecycle::new(
             host,
@@ -184,7 +216,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             cfg.node_name.clone(),
             timeouts,
         )
-        .with_fuse_scope(systemd)
+        .with_fuse_scope(placement.fuse_scope())
         .with_local_sources(local_allow_list(&cfg), local_id_sources(&cfg)),
     );
     let metrics = Arc::new(Metrics::new());
@@ -214,6 +246,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             .get_or_create(&crate::metrics::SetAsideLabels { reason: p.reason })
             .inc();
     }
+    metrics
+        .placement
+        .get_or_create(&crate::metrics::PlacementLabels {
+            placement: placement.label().into(),
+            fuse_outlives_moor: placement.fuse_scope().to_string(),
+        })
+        .set(1);
     tracing::info!(?report, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -222,17 +261,19 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .thread_name("moor")
         .build()
         .map_err(io("start runtime", Path::new("-")))?;
-    rt.block_on(serve(cfg, lifecycle, metrics))
+    rt.block_on(serve(cfg, lifecycle, metrics, placement))
 }
 
 async fn serve(
     cfg: Config,
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<Metrics>,
+    placement: Placement,
 ) -> Result<(), DaemonError> {
     let http_state = Arc::new(HttpState {
         metrics: metrics.clone(),
         ready: Default::default(),
+        detail: placement_detail(&placement),
     });
     if let Some(addr) = cfg.metrics_addr {
         let (bound, _task) = crate::http::serve(addr, http_state.clone())

@@ -15,6 +15,7 @@ pub mod fake;
 pub mod fusectl;
 pub mod mountinfo;
 pub mod mounts;
+pub mod onhost;
 pub mod paths;
 pub mod podlogs;
 pub mod rbdbus;
