@@ -100,6 +100,8 @@ def main():
         else:
             sys.exit(f"assemble: unknown kind {kind} in {a.files}")
     files["usr/local/bin/moor"] = ("file", a.binary)
+    # A static moor needs nothing; a dynamic one (the VM lab's debug build) brings its libc.
+    todo.append(a.binary)
 
     done = set()
     while todo:
