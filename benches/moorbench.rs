@@ -19,14 +19,14 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::os::unix::fs::symlink;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use moor::host::sandbox;
+use moor::testkit::{AllowList, DaemonProcess, DaemonSpec, Ready, Tree};
 use nix::mount::{MntFlags, MsFlags};
 
 struct Args {
@@ -193,141 +193,88 @@ fn rate(pairs_per_s: f64) -> String {
 
 // ---------------------------------------------------------------- the sandbox
 
+/// The bench's daemon runs on the shared harness's scratch tree (`moor::testkit`): the same
+/// layout, spawn and teardown as the host tests and `moor demo`.
 struct Bench {
     args: Args,
-    daemon: Option<Child>,
+    tree: Tree,
+    daemon: Option<DaemonProcess>,
     filler: Vec<PathBuf>,
 }
 
 impl Bench {
     fn kubelet(&self) -> PathBuf {
-        self.args.root.join("kubelet")
-    }
-    fn run_dir(&self) -> PathBuf {
-        self.args.root.join("run")
-    }
-    fn state_dir(&self) -> PathBuf {
-        self.args.root.join("state")
+        self.tree.kubelet_dir()
     }
     fn socket(&self) -> PathBuf {
-        self.run_dir().join("moor.sock")
+        self.tree.socket()
     }
     fn log(&self) -> PathBuf {
-        self.args.root.join("daemon.log")
+        self.tree.log()
     }
     fn link(&self) -> PathBuf {
-        self.args.root.join("plugins/moor~local/local")
+        self.tree.driver_link()
     }
     fn pod_dir(&self, uid: &str, vol: &str) -> PathBuf {
-        self.kubelet()
-            .join(format!("pods/{uid}/volumes/moor~local/{vol}"))
+        self.tree.pod_dir(uid, vol)
     }
 
     fn setup(&mut self) -> Result<()> {
-        let root = self.args.root.clone();
-        for d in ["kubelet", "run", "state", "data", "plugins/moor~local"] {
-            std::fs::create_dir_all(root.join(d))?;
-        }
+        self.tree.create_node_dirs()?;
+        std::fs::create_dir_all(self.args.root.join("data"))?;
         // kubelet's dir and moor's run dir on tmpfs, as on a node (/var/lib/kubelet is often
         // its own filesystem; /run always is). The state dir and the volume sources stay on
         // the root disk, so stage records pay a real fsync.
-        for d in ["kubelet", "run"] {
+        for d in [self.tree.kubelet_dir(), self.tree.run_dir()] {
             nix::mount::mount(
                 Some("tmpfs"),
-                &root.join(d),
+                &d,
                 Some("tmpfs"),
                 MsFlags::empty(),
                 Some("mode=0755"),
             )
-            .with_context(|| format!("mount tmpfs on {d}"))?;
+            .with_context(|| format!("mount tmpfs on {}", d.display()))?;
         }
-        symlink(&self.args.moor, self.link())?;
+        self.tree.install_driver_link(&self.args.moor)?;
         self.start_daemon()?;
         Ok(())
     }
 
+    /// Starts the daemon; returns the time from its spawn until its socket answered.
     fn start_daemon(&mut self) -> Result<Duration> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())?;
         // A node serves only the directories its operator lists: the bench's sources.
-        let config = self.args.root.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "local:\n  kubernetes: off\n  allowed-directories: [{}]\n",
-                self.args.root.join("data").display()
-            ),
-        )?;
-        let mut cmd = Command::new(&self.args.moor);
-        cmd.arg("daemon")
-            .arg("--config")
-            .arg(&config)
-            .arg("--kubelet-dir")
-            .arg(self.kubelet())
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--run-dir")
-            .arg(self.run_dir())
-            .arg("--socket")
-            .arg(self.socket())
-            .args([
-                "--metrics-addr",
-                "off",
-                "--node-name",
-                "bench-node",
-                "--log-format",
-                "json",
-            ])
-            .env_remove("MOOR_LOG")
-            .env_remove("MOOR_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal,
-        // so a killed benchmark never leaves a daemon (and its namespace) behind.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let started = Instant::now();
-        let mut child = cmd.spawn().context("spawn moor daemon")?;
-        let deadline = started + Duration::from_secs(60);
-        loop {
-            if UnixStream::connect(self.socket()).is_ok() {
-                break;
-            }
-            if let Some(st) = child.try_wait()? {
-                bail!(
-                    "daemon exited early ({st}); log:\n{}",
-                    std::fs::read_to_string(self.log()).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("daemon did not listen within 60 s");
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        let ready = started.elapsed();
-        self.daemon = Some(child);
+        let config = self.tree.write_config(&AllowList {
+            directories: vec![self.args.root.join("data")],
+            devices: Vec::new(),
+        })?;
+        let mut spec = DaemonSpec::new(&self.args.moor, "bench-node");
+        spec.config = Some(config);
+        spec.env_remove = vec!["MOOR_LOG".into()];
+        // A killed benchmark never leaves a daemon (and its namespace) behind.
+        spec.terminate_with_parent = true;
+        spec.ready = Ready::Socket {
+            poll: Duration::from_micros(500),
+        };
+        spec.deadline = Duration::from_secs(60);
+        let d = DaemonProcess::spawn(&self.tree, &spec).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}:\n{}",
+                std::fs::read_to_string(self.log()).unwrap_or_default()
+            )
+        })?;
+        let ready = d.ready_after;
+        self.daemon = Some(d);
         Ok(ready)
     }
 
     fn stop_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
         }
     }
 
     fn daemon_pid(&self) -> u32 {
-        self.daemon.as_ref().map_or(0, Child::id)
+        self.daemon.as_ref().map_or(0, DaemonProcess::pid)
     }
 
     fn rss_kib(&self) -> u64 {
@@ -370,11 +317,7 @@ impl Bench {
         self.stop_daemon();
         self.remove_filler();
         // Everything still mounted under the root, deepest first.
-        let mut left = mounts_under(&self.args.root);
-        left.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for m in left {
-            let _ = nix::mount::umount2(&m, MntFlags::MNT_DETACH);
-        }
+        self.tree.unmount_all();
     }
 }
 
@@ -382,16 +325,6 @@ impl Drop for Bench {
     fn drop(&mut self) {
         self.cleanup();
     }
-}
-
-fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    moor::host::mountinfo::parse(&text)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(root))
-        .collect()
 }
 
 fn mount_count() -> usize {
@@ -1107,26 +1040,14 @@ fn profile_api(b: &mut Bench, c: &Ctx, t: &mut Table) -> Result<()> {
 }
 
 fn sanity() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
+    if !sandbox::is_root() {
         bail!("needs root (mount(2)); run it through benches/run");
     }
-    // benches/run passes the namespace it started in (reading /proc/1/ns/mnt may be denied
-    // in a container); either one must differ from ours.
-    let ours = std::fs::read_link("/proc/self/ns/mnt")?;
-    let outer = std::env::var_os("MOORBENCH_OUTER_MNTNS")
-        .map(PathBuf::from)
-        .or_else(|| std::fs::read_link("/proc/1/ns/mnt").ok());
-    if outer.is_none_or(|o| o == ours) {
+    if !sandbox::in_private_mount_namespace()? {
         bail!("must run in a private mount namespace; run it through benches/run");
     }
     // Belt and braces: nothing mounted here may propagate anywhere.
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
+    sandbox::make_mounts_private()?;
     Ok(())
 }
 
@@ -1139,6 +1060,7 @@ fn main() {
         }
     };
     let mut b = Bench {
+        tree: Tree::new(&args.root),
         args,
         daemon: None,
         filler: Vec::new(),
@@ -1147,7 +1069,7 @@ fn main() {
     let started = Instant::now();
     let result = run(&mut b, &mut t);
     b.cleanup();
-    let left = mounts_under(&b.args.root);
+    let left = b.tree.mounts().unwrap_or_default();
     println!();
     println!(
         "## moor benchmark ({:.0} s)",

@@ -9,7 +9,6 @@ pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod driver;
 pub mod error;
 pub mod flexvolume;
@@ -24,6 +23,7 @@ pub mod metrics;
 pub mod share;
 pub mod telemetry;
 pub mod testhook;
+pub mod testkit;
 pub mod volume;
 
 pub use error::Error;

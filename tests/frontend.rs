@@ -133,6 +133,7 @@ fn read_request_line(c: &mut std::os::unix::net::UnixStream) {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn every_path_answers_exactly_one_json_object() {
     require_privileged_sandbox();
     let t = tempfile::Builder::new()
@@ -339,8 +340,10 @@ fn every_path_answers_exactly_one_json_object() {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_panic_answers_one_json_object_whatever_stdout_is() {
     require_privileged_sandbox();
+    common::require_test_hooks(&moor_bin());
     let t = tempfile::Builder::new()
         .prefix("moor-fe")
         .tempdir_in("/var/tmp")
@@ -439,6 +442,7 @@ fn daemon_from_config(root: &Path) -> (std::process::Child, PathBuf, PathBuf) {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn the_front_end_finds_the_daemon_the_way_it_was_configured() {
     require_privileged_sandbox();
     let t = tempfile::Builder::new()
@@ -586,6 +590,7 @@ fn daemon_with_socket(root: &Path, sock: &Path) -> std::process::Output {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn the_socket_directory_is_never_chmodded_and_an_open_one_is_refused() {
     require_privileged_sandbox();
     let t = tempfile::Builder::new()
@@ -649,10 +654,11 @@ fn threads_of(pid: u32) -> usize {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn idle_connections_are_bounded_and_closed_while_real_calls_go_through() {
     require_privileged_sandbox();
     let d = Daemon::start();
-    let pid = d.child.as_ref().unwrap().id();
+    let pid = d.pid();
     let before = threads_of(pid);
     let idle: Vec<_> = (0..300)
         .map(|_| std::os::unix::net::UnixStream::connect(d.socket()).unwrap())
@@ -721,6 +727,7 @@ fn daemon_with_slow(tools: &[&str], secs: u32) -> (Daemon, tempfile::TempDir) {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_slow_command_is_named_before_the_operation_deadline() {
     require_privileged_sandbox();
     // An ordinary command is cut to end before the operation and killed: the answer names it.

@@ -49,6 +49,7 @@ fn reboot(d: &mut Daemon) {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn two_pods_share_one_stage_and_unstage_after_the_last() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
@@ -117,6 +118,7 @@ fn two_pods_share_one_stage_and_unstage_after_the_last() {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_read_only_pod_first_then_a_read_write_one() {
     require_privileged_sandbox();
     let dev = device_with(Signature::Ext4);
@@ -150,6 +152,7 @@ fn a_read_only_pod_first_then_a_read_write_one() {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn mount_options_reach_the_stage_mount() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
@@ -217,11 +220,13 @@ fn fs_type_volume(fs_type: &str, size_mib: u64) {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn xfs_volume() {
     fs_type_volume("xfs", 300);
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn btrfs_volume() {
     fs_type_volume("btrfs", 128);
 }
@@ -229,6 +234,7 @@ fn btrfs_volume() {
 /// kubelet's fsGroup, done by moor on the volume root only (kubernetes #69699: never a
 /// recursive walk on every mount), and only when it differs.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn fs_group_is_applied_to_the_root_only() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
@@ -277,6 +283,7 @@ fn fs_group_is_applied_to_the_root_only() {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_repeated_mount_is_idempotent() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
@@ -304,6 +311,7 @@ fn a_repeated_mount_is_idempotent() {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn unmount_of_what_is_not_mounted_succeeds() {
     require_privileged_sandbox();
     let d = Daemon::start();
@@ -317,6 +325,7 @@ fn unmount_of_what_is_not_mounted_succeeds() {
 
 /// Local PV affinity enforced on the node itself: another node's disk is never touched here.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn another_nodes_volume_is_refused() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
@@ -352,6 +361,7 @@ fn another_nodes_volume_is_refused() {
 /// device path reading as blank is a broken data path, not an empty disk: refused, never
 /// formatted (hetznercloud/csi-driver #1346, kubernetes #95183).
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_known_volume_that_now_looks_blank_is_refused() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
@@ -394,6 +404,7 @@ fn a_known_volume_that_now_looks_blank_is_refused() {
 /// The same device path now holds another filesystem (the path points at another disk after
 /// a reboot): refused, the other disk untouched (kubernetes #55314, local PV identity #51431).
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_different_filesystem_under_the_same_path_is_refused() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
@@ -425,6 +436,7 @@ fn a_different_filesystem_under_the_same_path_is_refused() {
 /// and a name it staged one disk under that now names another disk is refused before that
 /// disk is probed, formatted or mounted.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_device_link_that_now_points_at_another_disk_is_refused() {
     require_privileged_sandbox();
     let (first, second, blank) = (
@@ -474,6 +486,7 @@ fn a_device_link_that_now_points_at_another_disk_is_refused() {
 /// "one stage per volume per node" holds for the disk, not only for the string. The second
 /// name shares the first one's stage — no second mount, no fsck of the mounted disk.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn one_disk_under_two_paths_is_one_volume_staged_once() {
     require_privileged_sandbox();
     for (fs_type, size_mib) in [("btrfs", 128), ("ext4", 64)] {
@@ -514,6 +527,7 @@ fn one_disk_under_two_paths_is_one_volume_staged_once() {
 /// A disk someone else has mounted (an operator, the host's fstab) is in use: moor neither
 /// stages it a second time nor runs fsck on it.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_disk_mounted_elsewhere_is_refused_as_in_use() {
     require_privileged_sandbox();
     let dev = device_with(Signature::Btrfs);
@@ -536,6 +550,7 @@ fn a_disk_mounted_elsewhere_is_refused_as_in_use() {
 /// (a broken data path, a wipe), moor refuses to format it until an operator runs
 /// `moor forget <key>`.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_remembered_volume_that_looks_blank_needs_forget_before_format() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);

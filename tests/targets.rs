@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use common::host::{assert_failure, mkfs, mount_entries_at, mount_entries_under};
 use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox, s, sh, source, write_errno};
@@ -26,15 +25,8 @@ use serde_json::json;
 
 const NONE: Vec<PathBuf> = Vec::new();
 
-fn pod_opts(pod: &str, vol: &str, mut opts: serde_json::Value) -> String {
-    let o = opts.as_object_mut().unwrap();
-    o.entry("kubernetes.io/pod.uid").or_insert(pod.into());
-    o.entry("kubernetes.io/pod.namespace")
-        .or_insert("default".into());
-    o.entry("kubernetes.io/pvOrVolumeName")
-        .or_insert(vol.into());
-    o.entry("kubernetes.io/readwrite").or_insert("rw".into());
-    opts.to_string()
+fn pod_opts(pod: &str, vol: &str, opts: serde_json::Value) -> String {
+    common::kubelet_options(pod, vol, opts).to_string()
 }
 
 /// The per-mount options (mountinfo field 6) of the topmost mount at `p`.
@@ -69,6 +61,7 @@ fn renameat2_exchange(a: &Path, b: &Path) {
 /// No bind may ever appear outside the kubelet dir, the foreign tmpfs must never be
 /// unmounted, and every call answers Success or a clean Failure (one JSON line).
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_pod_dir_swapped_for_a_symlink_during_the_call_never_leads_a_mount_out() {
     require_privileged_sandbox();
     let d = Daemon::start();
@@ -187,6 +180,7 @@ fn a_pod_dir_swapped_for_a_symlink_during_the_call_never_leads_a_mount_out() {
 /// mount, keep its record; once the foreign mount is gone, unmount succeeds and nothing is
 /// left.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_foreign_bind_of_the_same_filesystem_on_a_pod_dir_is_not_unmounted() {
     require_privileged_sandbox();
     let d = Daemon::start();
@@ -223,6 +217,7 @@ fn a_foreign_bind_of_the_same_filesystem_on_a_pod_dir_is_not_unmounted() {
 /// bind, so kubelet's retry finds the volume as it was), the foreign mount stays, and once
 /// it is gone the retry unmounts and unstages everything.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_foreign_bind_on_a_stage_is_not_unmounted() {
     require_privileged_sandbox();
     let d = Daemon::start();
@@ -256,21 +251,12 @@ fn a_foreign_bind_on_a_stage_is_not_unmounted() {
 /// the foreign mount; moor keeps its record and kubelet's unmount removes moor's bind once
 /// the foreign mount is gone.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_publish_rollback_never_unmounts_a_foreign_mount() {
     require_privileged_sandbox();
     let mut d = Daemon::start();
-    let marker = d.root.path().join("held");
     d.stop();
-    d.extra_env = vec![
-        (
-            "MOOR_TEST_HOLD_AT".into(),
-            "publish:bound-before-fsgroup".into(),
-        ),
-        (
-            "MOOR_TEST_PAUSE_MARKER".into(),
-            marker.display().to_string(),
-        ),
-    ];
+    let pause = d.pause_and_resume_at("publish:bound-before-fsgroup");
     d.spawn();
     // A source on a read-only filesystem: the bind works, the fsGroup chgrp cannot.
     let src = d.root.path().join("disks/ro");
@@ -293,21 +279,13 @@ fn a_publish_rollback_never_unmounts_a_foreign_mount() {
             .env("MOOR_SOCKET", socket)
             .output()
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon never reached the hold point; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    pause.wait(&d);
     sh(
         "mount",
         &["-t", "tmpfs", "-o", "size=1m", "foreign", s(&pod)],
     );
     std::fs::write(pod.join("foreign-file"), "not moor's").unwrap();
-    std::fs::remove_file(&marker).unwrap();
+    pause.resume();
     let out = call.join().unwrap().unwrap();
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["status"], "Failure", "{reply}");
@@ -338,6 +316,7 @@ fn status_json(d: &Daemon) -> serde_json::Value {
 /// the disk under it), the disk as a disk; `expandfs` on the directory touches no disk;
 /// unmount works for both and nothing else is unmounted.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn adoption_tells_a_directory_from_a_disk() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
@@ -415,6 +394,7 @@ fn adoption_tells_a_directory_from_a_disk() {
 
 /// Item 9 (directory): `mountOptions` reach the pod's mount or are refused by name.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn directory_mount_options_are_applied_to_the_pod_mount() {
     require_privileged_sandbox();
     let d = Daemon::start();
@@ -470,6 +450,7 @@ fn directory_mount_options_are_applied_to_the_pod_mount() {
 /// read-only one included (a remount of a bind replaces its flags), and `ro` makes the pod
 /// dir read-only.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn block_mount_options_survive_on_every_pod_bind() {
     require_privileged_sandbox();
     let dev = LoopDev::new(64);
@@ -510,6 +491,7 @@ fn block_mount_options_survive_on_every_pod_bind() {
 /// `/var/lib/kubelet` mount comes up late): moor's held fd must follow, so the pod sees its
 /// volume at the path kubelet uses, not in the directory now hidden under the mount.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_kubelet_dir_mounted_after_start_is_followed() {
     require_privileged_sandbox();
     let d = Daemon::start();
@@ -539,6 +521,7 @@ fn a_kubelet_dir_mounted_after_start_is_followed() {
 /// dir, kubelet retries `mount`. moor must refuse, leave the tmpfs, and keep owning its own
 /// bind underneath, so the unmount completes once the tmpfs and the open file are gone.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_mount_retry_over_a_foreign_mount_keeps_moors_bind_owned() {
     require_privileged_sandbox();
     let d = Daemon::start();
@@ -575,6 +558,7 @@ fn a_mount_retry_over_a_foreign_mount_keeps_moors_bind_owned() {
 /// pod would get the foreign filesystem, so moor refuses and leaves both alone; once the
 /// foreign mount is gone the same call is Success again and the volume unmounts cleanly.
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_mount_of_a_published_volume_under_a_foreign_mount_is_not_success() {
     require_privileged_sandbox();
     let d = Daemon::start();

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Daemon, LoopDev, free_port, http_get, require_privileged_sandbox};
+use common::{Daemon, LoopDev, http_get, require_privileged_sandbox};
 use serde_json::json;
 
 /// `moor_volume_stats_capacity_bytes` series: label text → value.
@@ -26,18 +26,10 @@ fn capacity_series(text: &str) -> BTreeMap<String, u64> {
 }
 
 #[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn volumes_named_alike_get_a_series_each_and_a_forged_namespace_is_not_shown() {
     require_privileged_sandbox();
-    let port = free_port();
-    let mut d = Daemon::start();
-    d.stop();
-    d.extra_args = vec![
-        "--metrics-addr".into(),
-        format!("127.0.0.1:{port}"),
-        "--reconcile-interval-seconds".into(),
-        "1".into(),
-    ];
-    d.spawn();
+    let (d, port) = Daemon::start_with_metrics();
     // What kubelet creates for each pod, whatever the pod's spec says.
     for dir in [
         "team-a_web-0_pod-a",

@@ -20,6 +20,7 @@ pub mod paths;
 pub mod podlogs;
 pub mod rbdbus;
 pub mod records;
+pub mod sandbox;
 pub mod scsi;
 pub mod secrets;
 pub mod stdio;

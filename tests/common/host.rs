@@ -1,12 +1,12 @@
 //! What a user checks on the host after moor acted: the signatures on a device (`blkid -p`),
-//! its bytes (a checksum), the live mount table, the commands the daemon ran (its debug log)
-//! and its stage records. Also how the tests put a signature on a loop device.
+//! its bytes (a checksum), the live mount table's entries. Also how the tests put a
+//! signature on a loop device. (The daemon's commands and records: `moor::testkit::harness`.)
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use super::{Daemon, LoopDev, sh};
+use super::{LoopDev, sh};
 
 /// A signature a test puts on a device before handing it to moor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,92 +283,6 @@ pub fn mount_entries_at(p: &Path) -> Vec<moor::host::mountinfo::MountInfo> {
         .into_iter()
         .filter(|m| m.mount_point == p)
         .collect()
-}
-
-impl Daemon {
-    /// The commands the daemon ran so far (from `command finished` debug lines), in order.
-    pub fn commands(&self) -> Vec<String> {
-        self.log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["message"] == "command finished")
-            .filter_map(|v| v["cmd"].as_str().map(str::to_owned))
-            .collect()
-    }
-
-    /// The mkfs commands the daemon ran, asserting none carried a force flag.
-    #[track_caller]
-    pub fn mkfs_commands(&self) -> Vec<String> {
-        let mkfs: Vec<String> = self
-            .commands()
-            .into_iter()
-            .filter(|c| c.starts_with("mkfs"))
-            .collect();
-        for c in &mkfs {
-            let forced = c
-                .split_whitespace()
-                .any(|a| matches!(a, "-f" | "-F" | "--force" | "-FF"));
-            assert!(!forced, "mkfs ran with a force flag: {c}");
-        }
-        mkfs
-    }
-
-    /// The stage records in the journal.
-    pub fn stage_records(&self) -> Vec<serde_json::Value> {
-        let dir = self.state_dir().join("stage");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        let mut out: Vec<(PathBuf, serde_json::Value)> = rd
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .map(|p| {
-                let v = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-                (p, v)
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out.into_iter().map(|(_, v)| v).collect()
-    }
-
-    /// Stage records that still claim a mount (anything but `idle`).
-    pub fn active_stage_records(&self) -> Vec<serde_json::Value> {
-        self.stage_records()
-            .into_iter()
-            .filter(|r| r["phase"] != "idle")
-            .collect()
-    }
-
-    /// The stage directory of the local volume at `path`: the key of the record that names
-    /// `path` (a device's key is its stable id), else the key of the directory itself.
-    pub fn stage_path(&self, path: &str) -> PathBuf {
-        let key = self
-            .stage_records()
-            .into_iter()
-            .find(|r| r["options"]["path"] == path)
-            .and_then(|r| r["key"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| moor::driver::volume_key("local", path));
-        self.kubelet_dir().join("plugins/moor/local").join(key)
-    }
-
-    /// Mount points under the daemon's tree.
-    pub fn mounts(&self) -> Vec<PathBuf> {
-        super::mounts_under(self.root.path())
-    }
-
-    /// Asserts that a failed mount left nothing behind: nothing mounted under the tree, no
-    /// stage record claiming a mount, and that kubelet's follow-up unmount succeeds.
-    #[track_caller]
-    pub fn assert_nothing_left(&self, pod: &str, vol: &str) {
-        assert_eq!(self.mounts(), Vec::<PathBuf>::new(), "mounts left behind");
-        assert_eq!(
-            self.active_stage_records(),
-            Vec::<serde_json::Value>::new(),
-            "stage records left behind"
-        );
-        let u = self.unmount(pod, vol);
-        u.assert_ok();
-    }
 }
 
 /// Asserts a Failure whose message starts with `reason` and mentions every word of `words`.

@@ -76,6 +76,8 @@ key=$("$MOOR" status -o json | jq -r '[.volumes[]? | select(.driver == "iscsi") 
 
 # Crash safety: SIGKILL right after the login (pause point iscsi:logged-in, before attach
 # returns), restart: reconstruction logs the orphan session out; kubelet's retry converges.
+"$MOOR" version | grep -q test-hooks ||
+  lab_die "$MOOR has no pause points: build it with cargo build --features test-hooks"
 kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
 MARKER=/tmp/moor-paused; rm -f "$MARKER"
 MOOR_TEST_PAUSE_AT=iscsi:logged-in MOOR_TEST_PAUSE_MARKER=$MARKER "$MOOR" daemon --metrics-addr off >>"$LOG" 2>&1 &

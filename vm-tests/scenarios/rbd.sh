@@ -35,6 +35,9 @@ DAEMON_LOG=$LAB_OUT/moor-daemon.log
 PAUSE_MARKER=/tmp/moor-paused
 DAEMON_PID=
 start_daemon() {   # [PAUSE_POINT]
+  if [[ -n ${1:-} ]] && ! "$MOOR" version | grep -q test-hooks; then
+    lab_die "$MOOR has no pause points: build it with cargo build --features test-hooks"
+  fi
   # No CEPH_CONF: moor must reach the cluster with the volume's options alone.
   env -u CEPH_CONF PATH="$WRAP:$PATH" MOOR_LOG_FORMAT=json \
     MOOR_TEST_PAUSE_AT="${1:-}" MOOR_TEST_PAUSE_MARKER="$PAUSE_MARKER" \

@@ -1,18 +1,19 @@
 //! `moor demo`: the main job on a built-in default. A real daemon on a temporary kubelet
 //! tree with a loop-backed disk, driven exactly as kubelet drives a FlexVolume driver
-//! (exec of `moor~local/local` with kubelet's argv and JSON), each step timed.
+//! (exec of `moor~local/local` with kubelet's argv and JSON), each step timed. The tree, the
+//! daemon, the FlexVolume calls and the loop device are the test harness's (`testkit`), so
+//! the demo shows what the host tests check.
 //!
 //! Invariant: it runs in a private mount namespace of its own, so whatever happens nothing
 //! it mounts is visible to the host, and it leaves no mount, loop device or file behind.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::api::{Request, Response, client};
+use crate::host::sandbox;
 use crate::host::{Cmd, CommandRunner, SystemRunner};
+use crate::testkit::{self, AllowList, DaemonProcess, DaemonSpec, LoopDevice, Ready, Tree};
 
 /// Size of the demo disk.
 const DISK_MIB: u64 = 256;
@@ -24,53 +25,34 @@ pub enum DemoError {
     #[error("moor demo needs root (it creates a loop device and mounts it); run it with sudo")]
     NotRoot,
     /// A step failed.
-    #[error("step '{step}' failed: {detail}")]
+    #[error("step '{step}' failed")]
     Step {
         /// The step.
         step: String,
         /// What happened.
-        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
-fn fail(step: &str, detail: impl std::fmt::Display) -> DemoError {
+fn fail(step: &str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DemoError {
     DemoError::Step {
         step: step.into(),
-        detail: detail.to_string(),
+        source: source.into(),
     }
 }
 
 /// Everything the demo created, removed on drop whatever happened.
 struct Sandbox {
-    root: PathBuf,
-    loop_dev: Option<String>,
-    daemon: Option<Child>,
+    tree: Tree,
+    loop_dev: Option<LoopDevice>,
+    daemon: Option<DaemonProcess>,
 }
 
 impl Sandbox {
-    fn kubelet(&self) -> PathBuf {
-        self.root.join("kubelet")
-    }
-    fn socket(&self) -> PathBuf {
-        self.root.join("run/moor.sock")
-    }
-    fn driver_exe(&self) -> PathBuf {
-        self.root.join("plugins/moor~local/local")
-    }
-    fn pod_dir(&self, uid: &str) -> PathBuf {
-        self.kubelet()
-            .join(format!("pods/{uid}/volumes/moor~local/data"))
-    }
-
     fn stop_daemon(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            if let Ok(pid) = i32::try_from(c.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            let _ = c.wait();
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
         }
     }
 }
@@ -78,28 +60,14 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop_daemon();
-        for m in mounts_under(&self.root).into_iter().rev() {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
-        if let Some(dev) = self.loop_dev.take() {
-            let _ = SystemRunner.run(&Cmd::new("losetup").args(["-d", dev.as_str()]));
-        }
+        let left = self.tree.unmount_all();
+        // The loop device goes only once nothing is mounted from it.
+        self.loop_dev.take();
         // Only once nothing is mounted below it (checked above) is a recursive removal safe.
-        if mounts_under(&self.root).is_empty() {
-            let _ = std::fs::remove_dir_all(&self.root);
+        if left.is_empty() {
+            let _ = std::fs::remove_dir_all(self.tree.root());
         }
     }
-}
-
-fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|t| crate::host::mountinfo::parse(&t).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(root))
-        .collect()
 }
 
 struct Steps {
@@ -124,13 +92,15 @@ impl Steps {
 
 /// Runs the demo; returns the exit code.
 pub fn run() -> Result<i32, DemoError> {
-    if !nix::unistd::geteuid().is_root() {
+    if !sandbox::is_root() {
         return Err(DemoError::NotRoot);
     }
-    private_mount_namespace()?;
-    let root = tempdir()?;
+    sandbox::enter_private_mount_namespace().map_err(|e| fail("unshare -m", e))?;
+    let tree = Tree::new(std::env::temp_dir().join(format!("moor-demo-{}", std::process::id())));
+    tree.create_node_dirs()
+        .map_err(|e| fail("create scratch tree", e))?;
     let mut sb = Sandbox {
-        root,
+        tree,
         loop_dev: None,
         daemon: None,
     };
@@ -139,7 +109,7 @@ pub fn run() -> Result<i32, DemoError> {
     );
     println!(
         "    scratch tree {} (private mount namespace)\n",
-        sb.root.display()
+        sb.tree.root().display()
     );
     let mut steps = Steps {
         started: Instant::now(),
@@ -147,8 +117,12 @@ pub fn run() -> Result<i32, DemoError> {
     };
     let result = play(&mut sb, &mut steps);
     sb.stop_daemon();
-    let leftovers = mounts_under(&sb.root);
-    let dev = sb.loop_dev.clone().unwrap_or_default();
+    let leftovers = sb.tree.mounts().unwrap_or_default();
+    let dev = sb
+        .loop_dev
+        .as_ref()
+        .map(|d| d.path_str().to_owned())
+        .unwrap_or_default();
     drop(sb);
     match result {
         Ok(()) if leftovers.is_empty() => {
@@ -166,67 +140,36 @@ pub fn run() -> Result<i32, DemoError> {
     }
 }
 
-fn private_mount_namespace() -> Result<(), DemoError> {
-    use nix::mount::{MsFlags, mount};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| fail("unshare -m", e))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| fail("make / private", e))
-}
-
-fn tempdir() -> Result<PathBuf, DemoError> {
-    let base = std::env::temp_dir().join(format!("moor-demo-{}", std::process::id()));
-    for d in ["kubelet", "state", "run", "plugins/moor~local"] {
-        std::fs::create_dir_all(base.join(d)).map_err(|e| fail("create scratch tree", e))?;
-    }
-    Ok(base)
-}
-
 fn play(sb: &mut Sandbox, steps: &mut Steps) -> Result<(), DemoError> {
     let exe = std::env::current_exe().map_err(|e| fail("find moor", e))?;
-    std::os::unix::fs::symlink(&exe, sb.driver_exe())
+    let link = sb
+        .tree
+        .install_driver_link(&exe)
         .map_err(|e| fail("install driver symlink", e))?;
 
     let dev = steps.run("create a loop-backed disk", || {
-        let img = sb.root.join("disk.img");
-        let f = std::fs::File::create(&img).map_err(|e| fail("disk image", e))?;
-        f.set_len(DISK_MIB << 20)
-            .map_err(|e| fail("disk image", e))?;
-        let out = SystemRunner
-            .run(&Cmd::new("losetup").args(["--find", "--show"]).arg(&img))
+        let d = LoopDevice::create(&sb.tree.root().join("disk.img"), DISK_MIB)
             .map_err(|e| fail("losetup", e))?;
-        if !out.success() {
-            return Err(fail("losetup", out.stderr_tail()));
-        }
-        let dev = out.stdout_text().trim().to_owned();
+        let dev = d.path_str().to_owned();
+        sb.loop_dev = Some(d);
         Ok((dev.clone(), format!("{dev}, blank")))
     })?;
-    sb.loop_dev = Some(dev.clone());
 
-    let metrics_port = free_port()?;
+    let metrics_port = testkit::free_port().map_err(|e| fail("pick a port", e))?;
     steps.run("start moor daemon", || {
-        let child = start_daemon(sb, &exe, metrics_port)?;
-        sb.daemon = Some(child.0);
-        Ok(((), child.1))
+        let d = start_daemon(&sb.tree, &exe, &dev, metrics_port)?;
+        sb.daemon = Some(d);
+        Ok(((), "READY=1 received over sd_notify".into()))
     })?;
 
+    let socket = sb.tree.socket();
     let flex = |args: &[&str]| -> Result<serde_json::Value, DemoError> {
-        let out = Command::new(sb.driver_exe())
-            .args(args)
-            .env("MOOR_SOCKET", sb.socket())
-            .output()
-            .map_err(|e| fail(args[0], e))?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| fail(args[0], format!("not one JSON object: {e}")))?;
-        if v["status"] != "Success" {
-            return Err(fail(args[0], v));
+        let op = args.first().copied().unwrap_or_default();
+        let r = testkit::flex::call(&link, &socket, args).map_err(|e| fail(op, e))?;
+        if !r.ok() {
+            return Err(fail(op, r.json.to_string()));
         }
-        Ok(v)
+        Ok(r.json)
     };
     let opts = |uid: &str, rw: &str| {
         serde_json::json!({
@@ -241,8 +184,8 @@ fn play(sb: &mut Sandbox, steps: &mut Steps) -> Result<(), DemoError> {
         "a1b2c3d4-0000-4000-8000-00000000000a",
         "b5e6f7a8-0000-4000-8000-00000000000b",
     );
-    let dir_a = sb.pod_dir(pod_a);
-    let dir_b = sb.pod_dir(pod_b);
+    let dir_a = sb.tree.pod_dir(pod_a, "data");
+    let dir_b = sb.tree.pod_dir(pod_b, "data");
     for d in [&dir_a, &dir_b] {
         std::fs::create_dir_all(d).map_err(|e| fail("create pod dir", e))?;
     }
@@ -264,8 +207,8 @@ fn play(sb: &mut Sandbox, steps: &mut Steps) -> Result<(), DemoError> {
         std::fs::write(dir_a.join("hello.txt"), "written by pod A\n")
             .map_err(|e| fail("write", e))?;
         let back = std::fs::read_to_string(dir_b.join("hello.txt")).map_err(|e| fail("read", e))?;
-        let ro = std::fs::write(dir_b.join("x"), "x").map_err(|e| e.raw_os_error());
-        if ro != Err(Some(libc::EROFS)) {
+        let ro = std::fs::write(dir_b.join("x"), "x").map_err(|e| e.kind());
+        if ro != Err(std::io::ErrorKind::ReadOnlyFilesystem) {
             return Err(fail(
                 "ro check",
                 format!("write through pod B gave {ro:?}, expected EROFS"),
@@ -277,18 +220,17 @@ fn play(sb: &mut Sandbox, steps: &mut Steps) -> Result<(), DemoError> {
         flex(&["mount", &dir_a_s, &opts(pod_a, "rw")])?;
         Ok(((), "Success, no second mount".into()))
     })?;
-    let table = status(sb)?;
+    let table = status(&socket)?;
     println!("\n{table}");
     steps.run("unmount pod A", || {
         flex(&["unmount", &dir_a_s])?;
         Ok(((), "stage kept for pod B".into()))
     })?;
+    let kubelet = sb.tree.kubelet_dir();
     steps.run("unmount pod B (last user: unstage)", || {
         flex(&["unmount", &dir_b_s])?;
-        Ok((
-            (),
-            format!("{} mount(s) left", mounts_under(&sb.kubelet()).len()),
-        ))
+        let left = crate::host::sandbox::mounts_under(&kubelet).unwrap_or_default();
+        Ok(((), format!("{} mount(s) left", left.len())))
     })?;
     let before = uuid(&dev);
     steps.run("mount pod A again (data must still be there)", || {
@@ -340,76 +282,31 @@ fn uuid(dev: &str) -> String {
         .unwrap_or_default()
 }
 
-fn free_port() -> Result<u16, DemoError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail("pick a port", e))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| fail("pick a port", e))
+/// Starts the daemon (serving only the demo's disk, as an operator's allow-list would) and
+/// waits for its READY=1 on a notify socket, as systemd would.
+fn start_daemon(
+    tree: &Tree,
+    exe: &std::path::Path,
+    dev: &str,
+    port: u16,
+) -> Result<DaemonProcess, DemoError> {
+    let config = tree
+        .write_config(&AllowList {
+            directories: Vec::new(),
+            devices: vec![PathBuf::from(dev)],
+        })
+        .map_err(|e| fail("config file", e))?;
+    let mut spec = DaemonSpec::new(exe, "demo-node");
+    spec.metrics_addr = format!("127.0.0.1:{port}");
+    spec.config = Some(config);
+    spec.args = vec!["--reconcile-interval-seconds".into(), "1".into()];
+    spec.ready = Ready::Notify;
+    DaemonProcess::spawn(tree, &spec).map_err(|e| fail("start daemon", e))
 }
 
-/// Starts the daemon and waits for its READY=1 on a notify socket, as systemd would.
-fn start_daemon(sb: &Sandbox, exe: &Path, port: u16) -> Result<(Child, String), DemoError> {
-    let notify_path = sb.root.join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).map_err(|e| fail("notify socket", e))?;
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| fail("notify socket", e))?;
-    let log =
-        std::fs::File::create(sb.root.join("daemon.log")).map_err(|e| fail("daemon log", e))?;
-    let log2 = log.try_clone().map_err(|e| fail("daemon log", e))?;
-    // A node serves only the disks its operator lists: the demo lists its own loop disk.
-    let config = sb.root.join("config.yaml");
-    let dev = sb.loop_dev.as_deref().unwrap_or_default();
-    std::fs::write(
-        &config,
-        format!("local:\n  kubernetes: off\n  allowed-devices: [{dev}]\n"),
-    )
-    .map_err(|e| fail("config file", e))?;
-    let child = Command::new(exe)
-        .arg("daemon")
-        .arg("--config")
-        .arg(&config)
-        .arg("--kubelet-dir")
-        .arg(sb.kubelet())
-        .arg("--state-dir")
-        .arg(sb.root.join("state"))
-        .arg("--run-dir")
-        .arg(sb.root.join("run"))
-        .arg("--socket")
-        .arg(sb.socket())
-        .args([
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-            "--node-name",
-            "demo-node",
-        ])
-        .args(["--reconcile-interval-seconds", "1", "--log-format", "json"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .map_err(|e| fail("start daemon", e))?;
-    let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).map_err(|e| {
-        fail(
-            "start daemon",
-            format!("no READY=1 within 20 s ({e}); see the daemon log"),
-        )
-    })?;
-    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-    if !msg.contains("READY=1") {
-        return Err(fail(
-            "start daemon",
-            format!("unexpected notification {msg:?}"),
-        ));
-    }
-    Ok((child, "READY=1 received over sd_notify".into()))
-}
-
-fn status(sb: &Sandbox) -> Result<String, DemoError> {
-    match client::call(&sb.socket(), &Request::Status, Duration::from_secs(5)) {
-        Ok(Response::Status { node, volumes, .. }) => Ok(crate::cli::status_table(&node, &volumes)),
+fn status(socket: &std::path::Path) -> Result<String, DemoError> {
+    match client::call(socket, &Request::Status, Duration::from_secs(5)) {
+        Ok(Response::Status { node, volumes, .. }) => Ok(super::status::table(&node, &volumes)),
         Ok(other) => Err(fail("status", format!("{other:?}"))),
         Err(e) => Err(fail("status", e)),
     }
@@ -419,12 +316,7 @@ fn status(sb: &Sandbox) -> Result<String, DemoError> {
 fn scrape(port: u16) -> Result<String, DemoError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut s =
-            std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| fail("scrape", e))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .map_err(|e| fail("scrape", e))?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).map_err(|e| fail("scrape", e))?;
+        let body = testkit::http_get(port, "/metrics").map_err(|e| fail("scrape", e))?;
         if body.contains("moor_volume_stats_capacity_bytes{") || Instant::now() > deadline {
             return Ok(body);
         }

@@ -1,11 +1,19 @@
-//! Command line: `moor daemon | flex | status | demo | version`, and argv[0] dispatch for
-//! kubelet's FlexVolume layout (`<plugin-dir>/moor~<driver>/<driver>` → `moor flex`).
+//! Command line: `moor daemon | flex | status | forget | demo | local | version`, and argv[0]
+//! dispatch for kubelet's FlexVolume layout (`<plugin-dir>/moor~<driver>/<driver>` → `moor
+//! flex`), with the FlexVolume entry (its panic hook: one JSON line whatever happens). The
+//! longer commands live beside it — [`status`] (the table), [`demo`] — and import nothing
+//! from here: the arrows point from the dispatch to them.
+
+pub mod demo;
+pub mod status;
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+use status::Output;
 
 use crate::api::{Request, Response, client};
 use crate::config::{Config, FileConfig, Overrides};
@@ -64,12 +72,6 @@ enum Command {
     },
     /// Print the version.
     Version,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,9 +245,12 @@ pub enum CliError {
     /// Client.
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    /// `moor status`.
+    #[error(transparent)]
+    Status(#[from] status::StatusError),
     /// Demo.
     #[error(transparent)]
-    Demo(#[from] crate::demo::DemoError),
+    Demo(#[from] demo::DemoError),
     /// `moor local …`.
     #[error(transparent)]
     Local(#[from] crate::local::cli::LocalCliError),
@@ -272,9 +277,9 @@ pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
         }
         // Unreachable in practice (`moor flex` is dispatched before clap), kept for `--help`.
         Command::Flex { .. } => Ok(flex_main(&std::env::args_os().collect::<Vec<_>>())),
-        Command::Status { output } => status(output),
+        Command::Status { output } => Ok(status::run(output)?),
         Command::Forget { key } => forget(&key),
-        Command::Demo => Ok(crate::demo::run()?),
+        Command::Demo => Ok(demo::run()?),
         Command::Local(args) => Ok(crate::local::cli::run(args)?),
         Command::InstallFlexvolume { plugin_dir, binary } => {
             let binary = match binary {
@@ -292,9 +297,20 @@ pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Version => {
-            println!("moor {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", version_line());
             Ok(0)
         }
+    }
+}
+
+/// `moor version`: the version, and [`crate::testhook::FEATURE_TAG`] in a build with test
+/// hooks (the test harness refuses to rely on pause points a binary does not have).
+fn version_line() -> String {
+    let v = env!("CARGO_PKG_VERSION");
+    if crate::testhook::COMPILED_IN {
+        format!("moor {v} ({})", crate::testhook::FEATURE_TAG)
+    } else {
+        format!("moor {v}")
     }
 }
 
@@ -310,109 +326,6 @@ fn forget(key: &str) -> Result<i32, CliError> {
             "unexpected answer from the daemon: {other:?}"
         ))),
     }
-}
-
-fn status(output: Output) -> Result<i32, CliError> {
-    let resp = client::call(
-        &client::socket_path(),
-        &Request::Status,
-        Duration::from_secs(10),
-    )?;
-    let Response::Status {
-        node,
-        volumes,
-        set_aside,
-    } = resp
-    else {
-        return Err(CliError::Other(format!(
-            "unexpected answer from the daemon: {resp:?}"
-        )));
-    };
-    match output {
-        Output::Json => {
-            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        Output::Table => {
-            print!("{}", status_table(&node, &volumes));
-            print!("{}", set_aside_table(&set_aside));
-        }
-    }
-    Ok(0)
-}
-
-/// Renders the volume table.
-pub fn status_table(node: &str, volumes: &[crate::api::VolumeStatus]) -> String {
-    let mut rows = vec![[
-        "DRIVER".to_owned(),
-        "VOLUME".to_owned(),
-        "STATE".to_owned(),
-        "DEVICE".to_owned(),
-        "FS".to_owned(),
-        "PODS".to_owned(),
-    ]];
-    for v in volumes {
-        let pods = if v.pods.is_empty() {
-            "-".to_owned()
-        } else {
-            v.pods
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{}({})",
-                        short_uid(&p.pod_uid),
-                        if p.read_only { "ro" } else { "rw" }
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        rows.push([
-            v.driver.clone(),
-            v.key.clone(),
-            v.state.clone(),
-            v.device.clone().unwrap_or_else(|| v.source.clone()),
-            v.fs_type.clone().unwrap_or_else(|| "-".into()),
-            pods,
-        ]);
-    }
-    let mut widths = [0usize; 6];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = format!("node {node}: {} volume(s)\n", volumes.len());
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// Journal entries set aside at start-up, after the volume table (nothing when none).
-pub fn set_aside_table(entries: &[crate::api::SetAsideRecord]) -> String {
-    if entries.is_empty() {
-        return String::new();
-    }
-    let mut out = format!(
-        "\n{} journal entr{} set aside (kept on disk; inspect, then remove):\n",
-        entries.len(),
-        if entries.len() == 1 { "y" } else { "ies" }
-    );
-    for e in entries {
-        out.push_str(&format!("  {}  {}: {}\n", e.path, e.reason, e.detail));
-    }
-    out
-}
-
-fn short_uid(uid: &str) -> &str {
-    uid.get(..8).unwrap_or(uid)
 }
 
 #[cfg(test)]

@@ -1,0 +1,128 @@
+//! `moor status`: the daemon's volumes as a table an operator reads (or JSON), and the
+//! journal entries it set aside at start-up. The table is also what `moor demo` prints.
+
+use std::time::Duration;
+
+use crate::api::{Request, Response, client};
+
+/// How `moor status` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    /// The table.
+    Table,
+    /// JSON, for scripts.
+    Json,
+}
+
+/// `moor status` could not get the table.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The daemon could not be asked.
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    /// It answered something else than a status.
+    #[error("unexpected answer from the daemon: {0}")]
+    Unexpected(String),
+}
+
+/// `moor status`: asks the daemon, prints the table (or JSON).
+pub fn run(output: Output) -> Result<i32, StatusError> {
+    let resp = client::call(
+        &client::socket_path(),
+        &Request::Status,
+        Duration::from_secs(10),
+    )?;
+    let Response::Status {
+        node,
+        volumes,
+        set_aside,
+    } = resp
+    else {
+        return Err(StatusError::Unexpected(format!("{resp:?}")));
+    };
+    match output {
+        Output::Json => {
+            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Output::Table => {
+            print!("{}", table(&node, &volumes));
+            print!("{}", set_aside_table(&set_aside));
+        }
+    }
+    Ok(0)
+}
+
+/// Renders the volume table.
+pub fn table(node: &str, volumes: &[crate::api::VolumeStatus]) -> String {
+    let mut rows = vec![[
+        "DRIVER".to_owned(),
+        "VOLUME".to_owned(),
+        "STATE".to_owned(),
+        "DEVICE".to_owned(),
+        "FS".to_owned(),
+        "PODS".to_owned(),
+    ]];
+    for v in volumes {
+        let pods = if v.pods.is_empty() {
+            "-".to_owned()
+        } else {
+            v.pods
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}({})",
+                        short_uid(&p.pod_uid),
+                        if p.read_only { "ro" } else { "rw" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        rows.push([
+            v.driver.clone(),
+            v.key.clone(),
+            v.state.clone(),
+            v.device.clone().unwrap_or_else(|| v.source.clone()),
+            v.fs_type.clone().unwrap_or_else(|| "-".into()),
+            pods,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = format!("node {node}: {} volume(s)\n", volumes.len());
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Journal entries set aside at start-up, after the volume table (nothing when none).
+pub fn set_aside_table(entries: &[crate::api::SetAsideRecord]) -> String {
+    if entries.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{} journal entr{} set aside (kept on disk; inspect, then remove):\n",
+        entries.len(),
+        if entries.len() == 1 { "y" } else { "ies" }
+    );
+    for e in entries {
+        out.push_str(&format!("  {}  {}: {}\n", e.path, e.reason, e.detail));
+    }
+    out
+}
+
+fn short_uid(uid: &str) -> &str {
+    uid.get(..8).unwrap_or(uid)
+}

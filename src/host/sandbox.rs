@@ -1,0 +1,156 @@
+//! The process-level host calls of a sandbox that runs a daemon on a scratch tree (`moor
+//! demo`, the test harness, the bench): who we are, a private mount namespace, signals and
+//! exec-time limits for a child, and the last-resort unmount of the scratch tree.
+//!
+//! Invariant: nothing here touches kubelet's or moor's real directories; every call acts on
+//! this process, a child it spawned, or a path the caller owns.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use nix::mount::{MntFlags, MsFlags};
+
+/// True when this process runs with effective uid 0.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Moves this process into a mount namespace of its own and makes every mount in it
+/// private, so nothing it mounts from now on reaches the host.
+pub fn enter_private_mount_namespace() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
+    make_mounts_private()
+}
+
+/// `mount --make-rprivate /`: no mount made from now on propagates out of this namespace.
+pub fn make_mounts_private() -> io::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
+}
+
+/// True when an ancestor process lives in another mount namespace than we do: proof that
+/// someone between it and us ran `unshare -m`. (PID 1's namespace may be unreadable in a
+/// container, so the chain of parents is walked instead.)
+pub fn in_private_mount_namespace() -> io::Result<bool> {
+    let ours = std::fs::read_link("/proc/self/ns/mnt")?;
+    let mut pid = std::process::id();
+    for _ in 0..64 {
+        let Some(ppid) = parent_of(pid) else {
+            return Ok(false);
+        };
+        if ppid == 0 {
+            return Ok(false);
+        }
+        if let Ok(ns) = std::fs::read_link(format!("/proc/{ppid}/ns/mnt"))
+            && ns != ours
+        {
+            return Ok(true);
+        }
+        pid = ppid;
+    }
+    Ok(false)
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_ppid(&stat)
+}
+
+/// The parent pid in a `/proc/<pid>/stat` line. The command name may hold spaces and
+/// parentheses: the fields after the last ')' are fixed.
+fn parse_ppid(stat: &str) -> Option<u32> {
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+/// Sends SIGTERM to the process `pid` (a clean shutdown request).
+pub fn terminate(pid: u32) -> io::Result<()> {
+    signal(pid, nix::sys::signal::Signal::SIGTERM)
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(io::Error::from)
+}
+
+/// Detaches whatever is mounted at `path` (MNT_DETACH: even when busy), for tearing down a
+/// scratch tree. Never used on a path the sandbox did not create.
+pub fn detach_mount(path: &Path) -> io::Result<()> {
+    nix::mount::umount2(path, MntFlags::MNT_DETACH).map_err(io::Error::from)
+}
+
+/// Mount points at or under `root` in this process's live mount table, in table order
+/// (a parent before what is mounted on top of or below it).
+pub fn mounts_under(root: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let table = super::mountinfo::parse(&text)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok(table
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(root))
+        .collect())
+}
+
+/// Removes capabilities (`CAP_*` numbers) from the child's bounding set at exec, as a unit's
+/// `CapabilityBoundingSet=` or a container's `drop` would: the child and its children can
+/// never gain them.
+pub fn drop_capabilities_at_exec(cmd: &mut Command, caps: Vec<u32>) {
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe; it allocates nothing (the vector was built before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for c in &caps {
+                if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(*c), 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Has the child receive SIGTERM when the thread that spawned it dies, so a killed harness
+/// never leaves a daemon (and its mounts) behind.
+pub fn terminate_with_parent_at_exec(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_pid_is_read_past_a_command_name_with_parentheses_and_spaces() {
+        assert_eq!(parse_ppid("42 (a) b) (c) S 17 42 42 0"), Some(17));
+        assert_eq!(parse_ppid("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parse_ppid("garbage"), None);
+        assert_eq!(parse_ppid("7 (x)"), None);
+    }
+
+    #[test]
+    fn our_own_parent_chain_is_readable() {
+        // Whatever namespace the test runs in, the walk ends with an answer, not an error.
+        assert!(in_private_mount_namespace().is_ok());
+        assert_eq!(
+            parent_of(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
+    }
+}
