@@ -84,11 +84,25 @@ pub struct Config {
     pub host_mount_namespace: Option<PathBuf>,
 }
 
+impl Config {
+    /// The machine as this configuration sees it: the system host with the configured
+    /// kubelet, state and run dirs, and the local PV config's `/dev`.
+    pub fn host(&self) -> crate::host::Host {
+        let mut paths = crate::host::HostPaths::system(
+            self.kubelet_dir.clone(),
+            self.state_dir.clone(),
+            self.run_dir.clone(),
+        );
+        paths.dev = self.local.dev_dir.clone();
+        crate::host::Host::system(paths)
+    }
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Read {
         /// Path.
         path: PathBuf,
@@ -174,12 +188,10 @@ impl Config {
         }
         let node_name = match pick(&top.node_name, &file.node_name).filter(|n| !n.is_empty()) {
             Some(n) => n,
-            None => nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .map_err(|e| ConfigError::Invalid {
-                    key: "node-name",
-                    message: format!("not set and the hostname cannot be read: {e}"),
-                })?,
+            None => crate::host::process::hostname().map_err(|e| ConfigError::Invalid {
+                key: "node-name",
+                message: format!("not set and the hostname cannot be read: {e}"),
+            })?,
         };
         let kubelet_dir = path_key(
             "kubelet-dir",

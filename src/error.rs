@@ -1,15 +1,17 @@
-//! The top error of a volume operation, rolled up from the module errors. `reason()` is the
-//! stable, low-cardinality label used in metrics and as the FlexVolume message prefix.
+//! The top error of a volume operation, rolled up from the module errors, and the
+//! lifecycle's own error kinds. `reason()` is the stable, low-cardinality label used in
+//! metrics and as the FlexVolume message prefix; it matches variants, never message text.
+//!
+//! Invariant: this module imports nothing from the lifecycle (which returns these errors),
+//! so the two form no circle; `layering.rs` checks it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::driver::DriverError;
-use crate::flexvolume::OptionsError;
 use crate::fs::FsError;
-use crate::host::{MountError, PathError};
+use crate::host::{ExecError, MountError, PathError};
 use crate::journal::JournalError;
-use crate::lifecycle::ExpandError;
+use crate::volume::{DriverError, OptionsError};
 
 /// Why a volume operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +29,7 @@ pub enum Error {
     #[error(transparent)]
     Fs(#[from] FsError),
     /// A mount syscall failed.
-    #[error("volume {volume}: {source}")]
+    #[error("volume {volume}")]
     Mount {
         /// Volume key or target.
         volume: String,
@@ -94,19 +96,22 @@ pub enum Error {
         driver: &'static str,
     },
     /// A network filesystem mount failed.
-    #[error("volume {volume}: mount from {server} failed: {detail}{}", log_tail.as_ref().map(|t| format!("; client log: {t}")).unwrap_or_default())]
+    #[error("volume {volume}: mount from {server} failed{}", log_tail.as_ref().map(|t| format!(" (client log: {t})")).unwrap_or_default())]
     RemoteMount {
         /// Volume key.
         volume: String,
         /// The server(s).
         server: String,
-        /// The helper's failure.
-        detail: String,
+        /// The helper's failure, typed (a timeout stays a timeout); boxed to keep `Error`
+        /// small on every `Result`.
+        #[source]
+        source: Box<RemoteMountError>,
         /// The tail of the client's own log, when it keeps one.
         log_tail: Option<String>,
     },
     /// The operation's deadline passed (it may still finish in the background).
-    #[error("volume {volume}: {op} did not finish within {after:?}; kubelet will retry")]
+    #[error("volume {volume}: {op} did not finish within {after:?}; kubelet will retry{}",
+        running.as_ref().map(|c| format!(" ({c} and is left to finish: cut short it could leave the volume half-made; the volume stays locked until it ends)")).unwrap_or_default())]
     Timeout {
         /// Volume key or target.
         volume: String,
@@ -114,9 +119,11 @@ pub enum Error {
         op: &'static str,
         /// The deadline.
         after: Duration,
+        /// The command the operation still waits for, and for how long.
+        running: Option<String>,
     },
     /// A filesystem operation on a path failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -131,6 +138,22 @@ pub enum Error {
     Internal(String),
 }
 
+/// An error and its causes, outermost first, joined by `: `: how a log field or a CLI
+/// message shows an error, since each variant's own message says only its own part.
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
 impl Error {
     /// Stable, low-cardinality reason label.
     pub fn reason(&self) -> &'static str {
@@ -141,7 +164,9 @@ impl Error {
             Error::Fs(f) => f.reason(),
             Error::Mount { source, .. } => match source {
                 MountError::Timeout { .. } => "timeout",
-                MountError::Sys { errno, .. } if *errno == nix::errno::Errno::EBUSY => "mount_busy",
+                MountError::Sys { errno, .. } if *errno == crate::host::Errno::EBUSY => {
+                    "mount_busy"
+                }
                 _ => "mount_failed",
             },
             Error::Journal(_) => "journal_failed",
@@ -152,7 +177,12 @@ impl Error {
             Error::BindOptions { .. } => "bad_options",
             Error::DeviceChanged { .. } => "device_changed",
             Error::NoDevice { .. } => "no_device",
-            Error::RemoteMount { detail, .. } if detail.contains("did not finish within") => {
+            Error::RemoteMount { source, .. }
+                if matches!(
+                    **source,
+                    RemoteMountError::Helper(ExecError::Timeout { .. })
+                ) =>
+            {
                 "timeout"
             }
             Error::RemoteMount { .. } => "mount_failed",
@@ -161,19 +191,500 @@ impl Error {
             Error::Internal(_) => "internal",
         }
     }
+}
 
-    /// The FlexVolume message: the reason, then the whole cause chain.
-    pub fn flex_message(&self) -> String {
-        let mut msg = format!("{}: {}", self.reason(), self);
-        let mut src = std::error::Error::source(self);
-        while let Some(s) = src {
-            let text = s.to_string();
-            if !msg.contains(&text) {
-                msg.push_str(": ");
-                msg.push_str(&text);
-            }
-            src = s.source();
+/// Why a network filesystem's mount helper left no mount.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteMountError {
+    /// The helper failed, or did not finish within the mount deadline.
+    #[error(transparent)]
+    Helper(#[from] ExecError),
+    /// The helper said it succeeded, but nothing is mounted on the stage.
+    #[error("`{cmdline}` reported success but {stage} is not a mount point")]
+    NoMount {
+        /// The helper's redacted command line.
+        cmdline: String,
+        /// The stage directory.
+        stage: PathBuf,
+    },
+}
+
+/// Why a volume was not grown (`expandfs`, in `lifecycle/expand.rs`). It lives here, with
+/// the top error that wraps it, so that this module imports nothing from the lifecycle.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpandError {
+    /// No stage of this PV on this node.
+    #[error(
+        "no pod on this node uses PV {pv} through moor~{driver}; kubelet expands a volume on the node that has it mounted"
+    )]
+    NotMounted {
+        /// Driver name.
+        driver: String,
+        /// The PV name kubelet gave.
+        pv: String,
+    },
+    /// The stage was adopted from the mount table after its record was lost: moor cannot
+    /// tell which disk it is, so it never grows (or checks, or formats) it.
+    #[error(
+        "volume {volume}: adopted from the mount table after its record was lost; moor does not grow a filesystem whose disk it cannot identify (unmount it and mount it again)"
+    )]
+    Adopted {
+        /// Volume key.
+        volume: String,
+    },
+    /// The stage is mounted read-only.
+    #[error(
+        "volume {volume}: the filesystem is mounted read-only; a read-only volume is not grown"
+    )]
+    ReadOnly {
+        /// Volume key.
+        volume: String,
+    },
+    /// The device has not grown (yet) to the size asked for.
+    #[error(
+        "volume {volume}: {device} is {size} bytes, less than the {want} bytes asked for; grow the backend first (`rbd resize`, the LUN on the array), kubelet retries"
+    )]
+    DeviceTooSmall {
+        /// Volume key.
+        volume: String,
+        /// The device.
+        device: PathBuf,
+        /// Its size after the rescan.
+        size: u64,
+        /// The claim's new size.
+        want: u64,
+    },
+    /// ext4's online resize ioctl needs CAP_SYS_RESOURCE, and moor runs without it.
+    #[error(
+        "volume {volume}: growing ext4 online needs CAP_SYS_RESOURCE, which moor's process does not have; give it back to moor's unit or container (the filesystem was not touched)"
+    )]
+    NoCapability {
+        /// Volume key.
+        volume: String,
+    },
+    /// A filesystem moor has no online grow for.
+    #[error("volume {volume}: moor cannot grow a {fs_type} filesystem online")]
+    Unsupported {
+        /// Volume key.
+        volume: String,
+        /// The filesystem.
+        fs_type: String,
+    },
+    /// A sysfs or device operation failed.
+    #[error("volume {volume}: {what} {path}")]
+    Io {
+        /// Volume key.
+        volume: String,
+        /// What was done.
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("volume {volume}")]
+    Command {
+        /// Volume key.
+        volume: String,
+        /// The failure, with the redacted command line and its output.
+        #[source]
+        source: ExecError,
+    },
+}
+
+impl ExpandError {
+    /// Stable reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ExpandError::NotMounted { .. } => "not_mounted",
+            ExpandError::ReadOnly { .. } => "read_only",
+            ExpandError::Adopted { .. } => "adopted",
+            ExpandError::DeviceTooSmall { .. } => "device_too_small",
+            ExpandError::NoCapability { .. } => "missing_capability",
+            ExpandError::Unsupported { .. } => "unsupported_fs",
+            ExpandError::Io { .. } => "io_failed",
+            ExpandError::Command { .. } => "command_failed",
         }
-        msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_timeout() -> ExecError {
+        ExecError::Timeout {
+            cmdline: "mount -t nfs s:/x /st".into(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn remote(source: RemoteMountError) -> Error {
+        Error::RemoteMount {
+            volume: "v".into(),
+            server: "s".into(),
+            source: Box::new(source),
+            log_tail: Some("E [x] no such volume".into()),
+        }
+    }
+
+    fn expand_io() -> Error {
+        ExpandError::Io {
+            volume: "v".into(),
+            what: "rescan",
+            path: "/sys/x".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        }
+        .into()
+    }
+
+    fn mount_err(errno: crate::host::Errno) -> Error {
+        Error::Mount {
+            volume: "k".into(),
+            source: MountError::Sys {
+                op: "bind",
+                target: "/t".into(),
+                errno,
+            },
+        }
+    }
+
+    /// The labels are metric label values and FlexVolume message prefixes: renaming one is
+    /// a breaking change, so every one of them is spelled out here.
+    #[test]
+    fn every_reason_label_is_pinned() {
+        let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let cases: Vec<(Error, &str)> = vec![
+            (
+                OptionsError::NotString { key: "k".into() }.into(),
+                "bad_options",
+            ),
+            (PathError::NotClean { path: "x".into() }.into(), "bad_path"),
+            (
+                DriverError::WrongNode {
+                    volume: "v".into(),
+                    wanted: "a".into(),
+                    this: "b".into(),
+                }
+                .into(),
+                "wrong_node",
+            ),
+            (
+                FsError::InUse {
+                    volume: "v".into(),
+                    device: "/dev/x".into(),
+                    detail: "d".into(),
+                }
+                .into(),
+                "device_in_use",
+            ),
+            (mount_err(crate::host::Errno::EBUSY), "mount_busy"),
+            (mount_err(crate::host::Errno::EINVAL), "mount_failed"),
+            (
+                Error::Mount {
+                    volume: "k".into(),
+                    source: MountError::Timeout {
+                        op: "mount",
+                        target: "/t".into(),
+                        timeout: crate::host::bounded::TimedOut(Duration::from_secs(1)),
+                    },
+                },
+                "timeout",
+            ),
+            (
+                JournalError::Io {
+                    op: "write",
+                    path: "/s".into(),
+                    source: io(),
+                }
+                .into(),
+                "journal_failed",
+            ),
+            (
+                ExpandError::NotMounted {
+                    driver: "rbd".into(),
+                    pv: "pv".into(),
+                }
+                .into(),
+                "not_mounted",
+            ),
+            (
+                ExpandError::Adopted { volume: "v".into() }.into(),
+                "adopted",
+            ),
+            (
+                ExpandError::ReadOnly { volume: "v".into() }.into(),
+                "read_only",
+            ),
+            (
+                ExpandError::DeviceTooSmall {
+                    volume: "v".into(),
+                    device: "/dev/x".into(),
+                    size: 1,
+                    want: 2,
+                }
+                .into(),
+                "device_too_small",
+            ),
+            (
+                ExpandError::NoCapability { volume: "v".into() }.into(),
+                "missing_capability",
+            ),
+            (
+                ExpandError::Unsupported {
+                    volume: "v".into(),
+                    fs_type: "vfat".into(),
+                }
+                .into(),
+                "unsupported_fs",
+            ),
+            (expand_io(), "io_failed"),
+            (
+                ExpandError::Command {
+                    volume: "v".into(),
+                    source: exec_timeout(),
+                }
+                .into(),
+                "command_failed",
+            ),
+            (
+                Error::UnknownDriver("x".into(), "local".into()),
+                "unknown_driver",
+            ),
+            (
+                Error::TargetBusy {
+                    target: "/t".into(),
+                    detail: "d".into(),
+                },
+                "target_busy",
+            ),
+            (
+                Error::NotOwned {
+                    target: "/t".into(),
+                    detail: "d".into(),
+                },
+                "not_owned",
+            ),
+            (
+                Error::BindOptions {
+                    volume: "v".into(),
+                    options: "vers=4".into(),
+                },
+                "bad_options",
+            ),
+            (
+                Error::DeviceChanged {
+                    volume: "v".into(),
+                    device: "/dev/x".into(),
+                    found: "a".into(),
+                    known: "b".into(),
+                },
+                "device_changed",
+            ),
+            (
+                Error::NoDevice {
+                    volume: "v".into(),
+                    driver: "rbd",
+                },
+                "no_device",
+            ),
+            (
+                Error::Timeout {
+                    volume: "v".into(),
+                    op: "mount",
+                    after: Duration::from_secs(300),
+                    running: None,
+                },
+                "timeout",
+            ),
+            (
+                Error::Io {
+                    what: "open",
+                    path: "/p".into(),
+                    source: io(),
+                },
+                "io_failed",
+            ),
+            (Error::Internal("x".into()), "internal"),
+            (remote(exec_timeout().into()), "timeout"),
+            (
+                remote(
+                    ExecError::Failed {
+                        cmdline: "mount -t nfs s:/x /st".into(),
+                        code: Some(32),
+                        // A helper's own words never pick the label.
+                        stderr: "did not finish within 5s".into(),
+                    }
+                    .into(),
+                ),
+                "mount_failed",
+            ),
+            (
+                remote(RemoteMountError::NoMount {
+                    cmdline: "mount -t nfs s:/x /st".into(),
+                    stage: "/st".into(),
+                }),
+                "mount_failed",
+            ),
+        ];
+        for (e, label) in &cases {
+            assert_eq!(e.reason(), *label, "{e:?}");
+        }
+    }
+
+    /// Each level of the chain, outermost first.
+    fn levels(e: &dyn std::error::Error) -> Vec<String> {
+        let mut out = vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(s) = next {
+            out.push(s.to_string());
+            next = s.source();
+        }
+        out
+    }
+
+    /// Every kind of error that wraps a cause: printed as a chain (the FlexVolume message,
+    /// logs, the CLI), each cause appears once, and the chain still says what failed
+    /// (the volume, the path or the command) and why (the OS's or the tool's words).
+    #[test]
+    fn no_cause_is_said_twice_in_a_chain() {
+        use crate::attach::rbd::RbdError;
+        use crate::attach::scsi::ScsiError;
+        let io = || std::io::Error::from_raw_os_error(13);
+        let failed = || ExecError::Failed {
+            cmdline: "iscsiadm -m node -T iqn.x --login".into(),
+            code: Some(24),
+            stderr: "iscsiadm: login failed".into(),
+        };
+        let cases: Vec<(Error, &[&str])> = vec![
+            (
+                mount_err(crate::host::Errno::EBUSY),
+                &["volume k", "bind /t", "EBUSY"],
+            ),
+            (
+                Error::Io {
+                    what: "open",
+                    path: "/p".into(),
+                    source: io(),
+                },
+                &["open /p", "Permission denied"],
+            ),
+            (
+                remote(exec_timeout().into()),
+                &[
+                    "mount from s failed",
+                    "client log: E [x]",
+                    "did not finish within 30s",
+                ],
+            ),
+            (
+                remote(RemoteMountError::NoMount {
+                    cmdline: "mount -t nfs s:/x /st".into(),
+                    stage: "/st".into(),
+                }),
+                &["volume v", "reported success but /st is not a mount point"],
+            ),
+            (
+                JournalError::Io {
+                    op: "write",
+                    path: "/s/k.json".into(),
+                    source: io(),
+                }
+                .into(),
+                &["journal write /s/k.json", "Permission denied"],
+            ),
+            (
+                expand_io(),
+                &["volume v: rescan /sys/x", "Permission denied"],
+            ),
+            (
+                ExpandError::Command {
+                    volume: "v".into(),
+                    source: failed(),
+                }
+                .into(),
+                &["volume v", "iscsiadm: login failed"],
+            ),
+            (
+                DriverError::Command {
+                    volume: "v".into(),
+                    source: failed(),
+                }
+                .into(),
+                &["volume v", "`iscsiadm -m node -T iqn.x --login` failed"],
+            ),
+            (
+                DriverError::SecretFile {
+                    volume: "v".into(),
+                    path: "/run/moor/secrets/v/key".into(),
+                    source: io(),
+                }
+                .into(),
+                &["secret file /run/moor/secrets/v/key", "Permission denied"],
+            ),
+            (
+                DriverError::from(ScsiError::Io {
+                    volume: "v".into(),
+                    path: "/sys/class/scsi_host/host0/scan".into(),
+                    source: io(),
+                })
+                .into(),
+                &["host0/scan", "Permission denied"],
+            ),
+            (
+                DriverError::from(RbdError::Claim {
+                    volume: "v".into(),
+                    path: "/run/moor/rbd/0".into(),
+                    source: io(),
+                })
+                .into(),
+                &["mapping claim /run/moor/rbd/0", "Permission denied"],
+            ),
+            (
+                DriverError::from(RbdError::Sysfs {
+                    volume: "v".into(),
+                    path: "/sys/bus/rbd/devices".into(),
+                    source: io(),
+                })
+                .into(),
+                &["cannot read /sys/bus/rbd/devices", "Permission denied"],
+            ),
+            (
+                DriverError::Source(crate::host::allow::AllowError::Open {
+                    path: "/srv/x".into(),
+                    source: io(),
+                })
+                .into(),
+                &["option path=/srv/x: cannot use it", "Permission denied"],
+            ),
+            (
+                FsError::Exec {
+                    volume: "v".into(),
+                    source: ExecError::NotFound {
+                        program: "mkfs.xfs".into(),
+                    },
+                }
+                .into(),
+                &["volume v", "mkfs.xfs is not installed"],
+            ),
+        ];
+        for (e, says) in &cases {
+            let chain = levels(e);
+            for (i, outer) in chain.iter().enumerate() {
+                for inner in &chain[i + 1..] {
+                    assert!(
+                        !outer.contains(inner.as_str()),
+                        "{e:?}: {outer:?} repeats {inner:?}"
+                    );
+                }
+            }
+            let text = Chain(e).to_string();
+            assert_eq!(text, chain.join(": "));
+            for s in *says {
+                assert!(text.contains(s), "{text:?} does not say {s:?}");
+            }
+        }
     }
 }

@@ -100,7 +100,7 @@ pub fn flexvolume(data: &[u8]) {
                 let _ = crate::flexvolume::precheck(d, &map, "node-a");
             }
         }
-        let _ = crate::flexvolume::options::VolumeOptions::parse_json(a);
+        let _ = crate::flexvolume::options::parse_json(a);
     }
     let nowhere = || crate::api::client::Discovery {
         socket: std::env::temp_dir().join(format!(
@@ -220,7 +220,11 @@ pub fn superblock(data: &[u8]) {
         ("btrfs", 65536 + 64, &b"_BHRfS_M"[..]),
         ("vfat", 0, &[][..]),
     ] {
-        let Ok(Some(uuid)) = crate::fs::superblock::uuid(&img, fs) else {
+        let Ok(Some(uuid)) = crate::fs::superblock::uuid(
+            &crate::host::SysfsBlockDevices { sys: "/sys".into() },
+            &img,
+            fs,
+        ) else {
             continue;
         };
         assert!(

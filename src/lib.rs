@@ -9,7 +9,6 @@ pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod driver;
 pub mod error;
 pub mod flexvolume;
 pub mod fs;
@@ -17,6 +16,8 @@ pub mod fuzzing;
 pub mod host;
 pub mod http;
 pub mod journal;
+#[cfg(test)]
+mod layering;
 pub mod lifecycle;
 pub mod local;
 pub mod metrics;

@@ -331,8 +331,8 @@ fn records_keyed_by_the_path_text_keep_serving_after_an_upgrade() {
     d.kill9();
 
     // Rewrite the state as the previous version left it: key = the path text, the stage
-    // mounted at that key's directory, no device identity in the record.
-    let old_key = moor::driver::volume_key("local", s(&link));
+    // mounted at that key's directory, the options as a string map, no device identity.
+    let old_key = moor::volume::volume_key("local", s(&link));
     let [rec] = d.stage_records().try_into().unwrap();
     let new_key = rec["key"].as_str().unwrap().to_owned();
     let stage_root = d.kubelet_dir().join("plugins/moor/local");
@@ -349,9 +349,10 @@ fn records_keyed_by_the_path_text_keep_serving_after_an_upgrade() {
     let mut legacy = rec.clone();
     legacy["key"] = old_key.clone().into();
     legacy["source"] = json!({"kind": "block", "device": s(&link)});
-    let options = legacy["options"].as_object_mut().unwrap();
-    options.remove("device-number");
-    options.remove("device-stable-id");
+    let fields = legacy.as_object_mut().unwrap();
+    fields.remove("device");
+    let volume = fields.remove("volume").unwrap();
+    fields.insert("options".into(), json!({"path": volume["path"]}));
     let stage_dir = d.state_dir().join("stage");
     std::fs::remove_file(stage_dir.join(format!("{new_key}.json"))).unwrap();
     std::fs::write(

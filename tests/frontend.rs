@@ -235,7 +235,7 @@ fn every_path_answers_exactly_one_json_object() {
     let small = t.path().join("small.sock");
     fake_daemon(&small, |c| {
         read_request_line(c);
-        let _ = c.write_all(b"{\"kind\":\"flex\",\"reply\":{\"status\":\"Success\"}}\n");
+        let _ = c.write_all(b"{\"kind\":\"done\"}\n");
     });
     let small_os = small.clone().into_os_string();
     let base = run_env(

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use moor::daemon::executor::Executor;
 use moor::daemon::reconciler::{Probe, Reconciler, probe};
-use moor::driver::{Driver, DriverError, Drivers, NodeContext, VolumeSpec, volume_key};
-use moor::flexvolume::VolumeOptions;
 use moor::host::{Host, HostPaths};
 use moor::journal::{Journal, RemoteMount, StageSource};
 use moor::lifecycle::{Lifecycle, Timeouts};
 use moor::metrics::{ErrorLabels, HealLabels, Metrics};
+use moor::volume::{
+    Driver, DriverError, Drivers, MountOptions, NodeContext, VolumeOptions, VolumeSpec, volume_key,
+};
 
 /// A share served by a bindfs daemon: option `source` is the directory it serves.
 struct BindfsShare;
@@ -43,8 +44,9 @@ impl Driver for BindfsShare {
                 log_file: None,
                 server: format!("bindfs:{src}"),
             }),
-            persist: BTreeMap::new(),
-            mount_options: String::new(),
+            // A stand-in with nothing to remember beyond the source.
+            state: None,
+            mount_options: MountOptions::default(),
         })
     }
 }
@@ -112,6 +114,7 @@ impl Lab {
             "kubernetes.io/readwrite".into(),
             if ro { "ro" } else { "rw" }.into(),
         );
+        let opts = moor::volume::options::parse(&opts).unwrap();
         let plan = self
             .lc
             .plan_mount("fusetest", &target.display().to_string(), &opts)

@@ -51,15 +51,17 @@ struct FrontKeys {
 
 /// Finds the daemon: `MOOR_SOCKET`, then `socket:` in [`FRONTEND_FILE`] inside
 /// `driver_dir`, then `socket:` in the daemon's config file (`MOOR_CONFIG`, else
-/// `/etc/moor/config.yaml`), then [`DEFAULT_SOCKET`]. The node name: `MOOR_NODE_NAME`,
-/// then `node-name:` in the same two files, then the hostname.
-pub fn discover(driver_dir: Option<&Path>) -> Discovery {
-    discover_with(&|k| std::env::var_os(k), driver_dir)
+/// `default_config`, which the caller takes from the config module), then
+/// [`DEFAULT_SOCKET`]. The node name: `MOOR_NODE_NAME`, then `node-name:` in the same two
+/// files, then the hostname.
+pub fn discover(default_config: &Path, driver_dir: Option<&Path>) -> Discovery {
+    discover_with(&|k| std::env::var_os(k), default_config, driver_dir)
 }
 
 /// [`discover`] with the environment given (tests).
 pub fn discover_with(
     env: &dyn Fn(&str) -> Option<OsString>,
+    default_config: &Path,
     driver_dir: Option<&Path>,
 ) -> Discovery {
     let env = |k: &str| env(k).filter(|v| !v.is_empty());
@@ -67,7 +69,7 @@ pub fn discover_with(
     let mut files: Vec<(PathBuf, FrontKeys)> = Vec::new();
     let config = env("MOOR_CONFIG")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::config::DEFAULT_CONFIG.into());
+        .unwrap_or_else(|| default_config.to_owned());
     for path in driver_dir
         .map(|d| d.join(FRONTEND_FILE))
         .into_iter()
@@ -98,11 +100,7 @@ pub fn discover_with(
                 .iter()
                 .find_map(|(_, k)| k.node_name.clone().filter(|n| !n.is_empty()))
         })
-        .or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .map(|h| h.to_string_lossy().into_owned())
-        });
+        .or_else(|| crate::host::process::hostname().ok());
     Discovery {
         socket,
         socket_from,
@@ -125,7 +123,7 @@ fn read_keys(path: &Path) -> Result<Option<FrontKeys>, String> {
     if !md.is_file() {
         return Err("not a regular file".into());
     }
-    let me = nix::unistd::geteuid().as_raw();
+    let me = crate::host::process::euid();
     if md.uid() != 0 && md.uid() != me {
         return Err(format!("owned by uid {}, not root", md.uid()));
     }
@@ -149,8 +147,8 @@ fn read_keys(path: &Path) -> Result<Option<FrontKeys>, String> {
 
 /// The socket path for the CLI (`moor status`, `moor forget`): as [`discover`] without a
 /// driver directory.
-pub fn socket_path() -> PathBuf {
-    discover(None).socket
+pub fn socket_path(default_config: &Path) -> PathBuf {
+    discover(default_config, None).socket
 }
 
 /// Where an operator looks when the daemon does not answer, from what this process can
@@ -174,7 +172,7 @@ pub fn daemon_hint() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No daemon listening.
-    #[error("moor daemon is not reachable at {socket}: {source} ({hint})")]
+    #[error("moor daemon is not reachable at {socket} ({hint})")]
     Connect {
         /// Socket path.
         socket: PathBuf,
@@ -206,14 +204,13 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response,
         source,
         hint: daemon_hint(),
     })?;
-    let peer = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+    let peer = crate::host::process::peer_credentials(&s)
         .map_err(|e| exchange(format!("cannot read the server's credentials: {e}")))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if peer.uid() != 0 && peer.uid() != me {
+    let me = crate::host::process::euid();
+    if peer.uid != 0 && peer.uid != me {
         return Err(exchange(format!(
             "the socket is served by uid {} (pid {}), not root; refusing to send it a request",
-            peer.uid(),
-            peer.pid()
+            peer.uid, peer.pid
         )));
     }
     s.set_write_timeout(Some(timeout))
@@ -283,6 +280,9 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// The tests name their config file through `MOOR_CONFIG`; the default is never there.
+    const NO_CONFIG: &str = "/nonexistent/moor-test/config.yaml";
+
     fn write(path: &Path, text: &str, mode: u32) {
         std::fs::write(path, text).unwrap();
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -298,7 +298,7 @@ mod tests {
         let env_config = move |k: &str| (k == "MOOR_CONFIG").then(|| cfg.clone());
 
         // Nothing configured: the default.
-        let d = discover_with(&env_config, Some(&driver));
+        let d = discover_with(&env_config, Path::new(NO_CONFIG), Some(&driver));
         assert_eq!(d.socket, PathBuf::from(DEFAULT_SOCKET));
         assert!(d.notes.is_empty(), "{:?}", d.notes);
 
@@ -308,7 +308,7 @@ mod tests {
             "socket: /srv/moor/c.sock\nnode-name: n-cfg\nstate-dir: /x\nlocal:\n  classes: []\nfuture-key: 3\n",
             0o644,
         );
-        let d = discover_with(&env_config, Some(&driver));
+        let d = discover_with(&env_config, Path::new(NO_CONFIG), Some(&driver));
         assert_eq!(d.socket, PathBuf::from("/srv/moor/c.sock"));
         assert_eq!(d.node_name.as_deref(), Some("n-cfg"));
 
@@ -318,7 +318,7 @@ mod tests {
             "socket: /srv/moor/f.sock\n",
             0o644,
         );
-        let d = discover_with(&env_config, Some(&driver));
+        let d = discover_with(&env_config, Path::new(NO_CONFIG), Some(&driver));
         assert_eq!(d.socket, PathBuf::from("/srv/moor/f.sock"));
         assert_eq!(d.node_name.as_deref(), Some("n-cfg"));
 
@@ -330,7 +330,7 @@ mod tests {
             _ => None,
         };
         assert_eq!(
-            discover_with(&env_both, Some(&driver)).socket,
+            discover_with(&env_both, Path::new(NO_CONFIG), Some(&driver)).socket,
             PathBuf::from("/e.sock")
         );
     }
@@ -348,14 +348,14 @@ mod tests {
             ("socket: /evil.sock\n", 0o620, "lets others write it"),
         ] {
             write(&config, text, mode);
-            let d = discover_with(&env, None);
+            let d = discover_with(&env, Path::new(NO_CONFIG), None);
             assert_eq!(d.socket, PathBuf::from(DEFAULT_SOCKET), "{text:?} {mode:o}");
             assert_eq!(d.notes.len(), 1, "{text:?}");
             assert!(d.notes[0].contains(why), "{:?}", d.notes);
         }
         std::fs::remove_file(&config).unwrap();
         std::fs::create_dir(&config).unwrap();
-        let d = discover_with(&env, None);
+        let d = discover_with(&env, Path::new(NO_CONFIG), None);
         assert_eq!(d.socket, PathBuf::from(DEFAULT_SOCKET));
         assert!(!d.notes.is_empty());
     }

@@ -1,14 +1,21 @@
 //! The daemon's Unix-socket protocol: one JSON request line, one JSON response line, per
 //! connection. The socket is mode 0600 and the server checks the peer's credentials.
+//!
+//! Layering: this module knows neither FlexVolume nor CSI nor the daemon behind it. A
+//! [`Response`] is typed (done, failed with a reason label and the cause chain, the status
+//! table), and each front end renders it its own way; the server hands each request to a
+//! [`Handler`] and imports no domain module, so the arrows point down only.
 
 pub mod client;
 pub mod server;
 
-use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::flexvolume::Reply;
+use crate::volume::VolumeOptions;
 
 /// A request to the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,8 +27,10 @@ pub enum Request {
         driver: String,
         /// Pod volume directory.
         target: String,
-        /// kubelet's option map (secrets included: the socket is root-only).
-        options: BTreeMap<String, String>,
+        /// The request's options as the front end parsed them (secrets included: the socket
+        /// is root-only).
+        #[serde(deserialize_with = "crate::volume::options::typed_or_kubelet")]
+        options: VolumeOptions,
     },
     /// FlexVolume `unmount`: unpublish, then unstage + detach when no publish remains.
     Unmount {
@@ -34,8 +43,10 @@ pub enum Request {
     Expand {
         /// Driver name.
         driver: String,
-        /// kubelet's option map for the PV (no secrets: kubelet sends none to expandfs).
-        options: BTreeMap<String, String>,
+        /// The PV's options as the front end parsed them (no secrets: kubelet sends none to
+        /// expandfs).
+        #[serde(deserialize_with = "crate::volume::options::typed_or_kubelet")]
+        options: VolumeOptions,
         /// The claim's new size in bytes.
         new_size: u64,
     },
@@ -108,15 +119,76 @@ pub struct SetAsideRecord {
     pub detail: String,
 }
 
+/// Why a request failed, as the daemon says it: a front end prints [`Failure`]'s `Display`
+/// (`<reason>: <cause>: <cause>…`) or maps `reason` to its own status codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The stable, low-cardinality label (`bad_options`, `timeout`, …) that metrics use
+    /// too. None for the daemon's own refusals that come before any volume operation
+    /// (shutting down, a peer that is not root, an unknown volume to forget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What failed, then why: the error's own message, then each cause's, outermost first,
+    /// each said once.
+    pub causes: Vec<String>,
+}
+
+impl Failure {
+    /// A failure labelled `reason`, with `err`'s whole cause chain.
+    pub fn of(reason: &str, err: &dyn std::error::Error) -> Self {
+        let mut causes = vec![err.to_string()];
+        let mut next = err.source();
+        while let Some(e) = next {
+            causes.push(e.to_string());
+            next = e.source();
+        }
+        Failure {
+            reason: Some(reason.to_owned()),
+            causes,
+        }
+    }
+
+    /// A refusal with no reason label.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Failure {
+            reason: None,
+            causes: vec![message.into()],
+        }
+    }
+
+    /// A failure labelled `reason` with one message.
+    pub fn labelled(reason: &str, message: impl Into<String>) -> Self {
+        Failure {
+            reason: Some(reason.to_owned()),
+            causes: vec![message.into()],
+        }
+    }
+}
+
+/// `<reason>: <cause>: <cause>…`: the message FlexVolume and the CLI print.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(r) = &self.reason {
+            write!(f, "{r}: ")?;
+        }
+        for (i, c) in self.causes.iter().enumerate() {
+            if i > 0 {
+                f.write_str(": ")?;
+            }
+            f.write_str(c)?;
+        }
+        Ok(())
+    }
+}
+
 /// The daemon's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
-    /// Answer to a FlexVolume operation.
-    Flex {
-        /// The reply to print.
-        reply: Reply,
-    },
+    /// The operation is done (or there was nothing to do).
+    Done,
+    /// The operation failed.
+    Failed(Failure),
     /// Answer to `Status`.
     Status {
         /// Node name.
@@ -127,4 +199,104 @@ pub enum Response {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         set_aside: Vec<SetAsideRecord>,
     },
+}
+
+/// What the server hands each decoded request to (the daemon's executor). It answers
+/// through `answer` exactly once, and may go on working after that: a deadline's answer
+/// can precede the end of the operation it answers.
+pub trait Handler: Send + Sync {
+    /// Handles one request on the calling (connection) thread.
+    fn handle(&self, req: Request, answer: &Arc<Answer>);
+}
+
+/// Where a request's one answer goes: the first to claim it sends; later ones are dropped.
+pub struct Answer {
+    claimed: AtomicBool,
+    sink: Box<dyn Fn(&Response) + Send + Sync>,
+}
+
+/// The right to send a request's answer, held by whoever claimed it first.
+#[must_use = "a claimed answer that is not sent leaves the client without one"]
+pub struct Claimed<'a>(&'a Answer);
+
+impl Claimed<'_> {
+    /// Sends the answer.
+    pub fn send(self, r: &Response) {
+        (self.0.sink)(r);
+    }
+}
+
+impl Answer {
+    /// An answer written by `sink` (at most once).
+    pub fn new(sink: impl Fn(&Response) + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Answer {
+            claimed: AtomicBool::new(false),
+            sink: Box::new(sink),
+        })
+    }
+
+    /// For the first caller only: the right to send; None once claimed.
+    pub fn claim(&self) -> Option<Claimed<'_>> {
+        (!self.claimed.swap(true, Ordering::AcqRel)).then_some(Claimed(self))
+    }
+
+    /// Sends `r` unless the request was already answered.
+    pub fn send(&self, r: &Response) {
+        if let Some(c) = self.claim() {
+            c.send(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("bottom")]
+    struct Bottom;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("volume v: stage")]
+    struct Top(#[source] Bottom);
+
+    #[test]
+    fn a_failure_prints_its_reason_then_each_cause_once() {
+        let f = Failure::of("mount_failed", &Top(Bottom));
+        assert_eq!(f.causes, ["volume v: stage", "bottom"]);
+        assert_eq!(f.to_string(), "mount_failed: volume v: stage: bottom");
+        assert_eq!(Failure::refused("no").to_string(), "no");
+        assert_eq!(Failure::labelled("x", "y").to_string(), "x: y");
+    }
+
+    #[test]
+    fn responses_keep_their_shape_on_the_wire() {
+        for (r, json) in [
+            (Response::Done, r#"{"kind":"done"}"#),
+            (
+                Response::Failed(Failure::of("timeout", &Bottom)),
+                r#"{"kind":"failed","reason":"timeout","causes":["bottom"]}"#,
+            ),
+            (
+                Response::Failed(Failure::refused("shutting down")),
+                r#"{"kind":"failed","causes":["shutting down"]}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&r).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Response>(json).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn an_answer_is_sent_once() {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n2 = n.clone();
+        let a = Answer::new(move |_| {
+            n2.fetch_add(1, Ordering::SeqCst);
+        });
+        a.send(&Response::Done);
+        assert!(a.claim().is_none());
+        a.send(&Response::Done);
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
 }

@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Request, Response};
-use crate::daemon::executor::{Answer, Executor};
-use crate::flexvolume::Reply;
+use super::{Answer, Failure, Handler, Request, Response};
 
 /// Largest request accepted (options with secrets fit easily).
 pub const MAX_REQUEST: u64 = 1 << 20;
@@ -45,7 +43,7 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
 struct Shared {
     listener: UnixListener,
     socket: PathBuf,
-    exec: Arc<Executor>,
+    handler: Arc<dyn Handler>,
     me: u32,
     accepting: AtomicUsize,
     threads: AtomicUsize,
@@ -57,17 +55,18 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
-/// Starts serving `listener` (bound at `socket`) on blocking threads.
+/// Starts serving `listener` (bound at `socket`) on blocking threads; each request goes
+/// to `handler`.
 pub fn serve(
     listener: UnixListener,
     socket: PathBuf,
-    exec: Arc<Executor>,
+    handler: Arc<dyn Handler>,
 ) -> std::io::Result<Server> {
     let shared = Arc::new(Shared {
         listener,
         socket,
-        exec,
-        me: nix::unistd::geteuid().as_raw(),
+        handler,
+        me: crate::host::process::euid(),
         accepting: AtomicUsize::new(0),
         threads: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
@@ -106,7 +105,7 @@ fn spawn_thread(shared: &Arc<Shared>) -> std::io::Result<()> {
 impl Server {
     /// Stops accepting: threads waiting in `accept` are woken and exit; a connection that
     /// arrives meanwhile is answered "shutting down". Operations in progress go on (the
-    /// executor's drain waits for them). Blocking, briefly.
+    /// daemon drains them). Blocking, briefly.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         for _ in 0..400 {
@@ -155,8 +154,8 @@ fn work(sh: &Arc<Shared>) {
 }
 
 fn connection(stream: UnixStream, sh: &Shared, stopping: bool) {
-    let uid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-        .map(|c| c.uid())
+    let uid = crate::host::process::peer_credentials(&stream)
+        .map(|c| c.uid)
         .ok();
     // The request is read even from a peer about to be refused, so it gets its answer
     // instead of a broken pipe.
@@ -174,23 +173,21 @@ fn connection(stream: UnixStream, sh: &Shared, stopping: bool) {
     });
     if stopping {
         if matches!(&read, Ok(line) if !line.is_empty()) {
-            answer.send(&failure("moor daemon is shutting down; retry".into()));
+            answer.send(&refused("moor daemon is shutting down; retry"));
         }
         return;
     }
     if uid != Some(0) && uid != Some(sh.me) {
         tracing::warn!(peer_uid = ?uid, "refused a client that is neither root nor moor's user");
-        answer.send(&failure(
-            "permission denied: only root may talk to moor".into(),
-        ));
+        answer.send(&refused("permission denied: only root may talk to moor"));
         return;
     }
     match read.and_then(|line| serde_json::from_slice::<Request>(&line).map_err(|e| e.to_string()))
     {
-        Ok(req) => sh.exec.handle(req, &answer),
+        Ok(req) => sh.handler.handle(req, &answer),
         Err(e) => {
             tracing::debug!(error = %e, "bad request");
-            answer.send(&failure(format!("bad_request: {e}")));
+            answer.send(&Response::Failed(Failure::labelled("bad_request", e)));
         }
     }
 }
@@ -241,8 +238,46 @@ fn read_request(stream: &UnixStream, busy: &dyn Fn() -> bool) -> Result<Vec<u8>,
     }
 }
 
-fn failure(message: String) -> Response {
-    Response::Flex {
-        reply: Reply::failure(message),
+fn refused(message: &str) -> Response {
+    Response::Failed(Failure::refused(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+
+    /// Answers each request with what it was asked, so a test sees what reached it.
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle(&self, req: Request, answer: &Arc<Answer>) {
+            answer.send(&Response::Failed(Failure::labelled("echo", req.op())));
+        }
+    }
+
+    fn raw(socket: &std::path::Path, line: &[u8]) -> serde_json::Value {
+        let mut s = UnixStream::connect(socket).unwrap();
+        s.write_all(line).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
+
+    #[test]
+    fn requests_reach_the_handler_and_bad_lines_get_a_typed_failure() {
+        let t = tempfile::tempdir().unwrap();
+        let socket = t.path().join("s.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = serve(listener, socket.clone(), Arc::new(Echo)).unwrap();
+        let answer = crate::api::client::call(&socket, &Request::Status, Duration::from_secs(5));
+        assert_eq!(
+            answer.unwrap(),
+            Response::Failed(Failure::labelled("echo", "status"))
+        );
+        let v = raw(&socket, b"{\"op\":\"frobnicate\"}\n");
+        assert_eq!(v["kind"], "failed", "{v}");
+        assert_eq!(v["reason"], "bad_request", "{v}");
+        server.stop();
     }
 }

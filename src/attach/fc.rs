@@ -15,12 +15,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::scsi::{Scsi, ScsiAddr, ScsiDisk, ScsiError, common_wwid, wait_for, wwid_matches};
-use crate::driver::{Attached, Driver, DriverError, NodeContext, VolumeSpec, volume_key};
-use crate::flexvolume::{OptionsError, VolumeOptions};
 use crate::host::Host;
-use crate::journal::{StageRecord, StageSource};
-use crate::volume::validate;
+use crate::volume::state::{FcLun, FcName};
+use crate::volume::{
+    Attached, CapacityError, Driver, DriverError, NodeContext, OptionsError, Recorded, StageSource,
+    VolumeOptions, VolumeSpec, VolumeState, validate, volume_key,
+};
 
+/// The driver name.
+pub const NAME: &str = "fc";
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &["targetWWNs", "lun", "wwids", "readOnly", "mountOptions"];
 
@@ -30,20 +33,6 @@ const MULTIPATH_WAIT: Duration = Duration::from_secs(20);
 /// The FC driver.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FcDriver;
-
-/// How the volume is named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FcVolume {
-    /// Target port WWNs (16 lowercase hex digits) and a LUN.
-    Wwn {
-        /// WWNs.
-        wwns: Vec<String>,
-        /// LUN.
-        lun: u64,
-    },
-    /// Device WWIDs.
-    Wwids(Vec<String>),
-}
 
 fn list(s: &str) -> Vec<String> {
     s.trim()
@@ -61,9 +50,10 @@ pub fn normalise_wwn(s: &str) -> Option<String> {
     validate::wwn("targetWWNs", s).ok()
 }
 
-impl FcVolume {
-    /// From the user's (or the persisted) options.
-    pub fn from_map(m: &BTreeMap<String, String>) -> Result<FcVolume, OptionsError> {
+/// The LUN's name from the user's options (`targetWWNs` + `lun`, or `wwids`), every value
+/// through its validator.
+pub fn parse_name(m: &BTreeMap<String, String>) -> Result<FcName, OptionsError> {
+    {
         let get = |k: &str| m.get(k).map(String::as_str).unwrap_or("");
         let invalid = |k: &str, v: &str, expected: &'static str| OptionsError::Invalid {
             key: k.into(),
@@ -91,7 +81,7 @@ impl FcVolume {
                     }
                     l => validate::lun("lun", l)?,
                 };
-                Ok(FcVolume::Wwn { wwns, lun })
+                Ok(FcName::Wwn { wwns, lun })
             }
             (true, false) => {
                 let v = list(wwids)
@@ -105,7 +95,7 @@ impl FcVolume {
                 if !get("lun").is_empty() {
                     return Err(invalid("lun", get("lun"), "not used with wwids"));
                 }
-                Ok(FcVolume::Wwids(v))
+                Ok(FcName::Wwids(v))
             }
             (false, false) => Err(invalid(
                 "wwids",
@@ -118,13 +108,32 @@ impl FcVolume {
             }),
         }
     }
+}
 
-    fn what(&self) -> String {
-        match self {
-            FcVolume::Wwn { wwns, lun } => format!("WWN {} lun {lun}", wwns.join(",")),
-            FcVolume::Wwids(w) => format!("WWID {}", w.join(",")),
+fn what(v: &FcName) -> String {
+    match v {
+        FcName::Wwn { wwns, lun } => format!("WWN {} lun {lun}", wwns.join(",")),
+        FcName::Wwids(w) => format!("WWID {}", w.join(",")),
+    }
+}
+
+/// Checks a name read from a stage record before detach acts on it: every value through
+/// its validator again, whatever wrote the record.
+fn check_recorded(v: &FcName) -> Result<(), OptionsError> {
+    let (key, items) = match v {
+        FcName::Wwn { wwns, lun } => {
+            validate::lun("lun", &lun.to_string())?;
+            ("targetWWNs", wwns)
+        }
+        FcName::Wwids(w) => ("wwids", w),
+    };
+    for w in items {
+        match key {
+            "targetWWNs" => validate::wwn(key, w).map(drop)?,
+            _ => validate::wwid(key, w).map(drop)?,
         }
     }
+    Ok(())
 }
 
 /// FC remote ports `(H, C, T)` whose `port_name` is one of `wwns`.
@@ -161,9 +170,9 @@ pub fn fc_hosts(sys: &Path) -> Vec<u32> {
 }
 
 /// The disks of the volume present now.
-pub fn find_disks(scsi: &Scsi, v: &FcVolume) -> Vec<ScsiDisk> {
+pub fn find_disks(scsi: &Scsi, v: &FcName) -> Vec<ScsiDisk> {
     match v {
-        FcVolume::Wwn { wwns, lun } => targets_for_wwns(&scsi.sys, wwns)
+        FcName::Wwn { wwns, lun } => targets_for_wwns(&scsi.sys, wwns)
             .into_iter()
             .filter_map(|(host, channel, target)| {
                 scsi.disk_at(ScsiAddr {
@@ -174,7 +183,7 @@ pub fn find_disks(scsi: &Scsi, v: &FcVolume) -> Vec<ScsiDisk> {
                 })
             })
             .collect(),
-        FcVolume::Wwids(ws) => {
+        FcName::Wwids(ws) => {
             let mut out: Vec<ScsiDisk> = Vec::new();
             for w in ws {
                 for d in scsi.disks_by_wwid(w) {
@@ -188,17 +197,17 @@ pub fn find_disks(scsi: &Scsi, v: &FcVolume) -> Vec<ScsiDisk> {
     }
 }
 
-fn scan(scsi: &Scsi, v: &FcVolume) {
+fn scan(scsi: &Scsi, v: &FcName) {
     // Failures are not fatal: the wait below reports what matters (no device).
     match v {
-        FcVolume::Wwn { wwns, lun } => {
+        FcName::Wwn { wwns, lun } => {
             for (h, c, t) in targets_for_wwns(&scsi.sys, wwns) {
                 if let Err(e) = scsi.scan_addr(h, c, t, *lun) {
                     tracing::warn!(driver = "fc", "scan of host{h} {c} {t} {lun}: {e}");
                 }
             }
         }
-        FcVolume::Wwids(_) => {
+        FcName::Wwids(_) => {
             for h in fc_hosts(&scsi.sys) {
                 if let Err(e) = crate::host::scsi::write_attr(&scsi.scan_attr(h), "- - -") {
                     tracing::warn!(driver = "fc", "scan of host{h}: {e}");
@@ -210,36 +219,29 @@ fn scan(scsi: &Scsi, v: &FcVolume) {
 
 impl Driver for FcDriver {
     fn name(&self) -> &'static str {
-        "fc"
+        NAME
     }
 
     fn volume(&self, _node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
-        opts.check_known(self.name(), OPTIONS)?;
-        let v = FcVolume::from_map(&opts.user)?;
-        let mut persist = BTreeMap::new();
-        let identity = match &v {
-            FcVolume::Wwn { wwns, lun } => {
-                persist.insert("targetWWNs".into(), wwns.join(","));
-                persist.insert("lun".into(), lun.to_string());
+        opts.check_known(NAME, OPTIONS)?;
+        let name = parse_name(&opts.user)?;
+        let identity = match &name {
+            FcName::Wwn { wwns, lun } => {
                 let mut sorted = wwns.clone();
                 sorted.sort();
                 format!("{}/{lun}", sorted.join(","))
             }
-            FcVolume::Wwids(w) => {
-                persist.insert("wwids".into(), w.join(","));
-                w.join(",")
-            }
+            FcName::Wwids(w) => w.join(","),
         };
-        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
-        validate::mount_options("mountOptions", &mount_options)?;
-        if !mount_options.is_empty() {
-            persist.insert("mountOptions".into(), mount_options.clone());
-        }
         Ok(VolumeSpec {
-            key: volume_key(self.name(), &identity),
+            key: volume_key(NAME, &identity),
             source: StageSource::Attached { device: None },
-            persist,
-            mount_options,
+            state: Some(VolumeState::Fc(FcLun {
+                name,
+                mount_options: opts.mount_options.words().to_vec(),
+                wwid: None,
+            })),
+            mount_options: opts.mount_options.clone(),
         })
     }
 
@@ -250,28 +252,34 @@ impl Driver for FcDriver {
         _opts: &VolumeOptions,
     ) -> Result<Attached, DriverError> {
         let volume = spec.key.as_str();
-        let v = FcVolume::from_map(&spec.persist)?;
+        let Some(VolumeState::Fc(lun)) = &spec.state else {
+            return Err(DriverError::NoVolume {
+                volume: volume.into(),
+                driver: NAME,
+            });
+        };
+        let v = &lun.name;
         let scsi = Scsi {
             sys: host.paths.sys.clone(),
         };
-        let mut disks = find_disks(&scsi, &v);
+        let mut disks = find_disks(&scsi, v);
         if disks.is_empty() {
-            scan(&scsi, &v);
+            scan(&scsi, v);
             disks = wait_for(DEVICE_WAIT, || {
-                Some(find_disks(&scsi, &v)).filter(|d| !d.is_empty())
+                Some(find_disks(&scsi, v)).filter(|d| !d.is_empty())
             })
             .ok_or_else(|| {
-                DriverError::Scsi(ScsiError::NoDevice {
+                DriverError::from(ScsiError::NoDevice {
                     volume: volume.into(),
-                    what: v.what(),
+                    what: what(v),
                     waited_ms: DEVICE_WAIT.as_millis(),
                 })
             })?;
         }
         let wwid = common_wwid(&scsi, &disks).map_err(|detail| {
-            DriverError::Scsi(ScsiError::Mismatch {
+            DriverError::from(ScsiError::Mismatch {
                 volume: volume.into(),
-                what: v.what(),
+                what: what(v),
                 detail,
             })
         })?;
@@ -280,9 +288,9 @@ impl Driver for FcDriver {
             (Some(w), n) if n >= 2 => {
                 wait_for(MULTIPATH_WAIT, || scsi.multipath_holding(&names, Some(w))).ok_or_else(
                     || {
-                        DriverError::Scsi(ScsiError::NoMultipath {
+                        DriverError::from(ScsiError::NoMultipath {
                             volume: volume.into(),
-                            what: v.what(),
+                            what: what(v),
                             paths: n,
                             waited_ms: MULTIPATH_WAIT.as_millis(),
                         })
@@ -295,25 +303,27 @@ impl Driver for FcDriver {
             (None, _) => names[0].clone(),
         };
         let device = host.paths.dev.join(&name);
-        tracing::info!(volume, driver = "fc", device = %device.display(), op = "attach", "attached");
-        let mut persist = BTreeMap::new();
-        if let Some(w) = wwid {
-            persist.insert("wwid".to_owned(), w);
-        }
+        tracing::info!(volume, driver = NAME, device = %device.display(), op = "attach", "attached");
         Ok(Attached {
             device: Some(device),
-            persist,
+            state: Some(VolumeState::Fc(FcLun {
+                wwid,
+                ..lun.clone()
+            })),
         })
     }
 
-    fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
-        let volume = rec.key.as_str();
-        let v = FcVolume::from_map(&rec.options)?;
+    fn detach(&self, host: &Host, rec: &Recorded<'_>) -> Result<(), DriverError> {
+        let volume = rec.key;
+        let Some(VolumeState::Fc(lun)) = rec.state else {
+            return Err(rec.missing(NAME));
+        };
+        check_recorded(&lun.name)?;
         let scsi = Scsi {
             sys: host.paths.sys.clone(),
         };
-        let wwid = rec.options.get("wwid").cloned();
-        let disks: Vec<ScsiDisk> = find_disks(&scsi, &v)
+        let wwid = lun.wwid.clone();
+        let disks: Vec<ScsiDisk> = find_disks(&scsi, &lun.name)
             .into_iter()
             .filter(|d| match (&wwid, scsi.wwid(&d.name)) {
                 (Some(w), Some(th)) => wwid_matches(&th, w),
@@ -334,7 +344,7 @@ impl Driver for FcDriver {
         for d in &disks {
             tracing::info!(volume, driver = "fc", device = %d.name, op = "detach", "deleting SCSI device {}", d.addr);
             scsi.delete(&d.name).map_err(|e| {
-                DriverError::Scsi(ScsiError::Io {
+                DriverError::from(ScsiError::Io {
                     volume: volume.into(),
                     path: scsi.delete_attr(&d.name),
                     source: e,
@@ -342,6 +352,10 @@ impl Driver for FcDriver {
             })?;
         }
         Ok(())
+    }
+
+    fn refresh_capacity(&self, host: &Host, name: &str) -> Result<(), CapacityError> {
+        super::scsi::refresh_capacity(host, name)
     }
 }
 
@@ -351,11 +365,7 @@ mod tests {
     use crate::attach::scsi::tests::{disk, dm};
     use std::path::PathBuf;
 
-    fn m(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::volume::options::string_map as m;
 
     /// Two FC HBAs (host3, host4) each seeing target port 50:06:01:60:3b:a0:12:34 as
     /// target H:0:1, LUN 2 on both, assembled by multipath as dm-4.
@@ -419,7 +429,7 @@ mod tests {
         for pairs in cases {
             let o = VolumeOptions::from_map(&m(pairs)).unwrap();
             let e = match FcDriver.volume(&NodeContext::for_tests(), &o) {
-                Ok(spec) => panic!("{pairs:?} accepted: {:?}", spec.persist),
+                Ok(spec) => panic!("{pairs:?} accepted: {:?}", spec.state),
                 Err(e) => e,
             };
             assert_eq!(e.reason(), "bad_options", "{pairs:?}: {e}");
@@ -437,30 +447,30 @@ mod tests {
     #[test]
     fn options_take_wwns_and_lun_or_wwids() {
         assert_eq!(
-            FcVolume::from_map(&m(&[
+            parse_name(&m(&[
                 ("targetWWNs", "50:06:01:60:3B:A0:12:34"),
                 ("lun", "2")
             ]))
             .unwrap(),
-            FcVolume::Wwn {
+            FcName::Wwn {
                 wwns: vec!["500601603ba01234".into()],
                 lun: 2
             }
         );
         assert!(
-            FcVolume::from_map(&m(&[("targetWWNs", "5006")]))
+            parse_name(&m(&[("targetWWNs", "5006")]))
                 .unwrap_err()
                 .to_string()
                 .contains("targetWWNs")
         );
         assert!(
-            FcVolume::from_map(&m(&[("targetWWNs", "500601603ba01234")]))
+            parse_name(&m(&[("targetWWNs", "500601603ba01234")]))
                 .unwrap_err()
                 .to_string()
                 .contains("option lun")
         );
         assert!(
-            FcVolume::from_map(&m(&[
+            parse_name(&m(&[
                 ("targetWWNs", "500601603ba01234"),
                 ("lun", "1"),
                 ("wwids", "x")
@@ -468,14 +478,14 @@ mod tests {
             .is_err()
         );
         assert!(
-            FcVolume::from_map(&m(&[]))
+            parse_name(&m(&[]))
                 .unwrap_err()
                 .to_string()
                 .contains("targetWWNs")
         );
         assert_eq!(
-            FcVolume::from_map(&m(&[("wwids", "3600a,3600b")])).unwrap(),
-            FcVolume::Wwids(vec!["3600a".into(), "3600b".into()])
+            parse_name(&m(&[("wwids", "3600a,3600b")])).unwrap(),
+            FcName::Wwids(vec!["3600a".into(), "3600b".into()])
         );
     }
 
@@ -488,7 +498,7 @@ mod tests {
         };
         let by_wwn = find_disks(
             &s,
-            &FcVolume::Wwn {
+            &FcName::Wwn {
                 wwns: vec!["500601603ba01234".into()],
                 lun: 2,
             },
@@ -497,13 +507,13 @@ mod tests {
         assert_eq!(names, ["sdf", "sdg"]);
         let by_wwid = find_disks(
             &s,
-            &FcVolume::Wwids(vec!["3600601603ba0123400000000000000aa".into()]),
+            &FcName::Wwids(vec!["3600601603ba0123400000000000000aa".into()]),
         );
         assert_eq!(by_wwid, by_wwn);
         assert!(
             find_disks(
                 &s,
-                &FcVolume::Wwn {
+                &FcName::Wwn {
                     wwns: vec!["500601603ba01234".into()],
                     lun: 3
                 }
@@ -522,30 +532,13 @@ mod tests {
 
     #[test]
     fn attach_prefers_multipath_and_detach_flushes_then_deletes_only_its_paths() {
-        use crate::host::fake::{FakeMounts, ScriptRunner};
-        use crate::host::{BlockDevices, HostPaths};
-        use std::sync::Arc;
         let d = tempfile::tempdir().unwrap();
         let sys = d.path().join("sys");
         fabric(&sys);
-        let paths = HostPaths {
-            kubelet_dir: d.path().join("k"),
-            kubelet_alias: None,
-            state_dir: d.path().join("s"),
-            run_dir: d.path().join("r"),
-            sys: sys.clone(),
-            dev: "/dev".into(),
-            proc: "/proc".into(),
-        };
-        let runner = Arc::new(ScriptRunner::default());
-        let mounts = Arc::new(FakeMounts::default());
-        let host = Host {
-            blockdev: BlockDevices { sys: sys.clone() },
-            paths,
-            runner: runner.clone(),
-            mounter: mounts.clone(),
-            mounts,
-        };
+        let mut fake = crate::host::fake::FakeHost::new(d.path()).with_sysfs_fixture();
+        // The test expects the device under `/dev`, as the kernel names it.
+        fake.host.paths.dev = "/dev".into();
+        let (host, runner) = (fake.host, fake.runner);
         let mut u = m(&[("targetWWNs", "500601603ba01234"), ("lun", "2")]);
         u.insert("kubernetes.io/fsType".into(), "ext4".into());
         let o = VolumeOptions::from_map(&u).unwrap();
@@ -557,23 +550,34 @@ mod tests {
         let spec = FcDriver.volume(&node, &o).unwrap();
         let a = FcDriver.attach(&host, &spec, &o).unwrap();
         assert_eq!(a.device, Some(PathBuf::from("/dev/dm-4")));
-        let mut options = spec.persist.clone();
-        options.extend(a.persist);
-        let rec = StageRecord {
-            key: spec.key,
-            driver: "fc".into(),
-            source: StageSource::Attached { device: a.device },
-            options,
-            fs_type: None,
-            fs_uuid: None,
-            read_only: false,
-            phase: crate::journal::StagePhase::Unstaging,
-            formatted_by_moor: false,
-            mount_id: None,
-            adopted: false,
+        let Some(VolumeState::Fc(learnt)) = &a.state else {
+            panic!("{:?}", a.state)
         };
+        assert!(learnt.wwid.is_some());
+        let rec = crate::journal::StageRecord::new(
+            &spec.key,
+            NAME,
+            StageSource::Attached { device: a.device },
+            a.state.clone(),
+            crate::journal::StagePhase::Unstaging,
+        );
+        // And the same volume as main ef677bd recorded it.
+        let old =
+            crate::journal::record::old_record(include_str!("../volume/fixtures/fc-ef677bd.json"));
+        assert_eq!(
+            old.volume,
+            Some(VolumeState::Fc(FcLun {
+                name: FcName::Wwn {
+                    wwns: vec!["500601603ba01234".into()],
+                    lun: 2
+                },
+                mount_options: vec![],
+                wwid: Some("naa.600601603ba0123400000000000000aa".into()),
+            }))
+        );
+        assert_eq!(old.volume, rec.volume);
         runner.expect("multipath -f 3600601603ba0123400000000000000aa", 0, "");
-        FcDriver.detach(&host, &rec).unwrap();
+        FcDriver.detach(&host, &old.recorded()).unwrap();
         assert!(runner.remaining().is_empty());
         let deleted = |n: &str| {
             std::fs::read_to_string(sys.join(format!("block/{n}/device/delete"))).unwrap()
@@ -586,5 +590,43 @@ mod tests {
             ),
             ("1", "1", "")
         );
+    }
+
+    /// Before a grow, a multipath LUN reads its new size in: each path rescanned, then the
+    /// map resized by its name (what lifecycle/expand.rs did itself before it named no
+    /// protocol); a plain path is rescanned alone.
+    #[test]
+    fn capacity_is_refreshed_on_every_path_then_the_map() {
+        let d = tempfile::tempdir().unwrap();
+        let (host, runner) = crate::share::test_host(d.path());
+        let sys = d.path().join("sys");
+        fabric(&sys);
+        let host = Host {
+            paths: crate::host::HostPaths {
+                sys: sys.clone(),
+                ..host.paths.clone()
+            },
+            ..host
+        };
+        for p in ["sdf", "sdg", "sdh"] {
+            std::fs::write(sys.join(format!("block/{p}/device/rescan")), "").unwrap();
+        }
+        let rescanned = |p: &str| {
+            std::fs::read_to_string(sys.join(format!("block/{p}/device/rescan"))).unwrap()
+        };
+        runner.expect(
+            "multipathd resize map 3600601603ba0123400000000000000aa",
+            0,
+            "",
+        );
+        FcDriver.refresh_capacity(&host, "dm-4").unwrap();
+        assert!(runner.remaining().is_empty());
+        assert_eq!(
+            (rescanned("sdf"), rescanned("sdg"), rescanned("sdh")),
+            ("1".into(), "1".into(), String::new())
+        );
+        FcDriver.refresh_capacity(&host, "sdh").unwrap();
+        assert_eq!(rescanned("sdh"), "1");
+        assert!(runner.calls().len() == 1, "no tool for a plain path");
     }
 }

@@ -23,11 +23,12 @@ use std::time::Duration;
 
 use super::iscsiadm::{self, Portal};
 use super::scsi::{Scsi, ScsiDisk, ScsiError, common_wwid, wait_for};
-use crate::driver::{Attached, Driver, DriverError, NodeContext, VolumeSpec, volume_key};
-use crate::flexvolume::{OptionsError, VolumeOptions};
 use crate::host::{ExecError, Host};
-use crate::journal::{StageRecord, StageSource};
-use crate::volume::validate;
+use crate::volume::state::IscsiTarget;
+use crate::volume::{
+    Attached, CapacityError, Driver, DriverError, NodeContext, OptionsError, Recorded, StageSource,
+    VolumeOptions, VolumeSpec, VolumeState, validate, volume_key,
+};
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &[
@@ -65,90 +66,73 @@ impl Default for IscsiDriver {
     }
 }
 
-/// A parsed, validated volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Every portal, `targetPortal` first, no duplicates.
-    pub portals: Vec<Portal>,
-    /// Target name.
-    pub iqn: String,
-    /// LUN.
-    pub lun: u64,
-    /// open-iscsi iface.
-    pub iface: String,
+/// The driver name.
+pub const NAME: &str = "iscsi";
+
+/// An IQN an earlier moor accepted (`iqn.`/`eui.`/`naa.` and letters, digits, `.`, `-`, `:`,
+/// `_`) where the strict RFC 3720 form refuses it: taken from a record moor wrote itself, so
+/// an upgrade never strands a volume it cannot log out of; such a name cannot start with `-`
+/// or hold anything a tool could read as more than the name.
+fn earlier_form(n: &str) -> bool {
+    ["iqn.", "eui.", "naa."].iter().any(|p| n.starts_with(p))
+        && n.len() <= 223
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c))
 }
 
-impl Target {
-    /// From the persisted options (the same keys as the user's).
-    pub fn from_map(m: &BTreeMap<String, String>) -> Result<Target, OptionsError> {
-        Self::parse_map(m, false)
-    }
-
-    /// [`Target::from_map`] for a stage record moor wrote itself, at detach: an IQN an
-    /// earlier moor accepted (`iqn.`/`eui.`/`naa.` and letters, digits, `.`, `-`, `:`, `_`)
-    /// is taken even where the strict RFC 3720 form refuses it, so an upgrade never strands
-    /// a volume it cannot log out of; such a name cannot start with `-` or hold anything a
-    /// tool could read as more than the name.
-    pub fn from_record(m: &BTreeMap<String, String>) -> Result<Target, OptionsError> {
-        Self::parse_map(m, true)
-    }
-
-    fn parse_map(m: &BTreeMap<String, String>, recorded: bool) -> Result<Target, OptionsError> {
-        let get = |k: &'static str| m.get(k).map(String::as_str).unwrap_or("");
-        let tp = get("targetPortal");
-        if tp.is_empty() {
-            return Err(OptionsError::Missing {
-                key: "targetPortal",
-                driver: "iscsi".into(),
-            });
+/// The user's options as an [`IscsiTarget`], every value through its validator.
+fn parse_target(opts: &VolumeOptions) -> Result<IscsiTarget, OptionsError> {
+    let tp = opts.required(NAME, "targetPortal")?;
+    let mut portals = vec![Portal::from_option("targetPortal", tp)?];
+    for p in iscsiadm::portals_option("portals", opts.get("portals").unwrap_or(""))? {
+        if !portals.contains(&p) {
+            portals.push(p);
         }
-        let mut portals = vec![Portal::from_option("targetPortal", tp)?];
-        for p in iscsiadm::portals_option("portals", get("portals"))? {
-            if !portals.contains(&p) {
-                portals.push(p);
-            }
-        }
-        let iqn = get("iqn");
-        if iqn.is_empty() {
-            return Err(OptionsError::Missing {
-                key: "iqn",
-                driver: "iscsi".into(),
-            });
-        }
-        let earlier_form = |n: &str| {
-            ["iqn.", "eui.", "naa."].iter().any(|p| n.starts_with(p))
-                && n.len() <= 223
-                && n.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c))
-        };
-        let iqn = match validate::iscsi_name("iqn", iqn) {
-            Err(_) if recorded && earlier_form(iqn) => iqn.to_owned(),
-            r => r?,
-        };
-        let lun = match get("lun") {
-            "" => 0,
-            l => validate::lun("lun", l)?,
-        };
-        let iface = match get("iscsiInterface") {
-            "" => "default".to_owned(),
-            i => validate::iscsi_iface("iscsiInterface", i)?,
-        };
-        Ok(Target {
-            portals,
-            iqn,
-            lun,
-            iface,
-        })
     }
+    let iqn = validate::iscsi_name("iqn", opts.required(NAME, "iqn")?)?;
+    let lun = match opts.get("lun") {
+        None => 0,
+        Some(l) => validate::lun("lun", l)?,
+    };
+    let iface = match opts.get("iscsiInterface") {
+        None => "default".to_owned(),
+        Some(i) => validate::iscsi_iface("iscsiInterface", i)?,
+    };
+    // It is written into the node record: a newline would add lines of its own.
+    let initiator_name = match opts.get("initiatorName") {
+        Some(i) => Some(validate::iscsi_name("initiatorName", i)?),
+        None => None,
+    };
+    Ok(IscsiTarget {
+        portals,
+        iqn,
+        lun,
+        iface,
+        initiator_name,
+        chap_discovery: flag(opts, "chapAuthDiscovery")?,
+        chap_session: flag(opts, "chapAuthSession")?,
+        mount_options: opts.mount_options.words().to_vec(),
+        wwid: None,
+    })
+}
 
-    fn what(&self) -> String {
-        format!("{} lun {}", self.iqn, self.lun)
+/// Checks a target read from a stage record before detach hands it to iscsiadm: every
+/// value through its validator again (whatever wrote the record), an IQN of an earlier
+/// moor's form ([`earlier_form`]) accepted.
+fn check_recorded(t: &IscsiTarget) -> Result<(), OptionsError> {
+    for p in &t.portals {
+        Portal::from_option("portals", &p.arg())?;
     }
+    if !earlier_form(&t.iqn) {
+        validate::iscsi_name("iqn", &t.iqn)?;
+    }
+    validate::iscsi_iface("iscsiInterface", &t.iface)?;
+    Ok(())
 }
 
 fn flag(opts: &VolumeOptions, key: &str) -> Result<bool, OptionsError> {
-    match opts.user.get(key).map(String::as_str) {
-        None | Some("") | Some("false") => Ok(false),
+    match opts.get(key) {
+        None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(v) => Err(OptionsError::Invalid {
             key: key.into(),
@@ -156,6 +140,10 @@ fn flag(opts: &VolumeOptions, key: &str) -> Result<bool, OptionsError> {
             expected: "expected true or false",
         }),
     }
+}
+
+fn what(t: &IscsiTarget) -> String {
+    format!("{} lun {}", t.iqn, t.lun)
 }
 
 /// CHAP record lines for `prefix` (`node.session.auth` or `discovery.sendtargets.auth`)
@@ -259,11 +247,12 @@ impl IscsiDriver {
     }
 
     fn io(volume: &str, path: &Path, source: std::io::Error) -> DriverError {
-        DriverError::Scsi(ScsiError::Io {
+        ScsiError::Io {
             volume: volume.into(),
             path: path.into(),
             source,
-        })
+        }
+        .into()
     }
 
     /// Discovery, record set-up and login through one portal. `Ok(())` also when a session
@@ -272,7 +261,7 @@ impl IscsiDriver {
         &self,
         host: &Host,
         volume: &str,
-        t: &Target,
+        t: &IscsiTarget,
         p: &Portal,
         creds: &Creds<'_>,
     ) -> Result<(), DriverError> {
@@ -300,7 +289,7 @@ impl IscsiDriver {
             .run(&iscsiadm::discover(p, &t.iface))
             .map_err(cmd_err)?;
         if out.code == Some(iscsiadm::ERR_LOGIN_AUTH_FAILED) {
-            return Err(DriverError::Scsi(ScsiError::Auth {
+            return Err(DriverError::from(ScsiError::Auth {
                 volume: volume.into(),
                 target: t.iqn.clone(),
                 portal: p.arg(),
@@ -316,7 +305,7 @@ impl IscsiDriver {
             }));
         }
         let rec = iscsiadm::node_record(&self.iscsi_dir, &t.iqn, p, &t.iface).ok_or_else(|| {
-            DriverError::Scsi(ScsiError::Login {
+            DriverError::from(ScsiError::Login {
                 volume: volume.into(),
                 target: t.iqn.clone(),
                 detail: format!("{p}: discovery did not return this target at this portal"),
@@ -344,7 +333,7 @@ impl IscsiDriver {
                 crate::testhook::pause_point("iscsi:logged-in");
                 Ok(())
             }
-            Some(iscsiadm::ERR_LOGIN_AUTH_FAILED) => Err(DriverError::Scsi(ScsiError::Auth {
+            Some(iscsiadm::ERR_LOGIN_AUTH_FAILED) => Err(DriverError::from(ScsiError::Auth {
                 volume: volume.into(),
                 target: t.iqn.clone(),
                 portal: p.arg(),
@@ -363,7 +352,7 @@ impl IscsiDriver {
         &self,
         host: &Host,
         volume: &str,
-        t: &Target,
+        t: &IscsiTarget,
         wwid: Option<&str>,
     ) -> Result<(), DriverError> {
         let scsi = Scsi {
@@ -435,42 +424,35 @@ impl IscsiDriver {
     }
 }
 
+/// The iSCSI target of a spec or record, or the error saying it has none.
+fn target_of<'a>(
+    state: Option<&'a VolumeState>,
+    key: &str,
+) -> Result<&'a IscsiTarget, DriverError> {
+    match state {
+        Some(VolumeState::Iscsi(t)) => Ok(t),
+        _ => Err(DriverError::NoVolume {
+            volume: key.into(),
+            driver: NAME,
+        }),
+    }
+}
+
 impl Driver for IscsiDriver {
     fn name(&self) -> &'static str {
-        "iscsi"
+        NAME
     }
 
     fn volume(&self, _node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
-        opts.check_known(self.name(), OPTIONS)?;
-        let t = Target::from_map(&opts.user)?;
-        let disc = flag(opts, "chapAuthDiscovery")?;
-        let sess = flag(opts, "chapAuthSession")?;
-        chap_lines(opts, "discovery.sendtargets.auth", disc)?;
-        chap_lines(opts, "node.session.auth", sess)?;
-        // It is written into the node record: a newline would add lines of its own.
-        if let Some(i) = opts.user.get("initiatorName").filter(|i| !i.is_empty()) {
-            validate::iscsi_name("initiatorName", i)?;
-        }
-        let mut persist = BTreeMap::new();
-        persist.insert("targetPortal".into(), t.portals[0].arg());
-        let all: Vec<String> = t.portals.iter().map(Portal::arg).collect();
-        persist.insert("portals".into(), all.join(","));
-        persist.insert("iqn".into(), t.iqn.clone());
-        persist.insert("lun".into(), t.lun.to_string());
-        persist.insert("iscsiInterface".into(), t.iface.clone());
-        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
-        validate::mount_options("mountOptions", &mount_options)?;
-        if !mount_options.is_empty() {
-            persist.insert("mountOptions".into(), mount_options.clone());
-        }
+        opts.check_known(NAME, OPTIONS)?;
+        let t = parse_target(opts)?;
+        chap_lines(opts, "discovery.sendtargets.auth", t.chap_discovery)?;
+        chap_lines(opts, "node.session.auth", t.chap_session)?;
         Ok(VolumeSpec {
-            key: volume_key(
-                self.name(),
-                &format!("{}/{}/{}", t.portals[0].arg(), t.iqn, t.lun),
-            ),
+            key: volume_key(NAME, &format!("{}/{}/{}", t.portals[0].arg(), t.iqn, t.lun)),
             source: StageSource::Attached { device: None },
-            persist,
-            mount_options,
+            state: Some(VolumeState::Iscsi(t)),
+            mount_options: opts.mount_options.clone(),
         })
     }
 
@@ -481,21 +463,11 @@ impl Driver for IscsiDriver {
         opts: &VolumeOptions,
     ) -> Result<Attached, DriverError> {
         let volume = spec.key.as_str();
-        let t = Target::from_map(&spec.persist)?;
-        let disc_chap = chap_lines(
-            opts,
-            "discovery.sendtargets.auth",
-            flag(opts, "chapAuthDiscovery")?,
-        )?;
-        let sess_chap = chap_lines(opts, "node.session.auth", flag(opts, "chapAuthSession")?)?;
+        let t = target_of(spec.state.as_ref(), volume)?;
         let creds = Creds {
-            discovery: disc_chap,
-            session: sess_chap,
-            initiator: opts
-                .user
-                .get("initiatorName")
-                .filter(|i| !i.is_empty())
-                .map(String::as_str),
+            discovery: chap_lines(opts, "discovery.sendtargets.auth", t.chap_discovery)?,
+            session: chap_lines(opts, "node.session.auth", t.chap_session)?,
+            initiator: t.initiator_name.as_deref(),
         };
         let lock = self.lock(&t.iqn);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -503,20 +475,23 @@ impl Driver for IscsiDriver {
         let mut failures = Vec::new();
         let mut sessions = Vec::new();
         for p in &t.portals {
-            match self.login_portal(host, volume, &t, p, &creds) {
+            match self.login_portal(host, volume, t, p, &creds) {
                 Ok(()) => match find_session(&host.paths.sys, &t.iqn, p) {
                     Some(s) => sessions.push(s),
                     None => failures.push(format!("{p}: logged in but no session in sysfs")),
                 },
-                Err(e @ DriverError::Scsi(ScsiError::Auth { .. })) => return Err(e),
+                Err(e) if matches!(e.protocol::<ScsiError>(), Some(ScsiError::Auth { .. })) => {
+                    return Err(e);
+                }
                 Err(e) => {
+                    let e = crate::error::Chain(&e);
                     tracing::warn!(volume, target = %t.iqn, "login through {p} failed: {e}");
                     failures.push(format!("{p}: {e}"));
                 }
             }
         }
         if sessions.is_empty() {
-            return Err(DriverError::Scsi(ScsiError::Login {
+            return Err(DriverError::from(ScsiError::Login {
                 volume: volume.into(),
                 target: t.iqn.clone(),
                 detail: failures.join("; "),
@@ -536,18 +511,18 @@ impl Driver for IscsiDriver {
                 (!d.is_empty() && d.iter().all(|d| scsi.wwid(&d.name).is_some())).then_some(d)
             })
             .ok_or_else(|| {
-                DriverError::Scsi(ScsiError::NoDevice {
+                DriverError::from(ScsiError::NoDevice {
                     volume: volume.into(),
-                    what: format!("{} (session {})", t.what(), s.sid),
+                    what: format!("{} (session {})", what(t), s.sid),
                     waited_ms: DEVICE_WAIT.as_millis(),
                 })
             })?;
             disks.extend(found);
         }
         let wwid = common_wwid(&scsi, &disks).map_err(|detail| {
-            DriverError::Scsi(ScsiError::Mismatch {
+            DriverError::from(ScsiError::Mismatch {
                 volume: volume.into(),
-                what: t.what(),
+                what: what(t),
                 detail,
             })
         })?;
@@ -557,9 +532,9 @@ impl Driver for IscsiDriver {
                 scsi.multipath_holding(&names, wwid.as_deref())
             })
             .ok_or_else(|| {
-                DriverError::Scsi(ScsiError::NoMultipath {
+                DriverError::from(ScsiError::NoMultipath {
                     volume: volume.into(),
-                    what: t.what(),
+                    what: what(t),
                     paths: names.len(),
                     waited_ms: MULTIPATH_WAIT.as_millis(),
                 })
@@ -568,27 +543,25 @@ impl Driver for IscsiDriver {
             names[0].clone()
         };
         let device = host.paths.dev.join(&name);
-        tracing::info!(volume, driver = "iscsi", device = %device.display(), target = %t.iqn, op = "attach", wwid = wwid.as_deref().unwrap_or(""), "attached");
-        let mut persist = BTreeMap::new();
-        if let Some(w) = wwid {
-            persist.insert("wwid".to_owned(), w);
-        }
+        tracing::info!(volume, driver = NAME, device = %device.display(), target = %t.iqn, op = "attach", wwid = wwid.as_deref().unwrap_or(""), "attached");
         Ok(Attached {
             device: Some(device),
-            persist,
+            state: Some(VolumeState::Iscsi(IscsiTarget { wwid, ..t.clone() })),
         })
     }
 
-    fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
-        let t = Target::from_record(&rec.options)?;
+    fn detach(&self, host: &Host, rec: &Recorded<'_>) -> Result<(), DriverError> {
+        let Some(VolumeState::Iscsi(t)) = rec.state else {
+            return Err(rec.missing(NAME));
+        };
+        check_recorded(t)?;
         let lock = self.lock(&t.iqn);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.detach_target(
-            host,
-            &rec.key,
-            &t,
-            rec.options.get("wwid").map(String::as_str),
-        )
+        self.detach_target(host, rec.key, t, t.wwid.as_deref())
+    }
+
+    fn refresh_capacity(&self, host: &Host, name: &str) -> Result<(), CapacityError> {
+        super::scsi::refresh_capacity(host, name)
     }
 }
 
@@ -596,10 +569,10 @@ impl Driver for IscsiDriver {
 mod tests {
     use super::*;
     use crate::attach::scsi::tests::disk;
-    use crate::flexvolume::options::Secret;
-    use crate::host::fake::{FakeMounts, ScriptRunner};
-    use crate::host::{BlockDevices, HostPaths};
+    use crate::host::fake::{FakeHost, ScriptRunner};
     use crate::journal::StagePhase;
+    use crate::journal::StageRecord;
+    use crate::volume::Secret;
 
     const IQN: &str = "iqn.2024-01.dev.moor.lab:plain";
 
@@ -614,46 +587,39 @@ mod tests {
     fn unstaging(
         key: &str,
         device: Option<std::path::PathBuf>,
-        options: BTreeMap<String, String>,
+        volume: Option<VolumeState>,
     ) -> StageRecord {
-        StageRecord {
-            key: key.into(),
-            driver: "iscsi".into(),
-            source: StageSource::Attached { device },
-            options,
-            fs_type: None,
-            fs_uuid: None,
-            read_only: false,
-            phase: StagePhase::Unstaging,
-            formatted_by_moor: false,
-            mount_id: None,
-            adopted: false,
-        }
+        StageRecord::new(
+            key,
+            NAME,
+            StageSource::Attached { device },
+            volume,
+            StagePhase::Unstaging,
+        )
+    }
+
+    /// The typed target of a spec (or of what attach learnt).
+    fn target(state: &Option<VolumeState>) -> IscsiTarget {
+        target_of(state.as_ref(), "k").unwrap().clone()
+    }
+
+    /// A record as main ef677bd wrote it, with `options` replaced.
+    fn old_record_with(options: &[(&str, &str)]) -> StageRecord {
+        let mut v: serde_json::Value =
+            serde_json::from_str(include_str!("../volume/fixtures/iscsi-ef677bd.json")).unwrap();
+        v["options"] = options
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        serde_json::from_value(v).unwrap()
     }
 
     fn rig() -> Rig {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        let paths = HostPaths {
-            kubelet_dir: root.join("kubelet"),
-            kubelet_alias: None,
-            state_dir: root.join("state"),
-            run_dir: root.join("run"),
-            sys: root.join("sys"),
-            dev: root.join("dev"),
-            proc: root.join("proc"),
-        };
-        let runner = Arc::new(ScriptRunner::default());
-        let mounts = Arc::new(FakeMounts::default());
-        let host = Host {
-            blockdev: BlockDevices {
-                sys: paths.sys.clone(),
-            },
-            paths,
-            runner: runner.clone(),
-            mounter: mounts.clone(),
-            mounts,
-        };
+        let fake = FakeHost::new(root).with_sysfs_fixture();
+        let (host, runner) = (fake.host, fake.runner);
         let driver = IscsiDriver {
             iscsi_dir: root.join("etc-iscsi"),
             ..Default::default()
@@ -777,40 +743,121 @@ mod tests {
     }
 
     /// A record an earlier moor wrote with an IQN the strict form refuses (no date, a one-digit
-    /// month) still detaches: an upgrade must not strand a volume.
+    /// month) still detaches, in its old form and typed: an upgrade must not strand a volume.
     #[test]
     fn a_record_of_an_earlier_version_still_detaches() {
         let r = rig();
-        let spec = r.driver.volume(&node(), &opts(&[])).unwrap();
         for iqn in ["iqn.2024-1.legacy.example:disk", "iqn.legacy:disk_1"] {
-            let mut options = spec.persist.clone();
-            options.insert("iqn".into(), iqn.into());
             assert!(
-                Target::from_map(&options).is_err(),
+                parse_target(&opts(&[("iqn", iqn)])).is_err(),
                 "{iqn} is not strict RFC 3720"
             );
-            let rec = unstaging(&spec.key, None, options);
-            // No session of it is logged in: nothing to run, and no refusal either.
-            r.driver.detach(&r.host, &rec).unwrap();
+            let old = old_record_with(&[("targetPortal", "127.0.0.1:3260"), ("iqn", iqn)]);
+            assert_eq!(target(&old.volume).iqn, iqn);
+            let typed: StageRecord =
+                serde_json::from_str(&serde_json::to_string(&old).unwrap()).unwrap();
+            for rec in [old, typed] {
+                // No session of it is logged in: nothing to run, and no refusal either.
+                r.driver.detach(&r.host, &rec.recorded()).unwrap();
+            }
         }
+        assert!(r.runner.calls().is_empty());
     }
 
-    /// A record written before the validators (or edited by hand) is refused by attach and
-    /// detach before iscsiadm runs.
+    /// A record written before the validators (or edited by hand) is refused by detach
+    /// before iscsiadm runs: in the old form (its options do not convert) and typed (its
+    /// values fail the record check). (Attach gets no record: only the spec `volume()`
+    /// made, which refuses these values, see `hostile_values_are_refused_before_any_command`.)
     #[test]
     fn a_hostile_persisted_target_is_refused_before_any_command() {
         let r = rig();
-        let spec = r.driver.volume(&node(), &opts(&[])).unwrap();
-        for (key, value) in [("targetPortal", "-u"), ("portals", "-u"), ("iqn", "-x")] {
-            let mut spec = spec.clone();
-            spec.persist.insert(key.into(), value.into());
-            let e = r.driver.attach(&r.host, &spec, &opts(&[])).unwrap_err();
+        for (key, value) in [("targetPortal", "-u"), ("portals", "-u"), ("lun", "x")] {
+            let mut options = vec![("targetPortal", "127.0.0.1:3260"), ("iqn", IQN)];
+            options.retain(|(k, _)| *k != key);
+            options.push((key, value));
+            let rec = old_record_with(&options);
+            assert_eq!(rec.volume, None, "{key}");
+            let e = r.driver.detach(&r.host, &rec.recorded()).unwrap_err();
             assert_eq!(e.reason(), "bad_options", "{key}: {e}");
-            let rec = unstaging(&spec.key, None, spec.persist.clone());
-            let e = r.driver.detach(&r.host, &rec).unwrap_err();
-            assert_eq!(e.reason(), "bad_options", "{key}: {e}");
+            assert!(e.to_string().starts_with(&format!("option {key}=")), "{e}");
         }
+        let spec = r.driver.volume(&node(), &opts(&[])).unwrap();
+        let good = target(&spec.state);
+        for bad in [
+            IscsiTarget {
+                iqn: "-x".into(),
+                ..good.clone()
+            },
+            IscsiTarget {
+                portals: vec![Portal {
+                    host: "-u".into(),
+                    port: 3260,
+                }],
+                ..good.clone()
+            },
+            IscsiTarget {
+                iface: "a;b".into(),
+                ..good.clone()
+            },
+        ] {
+            let rec = unstaging(&spec.key, None, Some(VolumeState::Iscsi(bad)));
+            let typed: StageRecord =
+                serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+            let e = r.driver.detach(&r.host, &typed.recorded()).unwrap_err();
+            assert_eq!(e.reason(), "bad_options", "{e}");
+        }
+        // A stage adopted from the mount table has no target to log out of.
+        let adopted = unstaging(&spec.key, None, None);
+        let e = r.driver.detach(&r.host, &adopted.recorded()).unwrap_err();
+        assert_eq!(e.reason(), "bad_options", "{e}");
         assert!(r.runner.calls().is_empty());
+    }
+
+    /// A stage record main ef677bd wrote loads typed (the WWID attach learnt included) and
+    /// detaches as it did: exactly its disk deleted, then the session logged out.
+    #[test]
+    fn a_record_of_main_ef677bd_loads_typed_and_detaches() {
+        let rec = crate::journal::record::old_record(include_str!(
+            "../volume/fixtures/iscsi-ef677bd.json"
+        ));
+        assert_eq!(
+            rec.volume,
+            Some(VolumeState::Iscsi(IscsiTarget {
+                portals: vec![
+                    Portal {
+                        host: "127.0.0.1".into(),
+                        port: 3260
+                    },
+                    Portal {
+                        host: "fd00::1".into(),
+                        port: 3261
+                    },
+                ],
+                iqn: IQN.into(),
+                lun: 0,
+                iface: "default".into(),
+                initiator_name: None,
+                chap_discovery: false,
+                chap_session: false,
+                mount_options: vec!["noatime".into(), "discard".into()],
+                wwid: Some("naa.6001405aa".into()),
+            }))
+        );
+        let r = rig();
+        let sys = r.host.paths.sys.clone();
+        session(&sys, 3, 5, "127.0.0.1", 3260);
+        disk(&sys, "5:0:0:0", "sdc", "naa.6001405aa");
+        r.runner.expect(
+            "iscsiadm -m node -T iqn.2024-01.dev.moor.lab:plain -p 127.0.0.1:3260 -I default --logout",
+            0,
+            "",
+        );
+        r.driver.detach(&r.host, &rec.recorded()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sys.join("block/sdc/device/delete")).unwrap(),
+            "1"
+        );
+        assert!(r.runner.remaining().is_empty());
     }
 
     #[test]
@@ -822,8 +869,10 @@ mod tests {
                 &opts(&[("portals", r#"["127.0.0.1:3261","127.0.0.1:3260"]"#)]),
             )
             .unwrap();
-        assert_eq!(spec.persist["portals"], "127.0.0.1:3260,127.0.0.1:3261");
-        assert_eq!(spec.persist["iscsiInterface"], "default");
+        let t = target(&spec.state);
+        let portals: Vec<String> = t.portals.iter().map(Portal::arg).collect();
+        assert_eq!(portals, ["127.0.0.1:3260", "127.0.0.1:3261"]);
+        assert_eq!(t.iface, "default");
         assert!(spec.key.starts_with("iscsi-"));
         let err = |o: VolumeOptions| d.volume(&node(), &o).unwrap_err().to_string();
         assert!(err(opts(&[("lun", "x")])).contains("option lun=x"));
@@ -909,7 +958,7 @@ mod tests {
         let spec = r.driver.volume(&node(), &o).unwrap();
         let a = r.driver.attach(&r.host, &spec, &o).unwrap();
         assert_eq!(a.device, Some(r.host.paths.dev.join("sdc")));
-        assert_eq!(a.persist["wwid"], "naa.6001405aa");
+        assert_eq!(target(&a.state).wwid.as_deref(), Some("naa.6001405aa"));
         assert_eq!(
             std::fs::read_to_string(sys.join("class/scsi_host/host5/scan")).unwrap(),
             "- - 0"
@@ -921,10 +970,8 @@ mod tests {
 
         // Another volume's LUN 1 on the same session keeps the session.
         disk(&sys, "5:0:0:1", "sdd", "naa.6001405bb");
-        let mut options = spec.persist.clone();
-        options.extend(a.persist.clone());
-        let rec = unstaging(&spec.key, a.device.clone(), options);
-        r.driver.detach(&r.host, &rec).unwrap();
+        let rec = unstaging(&spec.key, a.device.clone(), a.state.clone());
+        r.driver.detach(&r.host, &rec.recorded()).unwrap();
         assert_eq!(
             std::fs::read_to_string(sys.join("block/sdc/device/delete")).unwrap(),
             "1"
@@ -941,7 +988,7 @@ mod tests {
             0,
             "",
         );
-        r.driver.detach(&r.host, &rec).unwrap();
+        r.driver.detach(&r.host, &rec.recorded()).unwrap();
         assert!(r.runner.remaining().is_empty());
         drop(r.tmp);
     }
@@ -953,22 +1000,13 @@ mod tests {
         session(&sys, 1, 2, "127.0.0.1", 3260);
         disk(&sys, "2:0:0:0", "sdb", "naa.6001405ff");
         let spec = r.driver.volume(&node(), &opts(&[])).unwrap();
-        let mut options = spec.persist.clone();
-        options.insert("wwid".into(), "naa.6001405aa".into());
-        let rec = StageRecord {
-            key: spec.key,
-            driver: "iscsi".into(),
-            source: StageSource::Attached { device: None },
-            options,
-            fs_type: None,
-            fs_uuid: None,
-            read_only: false,
-            phase: StagePhase::Staging,
-            formatted_by_moor: false,
-            mount_id: None,
-            adopted: false,
+        let recorded = IscsiTarget {
+            wwid: Some("naa.6001405aa".into()),
+            ..target(&spec.state)
         };
-        r.driver.detach(&r.host, &rec).unwrap();
+        let mut rec = unstaging(&spec.key, None, Some(VolumeState::Iscsi(recorded)));
+        rec.phase = StagePhase::Staging;
+        r.driver.detach(&r.host, &rec.recorded()).unwrap();
         assert_eq!(
             std::fs::read_to_string(sys.join("block/sdb/device/delete")).unwrap(),
             ""

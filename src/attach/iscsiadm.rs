@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::flexvolume::OptionsError;
 use crate::host::Cmd;
+use crate::volume::OptionsError;
 use crate::volume::validate;
 
 /// iscsiadm exit status: a session to that target and portal already exists.
@@ -24,49 +24,8 @@ pub const ERR_LOGIN_AUTH_FAILED: i32 = 24;
 /// Deadline for one iscsiadm call: iscsid's own login timeout is 15 s per attempt.
 pub const TIMEOUT: Duration = Duration::from_secs(45);
 
-/// A portal `host:port` (IPv6 in brackets), port 3260 when absent.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Portal {
-    /// Address as iscsiadm and sysfs print it (no brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl Portal {
-    /// The default iSCSI port.
-    pub const DEFAULT_PORT: u16 = 3260;
-
-    /// Parses `10.0.0.1`, `10.0.0.1:3260`, `[fd00::1]:3260` for option `key` through the
-    /// shared `host[:port]` validator (an IPv6 address must be bracketed).
-    pub fn from_option(key: &str, s: &str) -> Result<Portal, OptionsError> {
-        let hp = validate::host_port(key, s)?;
-        Ok(Portal {
-            host: hp.host.to_string(),
-            port: hp.port_or(Self::DEFAULT_PORT),
-        })
-    }
-
-    /// [`Portal::from_option`] without the message.
-    pub fn parse(s: &str) -> Option<Portal> {
-        Self::from_option("portal", s).ok()
-    }
-
-    /// `-p` argument form (`10.0.0.1:3260`, `[fd00::1]:3260`).
-    pub fn arg(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl std::fmt::Display for Portal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.arg())
-    }
-}
+/// A portal `host:port` (IPv6 in brackets), port 3260 when absent: part of the typed volume.
+pub use crate::volume::state::Portal;
 
 /// What `portals` accepts.
 const PORTALS: &str = r#"expected ["host:port",…] or host:port,host:port, each host a DNS name, an IPv4 address or a bracketed IPv6 address, port 1-65535"#;

@@ -44,17 +44,18 @@
 //! blocklists the locker. Only do either when the other node is really gone: fencing a live
 //! writer is what the check protects against.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::driver::{Attached, Driver, DriverError, NodeContext, VolumeSpec, volume_key};
-use crate::flexvolume::{OptionsError, VolumeOptions};
 use crate::host::rbdbus::{self, RbdMapping};
 use crate::host::{Cmd, Host, secrets};
-use crate::journal::{StageRecord, StageSource};
+use crate::share::ceph;
 use crate::testhook::pause_point;
-use crate::volume::validate;
+use crate::volume::state::RbdImage;
+use crate::volume::{
+    Attached, CapacityError, Driver, DriverError, NodeContext, OptionsError, Recorded, StageSource,
+    VolumeOptions, VolumeSpec, VolumeState, validate, volume_key,
+};
 
 pub mod parse;
 
@@ -128,7 +129,7 @@ pub enum RbdError {
         client: String,
     },
     /// moor's claim on a mapping could not be written or removed.
-    #[error("volume {volume}: mapping claim {path}: {source}")]
+    #[error("volume {volume}: mapping claim {path}")]
     Claim {
         /// Volume key.
         volume: String,
@@ -149,7 +150,7 @@ pub enum RbdError {
         detail: String,
     },
     /// sysfs could not be read.
-    #[error("volume {volume}: cannot read {path}: {source}")]
+    #[error("volume {volume}: cannot read {path}")]
     Sysfs {
         /// Volume key.
         volume: String,
@@ -186,74 +187,27 @@ impl RbdError {
     }
 }
 
+impl crate::volume::ProtocolError for RbdError {
+    fn reason(&self) -> &'static str {
+        RbdError::reason(self)
+    }
+}
+
 /// The RBD driver.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RbdDriver;
 
-/// Where the image is and who we are to Ceph: the non-secret options, as persisted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    monitors: String,
-    pool: String,
-    /// RADOS namespace inside the pool; empty for the pool's default namespace.
-    namespace: String,
-    image: String,
-    user: String,
-    keyring: Option<String>,
-}
-
-impl Target {
+impl RbdImage {
     /// rbd's image spec: `pool/image`, or `pool/namespace/image` inside a namespace.
     fn spec(&self) -> String {
         image_spec(&self.pool, &self.namespace, &self.image)
-    }
-
-    /// From the persisted options, every value through its validator again: what reaches
-    /// rbd's argv was checked in this process, whatever wrote the record. (Detach reads the
-    /// record with [`Target::from_persist`]: it needs only pool and image to find mappings
-    /// in sysfs, and `rbd unmap` takes the device alone.)
-    fn validated(p: &BTreeMap<String, String>) -> Result<Self, OptionsError> {
-        let get = |k: &'static str| {
-            p.get(k).map(String::as_str).ok_or(OptionsError::Missing {
-                key: k,
-                driver: NAME.into(),
-            })
-        };
-        let monitors = validate::monitors("monitors", get("monitors")?)?;
-        let namespace = match p.get("radosNamespace").map(String::as_str) {
-            None | Some("") => String::new(),
-            Some(n) => validate::ceph_name("radosNamespace", n)?,
-        };
-        let keyring = match p.get("keyring") {
-            Some(k) => Some(validate::node_file("keyring", k)?),
-            None => None,
-        };
-        Ok(Target {
-            monitors: validate::format_monitors(&monitors),
-            pool: validate::ceph_name("pool", get("pool")?)?,
-            namespace,
-            image: validate::ceph_name("image", get("image")?)?,
-            user: validate::ceph_user("user", p.get("user").map_or("admin", String::as_str))?,
-            keyring,
-        })
-    }
-
-    fn from_persist(p: &BTreeMap<String, String>) -> Option<Self> {
-        Some(Target {
-            monitors: p.get("monitors")?.clone(),
-            pool: p.get("pool")?.clone(),
-            namespace: p.get("radosNamespace").cloned().unwrap_or_default(),
-            image: p.get("image")?.clone(),
-            user: p.get("user").cloned().unwrap_or_else(|| "admin".into()),
-            keyring: p.get("keyring").cloned(),
-        })
     }
 
     /// Connection and credential arguments shared by every cluster command.
     fn connect_args(&self, keyfile: Option<&Path>) -> Vec<String> {
         let mut a = vec![
             "-m".to_owned(),
-            self.monitors.clone(),
+            self.monitors.join(","),
             "--id".to_owned(),
             self.user.clone(),
         ];
@@ -288,7 +242,7 @@ fn rados_timeouts() -> Vec<String> {
 }
 
 /// `rbd status <pool/image> --format json …`: the image's watchers.
-fn status_cmd(t: &Target, keyfile: Option<&Path>) -> Cmd {
+fn status_cmd(t: &RbdImage, keyfile: Option<&Path>) -> Cmd {
     Cmd::new("rbd")
         .args(["status", &t.spec(), "--format", "json"])
         .args(t.connect_args(keyfile))
@@ -297,7 +251,7 @@ fn status_cmd(t: &Target, keyfile: Option<&Path>) -> Cmd {
 }
 
 /// `rbd lock list <pool/image> --format json …`: the image's locks.
-fn lock_list_cmd(t: &Target, keyfile: Option<&Path>) -> Cmd {
+fn lock_list_cmd(t: &RbdImage, keyfile: Option<&Path>) -> Cmd {
     Cmd::new("rbd")
         .args(["lock", "list", &t.spec(), "--format", "json"])
         .args(t.connect_args(keyfile))
@@ -306,7 +260,7 @@ fn lock_list_cmd(t: &Target, keyfile: Option<&Path>) -> Cmd {
 }
 
 /// `rbd info <pool/image> --format json …`: the image's features.
-fn info_cmd(t: &Target, keyfile: Option<&Path>) -> Cmd {
+fn info_cmd(t: &RbdImage, keyfile: Option<&Path>) -> Cmd {
     Cmd::new("rbd")
         .args(["info", &t.spec(), "--format", "json"])
         .args(t.connect_args(keyfile))
@@ -325,7 +279,7 @@ enum MapMode {
 }
 
 /// `rbd map <pool/image> [--read-only] … --options mount_timeout=…[,exclusive,lock_timeout=…]`.
-fn map_cmd(t: &Target, keyfile: Option<&Path>, mode: MapMode) -> Cmd {
+fn map_cmd(t: &RbdImage, keyfile: Option<&Path>, mode: MapMode) -> Cmd {
     let mut c = Cmd::new("rbd").args(["map", &t.spec()]);
     if mode == MapMode::ReadOnly {
         c = c.arg("--read-only");
@@ -393,7 +347,7 @@ impl RbdDriver {
         let volume = volume.to_owned();
         let path = host.paths.sys.join("bus/rbd/devices");
         move |source| {
-            DriverError::Rbd(RbdError::Sysfs {
+            DriverError::from(RbdError::Sysfs {
                 volume: volume.clone(),
                 path: path.clone(),
                 source,
@@ -404,7 +358,7 @@ impl RbdDriver {
     fn head_mappings(
         host: &Host,
         volume: &str,
-        t: &Target,
+        t: &RbdImage,
     ) -> Result<Vec<RbdMapping>, DriverError> {
         Ok(rbdbus::mappings(&host.paths.sys)
             .map_err(Self::sysfs_err(volume, host))?
@@ -417,7 +371,7 @@ impl RbdDriver {
     fn holders(
         host: &Host,
         volume: &str,
-        t: &Target,
+        t: &RbdImage,
         keyfile: Option<&Path>,
     ) -> Result<Vec<Holder>, DriverError> {
         let cmd_err = |source| DriverError::Command {
@@ -425,7 +379,7 @@ impl RbdDriver {
             source,
         };
         let parse_err = |cmd: &Cmd, detail: String| {
-            DriverError::Rbd(RbdError::Parse {
+            DriverError::from(RbdError::Parse {
                 volume: volume.into(),
                 command: cmd.display(),
                 detail,
@@ -447,7 +401,7 @@ impl RbdDriver {
     fn has_exclusive_lock(
         host: &Host,
         volume: &str,
-        t: &Target,
+        t: &RbdImage,
         keyfile: Option<&Path>,
     ) -> Result<bool, DriverError> {
         let info = info_cmd(t, keyfile);
@@ -459,7 +413,7 @@ impl RbdDriver {
                 source,
             })?;
         let features = parse::features(&out.stdout_text()).map_err(|detail| {
-            DriverError::Rbd(RbdError::Parse {
+            DriverError::from(RbdError::Parse {
                 volume: volume.into(),
                 command: info.display(),
                 detail,
@@ -488,33 +442,22 @@ impl Driver for RbdDriver {
 
     fn volume(&self, _node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
         opts.check_known(NAME, OPTIONS)?;
-        let monitors = validate::monitors("monitors", opts.required(NAME, "monitors")?)?;
-        let monitors = validate::format_monitors(&monitors);
-        let pool = opts
-            .user
-            .get("pool")
-            .filter(|p| !p.is_empty())
-            .map_or("rbd", String::as_str);
-        let pool = validate::ceph_name("pool", pool)?;
+        let monitors = ceph::monitors(opts, NAME)?;
+        let pool = validate::ceph_name("pool", opts.get("pool").unwrap_or("rbd"))?;
         // ceph-csi's name for it; the default namespace is "" (no option, or empty).
-        let namespace = match opts.user.get("radosNamespace").map(String::as_str) {
-            None | Some("") => String::new(),
+        let namespace = match opts.get("radosNamespace") {
+            None => String::new(),
             Some(n) => validate::ceph_name("radosNamespace", n)?,
         };
         let image = validate::ceph_name("image", opts.required(NAME, "image")?)?;
-        let user = opts
-            .user
-            .get("user")
-            .filter(|p| !p.is_empty())
-            .map_or("admin", String::as_str);
-        let user = validate::ceph_user("user", user)?;
+        let user = validate::ceph_user("user", opts.get("user").unwrap_or(ceph::DEFAULT_USER))?;
         let key = secret_key(opts)?;
-        let keyring = opts.user.get("keyring").filter(|k| !k.is_empty());
+        let keyring = opts.get("keyring");
         match (&key, keyring) {
-            (Some(_), Some(_)) => {
+            (Some(_), Some(k)) => {
                 return Err(OptionsError::Invalid {
                     key: "keyring".into(),
-                    value: keyring.cloned().unwrap_or_default(),
+                    value: k.to_owned(),
                     expected: "either a keyring path or the key in secret `key`, not both",
                 }
                 .into());
@@ -532,27 +475,20 @@ impl Driver for RbdDriver {
             }
             _ => {}
         }
-        let mut persist = BTreeMap::new();
-        persist.insert("monitors".to_owned(), monitors);
-        persist.insert("pool".to_owned(), pool.clone());
-        if !namespace.is_empty() {
-            persist.insert("radosNamespace".to_owned(), namespace.clone());
-        }
-        persist.insert("image".to_owned(), image.clone());
-        persist.insert("user".to_owned(), user);
-        if let Some(k) = keyring {
-            persist.insert("keyring".to_owned(), k.clone());
-        }
-        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
-        validate::mount_options("mountOptions", &mount_options)?;
-        if !mount_options.is_empty() {
-            persist.insert("mountOptions".to_owned(), mount_options.clone());
-        }
         Ok(VolumeSpec {
             key: volume_key(NAME, &image_spec(&pool, &namespace, &image)),
             source: StageSource::Attached { device: None },
-            persist,
-            mount_options,
+            state: Some(VolumeState::Rbd(RbdImage {
+                monitors,
+                pool,
+                namespace,
+                image,
+                user,
+                keyring: keyring.map(str::to_owned),
+                mount_options: opts.mount_options.words().to_vec(),
+                rbd_id: None,
+            })),
+            mount_options: opts.mount_options.clone(),
         })
     }
 
@@ -563,17 +499,27 @@ impl Driver for RbdDriver {
         opts: &VolumeOptions,
     ) -> Result<Attached, DriverError> {
         let volume = spec.key.as_str();
-        let t = Target::validated(&spec.persist)?;
+        let Some(VolumeState::Rbd(t)) = &spec.state else {
+            return Err(DriverError::NoVolume {
+                volume: volume.into(),
+                driver: NAME,
+            });
+        };
+        let mapped = |m: &RbdMapping| {
+            Some(VolumeState::Rbd(RbdImage {
+                rbd_id: Some(m.id),
+                ..t.clone()
+            }))
+        };
         let run_dir = host.paths.run_dir.as_path();
         let claim_err = |source| {
-            DriverError::Rbd(RbdError::Claim {
+            DriverError::from(RbdError::Claim {
                 volume: volume.into(),
                 path: rbdbus::claim_path(run_dir, volume),
                 source,
             })
         };
-        let mut persist = BTreeMap::new();
-        if let Some(m) = Self::head_mappings(host, volume, &t)?.into_iter().next() {
+        if let Some(m) = Self::head_mappings(host, volume, t)?.into_iter().next() {
             let device = m.device(&host.paths.dev);
             if !rbdbus::is_claimed(run_dir, volume) {
                 let client = match (&m.client_id, &m.client_addr) {
@@ -600,10 +546,9 @@ impl Driver for RbdDriver {
                 .into());
             }
             tracing::info!(volume, driver = NAME, device = %device.display(), op = "attach", "image already mapped on this node; reusing it");
-            persist.insert("rbd_id".to_owned(), m.id.to_string());
             return Ok(Attached {
                 device: Some(device),
-                persist,
+                state: mapped(&m),
             });
         }
         let keyfile = match secret_key(opts)? {
@@ -622,7 +567,7 @@ impl Driver for RbdDriver {
         let mode = if opts.read_only {
             MapMode::ReadOnly
         } else {
-            let holders = Self::holders(host, volume, &t, keyfile.as_deref())?;
+            let holders = Self::holders(host, volume, t, keyfile.as_deref())?;
             if !holders.is_empty() {
                 let holders: Vec<String> = holders.iter().map(ToString::to_string).collect();
                 return Err(RbdError::InUse {
@@ -632,7 +577,7 @@ impl Driver for RbdDriver {
                 }
                 .into());
             }
-            if Self::has_exclusive_lock(host, volume, &t, keyfile.as_deref())? {
+            if Self::has_exclusive_lock(host, volume, t, keyfile.as_deref())? {
                 MapMode::Exclusive
             } else {
                 MapMode::ReadWrite
@@ -641,7 +586,7 @@ impl Driver for RbdDriver {
         // Claimed before the map: a crash right after it still leaves the mapping known as
         // ours, so reconstruction's detach unmaps it.
         rbdbus::claim(run_dir, volume, &t.spec()).map_err(claim_err)?;
-        let map = map_cmd(&t, keyfile.as_deref(), mode);
+        let map = map_cmd(t, keyfile.as_deref(), mode);
         let out = host
             .runner
             .run_ok(&map)
@@ -651,7 +596,7 @@ impl Driver for RbdDriver {
             })?;
         pause_point("rbd:mapped");
         // Trust sysfs, not the printed path: it is what detach will look at.
-        let Some(m) = Self::head_mappings(host, volume, &t)?.into_iter().next() else {
+        let Some(m) = Self::head_mappings(host, volume, t)?.into_iter().next() else {
             return Err(RbdError::NoDevice {
                 volume: volume.into(),
                 image: t.spec(),
@@ -673,18 +618,19 @@ impl Driver for RbdDriver {
             .into());
         }
         tracing::info!(volume, driver = NAME, device = %device.display(), op = "attach", read_only = opts.read_only, "mapped");
-        persist.insert("rbd_id".to_owned(), m.id.to_string());
         Ok(Attached {
             device: Some(device),
-            persist,
+            state: mapped(&m),
         })
     }
 
-    fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
-        let volume = rec.key.as_str();
+    /// Needs only pool, namespace and image of the record (to find the mappings in sysfs):
+    /// `rbd unmap` takes the device alone, so nothing recorded reaches argv.
+    fn detach(&self, host: &Host, rec: &Recorded<'_>) -> Result<(), DriverError> {
+        let volume = rec.key;
         let run_dir = host.paths.run_dir.as_path();
-        if let Some(t) = Target::from_persist(&rec.options) {
-            let mappings = Self::head_mappings(host, volume, &t)?;
+        if let Some(VolumeState::Rbd(t)) = rec.state {
+            let mappings = Self::head_mappings(host, volume, t)?;
             if rbdbus::is_claimed(run_dir, volume) {
                 for m in mappings {
                     let device = m.device(&host.paths.dev);
@@ -697,7 +643,7 @@ impl Driver for RbdDriver {
                     tracing::info!(volume, driver = NAME, device = %device.display(), op = "detach", "unmapped");
                 }
                 rbdbus::release(run_dir, volume).map_err(|source| {
-                    DriverError::Rbd(RbdError::Claim {
+                    DriverError::from(RbdError::Claim {
                         volume: volume.into(),
                         path: rbdbus::claim_path(run_dir, volume),
                         source,
@@ -713,6 +659,20 @@ impl Driver for RbdDriver {
         secrets::remove_secrets(&dir).map_err(|source| DriverError::SecretFile {
             volume: volume.into(),
             path: dir,
+            source,
+        })
+    }
+
+    /// krbd hears of an `rbd resize` through its header watch, a moment later; `refresh`
+    /// reads the header now.
+    fn refresh_capacity(&self, host: &Host, name: &str) -> Result<(), CapacityError> {
+        let Some(id) = name.strip_prefix("rbd") else {
+            return Ok(());
+        };
+        let attr = host.paths.sys.join(format!("bus/rbd/devices/{id}/refresh"));
+        crate::host::scsi::write_attr(&attr, "1").map_err(|source| CapacityError::Io {
+            what: "refresh",
+            path: attr.clone(),
             source,
         })
     }

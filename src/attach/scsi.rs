@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::volume::CapacityError;
+
 /// A SCSI address `host:channel:target:lun`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ScsiAddr {
@@ -456,7 +458,7 @@ pub enum ScsiError {
         waited_ms: u128,
     },
     /// A sysfs or record file write failed.
-    #[error("volume {volume}: {path}: {source}")]
+    #[error("volume {volume}: {path}")]
     Io {
         /// Volume key.
         volume: String,
@@ -479,6 +481,40 @@ impl ScsiError {
             ScsiError::NoMultipath { .. } => "no_multipath",
             ScsiError::Io { .. } => "sysfs",
         }
+    }
+}
+
+impl crate::volume::ProtocolError for ScsiError {
+    fn reason(&self) -> &'static str {
+        ScsiError::reason(self)
+    }
+}
+
+/// Makes the kernel read the size of a SCSI disk (`name`: `sdX`, or a dm device over SCSI
+/// paths) again: each path rescanned, then a multipath map resized over them.
+pub fn refresh_capacity(host: &crate::host::Host, name: &str) -> Result<(), CapacityError> {
+    let scsi = Scsi {
+        sys: host.paths.sys.clone(),
+    };
+    let rescan = |path: &str| {
+        scsi.rescan(path)
+            .map(drop)
+            .map_err(|source| CapacityError::Io {
+                what: "rescan",
+                path: host.paths.sys.join("block").join(path),
+                source,
+            })
+    };
+    if name.starts_with("dm-") {
+        for path in scsi.slaves(name) {
+            rescan(&path)?;
+        }
+        if scsi.is_multipath(name) {
+            resize_multipath(host, name).map_err(|source| CapacityError::Command { source })?;
+        }
+        Ok(())
+    } else {
+        rescan(name)
     }
 }
 

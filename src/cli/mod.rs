@@ -5,6 +5,7 @@
 //! from here: the arrows point from the dispatch to them.
 
 pub mod demo;
+pub mod local;
 pub mod status;
 
 use std::ffi::{OsStr, OsString};
@@ -56,7 +57,7 @@ enum Command {
     /// kubelet drives it (root).
     Demo,
     /// Local persistent volumes: `moor local discover | wipe <entry> | sync`.
-    Local(crate::local::cli::LocalArgs),
+    Local(local::LocalArgs),
     /// Install the FlexVolume front end into kubelet's plugin dir, atomically (the
     /// DaemonSet's init container runs this; kubelet execs the drivers on the host).
     InstallFlexvolume {
@@ -225,8 +226,10 @@ pub fn flex_main(argv: &[OsString]) -> i32 {
     install_flex_panic_hook();
     crate::host::stdio::reserve_std_fds();
     crate::testhook::frontend_panic_point();
-    let reply = flex_reply(argv, &client::discover)
-        .unwrap_or_else(|| Reply::failure("usage: moor flex [--driver D] <op> [args…]"));
+    let reply = flex_reply(argv, &|dir| {
+        client::discover(Path::new(crate::config::DEFAULT_CONFIG), dir)
+    })
+    .unwrap_or_else(|| Reply::failure("usage: moor flex [--driver D] <op> [args…]"));
     let mut line = reply.to_json().into_bytes();
     line.push(b'\n');
     let _ = crate::host::stdio::write_stdout(&line);
@@ -253,7 +256,7 @@ pub enum CliError {
     Demo(#[from] demo::DemoError),
     /// `moor local …`.
     #[error(transparent)]
-    Local(#[from] crate::local::cli::LocalCliError),
+    Local(#[from] local::LocalCliError),
     /// `moor install-flexvolume`.
     #[error(transparent)]
     Install(#[from] flexvolume::install::InstallError),
@@ -280,7 +283,7 @@ pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
         Command::Status { output } => Ok(status::run(output)?),
         Command::Forget { key } => forget(&key),
         Command::Demo => Ok(demo::run()?),
-        Command::Local(args) => Ok(crate::local::cli::run(args)?),
+        Command::Local(args) => Ok(local::run(args)?),
         Command::InstallFlexvolume { plugin_dir, binary } => {
             let binary = match binary {
                 Some(b) => b,
@@ -316,12 +319,16 @@ fn version_line() -> String {
 
 fn forget(key: &str) -> Result<i32, CliError> {
     let req = Request::Forget { key: key.into() };
-    match client::call(&client::socket_path(), &req, Duration::from_secs(30))? {
-        Response::Flex { reply } if reply.status == flexvolume::Status::Success => {
+    match client::call(
+        &client::socket_path(Path::new(crate::config::DEFAULT_CONFIG)),
+        &req,
+        Duration::from_secs(30),
+    )? {
+        Response::Done => {
             println!("forgot volume {key}");
             Ok(0)
         }
-        Response::Flex { reply } => Err(CliError::Other(reply.message.unwrap_or_default())),
+        Response::Failed(f) => Err(CliError::Other(f.to_string())),
         other => Err(CliError::Other(format!(
             "unexpected answer from the daemon: {other:?}"
         ))),

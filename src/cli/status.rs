@@ -1,6 +1,7 @@
 //! `moor status`: the daemon's volumes as a table an operator reads (or JSON), and the
 //! journal entries it set aside at start-up. The table is also what `moor demo` prints.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::api::{Request, Response, client};
@@ -28,7 +29,7 @@ pub enum StatusError {
 /// `moor status`: asks the daemon, prints the table (or JSON).
 pub fn run(output: Output) -> Result<i32, StatusError> {
     let resp = client::call(
-        &client::socket_path(),
+        &client::socket_path(Path::new(crate::config::DEFAULT_CONFIG)),
         &Request::Status,
         Duration::from_secs(10),
     )?;

@@ -1,7 +1,9 @@
 //! The executor: one operation per volume key at a time, different volumes in parallel,
-//! each with a deadline. It runs on the server's connection threads (plain blocking
-//! threads, never the async runtime): a request is validated, locked, run and answered on
-//! the thread that accepted it, with no hand-off.
+//! each with a deadline. It is the server's [`Handler`] and runs on its connection threads
+//! (plain blocking threads, never the async runtime): a request is validated, locked, run
+//! and answered on the thread that accepted it, with no hand-off. It answers in the api's
+//! typed [`Response`] (a failure carries its reason label and cause chain) and maps the
+//! lifecycle's own views to the status table's wire types; it knows no front end.
 //!
 //! Invariants:
 //! - a volume's lock is held until its operation really ends — the deadline answers
@@ -13,51 +15,21 @@
 //! - shutdown ([`Executor::drain`]) waits for operations in progress; afterwards none start.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::api::{Request, Response};
-use crate::error::Error;
-use crate::flexvolume::Reply;
-use crate::lifecycle::{Lifecycle, MountOutcome, UnmountOutcome};
+use crate::api::{
+    Answer, Failure, Handler, PodUse, Request, Response, SetAsideRecord, VolumeStatus,
+};
+use crate::error::{Chain, Error};
+use crate::journal::{Problem, PublishRecord, StageSource};
+use crate::lifecycle::{Lifecycle, MountOutcome, UnmountOutcome, VolumeView};
 use crate::metrics::Metrics;
+use crate::volume::VolumeOptions;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a few map/counter updates that cannot panic half-way.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Where a request's one answer goes: the first to claim it sends; later ones are dropped.
-pub struct Answer {
-    claimed: AtomicBool,
-    sink: Box<dyn Fn(&Response) + Send + Sync>,
-}
-
-impl Answer {
-    /// An answer written by `sink` (at most once).
-    pub fn new(sink: impl Fn(&Response) + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Answer {
-            claimed: AtomicBool::new(false),
-            sink: Box::new(sink),
-        })
-    }
-
-    /// True for the first caller only: it must then [`Answer::write`].
-    fn claim(&self) -> bool {
-        !self.claimed.swap(true, Ordering::AcqRel)
-    }
-
-    fn write(&self, r: &Response) {
-        (self.sink)(r);
-    }
-
-    /// Sends `r` unless the request was already answered.
-    pub fn send(&self, r: &Response) {
-        if self.claim() {
-            self.write(r);
-        }
-    }
 }
 
 /// Per-volume-key locks, held by the thread that runs the operation.
@@ -319,20 +291,34 @@ impl Executor {
         let _guard = self.locks.lock(key, Some(Instant::now()))?;
         Some(f())
     }
+}
 
+impl Handler for Executor {
     /// Handles one request on the calling thread and answers it through `answer` (exactly
     /// once). Blocking: it returns when the operation really ended, which may be after the
     /// deadline's answer was sent.
-    pub fn handle(&self, req: Request, answer: &Arc<Answer>) {
+    fn handle(&self, req: Request, answer: &Arc<Answer>) {
         let Some(_pass) = self.gate.enter() else {
-            answer.send(&flex(Reply::failure("moor daemon is shutting down; retry")));
+            answer.send(&Response::Failed(Failure::refused(
+                "moor daemon is shutting down; retry",
+            )));
             return;
         };
         match req {
             Request::Status => answer.send(&Response::Status {
                 node: self.lifecycle.node_name().into(),
-                volumes: self.lifecycle.status(),
-                set_aside: self.lifecycle.set_aside(),
+                volumes: self
+                    .lifecycle
+                    .status()
+                    .iter()
+                    .map(VolumeStatus::from)
+                    .collect(),
+                set_aside: self
+                    .lifecycle
+                    .set_aside()
+                    .iter()
+                    .map(SetAsideRecord::from)
+                    .collect(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
             Request::Mount {
@@ -341,7 +327,7 @@ impl Executor {
                 options,
             } => {
                 let span = tracing::info_span!("op", op = "mount", driver = %driver, target = %target,
-                    pod_uid = options.get("kubernetes.io/pod.uid").map(String::as_str).unwrap_or(""),
+                    pod_uid = options.pod_uid.as_deref().unwrap_or(""),
                     volume = tracing::field::Empty);
                 let _entered = span.enter();
                 self.timed("mount", &driver, &target, answer, |deadline| {
@@ -353,10 +339,7 @@ impl Executor {
                 options,
                 new_size,
             } => {
-                let pv = options
-                    .get("kubernetes.io/pvOrVolumeName")
-                    .cloned()
-                    .unwrap_or_default();
+                let pv = options.pv_or_volume_name.clone().unwrap_or_default();
                 let span = tracing::info_span!("op", op = "expandfs", driver = %driver, pv = %pv, new_size, volume = tracing::field::Empty);
                 let _entered = span.enter();
                 self.timed("expandfs", &driver, &pv, answer, |deadline| {
@@ -372,7 +355,9 @@ impl Executor {
             }
         }
     }
+}
 
+impl Executor {
     /// Runs `run` under the operation deadline and records its metrics; `subject` (the pod
     /// volume directory) names the volume in a timeout message. When the deadline passes
     /// first, the watchdog answers and records the timeout; `run` still goes on to its end.
@@ -395,26 +380,21 @@ impl Executor {
             self.watchdog.arm(
                 deadline,
                 Box::new(move || {
-                    if !answer.claim() {
+                    let Some(claimed) = answer.claim() else {
                         return;
-                    }
+                    };
                     let _entered = span.enter();
                     metrics.in_flight.dec();
                     let e = Error::Timeout {
                         volume: subject,
                         op,
                         after,
+                        running: running.describe(),
                     };
                     let secs = started.elapsed().as_secs_f64();
                     metrics.observe(&driver, op, secs, Some(e.reason()));
-                    tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed");
-                    let mut message = e.flex_message();
-                    if let Some(cmd) = running.describe() {
-                        message.push_str(&format!(
-                            " ({cmd} and is left to finish: cut short it could leave the volume half-made; the volume stays locked until it ends)"
-                        ));
-                    }
-                    answer.write(&flex(Reply::failure(message)));
+                    tracing::warn!(op, driver, reason = e.reason(), error = %Chain(&e), elapsed_ms = secs * 1e3, "failed");
+                    claimed.send(&failed(&e));
                 }),
             )
         };
@@ -424,34 +404,34 @@ impl Executor {
             });
         self.watchdog.disarm(ticket);
         let secs = started.elapsed().as_secs_f64();
-        if !answer.claim() {
+        let Some(claimed) = answer.claim() else {
             // The watchdog answered (and counted) a timeout; this is the real end.
             match &result {
                 Ok(what) => {
                     tracing::warn!(op, driver, outcome = %what, elapsed_ms = secs * 1e3, "finished after its deadline")
                 }
                 Err(e) => {
-                    tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed after its deadline")
+                    tracing::warn!(op, driver, reason = e.reason(), error = %Chain(&e), elapsed_ms = secs * 1e3, "failed after its deadline")
                 }
             }
             self.refresh_counts();
             return;
-        }
+        };
         self.metrics.in_flight.dec();
-        let reply = match result {
+        let response = match result {
             Ok(what) => {
                 self.metrics.observe(driver, op, secs, None);
                 tracing::info!(op, driver, outcome = %what, elapsed_ms = secs * 1e3, "done");
-                Reply::success()
+                Response::Done
             }
             Err(e) => {
                 self.metrics.observe(driver, op, secs, Some(e.reason()));
-                tracing::warn!(op, driver, reason = e.reason(), error = %e, elapsed_ms = secs * 1e3, "failed");
-                Reply::failure(e.flex_message())
+                tracing::warn!(op, driver, reason = e.reason(), error = %Chain(&e), elapsed_ms = secs * 1e3, "failed");
+                failed(&e)
             }
         };
         self.refresh_counts();
-        answer.write(&flex(reply));
+        claimed.send(&response);
     }
 
     fn refresh_counts(&self) {
@@ -469,11 +449,11 @@ impl Executor {
             Some(_held) => self.lifecycle.forget(&key),
             None => Err(Error::Internal(format!("volume {key}: lock lost"))),
         };
-        flex(match r {
-            Ok(true) => Reply::success(),
-            Ok(false) => Reply::failure(format!("no record of volume {key}")),
-            Err(e) => Reply::failure(e.flex_message()),
-        })
+        match r {
+            Ok(true) => Response::Done,
+            Ok(false) => Response::Failed(Failure::refused(format!("no record of volume {key}"))),
+            Err(e) => failed(&e),
+        }
     }
 
     fn timeout(&self, subject: &str, op: &'static str) -> Error {
@@ -481,6 +461,7 @@ impl Executor {
             volume: subject.into(),
             op,
             after: self.op_timeout,
+            running: None,
         }
     }
 
@@ -488,7 +469,7 @@ impl Executor {
         &self,
         driver: &str,
         target: &str,
-        options: &BTreeMap<String, String>,
+        options: &VolumeOptions,
         deadline: Instant,
     ) -> Result<String, Error> {
         let plan = self.lifecycle.plan_mount(driver, target, options)?;
@@ -537,8 +518,61 @@ impl Executor {
     }
 }
 
-fn flex(reply: Reply) -> Response {
-    Response::Flex { reply }
+/// A volume on the wire (`moor status`, and the never-wipe rules' live volumes): phases in
+/// lower case, the source as an operator reads it.
+impl From<&VolumeView> for VolumeStatus {
+    fn from(v: &VolumeView) -> Self {
+        let s = &v.stage;
+        let (device, source) = match &s.source {
+            StageSource::Block { device }
+            | StageSource::Attached {
+                device: Some(device),
+            } => (
+                Some(device.display().to_string()),
+                device.display().to_string(),
+            ),
+            StageSource::Attached { device: None } => (None, "(attaching)".into()),
+            StageSource::Directory { path } => (None, path.display().to_string()),
+            StageSource::Remote(r) => (None, format!("{} ({})", r.source, r.fs_type)),
+        };
+        VolumeStatus {
+            driver: s.driver.clone(),
+            key: s.key.clone(),
+            state: format!("{:?}", s.phase).to_lowercase(),
+            device,
+            source,
+            fs_type: s.fs_type.clone(),
+            stage_path: v.stage_path.display().to_string(),
+            pods: v.publishes.iter().map(PodUse::from).collect(),
+        }
+    }
+}
+
+impl From<&PublishRecord> for PodUse {
+    fn from(p: &PublishRecord) -> Self {
+        PodUse {
+            pod_uid: p.pod_uid.clone(),
+            namespace: p.namespace.clone(),
+            target: p.target.display().to_string(),
+            read_only: p.read_only,
+            phase: format!("{:?}", p.phase).to_lowercase(),
+        }
+    }
+}
+
+impl From<&Problem> for SetAsideRecord {
+    fn from(p: &Problem) -> Self {
+        SetAsideRecord {
+            path: p.path.display().to_string(),
+            reason: p.reason.into(),
+            detail: p.detail.clone(),
+        }
+    }
+}
+
+/// The answer for a failed operation: its reason label and its cause chain, typed.
+fn failed(e: &Error) -> Response {
+    Response::Failed(Failure::of(e.reason(), e))
 }
 
 #[cfg(test)]
@@ -586,15 +620,88 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("fired"));
     }
 
+    /// The status table's rows, from records as the journal holds them.
     #[test]
-    fn an_answer_is_sent_once() {
-        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n2 = n.clone();
-        let a = Answer::new(move |_| {
-            n2.fetch_add(1, Ordering::SeqCst);
+    fn the_status_wire_shows_phases_sources_and_pods_as_before() {
+        let stage = |source: serde_json::Value| -> crate::journal::StageRecord {
+            serde_json::from_value(serde_json::json!({
+                "key": "k", "driver": "local", "source": source, "options": {},
+                "fs_type": "ext4", "fs_uuid": null, "read_only": false, "phase": "staged",
+            }))
+            .unwrap()
+        };
+        let publish: PublishRecord = serde_json::from_value(serde_json::json!({
+            "target": "/k/pods/u/volumes/moor~local/v", "key": "k", "driver": "local",
+            "pod_uid": "u", "volume_name": "v", "namespace": "ns", "read_only": true,
+            "phase": "published",
+        }))
+        .unwrap();
+        let view = VolumeView {
+            stage: stage(serde_json::json!({"kind": "block", "device": "/dev/loop7"})),
+            stage_path: "/k/plugins/moor/local/k".into(),
+            publishes: vec![publish],
+        };
+        assert_eq!(
+            VolumeStatus::from(&view),
+            VolumeStatus {
+                driver: "local".into(),
+                key: "k".into(),
+                state: "staged".into(),
+                device: Some("/dev/loop7".into()),
+                source: "/dev/loop7".into(),
+                fs_type: Some("ext4".into()),
+                stage_path: "/k/plugins/moor/local/k".into(),
+                pods: vec![PodUse {
+                    pod_uid: "u".into(),
+                    namespace: Some("ns".into()),
+                    target: "/k/pods/u/volumes/moor~local/v".into(),
+                    read_only: true,
+                    phase: "published".into(),
+                }],
+            }
+        );
+        for (source, device, shown) in [
+            (
+                serde_json::json!({"kind": "directory", "path": "/srv/a"}),
+                None,
+                "/srv/a",
+            ),
+            (
+                serde_json::json!({"kind": "attached", "device": null}),
+                None,
+                "(attaching)",
+            ),
+            (
+                serde_json::json!({"kind": "attached", "device": "/dev/sdb"}),
+                Some("/dev/sdb"),
+                "/dev/sdb",
+            ),
+            (
+                serde_json::json!({"kind": "remote", "fs_type": "nfs", "source": "s:/x",
+                    "options": [], "fuse": false, "server": "s"}),
+                None,
+                "s:/x (nfs)",
+            ),
+        ] {
+            let v = VolumeStatus::from(&VolumeView {
+                stage: stage(source),
+                stage_path: "/s".into(),
+                publishes: vec![],
+            });
+            assert_eq!((v.device.as_deref(), v.source.as_str()), (device, shown));
+        }
+        let aside = SetAsideRecord::from(&Problem {
+            path: "/state/stage/x.json.bad".into(),
+            reason: "invalid_json",
+            detail: "eof".into(),
         });
-        a.send(&flex(Reply::success()));
-        a.send(&flex(Reply::success()));
-        assert_eq!(n.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            (
+                aside.path.as_str(),
+                aside.reason.as_str(),
+                aside.detail.as_str()
+            ),
+            ("/state/stage/x.json.bad", "invalid_json", "eof")
+        );
     }
 }

@@ -2,20 +2,22 @@
 //! metrics), readiness via sd_notify, the reconciler, and a clean shutdown on SIGTERM that
 //! leaves every mount in place.
 
+pub mod drivers;
 pub mod executor;
+pub mod local_pvs;
 pub mod notify;
 pub mod reconciler;
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::driver::Drivers;
 use crate::host::onhost::Placement;
+use crate::host::process::{LockError, PidLock};
 use crate::host::{Host, HostPaths};
 use crate::http::HttpState;
 use crate::journal::Journal;
@@ -29,7 +31,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(25);
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// A directory or file could not be prepared.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What.
         what: &'static str,
@@ -53,7 +55,7 @@ pub enum DaemonError {
         pid: Option<u32>,
     },
     /// Reconstruction failed outright.
-    #[error("reconstruction failed: {0}")]
+    #[error("reconstruction failed")]
     Reconstruct(#[from] crate::Error),
     /// The journal could not be opened.
     #[error(transparent)]
@@ -79,60 +81,23 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 }
 
 fn private_dir(p: &Path) -> Result<(), DaemonError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(p)
-        .map_err(io("create", p))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(io("chmod", p))
+    crate::host::dirs::private_dir(p, 0o700).map_err(|(op, e)| io(op, p)(e))
 }
 
 /// Holds `<dir>/moor.lock` for the daemon's lifetime, with this daemon's pid written into
 /// it, so a second daemon on the same dir is refused with the holder's pid. Both the state
 /// dir and the run dir are locked: two daemons sharing either would adopt each other's
 /// mounts (a DaemonSet beside a systemd unit).
-fn lock_instance(dir: &Path) -> Result<nix::fcntl::Flock<File>, DaemonError> {
-    use std::io::Read;
+fn lock_instance(dir: &Path) -> Result<PidLock, DaemonError> {
     let path = dir.join("moor.lock");
-    let open = |write: bool| {
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(write)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(io("open", &path))
-    };
-    // Created by a short-lived writable handle; the lock itself is held through a read-only
-    // one, so an operator can still remount the state dir read-only under a running daemon.
-    drop(open(true)?);
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(io("open", &path))?;
-    let held = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((mut f, _)) => {
-            let mut text = String::new();
-            let pid = f
-                .read_to_string(&mut text)
-                .ok()
-                .and_then(|_| text.trim().parse().ok());
-            return Err(DaemonError::AlreadyRunning {
-                dir: dir.into(),
-                lock: path,
-                pid,
-            });
-        }
-    };
-    let mut w = open(true)?;
-    w.set_len(0).map_err(io("truncate", &path))?;
-    std::io::Write::write_all(&mut w, format!("{}\n", std::process::id()).as_bytes())
-        .map_err(io("write", &path))?;
-    Ok(held)
+    crate::host::process::lock_pid_file(&path).map_err(|e| match e {
+        LockError::Held { pid } => DaemonError::AlreadyRunning {
+            dir: dir.into(),
+            lock: path.clone(),
+            pid,
+        },
+        LockError::Io { op, source } => io(op, &path)(source),
+    })
 }
 
 /// What `moor~local` may serve; the socket's directory is refused beside the lifecycle's own.
@@ -144,8 +109,8 @@ fn local_allow_list(cfg: &Config) -> crate::host::allow::AllowList {
     allow
 }
 
-fn local_id_sources(cfg: &Config) -> crate::local::discover::IdSources {
-    crate::local::discover::IdSources {
+fn local_id_sources(cfg: &Config) -> crate::host::devid::IdSources {
+    crate::host::devid::IdSources {
         dev_dir: cfg.local.dev_dir.clone(),
         udev_dir: cfg.local.udev_dir.clone(),
         sys: "/sys".into(),
@@ -203,21 +168,29 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             "FUSE mounts do not outlive moor here"
         ),
     }
+    // Before any mount id is read or recorded: ids from another namespace are learnt again
+    // at reconstruction (a DaemonSet's next pod is a new namespace).
+    match crate::host::nsmark::token(&cfg.run_dir) {
+        Ok(t) => crate::host::process::set_mount_namespace(t),
+        Err(e) => {
+            tracing::warn!(error = %e, run_dir = %cfg.run_dir.display(), "cannot mark this mount namespace; mount ids recorded by a daemon in another namespace will not be recognised as such")
+        }
+    }
     let journal = Journal::open(&cfg.state_dir, &cfg.run_dir)?;
     let timeouts = Timeouts {
         mount: cfg.mount_timeout,
         unmount: cfg.mount_timeout,
     };
+    let drivers = drivers::with_local_sources(
+        drivers::builtin(),
+        &host.paths,
+        local_allow_list(&cfg),
+        local_id_sources(&cfg),
+    );
     let lifecycle = Arc::new(
-        Lifecycle::new(
-            host,
-            journal,
-            Drivers::builtin(),
-            cfg.node_name.clone(),
-            timeouts,
-        )
-        .with_fuse_scope(placement.fuse_scope())
-        .with_local_sources(local_allow_list(&cfg), local_id_sources(&cfg)),
+        Lifecycle::new(host, journal, drivers, cfg.node_name.clone(), timeouts)
+            .with_fuse_scope(placement.fuse_scope())
+            .with_id_sources(local_id_sources(&cfg)),
     );
     let metrics = Arc::new(Metrics::new());
     let report = lifecycle.reconstruct()?;
@@ -231,6 +204,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         ("healed", report.healed),
         ("adopted", report.adopted),
         ("idled", report.idled),
+        ("rekeyed", report.rekeyed),
         ("problem", report.problems.len()),
     ] {
         metrics
@@ -243,7 +217,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     for p in lifecycle.set_aside() {
         metrics
             .records_set_aside
-            .get_or_create(&crate::metrics::SetAsideLabels { reason: p.reason })
+            .get_or_create(&crate::metrics::SetAsideLabels {
+                reason: p.reason.into(),
+            })
             .inc();
     }
     metrics
@@ -298,7 +274,7 @@ async fn serve(
         cfg.operation_timeout,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let local_pvs = crate::local::watch::spawn(&cfg, lifecycle.clone(), stop_rx);
+    let local_pvs = local_pvs::spawn(&cfg, lifecycle.clone(), stop_rx);
     let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
         .map_err(io("start serving", &cfg.socket))?;
     let claims = Arc::new(reconciler::ClaimCache::default());
@@ -368,14 +344,10 @@ async fn wait_for_signal() {
 fn socket_dir(p: &Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::MetadataExt;
     if !p.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(p)
-            .map_err(io("create", p))?;
+        crate::host::dirs::create_missing(p, 0o700).map_err(|(op, e)| io(op, p)(e))?;
     }
     let md = fs::metadata(p).map_err(io("inspect", p))?;
-    let me = nix::unistd::geteuid().as_raw();
+    let me = crate::host::process::euid();
     let why = if !md.is_dir() {
         Some("is not a directory".to_owned())
     } else if md.uid() != 0 && md.uid() != me {

@@ -17,11 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-
 use crate::daemon::executor::Executor;
-use crate::host::bounded::bounded;
 use crate::host::fusectl;
+use crate::host::probe::{UsageError, fs_usage};
 use crate::journal::record::PublishRecord;
 use crate::lifecycle::{Lifecycle, RemoteStage};
 use crate::metrics::{BoundClaim, ErrorLabels, HealLabels, Metrics, VolumeUse, volume_labels};
@@ -35,94 +33,11 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest wait between two heal attempts of one share.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// What a probe of a share's stage saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    /// Answers.
-    Alive,
-    /// Answers with an error only a dead mount gives.
-    Dead(Errno),
-    /// The stage is no longer a mount point.
-    Gone,
-    /// No answer within the deadline.
-    Hung,
-}
-
-impl Probe {
-    fn label(self) -> String {
-        match self {
-            Probe::Alive => "alive".into(),
-            Probe::Dead(e) => format!("{e:?}"),
-            Probe::Gone => "unmounted".into(),
-            Probe::Hung => "hung".into(),
-        }
-    }
-}
+pub use crate::host::probe::Probe;
 
 /// Probes a share's stage mount: bounded, off the caller's thread.
 pub fn probe(lifecycle: &Lifecycle, stage: &Path, timeout: Duration) -> Probe {
-    let mounts = lifecycle.host().mounts.clone();
-    let p = stage.to_path_buf();
-    let answer = bounded(timeout, move || -> Result<bool, Errno> {
-        if !mounts
-            .is_mount_point(&p)
-            .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?
-        {
-            return Ok(false);
-        }
-        nix::sys::statfs::statfs(&p)?;
-        let fd = nix::fcntl::open(
-            &p,
-            nix::fcntl::OFlag::O_RDONLY
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )?;
-        // statfs and opendir can be answered from a client's caches (an evicted ceph-fuse
-        // passes both): a forced attribute sync and one directory read must reach the server.
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: statx is a plain C struct; all-zero is a valid bit pattern.
-            let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-            // SAFETY: a valid open fd, an empty NUL-terminated path with AT_EMPTY_PATH, and a
-            // writable statx buffer.
-            let r = unsafe {
-                libc::statx(
-                    fd.as_raw_fd(),
-                    c"".as_ptr(),
-                    libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC,
-                    libc::STATX_BASIC_STATS,
-                    &mut stx,
-                )
-            };
-            Errno::result(r)?;
-            let mut buf = [0u8; 4096];
-            // SAFETY: a valid open directory fd and a writable buffer of the given length.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_getdents64,
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                )
-            };
-            if n < 0 {
-                return Err(Errno::last());
-            }
-        }
-        drop(fd);
-        Ok(true)
-    });
-    match answer {
-        Ok(Ok(true)) => Probe::Alive,
-        Ok(Ok(false)) => Probe::Gone,
-        Ok(Err(e)) if crate::host::mounts::is_dead_mount_error(&std::io::Error::from(e)) => {
-            Probe::Dead(e)
-        }
-        // Other errors (EACCES on a root-squashed export…) say the server answers.
-        Ok(Err(_)) => Probe::Alive,
-        Err(_) => Probe::Hung,
-    }
+    lifecycle.host().mounts.probe(stage, timeout)
 }
 
 /// Heal attempts that failed, per volume key.
@@ -146,11 +61,11 @@ impl Reconciler {
     /// A reconciler over the daemon's lifecycle, taking volume locks through `exec`.
     pub fn new(lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>, exec: Arc<Executor>) -> Self {
         Reconciler {
+            fusectl: lifecycle.host().paths.sys.join(fusectl::CONNECTIONS_IN_SYS),
             lifecycle,
             metrics,
             exec,
             backoff: HashMap::new(),
-            fusectl: PathBuf::from(fusectl::CONNECTIONS),
             labels: LabelSources::new(crate::host::podlogs::DEFAULT_POD_LOG_DIR.into()),
         }
     }
@@ -252,7 +167,7 @@ impl Reconciler {
                     .saturating_mul(1 << b.failures.min(8))
                     .min(MAX_BACKOFF);
                 b.next = Some(Instant::now() + wait);
-                tracing::error!(volume = %rs.key, driver = %rs.driver, error = %e, retry_in = ?wait, "heal failed");
+                tracing::error!(volume = %rs.key, driver = %rs.driver, error = %crate::error::Chain(&e), retry_in = ?wait, "heal failed");
                 "failed"
             }
         };
@@ -306,7 +221,7 @@ impl Reconciler {
 }
 
 /// PVs and their claims as the API server says, for the statistics' labels: the pass asks
-/// for the pod volume directory names it sees ([`ClaimCache::wanted`]), [`refresh_claims`]
+/// for the pod volume directory names it sees (`wanted`), [`refresh_claims`]
 /// answers them off the request path.
 #[derive(Default)]
 pub struct ClaimCache {
@@ -474,27 +389,25 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics, sources: &mut LabelSources
     ];
     let mut fresh = Vec::new();
     for ((stage, path, _), uses) in volumes.into_iter().zip(uses) {
-        let p = path.clone();
-        let stats = match bounded(STAT_TIMEOUT, move || nix::sys::statvfs::statvfs(&p)) {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+        let stats = match fs_usage(&path, STAT_TIMEOUT) {
+            Ok(s) => s,
+            Err(UsageError::Failed(e)) => {
                 tracing::warn!(volume = %stage.key, target = %path.display(), error = %e, "statvfs failed");
                 continue;
             }
-            Err(t) => {
+            Err(UsageError::Hung(t)) => {
                 tracing::warn!(volume = %stage.key, target = %path.display(), error = %t, "statvfs hung");
                 continue;
             }
         };
         let labels = volume_labels(&stage.key, &stage.driver, &uses);
-        let frsize = stats.fragment_size();
         let values = [
-            stats.blocks() * frsize,
-            stats.blocks_available() * frsize,
-            stats.blocks().saturating_sub(stats.blocks_free()) * frsize,
-            stats.files(),
-            stats.files_free(),
-            stats.files().saturating_sub(stats.files_free()),
+            stats.capacity_bytes,
+            stats.available_bytes,
+            stats.used_bytes,
+            stats.inodes,
+            stats.inodes_free,
+            stats.inodes.saturating_sub(stats.inodes_free),
         ];
         fresh.push((labels, values));
     }
@@ -514,7 +427,10 @@ pub fn pass(lifecycle: &Lifecycle, metrics: &Metrics, sources: &mut LabelSources
 /// every `interval`, until dropped.
 pub async fn run(mut rec: Reconciler, interval: Duration) {
     let changed = Arc::new(tokio::sync::Notify::new());
-    watch_mount_table(changed.clone());
+    watch_mount_table(
+        &rec.lifecycle.host().paths.proc.join("self/mountinfo"),
+        changed.clone(),
+    );
     let mut tick = tokio::time::interval(interval.min(PROBE_INTERVAL));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_stats: Option<Instant> = None;
@@ -553,49 +469,249 @@ pub async fn run(mut rec: Reconciler, interval: Duration) {
 /// Wait after a mount-table change before probing, to coalesce bursts.
 const MOUNT_CHANGE_SETTLE: Duration = Duration::from_millis(500);
 
-/// A thread that wakes `changed` whenever this mount namespace's table changes: the kernel
-/// flags `/proc/self/mountinfo` with POLLPRI on every mount and unmount (no read needed).
-fn watch_mount_table(changed: Arc<tokio::sync::Notify>) {
-    let file = match std::fs::File::open("/proc/self/mountinfo") {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the mount table; probing on the timer only");
-            return;
-        }
-    };
-    let spawned = std::thread::Builder::new()
-        .name("moor-mountwatch".into())
-        .spawn(move || {
-            use std::os::fd::AsRawFd;
-            let mut pfd = libc::pollfd {
-                fd: file.as_raw_fd(),
-                events: libc::POLLPRI,
-                revents: 0,
-            };
-            loop {
-                // SAFETY: one valid pollfd whose fd stays open (owned by `file`) for the loop.
-                let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-                if r < 0 {
-                    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                        continue;
-                    }
-                    tracing::warn!(error = %std::io::Error::last_os_error(), "mount-table watch stopped");
-                    return;
-                }
-                if pfd.revents & (libc::POLLPRI | libc::POLLERR) != 0 {
-                    changed.notify_one();
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the mount-table watch; probing on the timer only");
+/// Wakes `changed` whenever this mount namespace's table changes (see
+/// [`crate::host::mountwatch`]); the table is the host paths' own, so a test points it
+/// elsewhere.
+fn watch_mount_table(mountinfo: &Path, changed: Arc<tokio::sync::Notify>) {
+    if let Err(e) = crate::host::mountwatch::watch(mountinfo, move || changed.notify_one()) {
+        tracing::warn!(path = %mountinfo.display(), error = %e, "cannot watch the mount table; probing on the timer only");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::{FakeHost, FakeMounts};
+    use crate::host::{Errno, FsMount, MountTable, Mounter, MsFlags, Output};
     use crate::journal::record::PublishPhase;
+    use crate::lifecycle::{MountOutcome, Timeouts};
+    use std::collections::BTreeMap;
+
+    /// A daemon's reconciler over a fake host with one NFS volume published to two pods;
+    /// every `mount -t nfs` the script sees is applied to the fake table, as mount(8) would.
+    struct Node {
+        _tmp: tempfile::TempDir,
+        fake: FakeHost,
+        lc: Arc<Lifecycle>,
+        metrics: Arc<Metrics>,
+        rec: Reconciler,
+    }
+
+    const EXPORT: &str = "10.0.0.5:/exports/a";
+
+    fn expect_nfs_mount(fake: &FakeHost) {
+        let mounts: Arc<FakeMounts> = fake.mounts.clone();
+        fake.runner.expect_program("mount", move |cmd| {
+            let target = PathBuf::from(cmd.args.last().unwrap());
+            mounts
+                .mount(
+                    &FsMount {
+                        source: EXPORT.into(),
+                        target,
+                        fs_type: "nfs".into(),
+                        flags: MsFlags::empty(),
+                        data: String::new(),
+                    },
+                    Duration::from_secs(1),
+                )
+                .unwrap();
+            Output {
+                code: Some(0),
+                stdout: vec![],
+                stderr: vec![],
+            }
+        });
+    }
+
+    impl Node {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let fake = FakeHost::new(tmp.path());
+            let journal =
+                crate::journal::Journal::open(&fake.host.paths.state_dir, &fake.host.paths.run_dir)
+                    .unwrap();
+            let lc = Arc::new(Lifecycle::new(
+                fake.host.clone(),
+                journal,
+                crate::daemon::drivers::builtin(),
+                "node-a".into(),
+                Timeouts::default(),
+            ));
+            let metrics = Arc::new(Metrics::new());
+            let exec = Arc::new(Executor::new(
+                lc.clone(),
+                metrics.clone(),
+                Duration::from_secs(30),
+            ));
+            let rec = Reconciler::new(lc.clone(), metrics.clone(), exec)
+                .with_pod_log_dir(tmp.path().join("pod-logs"));
+            let node = Node {
+                _tmp: tmp,
+                fake,
+                lc,
+                metrics,
+                rec,
+            };
+            expect_nfs_mount(&node.fake);
+            for pod in ["p1", "p2"] {
+                let opts = BTreeMap::from([
+                    ("server".to_owned(), "10.0.0.5".to_owned()),
+                    ("path".to_owned(), "/exports/a".to_owned()),
+                ]);
+                let opts = crate::volume::options::parse(&opts).unwrap();
+                let plan = node.lc.plan_mount("nfs", &node.target(pod), &opts).unwrap();
+                assert_eq!(node.lc.mount(&plan).unwrap(), MountOutcome::Published);
+            }
+            assert!(node.fake.runner.remaining().is_empty());
+            node
+        }
+
+        fn target(&self, pod: &str) -> String {
+            self.fake
+                .host
+                .paths
+                .kubelet_dir
+                .join(format!("pods/{pod}/volumes/moor~nfs/data"))
+                .display()
+                .to_string()
+        }
+
+        fn stage(&self) -> PathBuf {
+            self.lc.remote_stages()[0].stage_path.clone()
+        }
+
+        fn mount_id(&self, p: &Path) -> Option<u64> {
+            self.fake.mounts.get(p).map(|m| m.mount_id)
+        }
+
+        fn heals(&self, result: &str) -> u64 {
+            self.metrics
+                .heals
+                .get_or_create(&HealLabels {
+                    driver: "nfs".into(),
+                    result: result.into(),
+                })
+                .get()
+        }
+    }
+
+    /// A share that answers ESTALE is detected, and moor's own stage is mounted again and
+    /// every pod directory bound again onto the new mount.
+    #[test]
+    fn a_stale_share_moor_staged_is_healed_and_its_pods_bound_again() {
+        let mut n = Node::new();
+        let stage = n.stage();
+        let (t1, t2) = (PathBuf::from(n.target("p1")), PathBuf::from(n.target("p2")));
+        let before = n.mount_id(&stage).unwrap();
+        assert_eq!(n.rec.heal_shares(), 0, "a live share is left alone");
+        n.fake.mounts.set_probe(&stage, Probe::Dead(Errno::ESTALE));
+        expect_nfs_mount(&n.fake);
+        assert_eq!(n.rec.heal_shares(), 1);
+        assert!(
+            n.fake.runner.remaining().is_empty(),
+            "the export was mounted again"
+        );
+        let after = n.mount_id(&stage).expect("stage mounted again");
+        assert_ne!(after, before, "a new mount, not the dead one");
+        let stage_dev = n.fake.mounts.get(&stage).map(|m| (m.major, m.minor));
+        for t in [&t1, &t2] {
+            let m = n.fake.mounts.get(t).expect("pod bound again");
+            assert_eq!(Some((m.major, m.minor)), stage_dev, "{}", t.display());
+        }
+        assert_eq!(n.heals("healed"), 1);
+        assert_eq!(
+            n.metrics
+                .stale_detected
+                .get_or_create(&ErrorLabels {
+                    driver: "nfs".into(),
+                    op: "probe".into(),
+                    reason: "ESTALE".into(),
+                })
+                .get(),
+            1
+        );
+        assert_eq!(n.rec.heal_shares(), 0, "healed: alive again");
+    }
+
+    /// A dead mount on the stage that moor did not make (stacked over its own) is never
+    /// taken down: the heal fails, the mount stays, and the next try waits for the backoff.
+    #[test]
+    fn a_dead_mount_moor_did_not_make_is_left_alone() {
+        let mut n = Node::new();
+        let stage = n.stage();
+        n.fake
+            .mounts
+            .mount(
+                &FsMount {
+                    source: "192.0.2.9:/theirs".into(),
+                    target: stage.clone(),
+                    fs_type: "nfs".into(),
+                    flags: MsFlags::empty(),
+                    data: String::new(),
+                },
+                Duration::from_secs(1),
+            )
+            .unwrap();
+        let theirs = n.mount_id(&stage).unwrap();
+        n.fake.mounts.set_probe(&stage, Probe::Dead(Errno::EIO));
+        assert_eq!(n.rec.heal_shares(), 0);
+        assert_eq!(
+            n.mount_id(&stage),
+            Some(theirs),
+            "their mount is still there"
+        );
+        assert_eq!(
+            n.fake.mounts.get(&stage).unwrap().source,
+            "192.0.2.9:/theirs"
+        );
+        assert_eq!(n.heals("failed"), 1);
+        assert!(
+            n.fake
+                .runner
+                .calls()
+                .iter()
+                .filter(|c| c.program_name() == "mount")
+                .count()
+                == 1,
+            "only the stage's first mount ran: none was attempted over theirs"
+        );
+        assert_eq!(n.rec.heal_shares(), 0);
+        assert_eq!(n.heals("failed"), 1, "backing off: not tried again at once");
+    }
+
+    /// A pod's bind that vanished under a live record is bound again onto the stage; a
+    /// pod directory that holds someone else's mount now is not touched.
+    #[test]
+    fn a_vanished_publish_is_restored_and_a_foreign_one_is_not() {
+        let n = Node::new();
+        let stage = n.stage();
+        let (t1, t2) = (PathBuf::from(n.target("p1")), PathBuf::from(n.target("p2")));
+        assert_eq!(n.rec.restore_publishes(), 0, "nothing vanished");
+        n.fake
+            .mounts
+            .unmount(&t1, false, Duration::from_secs(1))
+            .unwrap();
+        n.fake
+            .mounts
+            .unmount(&t2, false, Duration::from_secs(1))
+            .unwrap();
+        n.fake
+            .mounts
+            .bind(Path::new("/elsewhere"), &t2, false)
+            .unwrap();
+        let foreign = n.fake.mounts.get(&t2).unwrap();
+        assert_eq!(n.rec.restore_publishes(), 1);
+        let stage_dev = n.fake.mounts.get(&stage).map(|m| (m.major, m.minor));
+        let m = n.fake.mounts.get(&t1).expect("p1 bound again");
+        assert_eq!(Some((m.major, m.minor)), stage_dev);
+        assert_eq!(
+            n.fake.mounts.get(&t2),
+            Some(foreign),
+            "p2's mount is not moor's"
+        );
+        assert_eq!(n.metrics.healed_publishes.get(), 1);
+        assert!(n.fake.mounts.is_mount_point(&t1).unwrap());
+    }
 
     fn publish(uid: &str, volume: &str, claimed_ns: Option<&str>) -> PublishRecord {
         PublishRecord {

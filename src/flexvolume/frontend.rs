@@ -1,16 +1,16 @@
 //! The front end kubelet executes: parse argv and JSON, forward to the daemon, return one
 //! [`Reply`]. No side effects, no logging (kubelet reads stdout and stderr as one JSON).
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use super::options::VolumeOptions;
-use super::precheck::{PrecheckError, precheck};
+use super::precheck::check;
 use super::reply::Reply;
-use crate::api::{Request, Response, client};
+use crate::api::{Failure, Request, Response, client};
 use crate::host::paths::{VENDOR, is_clean_absolute};
+use crate::volume::DriverError;
+use crate::volume::VolumeOptions;
 
 /// Operations of the attach family and the rest of the contract that moor answers with
 /// "Not supported": with `attach: false`, kubelet attaches inside `mount`, and for
@@ -42,7 +42,9 @@ fn call_timeout() -> Duration {
 /// `driver_dir` is the directory of the driver executable kubelet ran (where
 /// [`client::FRONTEND_FILE`] may say where the daemon is).
 pub fn run(driver: Option<&str>, args: &[OsString], driver_dir: Option<&Path>) -> Reply {
-    run_with(driver, args, &|| client::discover(driver_dir))
+    run_with(driver, args, &|| {
+        client::discover(Path::new(crate::config::DEFAULT_CONFIG), driver_dir)
+    })
 }
 
 /// [`run`] with the daemon's discovery given: it is asked only when a call is forwarded.
@@ -161,18 +163,19 @@ fn mount(
         Err(r) => return r,
     };
     let found = discover();
+    let node = found.node_name.as_deref().unwrap_or_default();
+    let checked = check(&driver, &options, node);
+    // The daemon gets the options as parsed here, typed: it never parses them again.
     let req = Request::Mount {
         driver: driver.clone(),
         target: dir.into(),
-        options: options.clone(),
+        options,
     };
-    let node = found.node_name.as_deref().unwrap_or_default();
-    match precheck(&driver, &options, node) {
-        Ok(_) => forward(&req, &found),
-        Err(e @ PrecheckError::Options(_)) => Reply::failure(format!("{}: {e}", e.reason())),
+    match checked {
+        Ok(()) => forward(&req, &found),
         // The daemon's node name may come from a flag the front end cannot see: when the
         // daemon answers, its answer (from the same check) is the one that counts.
-        Err(e @ PrecheckError::WrongNode { .. }) => match call(&req, &found) {
+        Err(e @ DriverError::WrongNode { .. }) => match call(&req, &found) {
             Err(client::ClientError::Connect { .. }) if found.node_name.is_some() => {
                 Reply::failure(format!(
                     "{}: {e} (checked by the front end: the daemon at {} is not reachable)",
@@ -182,18 +185,19 @@ fn mount(
             }
             r => reply_of(r, &found),
         },
+        Err(e) => Reply::failure(format!("{}: {e}", e.reason())),
     }
 }
 
-/// kubelet's JSON options, checked as the daemon will read them.
-fn parse_options(json: &str) -> Result<BTreeMap<String, String>, Reply> {
-    let options: BTreeMap<String, String> = serde_json::from_str(json).map_err(|e| {
-        Reply::failure(format!(
-            "bad_options: options are not a JSON object of strings: {e}"
-        ))
-    })?;
-    VolumeOptions::from_map(&options).map_err(|e| Reply::failure(format!("bad_options: {e}")))?;
-    Ok(options)
+/// kubelet's JSON options, parsed by the one parser ([`crate::volume::options::parse`]).
+fn parse_options(json: &str) -> Result<VolumeOptions, Reply> {
+    let options: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(json).map_err(|e| {
+            Reply::failure(format!(
+                "bad_options: options are not a JSON object of strings: {e}"
+            ))
+        })?;
+    crate::volume::options::parse(&options).map_err(|e| Reply::failure(format!("bad_options: {e}")))
 }
 
 fn unmount(driver: Option<&str>, dir: &str, discover: &dyn Fn() -> client::Discovery) -> Reply {
@@ -226,10 +230,7 @@ fn expandfs(
         Ok(o) => o,
         Err(r) => return r,
     };
-    if options
-        .get("kubernetes.io/pvOrVolumeName")
-        .is_none_or(String::is_empty)
-    {
+    if options.pv_or_volume_name.is_none() {
         return Reply::failure("bad_options: expandfs needs kubernetes.io/pvOrVolumeName");
     }
     let Ok(new_size) = new_size.parse::<u64>() else {
@@ -268,11 +269,12 @@ fn reply_of(r: Result<Response, client::ClientError>, found: &client::Discovery)
         n
     };
     match r {
-        Ok(Response::Flex { reply }) => reply,
-        Ok(other) => Reply::failure(format!("daemon_error: unexpected answer {other:?}")),
-        Err(e @ client::ClientError::Connect { .. }) => {
-            Reply::failure(format!("daemon_unreachable: {e}{}", notes()))
-        }
+        Ok(resp) => Reply::from_response(resp),
+        Err(e @ client::ClientError::Connect { .. }) => Reply::failure(format!(
+            "{}{}",
+            Failure::of("daemon_unreachable", &e),
+            notes()
+        )),
         Err(e @ client::ClientError::Exchange { .. }) => {
             Reply::failure(format!("daemon_error: {e}"))
         }
@@ -436,6 +438,43 @@ mod tests {
         .unwrap();
         assert!(m.starts_with("daemon_unreachable:"), "{m}");
         assert!(m.contains("[socket from test]"), "{m}");
+    }
+
+    /// The daemon gets the options the front end parsed, typed: they cross the socket as
+    /// the one parser made them (secrets included), so the daemon never parses text again.
+    #[test]
+    fn the_daemon_gets_the_options_the_front_end_parsed() {
+        let json = r#"{"path":"/x","mountOptions":"noatime, nodev","kubernetes.io/fsType":"xfs","kubernetes.io/readwrite":"ro","kubernetes.io/secret/k":"czNjcjN0"}"#;
+        let opts = parse_options(json).unwrap();
+        let map = serde_json::from_str(json).unwrap();
+        assert_eq!(opts, crate::volume::options::parse(&map).unwrap());
+        assert_eq!(opts.mount_options.words(), ["noatime", "nodev"]);
+        let req = Request::Mount {
+            driver: "local".into(),
+            target: "/t".into(),
+            options: opts.clone(),
+        };
+        let back: Request = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+        let Request::Mount { options, .. } = back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(options, opts);
+        // A bad mount option is answered here, by the same parser, before the daemon.
+        let dir = "/var/lib/kubelet/pods/u/volumes/moor~nfs/v";
+        let m = rt(
+            None,
+            &s(&[
+                "mount",
+                dir,
+                r#"{"server":"s","path":"/e","mountOptions":"hard,-v"}"#,
+            ]),
+        )
+        .message
+        .unwrap();
+        assert!(
+            m.starts_with("bad_options: option mountOptions=hard,-v: expected"),
+            "{m}"
+        );
     }
 
     proptest::proptest! {

@@ -1,9 +1,10 @@
-//! The FlexVolume contract: argv and option parsing, the reply type, and the front end that
+//! The FlexVolume contract: argv, kubelet's JSON options (parsed into the typed
+//! [`crate::volume::VolumeOptions`] by the one parser), the reply type, and the front end that
 //! kubelet executes. See `shared/notes/flexvolume.md` for the contract as kubelet drives it.
 //!
 //! Invariant: the front end prints exactly one JSON object on stdout and nothing on stderr,
 //! on every path (bad argv, malformed JSON, unknown op, dead daemon, panic), and has no side
-//! effect of its own: it validates, then forwards to the daemon.
+//! effect of its own: it parses and checks, then forwards the typed options to the daemon.
 
 pub mod frontend;
 pub mod install;
@@ -11,7 +12,6 @@ pub mod options;
 pub mod precheck;
 pub mod reply;
 
-pub use options::{OptionsError, VolumeOptions};
 pub use precheck::{PrecheckError, precheck};
 pub use reply::{Capabilities, Reply, Status};
 

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::options::{OptionsError, VolumeOptions};
+use crate::volume::{DriverError, VolumeOptions};
 
 /// What one driver accepts: its option names and the ones it requires.
 #[derive(Debug, Clone, Copy)]
@@ -62,46 +62,28 @@ pub const TABLE: &[DriverOptions] = &[
     },
 ];
 
-/// A request refused before any driver ran.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PrecheckError {
-    /// kubelet's keys or the user's option names are not usable.
-    #[error(transparent)]
-    Options(#[from] OptionsError),
-    /// The volume names another node (`node` option of `moor~local`).
-    #[error(
-        "volume {volume} belongs to node {wanted}, this is node {this}; refusing to mount it here"
-    )]
-    WrongNode {
-        /// Volume (PV or pod volume name, else the path).
-        volume: String,
-        /// The node the volume names.
-        wanted: String,
-        /// This node.
-        this: String,
-    },
-}
+/// A request refused before any driver ran: a [`DriverError`] (`Options`, or `WrongNode`
+/// for `moor~local`), the same error, message and reason label the driver's own check gives
+/// in the daemon.
+pub type PrecheckError = DriverError;
 
-impl PrecheckError {
-    /// Stable reason label (the same labels the daemon's errors use).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            PrecheckError::Options(_) => "bad_options",
-            PrecheckError::WrongNode { .. } => "wrong_node",
-        }
-    }
-}
-
-/// Checks a `mount` request's options for `driver` on node `node_name`. An unknown driver
-/// passes (the caller refuses it with its own message).
+/// Parses a `mount` request's options ([`crate::volume::options::parse`]) and [`check`]s them.
 pub fn precheck(
     driver: &str,
     options: &BTreeMap<String, String>,
     node_name: &str,
 ) -> Result<VolumeOptions, PrecheckError> {
-    let opts = VolumeOptions::from_map(options)?;
+    let opts = crate::volume::options::parse(options)?;
+    check(driver, &opts, node_name)?;
+    Ok(opts)
+}
+
+/// Checks typed options for `driver` on node `node_name`: the option names it knows, the
+/// ones it requires, the node. An unknown driver passes (the caller refuses it with its own
+/// message).
+pub fn check(driver: &str, opts: &VolumeOptions, node_name: &str) -> Result<(), PrecheckError> {
     let Some(table) = TABLE.iter().find(|t| t.driver == driver) else {
-        return Ok(opts);
+        return Ok(());
     };
     opts.check_known(table.driver, table.known)?;
     for key in table.required {
@@ -111,7 +93,7 @@ pub fn precheck(
         && let Some(wanted) = opts.user.get("node").filter(|n| !n.is_empty())
         && wanted != node_name
     {
-        return Err(PrecheckError::WrongNode {
+        return Err(DriverError::WrongNode {
             volume: opts
                 .pv_or_volume_name
                 .clone()
@@ -121,19 +103,14 @@ pub fn precheck(
             this: node_name.to_owned(),
         });
     }
-    Ok(opts)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::volume::options::string_map as map;
 
     #[test]
     fn every_driver_has_one_row() {
@@ -227,6 +204,41 @@ mod tests {
             assert_eq!(e.reason(), *reason, "{driver} {pairs:?}: {e}");
             assert!(e.to_string().contains(text), "{driver} {pairs:?}: {e}");
         }
+    }
+
+    /// `mountOptions` is read once, by the one parser, for every driver alike: a bad option
+    /// is refused with the same message whichever driver the request names, and a good one
+    /// reaches every driver as the same typed list.
+    #[test]
+    fn mount_options_are_validated_once_for_every_driver() {
+        let required = |driver: &str| -> Vec<(&str, &str)> {
+            let t = TABLE.iter().find(|t| t.driver == driver).unwrap();
+            let mut p: Vec<(&str, &str)> = t.required.iter().map(|k| (*k, "v")).collect();
+            if driver == "fc" {
+                p.push(("wwids", "3600"));
+            }
+            p
+        };
+        let mut refusals = Vec::new();
+        for d in super::super::DRIVERS {
+            let mut pairs = required(d);
+            pairs.push(("mountOptions", "noatime,-oremount"));
+            let e = precheck(d, &map(&pairs), "node-a").unwrap_err();
+            assert_eq!(e.reason(), "bad_options", "{d}: {e}");
+            refusals.push(e.to_string());
+            let mut pairs = required(d);
+            pairs.push(("mountOptions", " noatime, nodev,"));
+            let o = precheck(d, &map(&pairs), "node-a").unwrap();
+            assert_eq!(o.mount_options.words(), ["noatime", "nodev"], "{d}");
+            assert!(!o.user.contains_key("mountOptions"), "{d}");
+        }
+        refusals.dedup();
+        assert_eq!(
+            refusals,
+            [
+                "option mountOptions=noatime,-oremount: expected a comma-separated list of options, none starting with '-', without spaces"
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The one JSON object a FlexVolume call prints, and its exit code.
+//! The one JSON object a FlexVolume call prints, and its exit code; and how the daemon's
+//! typed [`Response`] becomes that object (the daemon knows nothing of FlexVolume).
 
 use serde::{Deserialize, Serialize};
+
+use crate::api::Response;
 
 /// FlexVolume status strings (exact, case-sensitive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +89,19 @@ impl Reply {
         }
     }
 
+    /// The reply for the daemon's answer: `Success`, or `Failure` with the reason prefix
+    /// and the cause chain (see [`crate::api::Failure`]). A status table is no answer to a
+    /// FlexVolume call.
+    pub fn from_response(r: Response) -> Self {
+        match r {
+            Response::Done => Reply::success(),
+            Response::Failed(f) => Reply::failure(f.to_string()),
+            other @ Response::Status { .. } => {
+                Reply::failure(format!("daemon_error: unexpected answer {other:?}"))
+            }
+        }
+    }
+
     /// Exit code kubelet expects: 0 for Success, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self.status {
@@ -113,6 +129,95 @@ mod tests {
             r#"{"status":"Success","capabilities":{"attach":false,"supportsMetrics":true,"fsGroup":false,"selinuxRelabel":true}}"#
         );
         assert_eq!(Reply::init().exit_code(), 0);
+    }
+
+    #[test]
+    fn each_daemon_answer_prints_what_kubelet_read_before() {
+        use crate::api::Failure;
+        for (r, json) in [
+            (Response::Done, r#"{"status":"Success"}"#),
+            (
+                Response::Failed(Failure {
+                    reason: Some("mount_failed".into()),
+                    causes: vec!["volume k: stage".into(), "EBUSY: busy".into()],
+                }),
+                r#"{"status":"Failure","message":"mount_failed: volume k: stage: EBUSY: busy"}"#,
+            ),
+            (
+                Response::Failed(Failure::refused("moor daemon is shutting down; retry")),
+                r#"{"status":"Failure","message":"moor daemon is shutting down; retry"}"#,
+            ),
+            (
+                Response::Failed(Failure::labelled("bad_request", "eof")),
+                r#"{"status":"Failure","message":"bad_request: eof"}"#,
+            ),
+            (
+                Response::Status {
+                    node: "n".into(),
+                    volumes: vec![],
+                    set_aside: vec![],
+                },
+                r#"{"status":"Failure","message":"daemon_error: unexpected answer Status { node: \"n\", volumes: [], set_aside: [] }"}"#,
+            ),
+        ] {
+            let reply = Reply::from_response(r);
+            assert_eq!(reply.to_json(), json);
+            assert_eq!(
+                reply.exit_code(),
+                i32::from(reply.status != Status::Success)
+            );
+        }
+    }
+
+    /// A failed operation's reply, from the daemon's typed error through the wire, is the
+    /// message kubelet got before the Response was typed (reason, then each cause once).
+    #[test]
+    fn a_failed_operation_reads_as_it_did() {
+        use crate::api::Failure;
+        use crate::error::Error;
+        use std::time::Duration;
+        let mount = Error::Mount {
+            volume: "k".into(),
+            source: crate::host::MountError::Sys {
+                op: "bind",
+                target: "/t".into(),
+                errno: crate::host::Errno::EBUSY,
+            },
+        };
+        let timeout = Error::Timeout {
+            volume: "/pods/v".into(),
+            op: "mount",
+            after: Duration::from_secs(300),
+            running: Some("`mkfs.xfs /dev/x` has run for 2.0s".into()),
+        };
+        let command: Error = crate::volume::DriverError::Command {
+            volume: "v".into(),
+            source: crate::host::ExecError::Failed {
+                cmdline: "iscsiadm -m node --login".into(),
+                code: Some(24),
+                stderr: "iscsiadm: login failed".into(),
+            },
+        }
+        .into();
+        for (e, message) in [
+            (
+                mount,
+                "mount_busy: volume k: bind /t: EBUSY: Device or resource busy",
+            ),
+            (
+                timeout,
+                "timeout: volume /pods/v: mount did not finish within 300s; kubelet will retry (`mkfs.xfs /dev/x` has run for 2.0s and is left to finish: cut short it could leave the volume half-made; the volume stays locked until it ends)",
+            ),
+            (
+                command,
+                "command_failed: volume v: `iscsiadm -m node --login` failed (exit status 24): iscsiadm: login failed",
+            ),
+        ] {
+            let wire =
+                serde_json::to_string(&Response::Failed(Failure::of(e.reason(), &e))).unwrap();
+            let reply = Reply::from_response(serde_json::from_str(&wire).unwrap());
+            assert_eq!(reply, Reply::failure(message));
+        }
     }
 
     #[test]

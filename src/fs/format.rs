@@ -24,7 +24,7 @@ use std::time::Duration;
 use super::mkfs::{self, DEFAULT_FS, FORMATTABLE};
 use super::probe::{self, Probe};
 use super::superblock;
-use crate::host::{Cmd, ExecError, Host, blockdev};
+use crate::host::{BlockDevices, Cmd, Errno, ExecError, Host};
 
 /// Deadline for one blkid probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -212,7 +212,7 @@ pub enum FsError {
         stderr: String,
     },
     /// A tool could not be run.
-    #[error("volume {volume}: {source}")]
+    #[error("volume {volume}")]
     Exec {
         /// Volume key.
         volume: String,
@@ -305,11 +305,14 @@ pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepare
             asked: asked.into(),
         });
     }
-    let ends = blockdev::read_ends(req.device).map_err(|e| FsError::Unreadable {
-        volume: req.volume.into(),
-        device: req.device.into(),
-        error: e.to_string(),
-    })?;
+    let ends = host
+        .blockdev
+        .read_ends(req.device)
+        .map_err(|e| FsError::Unreadable {
+            volume: req.volume.into(),
+            device: req.device.into(),
+            error: e.to_string(),
+        })?;
     if !ends.all_zero {
         return Err(FsError::DataPresent {
             volume: req.volume.into(),
@@ -355,7 +358,7 @@ pub fn ensure_filesystem(host: &Host, req: &FormatRequest<'_>) -> Result<Prepare
         });
     }
     // mkfs said it succeeded: the superblock must now carry the UUID moor chose.
-    match superblock::uuid(req.device, asked) {
+    match superblock::uuid(host.blockdev.as_ref(), req.device, asked) {
         Ok(Some(found)) if found == uuid => Ok(Prepared::Formatted {
             fs_type: asked.into(),
             uuid: Some(uuid),
@@ -430,14 +433,18 @@ fn refuse_if_in_use(host: &Host, req: &FormatRequest<'_>) -> Result<(), FsError>
     if !holders.is_empty() {
         return Err(in_use(format!("held by {}", holders.join(", "))));
     }
-    check_exclusive(req.volume, req.device)
+    exclusive(host.blockdev.as_ref(), req.volume, req.device)
 }
 
 /// Fails unless nothing holds `device` exclusively (no mount anywhere, no device-mapper or md
 /// on top): checked before formatting, and before mounting an existing filesystem, so one
 /// disk is never staged twice under two names.
-pub fn check_exclusive(volume: &str, device: &Path) -> Result<(), FsError> {
-    blockdev::claim_exclusive(device).map_err(|e| {
+pub fn check_exclusive(host: &Host, volume: &str, device: &Path) -> Result<(), FsError> {
+    exclusive(host.blockdev.as_ref(), volume, device)
+}
+
+fn exclusive(devices: &dyn BlockDevices, volume: &str, device: &Path) -> Result<(), FsError> {
+    devices.claim_exclusive(device).map_err(|e| {
         // Name the kernel's device too when the volume names it through a link (by-id …).
         let resolved = std::fs::canonicalize(device)
             .ok()
@@ -447,7 +454,7 @@ pub fn check_exclusive(volume: &str, device: &Path) -> Result<(), FsError> {
         FsError::InUse {
             volume: volume.into(),
             device: device.into(),
-            detail: if e.raw_os_error() == Some(libc::EBUSY) {
+            detail: if e.raw_os_error() == Some(Errno::EBUSY as i32) {
                 format!("{resolved}mounted or held by another user of the device")
             } else {
                 format!("{resolved}cannot open it exclusively: {e}")
@@ -514,19 +521,206 @@ mod tests {
         }
     }
     use super::*;
-    use crate::host::fake::{FakeMounts, ScriptRunner};
-    use crate::host::{BlockDevices, HostPaths};
+    use crate::host::fake::{FakeHost, ScriptRunner};
+    use crate::host::{DevNum, Output};
     use std::sync::Arc;
 
     fn host(runner: Arc<ScriptRunner>) -> Host {
-        let m = Arc::new(FakeMounts::default());
-        Host {
-            paths: HostPaths::system("/k".into(), "/s".into(), "/r".into()),
-            runner,
-            mounter: m.clone(),
-            mounts: m,
-            blockdev: BlockDevices { sys: "/sys".into() },
+        let mut f = FakeHost::new(Path::new("/fake-root"));
+        f.host.runner = runner;
+        f.host
+    }
+
+    const DEV: &str = "/dev/fake0";
+    const BLKID: &str = "blkid -p -o export /dev/fake0";
+
+    /// A fake host with a blank, readable 4 MiB disk at [`DEV`].
+    fn with_disk() -> FakeHost {
+        let f = FakeHost::new(Path::new("/fake-root"));
+        f.disks.add(
+            Path::new(DEV),
+            DevNum {
+                major: 8,
+                minor: 16,
+            },
+            4 << 20,
+        );
+        f
+    }
+
+    fn mkfs_runs(r: &ScriptRunner) -> usize {
+        r.calls()
+            .iter()
+            .filter(|c| c.program_name().starts_with("mkfs"))
+            .count()
+    }
+
+    /// Blank and readable: probed, read, probed again right before mkfs, formatted once
+    /// with the UUID moor chose, and that UUID is what the new superblock carries.
+    #[test]
+    fn a_blank_readable_device_is_formatted_once_after_a_second_probe() {
+        let f = with_disk();
+        f.runner.expect(BLKID, 2, "").expect(BLKID, 2, "");
+        f.expect_mkfs_ext4(Path::new(DEV));
+        let p = ensure_filesystem(&f.host, &req("ext4", false, None)).unwrap();
+        let Prepared::Formatted { fs_type, uuid } = &p else {
+            panic!("{p:?}");
+        };
+        assert_eq!(fs_type, "ext4");
+        let calls: Vec<String> = f.runner.calls().iter().map(Cmd::display).collect();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!(calls[0], BLKID);
+        assert_eq!(calls[1], BLKID, "probed again right before mkfs");
+        assert_eq!(
+            calls[2],
+            format!("mkfs.ext4 -q -m0 -U {} {DEV}", uuid.as_deref().unwrap())
+        );
+        assert!(f.runner.remaining().is_empty());
+    }
+
+    /// Every "no" of the rule over a readable fake disk: the reason, and no mkfs.
+    #[test]
+    fn the_never_format_rule_holds_below_the_probe() {
+        let blank = |_: &FakeHost| {};
+        type Case<'a> = (
+            &'a str,
+            &'a dyn Fn(&FakeHost),
+            &'a [(i32, &'a str)],
+            bool,
+            &'a str,
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                "a signature",
+                &blank,
+                &[(0, "TYPE=swap\n")],
+                false,
+                "signature_present",
+            ),
+            (
+                "a partition table",
+                &blank,
+                &[(0, "PTTYPE=gpt\n")],
+                false,
+                "signature_present",
+            ),
+            (
+                "an ambivalent probe",
+                &blank,
+                &[(8, "")],
+                false,
+                "signature_present",
+            ),
+            (
+                "a probe that did not answer",
+                &blank,
+                &[(4, "")],
+                false,
+                "probe_failed",
+            ),
+            ("read-only", &blank, &[(2, "")], true, "blank_read_only"),
+            (
+                "an unreadable device",
+                &|f| {
+                    f.disks
+                        .edit(Path::new(DEV), |d| d.read_error = Some(Errno::EIO))
+                },
+                &[(2, "")],
+                false,
+                "device_unreadable",
+            ),
+            (
+                "data no probe knows",
+                &|f| f.disks.write_at(Path::new(DEV), (4 << 20) - 1, &[1]),
+                &[(2, "")],
+                false,
+                "data_present",
+            ),
+            (
+                "partitions",
+                &|f| {
+                    f.disks
+                        .edit(Path::new(DEV), |d| d.partitions = vec!["fake0p1".into()])
+                },
+                &[(2, "")],
+                false,
+                "device_in_use",
+            ),
+            (
+                "a holder",
+                &|f| {
+                    f.disks
+                        .edit(Path::new(DEV), |d| d.holders = vec!["dm-0".into()])
+                },
+                &[(2, "")],
+                false,
+                "device_in_use",
+            ),
+            (
+                "an exclusive user",
+                &|f| f.disks.edit(Path::new(DEV), |d| d.busy = true),
+                &[(2, "")],
+                false,
+                "device_in_use",
+            ),
+            (
+                "a signature that appeared between the probes",
+                &blank,
+                &[(2, ""), (0, "TYPE=xfs\n")],
+                false,
+                "device_in_use",
+            ),
+        ];
+        for (what, setup, probes, ro, reason) in cases {
+            let f = with_disk();
+            setup(&f);
+            for (code, out) in *probes {
+                f.runner.expect(BLKID, *code, out);
+            }
+            let e = ensure_filesystem(&f.host, &req("ext4", *ro, None)).unwrap_err();
+            assert_eq!(e.reason(), *reason, "{what}: {e}");
+            assert_eq!(mkfs_runs(&f.runner), 0, "{what}: mkfs ran");
+            assert!(
+                f.runner.remaining().is_empty(),
+                "{what}: a probe did not run"
+            );
+            assert!(
+                f.disks.data(Path::new(DEV)).unwrap()[..1 << 20]
+                    .iter()
+                    .all(|b| *b == 0),
+                "{what}: the disk was written"
+            );
         }
+    }
+
+    /// A probe killed before it answered (no exit status) is no "nothing found".
+    #[test]
+    fn a_probe_that_did_not_run_to_the_end_means_no_mkfs() {
+        let f = with_disk();
+        f.runner.expect_program("blkid", |_| Output {
+            code: None,
+            stdout: vec![],
+            stderr: b"killed".to_vec(),
+        });
+        let e = ensure_filesystem(&f.host, &req("ext4", false, None)).unwrap_err();
+        assert_eq!(e.reason(), "probe_failed");
+        assert_eq!(mkfs_runs(&f.runner), 0);
+    }
+
+    /// mkfs said it succeeded but the superblock does not carry moor's UUID: not formatted.
+    #[test]
+    fn a_superblock_without_the_chosen_uuid_is_not_taken_for_formatted() {
+        let f = with_disk();
+        f.runner.expect(BLKID, 2, "").expect(BLKID, 2, "");
+        f.runner.expect_program("mkfs.ext4", |_| Output {
+            code: Some(0),
+            stdout: vec![],
+            stderr: vec![],
+        });
+        let e = ensure_filesystem(&f.host, &req("ext4", false, None)).unwrap_err();
+        assert_eq!(e.reason(), "probe_failed");
+        assert!(e.to_string().contains("no ext4 superblock"), "{e}");
+        assert_eq!(mkfs_runs(&f.runner), 1);
     }
 
     fn req<'a>(fs: &'a str, ro: bool, known: Option<&'a str>) -> FormatRequest<'a> {

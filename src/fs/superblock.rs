@@ -7,9 +7,9 @@
 //! (an exec that probes every signature type, each a read over the wire on iSCSI or RBD).
 //! Anything else — an existing device, an unknown type — still goes through `blkid`.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use crate::host::BlockDevices;
 
 /// Where each family keeps its magic and UUID (offsets from the start of the device).
 struct Layout {
@@ -49,38 +49,28 @@ fn layout(fs: &str) -> Option<&'static Layout> {
 /// The UUID in `device`'s superblock for filesystem type `fs`, as blkid prints it
 /// (lowercase, hyphenated). `Ok(None)` when that type's magic is not there, or moor cannot
 /// read that type's superblock.
-pub fn uuid(device: &Path, fs: &str) -> std::io::Result<Option<String>> {
+pub fn uuid(
+    devices: &dyn BlockDevices,
+    device: &Path,
+    fs: &str,
+) -> std::io::Result<Option<String>> {
     let Some(l) = layout(fs) else {
         return Ok(None);
     };
-    let f = File::open(device)?;
     let mut magic = vec![0u8; l.magic.len()];
-    f.read_exact_at(&mut magic, l.magic_at)?;
+    devices.read_at(device, l.magic_at, &mut magic)?;
     if magic != l.magic {
         return Ok(None);
     }
     let mut raw = [0u8; 16];
-    f.read_exact_at(&mut raw, l.uuid_at)?;
+    devices.read_at(device, l.uuid_at, &mut raw)?;
     Ok(Some(format_uuid(&raw)))
 }
 
 /// A fresh random (version 4) UUID for mkfs to write.
 pub fn new_uuid() -> std::io::Result<String> {
     let mut raw = [0u8; 16];
-    let mut filled = 0;
-    while filled < raw.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `raw`.
-        let n =
-            unsafe { libc::getrandom(raw[filled..].as_mut_ptr().cast(), raw.len() - filled, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
+    crate::host::fill_random(&mut raw)?;
     raw[6] = (raw[6] & 0x0f) | 0x40;
     raw[8] = (raw[8] & 0x3f) | 0x80;
     Ok(format_uuid(&raw))
@@ -117,28 +107,44 @@ mod tests {
         0x07,
     ];
     const TEXT: &str = "12345678-9abc-4def-8001-020304050607";
+    /// Images are plain files: the real reads.
+    static DEVICES: crate::host::SysfsBlockDevices = crate::host::SysfsBlockDevices {
+        sys: std::path::PathBuf::new(),
+    };
 
     #[test]
     fn each_family_is_read_at_its_own_offsets() {
         let ext = image(4096, &[(1080, &[0x53, 0xEF]), (1128, &RAW)]);
-        assert_eq!(uuid(ext.path(), "ext4").unwrap().as_deref(), Some(TEXT));
-        assert_eq!(uuid(ext.path(), "ext3").unwrap().as_deref(), Some(TEXT));
-        assert_eq!(uuid(ext.path(), "xfs").unwrap(), None);
+        assert_eq!(
+            uuid(&DEVICES, ext.path(), "ext4").unwrap().as_deref(),
+            Some(TEXT)
+        );
+        assert_eq!(
+            uuid(&DEVICES, ext.path(), "ext3").unwrap().as_deref(),
+            Some(TEXT)
+        );
+        assert_eq!(uuid(&DEVICES, ext.path(), "xfs").unwrap(), None);
         let xfs = image(4096, &[(0, b"XFSB"), (32, &RAW)]);
-        assert_eq!(uuid(xfs.path(), "xfs").unwrap().as_deref(), Some(TEXT));
-        assert_eq!(uuid(xfs.path(), "ext4").unwrap(), None);
+        assert_eq!(
+            uuid(&DEVICES, xfs.path(), "xfs").unwrap().as_deref(),
+            Some(TEXT)
+        );
+        assert_eq!(uuid(&DEVICES, xfs.path(), "ext4").unwrap(), None);
         let btrfs = image(70000, &[(65600, b"_BHRfS_M"), (65568, &RAW)]);
-        assert_eq!(uuid(btrfs.path(), "btrfs").unwrap().as_deref(), Some(TEXT));
+        assert_eq!(
+            uuid(&DEVICES, btrfs.path(), "btrfs").unwrap().as_deref(),
+            Some(TEXT)
+        );
     }
 
     #[test]
     fn blank_short_and_unknown_devices_give_no_uuid() {
         let blank = image(70000, &[]);
         for fs in ["ext4", "xfs", "btrfs", "vfat"] {
-            assert_eq!(uuid(blank.path(), fs).unwrap(), None, "{fs}");
+            assert_eq!(uuid(&DEVICES, blank.path(), fs).unwrap(), None, "{fs}");
         }
         let short = image(512, &[]);
-        assert!(uuid(short.path(), "btrfs").is_err());
+        assert!(uuid(&DEVICES, short.path(), "btrfs").is_err());
     }
 
     #[test]

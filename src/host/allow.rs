@@ -123,7 +123,7 @@ pub enum AllowError {
         detail: String,
     },
     /// Could not be resolved.
-    #[error("option path={path}: cannot use it: {source}")]
+    #[error("option path={path}: cannot use it")]
     Open {
         /// The text.
         path: String,

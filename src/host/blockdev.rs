@@ -1,5 +1,7 @@
-//! Block devices through sysfs and `/dev`: identity, size, read-only flag, holders and
-//! partitions, and a real read of the device (so "blank" is never confused with "unreadable").
+//! Block devices behind one trait, [`BlockDevices`]: identity, size, read-only flag, holders
+//! and partitions, an exclusive claim, the loop rescan, and a real read of the device (so
+//! "blank" is never confused with "unreadable"). [`SysfsBlockDevices`] answers from sysfs
+//! and `/dev`; nothing outside `host/` opens a device node to ask these questions.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -23,36 +25,95 @@ impl std::fmt::Display for DevNum {
     }
 }
 
+impl DevNum {
+    /// The number a `stat` reports as `st_rdev` (or `st_dev`).
+    pub fn from_rdev(rdev: u64) -> Self {
+        DevNum {
+            major: libc::major(rdev),
+            minor: libc::minor(rdev),
+        }
+    }
+}
+
 /// How much of each end of a device is read to prove it is readable.
 const READ_CHECK: u64 = 1 << 20;
 
-/// sysfs-backed block device queries, rooted at a configurable `/sys`.
+/// Block device questions and the few actions on a device itself. Services take it through
+/// [`super::Host::blockdev`]; production uses [`SysfsBlockDevices`], unit tests the fake in
+/// [`super::fake`], so the format path can be tested below the probe.
+pub trait BlockDevices: Send + Sync + std::fmt::Debug {
+    /// The device number when `path` (after following symlinks) is a block device.
+    fn dev_num(&self, path: &Path) -> std::io::Result<Option<DevNum>>;
+
+    /// Size in bytes.
+    fn size_bytes(&self, d: DevNum) -> std::io::Result<u64>;
+
+    /// True when the kernel marks the device read-only.
+    fn is_read_only(&self, d: DevNum) -> std::io::Result<bool>;
+
+    /// Devices stacked on this one (device-mapper, md, LVM): any holder means "in use".
+    fn holders(&self, d: DevNum) -> std::io::Result<Vec<String>>;
+
+    /// Partitions the kernel knows on this device.
+    fn partitions(&self, d: DevNum) -> std::io::Result<Vec<String>>;
+
+    /// The kernel name (`sda`, `loop3`) of the device.
+    fn kernel_name(&self, d: DevNum) -> Option<String>;
+
+    /// Reads the first and the last MiB of the device (see [`Ends`]).
+    fn read_ends(&self, path: &Path) -> std::io::Result<Ends>;
+
+    /// Reads exactly `buf.len()` bytes at `offset` (a superblock field).
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+
+    /// Fails (EBUSY) while anything holds the device exclusively: a mount, device-mapper,
+    /// md, another exclusive opener.
+    fn claim_exclusive(&self, path: &Path) -> std::io::Result<()>;
+
+    /// Makes a loop device take its backing file's current size (the rescan of a loop
+    /// device; SCSI rescans go through sysfs in `attach/scsi.rs`).
+    fn set_capacity(&self, path: &Path) -> std::io::Result<()>;
+
+    /// Waits up to `limit` for `path` to be a block device (udev creating the node after an
+    /// attach), polling.
+    fn wait_for(&self, path: &Path, limit: std::time::Duration) -> Option<DevNum> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(d)) = self.dev_num(path) {
+                return Some(d);
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// The real machine: sysfs (rooted at a configurable `/sys`) and the device nodes.
 #[derive(Debug, Clone)]
-pub struct BlockDevices {
+pub struct SysfsBlockDevices {
     /// sysfs root.
     pub sys: PathBuf,
 }
 
-impl BlockDevices {
-    /// The device number when `path` (after following symlinks) is a block device.
-    pub fn dev_num(&self, path: &Path) -> std::io::Result<Option<DevNum>> {
+impl SysfsBlockDevices {
+    fn sysfs(&self, d: DevNum) -> PathBuf {
+        self.sys.join("dev/block").join(d.to_string())
+    }
+}
+
+impl BlockDevices for SysfsBlockDevices {
+    fn dev_num(&self, path: &Path) -> std::io::Result<Option<DevNum>> {
         let md = std::fs::metadata(path)?;
         if !md.file_type().is_block_device() {
             return Ok(None);
         }
-        let rdev = md.rdev();
-        Ok(Some(DevNum {
-            major: nix::sys::stat::major(rdev) as u32,
-            minor: nix::sys::stat::minor(rdev) as u32,
-        }))
+        Ok(Some(DevNum::from_rdev(md.rdev())))
     }
 
-    fn sysfs(&self, d: DevNum) -> PathBuf {
-        self.sys.join("dev/block").join(d.to_string())
-    }
-
-    /// Size in bytes (sysfs `size` is in 512-byte sectors whatever the device's block size).
-    pub fn size_bytes(&self, d: DevNum) -> std::io::Result<u64> {
+    /// sysfs `size` is in 512-byte sectors whatever the device's block size.
+    fn size_bytes(&self, d: DevNum) -> std::io::Result<u64> {
         let s = std::fs::read_to_string(self.sysfs(d).join("size"))?;
         s.trim()
             .parse::<u64>()
@@ -60,18 +121,15 @@ impl BlockDevices {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
-    /// True when the kernel marks the device read-only.
-    pub fn is_read_only(&self, d: DevNum) -> std::io::Result<bool> {
+    fn is_read_only(&self, d: DevNum) -> std::io::Result<bool> {
         Ok(std::fs::read_to_string(self.sysfs(d).join("ro"))?.trim() == "1")
     }
 
-    /// Devices stacked on this one (device-mapper, md, LVM): any holder means "in use".
-    pub fn holders(&self, d: DevNum) -> std::io::Result<Vec<String>> {
+    fn holders(&self, d: DevNum) -> std::io::Result<Vec<String>> {
         list_names(&self.sysfs(d).join("holders"))
     }
 
-    /// Partitions the kernel knows on this device.
-    pub fn partitions(&self, d: DevNum) -> std::io::Result<Vec<String>> {
+    fn partitions(&self, d: DevNum) -> std::io::Result<Vec<String>> {
         let dir = self.sysfs(d);
         let mut parts = Vec::new();
         for name in list_names(&dir)? {
@@ -82,11 +140,27 @@ impl BlockDevices {
         Ok(parts)
     }
 
-    /// The kernel name (`sda`, `loop3`) of the device.
-    pub fn kernel_name(&self, d: DevNum) -> Option<String> {
+    fn kernel_name(&self, d: DevNum) -> Option<String> {
         std::fs::read_link(self.sysfs(d))
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+
+    fn read_ends(&self, path: &Path) -> std::io::Result<Ends> {
+        read_ends(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        File::open(path)?.read_exact_at(buf, offset)
+    }
+
+    fn claim_exclusive(&self, path: &Path) -> std::io::Result<()> {
+        claim_exclusive(path)
+    }
+
+    fn set_capacity(&self, path: &Path) -> std::io::Result<()> {
+        loop_set_capacity(path)
     }
 }
 
@@ -113,7 +187,7 @@ pub struct Ends {
 /// that cannot be read proves nothing, so this must succeed before any mkfs; and bytes that
 /// are not zero there are data no probe recognised (a damaged superblock, a lone backup
 /// partition table). A zero-size device (a vanished disk) is an error, never "blank".
-pub fn read_ends(path: &Path) -> std::io::Result<Ends> {
+fn read_ends(path: &Path) -> std::io::Result<Ends> {
     let mut f = File::open(path)?;
     let size = f.seek(SeekFrom::End(0))?;
     if size == 0 {
@@ -136,7 +210,7 @@ pub fn read_ends(path: &Path) -> std::io::Result<Ends> {
 const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 
 /// Makes a loop device take its backing file's current size (what `losetup -c` does).
-pub fn loop_set_capacity(path: &Path) -> std::io::Result<()> {
+fn loop_set_capacity(path: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let f = File::open(path)?;
     // SAFETY: `f` is an open descriptor for the whole call; this ioctl takes no argument
@@ -151,7 +225,7 @@ pub fn loop_set_capacity(path: &Path) -> std::io::Result<()> {
 /// Opens the device with `O_EXCL`, which for a block device fails with EBUSY while anything
 /// holds it exclusively: a mount, device-mapper, md, another exclusive opener. Closed again
 /// at once.
-pub fn claim_exclusive(path: &Path) -> std::io::Result<()> {
+fn claim_exclusive(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)

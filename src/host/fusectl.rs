@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::mounts::{FsMount, Mounter};
 
-/// Where the kernel exposes FUSE connections.
-pub const CONNECTIONS: &str = "/sys/fs/fuse/connections";
+/// Where the kernel exposes FUSE connections, under sysfs (`/sys/fs/fuse/connections`).
+pub const CONNECTIONS_IN_SYS: &str = "fs/fuse/connections";
 
 /// Aborts the FUSE connection of the superblock with device number `0:minor` (what
 /// `/proc/self/mountinfo` shows for a FUSE mount).

@@ -1,8 +1,10 @@
 //! The host seam: the only code that touches the machine.
 //!
 //! Services receive a [`Host`] value; production builds it with [`Host::system`], unit
-//! tests with the fakes in [`fake`]. Nothing outside this module spawns a process or
-//! calls mount(2).
+//! tests with [`fake::FakeHost::new`]. Invariant: nothing outside this module spawns a
+//! process, calls mount(2) or makes any other call through `libc` or `nix` (tests aside);
+//! the kernel's vocabulary the seam's signatures use, [`Errno`] and [`MsFlags`], is
+//! re-exported here. Every host location comes from the one [`HostPaths`] value.
 
 use std::sync::Arc;
 
@@ -10,14 +12,20 @@ pub mod allow;
 pub mod blockdev;
 pub mod bounded;
 pub mod deadline;
+pub mod devid;
+pub mod dirs;
 pub mod exec;
 pub mod fake;
 pub mod fusectl;
 pub mod mountinfo;
 pub mod mounts;
+pub mod mountwatch;
+pub mod nsmark;
 pub mod onhost;
 pub mod paths;
 pub mod podlogs;
+pub mod probe;
+pub mod process;
 pub mod rbdbus;
 pub mod records;
 pub mod sandbox;
@@ -25,10 +33,14 @@ pub mod scsi;
 pub mod secrets;
 pub mod stdio;
 pub mod target;
+pub mod tree;
 
-pub use blockdev::{BlockDevices, DevNum};
+pub use blockdev::{BlockDevices, DevNum, SysfsBlockDevices};
 pub use exec::{Cmd, CommandRunner, ExecError, Output, SystemRunner};
 pub use mounts::{FsMount, KernelMounts, MountError, MountTable, Mounter, PathMount};
+/// The kernel's error numbers and mount flags, as the seam's signatures use them.
+pub use nix::errno::Errno;
+pub use nix::mount::MsFlags;
 pub use paths::{HostPaths, PathError, PodVolumeDir};
 pub use target::Target;
 
@@ -44,7 +56,7 @@ pub struct Host {
     /// Mount questions.
     pub mounts: Arc<dyn MountTable>,
     /// Block device questions.
-    pub blockdev: BlockDevices,
+    pub blockdev: Arc<dyn BlockDevices>,
 }
 
 impl Host {
@@ -55,9 +67,9 @@ impl Host {
             kubelet_dir: paths.kubelet_dir.clone(),
         });
         Host {
-            blockdev: BlockDevices {
+            blockdev: Arc::new(SysfsBlockDevices {
                 sys: paths.sys.clone(),
-            },
+            }),
             paths,
             runner: Arc::new(SystemRunner),
             mounter: kernel.clone(),
@@ -72,4 +84,23 @@ impl std::fmt::Debug for Host {
             .field("paths", &self.paths)
             .finish_non_exhaustive()
     }
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`, blocking until it is seeded).
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
 }

@@ -151,6 +151,12 @@ pub trait MountTable: Send + Sync {
             Err(e) => Err(e),
         }
     }
+
+    /// The stale-mount probe of the mount at `path` ([`super::probe::probe_mount`]): bounded
+    /// by `timeout`, off the caller's thread.
+    fn probe(&self, path: &Path, timeout: Duration) -> super::probe::Probe {
+        super::probe::probe_mount(path, timeout)
+    }
 }
 
 fn cpath(p: &Path) -> Result<CString, MountError> {

@@ -1,18 +1,23 @@
-//! Reading a record directory (the journal's stage and publish records, the wipe journal)
-//! whatever another party left in it.
+//! The one durable record store: the journal's stage and publish records and the wipe
+//! journal are both a directory of `<stem>.json` files kept through a [`Store`].
 //!
-//! Invariant: reading never blocks, never follows a link, never reads without bound and never
-//! deletes: an entry that is not a readable, regular record file of a name moor writes is
-//! renamed to `<name>.corrupt` (or `<name>.<n>.corrupt`, never replacing anything) and
-//! reported, and every other entry is still read. Only `*.tmp` files — moor's own writes that
-//! a crash interrupted before their rename — are removed.
+//! Invariants: a record is replaced atomically — `<stem>.tmp` written and fsync'd, renamed
+//! over `<stem>.json`, then the directory fsync'd, all relative to the directory's descriptor
+//! so no write walks the path again — and a reader sees the old record or the new one, never
+//! a torn one. Reading a directory, whatever another party left in it, never blocks, never
+//! follows a link, never reads without bound and never deletes: an entry that is not a
+//! readable, regular record file of a name moor writes is renamed to `<name>.corrupt` (or
+//! `<name>.<n>.corrupt`, never replacing anything) and reported, and every other entry is
+//! still read. Only `*.tmp` files — moor's own writes that a crash interrupted before their
+//! rename — are removed.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The largest record moor reads; a real one is a few hundred bytes.
 pub const MAX_RECORD_BYTES: u64 = 1 << 20;
@@ -334,5 +339,189 @@ pub fn reject(
             reason,
             detail: format!("{detail}; cannot be set aside: {e}"),
         },
+    }
+}
+
+/// A write or a removal in a record directory failed.
+#[derive(Debug, thiserror::Error)]
+#[error("record {op} {path}")]
+pub struct StoreError {
+    /// What was being done (`create`, `write`, `fsync`, `rename`, `remove`, `fsync dir`).
+    pub op: &'static str,
+    /// The record file.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A record directory, kept open: every write, removal and read goes through its descriptor.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+    fd: Arc<OwnedFd>,
+}
+
+impl Store {
+    /// Opens (creating, with `mode`) the record directory at `path`; a file or a symlink in
+    /// its place is set aside first and reported.
+    pub fn open(path: &Path, mode: u32) -> std::io::Result<(Self, Option<SetAside>)> {
+        let (fd, aside) = open_dir(path, mode)?;
+        Ok((
+            Store {
+                path: path.to_owned(),
+                fd: Arc::new(fd),
+            },
+            aside,
+        ))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the record `stem` lives.
+    pub fn record_path(&self, stem: &str) -> PathBuf {
+        self.path.join(format!("{stem}.json"))
+    }
+
+    /// Replaces `<stem>.json` with `body` (mode 0600) atomically and durably.
+    pub fn put(&self, stem: &str, body: &[u8]) -> Result<(), StoreError> {
+        let err = |op, source| StoreError {
+            op,
+            path: self.record_path(stem),
+            source,
+        };
+        let tmp = c_name(OsStr::new(&format!("{stem}.tmp"))).map_err(|e| err("create", e))?;
+        let name = c_name(OsStr::new(&format!("{stem}.json"))).map_err(|e| err("create", e))?;
+        let dfd = self.fd.as_raw_fd();
+        // SAFETY: `tmp` is NUL-terminated and `dfd` is an open directory owned by `self`.
+        let fd = unsafe {
+            libc::openat(
+                dfd,
+                tmp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(err("create", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+        let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if let Err(e) = f
+            .write_all(body)
+            .map_err(|e| err("write", e))
+            .and_then(|()| f.sync_all().map_err(|e| err("fsync", e)))
+        {
+            // A full state dir must not stay full because of our own half-written temp file.
+            // SAFETY: `tmp` is NUL-terminated and `dfd` is open.
+            unsafe { libc::unlinkat(dfd, tmp.as_ptr(), 0) };
+            return Err(e);
+        }
+        drop(f);
+        // SAFETY: both names are NUL-terminated; `dfd` is open.
+        if unsafe { libc::renameat(dfd, tmp.as_ptr(), dfd, name.as_ptr()) } != 0 {
+            return Err(err("rename", std::io::Error::last_os_error()));
+        }
+        self.sync().map_err(|e| err("fsync dir", e))
+    }
+
+    /// Removes `<stem>.json` durably; a record already gone is no error.
+    pub fn remove(&self, stem: &str) -> Result<(), StoreError> {
+        let err = |op, source| StoreError {
+            op,
+            path: self.record_path(stem),
+            source,
+        };
+        let name = c_name(OsStr::new(&format!("{stem}.json"))).map_err(|e| err("remove", e))?;
+        // SAFETY: `name` is NUL-terminated; the descriptor is an open directory.
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Ok(());
+            }
+            return Err(err("remove", e));
+        }
+        self.sync().map_err(|e| err("fsync dir", e))
+    }
+
+    /// Reads every record ([`read_records`]).
+    pub fn read(&self, valid_stem: impl Fn(&str) -> bool) -> DirRead {
+        read_records(self.fd.as_fd(), &self.path, valid_stem)
+    }
+
+    /// Sets aside a record whose content the caller could not accept ([`reject`]).
+    pub fn reject(&self, stem: &str, reason: &'static str, detail: String) -> SetAside {
+        reject(self.fd.as_fd(), &self.path, stem, reason, detail)
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        // SAFETY: fsync on a descriptor `self` keeps open.
+        if unsafe { libc::fsync(self.fd.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_put_replaces_the_record_whole_and_leaves_no_temp_file() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, aside) = Store::open(&t.path().join("d"), 0o700).unwrap();
+        assert!(aside.is_none());
+        store.put("a", b"first").unwrap();
+        store.put("a", b"second, longer").unwrap();
+        store.put("b", b"other").unwrap();
+        let read = store.read(|s| s == "a" || s == "b");
+        assert_eq!(
+            read.records,
+            vec![
+                ("a".to_owned(), b"second, longer".to_vec()),
+                ("b".to_owned(), b"other".to_vec())
+            ]
+        );
+        let mut names: Vec<_> = std::fs::read_dir(store.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.json", "b.json"]);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&store.record_path("a")), 0o600);
+        assert_eq!(mode(store.path()), 0o700);
+    }
+
+    #[test]
+    fn a_removal_is_idempotent_and_a_bad_stem_is_an_error_naming_the_record() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&t.path().join("d"), 0o700).unwrap();
+        store.put("a", b"x").unwrap();
+        store.remove("a").unwrap();
+        store.remove("a").unwrap();
+        assert!(store.read(|_| true).records.is_empty());
+        let e = store.put("nul\0inside", b"x").unwrap_err();
+        assert_eq!(e.op, "create");
+        assert_eq!(e.path, t.path().join("d/nul\0inside.json"));
+    }
+
+    /// A write the process did not finish (its `.tmp` left behind) is dropped on read; the
+    /// record it was replacing is still the old one.
+    #[test]
+    fn an_interrupted_write_leaves_the_old_record() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&t.path().join("d"), 0o700).unwrap();
+        store.put("a", b"old").unwrap();
+        std::fs::write(store.path().join("a.tmp"), b"half").unwrap();
+        let read = store.read(|s| s == "a");
+        assert_eq!(read.records, vec![("a".to_owned(), b"old".to_vec())]);
+        assert!(read.set_aside.is_empty());
+        assert!(!store.path().join("a.tmp").exists());
     }
 }

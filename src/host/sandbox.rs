@@ -132,6 +132,21 @@ pub fn terminate_with_parent_at_exec(cmd: &mut Command) {
     }
 }
 
+/// Starts the child in a mount namespace of its own, a copy of the caller's (what a
+/// container runtime gives a DaemonSet's pod): its mount ids differ from the caller's, and
+/// only shared mounts propagate between the two.
+pub fn new_mount_namespace_at_exec(cmd: &mut Command) {
+    // SAFETY: unshare is async-signal-safe; it only changes this child's namespaces.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,29 +10,28 @@
 //!   claims a mount that no longer exists, and the hot path never waits for a disk flush.
 //!
 //! Invariant: a record is replaced atomically (temp file, fsync, rename, fsync of the
-//! directory); a reader sees the old record or the new one, never a torn one.
+//! directory, all in [`crate::host::records::Store`], the store the wipe journal uses too);
+//! a reader sees the old record or the new one, never a torn one.
 
 pub mod record;
 
-use std::ffi::CString;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::host::records::{Store, StoreError};
+
 pub use record::{
-    MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord, StageSource,
+    DeviceClaim, MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord,
+    StageSource,
 };
 
 /// Journal I/O failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// A file operation failed.
-    #[error("journal {op} {path}: {source}")]
+    #[error("journal {op} {path}")]
     Io {
         /// What was being done.
         op: &'static str,
@@ -43,7 +42,7 @@ pub enum JournalError {
         source: std::io::Error,
     },
     /// A record could not be encoded.
-    #[error("journal encode {path}: {source}")]
+    #[error("journal encode {path}")]
     Encode {
         /// The file.
         path: PathBuf,
@@ -76,29 +75,18 @@ pub struct Journal {
     opened_over: Vec<Problem>,
 }
 
-/// A record directory, kept open: records are written relative to its descriptor
-/// (`openat`/`renameat`/`fsync(dirfd)`), so no write walks the path again.
+/// A record directory ([`Store`]) and how its entries are read back.
 #[derive(Debug, Clone)]
-struct RecordDir {
-    path: PathBuf,
-    fd: Arc<OwnedFd>,
-}
+struct RecordDir(Store);
 
 impl RecordDir {
     fn open(path: PathBuf) -> Result<(Self, Option<Problem>), JournalError> {
-        let (fd, aside) =
-            crate::host::records::open_dir(&path, 0o700).map_err(|source| JournalError::Io {
-                op: "open",
-                path: path.clone(),
-                source,
-            })?;
-        Ok((
-            RecordDir {
-                path,
-                fd: Arc::new(fd),
-            },
-            aside,
-        ))
+        let (store, aside) = Store::open(&path, 0o700).map_err(|source| JournalError::Io {
+            op: "open",
+            path: path.clone(),
+            source,
+        })?;
+        Ok((RecordDir(store), aside))
     }
 
     /// Reads the directory; `parse` turns `(stem, bytes)` into a record or says why not
@@ -109,23 +97,38 @@ impl RecordDir {
         parse: impl Fn(&str, &[u8]) -> Result<T, (&'static str, String)>,
         problems: &mut Vec<Problem>,
     ) -> Vec<T> {
-        use crate::host::records;
-        let read = records::read_records(self.fd.as_fd(), &self.path, valid_stem);
+        let read = self.0.read(valid_stem);
         problems.extend(read.set_aside);
         let mut out = Vec::new();
         for (stem, bytes) in read.records {
             match parse(&stem, &bytes) {
                 Ok(r) => out.push(r),
-                Err((reason, detail)) => problems.push(records::reject(
-                    self.fd.as_fd(),
-                    &self.path,
-                    &stem,
-                    reason,
-                    detail,
-                )),
+                Err((reason, detail)) => problems.push(self.0.reject(&stem, reason, detail)),
             }
         }
         out
+    }
+
+    fn put<T: serde::Serialize>(&self, stem: &str, value: &T) -> Result<(), JournalError> {
+        let body = serde_json::to_vec_pretty(value).map_err(|source| JournalError::Encode {
+            path: self.0.record_path(stem),
+            source,
+        })?;
+        self.0.put(stem, &body).map_err(JournalError::from)
+    }
+
+    fn remove(&self, stem: &str) -> Result<(), JournalError> {
+        self.0.remove(stem).map_err(JournalError::from)
+    }
+}
+
+impl From<StoreError> for JournalError {
+    fn from(e: StoreError) -> Self {
+        JournalError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -137,7 +140,7 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, (&'static s
     serde_json::from_value(value).map_err(|e| ("wrong_shape", e.to_string()))
 }
 
-/// The characters [`crate::driver::volume_key`] produces.
+/// The characters [`crate::volume::volume_key`] produces.
 fn is_stage_stem(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255 - ".json".len()
@@ -179,22 +182,22 @@ impl Journal {
 
     /// Writes (replaces) a stage record.
     pub fn put_stage(&self, rec: &StageRecord) -> Result<(), JournalError> {
-        write_atomic(&self.stage_dir, &Self::stage_name(&rec.key), rec)
+        self.stage_dir.put(&Self::stage_name(&rec.key), rec)
     }
 
     /// Removes a stage record.
     pub fn remove_stage(&self, key: &str) -> Result<(), JournalError> {
-        remove_durable(&self.stage_dir, &Self::stage_name(key))
+        self.stage_dir.remove(&Self::stage_name(key))
     }
 
     /// Writes (replaces) a publish record.
     pub fn put_publish(&self, rec: &PublishRecord) -> Result<(), JournalError> {
-        write_atomic(&self.publish_dir, &Self::publish_name(&rec.target), rec)
+        self.publish_dir.put(&Self::publish_name(&rec.target), rec)
     }
 
     /// Removes a publish record.
     pub fn remove_publish(&self, target: &Path) -> Result<(), JournalError> {
-        remove_durable(&self.publish_dir, &Self::publish_name(target))
+        self.publish_dir.remove(&Self::publish_name(target))
     }
 
     /// Reads every record back. Never fails on content: whatever entry cannot be used (not
@@ -239,96 +242,6 @@ impl Journal {
     }
 }
 
-fn c_name(name: &str) -> std::io::Result<CString> {
-    CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-}
-
-/// Replaces `<dir>/<stem>.json` atomically: `<stem>.tmp` written and fsync'd, renamed over
-/// the record, then the directory fsync'd — all relative to the open directory.
-fn write_atomic<T: serde::Serialize>(
-    dir: &RecordDir,
-    stem: &str,
-    value: &T,
-) -> Result<(), JournalError> {
-    let path = || dir.path.join(format!("{stem}.json"));
-    let io = |op, source| JournalError::Io {
-        op,
-        path: path(),
-        source,
-    };
-    let body = serde_json::to_vec_pretty(value).map_err(|source| JournalError::Encode {
-        path: path(),
-        source,
-    })?;
-    let tmp = c_name(&format!("{stem}.tmp")).map_err(|e| io("create", e))?;
-    let name = c_name(&format!("{stem}.json")).map_err(|e| io("create", e))?;
-    let dfd = dir.fd.as_raw_fd();
-    // SAFETY: `tmp` is NUL-terminated and `dfd` is an open directory owned by `dir`.
-    let fd = unsafe {
-        libc::openat(
-            dfd,
-            tmp.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            0o600 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io("create", std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by openat and is owned by nothing else.
-    let mut f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    if let Err(e) = f
-        .write_all(&body)
-        .map_err(|e| io("write", e))
-        .and_then(|()| f.sync_all().map_err(|e| io("fsync", e)))
-    {
-        // A full state dir must not stay full because of our own half-written temp file.
-        // SAFETY: `tmp` is NUL-terminated and `dfd` is open.
-        unsafe { libc::unlinkat(dfd, tmp.as_ptr(), 0) };
-        return Err(e);
-    }
-    drop(f);
-    // SAFETY: both names are NUL-terminated; `dfd` is open.
-    if unsafe { libc::renameat(dfd, tmp.as_ptr(), dfd, name.as_ptr()) } != 0 {
-        return Err(io("rename", std::io::Error::last_os_error()));
-    }
-    sync_dir(dir).map_err(|e| io("fsync dir", e))
-}
-
-fn remove_durable(dir: &RecordDir, stem: &str) -> Result<(), JournalError> {
-    let path = || dir.path.join(format!("{stem}.json"));
-    let name = c_name(&format!("{stem}.json")).map_err(|source| JournalError::Io {
-        op: "remove",
-        path: path(),
-        source,
-    })?;
-    // SAFETY: `name` is NUL-terminated; the descriptor is an open directory.
-    if unsafe { libc::unlinkat(dir.fd.as_raw_fd(), name.as_ptr(), 0) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::NotFound {
-            return Ok(());
-        }
-        return Err(JournalError::Io {
-            op: "remove",
-            path: path(),
-            source: e,
-        });
-    }
-    sync_dir(dir).map_err(|source| JournalError::Io {
-        op: "fsync dir",
-        path: path(),
-        source,
-    })
-}
-
-fn sync_dir(dir: &RecordDir) -> std::io::Result<()> {
-    // SAFETY: fsync on a descriptor `dir` keeps open.
-    if unsafe { libc::fsync(dir.fd.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,7 +255,9 @@ mod tests {
             source: StageSource::Directory {
                 path: "/srv/a".into(),
             },
-            options: BTreeMap::new(),
+            volume: None,
+            unconverted: BTreeMap::new(),
+            device: None,
             fs_type: None,
             fs_uuid: None,
             read_only: false,

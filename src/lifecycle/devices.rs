@@ -6,19 +6,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::*;
-use crate::driver::VolumeSpec;
 use crate::error::Error;
 use crate::fs::{self};
 use crate::host::allow::{Resolved, SourceObject};
 use crate::journal::{StagePhase, StageRecord, StageSource};
-
-/// Stage record options that name the staged block device: its number now and its stable
-/// id, so two volume keys (two portals of one LUN, two spellings of one disk) cannot stage
-/// one device twice.
-const DEVICE_NUMBER: &str = "device-number";
-
-/// See [`DEVICE_NUMBER`].
-const DEVICE_STABLE_ID: &str = "device-stable-id";
+use crate::volume::{VolumeSpec, VolumeState};
 
 impl Lifecycle {
     /// Reconciles a resolved local source with the records: a record of the same object
@@ -32,12 +24,15 @@ impl Lifecycle {
         held: &Resolved,
     ) -> Result<(), Error> {
         let ours = match held.object {
-            SourceObject::Block(dev) => {
-                Some(crate::local::driver::device_stable_id(&self.ids, dev))
-            }
+            SourceObject::Block(dev) => Some(crate::host::devid::device_stable_id(&self.ids, dev)),
             SourceObject::Directory { .. } => None,
         };
-        let text = spec.persist.get("path").cloned().unwrap_or_default();
+        let text = spec
+            .state
+            .as_ref()
+            .and_then(VolumeState::named_path)
+            .unwrap_or_default()
+            .to_owned();
         let st = self.state();
         for r in st
             .stages
@@ -49,20 +44,21 @@ impl Lifecycle {
                 spec.key = r.key.clone();
                 return Ok(());
             }
-            let named_here = r.options.get("path") == Some(&text)
+            let named_here = r.volume.as_ref().and_then(VolumeState::named_path)
+                == Some(text.as_str())
                 || r.source
                     .block_device()
                     .is_some_and(|d| d.as_os_str() == text.as_str());
             if let (Some(now), true, Some(_)) = (&ours, named_here, &r.fs_type) {
                 let before = r
-                    .options
-                    .get(DEVICE_STABLE_ID)
-                    .map_or("(recorded by an earlier moor)", String::as_str);
+                    .device
+                    .as_ref()
+                    .map_or("(recorded by an earlier moor)", |c| c.stable_id.as_str());
                 let known = r
                     .known_filesystem()
                     .map(|f| format!(", filesystem {f}"))
                     .unwrap_or_default();
-                return Err(crate::driver::DriverError::NameMoved {
+                return Err(crate::volume::DriverError::NameMoved {
                     path: text.clone(),
                     detail: format!(
                         "now disk {now}, before disk {before} (volume {}{known}); run `moor forget {}` if the disk was replaced on purpose",
@@ -91,11 +87,8 @@ impl Lifecycle {
                 std::fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
             }
             (StageSource::Block { device }, SourceObject::Block(d)) => {
-                match (
-                    r.options.get(DEVICE_STABLE_ID),
-                    ours,
-                    r.options.get(DEVICE_NUMBER),
-                ) {
+                let claim = r.device.as_ref();
+                match (claim.map(|c| &c.stable_id), ours, claim.map(|c| &c.number)) {
                     (Some(id), Some(o), _) => id == o,
                     (_, _, Some(n)) => *n == d.to_string(),
                     _ => self.host.blockdev.dev_num(device).ok().flatten() == Some(d),
@@ -128,7 +121,7 @@ impl Lifecycle {
             .dev_num(device)
             .map_err(|e| in_use(format!("cannot read its device number: {e}")))?
             .ok_or_else(|| in_use("not a block device".into()))?;
-        let stable = crate::local::driver::device_stable_id(&self.ids, dev);
+        let stable = crate::host::devid::device_stable_id(&self.ids, dev);
         let _claims = self.device_claims.lock().unwrap_or_else(|p| p.into_inner());
         let holder = device_holder(self.state().stages.values(), key, dev, &stable, |d| {
             self.host.blockdev.dev_num(d).ok().flatten()
@@ -138,8 +131,10 @@ impl Lifecycle {
                 "device {dev} ({stable}) is staged by volume {other}"
             )));
         }
-        rec.options.insert(DEVICE_NUMBER.into(), dev.to_string());
-        rec.options.insert(DEVICE_STABLE_ID.into(), stable);
+        rec.device = Some(crate::journal::DeviceClaim {
+            number: dev.to_string(),
+            stable_id: stable,
+        });
         self.journal.put_stage(rec)?;
         self.state().stages.insert(key.into(), rec.clone());
         Ok(())
@@ -160,11 +155,8 @@ pub(crate) fn device_holder<'a>(
     stages
         .into_iter()
         .filter(|s| s.key != key && matches!(s.phase, StagePhase::Staging | StagePhase::Staged))
-        .find(|s| match s.options.get(DEVICE_NUMBER) {
-            Some(n) => {
-                *n == dev.to_string()
-                    || s.options.get(DEVICE_STABLE_ID).map(String::as_str) == Some(stable)
-            }
+        .find(|s| match &s.device {
+            Some(c) => c.number == dev.to_string() || c.stable_id == stable,
             None => s
                 .source
                 .block_device()

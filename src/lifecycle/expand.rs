@@ -18,12 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Lifecycle;
-use crate::attach::scsi::{self, Scsi};
-use crate::error::Error;
+use crate::error::{Error, ExpandError};
 use crate::fs::mkfs::{grow_command, is_ext};
-use crate::host::blockdev::loop_set_capacity;
-use crate::host::{Cmd, ExecError};
+use crate::host::Cmd;
 use crate::journal::{StagePhase, StageSource};
+use crate::volume::CapacityError;
 
 /// `<linux/capability.h>`: what EXT4_IOC_RESIZE_FS asks of its caller.
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -43,106 +42,6 @@ fn has_effective_cap(proc: &Path, cap: u32) -> bool {
 
 /// An online grow of a large filesystem writes new group descriptors: minutes, not hours.
 const GROW_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Why a volume was not grown.
-#[derive(Debug, thiserror::Error)]
-pub enum ExpandError {
-    /// No stage of this PV on this node.
-    #[error(
-        "no pod on this node uses PV {pv} through moor~{driver}; kubelet expands a volume on the node that has it mounted"
-    )]
-    NotMounted {
-        /// Driver name.
-        driver: String,
-        /// The PV name kubelet gave.
-        pv: String,
-    },
-    /// The stage was adopted from the mount table after its record was lost: moor cannot
-    /// tell which disk it is, so it never grows (or checks, or formats) it.
-    #[error(
-        "volume {volume}: adopted from the mount table after its record was lost; moor does not grow a filesystem whose disk it cannot identify (unmount it and mount it again)"
-    )]
-    Adopted {
-        /// Volume key.
-        volume: String,
-    },
-    /// The stage is mounted read-only.
-    #[error(
-        "volume {volume}: the filesystem is mounted read-only; a read-only volume is not grown"
-    )]
-    ReadOnly {
-        /// Volume key.
-        volume: String,
-    },
-    /// The device has not grown (yet) to the size asked for.
-    #[error(
-        "volume {volume}: {device} is {size} bytes, less than the {want} bytes asked for; grow the backend first (`rbd resize`, the LUN on the array), kubelet retries"
-    )]
-    DeviceTooSmall {
-        /// Volume key.
-        volume: String,
-        /// The device.
-        device: PathBuf,
-        /// Its size after the rescan.
-        size: u64,
-        /// The claim's new size.
-        want: u64,
-    },
-    /// ext4's online resize ioctl needs CAP_SYS_RESOURCE, and moor runs without it.
-    #[error(
-        "volume {volume}: growing ext4 online needs CAP_SYS_RESOURCE, which moor's process does not have; give it back to moor's unit or container (the filesystem was not touched)"
-    )]
-    NoCapability {
-        /// Volume key.
-        volume: String,
-    },
-    /// A filesystem moor has no online grow for.
-    #[error("volume {volume}: moor cannot grow a {fs_type} filesystem online")]
-    Unsupported {
-        /// Volume key.
-        volume: String,
-        /// The filesystem.
-        fs_type: String,
-    },
-    /// A sysfs or device operation failed.
-    #[error("volume {volume}: {what} {path}: {source}")]
-    Io {
-        /// Volume key.
-        volume: String,
-        /// What was done.
-        what: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A tool failed.
-    #[error("volume {volume}: {source}")]
-    Command {
-        /// Volume key.
-        volume: String,
-        /// The failure, with the redacted command line and its output.
-        #[source]
-        source: ExecError,
-    },
-}
-
-impl ExpandError {
-    /// Stable reason label.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ExpandError::NotMounted { .. } => "not_mounted",
-            ExpandError::ReadOnly { .. } => "read_only",
-            ExpandError::Adopted { .. } => "adopted",
-            ExpandError::DeviceTooSmall { .. } => "device_too_small",
-            ExpandError::NoCapability { .. } => "missing_capability",
-            ExpandError::Unsupported { .. } => "unsupported_fs",
-            ExpandError::Io { .. } => "io_failed",
-            ExpandError::Command { .. } => "command_failed",
-        }
-    }
-}
 
 /// An [`ExpandError::Io`] maker for `map_err`.
 fn io_err(
@@ -237,7 +136,22 @@ impl Lifecycle {
             .size_bytes(dev)
             .map_err(io("read the size of", &device))?;
         if let Some(name) = self.host.blockdev.kernel_name(dev) {
-            self.refresh_capacity(key, &device, &name)?;
+            // The protocol knows how its device learns a new size (a SCSI rescan, a
+            // multipath resize, an RBD header refresh, a loop device's file size).
+            self.driver(&rec.driver)?
+                .refresh_capacity(&self.host, &name)
+                .map_err(|e| match e {
+                    CapacityError::Io { what, path, source } => ExpandError::Io {
+                        volume: key.into(),
+                        what,
+                        path,
+                        source,
+                    },
+                    CapacityError::Command { source } => ExpandError::Command {
+                        volume: key.into(),
+                        source,
+                    },
+                })?;
         }
         let size = self
             .host
@@ -278,45 +192,6 @@ impl Lifecycle {
             "{fs_type} on {} grown to the device's {size} bytes (device was {before} bytes)",
             device.display()
         ))
-    }
-
-    /// Makes the kernel read the device's size again: each SCSI path rescanned and a
-    /// multipath map resized over them; a loop device set to its file's size; an RBD
-    /// image's header read again. Anything else (virtio, NVMe) tells its new size by itself.
-    fn refresh_capacity(&self, key: &str, device: &Path, name: &str) -> Result<(), Error> {
-        let io = |what, path| io_err(key, what, path);
-        let scsi = Scsi {
-            sys: self.host.paths.sys.clone(),
-        };
-        if name.starts_with("dm-") {
-            for path in scsi.slaves(name) {
-                scsi.rescan(&path)
-                    .map_err(io("rescan", self.host.paths.sys.join("block").join(&path)))?;
-            }
-            if scsi.is_multipath(name) {
-                scsi::resize_multipath(&self.host, name).map_err(|source| {
-                    ExpandError::Command {
-                        volume: key.into(),
-                        source,
-                    }
-                })?;
-            }
-        } else if name.starts_with("loop") {
-            loop_set_capacity(device).map_err(io("set the capacity of", device.to_owned()))?;
-        } else if let Some(id) = name.strip_prefix("rbd") {
-            // krbd hears of an `rbd resize` through its header watch, a moment later;
-            // `refresh` reads the header now.
-            let attr = self
-                .host
-                .paths
-                .sys
-                .join(format!("bus/rbd/devices/{id}/refresh"));
-            crate::host::scsi::write_attr(&attr, "1").map_err(io("refresh", attr.clone()))?;
-        } else {
-            scsi.rescan(name)
-                .map_err(io("rescan", self.host.paths.sys.join("block").join(name)))?;
-        }
-        Ok(())
     }
 }
 

@@ -5,12 +5,10 @@
 
 use std::path::Path;
 
-use nix::errno::Errno;
-
 use super::*;
 use crate::error::Error;
-use crate::host::Target;
 use crate::host::mounts::is_dead_mount_error;
+use crate::host::{Errno, Target};
 use crate::journal::MountId;
 use owned::{Found, Place, UnmountFacts, Verdict};
 

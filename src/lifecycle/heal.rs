@@ -74,7 +74,7 @@ impl Lifecycle {
         let mut p = p;
         p.mount_id = Some(id);
         if let Err(e) = self.journal.put_publish(&p) {
-            tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "bind restored, but its new mount id is not recorded");
+            tracing::error!(volume = %p.key, target = %p.target.display(), error = %crate::error::Chain(&e), "bind restored, but its new mount id is not recorded");
         }
         tracing::warn!(volume = %p.key, target = %p.target.display(), "bind had vanished; restored");
         self.state().put_publish(p);

@@ -8,7 +8,9 @@
 //! - moor unmounts only what [`owned::may_unmount`] says it made (by recorded mount id);
 //! - pod and stage directories are reached through fds opened once beneath the kubelet dir
 //!   (`host::target`), never through a path walked again;
-//! - directories are removed with `rmdir` only, after checking they are not mount points.
+//! - directories are removed with `rmdir` only, after checking they are not mount points;
+//! - no protocol is named here: the driver's typed volume passes through opaque (the stage
+//!   record keeps it), and attach, detach and capacity refresh are the driver's.
 //!
 //! Callers serialise operations per volume key (the daemon's executor does); the methods
 //! here only take the short internal state lock.
@@ -17,14 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::driver::{Driver, Drivers, NodeContext, VolumeSpec};
 use crate::error::Error;
-use crate::flexvolume::VolumeOptions;
-use crate::host::allow::{AllowList, Resolved};
+use crate::host::allow::Resolved;
+use crate::host::devid::IdSources;
 use crate::host::mounts::is_dead_mount_error;
-use crate::host::{Host, PathError, PodVolumeDir, Target};
+use crate::host::{Errno, Host, PathError, PodVolumeDir, Target};
 use crate::journal::{Journal, PublishPhase, StageSource};
-use crate::local::discover::IdSources;
+use crate::volume::{Driver, Drivers, NodeContext, VolumeOptions, VolumeSpec};
 
 mod devices;
 mod expand;
@@ -37,12 +38,13 @@ mod stage;
 mod state;
 mod status;
 
-pub use expand::ExpandError;
+pub use crate::error::ExpandError;
 pub use heal::RemoteStage;
 
-use publish::{bind_flags, remove_empty_target};
+use publish::bind_flags;
 pub use reconstruct::Reconstruction;
 use state::State;
+pub use status::VolumeView;
 
 /// Deadlines for the lifecycle's own syscalls.
 #[derive(Debug, Clone, Copy)]
@@ -158,33 +160,10 @@ impl Lifecycle {
         }
     }
 
-    /// Serves local sources from `allow` (its directories and devices), reading device
-    /// identities from `ids`. kubelet's dir, moor's state and run dirs and the kernel's
-    /// `/proc`, `/sys` and `/dev` are refused whatever `allow` says.
-    pub fn with_local_sources(mut self, mut allow: AllowList, ids: IdSources) -> Self {
-        let p = &self.host.paths;
-        allow.refused.extend(
-            [
-                Some(&p.kubelet_dir),
-                p.kubelet_alias.as_ref(),
-                Some(&p.state_dir),
-                Some(&p.run_dir),
-                Some(&p.proc),
-                Some(&p.sys),
-                Some(&p.dev),
-            ]
-            .into_iter()
-            .flatten()
-            .cloned(),
-        );
-        allow.proc = p.proc.clone();
-        self.ids = ids.clone();
-        self.drivers.add(Arc::new(crate::local::LocalDriver {
-            sources: crate::local::driver::LocalSources {
-                allow: Arc::new(allow),
-                ids,
-            },
-        }));
+    /// Reads block device identities (for the device claims of block stages) from `ids`:
+    /// the same sources the local driver serving them reads.
+    pub fn with_id_sources(mut self, ids: IdSources) -> Self {
+        self.ids = ids;
         self
     }
 
@@ -227,23 +206,21 @@ impl Lifecycle {
         &self,
         driver: &str,
         target: &str,
-        options: &std::collections::BTreeMap<String, String>,
+        options: &VolumeOptions,
     ) -> Result<MountPlan, Error> {
         let driver = self.driver(driver)?;
         let target = self
             .host
             .paths
             .pod_volume_dir(target, Some(driver.name()))?;
-        // The front end ran the same check; running it here too keeps one answer for
-        // callers that skip the front end (CSI, a hand-made request).
-        let opts = crate::flexvolume::precheck(driver.name(), options, &self.node.node_name)
-            .map_err(crate::driver::DriverError::from)?;
+        // Typed by the front end's parse; the driver checks its own keys in `volume()`.
+        let opts = options.clone();
         let (mut spec, held) = driver.resolve_volume(&self.node, &opts)?;
         if let Some(h) = &held {
             self.known_local_source(driver.name(), &mut spec, h)?;
         }
         if matches!(spec.source, StageSource::Directory { .. }) {
-            bind_flags(&spec.key, &spec.mount_options)?;
+            bind_flags(&spec.key, &spec.mount_options.joined())?;
         }
         Ok(MountPlan {
             driver,
@@ -315,7 +292,7 @@ impl Lifecycle {
             if self.state().user_count(&plan.spec.key) == 0
                 && let Err(u) = self.unstage(&plan.spec.key)
             {
-                tracing::error!(volume = %plan.spec.key, error = %u, "rollback of the stage failed; the reconciler retries it");
+                tracing::error!(volume = %plan.spec.key, error = %crate::error::Chain(&u), "rollback of the stage failed; the reconciler retries it");
             }
             return Err(e);
         }
@@ -343,8 +320,8 @@ impl Lifecycle {
             Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e)
                 if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+                    e.raw_os_error().map(Errno::from_raw),
+                    Some(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV)
                 ) =>
             {
                 Err(Error::Path(PathError::Symlink {

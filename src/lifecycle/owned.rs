@@ -131,6 +131,47 @@ pub fn may_unmount(f: &UnmountFacts<'_>) -> Result<Verdict, Refusal> {
     }
 }
 
+/// What reconstruction does with a recorded mount id (see [`rekey`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rekey {
+    /// The id is valid here: nothing to do.
+    Keep,
+    /// The id was read in another mount namespace; this is the same mount's id here.
+    Replace(MountId),
+    /// The id was read in another mount namespace and the mount cannot be told apart here:
+    /// the record keeps its id, so every unmount of it is refused, with this reason.
+    Ambiguous(String),
+}
+
+/// A mount id means something only in the mount namespace it was read in: a DaemonSet's
+/// next pod sees moor's mounts (propagated to the host and back) under other ids. The mount
+/// moor made is the one at its path now only when exactly one mount stands there
+/// (`stacked`) and it is of the recorded device; then its id here (`now`) replaces the old
+/// one. Records of earlier versions (no namespace) were written in this one.
+pub fn rekey(
+    recorded: MountId,
+    current_ns: Option<u64>,
+    stacked: usize,
+    now: Option<MountId>,
+) -> Rekey {
+    match (recorded.ns, current_ns) {
+        (Some(then), Some(here)) if then != here => {}
+        _ => return Rekey::Keep,
+    }
+    match now {
+        // Nothing mounted: reconstruction deals with it as with any vanished mount.
+        None => Rekey::Keep,
+        Some(m) if stacked == 1 && m.dev == recorded.dev => Rekey::Replace(m),
+        Some(m) if m.dev != recorded.dev => Rekey::Ambiguous(format!(
+            "the mount there now is of device {}:{}, moor mounted device {}:{} (in another mount namespace)",
+            m.dev.0, m.dev.1, recorded.dev.0, recorded.dev.1
+        )),
+        Some(_) => Rekey::Ambiguous(format!(
+            "{stacked} mounts are stacked there and moor's was recorded in another mount namespace; unmount the others, then restart moor"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +190,7 @@ mod tests {
             id,
             unique: true,
             dev,
+            ns: None,
         })
     }
 
@@ -202,6 +244,7 @@ mod tests {
             id: 40,
             unique: false,
             dev: (7, 0),
+            ns: None,
         });
         let mut now = mount(40, (0, 55));
         now.id_unique = false;
@@ -257,5 +300,51 @@ mod tests {
         assert!(matches!(may_unmount(&f), Err(Refusal::NotTheStage { .. })));
         f.stage_now = None;
         assert!(matches!(may_unmount(&f), Err(Refusal::NotTheStage { .. })));
+    }
+
+    fn mid(id: u64, dev: (u32, u32), ns: Option<u64>) -> MountId {
+        MountId {
+            id,
+            unique: true,
+            dev,
+            ns,
+        }
+    }
+
+    #[test]
+    fn an_id_from_this_namespace_or_an_older_record_is_kept() {
+        let here = Some(7);
+        for recorded in [mid(10, (8, 1), Some(7)), mid(10, (8, 1), None)] {
+            let now = Some(mid(99, (8, 1), here));
+            assert_eq!(rekey(recorded, here, 1, now), Rekey::Keep);
+        }
+        // This daemon cannot read its own namespace: nothing to compare, nothing changes.
+        assert_eq!(
+            rekey(
+                mid(10, (8, 1), Some(3)),
+                None,
+                1,
+                Some(mid(99, (8, 1), None))
+            ),
+            Rekey::Keep
+        );
+    }
+
+    #[test]
+    fn an_id_from_another_namespace_is_replaced_only_when_the_mount_is_unambiguous() {
+        let (then, here) = (mid(179, (254, 0), Some(3)), Some(7));
+        let now = mid(319, (254, 0), here);
+        assert_eq!(rekey(then, here, 1, Some(now)), Rekey::Replace(now));
+        // Nothing mounted there: left to reconstruction.
+        assert_eq!(rekey(then, here, 0, None), Rekey::Keep);
+        // A foreign mount of the same filesystem stacked on moor's: cannot tell which.
+        assert!(
+            matches!(rekey(then, here, 2, Some(now)), Rekey::Ambiguous(r) if r.contains("2 mounts"))
+        );
+        // Another device at the path: not moor's, whatever the count.
+        let other = mid(320, (8, 16), here);
+        assert!(
+            matches!(rekey(then, here, 1, Some(other)), Rekey::Ambiguous(r) if r.contains("8:16"))
+        );
     }
 }

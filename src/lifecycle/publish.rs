@@ -3,13 +3,12 @@
 //! when a later step fails. Unpublish (`unmount`) removes the pod's bind through the
 //! ownership decision, then unstages when it was the last.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::*;
 use crate::error::Error;
-use crate::host::Target;
 use crate::host::mounts::split_options;
+use crate::host::{MsFlags, Target};
 use crate::journal::{MountId, PublishPhase, PublishRecord, StageRecord};
 use crate::testhook::pause_point;
 use owned::{Found, Place};
@@ -132,11 +131,7 @@ impl Lifecycle {
             let source = self
                 .open_target(&stage_path, false)?
                 .ok_or_else(|| Error::Internal(format!("{} vanished", stage_path.display())))?;
-            let flags = if plan.opts.read_only {
-                nix::mount::MsFlags::MS_RDONLY
-            } else {
-                nix::mount::MsFlags::empty()
-            };
+            let flags = read_only_flag(plan.opts.read_only);
             let m = self
                 .host
                 .mounter
@@ -150,7 +145,7 @@ impl Lifecycle {
                 let changed = if source.parent().is_some() {
                     crate::host::target::fs_group(&source, gid)
                 } else {
-                    apply_fs_group(&stage_path, gid)
+                    crate::host::dirs::give_root_to_group(&stage_path, gid)
                 };
                 changed.map_err(|source| Error::Io {
                     what: "apply fsGroup to",
@@ -186,7 +181,7 @@ impl Lifecycle {
             } else if let Err(j) = self.journal.remove_publish(target) {
                 // Nothing is bound, but the record stays until it can be removed (the
                 // reconciler does it): memory keeps saying Publishing, as the journal does.
-                tracing::error!(volume = %stage.key, target = %target.display(), error = %j, "rollback: publish record not removed; the reconciler retries it");
+                tracing::error!(volume = %stage.key, target = %target.display(), error = %crate::error::Chain(&j), "rollback: publish record not removed; the reconciler retries it");
             } else {
                 self.state().drop_publish(target);
             }
@@ -213,11 +208,7 @@ impl Lifecycle {
             let none = || Error::Internal("directory vanished".into());
             let t = self.open_target(&p.target, false)?.ok_or_else(none)?;
             let source = self.open_target(stage_path, false)?.ok_or_else(none)?;
-            let flags = if p.read_only {
-                nix::mount::MsFlags::MS_RDONLY
-            } else {
-                nix::mount::MsFlags::empty()
-            };
+            let flags = read_only_flag(p.read_only);
             let m = self
                 .host
                 .mounter
@@ -228,42 +219,25 @@ impl Lifecycle {
         match run() {
             Ok(id) => Some(id),
             Err(e) => {
-                tracing::error!(volume = %p.key, target = %p.target.display(), error = %e, "cannot bind the pod directory again");
+                tracing::error!(volume = %p.key, target = %p.target.display(), error = %crate::error::Chain(&e), "cannot bind the pod directory again");
                 None
             }
         }
     }
 }
 
-/// `rmdir` through the held parent, never a recursive removal; a non-empty or mounted
-/// directory stays.
-pub(super) fn remove_empty_target(t: &Target) {
-    match t.remove_dir() {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::debug!(path = %t.path().display(), error = %e, "directory left in place")
-        }
+/// A pod bind's flags: read-only where the pod asked.
+fn read_only_flag(read_only: bool) -> MsFlags {
+    if read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
     }
-}
-
-/// Gives the volume root to `gid` (group rwx + setgid, as kubelet's fsGroup does) only when
-/// it differs: one chown/chmod of the root, never a recursive walk. Returns whether it changed.
-pub(super) fn apply_fs_group(root: &Path, gid: u32) -> std::io::Result<bool> {
-    let md = std::fs::symlink_metadata(root)?;
-    let wanted_bits = 0o2070;
-    if md.gid() == gid && md.mode() & wanted_bits == wanted_bits {
-        return Ok(false);
-    }
-    std::os::unix::fs::lchown(root, None, Some(gid))?;
-    let mode = (md.mode() & 0o7777) | wanted_bits;
-    std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode))?;
-    Ok(true)
 }
 
 /// The generic flags of a directory volume's `mountOptions`, applied to its bind; anything
 /// a bind cannot carry (filesystem options, `sync`, …) is refused by name, never dropped.
-pub(super) fn bind_flags(key: &str, options: &str) -> Result<nix::mount::MsFlags, Error> {
+pub(super) fn bind_flags(key: &str, options: &str) -> Result<MsFlags, Error> {
     let (flags, data) = split_options(options);
     let refused = |options: String| Error::BindOptions {
         volume: key.into(),

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::*;
-use crate::error::Error;
+use crate::error::{Chain, Error};
+use crate::journal::MountId;
 use crate::journal::{PublishPhase, PublishRecord, StagePhase, StageRecord, StageSource};
 use owned::Place;
 
@@ -29,6 +30,9 @@ pub struct Reconstruction {
     pub adopted: usize,
     /// Records whose mounts are gone (reboot): kept idle, remembering the filesystem.
     pub idled: usize,
+    /// Mount ids recorded in another mount namespace (a DaemonSet's previous pod) and
+    /// learnt again here.
+    pub rekeyed: usize,
     /// Problems that need an operator.
     pub problems: Vec<String>,
 }
@@ -64,6 +68,7 @@ impl Lifecycle {
             }
             st.set_aside = loaded.problems;
         }
+        self.rekey_records(&mut report);
         self.adopt_unrecorded(&mut report);
         let publishes: Vec<PublishRecord> = self.state().publishes.values().cloned().collect();
         for p in publishes {
@@ -115,9 +120,11 @@ impl Lifecycle {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = undone {
-                    report
-                        .problems
-                        .push(format!("{}: cannot undo: {e}", p.target.display()));
+                    report.problems.push(format!(
+                        "{}: cannot undo: {}",
+                        p.target.display(),
+                        Chain(&e)
+                    ));
                     p.phase = PublishPhase::Unpublishing;
                     let _ = self.journal.put_publish(&p);
                     return;
@@ -134,7 +141,9 @@ impl Lifecycle {
 
     pub(super) fn forget_publish(&self, target: &Path, report: &mut Reconstruction, why: &str) {
         if let Err(e) = self.journal.remove_publish(target) {
-            report.problems.push(format!("{}: {e}", target.display()));
+            report
+                .problems
+                .push(format!("{}: {}", target.display(), Chain(&e)));
             // Still on disk: kept in memory as Unpublishing, so the reconciler removes it
             // once the journal is writable (and the stage's user count stays true).
             let mut st = self.state();
@@ -167,7 +176,7 @@ impl Lifecycle {
                     self.state().stages.insert(s.key.clone(), s);
                 }
                 if let Ok(Some(t)) = self.open_target(&stage_path, false) {
-                    remove_empty_target(&t);
+                    crate::host::dirs::remove_empty(&t);
                 }
                 report.idled += 1;
             }
@@ -182,9 +191,11 @@ impl Lifecycle {
                 match self.unstage(&s.key) {
                     Ok(()) if phase == StagePhase::Unstaging => report.finished += 1,
                     Ok(()) => report.rolled_back_stages += 1,
-                    Err(e) => report
-                        .problems
-                        .push(format!("volume {}: cannot unstage: {e}", s.key)),
+                    Err(e) => report.problems.push(format!(
+                        "volume {}: cannot unstage: {}",
+                        s.key,
+                        Chain(&e)
+                    )),
                 }
             }
         }
@@ -263,6 +274,99 @@ impl Lifecycle {
         report
     }
 
+    /// Mount ids recorded in another mount namespace name nothing here (a DaemonSet's new
+    /// pod is a new namespace): learn each again where [`owned::rekey`] says the mount is
+    /// unambiguous, and report the others (their unmounts stay refused).
+    fn rekey_records(&self, report: &mut Reconstruction) {
+        let here = crate::host::process::mount_namespace();
+        let foreign = |m: &Option<MountId>| matches!((m.and_then(|m| m.ns), here), (Some(a), Some(b)) if a != b);
+        let (stages, publishes): (Vec<StageRecord>, Vec<PublishRecord>) = {
+            let st = self.state();
+            (
+                st.stages
+                    .values()
+                    .filter(|s| foreign(&s.mount_id))
+                    .cloned()
+                    .collect(),
+                st.publishes
+                    .values()
+                    .filter(|p| foreign(&p.mount_id))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        if stages.is_empty() && publishes.is_empty() {
+            return;
+        }
+        let table = match self.host.mounts.snapshot() {
+            Ok(t) => t,
+            Err(e) => {
+                report.problems.push(format!(
+                    "cannot read the mount table to learn mount ids again: {e}"
+                ));
+                return;
+            }
+        };
+        let stacked = |p: &Path| table.iter().filter(|m| m.mount_point == p).count();
+        let mut decide = |path: &Path, recorded: MountId, key: &str| {
+            let now = self.mount_id_of_path(path);
+            match owned::rekey(recorded, here, stacked(path), now) {
+                owned::Rekey::Keep => None,
+                owned::Rekey::Replace(m) => Some(m),
+                owned::Rekey::Ambiguous(why) => {
+                    report
+                        .problems
+                        .push(format!("volume {key}: {}: {why}", path.display()));
+                    None
+                }
+            }
+        };
+        let mut learnt = Vec::new();
+        for mut s in stages {
+            let path = self.stage_path(&s.driver, &s.key);
+            if let Some(m) = s.mount_id.and_then(|r| decide(&path, r, &s.key)) {
+                s.mount_id = Some(m);
+                learnt.push((Some(s), None));
+            }
+        }
+        for mut p in publishes {
+            if let Some(m) = p
+                .mount_id
+                .and_then(|r| decide(&p.target.clone(), r, &p.key))
+            {
+                p.mount_id = Some(m);
+                learnt.push((None, Some(p)));
+            }
+        }
+        for (s, p) in learnt {
+            let written = match (&s, &p) {
+                (Some(s), _) => self.journal.put_stage(s),
+                (_, Some(p)) => self.journal.put_publish(p),
+                _ => Ok(()),
+            };
+            if let Err(e) = written {
+                report
+                    .problems
+                    .push(format!("cannot record a mount id learnt again: {e}"));
+                continue;
+            }
+            let mut st = self.state();
+            if let Some(s) = s {
+                st.stages.insert(s.key.clone(), s);
+            }
+            if let Some(p) = p {
+                st.put_publish(p);
+            }
+            report.rekeyed += 1;
+        }
+        if report.rekeyed > 0 {
+            tracing::info!(
+                rekeyed = report.rekeyed,
+                "mount ids recorded in another mount namespace learnt again"
+            );
+        }
+    }
+
     /// Mounts in moor's own directories that no record explains (the state dir was lost):
     /// adopt them so kubelet's unmount works, rather than trusting the journal alone.
     pub(super) fn adopt_unrecorded(&self, report: &mut Reconstruction) {
@@ -319,7 +423,9 @@ impl Lifecycle {
                 key: key.clone(),
                 driver: driver.clone(),
                 source,
-                options: Default::default(),
+                volume: None,
+                unconverted: Default::default(),
+                device: None,
                 fs_type: Some(m.fs_type.clone()),
                 fs_uuid: None,
                 read_only: m.is_read_only(),

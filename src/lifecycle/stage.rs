@@ -5,11 +5,10 @@
 use std::path::Path;
 
 use super::*;
-use crate::error::Error;
-use crate::flexvolume::VolumeOptions;
+use crate::error::{Error, RemoteMountError};
 use crate::fs::{self, Prepared, format::FormatRequest};
 use crate::host::mounts::split_options;
-use crate::host::{FsMount, Target};
+use crate::host::{FsMount, MsFlags, Target};
 use crate::journal::{RemoteMount, StagePhase, StageRecord, StageSource};
 use crate::share;
 use crate::testhook::pause_point;
@@ -58,7 +57,9 @@ impl Lifecycle {
             key: key.into(),
             driver: plan.driver.name().into(),
             source: plan.spec.source.clone(),
-            options: plan.spec.persist.clone(),
+            volume: plan.spec.state.clone(),
+            unconverted: Default::default(),
+            device: None,
             fs_type: previous.as_ref().and_then(|r| r.fs_type.clone()),
             fs_uuid: previous.as_ref().and_then(|r| r.fs_uuid.clone()),
             read_only: is_block && plan.opts.read_only,
@@ -103,11 +104,13 @@ impl Lifecycle {
     ) -> Result<(), Error> {
         let key = plan.spec.key.as_str();
         let attached = plan.driver.attach(&self.host, &plan.spec, &plan.opts)?;
-        if attached.device.is_some() || !attached.persist.is_empty() {
+        if attached.device.is_some() || attached.state.is_some() {
             if let Some(dev) = attached.device {
                 rec.source = StageSource::Attached { device: Some(dev) };
             }
-            rec.options.extend(attached.persist);
+            if let Some(state) = attached.state {
+                rec.volume = Some(state);
+            }
             // Detach after a crash needs what attach learnt (device, WWID, session).
             self.journal.put_stage(rec)?;
             self.state().stages.insert(key.into(), rec.clone());
@@ -123,7 +126,7 @@ impl Lifecycle {
             // The object resolved at plan time, through its fd: a path swapped since cannot
             // redirect the bind.
             StageSource::Directory { path } => {
-                let flags = bind_flags(key, &plan.spec.mount_options)?;
+                let flags = bind_flags(key, &plan.spec.mount_options.joined())?;
                 let source = match &plan.held {
                     Some(h) => Target::held_dir(
                         &path,
@@ -170,7 +173,7 @@ impl Lifecycle {
         self.claim_device(key, device, rec)?;
         let stage_path = held.path();
         // One disk is staged once: not under a second path, not while mounted elsewhere.
-        fs::check_exclusive(key, device)?;
+        fs::check_exclusive(&self.host, key, device)?;
         let known = rec.known_filesystem();
         let prepared = fs::ensure_filesystem(
             &self.host,
@@ -196,9 +199,9 @@ impl Lifecycle {
         if !plan.opts.read_only && matches!(prepared, Prepared::Existing { .. }) {
             fs::fsck(&self.host, key, device, prepared.fs_type())?;
         }
-        let (mut flags, data) = split_options(&plan.spec.mount_options);
+        let (mut flags, data) = split_options(&plan.spec.mount_options.joined());
         if plan.opts.read_only {
-            flags |= nix::mount::MsFlags::MS_RDONLY;
+            flags |= MsFlags::MS_RDONLY;
         }
         let m = FsMount {
             source: device.into(),
@@ -241,20 +244,19 @@ impl Lifecycle {
         if let Some(f) = &output_file {
             let _ = std::fs::remove_file(f);
         }
-        let failed = |detail: String| Error::RemoteMount {
+        let failed = |source: RemoteMountError| Error::RemoteMount {
             volume: key.into(),
             server: remote.server.clone(),
-            detail,
+            source: Box::new(source),
             log_tail: remote.log_file.as_deref().and_then(share::log_tail),
         };
         match result {
             Ok(_) if self.is_mount_point(stage_path)? => Ok(()),
-            Ok(_) => Err(failed(format!(
-                "`{}` reported success but {} is not a mount point",
-                cmd.display(),
-                stage_path.display()
-            ))),
-            Err(e) => Err(failed(e.to_string())),
+            Ok(_) => Err(failed(RemoteMountError::NoMount {
+                cmdline: cmd.display(),
+                stage: stage_path.into(),
+            })),
+            Err(e) => Err(failed(e.into())),
         }
     }
 
@@ -303,23 +305,25 @@ impl Lifecycle {
         previous: Option<StageRecord>,
     ) {
         let key = plan.spec.key.as_str();
-        let held = self.open_target(stage_path, false);
-        let unmounted = match &held {
-            Ok(Some(t)) => {
-                self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false)
+        let unmounted = self.open_target(stage_path, false).and_then(|held| {
+            if let Some(t) = &held {
+                self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, false)?;
             }
-            Ok(None) => Ok(false),
-            Err(e) => Err(Error::Internal(e.to_string())),
-        };
-        if let Err(e) = unmounted {
-            tracing::error!(volume = key, error = %e, "rollback: cannot unmount the stage; record kept");
-            return;
+            Ok(held)
+        });
+        match unmounted {
+            Ok(held) => {
+                if let Some(t) = &held {
+                    crate::host::dirs::remove_empty(t);
+                }
+            }
+            Err(e) => {
+                tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: cannot unmount the stage; record kept");
+                return;
+            }
         }
-        if let Ok(Some(t)) = &held {
-            remove_empty_target(t);
-        }
-        if let Err(e) = plan.driver.detach(&self.host, rec) {
-            tracing::error!(volume = key, error = %e, "rollback: detach failed; record kept");
+        if let Err(e) = plan.driver.detach(&self.host, &rec.recorded()) {
+            tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: detach failed; record kept");
             return;
         }
         // Keep what moor learnt (a filesystem it saw or made) as an idle record.
@@ -341,7 +345,7 @@ impl Lifecycle {
         if let Err(e) = result {
             // The journal still says Staging: so does memory, and the reconciler finishes
             // this undo (unmount and detach are idempotent) once the journal is writable.
-            tracing::error!(volume = key, error = %e, "rollback: journal update failed; the reconciler retries it");
+            tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: journal update failed; the reconciler retries it");
             self.state().stages.insert(key.into(), rec.clone());
             return;
         }
@@ -373,7 +377,7 @@ impl Lifecycle {
                 // is left to flush to a device, and kubelet must get its directory back.
                 // A block stage is never detached lazily: its device is logged out next.
                 Err(e @ Error::Mount { .. }) if matches!(rec.source, StageSource::Remote(_)) => {
-                    tracing::warn!(volume = key, error = %e, "unmount of the share failed; detaching it lazily");
+                    tracing::warn!(volume = key, error = %crate::error::Chain(&e), "unmount of the share failed; detaching it lazily");
                     self.unmount_guarded(t, Place::Stage, key, true, rec.mount_id, None, true)?;
                 }
                 Err(e) => return Err(e),
@@ -381,10 +385,10 @@ impl Lifecycle {
         }
         pause_point("unstage:unmounted");
         if let Some(t) = &held {
-            remove_empty_target(t);
+            crate::host::dirs::remove_empty(t);
         }
         let driver = self.driver(&rec.driver)?;
-        driver.detach(&self.host, &rec)?;
+        driver.detach(&self.host, &rec.recorded())?;
         if rec.fs_type.is_some() {
             // A block volume stays remembered (idle) with the filesystem moor saw, so if it
             // ever looks blank later it is refused, not formatted. `moor forget` ends that.

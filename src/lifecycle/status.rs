@@ -1,12 +1,26 @@
 //! What the lifecycle tells the rest of the daemon about its volumes: the status table, the
 //! counts for gauges, the staged volumes for statistics, the set-aside records, `moor forget`.
+//! It answers in its own types (records and [`VolumeView`]); the daemon maps them to the
+//! wire.
 
 use std::path::PathBuf;
 
 use super::*;
-use crate::api::{PodUse, VolumeStatus};
 use crate::error::Error;
-use crate::journal::{PublishRecord, StagePhase, StageRecord, StageSource};
+use crate::journal::{Problem, PublishRecord, StagePhase, StageRecord};
+
+/// A volume as the lifecycle knows it: its stage record, where it is staged, and the
+/// publishes using it (in target order). The daemon turns it into the status table's wire
+/// type; the lifecycle builds no API type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeView {
+    /// The stage record.
+    pub stage: StageRecord,
+    /// Where it is (or would be) staged.
+    pub stage_path: PathBuf,
+    /// The pods' publishes of it.
+    pub publishes: Vec<PublishRecord>,
+}
 
 impl Lifecycle {
     /// Stage mounts with every publish of each (in target order), for volume statistics.
@@ -16,17 +30,26 @@ impl Lifecycle {
             .values()
             .filter(|s| s.phase == StagePhase::Staged)
             .map(|s| {
-                let users = st
-                    .users
-                    .get(&s.key)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| st.publishes.get(t))
-                    .cloned()
-                    .collect();
-                (s.clone(), self.stage_path(&s.driver, &s.key), users)
+                let v = self.view(&st, s);
+                (v.stage, v.stage_path, v.publishes)
             })
             .collect()
+    }
+
+    /// Stage `s` with its publishes, in target order.
+    fn view(&self, st: &State, s: &StageRecord) -> VolumeView {
+        VolumeView {
+            stage: s.clone(),
+            stage_path: self.stage_path(&s.driver, &s.key),
+            publishes: st
+                .users
+                .get(&s.key)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| st.publishes.get(t))
+                .cloned()
+                .collect(),
+        }
     }
 
     /// Drops an idle volume's record: moor forgets the filesystem it saw there (an operator
@@ -52,16 +75,8 @@ impl Lifecycle {
     }
 
     /// Journal entries the last reconstruction set aside, for `moor status`.
-    pub fn set_aside(&self) -> Vec<crate::api::SetAsideRecord> {
-        self.state()
-            .set_aside
-            .iter()
-            .map(|p| crate::api::SetAsideRecord {
-                path: p.path.display().to_string(),
-                reason: p.reason.into(),
-                detail: p.detail.clone(),
-            })
-            .collect()
+    pub fn set_aside(&self) -> Vec<Problem> {
+        self.state().set_aside.clone()
     }
 
     /// Count of staged volumes and publishes, for gauges.
@@ -75,52 +90,11 @@ impl Lifecycle {
         (staged, st.publishes.len())
     }
 
-    /// The volume table for `moor status`.
-    pub fn status(&self) -> Vec<VolumeStatus> {
+    /// Every volume moor has a stage record of, whatever its phase, by driver and key.
+    pub fn status(&self) -> Vec<VolumeView> {
         let st = self.state();
-        let mut out: Vec<VolumeStatus> = st
-            .stages
-            .values()
-            .map(|s| {
-                let (device, source) = match &s.source {
-                    StageSource::Block { device }
-                    | StageSource::Attached {
-                        device: Some(device),
-                    } => (
-                        Some(device.display().to_string()),
-                        device.display().to_string(),
-                    ),
-                    StageSource::Attached { device: None } => (None, "(attaching)".into()),
-                    StageSource::Directory { path } => (None, path.display().to_string()),
-                    StageSource::Remote(r) => (None, format!("{} ({})", r.source, r.fs_type)),
-                };
-                let pods = st
-                    .users
-                    .get(&s.key)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| st.publishes.get(t))
-                    .map(|p| PodUse {
-                        pod_uid: p.pod_uid.clone(),
-                        namespace: p.namespace.clone(),
-                        target: p.target.display().to_string(),
-                        read_only: p.read_only,
-                        phase: format!("{:?}", p.phase).to_lowercase(),
-                    })
-                    .collect();
-                VolumeStatus {
-                    driver: s.driver.clone(),
-                    key: s.key.clone(),
-                    state: format!("{:?}", s.phase).to_lowercase(),
-                    device,
-                    source,
-                    fs_type: s.fs_type.clone(),
-                    stage_path: self.stage_path(&s.driver, &s.key).display().to_string(),
-                    pods,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| (&a.driver, &a.key).cmp(&(&b.driver, &b.key)));
+        let mut out: Vec<VolumeView> = st.stages.values().map(|s| self.view(&st, s)).collect();
+        out.sort_by(|a, b| (&a.stage.driver, &a.stage.key).cmp(&(&b.stage.driver, &b.stage.key)));
         out
     }
 }

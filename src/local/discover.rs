@@ -7,13 +7,20 @@
 //! a device-mapper UUID, a filesystem UUID plus the bind root), never from a kernel name such
 //! as `/dev/sdb` or `8:16`; an entry without one is skipped, never published.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::fs::probe;
+pub use crate::host::devid::{
+    IdSources, UdevRecord, block_id_from_udev, block_stable_id, clean_id, dev_of, parse_udev,
+};
+use crate::host::probe::{UsageError, fs_usage};
 use crate::host::{Cmd, DevNum, Host};
+
+/// Deadline of the `statvfs` that sizes a mount-point entry (a dead mount must not stall
+/// discovery).
+const STATVFS_TIMEOUT: Duration = Duration::from_secs(10);
 
 use super::classes::{ClassConfig, LocalConfig};
 
@@ -72,131 +79,12 @@ pub struct Scan {
     pub skipped: Vec<Skipped>,
 }
 
-/// Where identities are read from.
-#[derive(Debug, Clone)]
-pub struct IdSources {
-    /// The host's `/dev`.
-    pub dev_dir: PathBuf,
-    /// udev's database (`/run/udev/data`).
-    pub udev_dir: PathBuf,
-    /// sysfs root.
-    pub sys: PathBuf,
-}
-
-impl IdSources {
-    /// From the config and the host.
-    pub fn new(cfg: &LocalConfig, host: &Host) -> Self {
-        IdSources {
-            dev_dir: cfg.dev_dir.clone(),
-            udev_dir: cfg.udev_dir.clone(),
-            sys: host.paths.sys.clone(),
-        }
-    }
-}
-
-/// A udev database record (`/run/udev/data/b<major>:<minor>`): `E:` properties and `S:` links.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UdevRecord {
-    /// Properties (`ID_WWN`, `ID_SERIAL`, `ID_FS_UUID` …).
-    pub props: BTreeMap<String, String>,
-    /// Symlinks relative to `/dev` (`disk/by-id/…`).
-    pub links: Vec<String>,
-}
-
-/// Parses a udev database record.
-pub fn parse_udev(text: &str) -> UdevRecord {
-    let mut r = UdevRecord::default();
-    for line in text.lines() {
-        if let Some(kv) = line.strip_prefix("E:") {
-            if let Some((k, v)) = kv.split_once('=') {
-                r.props.insert(k.to_owned(), v.to_owned());
-            }
-        } else if let Some(l) = line.strip_prefix("S:") {
-            r.links.push(l.to_owned());
-        }
-    }
-    r
-}
-
-/// Characters allowed in a stable id (the id goes into an annotation, and its hash into names).
-fn clean_id(s: &str) -> String {
-    s.trim()
-        .chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-        .collect()
-}
-
-/// The best `by-id` name among links: not `wwn-` (covered by the WWN), lexically first so
-/// the choice is deterministic.
-fn best_by_id<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
-    let mut v: Vec<&str> = names.filter(|n| !n.is_empty()).collect();
-    v.sort_by_key(|n| (n.starts_with("wwn-"), *n));
-    v.first().map(|n| format!("by-id-{}", clean_id(n)))
-}
-
-/// The stable id of a block device from what udev recorded, in order of preference:
-/// the WWN, then a `/dev/disk/by-id` name.
-pub fn block_id_from_udev(r: &UdevRecord) -> Option<String> {
-    for k in ["ID_WWN_WITH_EXTENSION", "ID_WWN"] {
-        if let Some(v) = r.props.get(k).filter(|v| !v.trim().is_empty()) {
-            let mut id = format!("wwn-{}", clean_id(v));
-            // Partitions share the disk's WWN.
-            if let Some(p) = r.props.get("ID_PART_ENTRY_NUMBER") {
-                id.push_str(&format!("-part{}", clean_id(p)));
-            }
-            return Some(id);
-        }
-    }
-    best_by_id(r.links.iter().filter_map(|l| l.strip_prefix("disk/by-id/")))
-}
-
-fn read_trim(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
-/// The stable id of a block device: udev's WWN or by-id name, sysfs `wwid`, a device-mapper
-/// UUID, a by-id link found under the dev dir, or a loop device's backing file.
-pub fn block_stable_id(src: &IdSources, dev: DevNum) -> Option<String> {
-    if let Some(id) = std::fs::read_to_string(src.udev_dir.join(format!("b{dev}")))
-        .ok()
-        .and_then(|t| block_id_from_udev(&parse_udev(&t)))
-    {
-        return Some(id);
-    }
-    let sysdev = src.sys.join("dev/block").join(dev.to_string());
-    for f in ["wwid", "device/wwid"] {
-        if let Some(w) = read_trim(&sysdev.join(f)) {
-            return Some(format!("wwid-{}", clean_id(&w)));
-        }
-    }
-    if let Some(u) = read_trim(&sysdev.join("dm/uuid")) {
-        return Some(format!("dm-{}", clean_id(&u)));
-    }
-    let by_id = src.dev_dir.join("disk/by-id");
-    if let Ok(rd) = std::fs::read_dir(&by_id) {
-        let names: Vec<String> = rd
-            .filter_map(Result::ok)
-            .filter(|e| {
-                std::fs::metadata(e.path())
-                    .is_ok_and(|m| m.file_type().is_block_device() && dev_of(&m) == dev)
-            })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        if let Some(id) = best_by_id(names.iter().map(String::as_str)) {
-            return Some(id);
-        }
-    }
-    read_trim(&sysdev.join("loop/backing_file")).map(|f| format!("loop-{}", clean_id(&f)))
-}
-
-fn dev_of(m: &std::fs::Metadata) -> DevNum {
-    use std::os::unix::fs::MetadataExt;
-    DevNum {
-        major: nix::sys::stat::major(m.rdev()) as u32,
-        minor: nix::sys::stat::minor(m.rdev()) as u32,
+/// Where this node's block device identities are read, from the local PV config.
+pub fn id_sources(cfg: &LocalConfig, host: &Host) -> IdSources {
+    IdSources {
+        dev_dir: cfg.dev_dir.clone(),
+        udev_dir: cfg.udev_dir.clone(),
+        sys: host.paths.sys.clone(),
     }
 }
 
@@ -342,8 +230,12 @@ pub fn inspect(
                 m.fs_type, m.source
             )
         })?;
-        let vfs = nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs: {e}"))?;
-        let size = vfs.blocks() as u64 * vfs.fragment_size() as u64;
+        let size = fs_usage(path, STATVFS_TIMEOUT)
+            .map_err(|e| match e {
+                UsageError::Failed(e) => format!("statvfs: {e}"),
+                UsageError::Hung(t) => format!("statvfs: {t}"),
+            })?
+            .capacity_bytes;
         (
             EntryKind::MountPoint {
                 dev,
@@ -409,9 +301,8 @@ pub fn scan_class(host: &Host, src: &IdSources, class: &ClassConfig) -> Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::{FakeMounts, ScriptRunner};
-    use crate::host::{BlockDevices, HostPaths};
-    use std::sync::Arc;
+    use crate::host::fake::FakeHost;
+    use std::collections::BTreeMap;
 
     const NVME: &str = "S:disk/by-id/nvme-eui.002538b471b2b7a1\nS:disk/by-id/nvme-Samsung_SSD_980_PRO_1TB_S5GXNF0R123456\nS:disk/by-path/pci-0000:01:00.0-nvme-1\nE:ID_SERIAL=Samsung_SSD_980_PRO_1TB_S5GXNF0R123456_1\nE:ID_WWN=eui.002538b471b2b7a1\nE:ID_MODEL=Samsung SSD 980 PRO 1TB\nE:ID_FS_UUID=0b1c-aa\n";
 
@@ -450,24 +341,7 @@ mod tests {
     }
 
     fn host_at(root: &Path) -> Host {
-        let fake = Arc::new(FakeMounts::default());
-        Host {
-            paths: HostPaths {
-                kubelet_dir: root.join("kubelet"),
-                kubelet_alias: None,
-                state_dir: root.join("state"),
-                run_dir: root.join("run"),
-                sys: root.join("sys"),
-                dev: root.join("dev"),
-                proc: root.join("proc"),
-            },
-            runner: Arc::new(ScriptRunner::default()),
-            mounter: fake.clone(),
-            mounts: fake,
-            blockdev: BlockDevices {
-                sys: root.join("sys"),
-            },
-        }
+        FakeHost::new(root).with_sysfs_fixture().host
     }
 
     #[test]

@@ -7,17 +7,18 @@
 //! from the directory's real path or the device's stable id (so every name of one disk is one
 //! volume and one lock), and the resolved object is handed to the stage held open.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
-use crate::flexvolume::VolumeOptions;
-use crate::host::DevNum;
 use crate::host::allow::{AllowList, Resolved, SourceObject};
 use crate::host::paths::is_clean_absolute;
-use crate::journal::StageSource;
-use crate::local::discover::{IdSources, block_stable_id};
+use crate::host::{DevNum, Host};
+use crate::local::discover::IdSources;
+use crate::volume::state::LocalSource;
+use crate::volume::{
+    CapacityError, Driver, DriverError, NodeContext, StageSource, VolumeOptions, VolumeSpec,
+    VolumeState, volume_key,
+};
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &["path", "node", "mountOptions", "readOnly"];
@@ -54,18 +55,7 @@ impl Default for LocalSources {
     }
 }
 
-/// The identity of a block device: its stable id (WWN, by-id, WWID, dm UUID, loop backing
-/// file) or, when it has none, its device number — which a reboot may give another disk,
-/// hence the warning.
-pub fn device_stable_id(ids: &IdSources, dev: DevNum) -> String {
-    match block_stable_id(ids, dev) {
-        Some(id) => id,
-        None => {
-            tracing::warn!(device = %dev, "block device has no stable id (no WWN, by-id link, WWID, dm UUID or backing file); its identity is its device number");
-            format!("devnum-{dev}")
-        }
-    }
-}
+pub use crate::host::devid::device_stable_id;
 
 /// Every volume key a local `path` may be recorded under: the key of the object it resolves
 /// to now (a device's stable id, a directory's real path), then the key of the text itself
@@ -76,10 +66,7 @@ pub fn volume_keys_of(path: &Path, ids: &IdSources) -> Vec<String> {
     let mut keys = Vec::new();
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() => {
-            let dev = DevNum {
-                major: libc::major(m.rdev()),
-                minor: libc::minor(m.rdev()),
-            };
+            let dev = DevNum::from_rdev(m.rdev());
             keys.push(volume_key("local", &device_stable_id(ids, dev)));
         }
         Ok(m) if m.is_dir() => {
@@ -150,28 +137,41 @@ impl Driver for LocalDriver {
                 device_stable_id(&self.sources.ids, dev),
             ),
         };
-        let mut persist = BTreeMap::new();
-        persist.insert("path".to_owned(), path.to_owned());
-        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
-        if !mount_options.is_empty() {
-            persist.insert("mountOptions".to_owned(), mount_options.clone());
-        }
         Ok((
             VolumeSpec {
                 key: volume_key(self.name(), &identity),
                 source,
-                persist,
-                mount_options,
+                state: Some(VolumeState::Local(LocalSource {
+                    path: path.to_owned(),
+                    mount_options: opts.mount_options.words().to_vec(),
+                })),
+                mount_options: opts.mount_options.clone(),
             },
             Some(resolved),
         ))
+    }
+
+    /// A loop device is set to its file's size; any other disk (SCSI, or dm over SCSI) is
+    /// rescanned. NVMe and virtio tell their new size by themselves.
+    fn refresh_capacity(&self, host: &Host, name: &str) -> Result<(), CapacityError> {
+        if name.starts_with("loop") {
+            let device = host.paths.dev.join(name);
+            host.blockdev
+                .set_capacity(&device)
+                .map_err(|source| CapacityError::Io {
+                    what: "set the capacity of",
+                    path: device.clone(),
+                    source,
+                })
+        } else {
+            crate::attach::scsi::refresh_capacity(host, name)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::DriverError;
 
     fn node() -> NodeContext {
         NodeContext::for_tests()
@@ -216,7 +216,10 @@ mod tests {
         assert_eq!(a.key, s.key, "two spellings of one directory are one key");
         assert_eq!(a.source, s.source);
         assert!(held.is_some());
-        assert_eq!(a.persist["path"], root.join("alias").display().to_string());
+        assert_eq!(
+            a.state.as_ref().and_then(VolumeState::named_path),
+            Some(root.join("alias").display().to_string().as_str())
+        );
     }
 
     #[test]
@@ -286,6 +289,30 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "option path is required by driver local"
+        );
+    }
+
+    /// A stage record main ef677bd wrote for a disk loads typed: the path it was named by
+    /// (what tells a renamed disk), its mount options and the device claim.
+    #[test]
+    fn a_record_of_main_ef677bd_loads_typed() {
+        let rec = crate::journal::record::old_record(include_str!(
+            "../volume/fixtures/local-ef677bd.json"
+        ));
+        assert_eq!(
+            rec.volume,
+            Some(VolumeState::Local(LocalSource {
+                path: "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4".into(),
+                mount_options: vec!["noatime".into(), "discard".into()],
+            }))
+        );
+        assert_eq!(
+            rec.volume.as_ref().and_then(VolumeState::named_path),
+            Some("/dev/disk/by-id/wwn-0x5000c500a1b2c3d4")
+        );
+        assert_eq!(
+            rec.device.as_ref().map(|c| c.stable_id.as_str()),
+            Some("wwn-0x5000c500a1b2c3d4")
         );
     }
 }

@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 
 use crate::api::VolumeStatus;
-use crate::config::Config;
 use crate::host::Host;
 
 use super::discover::Scan;
@@ -406,7 +405,7 @@ pub fn wipe_for_job(ctx: &WipeCtx<'_>, job: &WipeJob) -> Result<(), String> {
     }
     wipe::wipe_entry(ctx, &job.entry, Some(&job.stable_id), Some(&job.pv))
         .map(drop)
-        .map_err(|e| format!("{}: {e}", e.reason()))
+        .map_err(|e| format!("{}: {}", e.reason(), crate::error::Chain(&e)))
 }
 
 /// After [`wipe_for_job`]: deletes the PV (UID precondition) and then the record.
@@ -422,35 +421,47 @@ pub async fn finish_job<A: PvApi>(
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(pv = %job.pv, entry = %job.entry.display(), "released local PV wiped and deleted; its entry will be offered again");
-    wipe::remove_record(state_dir, &job.stable_id).map_err(|e| e.to_string())
+    wipe::remove_record(state_dir, &job.stable_id).map_err(|e| crate::error::Chain(&e).to_string())
+}
+
+/// What one node's pass works on: its name, its local PV classes, moor's state dir (the
+/// wipe journal).
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSync<'a> {
+    /// This node.
+    pub node_name: &'a str,
+    /// The local PV classes.
+    pub local: &'a super::classes::LocalConfig,
+    /// moor's durable state dir.
+    pub state_dir: &'a std::path::Path,
 }
 
 /// One full pass from the command line (`moor local sync`): scan, reconcile, recycle.
 pub async fn sync_once<A: PvApi>(
     api: &A,
-    cfg: &Config,
+    node: &NodeSync<'_>,
     host: &Host,
     live: Result<Option<Vec<VolumeStatus>>, String>,
 ) -> Result<SyncReport, KubeError> {
-    let src = super::discover::IdSources::new(&cfg.local, host);
-    let scans: Vec<Scan> = cfg
+    let src = super::discover::id_sources(node.local, host);
+    let scans: Vec<Scan> = node
         .local
         .classes
         .iter()
         .map(|c| super::discover::scan_class(host, &src, c))
         .collect();
-    let unfinished = wipe::unfinished_among(&cfg.state_dir, &scans);
-    let mut report = reconcile(api, &cfg.node_name, &cfg.local, &scans, &unfinished).await?;
+    let unfinished = wipe::unfinished_among(node.state_dir, &scans);
+    let mut report = reconcile(api, node.node_name, node.local, &scans, &unfinished).await?;
     let ctx = WipeCtx {
         host,
-        cfg: &cfg.local,
-        state_dir: &cfg.state_dir,
+        cfg: node.local,
+        state_dir: node.state_dir,
         live_volumes: live,
     };
     for job in report.wipe_jobs.clone() {
         let done = wipe_for_job(&ctx, &job);
         match done {
-            Ok(()) => match finish_job(api, &cfg.state_dir, &job).await {
+            Ok(()) => match finish_job(api, node.state_dir, &job).await {
                 Ok(()) => report.deleted.push(job.pv.clone()),
                 Err(e) => report.errors.push(e),
             },

@@ -6,38 +6,32 @@
 //!   never an entry mounted anywhere else (pod directories, stages), used by a live volume,
 //!   held by a device-mapper/md holder, opened exclusively by someone, or whose disk is not
 //!   the one the PV was made for;
-//! - a record `<state-dir>/wipe/<hash of stable id>.json` is written (atomically, fsync'd)
-//!   before the first byte is touched, and says `done` only after the wipe finished; a PV is
-//!   deleted (hence offered again) only after that, and discovery does not publish an entry
-//!   whose wipe is unfinished — so a crash never leaves a PV Available over half-wiped data;
-//! - a mount-point entry's contents are removed with `openat`/`unlinkat`, checking device and
-//!   mount id at every step: a nested mount is never crossed, only left in place;
+//! - a record `<state-dir>/wipe/<hash of stable id>.json` is written (atomically, fsync'd,
+//!   through the record store the journal uses) before the first byte is touched, and says
+//!   `done` only after the wipe finished; a PV is deleted (hence offered again) only after
+//!   that, and discovery does not publish an entry whose wipe is unfinished — so a crash
+//!   never leaves a PV Available over half-wiped data;
+//! - a mount-point entry's contents are removed by [`crate::host::tree::remove_contents`],
+//!   which checks device and mount id at every step: a nested mount is never crossed, only
+//!   left in place;
 //! - block wipes go through the command runner with deadlines and never pass a force flag
 //!   (`wipefs` refuses a busy device by itself).
 
-use std::ffi::{CStr, CString};
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
-use nix::unistd::UnlinkatFlags;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::api::VolumeStatus;
 use crate::host::mountinfo::MountInfo;
 use crate::host::paths::is_clean_absolute;
+use crate::host::records::Store;
 use crate::host::{Cmd, DevNum, Host};
 
 use super::classes::{ClassConfig, LocalConfig, WipeMethod};
-use super::discover::{Entry, EntryKind, IdSources, inspect};
+use super::discover::{Entry, EntryKind, inspect};
 
 /// Everything [`check_wipe`] needs to know, gathered just before the decision.
 #[derive(Debug, Clone)]
@@ -279,55 +273,57 @@ pub fn wipe_dir(state_dir: &Path) -> PathBuf {
 
 /// The record file for a stable id.
 pub fn record_path(state_dir: &Path, stable_id: &str) -> PathBuf {
-    let h: String = Sha256::digest(stable_id.as_bytes())
+    wipe_dir(state_dir).join(format!("{}.json", record_stem(stable_id)))
+}
+
+/// The record stem (`<hash of stable id>`) of a stable id.
+fn record_stem(stable_id: &str) -> String {
+    Sha256::digest(stable_id.as_bytes())
         .iter()
         .take(12)
         .map(|b| format!("{b:02x}"))
-        .collect();
-    wipe_dir(state_dir).join(format!("{h}.json"))
+        .collect()
 }
 
-/// Writes a record: temp file, fsync, rename, fsync of the directory.
+fn is_record_stem(stem: &str) -> bool {
+    stem.len() == 24 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The wipe journal's store (created, mode 0700, when missing).
+fn store(state_dir: &Path) -> std::io::Result<Store> {
+    let (store, aside) = Store::open(&wipe_dir(state_dir), 0o700)?;
+    if let Some(p) = aside {
+        tracing::error!(path = %p.path.display(), reason = p.reason, error = %p.detail, "wipe record directory set aside");
+    }
+    Ok(store)
+}
+
+/// Writes a record atomically and durably (the store the journal uses).
 pub fn put_record(state_dir: &Path, rec: &WipeRecord) -> std::io::Result<()> {
-    let dir = wipe_dir(state_dir);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
-    let path = record_path(state_dir, &rec.stable_id);
-    let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(&dir)?.sync_all()
+    store(state_dir)?
+        .put(&record_stem(&rec.stable_id), &body)
+        .map_err(|e| e.source)
 }
 
 /// Removes a record (after the PV was deleted, or after a finished command-line wipe).
 pub fn remove_record(state_dir: &Path, stable_id: &str) -> std::io::Result<()> {
-    match std::fs::remove_file(record_path(state_dir, stable_id)) {
-        Ok(()) => std::fs::File::open(wipe_dir(state_dir))?.sync_all(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    if std::fs::symlink_metadata(wipe_dir(state_dir)).is_err() {
+        return Ok(());
     }
+    store(state_dir)?
+        .remove(&record_stem(stable_id))
+        .map_err(|e| e.source)
 }
 
 /// Every record; an entry that is not a readable, well-shaped record under its own name is
 /// set aside as `*.corrupt` (never deleted) and reported, and the others still load.
 pub fn load_records(state_dir: &Path) -> (Vec<WipeRecord>, Vec<String>) {
-    use crate::host::records;
     let dir = wipe_dir(state_dir);
     if std::fs::symlink_metadata(&dir).is_err() {
         return (Vec::new(), Vec::new());
     }
-    let (fd, over) = match records::open_dir(&dir, 0o700) {
+    let (store, over) = match Store::open(&dir, 0o700) {
         Ok(x) => x,
         Err(e) => return (Vec::new(), vec![format!("{}: {e}", dir.display())]),
     };
@@ -335,9 +331,7 @@ pub fn load_records(state_dir: &Path) -> (Vec<WipeRecord>, Vec<String>) {
         .into_iter()
         .map(|p| format!("{} ({}): {}", p.path.display(), p.reason, p.detail))
         .collect();
-    let read = records::read_records(fd.as_fd(), &dir, |stem| {
-        stem.len() == 24 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    });
+    let read = store.read(is_record_stem);
     problems.extend(
         read.set_aside
             .iter()
@@ -351,8 +345,7 @@ pub fn load_records(state_dir: &Path) -> (Vec<WipeRecord>, Vec<String>) {
                 serde_json::from_str::<WipeRecord>(t).map_err(|e| ("invalid_json", e.to_string()))
             })
             .and_then(|r| {
-                let own = record_path(state_dir, &r.stable_id);
-                if own.file_stem().is_some_and(|s| s == stem.as_str()) {
+                if record_stem(&r.stable_id) == stem {
                     Ok(r)
                 } else {
                     Err((
@@ -364,7 +357,7 @@ pub fn load_records(state_dir: &Path) -> (Vec<WipeRecord>, Vec<String>) {
         match parsed {
             Ok(r) => recs.push(r),
             Err((reason, detail)) => {
-                let p = records::reject(fd.as_fd(), &dir, &stem, reason, detail);
+                let p = store.reject(&stem, reason, detail);
                 problems.push(format!("{} ({}): {}", p.path.display(), p.reason, p.detail));
             }
         }
@@ -419,7 +412,7 @@ pub enum WipeError {
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// The record could not be written: nothing was touched.
-    #[error("wipe record {path}: {source}")]
+    #[error("wipe record {path}")]
     Record {
         /// Path.
         path: PathBuf,
@@ -465,7 +458,7 @@ pub struct WipeCtx<'a> {
 
 /// Gathers the facts about `entry_path`.
 pub fn gather(ctx: &WipeCtx<'_>, entry_path: &Path, expected_id: Option<&str>) -> WipeFacts {
-    let src = IdSources::new(ctx.cfg, ctx.host);
+    let src = crate::local::discover::id_sources(ctx.cfg, ctx.host);
     let class = entry_path
         .parent()
         .and_then(|d| ctx.cfg.class_of_dir(d))
@@ -506,11 +499,10 @@ pub fn gather(ctx: &WipeCtx<'_>, entry_path: &Path, expected_id: Option<&str>) -
         }
         // The kernel's own answer: O_EXCL on a block device fails with EBUSY while it is
         // mounted or claimed by a holder.
-        exclusive_open = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_EXCL)
-            .open(device)
-            .map(drop)
+        exclusive_open = ctx
+            .host
+            .blockdev
+            .claim_exclusive(device)
             .map_err(|e| e.to_string());
     }
     WipeFacts {
@@ -563,7 +555,9 @@ pub fn wipe_entry(
     put_record(ctx.state_dir, &rec).map_err(record_err)?;
     tracing::info!(entry = %entry.path.display(), stable_id = %entry.stable_id, method = %rec.method, "wipe started");
     let result = match &entry.kind {
-        EntryKind::MountPoint { .. } => remove_contents(&entry.path).map(|r| r.nested_mounts),
+        EntryKind::MountPoint { .. } => {
+            crate::host::tree::remove_contents(&entry.path).map(|r| r.nested_mounts)
+        }
         EntryKind::BlockDevice { device, dev } => {
             wipe_block(ctx.host, device, *dev, class.wipe, class.wipe_timeout).map(|()| Vec::new())
         }
@@ -660,156 +654,6 @@ fn wipe_block(
         }
     }
     Ok(())
-}
-
-/// What a contents wipe did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct TreeReport {
-    /// Files, links and directories removed.
-    pub removed: u64,
-    /// Mount points found inside and left untouched (with their parents).
-    pub nested_mounts: Vec<PathBuf>,
-}
-
-const MAX_DEPTH: usize = 2048;
-
-fn statx_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> std::io::Result<libc::statx> {
-    // SAFETY: statx is a plain C struct; all-zero is a valid bit pattern.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: `dir` is an open fd, `name` NUL-terminated, `stx` a writable statx buffer.
-    let r = unsafe {
-        libc::statx(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
-            libc::STATX_TYPE | libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stx)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Where {
-    dev: (u32, u32),
-    mnt: u64,
-}
-
-fn where_of(s: &libc::statx) -> (Where, bool) {
-    let attr = libc::STATX_ATTR_MOUNT_ROOT as u64;
-    (
-        Where {
-            dev: (s.stx_dev_major, s.stx_dev_minor),
-            mnt: s.stx_mnt_id,
-        },
-        s.stx_attributes & attr != 0,
-    )
-}
-
-/// Removes everything inside `dir` without crossing into another mount: each name is
-/// examined with `statx` relative to its directory's fd (no path is resolved twice), a mount
-/// root or another device is left alone, a directory is re-checked after it is opened, and a
-/// directory that still holds a mount is simply not removed.
-pub fn remove_contents(dir: &Path) -> Result<TreeReport, String> {
-    let fd = nix::fcntl::open(
-        dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("open {}: {e}", dir.display()))?;
-    let (root, _) =
-        where_of(&statx_at(fd.as_fd(), c"", libc::AT_EMPTY_PATH).map_err(|e| e.to_string())?);
-    let mut report = TreeReport::default();
-    walk(fd, dir, root, &mut report, 0)?;
-    Ok(report)
-}
-
-fn walk(
-    fd: OwnedFd,
-    path: &Path,
-    root: Where,
-    report: &mut TreeReport,
-    depth: usize,
-) -> Result<bool, String> {
-    if depth > MAX_DEPTH {
-        return Err(format!(
-            "{}: deeper than {MAX_DEPTH} levels",
-            path.display()
-        ));
-    }
-    let err =
-        |what: &str, p: &Path, e: &dyn std::fmt::Display| format!("{what} {}: {e}", p.display());
-    let dirfd = fd.try_clone().map_err(|e| err("dup", path, &e))?;
-    let mut d = nix::dir::Dir::from_fd(dirfd).map_err(|e| err("opendir", path, &e))?;
-    let names: Vec<CString> = d
-        .iter()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_owned())
-        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
-        .collect();
-    drop(d);
-    let mut all_gone = true;
-    for name in names {
-        let child = path.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
-        let stx = match statx_at(fd.as_fd(), &name, 0) {
-            Ok(s) => s,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(err("statx", &child, &e)),
-        };
-        let (w, is_mount_root) = where_of(&stx);
-        if is_mount_root || w != root {
-            report.nested_mounts.push(child);
-            all_gone = false;
-            continue;
-        }
-        let is_dir = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR;
-        if is_dir {
-            let sub = match nix::fcntl::openat(
-                fd.as_fd(),
-                name.as_c_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(s) => s,
-                Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(err("open", &child, &e)),
-            };
-            // Re-check what we opened: something may have been mounted there meanwhile.
-            let (w2, root2) = where_of(
-                &statx_at(sub.as_fd(), c"", libc::AT_EMPTY_PATH)
-                    .map_err(|e| err("statx", &child, &e))?,
-            );
-            if w2 != root || root2 {
-                report.nested_mounts.push(child);
-                all_gone = false;
-                continue;
-            }
-            if !walk(sub, &child, root, report, depth + 1)? {
-                all_gone = false;
-                continue;
-            }
-            match nix::unistd::unlinkat(fd.as_fd(), name.as_c_str(), UnlinkatFlags::RemoveDir) {
-                Ok(()) => report.removed += 1,
-                Err(Errno::ENOENT) => {}
-                Err(Errno::EBUSY) | Err(Errno::ENOTEMPTY) => all_gone = false,
-                Err(e) => return Err(err("rmdir", &child, &e)),
-            }
-        } else {
-            match nix::unistd::unlinkat(fd.as_fd(), name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
-                Ok(()) => report.removed += 1,
-                Err(Errno::ENOENT) => {}
-                Err(Errno::EBUSY) => {
-                    report.nested_mounts.push(child);
-                    all_gone = false;
-                }
-                Err(e) => return Err(err("unlink", &child, &e)),
-            }
-        }
-    }
-    Ok(all_gone)
 }
 
 #[cfg(test)]
@@ -1033,27 +877,43 @@ mod tests {
         }
     }
 
+    /// A record as the previous release wrote it (its own name: the first 12 bytes of the
+    /// stable id's SHA-256, pretty JSON, no `nested_mounts_left`) still loads and still
+    /// holds its entry back, and a new write replaces that same file.
     #[test]
-    fn contents_go_the_entry_stays() {
+    fn a_record_written_before_the_shared_store_still_loads() {
         let t = tempfile::tempdir().unwrap();
-        let e = t.path().join("entry");
-        std::fs::create_dir_all(e.join("a/b/c")).unwrap();
-        std::fs::write(e.join("a/b/c/f"), "x").unwrap();
-        std::fs::write(e.join("top"), "x").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", e.join("link")).unwrap();
-        std::os::unix::fs::symlink(t.path(), e.join("dirlink")).unwrap();
-        std::fs::write(t.path().join("outside"), "keep").unwrap();
-        let r = remove_contents(&e).unwrap();
-        assert_eq!(r.nested_mounts, Vec::<PathBuf>::new());
-        assert_eq!(r.removed, 7);
-        assert!(e.is_dir());
-        assert_eq!(std::fs::read_dir(&e).unwrap().count(), 0);
-        // Symlinks were removed, not followed.
+        std::fs::create_dir_all(wipe_dir(t.path())).unwrap();
+        let old = wipe_dir(t.path()).join("73d855316e54f8258dc8da15.json");
+        std::fs::write(
+            &old,
+            r#"{
+  "entry": "/mnt/disks/sdb",
+  "class": "c",
+  "stable_id": "wwn-0x5000c500a1b2c3d4",
+  "pv": "moor-n-c-2",
+  "method": "zero-ends",
+  "phase": "started",
+  "started": 7,
+  "finished": null,
+  "error": null
+}"#,
+        )
+        .unwrap();
+        let (recs, problems) = load_records(t.path());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].stable_id, "wwn-0x5000c500a1b2c3d4");
         assert_eq!(
-            std::fs::read_to_string(t.path().join("outside")).unwrap(),
-            "keep"
+            unfinished_ids(t.path()),
+            vec!["wwn-0x5000c500a1b2c3d4".to_owned()]
         );
-        assert!(Path::new("/etc/passwd").exists());
+        let mut r = recs[0].clone();
+        r.phase = WipePhase::Done;
+        put_record(t.path(), &r).unwrap();
+        assert_eq!(record_path(t.path(), &r.stable_id), old);
+        assert_eq!(std::fs::read_dir(wipe_dir(t.path())).unwrap().count(), 1);
+        assert!(unfinished_ids(t.path()).is_empty());
     }
 
     #[test]

@@ -13,18 +13,17 @@
 //! `<run_dir>/secrets/<volume key>/` (written by attach, removed by detach); the options,
 //! the stage record and every error name only the files' paths.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
-use crate::flexvolume::{OptionsError, VolumeOptions};
+use super::{ceph, check_export_path};
 use crate::host::Host;
 use crate::host::paths::VENDOR;
 use crate::host::secrets::{remove_secrets, secret_dir, write_secret};
-use crate::journal::{RemoteMount, StageRecord, StageSource};
-
-use super::{check_export_path, split_hosts, split_mount_options};
-use crate::volume::validate;
+use crate::volume::state::{CephClient, CephCredential, CephFsShare};
+use crate::volume::{
+    Attached, Driver, DriverError, MountOptions, NodeContext, OptionsError, Recorded, RemoteMount,
+    StageSource, VolumeOptions, VolumeSpec, VolumeState, validate, volume_key,
+};
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &[
@@ -41,46 +40,12 @@ pub const OPTIONS: &[&str] = &[
 /// The secret key (`kubernetes.io/secret/key`) holding the cephx key.
 pub const SECRET_KEY: &str = "key";
 
+/// The driver name.
+pub const NAME: &str = "cephfs";
+
 /// The CephFS driver.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CephFsDriver;
-
-/// Which client mounts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mounter {
-    /// The kernel client (`mount -t ceph`).
-    Kernel,
-    /// ceph-fuse (`mount -t fuse.ceph`).
-    Fuse,
-}
-
-/// Where the cephx key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential {
-    /// A file on the node the user named (`secretFile`): a bare key.
-    File(PathBuf),
-    /// The Secret's `key`: moor writes it into the volume's private directory.
-    Secret,
-}
-
-/// Everything the mount needs, validated (no secret in it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CephFsVolume {
-    /// Monitor addresses, in the user's order.
-    pub monitors: Vec<String>,
-    /// Path inside the filesystem.
-    pub path: String,
-    /// cephx user without `client.`.
-    pub user: String,
-    /// Which client.
-    pub mounter: Mounter,
-    /// The filesystem's name when the cluster has more than one.
-    pub fs_name: Option<String>,
-    /// Where the key comes from.
-    pub credential: Credential,
-    /// The user's `mountOptions`, in order.
-    pub options: Vec<String>,
-}
 
 fn invalid(key: &str, value: &str, expected: &'static str) -> DriverError {
     OptionsError::Invalid {
@@ -104,11 +69,12 @@ fn key_text(secret: &[u8]) -> Result<&str, DriverError> {
     Ok(text)
 }
 
-impl CephFsVolume {
-    /// Validates the options.
-    pub fn parse(opts: &VolumeOptions) -> Result<Self, DriverError> {
-        opts.check_known("cephfs", OPTIONS)?;
-        let monitors = split_hosts("monitors", opts.required("cephfs", "monitors")?, true)?;
+/// The user's options as a [`CephFsShare`], every value through its validator (the
+/// secret's key too, never shown).
+pub fn parse_share(opts: &VolumeOptions) -> Result<CephFsShare, DriverError> {
+    {
+        opts.check_known(NAME, OPTIONS)?;
+        let monitors = ceph::monitors(opts, NAME)?;
         let get = |k: &str| opts.user.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
         let path = get("path").unwrap_or("/").to_owned();
         check_export_path("path", &path)?;
@@ -119,10 +85,10 @@ impl CephFsVolume {
                 "an absolute path inside the filesystem",
             ));
         }
-        let user = validate::ceph_user("user", get("user").unwrap_or("admin"))?;
-        let mounter = match get("mounter").unwrap_or("kernel") {
-            "kernel" => Mounter::Kernel,
-            "fuse" => Mounter::Fuse,
+        let user = validate::ceph_user("user", get("user").unwrap_or(ceph::DEFAULT_USER))?;
+        let client = match get("mounter").unwrap_or("kernel") {
+            "kernel" => CephClient::Kernel,
+            "fuse" => CephClient::Fuse,
             other => return Err(invalid("mounter", other, "kernel or fuse")),
         };
         let fs_name = get("fsName").map(str::to_owned);
@@ -131,9 +97,9 @@ impl CephFsVolume {
         }
         let credential = if let Some(s) = opts.secrets.get(SECRET_KEY) {
             key_text(&s.0)?;
-            Credential::Secret
+            CephCredential::Secret
         } else if let Some(f) = get("secretFile") {
-            Credential::File(validate::node_file("secretFile", f)?.into())
+            CephCredential::File(validate::node_file("secretFile", f)?.into())
         } else {
             return Err(invalid(
                 "secretFile",
@@ -141,35 +107,36 @@ impl CephFsVolume {
                 "set secretFile or give a secretRef whose Secret has the key `key`",
             ));
         };
-        let options = split_mount_options(opts.user.get("mountOptions").map_or("", |v| v))?;
-        Ok(CephFsVolume {
+        Ok(CephFsShare {
             monitors,
             path,
             user,
-            mounter,
+            client,
             fs_name,
             credential,
-            options,
+            mount_options: opts.mount_options.words().to_vec(),
         })
     }
+}
 
+impl CephFsShare {
     /// The identity the volume key is derived from: everything that changes the mount.
     pub fn identity(&self) -> String {
         let cred = match &self.credential {
-            Credential::File(f) => format!("secretFile={}", f.display()),
-            Credential::Secret => "secret".into(),
+            CephCredential::File(f) => format!("secretFile={}", f.display()),
+            CephCredential::Secret => "secret".into(),
         };
         format!(
             "{}:{}?user={}&mounter={}&fs={}&{cred}&{}",
             self.monitors.join(","),
             self.path,
             self.user,
-            match self.mounter {
-                Mounter::Kernel => "kernel",
-                Mounter::Fuse => "fuse",
+            match self.client {
+                CephClient::Kernel => "kernel",
+                CephClient::Fuse => "fuse",
             },
             self.fs_name.as_deref().unwrap_or_default(),
-            self.options.join(",")
+            self.mount_options.join(",")
         )
     }
 
@@ -177,11 +144,11 @@ impl CephFsVolume {
     /// ceph-fuse log (pure: no host access).
     pub fn remote_mount(&self, dir: &Path, log: &Path) -> RemoteMount {
         let server = self.monitors.join(",");
-        match self.mounter {
-            Mounter::Kernel => {
+        match self.client {
+            CephClient::Kernel => {
                 let secretfile = match &self.credential {
-                    Credential::File(f) => f.clone(),
-                    Credential::Secret => dir.join("secret"),
+                    CephCredential::File(f) => f.clone(),
+                    CephCredential::Secret => dir.join("secret"),
                 };
                 let mut options = vec![
                     format!("name={}", self.user),
@@ -195,13 +162,13 @@ impl CephFsVolume {
                 // `recover_session=clean` the kernel opens a new session by itself on the
                 // next access, dropping only what the eviction had already lost.
                 if !self
-                    .options
+                    .mount_options
                     .iter()
                     .any(|o| o.starts_with("recover_session"))
                 {
                     options.push("recover_session=clean".into());
                 }
-                options.extend(self.options.iter().cloned());
+                options.extend(self.mount_options.iter().cloned());
                 RemoteMount {
                     fs_type: "ceph".into(),
                     source: format!("{server}:{}", self.path),
@@ -211,14 +178,14 @@ impl CephFsVolume {
                     server,
                 }
             }
-            Mounter::Fuse => {
+            CephClient::Fuse => {
                 let mut options = vec![
                     format!("ceph.id={}", self.user),
                     format!("ceph.conf={}", dir.join("ceph.conf").display()),
                 ];
                 options.push(match &self.credential {
-                    Credential::File(f) => format!("ceph.keyfile={}", f.display()),
-                    Credential::Secret => {
+                    CephCredential::File(f) => format!("ceph.keyfile={}", f.display()),
+                    CephCredential::Secret => {
                         format!("ceph.keyring={}", dir.join("keyring").display())
                     }
                 });
@@ -226,7 +193,7 @@ impl CephFsVolume {
                 if let Some(f) = &self.fs_name {
                     options.push(format!("ceph.client_fs={f}"));
                 }
-                options.extend(self.options.iter().cloned());
+                options.extend(self.mount_options.iter().cloned());
                 RemoteMount {
                     fs_type: "fuse.ceph".into(),
                     source: "none".into(),
@@ -261,41 +228,21 @@ pub fn log_file(kubelet_dir: &Path, key: &str) -> PathBuf {
 
 impl Driver for CephFsDriver {
     fn name(&self) -> &'static str {
-        "cephfs"
+        NAME
     }
 
     fn volume(&self, node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError> {
-        let v = CephFsVolume::parse(opts)?;
-        let key = volume_key(self.name(), &v.identity());
+        let v = parse_share(opts)?;
+        let key = volume_key(NAME, &v.identity());
         let remote = v.remote_mount(
             &secret_dir(&node.run_dir, &key),
             &log_file(&node.kubelet_dir, &key),
         );
-        // Normalised values, so equal volumes have equal records.
-        let mut persist = BTreeMap::new();
-        persist.insert("monitors".to_owned(), v.monitors.join(","));
-        persist.insert("path".to_owned(), v.path.clone());
-        persist.insert("user".to_owned(), v.user.clone());
-        let mounter = if v.mounter == Mounter::Fuse {
-            "fuse"
-        } else {
-            "kernel"
-        };
-        persist.insert("mounter".to_owned(), mounter.to_owned());
-        if let Some(f) = &v.fs_name {
-            persist.insert("fsName".to_owned(), f.clone());
-        }
-        if let Credential::File(f) = &v.credential {
-            persist.insert("secretFile".to_owned(), f.display().to_string());
-        }
-        if !v.options.is_empty() {
-            persist.insert("mountOptions".to_owned(), v.options.join(","));
-        }
         Ok(VolumeSpec {
             key,
             source: StageSource::Remote(remote),
-            persist,
-            mount_options: String::new(),
+            state: Some(VolumeState::Cephfs(v)),
+            mount_options: MountOptions::default(),
         })
     }
 
@@ -305,8 +252,13 @@ impl Driver for CephFsDriver {
         host: &Host,
         spec: &VolumeSpec,
         opts: &VolumeOptions,
-    ) -> Result<crate::driver::Attached, DriverError> {
-        let v = CephFsVolume::parse(opts)?;
+    ) -> Result<Attached, DriverError> {
+        let Some(VolumeState::Cephfs(v)) = &spec.state else {
+            return Err(DriverError::NoVolume {
+                volume: spec.key.clone(),
+                driver: NAME,
+            });
+        };
         let dir = secret_dir(&host.paths.run_dir, &spec.key);
         let write = |name: &str, bytes: &[u8]| {
             write_secret(&dir, name, bytes).map_err(|source| DriverError::SecretFile {
@@ -315,38 +267,38 @@ impl Driver for CephFsDriver {
                 source,
             })
         };
-        if v.credential == Credential::Secret
+        if v.credential == CephCredential::Secret
             && let Some(s) = opts.secrets.get(SECRET_KEY)
         {
             let key = key_text(&s.0)?;
-            match v.mounter {
-                Mounter::Kernel => write("secret", key.as_bytes())?,
-                Mounter::Fuse => write(
+            match v.client {
+                CephClient::Kernel => write("secret", key.as_bytes())?,
+                CephClient::Fuse => write(
                     "keyring",
                     format!("[client.{}]\n\tkey = {key}\n", v.user).as_bytes(),
                 )?,
             };
         }
-        if v.mounter == Mounter::Fuse {
+        if v.client == CephClient::Fuse {
             let log = log_file(&host.paths.kubelet_dir, &spec.key);
             write("ceph.conf", v.ceph_conf(&log).as_bytes())?;
         }
-        tracing::debug!(volume = %spec.key, driver = "cephfs", dir = %dir.display(), "credential files written");
-        Ok(crate::driver::Attached::default())
+        tracing::debug!(volume = %spec.key, driver = NAME, dir = %dir.display(), "credential files written");
+        Ok(Attached::default())
     }
 
     /// Removes the credential directory and the ceph-fuse log.
-    fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
-        let dir = secret_dir(&host.paths.run_dir, &rec.key);
+    fn detach(&self, host: &Host, rec: &Recorded<'_>) -> Result<(), DriverError> {
+        let dir = secret_dir(&host.paths.run_dir, rec.key);
         remove_secrets(&dir).map_err(|source| DriverError::SecretFile {
-            volume: rec.key.clone(),
+            volume: rec.key.into(),
             path: dir.clone(),
             source,
         })?;
         if let StageSource::Remote(RemoteMount {
             log_file: Some(log),
             ..
-        }) = &rec.source
+        }) = rec.source
             && let Err(e) = std::fs::remove_file(log)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -443,7 +395,12 @@ mod tests {
                 ),
             );
             match (ceph, rbd) {
-                (Ok(c), Ok(r)) => assert_eq!(c.persist["monitors"], r.persist["monitors"], "{v}"),
+                (Ok(c), Ok(r)) => match (c.state, r.state) {
+                    (Some(VolumeState::Cephfs(c)), Some(VolumeState::Rbd(r))) => {
+                        assert_eq!(c.monitors, r.monitors, "{v}")
+                    }
+                    other => panic!("{v}: {other:?}"),
+                },
                 (Err(c), Err(r)) => assert_eq!(c.to_string(), r.to_string(), "{v}"),
                 (c, r) => panic!("{v}: cephfs {c:?}, rbd {r:?}"),
             }
@@ -470,7 +427,7 @@ mod tests {
             ]
         );
         assert!(!r.fuse);
-        let rec = format!("{r:?}{:?}", s.persist);
+        let rec = format!("{r:?}{:?}", s.state);
         assert!(!rec.contains(KEY), "the key leaked into the spec: {rec}");
     }
 
@@ -629,23 +586,50 @@ mod tests {
                 assert!(conf.contains("mon_host = m1,m2\n"), "{conf}");
                 assert!(!conf.contains(KEY));
             }
-            let rec = StageRecord {
-                key: s.key.clone(),
-                driver: "cephfs".into(),
-                source: s.source.clone(),
-                options: s.persist.clone(),
-                fs_type: None,
-                fs_uuid: None,
-                read_only: false,
-                phase: crate::journal::StagePhase::Unstaging,
-                formatted_by_moor: false,
-                mount_id: None,
-                adopted: false,
-            };
+            let rec = crate::journal::StageRecord::new(
+                &s.key,
+                NAME,
+                s.source.clone(),
+                s.state.clone(),
+                crate::journal::StagePhase::Unstaging,
+            );
             assert!(!serde_json::to_string(&rec).unwrap().contains(KEY));
-            CephFsDriver.detach(&host, &rec).unwrap();
+            CephFsDriver.detach(&host, &rec.recorded()).unwrap();
             assert!(!dir.exists());
-            CephFsDriver.detach(&host, &rec).unwrap();
+            CephFsDriver.detach(&host, &rec.recorded()).unwrap();
         }
+    }
+
+    /// A stage record main ef677bd wrote (ceph-fuse, a secret file, a filesystem name) loads
+    /// into the share `volume()` derives from the same options today, and detaches: the
+    /// volume's private directory goes.
+    #[test]
+    fn a_record_of_main_ef677bd_loads_typed_and_detaches() {
+        let rec = crate::journal::record::old_record(include_str!(
+            "../volume/fixtures/cephfs-ef677bd.json"
+        ));
+        let now = CephFsDriver
+            .volume(
+                &node(),
+                &opts(
+                    r#"{"monitors":"m1,m2","path":"/volumes/a","user":"k8s","mounter":"fuse","fsName":"cephfs","secretFile":"/etc/ceph/k8s.secret","mountOptions":"noatime"}"#,
+                ),
+            )
+            .unwrap();
+        assert_eq!(rec.volume, now.state);
+        let Some(VolumeState::Cephfs(share)) = &rec.volume else {
+            panic!("{:?}", rec.volume)
+        };
+        assert_eq!(share.client, CephClient::Fuse);
+        assert_eq!(
+            share.credential,
+            CephCredential::File("/etc/ceph/k8s.secret".into())
+        );
+        let t = tempfile::tempdir().unwrap();
+        let (host, _) = crate::share::test_host(t.path());
+        let dir = secret_dir(&host.paths.run_dir, &rec.key);
+        write_secret(&dir, "ceph.conf", b"[global]\n").unwrap();
+        CephFsDriver.detach(&host, &rec.recorded()).unwrap();
+        assert!(!dir.exists());
     }
 }

@@ -10,17 +10,16 @@
 //! Invariant: the key covers the endpoints in the user's order, the volume and the options,
 //! so one key always means one mount command.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
-use crate::flexvolume::{OptionsError, VolumeOptions};
+use super::{check_export_path, split_hosts};
 use crate::host::paths::VENDOR;
 use crate::host::{Cmd, Host};
-use crate::journal::{RemoteMount, StageRecord, StageSource};
-
-use super::{check_export_path, split_hosts, split_mount_options};
-use crate::volume::validate;
+use crate::volume::state::GlusterVolume;
+use crate::volume::{
+    Driver, DriverError, MountOptions, NodeContext, OptionsError, Recorded, RemoteMount,
+    StageSource, VolumeOptions, VolumeSpec, VolumeState, validate, volume_key,
+};
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &["endpoints", "path", "readOnly", "mountOptions"];
@@ -103,7 +102,7 @@ impl Driver for GlusterFsDriver {
         opts.check_known(self.name(), OPTIONS)?;
         let endpoints_opt = opts.required(self.name(), "endpoints")?;
         // mount.glusterfs joins backups with ':', so IPv6 literals and ports cannot be named.
-        let endpoints = split_hosts("endpoints", endpoints_opt, false)?;
+        let endpoints = split_hosts("endpoints", endpoints_opt)?;
         let path = opts.required(self.name(), "path")?;
         check_export_path("path", path)?;
         let volume = path.trim_start_matches('/');
@@ -117,8 +116,7 @@ impl Driver for GlusterFsDriver {
             }
             .into());
         }
-        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
-        let user = split_mount_options(&mount_options)?;
+        let user = opts.mount_options.words().to_vec();
         if let Some(o) = user.iter().find(|o| o.starts_with("log-file")) {
             return Err(OptionsError::Invalid {
                 key: "mountOptions".into(),
@@ -129,18 +127,21 @@ impl Driver for GlusterFsDriver {
         }
         let identity = format!("{}:/{volume}?{}", endpoints.join(","), user.join(","));
         let key = volume_key(self.name(), &identity);
-        let remote = remote_mount(&endpoints, volume, user, &log_file(&node.kubelet_dir, &key));
-        let mut persist = BTreeMap::new();
-        persist.insert("endpoints".to_owned(), endpoints.join(","));
-        persist.insert("path".to_owned(), volume.to_owned());
-        if !mount_options.is_empty() {
-            persist.insert("mountOptions".to_owned(), mount_options);
-        }
+        let remote = remote_mount(
+            &endpoints,
+            volume,
+            user.clone(),
+            &log_file(&node.kubelet_dir, &key),
+        );
         Ok(VolumeSpec {
             key,
             source: StageSource::Remote(remote),
-            persist,
-            mount_options: String::new(),
+            state: Some(VolumeState::Glusterfs(GlusterVolume {
+                endpoints,
+                volume: volume.to_owned(),
+                mount_options: user,
+            })),
+            mount_options: MountOptions::default(),
         })
     }
 
@@ -148,8 +149,8 @@ impl Driver for GlusterFsDriver {
     /// `mount.glusterfs`, but the client it started has daemonized into its own session and
     /// would retry an unreachable server forever), then the client log (a failed stage has
     /// already put its tail into the error message before this runs).
-    fn detach(&self, host: &Host, rec: &StageRecord) -> Result<(), DriverError> {
-        let stage = host.paths.stage_dir(self.name(), &rec.key);
+    fn detach(&self, host: &Host, rec: &Recorded<'_>) -> Result<(), DriverError> {
+        let stage = host.paths.stage_dir(self.name(), rec.key);
         let cmd = leftover_client_kill(&stage);
         match host.runner.run(&cmd) {
             // pkill: 0 = killed some, 1 = none matched.
@@ -160,7 +161,7 @@ impl Driver for GlusterFsDriver {
             }
             Ok(out) => {
                 return Err(DriverError::Command {
-                    volume: rec.key.clone(),
+                    volume: rec.key.into(),
                     source: crate::host::ExecError::Failed {
                         cmdline: cmd.display(),
                         code: out.code,
@@ -170,7 +171,7 @@ impl Driver for GlusterFsDriver {
             }
             Err(source) => {
                 return Err(DriverError::Command {
-                    volume: rec.key.clone(),
+                    volume: rec.key.into(),
                     source,
                 });
             }
@@ -178,7 +179,7 @@ impl Driver for GlusterFsDriver {
         if let StageSource::Remote(RemoteMount {
             log_file: Some(log),
             ..
-        }) = &rec.source
+        }) = rec.source
         {
             match std::fs::remove_file(log) {
                 Ok(()) => {}
@@ -339,19 +340,13 @@ mod tests {
         let log = remote(&s).log_file.clone().unwrap();
         std::fs::create_dir_all(log.parent().unwrap()).unwrap();
         std::fs::write(&log, "E [x] failed\n").unwrap();
-        let rec = StageRecord {
-            key: s.key.clone(),
-            driver: "glusterfs".into(),
-            source: s.source.clone(),
-            options: s.persist.clone(),
-            fs_type: None,
-            fs_uuid: None,
-            read_only: false,
-            phase: crate::journal::StagePhase::Unstaging,
-            formatted_by_moor: false,
-            mount_id: None,
-            adopted: false,
-        };
+        let rec = crate::journal::StageRecord::new(
+            &s.key,
+            "glusterfs",
+            s.source.clone(),
+            s.state.clone(),
+            crate::journal::StagePhase::Unstaging,
+        );
         let (host, runner) = crate::share::test_host(d.path());
         let stage = host.paths.stage_dir("glusterfs", &s.key);
         let want = leftover_client_kill(&stage).display();
@@ -362,9 +357,39 @@ mod tests {
         );
         runner.expect(&want, 0, "");
         runner.expect(&want, 1, "");
-        GlusterFsDriver.detach(&host, &rec).unwrap();
+        GlusterFsDriver.detach(&host, &rec.recorded()).unwrap();
         assert!(!log.exists());
-        GlusterFsDriver.detach(&host, &rec).unwrap();
+        GlusterFsDriver.detach(&host, &rec.recorded()).unwrap();
         assert!(runner.remaining().is_empty());
+    }
+
+    /// A stage record main ef677bd wrote loads typed and detaches as it did: the leftover
+    /// client killed by its stage path, the client log removed.
+    #[test]
+    fn a_record_of_main_ef677bd_loads_typed_and_detaches() {
+        let d = tempfile::tempdir().unwrap();
+        let mut old: serde_json::Value =
+            serde_json::from_str(include_str!("../volume/fixtures/glusterfs-ef677bd.json"))
+                .unwrap();
+        let log = d.path().join("client.log");
+        std::fs::write(&log, "E [x] failed\n").unwrap();
+        old["source"]["log_file"] = log.display().to_string().into();
+        let rec = crate::journal::record::old_record(&old.to_string());
+        assert_eq!(
+            rec.volume,
+            Some(VolumeState::Glusterfs(GlusterVolume {
+                endpoints: vec!["g1".into(), "g2".into()],
+                volume: "vol1".into(),
+                mount_options: vec!["acl".into()],
+            }))
+        );
+        let now = spec(r#"{"endpoints":"g1,g2","path":"vol1","mountOptions":"acl"}"#).unwrap();
+        assert_eq!(rec.volume, now.state);
+        let (host, runner) = crate::share::test_host(d.path());
+        let stage = host.paths.stage_dir("glusterfs", &rec.key);
+        runner.expect(&leftover_client_kill(&stage).display(), 1, "");
+        GlusterFsDriver.detach(&host, &rec.recorded()).unwrap();
+        assert!(runner.remaining().is_empty());
+        assert!(!log.exists());
     }
 }

@@ -6,14 +6,13 @@
 //! Invariant: the key covers server, export and every mount option, so two volumes that
 //! differ only in options (`nfsvers=3` vs `nfsvers=4.1`) are never served by one mount.
 
-use std::collections::BTreeMap;
-
-use crate::driver::{Driver, DriverError, NodeContext, VolumeSpec, volume_key};
-use crate::flexvolume::{OptionsError, VolumeOptions};
-use crate::journal::{RemoteMount, StageSource};
-
-use super::{check_export_path, split_mount_options};
+use super::check_export_path;
+use crate::volume::state::NfsExport;
 use crate::volume::validate::{self, HostName};
+use crate::volume::{
+    Driver, DriverError, MountOptions, NodeContext, OptionsError, RemoteMount, StageSource,
+    VolumeOptions, VolumeSpec, VolumeState, volume_key,
+};
 
 /// The user options this driver accepts.
 pub const OPTIONS: &[&str] = &["server", "path", "readOnly", "mountOptions"];
@@ -54,22 +53,19 @@ impl Driver for NfsDriver {
             }
             .into());
         }
-        let mount_options = opts.user.get("mountOptions").cloned().unwrap_or_default();
-        let options = split_mount_options(&mount_options)?;
-        let remote = remote_mount(&server, path, options);
+        let options = opts.mount_options.words().to_vec();
+        let remote = remote_mount(&server, path, options.clone());
         let identity = format!("{}?{}", remote.source, remote.options.join(","));
-        let mut persist = BTreeMap::new();
-        persist.insert("server".to_owned(), server.to_string());
-        persist.insert("path".to_owned(), path.to_owned());
-        if !mount_options.is_empty() {
-            persist.insert("mountOptions".to_owned(), mount_options);
-        }
         Ok(VolumeSpec {
             key: volume_key(self.name(), &identity),
             source: StageSource::Remote(remote),
-            persist,
+            state: Some(VolumeState::Nfs(NfsExport {
+                server: server.to_string(),
+                path: path.to_owned(),
+                mount_options: options,
+            })),
             // The options travel in the RemoteMount; nothing for a kernel mount(2) here.
-            mount_options: String::new(),
+            mount_options: MountOptions::default(),
         })
     }
 }
@@ -83,7 +79,8 @@ mod tests {
     }
 
     fn spec(json: &str) -> Result<VolumeSpec, DriverError> {
-        NfsDriver.volume(&node(), &VolumeOptions::parse_json(json).unwrap())
+        let map = serde_json::from_str(json).unwrap();
+        NfsDriver.volume(&node(), &crate::volume::options::parse(&map)?)
     }
 
     use crate::share::remote_of as remote;
@@ -99,7 +96,10 @@ mod tests {
         assert_eq!(r.options, ["nfsvers=4.1", "hard"]);
         assert!(!r.fuse);
         assert_eq!(r.server, "10.0.0.5");
-        assert_eq!(s.persist["mountOptions"], "nfsvers=4.1,hard");
+        let Some(VolumeState::Nfs(export)) = &s.state else {
+            panic!("{:?}", s.state)
+        };
+        assert_eq!(export.mount_options, ["nfsvers=4.1", "hard"]);
         assert!(
             s.key
                 .starts_with("nfs-10.0.0.5__exports_a_nfsvers_4.1_hard-"),
@@ -204,5 +204,22 @@ mod tests {
             spec(r#"{"path":"/e"}"#).unwrap_err().reason(),
             "bad_options"
         );
+    }
+
+    /// A stage record main ef677bd wrote loads into the export `volume()` derives from the
+    /// same options today, and round-trips typed.
+    #[test]
+    fn a_record_of_main_ef677bd_loads_typed() {
+        let rec =
+            crate::journal::record::old_record(include_str!("../volume/fixtures/nfs-ef677bd.json"));
+        let now =
+            spec(r#"{"server":"10.0.0.5","path":"/exports/a","mountOptions":"nfsvers=4.1,hard"}"#)
+                .unwrap();
+        assert_eq!(rec.volume, now.state);
+        assert_eq!(rec.source, now.source);
+        let t = tempfile::tempdir().unwrap();
+        let (host, runner) = crate::share::test_host(t.path());
+        NfsDriver.detach(&host, &rec.recorded()).unwrap();
+        assert!(runner.calls().is_empty());
     }
 }

@@ -49,6 +49,8 @@ pub struct DaemonSpec {
     pub env_remove: Vec<OsString>,
     /// Capabilities (`CAP_*` numbers) dropped from the daemon's bounding set.
     pub drop_caps: Vec<u32>,
+    /// Run the daemon in a mount namespace of its own (as a DaemonSet's container).
+    pub own_mount_namespace: bool,
     /// SIGTERM the daemon when the spawning thread dies.
     pub terminate_with_parent: bool,
     /// What "ready" means.
@@ -72,6 +74,7 @@ impl DaemonSpec {
             env: Vec::new(),
             env_remove: Vec::new(),
             drop_caps: Vec::new(),
+            own_mount_namespace: false,
             terminate_with_parent: false,
             ready: Ready::Socket {
                 poll: Duration::from_millis(20),
@@ -116,6 +119,9 @@ impl DaemonSpec {
         }
         if !self.drop_caps.is_empty() {
             sandbox::drop_capabilities_at_exec(&mut cmd, self.drop_caps.clone());
+        }
+        if self.own_mount_namespace {
+            sandbox::new_mount_namespace_at_exec(&mut cmd);
         }
         if self.terminate_with_parent {
             sandbox::terminate_with_parent_at_exec(&mut cmd);

@@ -210,6 +210,8 @@ pub struct Daemon {
     /// Capabilities removed from the daemon's bounding set (so from it and its children),
     /// as a unit's `CapabilityBoundingSet=` or a container's `drop` would.
     pub drop_caps: Vec<u32>,
+    /// Each spawn in a mount namespace of its own (a DaemonSet's pods).
+    pub own_mount_namespace: bool,
     /// Extra allow-list entries beside the defaults; None: no allow-list at all.
     pub allow: Option<Allow>,
 }
@@ -351,6 +353,7 @@ impl Daemon {
                 .collect(),
             extra_args: Vec::new(),
             drop_caps: Vec::new(),
+            own_mount_namespace: false,
             allow: Some(Allow::default()),
         }
     }
@@ -427,6 +430,7 @@ impl Daemon {
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
         spec.drop_caps = self.drop_caps.clone();
+        spec.own_mount_namespace = self.own_mount_namespace;
         spec
     }
 
@@ -572,9 +576,9 @@ impl Daemon {
         let key = self
             .stage_records()
             .into_iter()
-            .find(|r| r["options"]["path"] == path)
+            .find(|r| r["volume"]["path"] == path)
             .and_then(|r| r["key"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| crate::driver::volume_key("local", path));
+            .unwrap_or_else(|| crate::volume::volume_key("local", path));
         self.kubelet_dir().join("plugins/moor/local").join(key)
     }
 
@@ -628,7 +632,10 @@ pub fn kubelet_options(
 
 /// Mount points under `root`, from the live table.
 pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    sandbox::mounts_under(root).expect("read /proc/self/mountinfo")
+    // The daemon's own mount-namespace marker (host::nsmark) is no volume.
+    let mut m = sandbox::mounts_under(root).expect("read /proc/self/mountinfo");
+    m.retain(|p| !crate::host::nsmark::is_marker(p));
+    m
 }
 
 /// Detaches every mount under `root`, deepest first (a test's last-resort teardown: lazily,

@@ -119,15 +119,18 @@ impl Tree {
         Ok(path)
     }
 
-    /// Mount points under the tree, from the live table.
+    /// Volume mount points under the tree, from the live table (the daemon's own
+    /// mount-namespace marker, `host::nsmark`, is none).
     pub fn mounts(&self) -> std::io::Result<Vec<PathBuf>> {
-        sandbox::mounts_under(&self.root)
+        let mut m = sandbox::mounts_under(&self.root)?;
+        m.retain(|p| !crate::host::nsmark::is_marker(p));
+        Ok(m)
     }
 
-    /// Detaches every mount under the tree, deepest first; returns what is still mounted
-    /// afterwards (empty when the teardown worked).
+    /// Detaches every mount under the tree (the marker too), deepest first; returns what
+    /// volume mount is still mounted afterwards (empty when the teardown worked).
     pub fn unmount_all(&self) -> Vec<PathBuf> {
-        let mut left = self.mounts().unwrap_or_default();
+        let mut left = sandbox::mounts_under(&self.root).unwrap_or_default();
         // Table order puts a parent first; of the deepest paths, the last mounted goes first.
         left.reverse();
         left.sort_by_key(|p| std::cmp::Reverse(p.components().count()));

@@ -13,7 +13,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::flexvolume::OptionsError;
+use super::options::OptionsError;
 
 /// Characters no accepted value holds, beside whitespace and control characters: the tools'
 /// list separators and what a shell (or a script a tool runs, such as `mount.glusterfs`)

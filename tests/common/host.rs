@@ -274,6 +274,8 @@ pub fn mount_entries_under(root: &Path) -> Vec<moor::host::mountinfo::MountInfo>
         .unwrap()
         .into_iter()
         .filter(|m| m.mount_point.starts_with(root))
+        // The daemon's own mount-namespace marker (host::nsmark) is no volume.
+        .filter(|m| !moor::host::nsmark::is_marker(&m.mount_point))
         .collect()
 }
 

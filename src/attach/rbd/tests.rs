@@ -2,11 +2,12 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use super::*;
-use crate::flexvolume::options::Secret;
 use crate::host::fake::{FakeMounts, ScriptRunner};
 use crate::host::rbdbus::tests::{add as add_mapping, add_in_namespace};
-use crate::host::{BlockDevices, CommandRunner, ExecError, HostPaths, Output};
+use crate::host::{CommandRunner, ExecError, HostPaths, Output, SysfsBlockDevices};
 use crate::journal::StagePhase;
+use crate::journal::StageRecord;
+use crate::volume::Secret;
 
 const KEY: &str = "AQBzZ2ZmAAAAABAAm0o7mYbn4tQXa8VvYV1nLQ==";
 const T: &str = "--client_mount_timeout=15 --rados_mon_op_timeout=15 --rados_osd_op_timeout=15";
@@ -87,9 +88,9 @@ impl Fixture {
         });
         let mounts = Arc::new(FakeMounts::default());
         let host = Host {
-            blockdev: BlockDevices {
+            blockdev: Arc::new(SysfsBlockDevices {
                 sys: paths.sys.clone(),
-            },
+            }),
             paths: paths.clone(),
             runner: kernel.clone(),
             mounter: mounts.clone(),
@@ -117,19 +118,13 @@ impl Fixture {
     }
 
     fn record(&self, spec: &VolumeSpec) -> StageRecord {
-        StageRecord {
-            key: spec.key.clone(),
-            driver: NAME.into(),
-            source: spec.source.clone(),
-            options: spec.persist.clone(),
-            fs_type: None,
-            fs_uuid: None,
-            read_only: false,
-            phase: StagePhase::Staging,
-            formatted_by_moor: false,
-            mount_id: None,
-            adopted: false,
-        }
+        StageRecord::new(
+            &spec.key,
+            NAME,
+            spec.source.clone(),
+            spec.state.clone(),
+            StagePhase::Staging,
+        )
     }
 
     fn all_argv(&self) -> String {
@@ -149,14 +144,26 @@ fn opts(pairs: &[(&str, &str)], key: Option<&str>, ro: bool) -> VolumeOptions {
         fs_type: "ext4".into(),
         ..VolumeOptions::default()
     };
-    for (k, v) in pairs {
-        o.user.insert((*k).into(), (*v).into());
-    }
+    o.set_user(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+    )
+    .unwrap();
     if let Some(k) = key {
         o.secrets
             .insert("key".into(), Secret(format!("{k}\n").into_bytes()));
     }
     o
+}
+
+/// The typed image of a spec (or of what attach learnt).
+fn image(state: &Option<VolumeState>) -> RbdImage {
+    match state {
+        Some(VolumeState::Rbd(i)) => i.clone(),
+        other => panic!("not an rbd image: {other:?}"),
+    }
 }
 
 fn img1(ro: bool) -> VolumeOptions {
@@ -216,9 +223,9 @@ fn options_defaults_key_and_persisted_facts() {
     let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
     assert_eq!(spec.key, volume_key("rbd", "rbd/img1"));
     assert_eq!(spec.source, StageSource::Attached { device: None });
-    assert_eq!(spec.persist["pool"], "rbd");
-    assert_eq!(spec.persist["monitors"], "10.0.0.1:6789,10.0.0.2");
-    assert!(!spec.persist.values().any(|v| v.contains(KEY)));
+    assert_eq!(image(&spec.state).pool, "rbd");
+    assert_eq!(image(&spec.state).monitors, ["10.0.0.1:6789", "10.0.0.2"]);
+    assert!(!format!("{:?}", spec.state).contains(KEY));
     let o = opts(
         &[
             ("monitors", "m"),
@@ -230,9 +237,12 @@ fn options_defaults_key_and_persisted_facts() {
         false,
     );
     let spec = RbdDriver.volume(&f.node, &o).unwrap();
-    assert_eq!(spec.persist["user"], "admin");
-    assert_eq!(spec.persist["keyring"], "/etc/ceph/k.keyring");
-    assert_eq!(spec.mount_options, "discard");
+    assert_eq!(image(&spec.state).user, "admin");
+    assert_eq!(
+        image(&spec.state).keyring.as_deref(),
+        Some("/etc/ceph/k.keyring")
+    );
+    assert_eq!(spec.mount_options.joined(), "discard");
     // Same pool/image from other monitors or users is the same volume.
     let o = opts(
         &[("monitors", "x"), ("image", "i"), ("pool", "rbd")],
@@ -316,7 +326,7 @@ fn attach_checks_maps_with_a_keyfile_and_detach_unmaps_and_removes_it() {
     fresh_map_script(&f, "rbd/img1", &keyfile);
     let a = RbdDriver.attach(&f.host, &spec, &o).unwrap();
     assert_eq!(a.device, Some(f.host.paths.dev.join("rbd5")));
-    assert_eq!(a.persist["rbd_id"], "5");
+    assert_eq!(image(&a.state).rbd_id, Some(5));
     assert_eq!(
         std::fs::read(&keyfile).unwrap(),
         KEY.as_bytes(),
@@ -329,12 +339,16 @@ fn attach_checks_maps_with_a_keyfile_and_detach_unmaps_and_removes_it() {
     let dev = f.host.paths.dev.join("rbd5");
     f.expect(&format!("rbd unmap {}", dev.display()), 0, "");
     assert!(rbdbus::is_claimed(&f.host.paths.run_dir, &spec.key));
-    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    RbdDriver
+        .detach(&f.host, &f.record(&spec).recorded())
+        .unwrap();
     assert!(!rbdbus::is_claimed(&f.host.paths.run_dir, &spec.key));
     assert!(!keyfile.exists() && !keyfile.parent().unwrap().exists());
     assert!(rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty());
     // Again: nothing mapped, nothing run.
-    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    RbdDriver
+        .detach(&f.host, &f.record(&spec).recorded())
+        .unwrap();
 }
 
 #[test]
@@ -348,7 +362,7 @@ fn an_image_in_a_rados_namespace_is_its_own_volume_and_mapping() {
         spec.key,
         RbdDriver.volume(&f.node, &img1(false)).unwrap().key
     );
-    assert_eq!(spec.persist["radosNamespace"], "ns1");
+    assert_eq!(image(&spec.state).namespace, "ns1");
     // An empty radosNamespace is the default namespace: the same volume as none.
     let mut empty = img1(false);
     empty.user.insert("radosNamespace".into(), String::new());
@@ -368,7 +382,9 @@ fn an_image_in_a_rados_namespace_is_its_own_volume_and_mapping() {
         0,
         "",
     );
-    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    RbdDriver
+        .detach(&f.host, &f.record(&spec).recorded())
+        .unwrap();
     let left = rbdbus::mappings(&f.host.paths.sys).unwrap();
     assert_eq!(left.len(), 1);
     assert!(left[0].is_head_of("rbd", "", "img1"));
@@ -413,7 +429,9 @@ fn an_existing_mapping_is_reused_without_running_rbd() {
         0,
         "",
     );
-    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    RbdDriver
+        .detach(&f.host, &f.record(&spec).recorded())
+        .unwrap();
     assert_eq!(rbdbus::mappings(&f.host.paths.sys).unwrap().len(), 1);
 }
 
@@ -515,7 +533,9 @@ fn a_failed_unmap_keeps_the_key_file_and_reports() {
         16,
         "",
     );
-    let e = RbdDriver.detach(&f.host, &f.record(&spec)).unwrap_err();
+    let e = RbdDriver
+        .detach(&f.host, &f.record(&spec).recorded())
+        .unwrap_err();
     assert_eq!(e.reason(), "command_failed");
     assert!(f.keyfile(&spec).exists());
 }
@@ -535,7 +555,9 @@ fn a_mapping_moor_did_not_make_is_refused_and_left_alone() {
         );
     }
     // Detach (a rollback, or kubelet's unmount) runs nothing: the script is empty.
-    RbdDriver.detach(&f.host, &f.record(&spec)).unwrap();
+    RbdDriver
+        .detach(&f.host, &f.record(&spec).recorded())
+        .unwrap();
     assert_eq!(rbdbus::mappings(&f.host.paths.sys).unwrap().len(), 1);
     assert!(f.kernel.script.calls().is_empty());
 }
@@ -553,7 +575,7 @@ fn a_crash_right_after_map_leaves_a_claim_so_detach_unmaps() {
         0,
         "",
     );
-    RbdDriver.detach(&f.host, &rec).unwrap();
+    RbdDriver.detach(&f.host, &rec.recorded()).unwrap();
     assert!(rbdbus::mappings(&f.host.paths.sys).unwrap().is_empty());
     assert!(f.kernel.script.remaining().is_empty());
 }
@@ -621,22 +643,87 @@ fn hostile_values_are_refused_before_any_command() {
     }
 }
 
-/// A record written before the validators (or edited by hand) is refused by attach before
-/// rbd runs.
+/// A record written before the validators (or edited by hand) never puts its values on
+/// rbd's argv: detach matches mappings in sysfs by pool and image and unmaps by device, so a
+/// hostile record finds no mapping and runs nothing. (Attach gets no record: only the spec
+/// `volume()` made, which refuses these values.)
 #[test]
 fn a_hostile_persisted_target_is_refused_before_any_command() {
     let f = Fixture::new();
-    let spec = RbdDriver.volume(&f.node, &img1(false)).unwrap();
     for (key, value) in [
         ("monitors", "-m;x"),
         ("pool", "-p"),
         ("image", "$(x)"),
         ("user", "-x"),
     ] {
-        let mut spec = spec.clone();
-        spec.persist.insert(key.into(), value.into());
-        let e = RbdDriver.attach(&f.host, &spec, &img1(false)).unwrap_err();
+        let mut pairs = vec![
+            ("monitors", "10.0.0.1:6789"),
+            ("image", "img1"),
+            ("user", "k8s"),
+        ];
+        pairs.retain(|(k, _)| *k != key);
+        pairs.push((key, value));
+        let e = RbdDriver
+            .volume(&f.node, &opts(&pairs, Some(KEY), false))
+            .unwrap_err();
         assert_eq!(e.reason(), "bad_options", "{key}: {e}");
+        let mut old: serde_json::Value =
+            serde_json::from_str(include_str!("../../volume/fixtures/rbd-ef677bd.json")).unwrap();
+        old["options"][key] = value.into();
+        let rec: StageRecord = serde_json::from_value(old).unwrap();
+        RbdDriver.detach(&f.host, &rec.recorded()).unwrap();
     }
+    assert!(f.kernel.script.calls().is_empty());
+}
+
+/// A stage record main ef677bd wrote (a namespaced image, a keyring, the mapping's id)
+/// loads typed and detaches as it did: moor's mapping of it unmapped, its claim released.
+#[test]
+fn a_record_of_main_ef677bd_loads_typed_and_detaches() {
+    let f = Fixture::new();
+    let rec =
+        crate::journal::record::old_record(include_str!("../../volume/fixtures/rbd-ef677bd.json"));
+    assert_eq!(
+        rec.volume,
+        Some(VolumeState::Rbd(RbdImage {
+            monitors: vec!["10.0.0.1:6789".into(), "[fd00::2]:3300".into()],
+            pool: "kube".into(),
+            namespace: "ns1".into(),
+            image: "pvc-1".into(),
+            user: "k8s".into(),
+            keyring: Some("/etc/ceph/ceph.client.k8s.keyring".into()),
+            mount_options: vec![],
+            rbd_id: Some(3),
+        }))
+    );
+    rbdbus::claim(&f.host.paths.run_dir, &rec.key, "kube/ns1/pvc-1").unwrap();
+    add_in_namespace(&f.host.paths.sys, 3, "kube", "ns1", "pvc-1", "-", false);
+    // Another namespace's image of the same name is not this volume's.
+    add_mapping(&f.host.paths.sys, 4, "kube", "pvc-1", "-", false);
+    f.expect(
+        &format!("rbd unmap {}", f.host.paths.dev.join("rbd3").display()),
+        0,
+        "",
+    );
+    RbdDriver.detach(&f.host, &rec.recorded()).unwrap();
+    assert!(f.kernel.script.remaining().is_empty());
+    assert!(!rbdbus::is_claimed(&f.host.paths.run_dir, &rec.key));
+    let left = rbdbus::mappings(&f.host.paths.sys).unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].is_head_of("kube", "", "pvc-1"));
+}
+
+/// Before a grow, krbd reads the image's new size at once (its header `refresh`); a mapping
+/// that is gone is an error naming the attribute, so the grow does not run.
+#[test]
+fn capacity_is_refreshed_through_the_mappings_header() {
+    let f = Fixture::new();
+    add_mapping(&f.host.paths.sys, 3, "rbd", "img1", "-", false);
+    let attr = f.host.paths.sys.join("bus/rbd/devices/3/refresh");
+    std::fs::write(&attr, "").unwrap();
+    RbdDriver.refresh_capacity(&f.host, "rbd3").unwrap();
+    assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
+    let e = RbdDriver.refresh_capacity(&f.host, "rbd9").unwrap_err();
+    assert!(e.to_string().starts_with("refresh "), "{e}");
     assert!(f.kernel.script.calls().is_empty());
 }

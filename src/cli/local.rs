@@ -12,10 +12,10 @@ use clap::{Subcommand, ValueEnum};
 
 use crate::api::{Request, Response, VolumeStatus, client};
 use crate::config::{Config, FileConfig, Overrides};
-use crate::host::{Host, HostPaths};
+use crate::host::Host;
 
-use super::discover::{IdSources, Scan, scan_class};
-use super::wipe::{self, WipeCtx};
+use crate::local::discover::{Scan, scan_class};
+use crate::local::wipe::{self, WipeCtx};
 
 /// `moor local`.
 #[derive(Debug, clap::Args)]
@@ -106,7 +106,7 @@ pub enum LocalCliError {
     #[error("no local classes configured (config key local.classes)")]
     NoClasses,
     /// A wipe refused or failed.
-    #[error("{reason}: {source}", reason = .source.reason())]
+    #[error("{reason}", reason = .source.reason())]
     Wipe {
         /// The wipe error.
         #[from]
@@ -117,23 +117,12 @@ pub enum LocalCliError {
     Output(String),
     /// The API server.
     #[error(transparent)]
-    Kube(#[from] super::kube::KubeError),
-}
-
-/// The host for the CLI and the daemon: the system, with the configured `/dev`.
-pub fn host_for(cfg: &Config) -> Host {
-    let mut paths = HostPaths::system(
-        cfg.kubelet_dir.clone(),
-        cfg.state_dir.clone(),
-        cfg.run_dir.clone(),
-    );
-    paths.dev = cfg.local.dev_dir.clone();
-    Host::system(paths)
+    Kube(#[from] crate::local::kube::KubeError),
 }
 
 /// Scans every class; entries with an unfinished wipe are moved to `skipped`.
 pub fn scan_all(cfg: &Config, host: &Host) -> Vec<Scan> {
-    let src = IdSources::new(&cfg.local, host);
+    let src = crate::local::discover::id_sources(&cfg.local, host);
     let unfinished = wipe::unfinished_ids(&cfg.state_dir);
     cfg.local
         .classes
@@ -146,7 +135,7 @@ pub fn scan_all(cfg: &Config, host: &Host) -> Vec<Scan> {
             });
             s.entries = ok;
             s.skipped
-                .extend(held.into_iter().map(|e| super::discover::Skipped {
+                .extend(held.into_iter().map(|e| crate::local::discover::Skipped {
                     path: e.path,
                     reason: format!(
                         "wipe of {} unfinished (see {}); not published until it completes",
@@ -173,7 +162,7 @@ pub fn live_volumes(socket: &std::path::Path) -> Result<Option<Vec<VolumeStatus>
         {
             Ok(None)
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(crate::error::Chain(&e).to_string()),
     }
 }
 
@@ -225,11 +214,11 @@ fn forget_key(cfg: &Config, key: &str, daemon_up: bool) {
             Duration::from_secs(30),
         )
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::error::Chain(&e).to_string())
     } else {
         crate::journal::Journal::open(&cfg.state_dir, &cfg.run_dir)
             .and_then(|j| j.remove_stage(&key))
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::error::Chain(&e).to_string())
     };
     if let Err(e) = result {
         eprintln!(
@@ -243,7 +232,7 @@ pub fn run(args: LocalArgs) -> Result<i32, LocalCliError> {
     match args.cmd {
         LocalCommand::Discover { common, output } => {
             let cfg = common.load()?;
-            let host = host_for(&cfg);
+            let host = cfg.host();
             let scans = scan_all(&cfg, &host);
             let mut pvs = Vec::new();
             for (class, scan) in cfg.local.classes.iter().zip(&scans) {
@@ -256,11 +245,11 @@ pub fn run(args: LocalArgs) -> Result<i32, LocalCliError> {
                     );
                 }
                 for e in &scan.entries {
-                    pvs.push(super::pv::build(&cfg.node_name, class, e));
+                    pvs.push(crate::local::pv::build(&cfg.node_name, class, e));
                 }
             }
             let text = match output {
-                Format::Yaml => super::pv::to_yaml(&pvs).map_err(LocalCliError::Output)?,
+                Format::Yaml => crate::local::pv::to_yaml(&pvs).map_err(LocalCliError::Output)?,
                 Format::Json => {
                     let list =
                         serde_json::json!({"apiVersion": "v1", "kind": "List", "items": pvs});
@@ -281,7 +270,7 @@ pub fn run(args: LocalArgs) -> Result<i32, LocalCliError> {
             entry,
         } => {
             let cfg = common.load()?;
-            let host = host_for(&cfg);
+            let host = cfg.host();
             let ctx = WipeCtx {
                 host: &host,
                 cfg: &cfg.local,
@@ -293,7 +282,10 @@ pub fn run(args: LocalArgs) -> Result<i32, LocalCliError> {
             forget_wiped(&cfg, &rec.entry, daemon_up);
             // Nothing else waits for this record: no PV to delete from the command line.
             if let Err(e) = wipe::remove_record(&cfg.state_dir, &rec.stable_id) {
-                eprintln!("warning: wipe record left in place: {e}");
+                eprintln!(
+                    "warning: wipe record left in place: {}",
+                    crate::error::Chain(&e)
+                );
             }
             println!(
                 "wiped {} ({}, {}){}",
@@ -317,15 +309,20 @@ pub fn run(args: LocalArgs) -> Result<i32, LocalCliError> {
         }
         LocalCommand::Sync { common } => {
             let cfg = common.load()?;
-            let host = host_for(&cfg);
+            let host = cfg.host();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| LocalCliError::Output(e.to_string()))?;
             let report = rt.block_on(async {
-                let api = super::kube::KubePvApi::from_env().await?;
+                let api = crate::local::kube::KubePvApi::from_env().await?;
                 let live = live_volumes(&cfg.socket);
-                super::kube::sync_once(&api, &cfg, &host, live).await
+                let node = crate::local::kube::NodeSync {
+                    node_name: &cfg.node_name,
+                    local: &cfg.local,
+                    state_dir: &cfg.state_dir,
+                };
+                crate::local::kube::sync_once(&api, &node, &host, live).await
             })?;
             println!("{report}");
             Ok(0)

@@ -1,6 +1,11 @@
-//! The handler table: one [`Driver`] per protocol turns options into a volume (its key and
-//! what to stage) and attaches/detaches it. Everything after the device — probe, format,
+//! The [`Driver`] trait and the table of drivers by name. A driver turns a request's typed
+//! options into its typed volume once ([`Driver::volume`]), and attaches, detaches and
+//! refreshes the capacity of that value; everything after the device — probe, format,
 //! stage, publish, reconstruction, metrics — is the lifecycle's, the same for every driver.
+//!
+//! Invariant: this module names no driver implementation (the daemon's composition root,
+//! `daemon::drivers`, builds the table), and a protocol's own error reaches the top through
+//! [`ProtocolError`] with its reason label, never as a string.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,9 +13,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::flexvolume::{OptionsError, VolumeOptions};
+use super::options::{MountOptions, OptionsError, VolumeOptions};
+use super::state::{StageSource, VolumeState};
 use crate::host::{ExecError, Host};
-use crate::journal::{StageRecord, StageSource};
 
 /// What a driver derived from the options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,10 +24,53 @@ pub struct VolumeSpec {
     pub key: String,
     /// What to mount at the stage path.
     pub source: StageSource,
-    /// Non-secret options persisted in the journal (to stage again or detach later).
-    pub persist: BTreeMap<String, String>,
-    /// Mount options for the stage mount (`mountOptions`).
-    pub mount_options: String,
+    /// The driver's typed volume, which the stage record keeps for detach; `None` for a
+    /// driver with nothing to remember beyond the source.
+    pub state: Option<VolumeState>,
+    /// Options of the stage's own mount(2) (a block device's filesystem, a directory's
+    /// bind); empty for a share, whose options travel in its [`StageSource::Remote`].
+    pub mount_options: MountOptions,
+}
+
+/// A protocol's own failure (SCSI, RBD, …), carried typed behind [`DriverError::Protocol`].
+pub trait ProtocolError: std::error::Error + Send + Sync + 'static {
+    /// Stable reason label.
+    fn reason(&self) -> &'static str;
+}
+
+/// A boxed [`ProtocolError`]: its message and its source chain are the protocol error's own.
+#[derive(Debug)]
+pub struct ProtocolFailure(Box<dyn ProtocolError>);
+
+impl ProtocolFailure {
+    /// The protocol error, when it is a `T`.
+    pub fn downcast_ref<T: ProtocolError>(&self) -> Option<&T> {
+        let e: &(dyn std::error::Error + 'static) = self.0.as_ref();
+        e.downcast_ref::<T>()
+    }
+
+    /// Its reason label.
+    pub fn reason(&self) -> &'static str {
+        self.0.reason()
+    }
+}
+
+impl std::fmt::Display for ProtocolFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ProtocolFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl<T: ProtocolError> From<T> for ProtocolFailure {
+    fn from(e: T) -> Self {
+        ProtocolFailure(Box::new(e))
+    }
 }
 
 /// A driver's failure.
@@ -52,7 +100,7 @@ pub enum DriverError {
         detail: String,
     },
     /// An external command a driver ran failed (the error names the redacted command).
-    #[error("volume {volume}: {source}")]
+    #[error("volume {volume}")]
     Command {
         /// Volume key.
         volume: String,
@@ -60,11 +108,11 @@ pub enum DriverError {
         #[source]
         source: ExecError,
     },
-    /// An iSCSI or FC attach/detach failure.
+    /// A protocol's own failure (iSCSI/FC SCSI handling, Ceph RBD).
     #[error(transparent)]
-    Scsi(#[from] crate::attach::scsi::ScsiError),
+    Protocol(ProtocolFailure),
     /// A credential file could not be written or removed.
-    #[error("volume {volume}: secret file {path}: {source}")]
+    #[error("volume {volume}: secret file {path}")]
     SecretFile {
         /// Volume key.
         volume: String,
@@ -74,9 +122,6 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
-    /// Ceph RBD.
-    #[error(transparent)]
-    Rbd(#[from] crate::attach::rbd::RbdError),
     /// A local `path` outside the allow-list, or refused whatever it says.
     #[error(transparent)]
     Source(#[from] crate::host::allow::AllowError),
@@ -90,22 +135,20 @@ pub enum DriverError {
         /// Both disks, the volume, and how to proceed.
         detail: String,
     },
+    /// The volume's record (or plan) holds no volume of this driver: a stage adopted from
+    /// the mount table, or a record a driver cannot read.
+    #[error("volume {volume}: its record holds no {driver} volume to act on")]
+    NoVolume {
+        /// Volume key.
+        volume: String,
+        /// Driver.
+        driver: &'static str,
+    },
 }
 
-impl From<crate::flexvolume::PrecheckError> for DriverError {
-    fn from(e: crate::flexvolume::PrecheckError) -> Self {
-        match e {
-            crate::flexvolume::PrecheckError::Options(o) => DriverError::Options(o),
-            crate::flexvolume::PrecheckError::WrongNode {
-                volume,
-                wanted,
-                this,
-            } => DriverError::WrongNode {
-                volume,
-                wanted,
-                this,
-            },
-        }
+impl<T: ProtocolError> From<T> for DriverError {
+    fn from(e: T) -> Self {
+        DriverError::Protocol(e.into())
     }
 }
 
@@ -113,17 +156,47 @@ impl DriverError {
     /// Stable reason label.
     pub fn reason(&self) -> &'static str {
         match self {
-            DriverError::Options(_) => "bad_options",
+            DriverError::Options(_) | DriverError::NoVolume { .. } => "bad_options",
             DriverError::WrongNode { .. } => "wrong_node",
             DriverError::BadSource { .. } => "bad_source",
             DriverError::Command { source, .. } => source.reason(),
             DriverError::SecretFile { .. } => "secret_file",
-            DriverError::Rbd(e) => e.reason(),
-            DriverError::Scsi(e) => e.reason(),
+            DriverError::Protocol(e) => e.reason(),
             DriverError::Source(e) => e.reason(),
             DriverError::NameMoved { .. } => "device_changed",
         }
     }
+
+    /// The protocol error inside, when it is a `T`.
+    pub fn protocol<T: ProtocolError>(&self) -> Option<&T> {
+        match self {
+            DriverError::Protocol(p) => p.downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a device's new size could not be read in.
+#[derive(Debug, thiserror::Error)]
+pub enum CapacityError {
+    /// A sysfs or device operation failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed (the error names the redacted command).
+    #[error("refresh the capacity")]
+    Command {
+        /// The failure.
+        #[source]
+        source: ExecError,
+    },
 }
 
 /// What a driver may know about this node.
@@ -154,16 +227,43 @@ impl NodeContext {
 pub struct Attached {
     /// The block device the attach made appear (iSCSI, RBD, FC); `None` for the others.
     pub device: Option<PathBuf>,
-    /// Non-secret facts learnt while attaching (WWID, session, rbd device id), merged into
-    /// the stage record's options so detach finds them after a restart.
-    pub persist: BTreeMap<String, String>,
+    /// The typed volume with what attach learnt (WWID, rbd device id), for the stage
+    /// record, so detach finds it after a restart; `None`: nothing learnt.
+    pub state: Option<VolumeState>,
+}
+
+/// What detach gets of a stage record: never a secret.
+#[derive(Debug, Clone)]
+pub struct Recorded<'a> {
+    /// Volume key.
+    pub key: &'a str,
+    /// What is (or was) mounted at the stage.
+    pub source: &'a StageSource,
+    /// The driver's typed volume, when the record has one.
+    pub state: Option<&'a VolumeState>,
+    /// Why a record of an earlier moor has none: its options did not convert.
+    pub unconverted: Option<OptionsError>,
+}
+
+impl Recorded<'_> {
+    /// The error for a record without a typed volume of `driver`: the conversion's, naming
+    /// the option, or [`DriverError::NoVolume`].
+    pub fn missing(&self, driver: &'static str) -> DriverError {
+        match &self.unconverted {
+            Some(e) => DriverError::Options(e.clone()),
+            None => DriverError::NoVolume {
+                volume: self.key.into(),
+                driver,
+            },
+        }
+    }
 }
 
 /// One protocol.
 pub trait Driver: Send + Sync {
     /// FlexVolume driver name (`moor~<name>/<name>`).
     fn name(&self) -> &'static str;
-    /// Validates options and derives the volume.
+    /// Validates options and derives the typed volume, once.
     fn volume(&self, node: &NodeContext, opts: &VolumeOptions) -> Result<VolumeSpec, DriverError>;
     /// [`Driver::volume`], plus the source object the driver resolved and holds open (a local
     /// `path`), which the stage mounts instead of looking the text up again.
@@ -175,7 +275,8 @@ pub trait Driver: Send + Sync {
         Ok((self.volume(node, opts)?, None))
     }
     /// Makes the device appear on this node (or, for a share, writes the credential files
-    /// its mount needs). Runs after the stage intent is journaled. Idempotent.
+    /// its mount needs), from the spec [`Driver::volume`] made and the request's secrets.
+    /// Runs after the stage intent is journaled. Idempotent.
     fn attach(
         &self,
         _host: &Host,
@@ -186,7 +287,13 @@ pub trait Driver: Send + Sync {
     }
     /// Makes the device go away (and removes credential files). Idempotent; gets only the
     /// persisted record (no secrets) and must also work for an attach that a crash cut short.
-    fn detach(&self, _host: &Host, _rec: &StageRecord) -> Result<(), DriverError> {
+    fn detach(&self, _host: &Host, _rec: &Recorded<'_>) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// Makes the kernel read the size of the block device `name` (its kernel name: `sdc`,
+    /// `dm-3`, `rbd0`) again, before a grow: the protocol's rescan or refresh. Default:
+    /// nothing to refresh (the device tells its new size by itself).
+    fn refresh_capacity(&self, _host: &Host, _name: &str) -> Result<(), CapacityError> {
         Ok(())
     }
 }
@@ -196,20 +303,7 @@ pub trait Driver: Send + Sync {
 pub struct Drivers(BTreeMap<&'static str, Arc<dyn Driver>>);
 
 impl Drivers {
-    /// Every driver moor ships.
-    pub fn builtin() -> Self {
-        let mut d = Drivers::default();
-        d.add(Arc::new(crate::local::LocalDriver::default()));
-        d.add(Arc::new(crate::attach::rbd::RbdDriver));
-        d.add(Arc::new(crate::share::NfsDriver));
-        d.add(Arc::new(crate::share::GlusterFsDriver));
-        d.add(Arc::new(crate::share::CephFsDriver));
-        d.add(Arc::new(crate::attach::iscsi::IscsiDriver::default()));
-        d.add(Arc::new(crate::attach::fc::FcDriver));
-        d
-    }
-
-    /// Registers a driver.
+    /// Registers a driver (replacing one of the same name).
     pub fn add(&mut self, d: Arc<dyn Driver>) {
         self.0.insert(d.name(), d);
     }
@@ -258,6 +352,34 @@ mod tests {
         let a = volume_key("local", "/mnt/disks/ssd 1");
         assert!(a.starts_with("local-mnt_disks_ssd_1-"), "{a}");
         assert_ne!(a, volume_key("local", "/mnt/disks/ssd_1"));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("volume v: lun gone")]
+    struct Gone {
+        #[source]
+        source: std::io::Error,
+    }
+
+    impl ProtocolError for Gone {
+        fn reason(&self) -> &'static str {
+            "gone"
+        }
+    }
+
+    /// A protocol error keeps its reason, its message and its cause through the box, and
+    /// can be told apart again (iSCSI stops at a CHAP failure by its variant).
+    #[test]
+    fn a_protocol_error_stays_typed() {
+        let e: DriverError = Gone {
+            source: std::io::Error::other("ENODEV"),
+        }
+        .into();
+        assert_eq!(e.reason(), "gone");
+        assert_eq!(e.to_string(), "volume v: lun gone");
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("ENODEV"));
+        assert!(e.protocol::<Gone>().is_some());
     }
 
     proptest! {

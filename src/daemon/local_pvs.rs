@@ -15,9 +15,9 @@ use crate::config::Config;
 use crate::host::Host;
 use crate::lifecycle::Lifecycle;
 
-use super::discover::{IdSources, Scan, scan_class};
-use super::kube::{KubePvApi, PvApi, finish_job, reconcile, wipe_for_job};
-use super::wipe::{self, WipeCtx, WipePhase};
+use crate::local::discover::{Scan, scan_class};
+use crate::local::kube::{KubePvApi, PvApi, finish_job, reconcile, wipe_for_job};
+use crate::local::wipe::{self, WipeCtx, WipePhase};
 
 /// How long to wait for a burst of inotify events to settle before a scan.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -32,14 +32,14 @@ pub fn spawn(
         return None;
     }
     let cfg = Arc::new(cfg.clone());
-    let host = Arc::new(super::cli::host_for(&cfg));
+    let host = Arc::new(cfg.host());
     Some(tokio::spawn(async move {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         watch_dirs(&cfg, tx);
         resume_wipes(&cfg, &host, &lifecycle).await;
         let api = match cfg.local.kubernetes {
-            super::classes::KubeMode::Off => None,
-            super::classes::KubeMode::Auto => match KubePvApi::from_env().await {
+            crate::local::classes::KubeMode::Off => None,
+            crate::local::classes::KubeMode::Auto => match KubePvApi::from_env().await {
                 Ok(a) => Some(a),
                 Err(e) => {
                     tracing::warn!(error = %e, "local PVs: no API server; discovery only (`moor local discover` prints the manifests)");
@@ -106,13 +106,21 @@ fn forget(lifecycle: &Lifecycle, entry: &std::path::Path) {
                 tracing::info!(volume = %key, "wiped entry forgotten; the next claim formats it")
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(volume = %key, error = %e, "wiped entry not forgotten"),
+            Err(e) => {
+                tracing::warn!(volume = %key, error = %crate::error::Chain(&e), "wiped entry not forgotten")
+            }
         }
     }
 }
 
 fn live(lifecycle: &Lifecycle) -> Result<Option<Vec<crate::api::VolumeStatus>>, String> {
-    Ok(Some(lifecycle.status()))
+    Ok(Some(
+        lifecycle
+            .status()
+            .iter()
+            .map(crate::api::VolumeStatus::from)
+            .collect(),
+    ))
 }
 
 /// Start-up: a wipe the last run did not finish is resumed (the rules are checked again) or,
@@ -153,7 +161,7 @@ async fn resume_wipes(cfg: &Arc<Config>, host: &Arc<Host>, lifecycle: &Arc<Lifec
                 match res {
                     Ok(Ok(_)) => tracing::info!("interrupted wipe finished"),
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "interrupted wipe not resumed; the entry stays unpublished")
+                        tracing::error!(error = %crate::error::Chain(&e), "interrupted wipe not resumed; the entry stays unpublished")
                     }
                     Err(e) => tracing::error!(error = %e, "wipe task failed"),
                 }
@@ -171,7 +179,7 @@ async fn pass(
 ) {
     let (c, h) = (cfg.clone(), host.clone());
     let scans = tokio::task::spawn_blocking(move || {
-        let src = IdSources::new(&c.local, &h);
+        let src = crate::local::discover::id_sources(&c.local, &h);
         c.local
             .classes
             .iter()
@@ -231,7 +239,7 @@ async fn recycle<A: PvApi>(
     host: &Arc<Host>,
     lifecycle: &Arc<Lifecycle>,
     api: &A,
-    job: super::kube::WipeJob,
+    job: crate::local::kube::WipeJob,
 ) {
     let (c, h, lc, j) = (cfg.clone(), host.clone(), lifecycle.clone(), job.clone());
     let wiped = tokio::task::spawn_blocking(move || {
