@@ -39,6 +39,9 @@ pub struct FileConfig {
     /// kubelet's pod log directory (`<namespace>_<pod>_<uid>` entries), where the volume
     /// statistics take each pod's namespace from.
     pub pod_log_dir: Option<PathBuf>,
+    /// The host's mount namespace when moor runs in a container (`/proc/1/ns/mnt`, with
+    /// `hostPID`): the host-bound tools run there (`host::onhost`). File only.
+    pub host_mount_namespace: Option<PathBuf>,
 }
 
 /// Flag/env overrides (clap fills these).
@@ -77,6 +80,8 @@ pub struct Config {
     pub local: crate::local::classes::LocalConfig,
     /// kubelet's pod log directory.
     pub pod_log_dir: PathBuf,
+    /// The host's mount namespace, when moor runs in a container that can reach it.
+    pub host_mount_namespace: Option<PathBuf>,
 }
 
 impl Config {
@@ -246,6 +251,11 @@ impl Config {
                 pick(&top.pod_log_dir, &file.pod_log_dir)
                     .unwrap_or_else(|| crate::host::podlogs::DEFAULT_POD_LOG_DIR.into()),
             )?,
+            host_mount_namespace: match pick(&top.host_mount_namespace, &file.host_mount_namespace)
+            {
+                Some(p) => Some(path_key("host-mount-namespace", p)?),
+                None => None,
+            },
         };
         let socket_dir = cfg.socket.parent().unwrap_or(&cfg.socket);
         cfg.local

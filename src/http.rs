@@ -18,6 +18,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Set once reconstruction finished and the socket listens.
     pub ready: AtomicBool,
+    /// Lines `/readyz` adds when ready: where moor runs, and any risk an operator must know.
+    pub detail: String,
 }
 
 async fn metrics(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
@@ -34,11 +36,11 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(s): State<Arc<HttpState>>) -> (StatusCode, &'static str) {
+async fn readyz(State(s): State<Arc<HttpState>>) -> (StatusCode, String) {
     if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, format!("ready\n{}", s.detail))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "reconstructing\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "reconstructing\n".into())
     }
 }
 

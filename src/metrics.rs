@@ -170,6 +170,18 @@ pub struct Metrics {
     /// Journal entries found unusable at start-up and set aside as `*.corrupt` (still on
     /// disk, for an operator to inspect), by reason.
     pub records_set_aside: Family<SetAsideLabels, Gauge>,
+    /// Where moor runs (`host`, `container`, `isolated`) and whether FUSE clients live in
+    /// scopes of the host's systemd (`fuse_outlives_moor` = `true`/`false`): always 1.
+    pub placement: Family<PlacementLabels, Gauge>,
+}
+
+/// Labels of `moor_placement_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacementLabels {
+    /// `host`, `container` or `isolated` (see `host::onhost`).
+    pub placement: String,
+    /// `true` when a restart of moor cannot kill a FUSE client.
+    pub fuse_outlives_moor: String,
 }
 
 /// Labels of set-aside journal entries.
@@ -224,6 +236,7 @@ impl Metrics {
             inodes_free: Family::default(),
             inodes_used: Family::default(),
             records_set_aside: Family::default(),
+            placement: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -325,6 +338,11 @@ impl Metrics {
             "journal_records_set_aside",
             "Journal entries set aside as *.corrupt at start-up, by reason",
             m.records_set_aside.clone(),
+        );
+        registry.register(
+            "placement_info",
+            "Where moor runs and whether its FUSE clients outlive it (a pod restart, an upgrade)",
+            m.placement.clone(),
         );
         let info = Family::<BuildLabels, Gauge>::default();
         info.get_or_create(&BuildLabels {

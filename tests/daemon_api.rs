@@ -91,7 +91,11 @@ fn metrics_and_health_endpoints() {
     require_privileged_sandbox();
     let (d, port) = Daemon::start_with_metrics();
     assert!(http_get(port, "/healthz").contains("200 OK"));
-    assert!(http_get(port, "/readyz").contains("ready"));
+    let ready = http_get(port, "/readyz");
+    assert!(ready.contains("ready"), "{ready}");
+    // Where moor runs, said where an operator looks (no host-mount-namespace configured:
+    // the host's own namespace, whatever the test sandbox's mount namespace is).
+    assert!(ready.contains("placement: host"), "{ready}");
     let src = d.root.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     d.mount(
@@ -122,6 +126,7 @@ fn metrics_and_health_endpoints() {
         r#"moor_volume_stats_capacity_bytes{namespace="",persistentvolumeclaim="",persistentvolume="",volume="pv-a",volume_key="#,
         r#"moor_volume_stats_inodes_used{namespace="",persistentvolumeclaim="",persistentvolume="",volume="pv-a",volume_key="#,
         "moor_published_volumes 1",
+        r#"moor_placement_info{placement="host",fuse_outlives_moor="#,
     ] {
         assert!(text.contains(want), "missing {want} in:\n{text}");
     }

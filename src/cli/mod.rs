@@ -58,6 +58,19 @@ enum Command {
     Demo,
     /// Local persistent volumes: `moor local discover | wipe <entry> | sync`.
     Local(local::LocalArgs),
+    /// Install the FlexVolume front end into kubelet's plugin dir, atomically (the
+    /// DaemonSet's init container runs this; kubelet execs the drivers on the host).
+    InstallFlexvolume {
+        /// kubelet's `--volume-plugin-dir`.
+        #[arg(
+            long,
+            default_value = "/usr/libexec/kubernetes/kubelet-plugins/volume/exec"
+        )]
+        plugin_dir: PathBuf,
+        /// The binary to install [default: this one].
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -126,6 +139,7 @@ impl DaemonArgs {
                 log_format: self.log_format,
                 local: None,
                 pod_log_dir: self.pod_log_dir,
+                host_mount_namespace: None,
             },
         }
     }
@@ -250,6 +264,9 @@ pub enum CliError {
     /// `moor local …`.
     #[error(transparent)]
     Local(#[from] local::LocalCliError),
+    /// `moor install-flexvolume`.
+    #[error(transparent)]
+    Install(#[from] flexvolume::install::InstallError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -274,6 +291,21 @@ pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
         Command::Forget { key } => forget(&key),
         Command::Demo => Ok(demo::run()?),
         Command::Local(args) => Ok(local::run(args)?),
+        Command::InstallFlexvolume { plugin_dir, binary } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => std::env::current_exe()
+                    .map_err(|e| CliError::Other(format!("cannot find this binary: {e}")))?,
+            };
+            let done = flexvolume::install::install(&plugin_dir, &binary, flexvolume::DRIVERS)?;
+            println!(
+                "installed {} and {} drivers in {}",
+                done.binary.display(),
+                done.drivers.len(),
+                plugin_dir.display()
+            );
+            Ok(0)
+        }
         Command::Version => {
             println!("{}", version_line());
             Ok(0)

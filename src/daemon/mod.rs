@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::host::onhost::Placement;
 use crate::host::process::{LockError, PidLock};
 use crate::host::{Host, HostPaths};
 use crate::http::HttpState;
@@ -116,6 +117,23 @@ fn local_id_sources(cfg: &Config) -> crate::host::devid::IdSources {
     }
 }
 
+/// What `/readyz` says of the placement: one line, and a warning line with the risk.
+fn placement_detail(p: &Placement) -> String {
+    let mut s = format!(
+        "placement: {}, FUSE clients {}\n",
+        p.label(),
+        if p.fuse_scope() {
+            "in scopes of the host's systemd"
+        } else {
+            "in moor's own cgroup"
+        }
+    );
+    if let Some(risk) = p.risk() {
+        s.push_str(&format!("warning: {risk}\n"));
+    }
+    s
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
@@ -128,11 +146,28 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     let _state_lock = lock_instance(&cfg.state_dir)?;
     let _run_lock = lock_instance(&cfg.run_dir)?;
-    let host = Host::system(HostPaths::system(
+    let mut host = Host::system(HostPaths::system(
         cfg.kubelet_dir.clone(),
         cfg.state_dir.clone(),
         cfg.run_dir.clone(),
     ));
+    // Under systemd a FUSE daemon started from moor's cgroup would die with a restart of
+    // the unit (or a `systemctl stop`), and in the DaemonSet's container with the pod: its
+    // own scope of the host's systemd keeps every pod's mount alive.
+    let placement = Placement::detect(&host.paths.proc, cfg.host_mount_namespace.as_deref());
+    host.runner = placement.runner(host.runner.clone());
+    match placement.risk() {
+        None => tracing::info!(
+            placement = placement.label(),
+            fuse_scope = "host systemd",
+            "FUSE clients run in scopes of the host's systemd and outlive moor"
+        ),
+        Some(risk) => tracing::warn!(
+            placement = placement.label(),
+            risk,
+            "FUSE mounts do not outlive moor here"
+        ),
+    }
     // Before any mount id is read or recorded: ids from another namespace are learnt again
     // at reconstruction (a DaemonSet's next pod is a new namespace).
     match crate::host::nsmark::token(&cfg.run_dir) {
@@ -146,9 +181,6 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         mount: cfg.mount_timeout,
         unmount: cfg.mount_timeout,
     };
-    // Under systemd a FUSE daemon started from moor's cgroup would die with a restart of
-    // the unit (or a `systemctl stop`); its own scope keeps every pod's mount alive.
-    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
     let drivers = drivers::with_local_sources(
         drivers::builtin(),
         &host.paths,
@@ -157,7 +189,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     );
     let lifecycle = Arc::new(
         Lifecycle::new(host, journal, drivers, cfg.node_name.clone(), timeouts)
-            .with_fuse_scope(systemd)
+            .with_fuse_scope(placement.fuse_scope())
             .with_id_sources(local_id_sources(&cfg)),
     );
     let metrics = Arc::new(Metrics::new());
@@ -190,6 +222,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             })
             .inc();
     }
+    metrics
+        .placement
+        .get_or_create(&crate::metrics::PlacementLabels {
+            placement: placement.label().into(),
+            fuse_outlives_moor: placement.fuse_scope().to_string(),
+        })
+        .set(1);
     tracing::info!(?report, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -198,17 +237,19 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .thread_name("moor")
         .build()
         .map_err(io("start runtime", Path::new("-")))?;
-    rt.block_on(serve(cfg, lifecycle, metrics))
+    rt.block_on(serve(cfg, lifecycle, metrics, placement))
 }
 
 async fn serve(
     cfg: Config,
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<Metrics>,
+    placement: Placement,
 ) -> Result<(), DaemonError> {
     let http_state = Arc::new(HttpState {
         metrics: metrics.clone(),
         ready: Default::default(),
+        detail: placement_detail(&placement),
     });
     if let Some(addr) = cfg.metrics_addr {
         let (bound, _task) = crate::http::serve(addr, http_state.clone())

@@ -7,6 +7,7 @@
 //! effect of its own: it parses and checks, then forwards the typed options to the daemon.
 
 pub mod frontend;
+pub mod install;
 pub mod options;
 pub mod precheck;
 pub mod reply;
