@@ -383,7 +383,11 @@ fn api(sock: &Path, line: &[u8], buf: &mut Vec<u8>) -> Result<()> {
             break;
         }
     }
-    if !buf.windows(9).any(|w| w == b"\"Success\"") {
+    // The daemon's typed answer (api::Response): only `done` is a success.
+    if !matches!(
+        serde_json::from_slice::<moor::api::Response>(buf),
+        Ok(moor::api::Response::Done)
+    ) {
         bail!("daemon answered {}", String::from_utf8_lossy(buf));
     }
     Ok(())
