@@ -14,7 +14,6 @@
 //! The paths moor hands those tools (the kubelet dir, `/run/moor`, `/var/lib/moor`) mean the
 //! same on both sides, because the DaemonSet mounts each host directory at its own path.
 
-use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,7 +118,6 @@ impl Placement {
             Placement::Container { host_mnt_ns, .. } => Arc::new(OnHostRunner {
                 inner,
                 mnt_ns: host_mnt_ns.clone(),
-                programs: HOST_TOOLS.iter().map(OsString::from).collect(),
             }),
             _ => inner,
         }
@@ -130,7 +128,6 @@ impl Placement {
 pub struct OnHostRunner {
     inner: Arc<dyn CommandRunner>,
     mnt_ns: PathBuf,
-    programs: BTreeSet<OsString>,
 }
 
 impl OnHostRunner {
@@ -140,7 +137,7 @@ impl OnHostRunner {
         let name = Path::new(&cmd.program)
             .file_name()
             .unwrap_or(OsStr::new(""));
-        if !self.programs.contains(name) {
+        if !HOST_TOOLS.iter().any(|t| OsStr::new(t) == name) {
             return None;
         }
         let mut mount = OsString::from("--mount=");
@@ -220,7 +217,6 @@ mod tests {
         let r = OnHostRunner {
             inner: Arc::new(ScriptRunner::default()),
             mnt_ns: "/proc/1/ns/mnt".into(),
-            programs: HOST_TOOLS.iter().map(OsString::from).collect(),
         };
         let cmd = Cmd::new("iscsiadm")
             .args(["-m", "node", "-v"])

@@ -308,56 +308,52 @@ impl Lifecycle {
             }
         };
         let stacked = |p: &Path| table.iter().filter(|m| m.mount_point == p).count();
-        let mut decide = |path: &Path, recorded: MountId, key: &str| {
-            let now = self.mount_id_of_path(path);
-            match owned::rekey(recorded, here, stacked(path), now) {
-                owned::Rekey::Keep => None,
-                owned::Rekey::Replace(m) => Some(m),
-                owned::Rekey::Ambiguous(why) => {
+        // The id to record now, or none; an ambiguity is reported and the record kept.
+        let learn =
+            |path: &Path, recorded: Option<MountId>, key: &str, report: &mut Reconstruction| {
+                let recorded = recorded?;
+                match owned::rekey(recorded, here, stacked(path), self.mount_id_of_path(path)) {
+                    owned::Rekey::Keep => None,
+                    owned::Rekey::Replace(m) => Some(m),
+                    owned::Rekey::Ambiguous(why) => {
+                        report
+                            .problems
+                            .push(format!("volume {key}: {}: {why}", path.display()));
+                        None
+                    }
+                }
+            };
+        let recorded = |written: Result<(), crate::journal::JournalError>,
+                        report: &mut Reconstruction| {
+            match written {
+                Ok(()) => {
+                    report.rekeyed += 1;
+                    true
+                }
+                Err(e) => {
                     report
                         .problems
-                        .push(format!("volume {key}: {}: {why}", path.display()));
-                    None
+                        .push(format!("cannot record a mount id learnt again: {e}"));
+                    false
                 }
             }
         };
-        let mut learnt = Vec::new();
         for mut s in stages {
             let path = self.stage_path(&s.driver, &s.key);
-            if let Some(m) = s.mount_id.and_then(|r| decide(&path, r, &s.key)) {
+            if let Some(m) = learn(&path, s.mount_id, &s.key, report) {
                 s.mount_id = Some(m);
-                learnt.push((Some(s), None));
+                if recorded(self.journal.put_stage(&s), report) {
+                    self.state().stages.insert(s.key.clone(), s);
+                }
             }
         }
         for mut p in publishes {
-            if let Some(m) = p
-                .mount_id
-                .and_then(|r| decide(&p.target.clone(), r, &p.key))
-            {
+            if let Some(m) = learn(&p.target, p.mount_id, &p.key, report) {
                 p.mount_id = Some(m);
-                learnt.push((None, Some(p)));
+                if recorded(self.journal.put_publish(&p), report) {
+                    self.state().put_publish(p);
+                }
             }
-        }
-        for (s, p) in learnt {
-            let written = match (&s, &p) {
-                (Some(s), _) => self.journal.put_stage(s),
-                (_, Some(p)) => self.journal.put_publish(p),
-                _ => Ok(()),
-            };
-            if let Err(e) = written {
-                report
-                    .problems
-                    .push(format!("cannot record a mount id learnt again: {e}"));
-                continue;
-            }
-            let mut st = self.state();
-            if let Some(s) = s {
-                st.stages.insert(s.key.clone(), s);
-            }
-            if let Some(p) = p {
-                st.put_publish(p);
-            }
-            report.rekeyed += 1;
         }
         if report.rekeyed > 0 {
             tracing::info!(

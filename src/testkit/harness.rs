@@ -632,10 +632,7 @@ pub fn kubelet_options(
 
 /// Mount points under `root`, from the live table.
 pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    // The daemon's own mount-namespace marker (host::nsmark) is no volume.
-    let mut m = sandbox::mounts_under(root).expect("read /proc/self/mountinfo");
-    m.retain(|p| !crate::host::nsmark::is_marker(p));
-    m
+    super::tree::volume_mounts_under(root).expect("read /proc/self/mountinfo")
 }
 
 /// Detaches every mount under `root`, deepest first (a test's last-resort teardown: lazily,

@@ -119,12 +119,9 @@ impl Tree {
         Ok(path)
     }
 
-    /// Volume mount points under the tree, from the live table (the daemon's own
-    /// mount-namespace marker, `host::nsmark`, is none).
+    /// Volume mount points under the tree, from the live table.
     pub fn mounts(&self) -> std::io::Result<Vec<PathBuf>> {
-        let mut m = sandbox::mounts_under(&self.root)?;
-        m.retain(|p| !crate::host::nsmark::is_marker(p));
-        Ok(m)
+        volume_mounts_under(&self.root)
     }
 
     /// Detaches every mount under the tree (the marker too), deepest first; returns what
@@ -177,6 +174,14 @@ impl AllowList {
             list("allowed-devices", &self.devices)
         )
     }
+}
+
+/// Mount points under `root` from the live table, without the daemon's own mount-namespace
+/// marker (`host::nsmark`), which is no volume.
+pub fn volume_mounts_under(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut m = sandbox::mounts_under(root)?;
+    m.retain(|p| !crate::host::nsmark::is_marker(p));
+    Ok(m)
 }
 
 #[cfg(test)]
