@@ -156,12 +156,7 @@ lab_assert_mounted "$G_DIR" fuse.glusterfs
 echo fuse-before > "$G_DIR/before"
 g_stage=$(awk -v p="$KUBELET/plugins/moor/glusterfs/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | head -n1)
 [[ -n $g_stage ]] || lab_die "no glusterfs stage mount on the host"
-g_pid=""
-for p in $(pgrep -x glusterfs); do
-  tr '\0' ' ' < "/proc/$p/cmdline" | grep -q " $g_stage" || continue
-  for fd in /proc/"$p"/fd/*; do [[ $(readlink "$fd") == /dev/fuse ]] && g_pid=$p; done
-done
-[[ -n $g_pid ]] || lab_die "no glusterfs client holds /dev/fuse for $g_stage"
+g_pid=$(lab_gluster_client_pid "$g_stage") || lab_die "no glusterfs client holds /dev/fuse for $g_stage"
 g_cgroup=$(cat "/proc/$g_pid/cgroup")
 [[ $g_cgroup == *.scope* && $g_cgroup != "$moor_cgroup" && $g_cgroup != *"${moor_cgroup#0::}"* ]] ||
   lab_die "the FUSE client is in the container's cgroup, not a host scope: $g_cgroup (moor: $moor_cgroup)"

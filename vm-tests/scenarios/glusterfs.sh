@@ -14,16 +14,6 @@ lab_gluster_volume vol1
 share_daemon_start --mount-timeout-seconds 8
 lab_step "glusterd on $GLUSTER_SERVER with vol1; moor daemon running"
 
-# fuse_pid DIR — the glusterfs process that holds /dev/fuse for mount point DIR.
-fuse_pid() {
-  local p fd
-  for p in $(pgrep -x glusterfs); do
-    tr '\0' ' ' < "/proc/$p/cmdline" | grep -q " $1\( \|$\)" || continue
-    for fd in /proc/"$p"/fd/*; do [[ $(readlink "$fd") == /dev/fuse ]] && { echo "$p"; return 0; }; done
-  done
-  return 1
-}
-
 # The dead address first: moor mounts from it, so backup-volfile-servers must carry the
 # live one; the mount succeeds through the backup.
 opts=$(jq -cn --arg e "$GLUSTER_DEAD_SERVER,$GLUSTER_SERVER" '{endpoints: $e, path: "vol1"}')
@@ -34,7 +24,7 @@ c=$(share_mount cccccccc-0000-4000-8000-000000000003 glusterfs vol1 ro "$opts_li
 lab_assert_mounted "$a" fuse.glusterfs
 stage=$(share_stage_of "$a")
 [[ -n $stage && $(share_stage_of "$c") == "$stage" ]] || lab_die "pods do not share one stage"
-pid=$(fuse_pid "$stage") || lab_die "no glusterfs client for $stage"
+pid=$(lab_gluster_client_pid "$stage") || lab_die "no glusterfs client for $stage"
 cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline")
 lab_log "client: $cmdline"
 [[ $cmdline == *"--volfile-server=$GLUSTER_SERVER "* ]] || lab_die "client does not mount from $GLUSTER_SERVER: $cmdline"
@@ -70,7 +60,7 @@ share_wait_healed 10 "$c/from-b" gluster-b
 echo after-heal > "$b/after-heal"
 lab_assert_file_eq "$a/after-heal" after-heal
 share_assert_erofs "$c"
-newpid=$(fuse_pid "$stage") || lab_die "no glusterfs client after healing"
+newpid=$(lab_gluster_client_pid "$stage") || lab_die "no glusterfs client after healing"
 [[ $newpid != "$pid" ]] || lab_die "same client pid after healing?"
 heals1=$(share_metric 'moor_heals_total{')
 awk -v a="$heals0" -v b="$heals1" 'BEGIN { exit !(b > a) }' || lab_die "moor_heals_total did not grow ($heals0 -> $heals1)"

@@ -45,12 +45,7 @@ lab_step "brick killed: ENOTCONN; brick restarted: the same mount works again"
 
 # auto_unmount: killing the FUSE server process removes the mount
 lab_run lab_with_deadline 60 mount -t glusterfs -o auto_unmount "$GLUSTER_SERVER:/vol1" "$m2"
-fuse_pid=""
-for p in $(pgrep -x glusterfs); do
-  tr '\0' ' ' < "/proc/$p/cmdline" | grep -q " $m2" || continue
-  for fd in /proc/"$p"/fd/*; do [[ $(readlink "$fd") == /dev/fuse ]] && fuse_pid=$p; done
-done
-[[ -n $fuse_pid ]] || lab_die "no glusterfs process holds /dev/fuse for $m2"
+fuse_pid=$(lab_gluster_client_pid "$m2") || lab_die "no glusterfs process holds /dev/fuse for $m2"
 kill -9 "$fuse_pid"
 lab_wait_for 20 "auto_unmount removes $m2" bash -c "! grep -q ' $m2 ' /proc/mounts"
 lab_step "auto_unmount: client killed, mount removed by its watcher"

@@ -50,12 +50,7 @@ lab_assert_mounted "$G_DIR" fuse.glusterfs
 echo fuse-before-restart > "$G_DIR/before"
 g_stage=$(awk -v p="$LAB_KUBELET_DIR/plugins/moor/glusterfs/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo)
 [[ -n $g_stage ]] || lab_die "no glusterfs stage mount"
-g_pid=""
-for p in $(pgrep -x glusterfs); do
-  tr '\0' ' ' < "/proc/$p/cmdline" | grep -q " $g_stage" || continue
-  for fd in /proc/"$p"/fd/*; do [[ $(readlink "$fd") == /dev/fuse ]] && g_pid=$p; done
-done
-[[ -n $g_pid ]] || lab_die "no glusterfs client holds /dev/fuse for $g_stage"
+g_pid=$(lab_gluster_client_pid "$g_stage") || lab_die "no glusterfs client holds /dev/fuse for $g_stage"
 g_cgroup=$(cat "/proc/$g_pid/cgroup")
 lab_log "FUSE client $g_pid cgroup: $g_cgroup"
 [[ $g_cgroup != *moor.service* ]] || lab_die "the FUSE client runs in moor.service's cgroup: $g_cgroup"

@@ -41,6 +41,7 @@
 #   lab_gluster_start [OPTIONS]            start, then source DIR/env
 #   lab_gluster_volume NAME [BRICKS]       create-volume, then source DIR/env again
 #   lab_gluster_stop                       stop
+#   lab_gluster_client_pid DIR             the FUSE client process serving the mount at DIR
 #   lab_gluster COMMAND [ARGS]             any command above for that server
 #   lab_on_exit lab_gluster_stop           (what a scenario should do right after start)
 #
@@ -81,6 +82,16 @@ if [[ ${BASH_SOURCE[0]} != "$0" ]]; then
     . "$_LAB_GLUSTER_DIR/env"
   }
   lab_gluster_stop() { lab_gluster stop; }
+  # lab_gluster_client_pid DIR — the glusterfs client process that holds /dev/fuse for the
+  # mount at DIR (exit 1 when there is none).
+  lab_gluster_client_pid() {
+    local p fd
+    for p in $(pgrep -x glusterfs); do
+      tr '\0' ' ' < "/proc/$p/cmdline" | grep -q " $1\( \|$\)" || continue
+      for fd in /proc/"$p"/fd/*; do [[ $(readlink "$fd") == /dev/fuse ]] && { echo "$p"; return 0; }; done
+    done
+    return 1
+  }
   return 0
 fi
 set -euo pipefail
