@@ -57,6 +57,142 @@ pub enum Request {
         /// Volume key.
         key: String,
     },
+    /// A CSI node call, as the CSI front end translated it from gRPC. Paths and names were
+    /// checked there; the daemon checks them again against its own rules.
+    Csi {
+        /// moor's driver name (`iscsi`, `nfs`, …): which CSI socket the call came in on.
+        driver: String,
+        /// The CSI `volume_id` (the PV's `volumeHandle`).
+        volume_id: String,
+        /// The call.
+        call: CsiCall,
+    },
+}
+
+/// How a CSI volume is presented: a mounted filesystem or the raw block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeMode {
+    /// `volumeMode: Filesystem`.
+    Filesystem,
+    /// `volumeMode: Block`: the device node is bound onto the target file.
+    Block,
+}
+
+/// CSI's access modes (`VolumeCapability.AccessMode.Mode`), minus UNKNOWN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessMode {
+    /// ReadWriteOnce.
+    SingleNodeWriter,
+    /// Read-only on one node.
+    SingleNodeReaderOnly,
+    /// ReadOnlyMany.
+    MultiNodeReaderOnly,
+    /// Many nodes read, one writes.
+    MultiNodeSingleWriter,
+    /// ReadWriteMany.
+    MultiNodeMultiWriter,
+    /// ReadWriteOncePod: one publish (one pod) at a time.
+    SingleNodeSingleWriter,
+    /// Many pods of one node write.
+    SingleNodeMultiWriter,
+}
+
+/// One CSI node call. `options` are the volume context (the PV's `volumeAttributes`, with
+/// exactly FlexVolume's option names) parsed by [`crate::volume::options::parse`], with the
+/// capability's fsType and mount flags, the publish's `readonly` and the pod's details
+/// filled in, and the call's secrets beside.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum CsiCall {
+    /// NodeStageVolume: attach, and for a filesystem volume probe/format-if-blank and mount
+    /// at moor's own stage directory. `staging_path` is kubelet's, recorded and handed back
+    /// to publish; nothing is mounted on it.
+    Stage {
+        /// kubelet's `staging_target_path`.
+        staging_path: String,
+        /// Filesystem or raw block.
+        mode: VolumeMode,
+        /// The capability's access mode.
+        access: AccessMode,
+        /// The parsed volume context and secrets.
+        #[serde(deserialize_with = "crate::volume::options::typed_or_kubelet")]
+        options: VolumeOptions,
+    },
+    /// NodeUnstageVolume: unmount the stage and detach. Refused while a publish remains.
+    Unstage {
+        /// kubelet's `staging_target_path`.
+        staging_path: String,
+    },
+    /// NodePublishVolume: bind the stage (or the device node, for raw block) onto
+    /// `target`, which moor creates.
+    Publish {
+        /// kubelet's `staging_target_path` given at stage.
+        staging_path: String,
+        /// kubelet's `target_path`.
+        target: String,
+        /// Filesystem or raw block.
+        mode: VolumeMode,
+        /// The capability's access mode.
+        access: AccessMode,
+        /// The parsed volume context and secrets (read-only from the call's `readonly`).
+        #[serde(deserialize_with = "crate::volume::options::typed_or_kubelet")]
+        options: VolumeOptions,
+    },
+    /// NodeUnpublishVolume: unmount moor's bind at `target` and remove what moor created
+    /// there.
+    Unpublish {
+        /// kubelet's `target_path`.
+        target: String,
+    },
+    /// NodeGetVolumeStats of a published or staged path.
+    Stats {
+        /// `volume_path`: a target or the staging path.
+        path: String,
+    },
+    /// NodeExpandVolume: refresh the device's size and grow the filesystem.
+    Expand {
+        /// `volume_path`.
+        path: String,
+        /// `capacity_range.required_bytes` (0: as large as the device).
+        required_bytes: u64,
+    },
+}
+
+impl CsiCall {
+    /// The operation name, for logs and metrics.
+    pub fn op(&self) -> &'static str {
+        match self {
+            CsiCall::Stage { .. } => "csi_stage",
+            CsiCall::Unstage { .. } => "csi_unstage",
+            CsiCall::Publish { .. } => "csi_publish",
+            CsiCall::Unpublish { .. } => "csi_unpublish",
+            CsiCall::Stats { .. } => "csi_stats",
+            CsiCall::Expand { .. } => "csi_expand",
+        }
+    }
+}
+
+/// Bytes or inodes of a filesystem volume (NodeGetVolumeStats' `VolumeUsage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Total.
+    pub total: u64,
+    /// Available to the pod.
+    pub available: u64,
+    /// Used.
+    pub used: u64,
+}
+
+/// What the reconciler's probe last saw of a volume (CSI's `VolumeCondition`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    /// Something is wrong: a dead, hung or unmounted share, a block device gone, a
+    /// filesystem with I/O errors.
+    pub abnormal: bool,
+    /// What, in a sentence (empty when healthy).
+    pub message: String,
 }
 
 impl Request {
@@ -68,6 +204,7 @@ impl Request {
             Request::Expand { .. } => "expandfs",
             Request::Status => "status",
             Request::Forget { .. } => "forget",
+            Request::Csi { call, .. } => call.op(),
         }
     }
 }
@@ -198,6 +335,27 @@ pub enum Response {
         /// Journal entries set aside at start-up.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         set_aside: Vec<SetAsideRecord>,
+    },
+    /// Answer to [`CsiCall::Stats`].
+    VolumeStats {
+        /// Filesystem or raw block.
+        mode: VolumeMode,
+        /// Bytes (filesystem volumes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes: Option<Usage>,
+        /// Inodes (filesystem volumes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inodes: Option<Usage>,
+        /// The device's size (raw block volumes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        /// The volume's health.
+        condition: Condition,
+    },
+    /// Answer to [`CsiCall::Expand`].
+    Expanded {
+        /// The volume's capacity now.
+        capacity_bytes: u64,
     },
 }
 

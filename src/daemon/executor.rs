@@ -321,6 +321,11 @@ impl Handler for Executor {
                     .collect(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
+            // Served by the CSI work (issue 15) as it lands.
+            Request::Csi { .. } => answer.send(&Response::Failed(Failure::labelled(
+                "unsupported",
+                "CSI calls are not served yet",
+            ))),
             Request::Mount {
                 driver,
                 target,

@@ -96,7 +96,9 @@ impl Reply {
         match r {
             Response::Done => Reply::success(),
             Response::Failed(f) => Reply::failure(f.to_string()),
-            other @ Response::Status { .. } => {
+            other @ (Response::Status { .. }
+            | Response::VolumeStats { .. }
+            | Response::Expanded { .. }) => {
                 Reply::failure(format!("daemon_error: unexpected answer {other:?}"))
             }
         }
