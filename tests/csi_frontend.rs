@@ -314,3 +314,141 @@ fn a_removed_registration_socket_comes_back_and_shutdown_removes_every_socket() 
         assert!(!d.registration_socket(driver).exists(), "{driver}");
     }
 }
+
+/// Python's grpcio (no moor code on the client side), run on `socket`.
+fn grpcio(socket: &Path, method: &str, request_hex: &str, authority: Option<&str>) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/csi/raw_call.py");
+    // Debian's python3-grpcio: the interpreter it belongs to, not whatever `python3` is first.
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.arg(&script).arg(socket).arg(method).arg(request_hex);
+    cmd.args(authority);
+    let out = cmd.output().expect("run /usr/bin/python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "grpcio client failed (apt-get install python3-grpcio): {stderr}"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// An independent client (grpcio) reads Identity; the same client sending the socket path
+/// as `:authority`, as kubelet before 1.26 does, is refused by h2 — and the daemon's log
+/// says why, naming the minimum kubelet version.
+#[test]
+#[ignore = "tier 2: needs root (a real daemon) and Debian's python3-grpcio"]
+fn an_old_kubelets_authority_is_refused_with_a_warning_naming_kubelet_1_26() {
+    require_privileged_sandbox();
+    let d = Daemon::start_with_csi_config("csi:\n  enabled: true\n  drivers: [nfs]\n");
+    let sock = d.csi_socket("nfs");
+    let _ = d.csi("nfs");
+    let ok = grpcio(&sock, "/csi.v1.Identity/GetPluginInfo", "", None);
+    // GetPluginInfoResponse: field 1 (name) = "nfs.csi.moor.io".
+    let name_hex: String = "nfs.csi.moor.io"
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(ok.starts_with("OK 0a0f") && ok.contains(&name_hex), "{ok}");
+    assert!(!d.log_text().contains("minimum_kubelet"));
+    let old = grpcio(
+        &sock,
+        "/csi.v1.Identity/GetPluginInfo",
+        "",
+        Some(sock.to_str().unwrap()),
+    );
+    assert!(old.starts_with("ERR "), "{old}");
+    wait_for("the old-kubelet warning", &d, || {
+        d.log_text().lines().any(|l| {
+            l.contains("\"level\":\"WARN\"")
+                && l.contains("kubelet 1.26 or newer")
+                && l.contains(&format!("\"authority\":\"{}\"", sock.display()))
+        })
+    });
+}
+
+/// Every byte under `dir` (the journal and state files), as text.
+fn all_file_text(dir: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() {
+            out.push_str(&all_file_text(&p));
+        } else if md.is_file() {
+            out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+/// A call's secrets reach neither the daemon's debug log nor its journal, while the call
+/// itself is logged (method, volume_id, driver) with the secret's key name only.
+#[test]
+#[ignore = "tier 2: needs root (a real daemon on a scratch kubelet tree)"]
+fn secrets_are_stripped_from_every_logged_call_and_never_journaled() {
+    require_privileged_sandbox();
+    const SECRET: &str = "moor-secret-value-7f3a9";
+    let d = Daemon::start_with_csi_config("csi:\n  enabled: true\n  drivers: [local]\n");
+    let dir = d.allowed_root().join("vol-s");
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = d.csi("local");
+    let staging = d
+        .kubelet_dir()
+        .join("plugins/kubernetes.io/csi/local.csi.moor.io/0ab1/globalmount");
+    let stage = NodeStageVolumeRequest {
+        volume_id: "pv-secret".into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: mount_cap(Mode::SingleNodeWriter),
+        volume_context: [("path".to_owned(), dir.display().to_string())].into(),
+        secrets: [("token".to_owned(), SECRET.to_owned())].into(),
+        ..Default::default()
+    };
+    // Whatever the daemon answers (served or not), the call went through the front end.
+    let _ = c.run(c.node().node_stage_volume(stage));
+    let publish = NodePublishVolumeRequest {
+        volume_id: "pv-secret".into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: d
+            .kubelet_dir()
+            .join("pods/u-s/volumes/kubernetes.io~csi/pv-secret/mount")
+            .display()
+            .to_string(),
+        volume_capability: mount_cap(Mode::SingleNodeWriter),
+        volume_context: [("path".to_owned(), dir.display().to_string())].into(),
+        secrets: [("token".to_owned(), SECRET.to_owned())].into(),
+        ..Default::default()
+    };
+    let _ = c.run(c.node().node_publish_volume(publish));
+    let log = d.log_text();
+    for method in ["NodeStageVolume", "NodePublishVolume"] {
+        assert!(
+            log.lines().any(|l| l.contains(method)
+                && l.contains("pv-secret")
+                && l.contains("local.csi.moor.io")
+                && l.contains("token")),
+            "{method} not logged with its volume, driver and secret key:\n{log}"
+        );
+    }
+    assert!(!log.contains(SECRET), "a secret in the log:\n{log}");
+    assert!(
+        !all_file_text(&d.state_dir()).contains(SECRET),
+        "a secret in the state dir"
+    );
+    // Leave nothing published behind for the tree's teardown.
+    let _ = c.run(
+        c.node()
+            .node_unpublish_volume(moor::csi::proto::csi::v1::NodeUnpublishVolumeRequest {
+                volume_id: "pv-secret".into(),
+                target_path: d
+                    .kubelet_dir()
+                    .join("pods/u-s/volumes/kubernetes.io~csi/pv-secret/mount")
+                    .display()
+                    .to_string(),
+            }),
+    );
+    let _ = c.run(c.node().node_unstage_volume(
+        moor::csi::proto::csi::v1::NodeUnstageVolumeRequest {
+            volume_id: "pv-secret".into(),
+            staging_target_path: staging.display().to_string(),
+        },
+    ));
+}

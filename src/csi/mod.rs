@@ -16,6 +16,7 @@
 
 pub mod identity;
 pub mod node;
+pub mod oldkubelet;
 pub mod proto;
 pub mod redact;
 pub mod registration;
