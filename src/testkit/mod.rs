@@ -10,7 +10,9 @@
 //!   or its `READY=1` arrives over sd_notify), stopping it (SIGTERM) or killing it (SIGKILL);
 //! - [`flex`]: one FlexVolume call through the driver symlink, checked against kubelet's
 //!   contract: exactly one JSON line on stdout and nothing on stderr;
-//! - [`loopdev`]: a loop device over a backing file, detached when dropped.
+//! - [`loopdev`]: a loop device over a backing file, detached when dropped;
+//! - [`csi`]: a CSI node call as the CSI front end hands it to the daemon, and kubelet's
+//!   CSI path shapes.
 //!
 //! **How the release binary reaches it.** `moor demo` is a production command, so the
 //! modules above are always compiled: they return errors, never panic, and touch the machine
@@ -26,6 +28,7 @@
 //! owns; it never touches the host's `/var/lib/kubelet`, `/run/moor` or `/var/lib/moor`, and
 //! its teardown leaves no mount, daemon or loop device behind.
 
+pub mod csi;
 pub mod daemon;
 pub mod flex;
 #[cfg(feature = "testkit")]
@@ -108,6 +111,14 @@ pub enum TestkitError {
         /// losetup's error.
         detail: String,
     },
+    /// A CSI call through the daemon's socket.
+    #[error("CSI {what}: {detail}")]
+    Csi {
+        /// The call (`csi_stage`, …) or step.
+        what: String,
+        /// What failed.
+        detail: String,
+    },
     /// A loopback HTTP request to the daemon's endpoint.
     #[error("GET 127.0.0.1:{port}{path}")]
     Http {
@@ -132,6 +143,7 @@ impl TestkitError {
             TestkitError::Exec { .. } => "exec",
             TestkitError::Contract { .. } => "contract",
             TestkitError::Loop { .. } => "loop",
+            TestkitError::Csi { .. } => "csi",
             TestkitError::Http { .. } => "http",
         }
     }
