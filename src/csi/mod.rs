@@ -32,22 +32,16 @@ pub const DRIVERS: &[&str] = &["local", "iscsi", "rbd", "fc", "nfs", "glusterfs"
 /// The topology key moor always sets itself, to the node's name.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
-/// The suffix of moor's CSI driver names.
-pub const NAME_SUFFIX: &str = ".csi.moor.io";
-
 /// The CSI versions the registration socket tells kubelet about.
 pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0"];
 
-/// The CSI driver name of a moor driver (`iscsi` → `iscsi.csi.moor.io`).
-pub fn csi_name(driver: &str) -> String {
-    format!("{driver}{NAME_SUFFIX}")
-}
+use crate::api::csi_driver_name;
 
 /// The CSI socket of `driver` under kubelet's dir.
 pub fn socket_path(kubelet_dir: &Path, driver: &str) -> PathBuf {
     kubelet_dir
         .join("plugins")
-        .join(csi_name(driver))
+        .join(csi_driver_name(driver))
         .join("csi.sock")
 }
 
@@ -55,7 +49,7 @@ pub fn socket_path(kubelet_dir: &Path, driver: &str) -> PathBuf {
 pub fn registration_path(kubelet_dir: &Path, driver: &str) -> PathBuf {
     kubelet_dir
         .join("plugins_registry")
-        .join(format!("{}-reg.sock", csi_name(driver)))
+        .join(format!("{}-reg.sock", csi_driver_name(driver)))
 }
 
 #[cfg(test)]
@@ -65,7 +59,7 @@ mod tests {
     #[test]
     fn each_driver_has_its_name_socket_and_registration_socket() {
         let k = Path::new("/var/lib/kubelet");
-        assert_eq!(csi_name("iscsi"), "iscsi.csi.moor.io");
+        assert_eq!(csi_driver_name("iscsi"), "iscsi.csi.moor.io");
         assert_eq!(
             socket_path(k, "rbd"),
             Path::new("/var/lib/kubelet/plugins/rbd.csi.moor.io/csi.sock")

@@ -236,7 +236,7 @@ impl CsiServers {
             registrations: Vec::new(),
         };
         for driver in s.drivers {
-            let name = super::csi_name(driver);
+            let name = crate::api::csi_driver_name(driver);
             let path = super::socket_path(s.kubelet_dir, driver);
             if let Some(dir) = path.parent() {
                 crate::host::dirs::private_dir(dir, 0o750).map_err(|(op, e)| io(op, dir)(e))?;

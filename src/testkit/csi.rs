@@ -31,7 +31,7 @@ impl CsiClient {
     /// CSI sockets right after reconstruction).
     pub fn connect(socket: &Path, wait: Duration) -> Result<Self, TestkitError> {
         let err = |detail: String| TestkitError::Csi {
-            socket: socket.to_owned(),
+            what: format!("socket {}", socket.display()),
             detail,
         };
         let deadline = Instant::now() + wait;

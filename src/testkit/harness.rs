@@ -567,6 +567,32 @@ impl Daemon {
         r
     }
 
+    /// kubelet's CSI paths on this tree.
+    pub fn csi_paths(&self) -> super::csi_call::CsiPaths {
+        super::csi_call::CsiPaths {
+            kubelet_dir: self.kubelet_dir(),
+        }
+    }
+
+    /// One CSI call for `volume_id` of moor driver `driver`, as the CSI front end hands it
+    /// to the daemon; the daemon's typed answer.
+    #[track_caller]
+    pub fn csi_call(
+        &self,
+        driver: &str,
+        volume_id: &str,
+        call: crate::api::CsiCall,
+    ) -> crate::api::Response {
+        super::csi_call::call(
+            &self.socket(),
+            driver,
+            volume_id,
+            call,
+            Duration::from_secs(150),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// The commands the daemon ran so far (from `command finished` debug lines), in order.
     pub fn commands(&self) -> Vec<String> {
         self.log_text()
