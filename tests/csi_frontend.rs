@@ -380,44 +380,77 @@ fn all_file_text(dir: &Path) -> String {
     out
 }
 
+/// A CSI local directory volume's stage and publish requests, through gRPC.
+fn local_requests(
+    d: &Daemon,
+    id: &str,
+    dir: &Path,
+    secrets: &[(&str, &str)],
+) -> (NodeStageVolumeRequest, NodePublishVolumeRequest) {
+    let paths = d.csi_paths();
+    let context: std::collections::HashMap<String, String> =
+        [("path".to_owned(), dir.display().to_string())].into();
+    let secrets: std::collections::HashMap<String, String> = secrets
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let stage = NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: paths.staging("local", id).display().to_string(),
+        volume_capability: mount_cap(Mode::SingleNodeWriter),
+        volume_context: context.clone(),
+        secrets: secrets.clone(),
+        ..Default::default()
+    };
+    let publish = NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: stage.staging_target_path.clone(),
+        target_path: paths.target("u-1", id).display().to_string(),
+        volume_capability: mount_cap(Mode::SingleNodeWriter),
+        volume_context: context,
+        secrets,
+        ..Default::default()
+    };
+    (stage, publish)
+}
+
+/// A directory under the daemon's allowed root.
+fn volume_dir(d: &Daemon, name: &str) -> std::path::PathBuf {
+    let dir = d.allowed_root().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Unpublishes and unstages what [`local_requests`] made; both must succeed.
+fn tear_down(c: &CsiClient, stage: &NodeStageVolumeRequest, publish: &NodePublishVolumeRequest) {
+    use moor::csi::proto::csi::v1::{NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest};
+    c.run(c.node().node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: publish.volume_id.clone(),
+        target_path: publish.target_path.clone(),
+    }))
+    .unwrap();
+    c.run(c.node().node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: stage.volume_id.clone(),
+        staging_target_path: stage.staging_target_path.clone(),
+    }))
+    .unwrap();
+}
+
 /// A call's secrets reach neither the daemon's debug log nor its journal, while the call
 /// itself is logged (method, volume_id, driver) with the secret's key name only.
 #[test]
-#[ignore = "tier 2: needs root (a real daemon on a scratch kubelet tree)"]
+#[ignore = "tier 2: needs root (a real daemon on a scratch kubelet tree, real binds)"]
 fn secrets_are_stripped_from_every_logged_call_and_never_journaled() {
     require_privileged_sandbox();
     const SECRET: &str = "moor-secret-value-7f3a9";
     let d = Daemon::start_with_csi_config("csi:\n  enabled: true\n  drivers: [local]\n");
-    let dir = d.allowed_root().join("vol-s");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = volume_dir(&d, "vol-s");
     let c = d.csi("local");
-    let staging = d
-        .kubelet_dir()
-        .join("plugins/kubernetes.io/csi/local.csi.moor.io/0ab1/globalmount");
-    let stage = NodeStageVolumeRequest {
-        volume_id: "pv-secret".into(),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: mount_cap(Mode::SingleNodeWriter),
-        volume_context: [("path".to_owned(), dir.display().to_string())].into(),
-        secrets: [("token".to_owned(), SECRET.to_owned())].into(),
-        ..Default::default()
-    };
-    // Whatever the daemon answers (served or not), the call went through the front end.
-    let _ = c.run(c.node().node_stage_volume(stage));
-    let publish = NodePublishVolumeRequest {
-        volume_id: "pv-secret".into(),
-        staging_target_path: staging.display().to_string(),
-        target_path: d
-            .kubelet_dir()
-            .join("pods/u-s/volumes/kubernetes.io~csi/pv-secret/mount")
-            .display()
-            .to_string(),
-        volume_capability: mount_cap(Mode::SingleNodeWriter),
-        volume_context: [("path".to_owned(), dir.display().to_string())].into(),
-        secrets: [("token".to_owned(), SECRET.to_owned())].into(),
-        ..Default::default()
-    };
-    let _ = c.run(c.node().node_publish_volume(publish));
+    let (stage, publish) = local_requests(&d, "pv-secret", &dir, &[("token", SECRET)]);
+    c.run(c.node().node_stage_volume(stage.clone())).unwrap();
+    c.run(c.node().node_publish_volume(publish.clone()))
+        .unwrap();
+    assert!(!d.stage_records().is_empty(), "the stage was journaled");
     let log = d.log_text();
     for method in ["NodeStageVolume", "NodePublishVolume"] {
         assert!(
@@ -433,22 +466,36 @@ fn secrets_are_stripped_from_every_logged_call_and_never_journaled() {
         !all_file_text(&d.state_dir()).contains(SECRET),
         "a secret in the state dir"
     );
-    // Leave nothing published behind for the tree's teardown.
-    let _ = c.run(
-        c.node()
-            .node_unpublish_volume(moor::csi::proto::csi::v1::NodeUnpublishVolumeRequest {
-                volume_id: "pv-secret".into(),
-                target_path: d
-                    .kubelet_dir()
-                    .join("pods/u-s/volumes/kubernetes.io~csi/pv-secret/mount")
-                    .display()
-                    .to_string(),
-            }),
+    tear_down(&c, &stage, &publish);
+    assert!(!d.log_text().contains(SECRET));
+}
+
+/// `csi.max-volumes-per-node` is both what NodeGetInfo tells kubelet and what the daemon
+/// enforces: a stage beyond it is ResourceExhausted with moor's reason.
+#[test]
+#[ignore = "tier 2: needs root (a real daemon on a scratch kubelet tree, real binds)"]
+fn a_stage_beyond_the_configured_limit_is_resource_exhausted() {
+    require_privileged_sandbox();
+    let d = Daemon::start_with_csi_config(
+        "csi:\n  enabled: true\n  drivers: [local]\n  max-volumes-per-node: {local: 1}\n",
     );
-    let _ = c.run(c.node().node_unstage_volume(
-        moor::csi::proto::csi::v1::NodeUnstageVolumeRequest {
-            volume_id: "pv-secret".into(),
-            staging_target_path: staging.display().to_string(),
-        },
-    ));
+    let c = d.csi("local");
+    let info = c
+        .run(c.node().node_get_info(NodeGetInfoRequest {}))
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.max_volumes_per_node, 1);
+    let (first, first_pub) = local_requests(&d, "pv-one", &volume_dir(&d, "one"), &[]);
+    c.run(c.node().node_stage_volume(first.clone())).unwrap();
+    let (second, _) = local_requests(&d, "pv-two", &volume_dir(&d, "two"), &[]);
+    let e = c.run(c.node().node_stage_volume(second)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().starts_with("too_many_volumes: "),
+        "{}",
+        e.message()
+    );
+    c.run(c.node().node_publish_volume(first_pub.clone()))
+        .unwrap();
+    tear_down(&c, &first, &first_pub);
 }
