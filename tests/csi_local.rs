@@ -15,60 +15,99 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, is_mounted, require_privileged_sandbox, s, source, write_errno};
+use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox, s, source, write_errno};
 use moor::api::{AccessMode, CsiCall, Response, VolumeMode};
 use moor::testkit::csi::{options, reason};
 use serde_json::json;
 
 const ID: &str = "pv-dir-1";
 
+/// kubelet's staging path for `id` in `mode`.
+fn staging(d: &Daemon, id: &str, mode: VolumeMode) -> String {
+    let p = match mode {
+        VolumeMode::Filesystem => d.csi_paths().staging("local", id),
+        VolumeMode::Block => d.csi_paths().block_staging(id),
+    };
+    s(&p).into()
+}
+
+/// kubelet's target path for `id` in pod `pod`, in `mode`.
+fn target(d: &Daemon, id: &str, pod: &str, mode: VolumeMode) -> PathBuf {
+    match mode {
+        VolumeMode::Filesystem => d.csi_paths().target(pod, id),
+        VolumeMode::Block => d.csi_paths().block_target(pod, id),
+    }
+}
+
+fn stage_as(
+    d: &Daemon,
+    id: &str,
+    attrs: &[(&str, &str)],
+    mode: VolumeMode,
+    access: AccessMode,
+) -> Response {
+    let staging_path = staging(d, id, mode);
+    let options = options(attrs).unwrap();
+    let call = CsiCall::Stage {
+        staging_path,
+        mode,
+        access,
+        options,
+    };
+    d.csi("local", id, call)
+}
+
 fn stage(d: &Daemon, id: &str, attrs: &[(&str, &str)], access: AccessMode) -> Response {
-    d.csi(
-        "local",
-        id,
-        CsiCall::Stage {
-            staging_path: s(&d.csi_paths().staging("local", id)).into(),
-            mode: VolumeMode::Filesystem,
-            access,
-            options: options(attrs).unwrap(),
-        },
-    )
+    stage_as(d, id, attrs, VolumeMode::Filesystem, access)
+}
+
+fn publish_as(
+    d: &Daemon,
+    (id, pod): (&str, &str),
+    attrs: &[(&str, &str)],
+    (mode, access): (VolumeMode, AccessMode),
+    ro: bool,
+) -> Response {
+    let mut options = options(attrs).unwrap();
+    options.read_only = ro;
+    let t = target(d, id, pod, mode);
+    std::fs::create_dir_all(t.parent().unwrap()).unwrap();
+    let call = CsiCall::Publish {
+        staging_path: staging(d, id, mode),
+        target: s(&t).into(),
+        mode,
+        access,
+        options,
+    };
+    d.csi("local", id, call)
 }
 
 fn publish(d: &Daemon, id: &str, pod: &str, attrs: &[(&str, &str)], ro: bool) -> Response {
-    let mut opts = options(attrs).unwrap();
-    opts.read_only = ro;
-    d.csi(
-        "local",
-        id,
-        CsiCall::Publish {
-            staging_path: s(&d.csi_paths().staging("local", id)).into(),
-            target: s(&d.csi_paths().target(pod, id)).into(),
-            mode: VolumeMode::Filesystem,
-            access: AccessMode::SingleNodeWriter,
-            options: opts,
-        },
-    )
+    let rw = AccessMode::SingleNodeWriter;
+    publish_as(d, (id, pod), attrs, (VolumeMode::Filesystem, rw), ro)
+}
+
+fn unpublish_as(d: &Daemon, id: &str, pod: &str, mode: VolumeMode) -> Response {
+    let target = s(&target(d, id, pod, mode)).into();
+    d.csi("local", id, CsiCall::Unpublish { target })
 }
 
 fn unpublish(d: &Daemon, id: &str, pod: &str) -> Response {
-    d.csi(
-        "local",
-        id,
-        CsiCall::Unpublish {
-            target: s(&d.csi_paths().target(pod, id)).into(),
-        },
-    )
+    unpublish_as(d, id, pod, VolumeMode::Filesystem)
+}
+
+fn unstage_as(d: &Daemon, id: &str, mode: VolumeMode) -> Response {
+    let staging_path = staging(d, id, mode);
+    d.csi("local", id, CsiCall::Unstage { staging_path })
 }
 
 fn unstage(d: &Daemon, id: &str) -> Response {
-    d.csi(
-        "local",
-        id,
-        CsiCall::Unstage {
-            staging_path: s(&d.csi_paths().staging("local", id)).into(),
-        },
-    )
+    unstage_as(d, id, VolumeMode::Filesystem)
+}
+
+fn stats(d: &Daemon, id: &str, path: &Path) -> Response {
+    let path = s(path).into();
+    d.csi("local", id, CsiCall::Stats { path })
 }
 
 /// kubelet makes the target's parent (`…/<pv>`) before NodePublishVolume; moor makes the rest.
@@ -253,4 +292,263 @@ fn a_csi_call_on_a_volume_in_flight_is_busy_and_flexvolume_waits() {
     assert!(is_mounted(&d.stage_path(s(&src))));
     assert_eq!(unstage(&d, ID), Response::Done);
     assert_eq!(d.mounts(), Vec::<PathBuf>::new());
+}
+
+fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; len];
+    let f = std::fs::File::open(path).unwrap();
+    f.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+fn write_at(path: &Path, offset: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(data, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// A daemon and a writable loop device of `mib` MiB it may serve.
+fn daemon_with_disk(mib: u64) -> (Daemon, LoopDev) {
+    require_privileged_sandbox();
+    let d = Daemon::start();
+    let dev = LoopDev::new(mib);
+    // A loop device keeps its read-only flag across detach: start from a writable one.
+    common::sh("blockdev", &["--setrw", dev.path_str()]);
+    (d, dev)
+}
+
+/// The claim grew to `mib` MiB: the disk grows, then kubelet's NodeExpandVolume of `path`.
+fn grow_and_expand(d: &Daemon, dev: &LoopDev, (id, path): (&str, &Path), mib: u64) -> Response {
+    dev.grow_backing_file(mib);
+    let call = CsiCall::Expand {
+        path: s(path).into(),
+        required_bytes: mib << 20,
+    };
+    d.csi("local", id, call)
+}
+
+#[test]
+#[ignore = "tier 2: needs root, loop devices and a private mount namespace (run-tests)"]
+fn a_filesystem_on_a_local_disk_is_formatted_once_and_reports_its_health() {
+    // xfs: ext4's online grow needs CAP_SYS_RESOURCE, which this sandbox does not give
+    // (tests/expand.rs says so; the VM scenarios grow ext4).
+    let (d, dev) = daemon_with_disk(300);
+    let attrs = [("path", dev.path_str()), ("kubernetes.io/fsType", "xfs")];
+    let id = "pv-disk-1";
+    assert_eq!(
+        stage(&d, id, &attrs, AccessMode::SingleNodeWriter),
+        Response::Done
+    );
+    assert_eq!(d.mkfs_commands().len(), 1, "a blank disk is formatted once");
+    assert_eq!(publish(&d, id, "pod-a", &attrs, false), Response::Done);
+    let t = target(&d, id, "pod-a", VolumeMode::Filesystem);
+    std::fs::write(t.join("data"), "kept").unwrap();
+
+    let Response::VolumeStats {
+        mode,
+        bytes: Some(bytes),
+        inodes: Some(inodes),
+        size: None,
+        condition,
+    } = stats(&d, id, &t)
+    else {
+        panic!("no filesystem stats: {:?}", stats(&d, id, &t))
+    };
+    assert_eq!(mode, VolumeMode::Filesystem);
+    assert!(
+        bytes.total > 200 << 20 && bytes.total <= 300 << 20,
+        "{bytes:?}"
+    );
+    assert!(bytes.used > 0 && bytes.available < bytes.total, "{bytes:?}");
+    assert!(inodes.total > 1000 && inodes.used >= 3, "{inodes:?}");
+    assert!(!condition.abnormal, "{condition:?}");
+    let staging_path = PathBuf::from(staging(&d, id, VolumeMode::Filesystem));
+    assert!(matches!(
+        stats(&d, id, &staging_path),
+        Response::VolumeStats { .. }
+    ));
+    let r = stats(&d, id, &d.csi_paths().target("pod-z", id));
+    assert_eq!(reason(&r), Some("unknown_volume"), "{r:?}");
+    let r = stats(&d, "pv-unknown", &t);
+    assert_eq!(reason(&r), Some("unknown_volume"), "{r:?}");
+
+    // The claim grew: the device learns its size, the filesystem grows online.
+    let r = grow_and_expand(&d, &dev, (id, &t), 600);
+    assert_eq!(
+        r,
+        Response::Expanded {
+            capacity_bytes: 600 << 20
+        }
+    );
+    let Response::VolumeStats {
+        bytes: Some(grown), ..
+    } = stats(&d, id, &t)
+    else {
+        panic!("no stats")
+    };
+    assert!(grown.total > 500 << 20, "{grown:?}");
+
+    // Someone unmounts the pod's bind behind moor's back: kubelet's health check sees it.
+    common::sh("umount", &[s(&t)]);
+    let Response::VolumeStats { condition, .. } = stats(&d, id, &t) else {
+        panic!("no stats")
+    };
+    assert!(condition.abnormal, "{condition:?}");
+    assert!(condition.message.contains("not mounted"), "{condition:?}");
+    assert_eq!(unpublish(&d, id, "pod-a"), Response::Done);
+    assert_eq!(unstage(&d, id), Response::Done);
+    assert_eq!(d.mounts(), Vec::<PathBuf>::new());
+
+    // Staged again: the filesystem moor made is found, never formatted again.
+    assert_eq!(
+        stage(&d, id, &attrs, AccessMode::SingleNodeWriter),
+        Response::Done
+    );
+    assert_eq!(publish(&d, id, "pod-b", &attrs, false), Response::Done);
+    let t = target(&d, id, "pod-b", VolumeMode::Filesystem);
+    assert_eq!(std::fs::read_to_string(t.join("data")).unwrap(), "kept");
+    assert_eq!(d.mkfs_commands().len(), 1);
+    assert_eq!(unpublish(&d, id, "pod-b"), Response::Done);
+    assert_eq!(unstage(&d, id), Response::Done);
+    assert_eq!(d.mounts(), Vec::<PathBuf>::new());
+}
+
+#[test]
+#[ignore = "tier 2: needs root, loop devices and a private mount namespace (run-tests)"]
+fn a_raw_block_volume_binds_the_device_and_never_touches_its_data() {
+    let (d, dev) = daemon_with_disk(64);
+    let disk = Path::new(dev.path_str());
+    write_at(disk, 0, b"raw data moor must not touch");
+    let attrs = [("path", dev.path_str())];
+    let id = "pv-raw-1";
+    let block = VolumeMode::Block;
+    let rw = AccessMode::SingleNodeWriter;
+    assert_eq!(stage_as(&d, id, &attrs, block, rw), Response::Done);
+    assert_eq!(
+        stage_as(&d, id, &attrs, block, rw),
+        Response::Done,
+        "idempotent"
+    );
+    let touched: Vec<String> = d
+        .commands()
+        .into_iter()
+        .filter(|c| {
+            ["mkfs", "fsck", "e2fsck", "wipefs", "blkid", "mount"]
+                .iter()
+                .any(|p| c.starts_with(p))
+        })
+        .collect();
+    assert_eq!(
+        touched,
+        Vec::<String>::new(),
+        "a raw block stage runs no probe nor mkfs"
+    );
+    assert_eq!(
+        d.mounts(),
+        Vec::<PathBuf>::new(),
+        "a raw block stage mounts nothing"
+    );
+    assert_eq!(read_at(disk, 0, 28), b"raw data moor must not touch");
+    // A directory is no block device.
+    let src = source(&d, "ssd1");
+    let r = stage_as(&d, "pv-dir", &[("path", s(&src))], block, rw);
+    assert_eq!(reason(&r), Some("unsupported_capability"), "{r:?}");
+
+    let cap = (block, rw);
+    assert_eq!(
+        publish_as(&d, (id, "pod-a"), &attrs, cap, false),
+        Response::Done
+    );
+    assert_eq!(
+        publish_as(&d, (id, "pod-b"), &attrs, cap, false),
+        Response::Done
+    );
+    assert_eq!(
+        publish_as(&d, (id, "pod-a"), &attrs, cap, false),
+        Response::Done
+    );
+    // A read-only bind of a device node still lets writes through: refused, not pretended.
+    let r = publish_as(&d, (id, "pod-c"), &attrs, cap, true);
+    assert_eq!(reason(&r), Some("unsupported_capability"), "{r:?}");
+    let (a, b) = (
+        target(&d, id, "pod-a", block),
+        target(&d, id, "pod-b", block),
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&a).unwrap().file_type().is_block_device());
+    assert_eq!(read_at(&a, 0, 28), b"raw data moor must not touch");
+    write_at(&a, 4096, b"the pod wrote");
+    assert_eq!(read_at(disk, 4096, 13), b"the pod wrote");
+    assert_eq!(read_at(&b, 4096, 13), b"the pod wrote");
+
+    let Response::VolumeStats {
+        mode,
+        size,
+        bytes,
+        condition,
+        ..
+    } = stats(&d, id, &a)
+    else {
+        panic!("no stats")
+    };
+    assert_eq!((mode, size, bytes), (block, Some(64 << 20), None));
+    assert!(!condition.abnormal, "{condition:?}");
+    let r = grow_and_expand(&d, &dev, (id, &a), 80);
+    assert_eq!(
+        r,
+        Response::Expanded {
+            capacity_bytes: 80 << 20
+        }
+    );
+
+    let r = unstage_as(&d, id, block);
+    assert_eq!(reason(&r), Some("still_published"), "{r:?}");
+    for (pod, t) in [("pod-a", &a), ("pod-b", &b)] {
+        assert_eq!(unpublish_as(&d, id, pod, block), Response::Done);
+        assert!(!t.exists(), "{} left behind", t.display());
+        assert_eq!(unpublish_as(&d, id, pod, block), Response::Done);
+    }
+    assert_eq!(unstage_as(&d, id, block), Response::Done);
+    assert_eq!(d.mounts(), Vec::<PathBuf>::new());
+    assert_eq!(d.stage_records(), Vec::<serde_json::Value>::new());
+    assert_eq!(read_at(disk, 0, 28), b"raw data moor must not touch");
+    assert_eq!(d.mkfs_commands(), Vec::<String>::new());
+
+    // Reader-only: the device itself is made read-only while staged, and writable after.
+    let ro = (block, AccessMode::SingleNodeReaderOnly);
+    let sys_ro = || {
+        let name = disk.file_name().unwrap().to_str().unwrap();
+        std::fs::read_to_string(format!("/sys/block/{name}/ro")).unwrap()
+    };
+    assert_eq!(stage_as(&d, id, &attrs, ro.0, ro.1), Response::Done);
+    assert_eq!(sys_ro().trim(), "1");
+    let r = publish_as(&d, (id, "pod-a"), &attrs, ro, false);
+    assert_eq!(reason(&r), Some("read_only"), "{r:?}");
+    assert_eq!(
+        publish_as(&d, (id, "pod-a"), &attrs, ro, true),
+        Response::Done
+    );
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(b"must not land", 4096)?;
+            f.sync_all()
+        });
+    assert!(
+        written.is_err(),
+        "a reader-only raw block volume took a write"
+    );
+    assert_eq!(read_at(&a, 4096, 13), b"the pod wrote");
+    assert_eq!(unpublish_as(&d, id, "pod-a", block), Response::Done);
+    assert_eq!(unstage_as(&d, id, block), Response::Done);
+    assert_eq!(
+        sys_ro().trim(),
+        "0",
+        "the device is writable again after unstage"
+    );
+    assert_eq!(d.stage_records(), Vec::<serde_json::Value>::new());
 }
