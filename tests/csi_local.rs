@@ -552,3 +552,195 @@ fn a_raw_block_volume_binds_the_device_and_never_touches_its_data() {
     );
     assert_eq!(d.stage_records(), Vec::<serde_json::Value>::new());
 }
+
+/// Pauses the daemon at `point`, sends `call` for `id` from a thread, SIGKILLs the daemon
+/// once it is there and starts it again; the call's answer is never `Done`.
+fn kill_during(d: &mut Daemon, point: &str, id: &str, call: CsiCall) {
+    d.stop();
+    let pause = d.pause_at(point);
+    d.spawn();
+    let socket = d.socket();
+    let id = id.to_owned();
+    let caller = std::thread::spawn(move || {
+        moor::testkit::csi::call(&socket, "local", &id, call, Duration::from_secs(60))
+    });
+    pause.wait(d);
+    d.kill9();
+    let answer = caller.join().unwrap();
+    assert!(
+        !matches!(answer, Ok(Response::Done)),
+        "{point}: kubelet must not see OK from a killed daemon: {answer:?}"
+    );
+    d.extra_env.clear();
+    d.spawn();
+}
+
+fn stage_call(d: &Daemon, id: &str, attrs: &[(&str, &str)], mode: VolumeMode) -> CsiCall {
+    CsiCall::Stage {
+        staging_path: staging(d, id, mode),
+        mode,
+        access: AccessMode::SingleNodeWriter,
+        options: options(attrs).unwrap(),
+    }
+}
+
+fn publish_call(
+    d: &Daemon,
+    (id, pod): (&str, &str),
+    attrs: &[(&str, &str)],
+    mode: VolumeMode,
+) -> CsiCall {
+    let t = target(d, id, pod, mode);
+    std::fs::create_dir_all(t.parent().unwrap()).unwrap();
+    CsiCall::Publish {
+        staging_path: staging(d, id, mode),
+        target: s(&t).into(),
+        mode,
+        access: AccessMode::SingleNodeWriter,
+        options: options(attrs).unwrap(),
+    }
+}
+
+/// What a user checks after a crash: the volume is staged (or not) as kubelet last saw it
+/// succeed, nothing half-made is left, and kubelet's retries converge to a clean node.
+#[test]
+#[ignore = "tier 2: needs root, loop devices, a private mount namespace and --features test-hooks (run-tests)"]
+fn sigkill_during_a_csi_stage_or_publish_converges() {
+    let (mut d, dev) = daemon_with_disk(64);
+    let id = "pv-crash";
+    for (mode, attrs) in [
+        (
+            VolumeMode::Filesystem,
+            vec![("path", dev.path_str()), ("kubernetes.io/fsType", "ext4")],
+        ),
+        (VolumeMode::Block, vec![("path", dev.path_str())]),
+    ] {
+        for point in ["stage:intent", "stage:attached", "stage:mounted"] {
+            let call = stage_call(&d, id, &attrs, mode);
+            kill_during(&mut d, point, id, call);
+            assert_eq!(
+                d.mounts(),
+                Vec::<PathBuf>::new(),
+                "{mode:?} {point}: left mounted"
+            );
+            assert_eq!(
+                d.active_stage_records(),
+                Vec::<serde_json::Value>::new(),
+                "{mode:?} {point}"
+            );
+            assert_eq!(
+                d.csi("local", id, stage_call(&d, id, &attrs, mode)),
+                Response::Done
+            );
+            assert_eq!(unstage_as(&d, id, mode), Response::Done);
+        }
+        assert_eq!(
+            d.csi("local", id, stage_call(&d, id, &attrs, mode)),
+            Response::Done
+        );
+        let staged = d.mounts();
+        let t = target(&d, id, "pod-a", mode);
+        for point in ["publish:intent", "publish:bound"] {
+            let call = publish_call(&d, (id, "pod-a"), &attrs, mode);
+            kill_during(&mut d, point, id, call);
+            assert!(
+                !is_mounted(&t),
+                "{mode:?} {point}: a publish kubelet never saw is undone"
+            );
+            assert!(
+                !t.exists() || mode == VolumeMode::Filesystem,
+                "{mode:?} {point}: device file left"
+            );
+            assert_eq!(
+                d.mounts(),
+                staged,
+                "{mode:?} {point}: the CSI stage stays as it was"
+            );
+            let again = d.csi("local", id, publish_call(&d, (id, "pod-a"), &attrs, mode));
+            assert_eq!(again, Response::Done, "{mode:?} {point}");
+            assert!(is_mounted(&t));
+            assert_eq!(unpublish_as(&d, id, "pod-a", mode), Response::Done);
+        }
+        assert_eq!(unstage_as(&d, id, mode), Response::Done);
+        assert_eq!(d.mounts(), Vec::<PathBuf>::new());
+        assert_eq!(d.active_stage_records(), Vec::<serde_json::Value>::new());
+    }
+}
+
+/// FlexVolume and CSI volumes on one node, the daemon SIGKILLed in between: both are
+/// reconstructed, both unmount clean, and neither's records are taken for the other's.
+#[test]
+#[ignore = "tier 2: needs root, loop devices and a private mount namespace (run-tests)"]
+fn flexvolume_and_csi_volumes_survive_a_sigkill_side_by_side() {
+    let (mut d, dev) = daemon_with_disk(64);
+    let src = source(&d, "ssd1");
+    assert!(d.mount("flex-pod", "vol", json!({"path": s(&src)})).ok());
+    let attrs = [("path", dev.path_str()), ("kubernetes.io/fsType", "ext4")];
+    let id = "pv-mixed";
+    assert_eq!(
+        stage(&d, id, &attrs, AccessMode::SingleNodeWriter),
+        Response::Done
+    );
+    assert_eq!(publish(&d, id, "csi-pod", &attrs, false), Response::Done);
+    let raw_attrs = [("path", src.to_str().unwrap())];
+    let r = stage(&d, "pv-dir", &raw_attrs, AccessMode::SingleNodeWriter);
+    assert_eq!(
+        reason(&r),
+        Some("key_in_use"),
+        "FlexVolume's stage is not CSI's: {r:?}"
+    );
+    let (flex_dir, csi_target) = (
+        d.pod_dir("flex-pod", "vol"),
+        target(&d, id, "csi-pod", VolumeMode::Filesystem),
+    );
+    std::fs::write(flex_dir.join("f"), "flex").unwrap();
+    std::fs::write(csi_target.join("c"), "csi").unwrap();
+    let before = d.mounts();
+
+    d.kill9();
+    d.spawn();
+    assert_eq!(d.mounts(), before, "both kept as they were");
+    assert_eq!(std::fs::read_to_string(flex_dir.join("f")).unwrap(), "flex");
+    assert_eq!(
+        std::fs::read_to_string(csi_target.join("c")).unwrap(),
+        "csi"
+    );
+    let recs = d.active_stage_records();
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    let csi_recs: Vec<_> = recs
+        .iter()
+        .filter(|r| r["csi"]["volume_id"] == id)
+        .collect();
+    assert_eq!(csi_recs.len(), 1, "{recs:?}");
+    assert!(
+        recs.iter()
+            .any(|r| r["csi"].is_null() && r["source"]["path"] == s(&src)),
+        "{recs:?}"
+    );
+    // Each front end still refuses the other's stage, and kubelet's calls are idempotent.
+    assert!(
+        d.mount(
+            "flex-pod-2",
+            "vol",
+            json!({"path": dev.path_str(), "kubernetes.io/fsType": "ext4"})
+        )
+        .message()
+        .starts_with("key_in_use: ")
+    );
+    assert_eq!(
+        stage(&d, id, &attrs, AccessMode::SingleNodeWriter),
+        Response::Done
+    );
+    assert_eq!(publish(&d, id, "csi-pod", &attrs, false), Response::Done);
+
+    assert!(d.unmount("flex-pod", "vol").ok());
+    assert!(d.unmount("flex-pod-2", "vol").ok());
+    assert!(
+        is_mounted(&csi_target),
+        "FlexVolume's unmount leaves the CSI volume alone"
+    );
+    assert_eq!(unpublish(&d, id, "csi-pod"), Response::Done);
+    assert_eq!(unstage(&d, id), Response::Done);
+    assert_eq!(d.mounts(), Vec::<PathBuf>::new());
+    assert_eq!(d.active_stage_records(), Vec::<serde_json::Value>::new());
+}

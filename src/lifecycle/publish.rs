@@ -3,7 +3,7 @@
 //! when a later step fails. Unpublish (`unmount`) removes the pod's bind through the
 //! ownership decision, then unstages when it was the last.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::error::Error;
@@ -65,7 +65,7 @@ impl Lifecycle {
         held: Option<&Target>,
     ) -> Result<usize, Error> {
         let target = rec.target.clone();
-        let stage_path = self.stage_path(&rec.driver, &rec.key);
+        let stage_path = self.bind_source(&rec);
         if let Some(t) = held {
             let facts =
                 self.unmount_facts(t, Place::PodDir, true, rec.mount_id, Some(&stage_path))?;
@@ -149,13 +149,16 @@ impl Lifecycle {
             };
             let t = held.insert(t.ok_or_else(|| vanished(target))?);
             // Our own earlier, interrupted bind (the record says so): redo it cleanly.
+            let source = device
+                .as_ref()
+                .map_or(stage_path.as_path(), |(p, _)| p.as_path());
             self.unmount_guarded(
                 t,
                 Place::PodDir,
                 &stage.key,
                 true,
                 earlier,
-                Some(&stage_path),
+                Some(source),
                 false,
             )?;
             if let Some((path, number)) = &device {
@@ -255,9 +258,26 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// What `p`'s bind is a bind of: the stage directory, or a raw block publish's device
+    /// node (the ownership decision compares a bind with no recorded id against it).
+    pub(super) fn bind_source(&self, p: &PublishRecord) -> PathBuf {
+        let device = p
+            .block
+            .then(|| self.state().stages.get(&p.key).cloned())
+            .flatten()
+            .and_then(|s| match s.source {
+                StageSource::Block { device }
+                | StageSource::Attached {
+                    device: Some(device),
+                } => Some(device),
+                _ => None,
+            });
+        device.unwrap_or_else(|| self.stage_path(&p.driver, &p.key))
+    }
+
     /// True when the mount on `p`'s pod dir is the bind moor recorded for it.
     pub(super) fn is_our_bind(&self, p: &PublishRecord) -> bool {
-        let stage_path = self.stage_path(&p.driver, &p.key);
+        let stage_path = self.bind_source(p);
         matches!(self.open_target(&p.target, false), Ok(Some(t))
             if self.owns(&t, Place::PodDir, p.mount_id, Some(&stage_path)))
     }

@@ -86,7 +86,7 @@ impl Lifecycle {
 
     pub(super) fn reconstruct_publish(&self, mut p: PublishRecord, report: &mut Reconstruction) {
         let mounted = self.is_mount_point(&p.target).unwrap_or(false);
-        let stage_path = self.stage_path(&p.driver, &p.key);
+        let stage_path = self.bind_source(&p);
         match p.phase {
             PublishPhase::Published if mounted => report.kept_publishes += 1,
             PublishPhase::Published => {
