@@ -511,6 +511,7 @@ fn a_call_in_flight_makes_others_aborted_and_a_draining_daemon_is_not_ready() {
     d.config_extra = "csi:\n  enabled: true\n  drivers: [local]\n".into();
     let pause = d.pause_and_resume_at("stage:intent");
     d.spawn();
+    d.wait_until_serving();
     let dir = volume_dir(&d, "inflight");
     let (stage, publish) = local_requests(&d, "pv-inflight", &dir, &[]);
     let first = CsiClient::connect(&d.csi_socket("local"), Duration::from_secs(10)).unwrap();
