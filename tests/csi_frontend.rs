@@ -499,3 +499,60 @@ fn a_stage_beyond_the_configured_limit_is_resource_exhausted() {
         .unwrap();
     tear_down(&c, &first, &first_pub);
 }
+
+/// With a stage in flight (paused in the daemon): a second call on the volume is Aborted at
+/// once; then, once SIGTERM starts the drain, Probe says not ready and the registration
+/// socket is gone while the in-flight call finishes; after it, no socket is left.
+#[test]
+#[ignore = "tier 2: needs root and a test-hooks build (a paused daemon)"]
+fn a_call_in_flight_makes_others_aborted_and_a_draining_daemon_is_not_ready() {
+    require_privileged_sandbox();
+    let mut d = Daemon::unstarted(&[]);
+    d.config_extra = "csi:\n  enabled: true\n  drivers: [local]\n".into();
+    let pause = d.pause_and_resume_at("stage:intent");
+    d.spawn();
+    d.wait_until_serving();
+    let dir = volume_dir(&d, "inflight");
+    let (stage, publish) = local_requests(&d, "pv-inflight", &dir, &[]);
+    let first = CsiClient::connect(&d.csi_socket("local"), Duration::from_secs(10)).unwrap();
+    std::thread::scope(|scope| {
+        let staging = scope.spawn(|| first.run(first.node().node_stage_volume(stage.clone())));
+        pause.wait(&d);
+        let c = d.csi("local");
+        let started = Instant::now();
+        let e = c
+            .run(c.node().node_stage_volume(stage.clone()))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Aborted, "{}", e.message());
+        assert!(e.message().starts_with("busy: "), "{}", e.message());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "busy answers at once"
+        );
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &d.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        wait_for("Probe not ready while draining", &d, || {
+            c.run(c.identity().probe(ProbeRequest {}))
+                .is_ok_and(|r| r.into_inner().ready == Some(false))
+        });
+        assert!(!d.registration_socket("local").exists());
+        pause.resume();
+        // The call in flight is finished by the drain (or by the journal on restart).
+        let _ = staging.join().unwrap();
+    });
+    wait_for("the CSI socket removed at exit", &d, || {
+        !d.csi_socket("local").exists()
+    });
+    drop(first);
+    d.stop();
+    d.spawn();
+    let c = d.csi("local");
+    // Restarted, the volume serves as ever.
+    c.run(c.node().node_stage_volume(stage.clone())).unwrap();
+    c.run(c.node().node_publish_volume(publish.clone()))
+        .unwrap();
+    tear_down(&c, &stage, &publish);
+}
