@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, LoopDev, is_mounted, require_privileged_sandbox, s, source, write_errno};
 use moor::api::{AccessMode, CsiCall, Response, VolumeMode};
-use moor::testkit::csi::{options, reason};
+use moor::testkit::csi_call::{options, reason};
 use serde_json::json;
 
 const ID: &str = "pv-dir-1";
@@ -54,7 +54,7 @@ fn stage_as(
         access,
         options,
     };
-    d.csi("local", id, call)
+    d.csi_call("local", id, call)
 }
 
 fn stage(d: &Daemon, id: &str, attrs: &[(&str, &str)], access: AccessMode) -> Response {
@@ -79,7 +79,7 @@ fn publish_as(
         access,
         options,
     };
-    d.csi("local", id, call)
+    d.csi_call("local", id, call)
 }
 
 fn publish(d: &Daemon, id: &str, pod: &str, attrs: &[(&str, &str)], ro: bool) -> Response {
@@ -89,7 +89,7 @@ fn publish(d: &Daemon, id: &str, pod: &str, attrs: &[(&str, &str)], ro: bool) ->
 
 fn unpublish_as(d: &Daemon, id: &str, pod: &str, mode: VolumeMode) -> Response {
     let target = s(&target(d, id, pod, mode)).into();
-    d.csi("local", id, CsiCall::Unpublish { target })
+    d.csi_call("local", id, CsiCall::Unpublish { target })
 }
 
 fn unpublish(d: &Daemon, id: &str, pod: &str) -> Response {
@@ -98,7 +98,7 @@ fn unpublish(d: &Daemon, id: &str, pod: &str) -> Response {
 
 fn unstage_as(d: &Daemon, id: &str, mode: VolumeMode) -> Response {
     let staging_path = staging(d, id, mode);
-    d.csi("local", id, CsiCall::Unstage { staging_path })
+    d.csi_call("local", id, CsiCall::Unstage { staging_path })
 }
 
 fn unstage(d: &Daemon, id: &str) -> Response {
@@ -107,7 +107,7 @@ fn unstage(d: &Daemon, id: &str) -> Response {
 
 fn stats(d: &Daemon, id: &str, path: &Path) -> Response {
     let path = s(path).into();
-    d.csi("local", id, CsiCall::Stats { path })
+    d.csi_call("local", id, CsiCall::Stats { path })
 }
 
 /// kubelet makes the target's parent (`…/<pv>`) before NodePublishVolume; moor makes the rest.
@@ -326,7 +326,7 @@ fn grow_and_expand(d: &Daemon, dev: &LoopDev, (id, path): (&str, &Path), mib: u6
         path: s(path).into(),
         required_bytes: mib << 20,
     };
-    d.csi("local", id, call)
+    d.csi_call("local", id, call)
 }
 
 #[test]
@@ -562,7 +562,7 @@ fn kill_during(d: &mut Daemon, point: &str, id: &str, call: CsiCall) {
     let socket = d.socket();
     let id = id.to_owned();
     let caller = std::thread::spawn(move || {
-        moor::testkit::csi::call(&socket, "local", &id, call, Duration::from_secs(60))
+        moor::testkit::csi_call::call(&socket, "local", &id, call, Duration::from_secs(60))
     });
     pause.wait(d);
     d.kill9();
@@ -629,13 +629,13 @@ fn sigkill_during_a_csi_stage_or_publish_converges() {
                 "{mode:?} {point}"
             );
             assert_eq!(
-                d.csi("local", id, stage_call(&d, id, &attrs, mode)),
+                d.csi_call("local", id, stage_call(&d, id, &attrs, mode)),
                 Response::Done
             );
             assert_eq!(unstage_as(&d, id, mode), Response::Done);
         }
         assert_eq!(
-            d.csi("local", id, stage_call(&d, id, &attrs, mode)),
+            d.csi_call("local", id, stage_call(&d, id, &attrs, mode)),
             Response::Done
         );
         let staged = d.mounts();
@@ -656,7 +656,7 @@ fn sigkill_during_a_csi_stage_or_publish_converges() {
                 staged,
                 "{mode:?} {point}: the CSI stage stays as it was"
             );
-            let again = d.csi("local", id, publish_call(&d, (id, "pod-a"), &attrs, mode));
+            let again = d.csi_call("local", id, publish_call(&d, (id, "pod-a"), &attrs, mode));
             assert_eq!(again, Response::Done, "{mode:?} {point}");
             assert!(is_mounted(&t));
             assert_eq!(unpublish_as(&d, id, "pod-a", mode), Response::Done);

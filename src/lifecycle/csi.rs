@@ -25,11 +25,7 @@ use crate::host::{CsiStaging, CsiTarget, DevNum};
 use crate::journal::{CsiStage, StagePhase, StageRecord, StageSource};
 use owned::Place;
 
-/// The CSI driver name of moor's driver `driver` (`<driver>.csi.moor.io`), as kubelet
-/// spells it in the staging paths it makes.
-pub fn csi_driver_name(driver: &str) -> String {
-    format!("{driver}.csi.moor.io")
-}
+use crate::api::csi_driver_name;
 
 /// The api's name of an access mode, as the stage record keeps it.
 fn access_label(a: AccessMode) -> &'static str {

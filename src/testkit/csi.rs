@@ -1,106 +1,97 @@
-//! CSI node calls as the CSI front end hands them to the daemon: a [`Request::Csi`] built
-//! from a volume context with FlexVolume's option names, sent over the daemon's socket (the
-//! same [`crate::api::Handler`] the in-process gRPC front end calls), and the typed
-//! [`Response`] read back. kubelet's CSI path shapes for a scratch tree are here too, so
-//! tests and benches ask for the paths kubelet would use.
+//! A typed CSI client over a daemon's Unix socket, as kubelet (≥ 1.26) dials it: HTTP/2
+//! with the `localhost` authority, one persistent connection. Blocking wrappers for tests
+//! and benches: [`CsiClient::run`] drives any call of the generated clients.
 //!
-//! Invariant: a call is the typed request and nothing else — no gRPC, no status-code
-//! mapping (the CSI front end's own tests cover those); what a test sees is what the
-//! executor answered.
+//! Invariant: the client owns its runtime, so a synchronous test can hold several (one per
+//! driver socket) without sharing one.
 
-use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::TestkitError;
-use crate::api::{CsiCall, Request, Response};
-use crate::volume::VolumeOptions;
+use crate::csi::proto::csi::v1::controller_client::ControllerClient;
+use crate::csi::proto::csi::v1::identity_client::IdentityClient;
+use crate::csi::proto::csi::v1::node_client::NodeClient;
+use crate::csi::proto::registration::registration_client::RegistrationClient;
 
-/// The volume context (`volumeAttributes`) parsed as the front end parses it.
-pub fn options(attrs: &[(&str, &str)]) -> Result<VolumeOptions, TestkitError> {
-    let map: BTreeMap<String, String> = attrs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    crate::volume::options::parse(&map).map_err(|e| TestkitError::Csi {
-        what: "parse the volume context".into(),
-        detail: e.to_string(),
-    })
+/// One connection to a CSI (or registration) socket.
+pub struct CsiClient {
+    rt: tokio::runtime::Runtime,
+    channel: Channel,
+    /// The socket.
+    pub socket: PathBuf,
 }
 
-/// Sends `call` for `volume_id` of moor driver `driver` to the daemon on `socket`.
-pub fn call(
-    socket: &Path,
-    driver: &str,
-    volume_id: &str,
-    call: CsiCall,
-    timeout: Duration,
-) -> Result<Response, TestkitError> {
-    let what = call.op().to_owned();
-    let req = Request::Csi {
-        driver: driver.into(),
-        volume_id: volume_id.into(),
-        call,
-    };
-    crate::api::client::call(socket, &req, timeout).map_err(|e| TestkitError::Csi {
-        what,
-        detail: crate::error::Chain(&e).to_string(),
-    })
-}
-
-/// kubelet's CSI paths under a kubelet dir.
-#[derive(Debug, Clone)]
-pub struct CsiPaths {
-    /// The kubelet dir.
-    pub kubelet_dir: PathBuf,
-}
-
-impl CsiPaths {
-    /// A filesystem volume's `staging_target_path` (kubelet ≥ 1.24's shape: a SHA-256 of
-    /// the volume handle under the CSI driver's name).
-    pub fn staging(&self, driver: &str, volume_id: &str) -> PathBuf {
-        use sha2::Digest;
-        let hash: String = sha2::Sha256::digest(volume_id.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.kubelet_dir
-            .join("plugins/kubernetes.io/csi")
-            .join(crate::lifecycle::csi::csi_driver_name(driver))
-            .join(hash)
-            .join("globalmount")
+impl CsiClient {
+    /// Connects to `socket`, waiting up to `wait` for it to appear (the daemon binds its
+    /// CSI sockets right after reconstruction).
+    pub fn connect(socket: &Path, wait: Duration) -> Result<Self, TestkitError> {
+        let err = |detail: String| TestkitError::Csi {
+            what: format!("socket {}", socket.display()),
+            detail,
+        };
+        let deadline = Instant::now() + wait;
+        while !socket.exists() {
+            if Instant::now() >= deadline {
+                return Err(err(format!("no socket within {} s", wait.as_secs())));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| err(format!("runtime: {e}")))?;
+        let path = socket.to_owned();
+        let endpoint = Endpoint::from_static("http://localhost");
+        let channel = rt
+            .block_on(
+                endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        let s = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(s))
+                    }
+                })),
+            )
+            .map_err(|e| err(format!("connect: {e}")))?;
+        Ok(CsiClient {
+            rt,
+            channel,
+            socket: socket.to_owned(),
+        })
     }
 
-    /// A raw block volume's `staging_target_path`.
-    pub fn block_staging(&self, pv: &str) -> PathBuf {
-        self.kubelet_dir
-            .join("plugins/kubernetes.io/csi/volumeDevices/staging")
-            .join(pv)
+    /// Runs one call to its end.
+    pub fn run<F: Future>(&self, call: F) -> F::Output {
+        self.rt.block_on(call)
     }
 
-    /// A filesystem volume's `target_path` in pod `pod_uid`.
-    pub fn target(&self, pod_uid: &str, pv: &str) -> PathBuf {
-        self.kubelet_dir
-            .join("pods")
-            .join(pod_uid)
-            .join("volumes/kubernetes.io~csi")
-            .join(pv)
-            .join("mount")
+    /// The connection itself (for a raw call no generated client has).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
-    /// A raw block volume's `target_path` for pod `pod_uid`.
-    pub fn block_target(&self, pod_uid: &str, pv: &str) -> PathBuf {
-        self.kubelet_dir
-            .join("plugins/kubernetes.io/csi/volumeDevices/publish")
-            .join(pv)
-            .join(pod_uid)
+    /// The Identity service.
+    pub fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel.clone())
     }
-}
 
-/// The reason label of a failed answer (None for any other answer).
-pub fn reason(r: &Response) -> Option<&str> {
-    match r {
-        Response::Failed(f) => f.reason.as_deref(),
-        _ => None,
+    /// The Controller service (capabilities only).
+    pub fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel.clone())
+    }
+
+    /// The Node service.
+    pub fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel.clone())
+    }
+
+    /// kubelet's registration service (on a registration socket).
+    pub fn registration(&self) -> RegistrationClient<Channel> {
+        RegistrationClient::new(self.channel.clone())
     }
 }

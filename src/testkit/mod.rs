@@ -11,8 +11,9 @@
 //! - [`flex`]: one FlexVolume call through the driver symlink, checked against kubelet's
 //!   contract: exactly one JSON line on stdout and nothing on stderr;
 //! - [`loopdev`]: a loop device over a backing file, detached when dropped;
-//! - [`csi`]: a CSI node call as the CSI front end hands it to the daemon, and kubelet's
-//!   CSI path shapes.
+//! - [`csi`]: a typed CSI client over a driver's Unix socket, as kubelet dials it;
+//! - [`csi_call`]: a CSI node call as the CSI front end hands it to the daemon, and
+//!   kubelet's CSI path shapes.
 //!
 //! **How the release binary reaches it.** `moor demo` is a production command, so the
 //! modules above are always compiled: they return errors, never panic, and touch the machine
@@ -29,6 +30,7 @@
 //! its teardown leaves no mount, daemon or loop device behind.
 
 pub mod csi;
+pub mod csi_call;
 pub mod daemon;
 pub mod flex;
 #[cfg(feature = "testkit")]
@@ -111,10 +113,10 @@ pub enum TestkitError {
         /// losetup's error.
         detail: String,
     },
-    /// A CSI call through the daemon's socket.
+    /// A CSI call or its connection.
     #[error("CSI {what}: {detail}")]
     Csi {
-        /// The call (`csi_stage`, …) or step.
+        /// The call (`csi_stage`, …), the socket, or the step.
         what: String,
         /// What failed.
         detail: String,
