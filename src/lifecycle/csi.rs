@@ -175,6 +175,22 @@ impl Lifecycle {
         // A reader-only volume is staged read-only: no fsck, no mkfs, no journal replay.
         opts.read_only |= reader_only(v.access);
         let digest = options_digest(&opts);
+        if staging.block != (v.mode == VolumeMode::Block) {
+            return Err(CsiError::UnsupportedCapability {
+                volume_id: v.volume_id.into(),
+                detail: format!(
+                    "staging path {} is kubelet's {} shape, but the call asks for {:?} mode",
+                    staging.path.display(),
+                    if staging.block {
+                        "raw block"
+                    } else {
+                        "filesystem"
+                    },
+                    v.mode
+                ),
+            }
+            .into());
+        }
         let mut plan = self.plan_stage(driver, &opts)?;
         if v.mode == VolumeMode::Block
             && matches!(

@@ -29,6 +29,17 @@ struct Served {
 }
 
 impl Lifecycle {
+    /// Records what the reconciler's probe of `key`'s stage saw (the volume condition
+    /// CSI's stats report, and what lets them answer at once for a hung share).
+    pub fn note_probe(&self, key: &str, seen: Probe) {
+        let mut st = self.state();
+        if seen == Probe::Alive {
+            st.probes.remove(key);
+        } else {
+            st.probes.insert(key.to_owned(), seen);
+        }
+    }
+
     fn served(&self, driver: &str, volume_id: &str, path: &str) -> Result<Served, Error> {
         let unknown = |detail: String| CsiError::UnknownVolume {
             volume_id: volume_id.into(),
@@ -128,7 +139,13 @@ impl Lifecycle {
         problems: &mut Vec<String>,
     ) -> Option<crate::host::probe::FsUsage> {
         let stage = v.stage_path.display();
-        match self.host.mounts.probe(&v.stage_path, STAT_TIMEOUT) {
+        // A share the reconciler saw hang is not asked again here: kubelet's stats call
+        // would wait out the probe's deadline on every pass.
+        let seen = match self.state().probes.get(&v.rec.key) {
+            Some(Probe::Hung) => Probe::Hung,
+            _ => self.host.mounts.probe(&v.stage_path, STAT_TIMEOUT),
+        };
+        match seen {
             Probe::Alive => {}
             Probe::Gone => {
                 problems.push(format!("its stage {stage} is not mounted"));

@@ -526,6 +526,7 @@ impl Lifecycle {
             self.state().stages.remove(key);
         }
         self.state().unstage_pending.remove(key);
+        self.state().probes.remove(key);
         tracing::info!(volume = key, driver = %rec.driver, "unstaged");
         Ok(())
     }

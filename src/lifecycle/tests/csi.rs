@@ -267,6 +267,11 @@ fn csi_paths_outside_kubelets_shapes_are_refused() {
         let e = lc.plan_csi_stage(&v).err().unwrap();
         assert_eq!(e.reason(), "bad_path", "{staging}: {e}");
     }
+    // kubelet's raw block staging shape for a filesystem volume.
+    let staging = rig.in_kubelet("plugins/kubernetes.io/csi/volumeDevices/staging/pv-1".into());
+    let v = rig.volume(ID, &staging, AccessMode::SingleNodeWriter, &opts);
+    let e = lc.plan_csi_stage(&v).err().unwrap();
+    assert_eq!(e.reason(), "unsupported_capability", "{e}");
     rig.csi_stage(&lc).unwrap();
     for target in [
         rig.target("flex-shaped"),
@@ -510,6 +515,14 @@ fn stats_report_the_condition_of_the_stage_and_the_publish() {
         assert!(c.abnormal && c.message.contains(says) && !bytes, "{c:?}");
     }
     rig.mounts.set_probe(&stage, Probe::Alive);
+    // The reconciler saw it hang: stats say so at once, without probing again.
+    let key = lc.csi_key(ID).unwrap();
+    lc.note_probe(&key, Probe::Hung);
+    let (c, _) = condition(&rig.csi_target("p1"));
+    assert!(c.abnormal && c.message.contains("does not answer"), "{c:?}");
+    lc.note_probe(&key, Probe::Alive);
+    let (c, _) = condition(&rig.csi_target("p1"));
+    assert!(!c.abnormal, "{c:?}");
     rig.mounts
         .unmount(
             Path::new(&rig.csi_target("p1")),
