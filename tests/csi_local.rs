@@ -313,10 +313,7 @@ fn write_at(path: &Path, offset: u64, data: &[u8]) {
 fn daemon_with_disk(mib: u64) -> (Daemon, LoopDev) {
     require_privileged_sandbox();
     let d = Daemon::start();
-    let dev = LoopDev::new(mib);
-    // A loop device keeps its read-only flag across detach: start from a writable one.
-    common::sh("blockdev", &["--setrw", dev.path_str()]);
-    (d, dev)
+    (d, LoopDev::new(mib))
 }
 
 /// The claim grew to `mib` MiB: the disk grows, then kubelet's NodeExpandVolume of `path`.

@@ -1,7 +1,10 @@
 //! A loop device over a (sparse) backing file: the disk a harness daemon is given.
 //!
 //! Invariant: a [`LoopDevice`] detaches its device when dropped (`losetup -d`), whatever
-//! happened; the backing file stays the caller's.
+//! happened; the backing file stays the caller's. A loop device keeps a read-only flag set by
+//! `BLKROSET` (moor's reader-only raw block stage) across detach and the next attach, so a
+//! test that died while its device was read-only would hand the next test a read-only disk:
+//! every device is made writable when attached and again before it is detached.
 
 use std::path::{Path, PathBuf};
 
@@ -44,7 +47,13 @@ impl LoopDevice {
         if dev.is_empty() {
             return Err(loop_err("losetup printed no device".into()));
         }
-        Ok(LoopDevice { path: dev.into() })
+        let device = LoopDevice { path: dev.into() };
+        device.set_writable();
+        Ok(device)
+    }
+
+    fn set_writable(&self) {
+        let _ = SystemRunner.run(&Cmd::new("blockdev").arg("--setrw").arg(&self.path));
     }
 
     /// The device path as text (what a volume's `path` option carries).
@@ -55,6 +64,7 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
+        self.set_writable();
         let _ = SystemRunner.run(&Cmd::new("losetup").arg("-d").arg(&self.path));
     }
 }
