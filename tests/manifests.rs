@@ -8,17 +8,20 @@
 //! probes that kubelet reaches and the world does not, a rolling update with a grace that
 //! covers moor's drain, every taint tolerated, node-critical priority — the plugin dir each
 //! overlay promises, the RBAC rules the local PV controller needs and nothing more, one image
-//! reference, and a `config.yaml` the daemon accepts.
+//! reference, and a `config.yaml` the daemon accepts. For CSI: one `CSIDriver` per moor driver
+//! with the settings moor decided (README, "CSI"), kubelet's `plugins/` and
+//! `plugins_registry/` reachable at kubelet's own path in every overlay.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::storage::v1::CSIDriver;
 use serde_json::Value;
 
 const DEFAULT_PLUGIN_DIR: &str = "/usr/libexec/kubernetes/kubelet-plugins/volume/exec";
@@ -92,17 +95,19 @@ struct Objects {
     namespaces: Vec<Namespace>,
     services: Vec<Service>,
     service_monitors: Vec<Value>,
+    csi_drivers: Vec<CSIDriver>,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(name: &str, v: &Value) -> T {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{name}: {} {} does not parse into its API type: {e}",
+            v["kind"], v["metadata"]["name"]
+        )
+    })
 }
 
 fn parse(name: &str, docs: &[Value]) -> Objects {
-    fn typed<T: serde::de::DeserializeOwned>(name: &str, v: &Value) -> T {
-        serde_json::from_value(v.clone()).unwrap_or_else(|e| {
-            panic!(
-                "{name}: {} {} does not parse into its API type: {e}",
-                v["kind"], v["metadata"]["name"]
-            )
-        })
-    }
     let mut o = Objects::default();
     for v in docs {
         match (v["apiVersion"].as_str(), v["kind"].as_str()) {
@@ -111,6 +116,7 @@ fn parse(name: &str, docs: &[Value]) -> Objects {
             (Some("v1"), Some("ServiceAccount")) => o.accounts.push(typed(name, v)),
             (Some("v1"), Some("Namespace")) => o.namespaces.push(typed(name, v)),
             (Some("v1"), Some("Service")) => o.services.push(typed(name, v)),
+            (Some("storage.k8s.io/v1"), Some("CSIDriver")) => o.csi_drivers.push(typed(name, v)),
             (Some("rbac.authorization.k8s.io/v1"), Some("ClusterRole")) => {
                 o.roles.push(typed(name, v))
             }
@@ -142,6 +148,77 @@ fn env_of(c: &Container, key: &str) -> Option<String> {
         .flatten()
         .find(|e| e.name == key)
         .and_then(|e| e.value.clone())
+}
+
+/// A volume mount of the moor container, by mount path: (volume, propagation, read-only).
+type Mount = (String, Option<String>, bool);
+
+/// What a path inside the moor container is on the host: the host path the deepest volume
+/// mount above it puts there, with that mount (`None` when no hostPath covers it).
+fn on_host<'a>(
+    mounts: &'a BTreeMap<String, Mount>,
+    volumes: &BTreeMap<String, String>,
+    path: &str,
+) -> Option<(String, &'a Mount)> {
+    let (at, m) = mounts
+        .iter()
+        .filter(|(at, _)| {
+            let at = at.trim_end_matches('/');
+            path == at || path.starts_with(&format!("{at}/"))
+        })
+        .max_by_key(|(at, _)| at.len())?;
+    let host = volumes.get(&m.0)?;
+    let rest = &path[at.trim_end_matches('/').len()..];
+    Some((format!("{}{rest}", host.trim_end_matches('/')), m))
+}
+
+/// moor's CSI driver names, one per moor driver.
+fn csi_names() -> BTreeSet<String> {
+    moor::flexvolume::DRIVERS
+        .iter()
+        .map(|d| format!("{d}.csi.moor.io"))
+        .collect()
+}
+
+/// What each driver's `CSIDriver` must say beyond what all say: (fsGroupPolicy,
+/// seLinuxMount). Block filesystems are the volume's own (`File`); shares belong to their
+/// server (root_squash refuses kubelet's chown: `None`); `-o context=` only where the volume
+/// is a superblock of its own (README, "CSI").
+fn csi_expected(driver: &str) -> (&'static str, bool) {
+    match driver {
+        "iscsi" | "rbd" | "fc" => ("File", true),
+        "local" => ("File", false),
+        "nfs" | "glusterfs" | "cephfs" => ("None", false),
+        other => panic!("driver {other} is not in this test's CSIDriver table"),
+    }
+}
+
+fn check_csi_driver(rendering: &str, d: &CSIDriver) {
+    let name = d.metadata.name.as_deref().unwrap();
+    let driver = name.strip_suffix(".csi.moor.io").unwrap();
+    let (fs_group, selinux) = csi_expected(driver);
+    let s = &d.spec;
+    let at = format!("{rendering}: CSIDriver {name}");
+    assert_eq!(s.attach_required, Some(false), "{at}: no attacher runs");
+    assert_eq!(s.pod_info_on_mount, Some(true), "{at}: podInfoOnMount");
+    // Never Ephemeral: an inline volume's attributes are the pod author's.
+    assert_eq!(
+        s.volume_lifecycle_modes.as_deref(),
+        Some(&["Persistent".to_owned()][..]),
+        "{at}: lifecycle modes"
+    );
+    assert_eq!(s.requires_republish, Some(false), "{at}");
+    assert_eq!(s.storage_capacity, Some(false), "{at}");
+    assert_eq!(
+        s.fs_group_policy.as_deref(),
+        Some(fs_group),
+        "{at}: fsGroupPolicy"
+    );
+    assert_eq!(s.se_linux_mount, Some(selinux), "{at}: seLinuxMount");
+    assert!(
+        s.token_requests.is_none(),
+        "{at}: moor needs no service-account token"
+    );
 }
 
 #[test]
@@ -198,7 +275,7 @@ fn every_rendering_parses_and_keeps_nodes_safe() {
         let moor = container(&pod.containers, "moor");
         let sc = moor.security_context.as_ref().unwrap();
         assert_eq!(sc.privileged, Some(true), "{name}: moor is privileged");
-        let mounts: BTreeMap<String, (String, Option<String>, bool)> = moor
+        let mounts: BTreeMap<String, Mount> = moor
             .volume_mounts
             .iter()
             .flatten()
@@ -238,6 +315,40 @@ fn every_rendering_parses_and_keeps_nodes_safe() {
             Some("Bidirectional"),
             "{name}: moor's mounts must reach the host"
         );
+        // CSI: kubelet watches plugins_registry/ and dials the sockets moor registers under
+        // plugins/, by kubelet's own paths: the container must see the host's directories
+        // there, writable, and moor's stages (plugins/moor/…) must reach the host.
+        for (sub, stages) in [("plugins", true), ("plugins_registry", false)] {
+            let path = format!("{kubelet_dir}/{sub}");
+            let (host, (_, propagation, read_only)) = on_host(&mounts, &volumes, &path)
+                .unwrap_or_else(|| panic!("{name}: no host directory is mounted at {path}"));
+            assert_eq!(
+                host, path,
+                "{name}: {path} in the container is the host's {host}"
+            );
+            assert!(!read_only, "{name}: {path} is read-only");
+            if stages {
+                assert_eq!(
+                    propagation.as_deref(),
+                    Some("Bidirectional"),
+                    "{name}: {path}: moor's stage mounts must reach the host"
+                );
+            }
+        }
+        let drivers: BTreeSet<String> = o
+            .csi_drivers
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            drivers,
+            csi_names(),
+            "{name}: one CSIDriver per moor driver"
+        );
+        assert_eq!(drivers.len(), o.csi_drivers.len(), "{name}: duplicates");
+        for d in &o.csi_drivers {
+            check_csi_driver(&name, d);
+        }
 
         // The daemon is told the same kubelet dir it is given.
         let config_text = o.configmaps[0].data.as_ref().unwrap()["config.yaml"].clone();
