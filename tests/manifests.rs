@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
+use moor::api::{AccessMode, VolumeMode};
 use serde_json::Value;
 
 const DEFAULT_PLUGIN_DIR: &str = "/usr/libexec/kubernetes/kubelet-plugins/volume/exec";
@@ -180,9 +181,9 @@ fn on_host<'a>(
 
 /// moor's CSI driver names, one per moor driver.
 fn csi_names() -> BTreeSet<String> {
-    moor::flexvolume::DRIVERS
+    moor::csi::DRIVERS
         .iter()
-        .map(|d| format!("{d}.csi.moor.io"))
+        .map(|d| moor::api::csi_driver_name(d))
         .collect()
 }
 
@@ -368,6 +369,22 @@ fn every_rendering_parses_and_keeps_nodes_safe() {
             !config.local.unwrap().allowed_directories.is_empty(),
             "{name}: an allow-list"
         );
+        // The CSI node plugin is on, for every driver the CSIDriver objects name.
+        let csi = moor::config::CsiConfig::resolve(config.csi.as_ref().unwrap_or_else(|| {
+            panic!("{name}: config.yaml has no csi section: CSI is off by default")
+        }))
+        .unwrap_or_else(|e| panic!("{name}: csi: {e}"));
+        assert!(csi.enabled, "{name}: csi.enabled");
+        assert!(
+            csi.register,
+            "{name}: moor registers with kubelet itself (no sidecar)"
+        );
+        let served: BTreeSet<String> = csi
+            .drivers
+            .iter()
+            .map(|d| moor::api::csi_driver_name(d))
+            .collect();
+        assert_eq!(served, csi_names(), "{name}: csi.drivers");
         // With hostPID, the host-bound tools and FUSE clients are run on the host.
         assert_eq!(
             config.host_mount_namespace.as_deref(),
@@ -480,29 +497,15 @@ fn every_rendering_parses_and_keeps_nodes_safe() {
     }
 }
 
-/// kubelet's access mode of a PV → the CSI access mode it asks for.
-fn csi_access_mode(mode: &str) -> &'static str {
+/// kubelet's access mode of a PV → the CSI access mode it asks for (moor offers
+/// SINGLE_NODE_MULTI_WRITER, so kubelet sends that for ReadWriteOnce).
+fn csi_access_mode(mode: &str) -> AccessMode {
     match mode {
-        "ReadWriteOnce" => "SINGLE_NODE_WRITER",
-        "ReadWriteOncePod" => "SINGLE_NODE_SINGLE_WRITER",
-        "ReadOnlyMany" => "MULTI_NODE_READER_ONLY",
-        "ReadWriteMany" => "MULTI_NODE_MULTI_WRITER",
+        "ReadWriteOnce" => AccessMode::SingleNodeMultiWriter,
+        "ReadWriteOncePod" => AccessMode::SingleNodeSingleWriter,
+        "ReadOnlyMany" => AccessMode::MultiNodeReaderOnly,
+        "ReadWriteMany" => AccessMode::MultiNodeMultiWriter,
         other => panic!("{other} is no Kubernetes access mode"),
-    }
-}
-
-/// Whether `driver` serves a volume of this mode (block or filesystem) with this CSI access
-/// mode: the block drivers' filesystems on one node (or read-only on many), their raw
-/// devices to many writers too; local on one node only; shares everywhere, as filesystems.
-fn serves(driver: &str, block: bool, access: &str) -> bool {
-    let single = access.starts_with("SINGLE_NODE_");
-    match driver {
-        "iscsi" | "rbd" | "fc" => {
-            single || access == "MULTI_NODE_READER_ONLY" || (block && access.starts_with("MULTI"))
-        }
-        "local" => single,
-        "nfs" | "glusterfs" | "cephfs" => !block,
-        other => panic!("{other}: not a moor driver"),
     }
 }
 
@@ -658,13 +661,15 @@ fn csi_examples_are_what_moor_serves() {
                 Some("Delete"),
                 "{at}: a static PV of someone's data is never deleted by its claim"
             );
+            // The front end's own table of what each driver honours.
+            let volume_mode = if block {
+                VolumeMode::Block
+            } else {
+                VolumeMode::Filesystem
+            };
             for mode in spec.access_modes.iter().flatten() {
-                assert!(
-                    serves(driver, block, csi_access_mode(mode)),
-                    "{at}: {driver} does not serve {mode} ({}) {} volumes",
-                    csi_access_mode(mode),
-                    if block { "block" } else { "filesystem" }
-                );
+                moor::csi::translate::check_access(driver, volume_mode, csi_access_mode(mode))
+                    .unwrap_or_else(|f| panic!("{at}: {mode}: {f}"));
             }
             if block {
                 assert!(
