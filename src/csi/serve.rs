@@ -31,8 +31,9 @@ use crate::api::Handler;
 
 /// How often each registration socket is checked for still being there.
 pub const REGISTRATION_CHECK: Duration = Duration::from_secs(2);
-/// How long shutdown waits for the servers to finish their calls in flight.
-const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// How long shutdown waits, all servers together, for their connections to close after the
+/// daemon drained (kubelet keeps its connections open; past this they are cut).
+const STOP_LIMIT: Duration = Duration::from_secs(2);
 
 /// A CSI socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -184,18 +185,20 @@ fn serve_registration(
         let mut bound = Some(first);
         loop {
             if let Some((listener, ino)) = bound.take() {
-                let (gone_tx, gone_rx) = watch::channel(false);
-                let server = tokio::spawn(
-                    tonic::transport::Server::builder()
-                        .add_service(RegistrationServer::new(service.clone()))
-                        .serve_with_incoming_shutdown(
-                            UnixListenerStream::new(listener),
-                            stopped(gone_rx),
-                        ),
-                );
-                let stopping = until_gone(&path, ino, &mut stop).await;
-                let _ = gone_tx.send(true);
-                let _ = server.await;
+                // Served inside this task: when it ends (the socket gone, or shutdown) the
+                // listener goes with it, and an abort of the task stops the server too.
+                let server = tonic::transport::Server::builder()
+                    .add_service(RegistrationServer::new(service.clone()))
+                    .serve_with_incoming(UnixListenerStream::new(listener));
+                let stopping = tokio::select! {
+                    r = server => {
+                        if let Err(e) = r {
+                            tracing::warn!(driver = %service.name, error = %e, "registration server stopped; serving it again");
+                        }
+                        false
+                    }
+                    s = until_gone(&path, ino, &mut stop) => s,
+                };
                 if stopping {
                     return;
                 }
@@ -295,14 +298,23 @@ impl CsiServers {
         }
     }
 
-    /// Stops every server (calls in flight get [`STOP_LIMIT`] to finish) and removes the
-    /// CSI sockets. After the daemon drained its operations.
+    /// Stops every server — their connections get [`STOP_LIMIT`] in all to close, then are
+    /// cut — and removes the CSI sockets. After the daemon drained its operations.
     pub async fn stop(self) {
         self.drain();
         let _ = self.stop.send(true);
-        for s in self.servers {
-            if tokio::time::timeout(STOP_LIMIT, s).await.is_err() {
-                tracing::warn!("a CSI server did not stop in time");
+        let deadline = tokio::time::Instant::now() + STOP_LIMIT;
+        for w in self.watchers {
+            // Aborted by drain: this only waits for the abort to land.
+            let _ = w.await;
+        }
+        for r in &self.registrations {
+            remove_socket(r);
+        }
+        for mut s in self.servers {
+            if tokio::time::timeout_at(deadline, &mut s).await.is_err() {
+                tracing::debug!("a CSI connection stayed open past the shutdown limit; cut");
+                s.abort();
             }
         }
         for p in &self.sockets {

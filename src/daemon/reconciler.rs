@@ -87,6 +87,8 @@ impl Reconciler {
         let mut healed = 0;
         for rs in self.lifecycle.remote_stages() {
             let seen = probe(&self.lifecycle, &rs.stage_path, PROBE_TIMEOUT);
+            // CSI's volume condition reads it (NodeGetVolumeStats).
+            self.lifecycle.note_probe(&rs.key, seen);
             if seen == Probe::Alive {
                 self.backoff.remove(&rs.key);
                 continue;

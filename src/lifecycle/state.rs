@@ -18,6 +18,9 @@ pub(super) struct State {
     /// failed), with the pod dirs whose unmount led there. The reconciler finishes them, and
     /// kubelet's retry on one of those pod dirs retries the unstage (see `unmount`).
     pub(super) unstage_pending: HashMap<String, BTreeSet<PathBuf>>,
+    /// What the reconciler's last stale-mount probe of a share's stage saw, when it was
+    /// not alive: a stats call reports a hung share from it without hanging itself.
+    pub(super) probes: HashMap<String, crate::host::probe::Probe>,
 }
 
 impl State {

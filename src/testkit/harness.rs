@@ -349,7 +349,23 @@ impl Daemon {
         let mut d = Self::unstarted(&[]);
         d.config_extra = csi_yaml.to_owned();
         d.spawn();
+        d.wait_until_serving();
         d
+    }
+
+    /// Waits (at most 20 s) for the daemon's "ready" line: its socket may answer a moment
+    /// before the CSI sockets are bound, the line comes after them.
+    #[track_caller]
+    pub fn wait_until_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log_text().contains("moor daemon ready") {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never said it was ready; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The CSI socket of `driver` (`iscsi`, …).
