@@ -29,7 +29,7 @@ use moor::csi::proto::csi::v1::{
     NodeGetCapabilitiesRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest,
     NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodeStageVolumeRequest,
     NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, ProbeRequest, VolumeCapability,
-    node_service_capability,
+    node_service_capability, volume_usage,
 };
 use moor::testkit::csi::CsiClient;
 use tonic::Code;
@@ -400,7 +400,14 @@ fn capabilities_the_driver_cannot_honour_are_invalid_argument() {
             "unsupported_capability",
         );
     }
-    // A share has no block device (its own socket).
+    // A directory has no block device.
+    let st = stage_req(&n, "pv-dir-d", &src, cap(true, Mode::SingleNodeWriter));
+    refused(
+        n.stage(&st),
+        Code::InvalidArgument,
+        "unsupported_capability",
+    );
+    // A share has no block device either (its own socket).
     let nfs = n.d.csi("nfs");
     let mut share = stage_req(&n, "pv-share", &src, cap(true, Mode::SingleNodeWriter));
     share.volume_context = HashMap::from([
@@ -526,4 +533,135 @@ fn a_call_on_a_volume_with_one_in_flight_is_aborted_and_the_first_finishes_whole
     n.unpublish("pv-h", &target).unwrap();
     n.unstage("pv-h", &st.staging_target_path).unwrap();
     assert_eq!(n.mounts(), Vec::<PathBuf>::new());
+}
+
+/// (total, used, available) of a stats answer's `unit`.
+fn usage(r: &NodeGetVolumeStatsResponse, unit: volume_usage::Unit) -> Option<(i64, i64, i64)> {
+    r.usage
+        .iter()
+        .find(|u| u.unit == unit as i32)
+        .map(|u| (u.total, u.used, u.available))
+}
+
+#[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
+fn stats_answer_for_the_volume_and_a_volume_the_node_does_not_have_is_not_found() {
+    require_privileged_sandbox();
+    let n = Node::start();
+    let src = source(&n.d, "dir-c");
+    let st = stage_req(&n, "pv-dir-c", &src, cap(false, Mode::SingleNodeWriter));
+    n.stage(&st).unwrap();
+    let target = n.target("uid-1", "pv-dir-c");
+    n.publish(&publish_req(&st, &target, "uid-1")).unwrap();
+    // Bytes and inodes of a healthy filesystem volume, by its target or its staging path.
+    for path in [&target, &st.staging_target_path] {
+        let r = n.stats("pv-dir-c", path).unwrap();
+        let (total, used, available) = usage(&r, volume_usage::Unit::Bytes).expect("bytes");
+        assert!(
+            total > 0 && used >= 0 && available > 0 && used + available <= total,
+            "{r:?}"
+        );
+        assert!(
+            usage(&r, volume_usage::Unit::Inodes).is_some_and(|(t, _, _)| t > 0),
+            "{r:?}"
+        );
+        let condition = r.volume_condition.expect("VOLUME_CONDITION is offered");
+        assert!(!condition.abnormal, "{condition:?}");
+    }
+    let elsewhere = n.target("uid-2", "pv-nothing");
+    refused(
+        n.stats("pv-unknown", &target),
+        Code::NotFound,
+        "unknown_volume",
+    );
+    refused(
+        n.stats("pv-dir-c", &elsewhere),
+        Code::NotFound,
+        "unknown_volume",
+    );
+    refused(
+        n.expand("pv-unknown", &target),
+        Code::NotFound,
+        "unknown_volume",
+    );
+    refused(
+        n.expand("pv-dir-c", &elsewhere),
+        Code::NotFound,
+        "unknown_volume",
+    );
+    n.unpublish("pv-dir-c", &target).unwrap();
+    n.unstage("pv-dir-c", &st.staging_target_path).unwrap();
+    refused(
+        n.stats("pv-dir-c", &target),
+        Code::NotFound,
+        "unknown_volume",
+    );
+}
+
+#[test]
+#[ignore = "tier 2: needs root, loop devices and a private mount namespace (run-tests)"]
+fn a_raw_block_volume_is_the_device_itself_through_every_call() {
+    use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+    require_privileged_sandbox();
+    let n = Node::start();
+    let dev = common::LoopDev::new(32);
+    common::sh("blockdev", &["--setrw", dev.path_str()]);
+    let disk = Path::new(dev.path_str());
+    let st = stage_req(&n, "pv-raw", disk, cap(true, Mode::SingleNodeWriter));
+    n.stage(&st).unwrap();
+    n.stage(&st).expect("a second identical stage is OK");
+    assert_eq!(
+        n.mounts(),
+        Vec::<PathBuf>::new(),
+        "a raw block stage mounts nothing"
+    );
+    // The filesystem shape is refused for a volume staged as block.
+    let mut fs = publish_req(&st, &n.target("uid-1", "pv-raw"), "uid-1");
+    fs.volume_capability = cap(false, Mode::SingleNodeWriter);
+    refused(n.publish(&fs), Code::AlreadyExists, "conflict");
+
+    let target = n.d.csi_paths().block_target("uid-1", "pv-raw");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let pb = publish_req(&st, s(&target), "uid-1");
+    n.publish(&pb).unwrap();
+    n.publish(&pb).expect("a second identical publish is OK");
+    let meta = std::fs::metadata(&target).unwrap();
+    assert!(meta.file_type().is_block_device(), "{meta:?}");
+    assert_eq!(
+        meta.rdev(),
+        std::fs::metadata(disk).unwrap().rdev(),
+        "the volume's own device"
+    );
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .unwrap();
+    f.write_all_at(b"through the pod's device file", 4096)
+        .unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let mut back = [0u8; 29];
+    std::fs::File::open(disk)
+        .unwrap()
+        .read_exact_at(&mut back, 4096)
+        .unwrap();
+    assert_eq!(&back, b"through the pod's device file");
+
+    let r = n.stats("pv-raw", s(&target)).unwrap();
+    let (total, _, _) = usage(&r, volume_usage::Unit::Bytes).expect("a block volume's size");
+    assert_eq!(total, 32 << 20, "{r:?}");
+    assert!(usage(&r, volume_usage::Unit::Inodes).is_none(), "{r:?}");
+
+    n.unpublish("pv-raw", s(&target)).unwrap();
+    n.unpublish("pv-raw", s(&target)).expect("again: OK");
+    assert!(!target.exists(), "the device file moor made is gone");
+    n.unstage("pv-raw", &st.staging_target_path).unwrap();
+    n.unstage("pv-raw", &st.staging_target_path)
+        .expect("again: OK");
+    let mut back = [0u8; 29];
+    std::fs::File::open(disk)
+        .unwrap()
+        .read_exact_at(&mut back, 4096)
+        .unwrap();
+    assert_eq!(&back, b"through the pod's device file", "never formatted");
 }
