@@ -15,8 +15,13 @@
 //!     umount2(2) loop from the same childless source (moor's stage mount);
 //!  4. the same pairs through the FlexVolume exec path vs util-linux `mount --bind` + `umount`;
 //!  5. 1,000 volumes: time to publish, daemon RSS, restart reconstruction time, teardown;
-//!  6. 3 and 2 again with N extra mounts (default 10,000) under the kubelet dir.
+//!  6. 3 and 2 again with N extra mounts (default 10,000) under the kubelet dir;
+//!  7. (with 3 and 6) CSI NodePublishVolume+NodeUnpublishVolume pairs of a volume staged
+//!     through NodeStageVolume, over one persistent gRPC connection to the local driver's
+//!     socket, vs the raw loop onto the same target; and NodePublishVolume's latency vs a
+//!     FlexVolume `mount` of an unpublished pod directory.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -25,9 +30,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use moor::csi::proto::csi::v1::volume_capability::{
+    AccessMode, AccessType, MountVolume, access_mode::Mode,
+};
+use moor::csi::proto::csi::v1::{
+    NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
+    NodeUnstageVolumeRequest, VolumeCapability,
+};
 use moor::host::sandbox;
+use moor::testkit::csi::CsiClient;
 use moor::testkit::{AllowList, DaemonProcess, DaemonSpec, Ready, Tree};
 use nix::mount::{MntFlags, MsFlags};
+use sha2::{Digest, Sha256};
 
 struct Args {
     moor: PathBuf,
@@ -247,6 +261,10 @@ impl Bench {
             directories: vec![self.args.root.join("data")],
             devices: Vec::new(),
         })?;
+        // The CSI rows dial the local driver's socket; nothing registers with a kubelet.
+        let mut yaml = std::fs::read_to_string(&config)?;
+        yaml.push_str("csi:\n  enabled: true\n  drivers: [local]\n  register: false\n");
+        std::fs::write(&config, yaml)?;
         let mut spec = DaemonSpec::new(&self.args.moor, "bench-node");
         spec.config = Some(config);
         spec.env_remove = vec!["MOOR_LOG".into()];
@@ -429,6 +447,226 @@ fn exec_n(n: usize, prog: &Path, args: &[&str], sock: &Path) -> Result<Lat> {
     Ok(Lat(v))
 }
 
+// ---------------------------------------------------------------- CSI
+
+/// A local directory volume staged through CSI (`local.csi.moor.io`) and the requests of its
+/// publish pairs, all on one persistent connection, as kubelet keeps one per driver.
+struct Csi {
+    client: CsiClient,
+    volume_id: String,
+    staging: String,
+    publish: NodePublishVolumeRequest,
+    unpublish: NodeUnpublishVolumeRequest,
+    /// moor's stage of the volume (the raw loop binds it too) and kubelet's target.
+    stage: PathBuf,
+    target: PathBuf,
+}
+
+/// The mounts under moor's local stage directory.
+fn local_stages(b: &Bench) -> Result<Vec<PathBuf>> {
+    Ok(moor::testkit::tree::volume_mounts_under(
+        &b.kubelet().join("plugins/moor/local"),
+    )?)
+}
+
+impl Csi {
+    /// Stages `src` through NodeStageVolume, at the paths kubelet would use.
+    fn stage(b: &Bench, src: &Path) -> Result<Csi> {
+        let kubelet = b.kubelet();
+        let client = CsiClient::connect(
+            &moor::csi::socket_path(&kubelet, "local"),
+            Duration::from_secs(30),
+        )?;
+        let volume_id = "pv-bench-csi".to_owned();
+        let hash: String = Sha256::digest(volume_id.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let staging = kubelet
+            .join("plugins/kubernetes.io/csi/local.csi.moor.io")
+            .join(hash)
+            .join("globalmount");
+        std::fs::create_dir_all(&staging)?;
+        let pod_volume = kubelet
+            .join("pods/pod-csi/volumes/kubernetes.io~csi")
+            .join(&volume_id);
+        std::fs::create_dir_all(&pod_volume)?;
+        let target = pod_volume.join("mount");
+        let capability = Some(VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+        });
+        let mut context = HashMap::from([("path".to_owned(), src.display().to_string())]);
+        let staging = staging.display().to_string();
+        let before = local_stages(b)?;
+        client
+            .run(client.node().node_stage_volume(NodeStageVolumeRequest {
+                volume_id: volume_id.clone(),
+                staging_target_path: staging.clone(),
+                volume_capability: capability.clone(),
+                volume_context: context.clone(),
+                ..Default::default()
+            }))
+            .context("NodeStageVolume")?;
+        let stage = local_stages(b)?
+            .into_iter()
+            .find(|m| !before.contains(m))
+            .context("NodeStageVolume answered OK but moor staged nothing")?;
+        // podInfoOnMount's keys, as kubelet adds them to every publish.
+        for (k, v) in [
+            ("name", "pod-csi"),
+            ("namespace", "default"),
+            ("uid", "pod-csi"),
+        ] {
+            context.insert(format!("csi.storage.k8s.io/pod.{k}"), v.into());
+        }
+        let target_path = target.display().to_string();
+        Ok(Csi {
+            publish: NodePublishVolumeRequest {
+                volume_id: volume_id.clone(),
+                staging_target_path: staging.clone(),
+                target_path: target_path.clone(),
+                volume_capability: capability,
+                volume_context: context,
+                ..Default::default()
+            },
+            unpublish: NodeUnpublishVolumeRequest {
+                volume_id: volume_id.clone(),
+                target_path,
+            },
+            client,
+            volume_id,
+            staging,
+            stage,
+            target,
+        })
+    }
+
+    /// A new connection after the daemon restarted (the stage itself was reconstructed).
+    fn redial(&mut self, b: &Bench) -> Result<()> {
+        self.client = CsiClient::connect(
+            &moor::csi::socket_path(&b.kubelet(), "local"),
+            Duration::from_secs(30),
+        )?;
+        Ok(())
+    }
+
+    fn publish(&self) -> Result<()> {
+        let c = &self.client;
+        let call = c.run(c.node().node_publish_volume(self.publish.clone()));
+        call.map(drop).context("NodePublishVolume")
+    }
+
+    fn unpublish(&self) -> Result<()> {
+        let c = &self.client;
+        let call = c.run(c.node().node_unpublish_volume(self.unpublish.clone()));
+        call.map(drop).context("NodeUnpublishVolume")
+    }
+
+    /// One publish whose bind is looked at: the pairs below measure real binds.
+    fn check(&self) -> Result<()> {
+        self.publish()?;
+        let bound = moor::host::mounts::statx_mount(&self.target)?.is_mount_root;
+        self.unpublish()?;
+        if !bound {
+            bail!(
+                "NodePublishVolume answered OK but bound nothing at {}",
+                self.target.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// `n` NodePublishVolume + NodeUnpublishVolume pairs; returns pairs/s.
+    fn pairs(&self, n: usize) -> Result<f64> {
+        let t = Instant::now();
+        for _ in 0..n {
+            self.publish()?;
+            self.unpublish()?;
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    }
+
+    /// The latency of NodePublishVolume onto a target not published (each unpublish untimed).
+    fn publish_latency(&self, n: usize) -> Result<Lat> {
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n + 10 {
+            let t = Instant::now();
+            self.publish()?;
+            let dt = t.elapsed().as_secs_f64();
+            self.unpublish()?;
+            if i >= 10 {
+                v.push(dt);
+            }
+        }
+        Ok(Lat(v))
+    }
+
+    /// NodeUnstageVolume: CSI stages end only there.
+    fn unstage(&self) -> Result<()> {
+        let c = &self.client;
+        let req = NodeUnstageVolumeRequest {
+            volume_id: self.volume_id.clone(),
+            staging_target_path: self.staging.clone(),
+        };
+        let call = c.run(c.node().node_unstage_volume(req));
+        call.map(drop).context("NodeUnstageVolume")
+    }
+}
+
+/// The latency of a FlexVolume `mount` of a pod directory not published (a bind of the
+/// stage, through the exec'd front end and the daemon), each `unmount` untimed.
+fn flex_publish_latency(b: &Bench, c: &Ctx, n: usize) -> Result<Lat> {
+    let link = b.link();
+    let churn = c.churn.to_str().unwrap_or_default();
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n + 10 {
+        let m = exec(&link, &["mount", churn, &c.churn_json], &c.sock, true)?;
+        exec(&link, &["unmount", churn], &c.sock, true)?;
+        if i >= 10 {
+            v.push(m);
+        }
+    }
+    Ok(Lat(v))
+}
+
+/// The CSI rows at the table's current mount count: pairs against the raw loop on the same
+/// target (the 0.30 target), and NodePublishVolume's latency against FlexVolume's `mount`.
+fn csi_rows(
+    b: &Bench,
+    c: &Ctx,
+    csi: &Csi,
+    t: &mut Table,
+    n_pairs: (usize, usize),
+    n_lat: usize,
+) -> Result<()> {
+    let (n_api, n_raw) = n_pairs;
+    csi.check()?;
+    let p = pair_rates(
+        b,
+        &mut |n| csi.pairs(n),
+        (&csi.stage, &csi.target),
+        3,
+        n_api,
+        n_raw,
+    )?;
+    let label = format!("{} mounts in table", mount_count());
+    pair_rows(t, CSI, &label, &p);
+    let grpc = csi.publish_latency(n_lat)?;
+    let flex = flex_publish_latency(b, c, n_lat)?;
+    t.row(
+        &format!("NodePublishVolume vs FlexVolume `mount` of an unpublished pod dir ({n_lat} calls each), {label}"),
+        lat_cell(&grpc),
+        format!("FlexVolume `mount` exec: {}", lat_cell(&flex)),
+        format!("{:.2}× faster (p50)", flex.p50() / grpc.p50()),
+        "p50 below FlexVolume's (no exec per call)",
+        Some(grpc.p50() < flex.p50()),
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------- measurements
 
 struct Ctx {
@@ -458,18 +696,18 @@ fn api_pairs(c: &Ctx, n: usize) -> Result<f64> {
 
 /// mount(2) MS_BIND + umount2(2) from moor's stage mount (a childless mount root) to the same
 /// pod directory; returns pairs/s.
-fn raw_pairs(c: &Ctx, n: usize) -> Result<f64> {
-    std::fs::create_dir_all(&c.churn)?;
+fn raw_pairs(stage: &Path, target: &Path, n: usize) -> Result<f64> {
+    std::fs::create_dir_all(target)?;
     let t = Instant::now();
     for _ in 0..n {
         nix::mount::mount(
-            Some(&c.stage0),
-            &c.churn,
+            Some(stage),
+            target,
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
         )?;
-        nix::mount::umount2(&c.churn, MntFlags::empty())?;
+        nix::mount::umount2(target, MntFlags::empty())?;
     }
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
@@ -516,21 +754,32 @@ fn thread_cpu() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// Alternating rounds of both, medians: the two loops see the same machine state. CPU time
-/// is summed over all rounds (it is what the machine's load distorts least).
-fn pair_rates(b: &Bench, c: &Ctx, rounds: usize, n_api: usize, n_raw: usize) -> Result<Pairs> {
-    api_pairs(c, n_api / 5)?;
-    raw_pairs(c, n_raw / 5)?;
+/// One way of running `n` publish+unpublish pairs through moor; returns pairs/s.
+type MoorPairs<'a> = &'a mut dyn FnMut(usize) -> Result<f64>;
+
+/// Alternating rounds of moor's pairs and the raw loop from `stage` onto `target`, medians:
+/// the two loops see the same machine state. CPU time is summed over all rounds (it is what
+/// the machine's load distorts least).
+fn pair_rates(
+    b: &Bench,
+    moor: MoorPairs<'_>,
+    (stage, target): (&Path, &Path),
+    rounds: usize,
+    n_api: usize,
+    n_raw: usize,
+) -> Result<Pairs> {
+    moor(n_api / 5)?;
+    raw_pairs(stage, target, n_raw / 5)?;
     let pid = b.daemon_pid();
     let (mut a, mut r) = (Vec::new(), Vec::new());
     let (mut dcpu, mut ccpu, mut rcpu) = (0.0, 0.0, 0.0);
     for _ in 0..rounds {
         let (d0, c0) = (proc_cpu(pid), thread_cpu());
-        a.push(api_pairs(c, n_api)?);
+        a.push(moor(n_api)?);
         dcpu += proc_cpu(pid) - d0;
         ccpu += thread_cpu() - c0;
         let r0 = thread_cpu();
-        r.push(raw_pairs(c, n_raw)?);
+        r.push(raw_pairs(stage, target, n_raw)?);
         rcpu += thread_cpu() - r0;
     }
     let (na, nr) = ((rounds * n_api) as f64, (rounds * n_raw) as f64);
@@ -543,10 +792,28 @@ fn pair_rates(b: &Bench, c: &Ctx, rounds: usize, n_api: usize, n_raw: usize) -> 
     })
 }
 
-/// The wall-clock row (the target) and the CPU row (what the time is made of).
-fn pair_rows(t: &mut Table, label: &str, p: &Pairs) {
+/// [`pair_rates`] of the daemon's socket API against the raw loop on the same pod directory.
+fn api_rates(b: &Bench, c: &Ctx, rounds: usize, n_api: usize, n_raw: usize) -> Result<Pairs> {
+    pair_rates(
+        b,
+        &mut |n| api_pairs(c, n),
+        (&c.stage0, &c.churn),
+        rounds,
+        n_api,
+        n_raw,
+    )
+}
+
+/// How the socket API's rows name it.
+const API: &str = "daemon API";
+/// How the CSI rows name it.
+const CSI: &str = "CSI gRPC (one connection)";
+
+/// The wall-clock row (the target) and the CPU row (what the time is made of); `via` says
+/// which way moor was called.
+fn pair_rows(t: &mut Table, via: &str, label: &str, p: &Pairs) {
     t.row(
-        &format!("publish+unpublish via daemon API, {label}"),
+        &format!("publish+unpublish via {via}, {label}"),
         rate(p.api),
         format!("raw bind+umount2 loop: {}", rate(p.raw)),
         format!("{:.3}", p.api / p.raw),
@@ -699,8 +966,8 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
     // 3. API pairs vs raw syscalls
     eprintln!("[3] publish+unpublish through the API vs raw mount(2)+umount2(2)");
     let (rounds, n_api, n_raw) = (3, scale(1000, 300), scale(10_000, 3000));
-    let p0 = pair_rates(b, &c, rounds, n_api, n_raw)?;
-    pair_rows(t, &format!("{} mounts in table", mount_count()), &p0);
+    let p0 = api_rates(b, &c, rounds, n_api, n_raw)?;
+    pair_rows(t, API, &format!("{} mounts in table", mount_count()), &p0);
     let overhead0 = p0.overhead();
 
     // 4. exec path pairs
@@ -719,6 +986,16 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
         "moor faster (> 1.0×)",
         Some(xm > xu),
     );
+
+    // 4b. CSI: one persistent gRPC connection, a volume staged through NodeStageVolume.
+    eprintln!(
+        "[4b] CSI NodePublishVolume+NodeUnpublishVolume through gRPC vs raw mount(2)+umount2(2)"
+    );
+    let csi_src = b.args.root.join("data/vol-csi");
+    std::fs::create_dir_all(&csi_src)?;
+    let mut csi = Csi::stage(b, &csi_src)?;
+    let n_lat = scale(300, 60);
+    csi_rows(b, &c, &csi, t, (n_api, n_raw), n_lat)?;
 
     // 5. 1,000 and 10,000 volumes
     let mut overhead_1k = None;
@@ -814,8 +1091,8 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
             "faster than findmnt",
             Some(own < findmnt),
         );
-        let px = pair_rates(b, &c, rounds, n_api, n_raw)?;
-        pair_rows(t, &format!("{} mounts in table", mount_count()), &px);
+        let px = api_rates(b, &c, rounds, n_api, n_raw)?;
+        pair_rows(t, API, &format!("{} mounts in table", mount_count()), &px);
         let overheadx = px.overhead();
         let base = overhead_1k.unwrap_or(overhead0);
         t.row(
@@ -846,9 +1123,17 @@ fn run(b: &mut Bench, t: &mut Table) -> Result<()> {
             "p50 ≤ 2 ms and ≥ 25× faster",
             Some(mmx.p50() <= 2e-3 && mrx.p50() / mmx.p50() >= 25.0),
         );
+        if b.args.scale {
+            csi.redial(b)?; // the scale steps restarted the daemon
+        }
+        csi_rows(b, &c, &csi, t, (n_api, n_raw), n_lat)?;
         b.remove_filler();
     }
 
+    if b.args.scale && b.args.extra == 0 {
+        csi.redial(b)?;
+    }
+    csi.unstage()?;
     // Leave it as kubelet would: unmount the held pod, which unstages the volume.
     api(&sock, &unmount_request(&c.held), &mut buf)?;
     let _ = c.src0;
@@ -917,9 +1202,10 @@ fn scale_run(
         None,
     );
     if let Some((c, rounds, n_api, n_raw, overhead)) = pairs {
-        let p = pair_rates(b, c, rounds, n_api, n_raw)?;
+        let p = api_rates(b, c, rounds, n_api, n_raw)?;
         pair_rows(
             t,
+            API,
             &format!("{nv} volumes published ({} mounts)", mount_count()),
             &p,
         );
