@@ -27,9 +27,10 @@
 #   csi_usage JSON UNIT FIELD               BYTES|INODES total|available|used of a stats reply
 #   csi_wait_condition SECS DRIVER VOLUME_ID PATH true|false
 #                          until VolumeCondition.abnormal is the wanted value; prints the reply
-#   csi_block_roundtrip FILE BACKING OFFSET   write 1 MiB of random data through FILE (a raw
-#                          block publish) at OFFSET, O_DIRECT + fsync; it must read back from
-#                          BACKING (the LUN's or image's own store) at the same offset
+#   csi_block_write FILE OFFSET   write 1 MiB of random data through FILE (a raw block
+#                          publish) at byte OFFSET, O_DIRECT + fsync; prints its sha256
+#   csi_block_expect SOURCE OFFSET SHA256   SOURCE (the LUN's or image's own store, read
+#                          apart from moor) holds that 1 MiB at OFFSET
 #
 # Settings: CSI_PYTHON (default /usr/bin/python3: Debian's, with python3-grpcio),
 # CSI_CLIENT (default tests/csi/moor_csi.py of the lab share).
@@ -149,14 +150,19 @@ csi_wait_condition() {
   csi_stats "$driver" "$vol" "$path"
 }
 
-csi_block_roundtrip() {
-  local file=$1 backing=$2 offset=$3 pattern got
+csi_block_write() {
+  local file=$1 offset=$2 pattern
   pattern=$(mktemp)
   head -c 1048576 /dev/urandom > "$pattern"
-  lab_with_deadline 60 dd if="$pattern" of="$file" bs=1M seek="$offset" oflag=direct,seek_bytes conv=fsync,notrunc status=none \
-    || lab_die "write through the raw block publish $file failed"
-  got=$(lab_with_deadline 60 dd if="$backing" bs=1M skip="$offset" iflag=skip_bytes count=1 status=none | sha256sum)
-  [[ $got == "$(sha256sum < "$pattern")" ]] \
-    || lab_die "1 MiB written through $file at offset $offset is not in $backing"
+  lab_with_deadline 60 dd if="$pattern" of="$file" bs=1M oflag=direct,seek_bytes seek="$offset" \
+    conv=fsync,notrunc status=none || lab_die "write through the raw block publish $file failed"
+  sha256sum < "$pattern" | cut -d' ' -f1
   rm -f "$pattern"
+}
+
+csi_block_expect() {
+  local source=$1 offset=$2 want=$3 got
+  got=$(lab_with_deadline 60 dd if="$source" bs=1M iflag=skip_bytes skip="$offset" count=1 status=none \
+    | sha256sum | cut -d' ' -f1)
+  [[ $got == "$want" ]] || lab_die "the 1 MiB written through the publish at offset $offset is not in $source"
 }
