@@ -1,6 +1,7 @@
 //! The daemon's typed configuration: the YAML file (`/etc/moor/config.yaml`), then the
 //! environment, then flags — a later source wins, key by key. Errors name the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,6 +43,137 @@ pub struct FileConfig {
     /// The host's mount namespace when moor runs in a container (`/proc/1/ns/mnt`, with
     /// `hostPID`): the host-bound tools run there (`host::onhost`). File only.
     pub host_mount_namespace: Option<PathBuf>,
+    /// The CSI front end (file only).
+    pub csi: Option<CsiFileConfig>,
+}
+
+/// The `csi:` section as written.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CsiFileConfig {
+    /// Serve the CSI sockets (default false).
+    pub enabled: Option<bool>,
+    /// moor driver names to serve as CSI drivers (default: all).
+    pub drivers: Option<Vec<String>>,
+    /// Per moor driver, the most volumes kubelet may publish on this node (absent: no limit).
+    pub max_volumes_per_node: Option<BTreeMap<String, u64>>,
+    /// Extra topology labels (label → value) beside `kubernetes.io/hostname`.
+    pub topology: Option<BTreeMap<String, String>>,
+    /// Serve kubelet's plugin registration (default true).
+    pub register: Option<bool>,
+}
+
+/// The CSI front end's resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsiConfig {
+    /// Serve the CSI sockets.
+    pub enabled: bool,
+    /// moor driver names served, in config order, each once.
+    pub drivers: Vec<String>,
+    /// Per moor driver, NodeGetInfo's `max_volumes_per_node` (absent: 0, no limit).
+    pub max_volumes_per_node: BTreeMap<String, u64>,
+    /// Extra topology segments.
+    pub topology: BTreeMap<String, String>,
+    /// Serve kubelet's plugin registration sockets.
+    pub register: bool,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig {
+            enabled: false,
+            drivers: crate::csi::DRIVERS
+                .iter()
+                .map(|d| (*d).to_owned())
+                .collect(),
+            max_volumes_per_node: BTreeMap::new(),
+            topology: BTreeMap::new(),
+            register: true,
+        }
+    }
+}
+
+impl CsiConfig {
+    /// Checks the section: known drivers, each once; limits for served drivers, at least 1;
+    /// label-shaped topology keys and values, `kubernetes.io/hostname` left to moor.
+    pub fn resolve(raw: &CsiFileConfig) -> Result<Self, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let mut c = CsiConfig {
+            enabled: raw.enabled.unwrap_or(false),
+            register: raw.register.unwrap_or(true),
+            ..CsiConfig::default()
+        };
+        if let Some(d) = &raw.drivers {
+            c.drivers.clear();
+            for name in d {
+                if !crate::csi::DRIVERS.contains(&name.as_str()) {
+                    return Err(invalid(
+                        "csi.drivers",
+                        format!(
+                            "{name}: not a moor driver (known: {})",
+                            crate::csi::DRIVERS.join(", ")
+                        ),
+                    ));
+                }
+                if c.drivers.contains(name) {
+                    return Err(invalid("csi.drivers", format!("{name}: listed twice")));
+                }
+                c.drivers.push(name.clone());
+            }
+            if c.drivers.is_empty() && c.enabled {
+                return Err(invalid(
+                    "csi.drivers",
+                    "empty while csi.enabled is true".into(),
+                ));
+            }
+        }
+        for (driver, n) in raw.max_volumes_per_node.iter().flatten() {
+            if !c.drivers.contains(driver) {
+                return Err(invalid(
+                    "csi.max-volumes-per-node",
+                    format!("{driver}: not a served CSI driver"),
+                ));
+            }
+            if *n == 0 || i64::try_from(*n).is_err() {
+                return Err(invalid(
+                    "csi.max-volumes-per-node",
+                    format!(
+                        "{driver}: {n}: expected 1 or more (leave the driver out for no limit)"
+                    ),
+                ));
+            }
+            c.max_volumes_per_node.insert(driver.clone(), *n);
+        }
+        for (k, v) in raw.topology.iter().flatten() {
+            if k == crate::csi::HOSTNAME_LABEL {
+                return Err(invalid(
+                    "csi.topology",
+                    format!("{k}: moor sets it to the node name itself"),
+                ));
+            }
+            if !label_shaped(k, 316) || !(v.is_empty() || label_shaped(v, 63)) || v.contains('/') {
+                return Err(invalid(
+                    "csi.topology",
+                    format!(
+                        "{k}={v}: expected a label key and value (letters, digits, '-', '_', '.', one '/' in the key)"
+                    ),
+                ));
+            }
+            c.topology.insert(k.clone(), v.clone());
+        }
+        Ok(c)
+    }
+}
+
+/// A Kubernetes label key or value, roughly: ASCII letters, digits, `-_./`, within `max`.
+fn label_shaped(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.matches('/').count() <= 1
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// Flag/env overrides (clap fills these).
@@ -82,6 +214,8 @@ pub struct Config {
     pub pod_log_dir: PathBuf,
     /// The host's mount namespace, when moor runs in a container that can reach it.
     pub host_mount_namespace: Option<PathBuf>,
+    /// The CSI front end.
+    pub csi: CsiConfig,
 }
 
 impl Config {
@@ -256,6 +390,10 @@ impl Config {
                 Some(p) => Some(path_key("host-mount-namespace", p)?),
                 None => None,
             },
+            csi: match pick(&top.csi, &file.csi) {
+                Some(raw) => CsiConfig::resolve(&raw)?,
+                None => CsiConfig::default(),
+            },
         };
         let socket_dir = cfg.socket.parent().unwrap_or(&cfg.socket);
         cfg.local
@@ -338,6 +476,51 @@ mod tests {
                 .to_string()
                 .contains("state-dir")
         );
+    }
+
+    #[test]
+    fn the_csi_section_defaults_to_off_with_every_driver_and_names_its_bad_keys() {
+        let c = Config::resolve(&FileConfig::default(), &FileConfig::default()).unwrap();
+        assert!(!c.csi.enabled);
+        assert!(c.csi.register);
+        assert_eq!(c.csi.drivers.len(), 7);
+        let file: FileConfig = serde_saphyr::from_str(
+            "csi:\n  enabled: true\n  drivers: [nfs, local]\n  max-volumes-per-node: {local: 8}\n  topology: {topology.moor.io/rack: r1}\n  register: false\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&file, &FileConfig::default()).unwrap().csi;
+        assert!(c.enabled && !c.register);
+        assert_eq!(c.drivers, ["nfs", "local"]);
+        assert_eq!(c.max_volumes_per_node.get("local"), Some(&8));
+        assert_eq!(
+            c.topology.get("topology.moor.io/rack").map(String::as_str),
+            Some("r1")
+        );
+        for (yaml, key) in [
+            ("csi:\n  drivers: [nfs, ceph]\n", "csi.drivers"),
+            ("csi:\n  drivers: [nfs, nfs]\n", "csi.drivers"),
+            (
+                "csi:\n  drivers: [nfs]\n  max-volumes-per-node: {rbd: 3}\n",
+                "csi.max-volumes-per-node",
+            ),
+            (
+                "csi:\n  max-volumes-per-node: {rbd: 0}\n",
+                "csi.max-volumes-per-node",
+            ),
+            (
+                "csi:\n  topology: {kubernetes.io/hostname: x}\n",
+                "csi.topology",
+            ),
+            ("csi:\n  topology: {\"bad key\": x}\n", "csi.topology"),
+        ] {
+            let file: FileConfig = serde_saphyr::from_str(yaml).unwrap();
+            let e = Config::resolve(&file, &FileConfig::default()).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!("config key {key}:")),
+                "{yaml}: {e}"
+            );
+        }
+        assert!(serde_saphyr::from_str::<FileConfig>("csi:\n  enable: true\n").is_err());
     }
 
     #[test]

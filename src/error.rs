@@ -133,9 +133,121 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A CSI call refused by the lifecycle's CSI rules.
+    #[error(transparent)]
+    Csi(#[from] CsiError),
     /// The daemon is shutting down or a worker died.
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// Why a CSI call was refused by the rules CSI adds to the lifecycle (one stage per volume
+/// key and `volume_id`, explicit unstage, access modes). Each variant's `reason()` is the
+/// label the CSI front end maps to a gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum CsiError {
+    /// The same `volume_id` staged (or published) with other attributes, mode or capability.
+    #[error("volume_id {volume_id}: already staged as volume {key} with {detail}")]
+    Conflict {
+        /// The CSI volume id.
+        volume_id: String,
+        /// Volume key.
+        key: String,
+        /// What differs.
+        detail: String,
+    },
+    /// The volume key is staged under another `volume_id` or by FlexVolume.
+    #[error("volume {key}: already staged {by}; one stage per volume on a node")]
+    KeyInUse {
+        /// Volume key.
+        key: String,
+        /// By whom (`by FlexVolume`, `by CSI volume_id x`).
+        by: String,
+    },
+    /// Publish (or a call that needs a stage) of a `volume_id` moor has not staged.
+    #[error("volume_id {volume_id}: not staged on this node{detail}; NodeStageVolume first")]
+    NotStaged {
+        /// The CSI volume id.
+        volume_id: String,
+        /// More (a staging path that differs).
+        detail: String,
+    },
+    /// Unstage while publishes remain.
+    #[error("volume_id {volume_id}: still published at {targets}; NodeUnpublishVolume first")]
+    StillPublished {
+        /// The CSI volume id.
+        volume_id: String,
+        /// The targets.
+        targets: String,
+    },
+    /// SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod) and another target is published.
+    #[error(
+        "volume_id {volume_id}: SINGLE_NODE_SINGLE_WRITER allows one publish, and it is published at {other}"
+    )]
+    SingleWriter {
+        /// The CSI volume id.
+        volume_id: String,
+        /// The target it is published at.
+        other: PathBuf,
+    },
+    /// A read-write publish of a volume staged with a *_READER_ONLY access mode.
+    #[error("volume_id {volume_id}: access mode {access} allows read-only publishes only")]
+    ReadOnly {
+        /// The CSI volume id.
+        volume_id: String,
+        /// The access mode.
+        access: String,
+    },
+    /// Another operation on this volume is in flight.
+    #[error("volume {volume}: another operation on it is in progress; retry")]
+    Busy {
+        /// Volume id or key.
+        volume: String,
+    },
+    /// No such volume (or path of it) on this node.
+    #[error("volume_id {volume_id}: {detail}")]
+    UnknownVolume {
+        /// The CSI volume id.
+        volume_id: String,
+        /// What was not found.
+        detail: String,
+    },
+    /// The driver's per-node volume limit is reached.
+    #[error(
+        "driver {driver}: {limit} volume(s) staged on this node, its limit (csi.max-volumes-per-node)"
+    )]
+    TooManyVolumes {
+        /// Driver.
+        driver: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A capability this driver or volume cannot serve.
+    #[error("volume_id {volume_id}: {detail}")]
+    UnsupportedCapability {
+        /// The CSI volume id.
+        volume_id: String,
+        /// What is not supported.
+        detail: String,
+    },
+}
+
+impl CsiError {
+    /// Stable reason label (common15 §7).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CsiError::Conflict { .. } => "conflict",
+            CsiError::KeyInUse { .. } => "key_in_use",
+            CsiError::NotStaged { .. } => "not_staged",
+            CsiError::StillPublished { .. } => "still_published",
+            CsiError::SingleWriter { .. } => "single_writer",
+            CsiError::ReadOnly { .. } => "read_only",
+            CsiError::Busy { .. } => "busy",
+            CsiError::UnknownVolume { .. } => "unknown_volume",
+            CsiError::TooManyVolumes { .. } => "too_many_volumes",
+            CsiError::UnsupportedCapability { .. } => "unsupported_capability",
+        }
+    }
 }
 
 /// An error and its causes, outermost first, joined by `: `: how a log field or a CLI
@@ -188,6 +300,7 @@ impl Error {
             Error::RemoteMount { .. } => "mount_failed",
             Error::Timeout { .. } => "timeout",
             Error::Io { .. } => "io_failed",
+            Error::Csi(c) => c.reason(),
             Error::Internal(_) => "internal",
         }
     }

@@ -69,6 +69,15 @@ pub enum Request {
     },
 }
 
+/// The suffix of moor's CSI driver names.
+pub const CSI_NAME_SUFFIX: &str = ".csi.moor.io";
+
+/// The CSI driver name of moor's driver `driver` (`iscsi` → `iscsi.csi.moor.io`): the name
+/// kubelet knows the driver by, spells in the staging paths it makes, and registers.
+pub fn csi_driver_name(driver: &str) -> String {
+    format!("{driver}{CSI_NAME_SUFFIX}")
+}
+
 /// How a CSI volume is presented: a mounted filesystem or the raw block device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

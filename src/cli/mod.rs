@@ -140,6 +140,7 @@ impl DaemonArgs {
                 local: None,
                 pod_log_dir: self.pod_log_dir,
                 host_mount_namespace: None,
+                csi: None,
             },
         }
     }

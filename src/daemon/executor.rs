@@ -19,11 +19,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::api::{
-    Answer, Failure, Handler, PodUse, Request, Response, SetAsideRecord, VolumeStatus,
+    Answer, CsiCall, Failure, Handler, PodUse, Request, Response, SetAsideRecord, VolumeStatus,
 };
-use crate::error::{Chain, Error};
+use crate::error::{Chain, CsiError, Error};
 use crate::journal::{Problem, PublishRecord, StageSource};
-use crate::lifecycle::{Lifecycle, MountOutcome, UnmountOutcome, VolumeView};
+use crate::lifecycle::{CsiVolume, Lifecycle, MountOutcome, UnmountOutcome, VolumeView};
 use crate::metrics::Metrics;
 use crate::volume::VolumeOptions;
 
@@ -87,6 +87,29 @@ impl KeyLocks {
         if let Some(st) = map.get_mut(key) {
             st.held = true;
         }
+        Some(KeyGuard {
+            locks: self,
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl KeyLocks {
+    /// Takes `key`'s lock only if nobody holds it or waits for it now (CSI: a call on a
+    /// volume with an operation in flight answers `busy` at once, it never queues).
+    fn try_lock(&self, key: &str) -> Option<KeyGuard<'_>> {
+        let mut map = lock(&self.map);
+        if map.contains_key(key) {
+            return None;
+        }
+        map.insert(
+            key.to_owned(),
+            KeyState {
+                held: true,
+                waiters: 0,
+                free: Arc::new(Condvar::new()),
+            },
+        );
         Some(KeyGuard {
             locks: self,
             key: key.to_owned(),
@@ -248,6 +271,8 @@ pub struct Executor {
     op_timeout: Duration,
     gate: Gate,
     watchdog: Watchdog,
+    /// CSI stages allowed per driver on this node (`csi.max-volumes-per-node`).
+    volume_limits: HashMap<String, usize>,
 }
 
 impl Executor {
@@ -260,7 +285,15 @@ impl Executor {
             op_timeout,
             gate: Gate::default(),
             watchdog: Watchdog::new(op_timeout),
+            volume_limits: HashMap::new(),
         }
+    }
+
+    /// Refuses a CSI stage (`too_many_volumes`) beyond `limits[driver]` CSI stages of that
+    /// driver on this node; a driver not in the map has no limit.
+    pub fn with_volume_limits(mut self, limits: HashMap<String, usize>) -> Self {
+        self.volume_limits = limits;
+        self
     }
 
     /// Waits (at most `limit`) for operations in progress; afterwards none can start.
@@ -321,11 +354,19 @@ impl Handler for Executor {
                     .collect(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
-            // Served by the CSI work (issue 15) as it lands.
-            Request::Csi { .. } => answer.send(&Response::Failed(Failure::labelled(
-                "unsupported",
-                "CSI calls are not served yet",
-            ))),
+            Request::Csi {
+                driver,
+                volume_id,
+                call,
+            } => {
+                let op = call.op();
+                let span = tracing::info_span!("op", op, driver = %driver, volume_id = %volume_id,
+                    volume = tracing::field::Empty);
+                let _entered = span.enter();
+                self.timed_reply(op, &driver, &volume_id, answer, |_deadline| {
+                    self.csi(&driver, &volume_id, call)
+                });
+            }
             Request::Mount {
                 driver,
                 target,
@@ -370,6 +411,23 @@ impl Executor {
     where
         F: FnOnce(Instant) -> Result<String, Error>,
     {
+        self.timed_reply(op, driver, subject, answer, |deadline| {
+            run(deadline).map(|what| (what, Response::Done))
+        });
+    }
+
+    /// [`Executor::timed`] for an operation that answers more than `Done` (CSI's stats and
+    /// expand): `run` returns what it did (for the log) and the answer.
+    fn timed_reply<F>(
+        &self,
+        op: &'static str,
+        driver: &str,
+        subject: &str,
+        answer: &Arc<Answer>,
+        run: F,
+    ) where
+        F: FnOnce(Instant) -> Result<(String, Response), Error>,
+    {
         let started = Instant::now();
         let deadline = started + self.op_timeout;
         self.metrics.in_flight.inc();
@@ -412,7 +470,7 @@ impl Executor {
         let Some(claimed) = answer.claim() else {
             // The watchdog answered (and counted) a timeout; this is the real end.
             match &result {
-                Ok(what) => {
+                Ok((what, _)) => {
                     tracing::warn!(op, driver, outcome = %what, elapsed_ms = secs * 1e3, "finished after its deadline")
                 }
                 Err(e) => {
@@ -424,10 +482,10 @@ impl Executor {
         };
         self.metrics.in_flight.dec();
         let response = match result {
-            Ok(what) => {
+            Ok((what, response)) => {
                 self.metrics.observe(driver, op, secs, None);
                 tracing::info!(op, driver, outcome = %what, elapsed_ms = secs * 1e3, "done");
-                Response::Done
+                response
             }
             Err(e) => {
                 self.metrics.observe(driver, op, secs, Some(e.reason()));
@@ -467,6 +525,81 @@ impl Executor {
             op,
             after: self.op_timeout,
             running: None,
+        }
+    }
+
+    /// One CSI call: the `volume_id` and then the volume key are taken without waiting
+    /// (`busy` if either is held), then the lifecycle serves the call.
+    fn csi(
+        &self,
+        driver: &str,
+        volume_id: &str,
+        call: CsiCall,
+    ) -> Result<(String, Response), Error> {
+        let busy = |volume: &str| {
+            Error::from(CsiError::Busy {
+                volume: volume.into(),
+            })
+        };
+        let id_lock = format!("csi-volume-id:{volume_id}");
+        let Some(_id_held) = self.locks.try_lock(&id_lock) else {
+            return Err(busy(volume_id));
+        };
+        let lc = &self.lifecycle;
+        let key_guard = |key: Option<String>| -> Result<Option<KeyGuard<'_>>, Error> {
+            let Some(key) = key else { return Ok(None) };
+            tracing::Span::current().record("volume", key.as_str());
+            match self.locks.try_lock(&key) {
+                Some(g) => Ok(Some(g)),
+                None => Err(busy(&key)),
+            }
+        };
+        let done = |what: String| (what, Response::Done);
+        match &call {
+            CsiCall::Stage {
+                staging_path,
+                mode,
+                access,
+                options,
+            }
+            | CsiCall::Publish {
+                staging_path,
+                mode,
+                access,
+                options,
+                ..
+            } => {
+                let v = CsiVolume {
+                    driver,
+                    volume_id,
+                    staging_path,
+                    mode: *mode,
+                    access: *access,
+                    options,
+                };
+                if let CsiCall::Publish { target, .. } = &call {
+                    let _held = key_guard(lc.csi_key(volume_id))?;
+                    return lc.csi_publish(&v, target).map(done);
+                }
+                let plan = lc.plan_csi_stage(&v)?;
+                let _held = key_guard(Some(plan.key().to_owned()))?;
+                let limit = self.volume_limits.get(driver).copied();
+                lc.csi_stage(&plan, limit).map(done)
+            }
+            CsiCall::Unstage { staging_path } => {
+                let _held = key_guard(lc.csi_key(volume_id))?;
+                lc.csi_unstage(driver, volume_id, staging_path).map(done)
+            }
+            CsiCall::Unpublish { target } => {
+                let key = lc
+                    .csi_key_of_target(driver, target)
+                    .or_else(|| lc.csi_key(volume_id));
+                let _held = key_guard(key)?;
+                lc.csi_unpublish(driver, volume_id, target).map(done)
+            }
+            CsiCall::Stats { .. } | CsiCall::Expand { .. } => {
+                Err(Error::Internal(format!("{} is not served yet", call.op())))
+            }
         }
     }
 
@@ -606,6 +739,114 @@ mod tests {
         drop(g);
         assert!(t.join().unwrap());
         assert!(lock(&locks.map).is_empty());
+    }
+
+    /// An executor over a fake host with the builtin drivers.
+    fn fake_executor(tmp: &std::path::Path) -> Executor {
+        let fake = crate::host::fake::FakeHost::new(tmp);
+        let lc = Arc::new(Lifecycle::over_fake(
+            &fake,
+            crate::daemon::drivers::builtin(),
+        ));
+        Executor::new(lc, Arc::new(Metrics::new()), Duration::from_secs(30))
+    }
+
+    fn ask(exec: &Executor, req: Request) -> Response {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let answer = Answer::new(move |r| tx.send(r.clone()).unwrap());
+        exec.handle(req, &answer);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap()
+    }
+
+    fn nfs_stage(exec: &Executor, volume_id: &str) -> Request {
+        let opts = crate::volume::options::parse(&std::collections::BTreeMap::from([
+            ("server".to_owned(), "10.0.0.5".to_owned()),
+            ("path".to_owned(), format!("/exports/{volume_id}")),
+        ]))
+        .unwrap();
+        let kubelet = &exec.lifecycle.host().paths.kubelet_dir;
+        Request::Csi {
+            driver: "nfs".into(),
+            volume_id: volume_id.into(),
+            call: CsiCall::Stage {
+                staging_path: kubelet
+                    .join(format!(
+                        "plugins/kubernetes.io/csi/pv/{volume_id}/globalmount"
+                    ))
+                    .display()
+                    .to_string(),
+                mode: crate::api::VolumeMode::Filesystem,
+                access: crate::api::AccessMode::MultiNodeMultiWriter,
+                options: opts,
+            },
+        }
+    }
+
+    fn reason(r: &Response) -> Option<&str> {
+        match r {
+            Response::Failed(f) => f.reason.as_deref(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_csi_call_on_a_volume_in_flight_is_busy_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let exec = fake_executor(tmp.path());
+        let held = exec.locks.try_lock("csi-volume-id:v1").unwrap();
+        assert!(exec.locks.try_lock("csi-volume-id:v1").is_none());
+        let started = Instant::now();
+        let r = ask(&exec, nfs_stage(&exec, "v1"));
+        assert_eq!(reason(&r), Some("busy"), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(held);
+        // Its key held (by the reconciler, a FlexVolume call): busy too, never queued.
+        let key = {
+            let Request::Csi {
+                call: CsiCall::Stage { options, .. },
+                ..
+            } = nfs_stage(&exec, "v1")
+            else {
+                unreachable!()
+            };
+            let plan = exec.lifecycle.plan_mount(
+                "nfs",
+                &exec
+                    .lifecycle
+                    .host()
+                    .paths
+                    .kubelet_dir
+                    .join("pods/u/volumes/moor~nfs/v")
+                    .display()
+                    .to_string(),
+                &options,
+            );
+            plan.unwrap().key().to_owned()
+        };
+        let _key_held = exec.locks.lock(&key, None).unwrap();
+        let r = ask(&exec, nfs_stage(&exec, "v1"));
+        assert_eq!(reason(&r), Some("busy"), "{r:?}");
+        let text = exec.metrics.encode();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("op=\"csi_stage\"") && l.contains("reason=\"busy\"")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_csi_stage_beyond_the_drivers_limit_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let exec =
+            fake_executor(tmp.path()).with_volume_limits(HashMap::from([("nfs".to_owned(), 0)]));
+        // Refused before any side effect: the fake host has no mount scripted.
+        let r = ask(&exec, nfs_stage(&exec, "v1"));
+        assert_eq!(reason(&r), Some("too_many_volumes"), "{r:?}");
+        let Response::Failed(f) = &r else {
+            unreachable!()
+        };
+        assert!(f.to_string().contains("driver nfs"), "{f}");
+        assert_eq!(exec.lifecycle.counts(), (0, 0));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! metrics), readiness via sd_notify, the reconciler, and a clean shutdown on SIGTERM that
 //! leaves every mount in place.
 
+pub mod csi;
 pub mod drivers;
 pub mod executor;
 pub mod local_pvs;
@@ -57,6 +58,9 @@ pub enum DaemonError {
     /// Reconstruction failed outright.
     #[error("reconstruction failed")]
     Reconstruct(#[from] crate::Error),
+    /// A CSI socket could not be served.
+    #[error(transparent)]
+    Csi(#[from] crate::csi::serve::ServeError),
     /// The journal could not be opened.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
@@ -237,7 +241,11 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .thread_name("moor")
         .build()
         .map_err(io("start runtime", Path::new("-")))?;
-    rt.block_on(serve(cfg, lifecycle, metrics, placement))
+    let served = rt.block_on(serve(cfg, lifecycle, metrics, placement));
+    // An operation past its deadline may still hold a blocking thread (a hung mount): the
+    // journal finishes it on restart, so do not wait for it here.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served
 }
 
 async fn serve(
@@ -275,6 +283,7 @@ async fn serve(
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let local_pvs = local_pvs::spawn(&cfg, lifecycle.clone(), stop_rx);
+    let csi = csi::start(&cfg, exec.clone())?;
     let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
         .map_err(io("start serving", &cfg.socket))?;
     let claims = Arc::new(reconciler::ClaimCache::default());
@@ -305,6 +314,9 @@ async fn serve(
     tracing::info!("shutting down; mounts stay in place");
     let _ = notify::notify("STOPPING=1");
     let _ = stop_tx.send(true);
+    if let Some(c) = &csi {
+        c.drain();
+    }
     let drained = tokio::task::spawn_blocking(move || {
         server.stop();
         exec.drain(DRAIN_LIMIT)
@@ -317,6 +329,9 @@ async fn serve(
         tracing::warn!(
             "operations still running at shutdown; their journal intents finish them on restart"
         );
+    }
+    if let Some(c) = csi {
+        c.stop().await;
     }
     let _ = fs::remove_file(&cfg.socket);
     Ok(())

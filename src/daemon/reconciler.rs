@@ -484,7 +484,7 @@ mod tests {
     use crate::host::fake::{FakeHost, FakeMounts};
     use crate::host::{Errno, FsMount, MountTable, Mounter, MsFlags, Output};
     use crate::journal::record::PublishPhase;
-    use crate::lifecycle::{MountOutcome, Timeouts};
+    use crate::lifecycle::MountOutcome;
     use std::collections::BTreeMap;
 
     /// A daemon's reconciler over a fake host with one NFS volume published to two pods;
@@ -527,15 +527,9 @@ mod tests {
         fn new() -> Self {
             let tmp = tempfile::tempdir().unwrap();
             let fake = FakeHost::new(tmp.path());
-            let journal =
-                crate::journal::Journal::open(&fake.host.paths.state_dir, &fake.host.paths.run_dir)
-                    .unwrap();
-            let lc = Arc::new(Lifecycle::new(
-                fake.host.clone(),
-                journal,
+            let lc = Arc::new(Lifecycle::over_fake(
+                &fake,
                 crate::daemon::drivers::builtin(),
-                "node-a".into(),
-                Timeouts::default(),
             ));
             let metrics = Arc::new(Metrics::new());
             let exec = Arc::new(Executor::new(
@@ -724,6 +718,8 @@ mod tests {
             read_only: false,
             phase: PublishPhase::Published,
             mount_id: None,
+            csi: false,
+            block: false,
         }
     }
 

@@ -41,7 +41,7 @@ pub use mounts::{FsMount, KernelMounts, MountError, MountTable, Mounter, PathMou
 /// The kernel's error numbers and mount flags, as the seam's signatures use them.
 pub use nix::errno::Errno;
 pub use nix::mount::MsFlags;
-pub use paths::{HostPaths, PathError, PodVolumeDir};
+pub use paths::{CsiStaging, CsiTarget, HostPaths, PathError, PodVolumeDir};
 pub use target::Target;
 
 /// Everything that touches the machine, bundled for injection.

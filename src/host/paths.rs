@@ -54,6 +54,19 @@ pub enum PathError {
         /// The configured kubelet dir.
         kubelet_dir: String,
     },
+    /// Not one of kubelet's CSI path shapes (see [`HostPaths::csi_target`] and
+    /// [`HostPaths::csi_staging_path`]).
+    #[error("{path}: not a CSI {what} under {kubelet_dir} (expected {shape})")]
+    NotCsiPath {
+        /// The path.
+        path: String,
+        /// Which path (`target_path`, `staging_target_path`).
+        what: &'static str,
+        /// The shapes accepted.
+        shape: &'static str,
+        /// The configured kubelet dir.
+        kubelet_dir: String,
+    },
     /// The directory belongs to another driver.
     #[error("{path}: belongs to driver {found}, not {VENDOR}~{expected}")]
     WrongDriver {
@@ -95,6 +108,28 @@ pub struct PodVolumeDir {
     pub volume_name: String,
 }
 
+/// A validated CSI `target_path`: a filesystem volume's pod directory or a raw block
+/// volume's device file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsiTarget {
+    /// The path, the pod's UID and the PV name (`driver` is the CSI driver name given).
+    pub dir: PodVolumeDir,
+    /// `<kubelet>/plugins/kubernetes.io/csi/volumeDevices/publish/<pv>/<pod-uid>`.
+    pub block: bool,
+}
+
+/// A validated CSI `staging_target_path` (moor mounts nothing there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsiStaging {
+    /// The path, in the kubelet dir's canonical spelling.
+    pub path: PathBuf,
+    /// `<kubelet>/plugins/kubernetes.io/csi/volumeDevices/staging/<pv>`.
+    pub block: bool,
+}
+
+const CSI_TARGET_SHAPES: &str = "<kubelet-dir>/pods/<uid>/volumes/kubernetes.io~csi/<pv>/mount or <kubelet-dir>/plugins/kubernetes.io/csi/volumeDevices/publish/<pv>/<pod-uid>";
+const CSI_STAGING_SHAPES: &str = "<kubelet-dir>/plugins/kubernetes.io/csi/<driver>/<sha256>/globalmount, …/csi/pv/<pv>/globalmount or …/csi/volumeDevices/staging/<pv>";
+
 impl HostPaths {
     /// The production layout.
     pub fn system(kubelet_dir: PathBuf, state_dir: PathBuf, run_dir: PathBuf) -> Self {
@@ -124,28 +159,121 @@ impl HostPaths {
         self.kubelet_dir.join("plugins").join(VENDOR)
     }
 
+    /// `raw` relative to the kubelet dir (in either spelling) and in its canonical
+    /// spelling; `Ok(None)` when it is outside, `NotClean` when it is not clean.
+    fn under_kubelet<'a>(&self, raw: &'a str) -> Result<Option<(&'a Path, PathBuf)>, PathError> {
+        let path = Path::new(raw);
+        if !is_clean_absolute(path) {
+            return Err(PathError::NotClean { path: raw.into() });
+        }
+        if let Ok(rel) = path.strip_prefix(&self.kubelet_dir) {
+            return Ok(Some((rel, path.to_owned())));
+        }
+        Ok(self
+            .kubelet_alias
+            .as_deref()
+            .and_then(|alias| path.strip_prefix(alias).ok())
+            .map(|rel| (rel, self.kubelet_dir.join(rel))))
+    }
+
+    /// Validates a CSI `target_path` of CSI driver `csi_driver`: a filesystem volume's
+    /// `<kubelet>/pods/<uid>/volumes/kubernetes.io~csi/<pv>/mount` or a raw block volume's
+    /// `<kubelet>/plugins/kubernetes.io/csi/volumeDevices/publish/<pv>/<pod-uid>`; clean,
+    /// under the kubelet dir (either spelling), no existing component a symlink.
+    pub fn csi_target(&self, raw: &str, csi_driver: &str) -> Result<CsiTarget, PathError> {
+        let not_csi = || PathError::NotCsiPath {
+            path: raw.into(),
+            what: "target_path",
+            shape: CSI_TARGET_SHAPES,
+            kubelet_dir: self.kubelet_dir.display().to_string(),
+        };
+        let (rel, path) = self.under_kubelet(raw)?.ok_or_else(not_csi)?;
+        let parts: Vec<&OsStr> = rel.iter().collect();
+        let (uid, pv, block) = match parts.as_slice() {
+            [pods, uid, volumes, csi, pv, mount]
+                if *pods == "pods"
+                    && *volumes == "volumes"
+                    && *csi == "kubernetes.io~csi"
+                    && *mount == "mount" =>
+            {
+                (uid, pv, false)
+            }
+            [plugins, k8s, csi, devices, publish, pv, uid]
+                if *plugins == "plugins"
+                    && *k8s == "kubernetes.io"
+                    && *csi == "csi"
+                    && *devices == "volumeDevices"
+                    && *publish == "publish" =>
+            {
+                (uid, pv, true)
+            }
+            _ => return Err(not_csi()),
+        };
+        if !is_name(uid) || !is_name(pv) {
+            return Err(not_csi());
+        }
+        self.refuse_symlinks(&path, rel)?;
+        Ok(CsiTarget {
+            dir: PodVolumeDir {
+                path,
+                pod_uid: uid.to_string_lossy().into_owned(),
+                driver: csi_driver.into(),
+                volume_name: pv.to_string_lossy().into_owned(),
+            },
+            block,
+        })
+    }
+
+    /// Validates a CSI `staging_target_path` of CSI driver `csi_driver`:
+    /// `<kubelet>/plugins/kubernetes.io/csi/<csi_driver>/<64 hex>/globalmount` (kubelet
+    /// ≥ 1.24), `…/csi/pv/<pv>/globalmount` (older kubelets' layout, still reconstructed) or
+    /// a raw block volume's `…/csi/volumeDevices/staging/<pv>`.
+    pub fn csi_staging_path(&self, raw: &str, csi_driver: &str) -> Result<CsiStaging, PathError> {
+        let not_csi = || PathError::NotCsiPath {
+            path: raw.into(),
+            what: "staging_target_path",
+            shape: CSI_STAGING_SHAPES,
+            kubelet_dir: self.kubelet_dir.display().to_string(),
+        };
+        let (rel, path) = self.under_kubelet(raw)?.ok_or_else(not_csi)?;
+        let parts: Vec<&OsStr> = rel.iter().collect();
+        let [plugins, k8s, csi, rest @ ..] = parts.as_slice() else {
+            return Err(not_csi());
+        };
+        if *plugins != "plugins" || *k8s != "kubernetes.io" || *csi != "csi" {
+            return Err(not_csi());
+        }
+        let block = match rest {
+            [driver, hash, global]
+                if *driver == csi_driver && is_sha256_hex(hash) && *global == "globalmount" =>
+            {
+                false
+            }
+            [pv_dir, pv, global] if *pv_dir == "pv" && is_name(pv) && *global == "globalmount" => {
+                false
+            }
+            [devices, staging, pv]
+                if *devices == "volumeDevices" && *staging == "staging" && is_name(pv) =>
+            {
+                true
+            }
+            _ => return Err(not_csi()),
+        };
+        self.refuse_symlinks(&path, rel)?;
+        Ok(CsiStaging { path, block })
+    }
+
     /// Validates a pod volume directory for `driver` (None: any moor driver).
     pub fn pod_volume_dir(
         &self,
         raw: &str,
         driver: Option<&str>,
     ) -> Result<PodVolumeDir, PathError> {
-        let path = Path::new(raw);
-        if !is_clean_absolute(path) {
-            return Err(PathError::NotClean { path: raw.into() });
-        }
         let not_pod = || PathError::NotPodVolumeDir {
             path: raw.into(),
             kubelet_dir: self.kubelet_dir.display().to_string(),
         };
-        let (rel, path) = match path.strip_prefix(&self.kubelet_dir) {
-            Ok(rel) => (rel, path.to_owned()),
-            Err(_) => {
-                let alias = self.kubelet_alias.as_deref().ok_or_else(not_pod)?;
-                let rel = path.strip_prefix(alias).map_err(|_| not_pod())?;
-                (rel, self.kubelet_dir.join(rel))
-            }
-        };
+        let (rel, path) = self.under_kubelet(raw)?.ok_or_else(not_pod)?;
         let parts: Vec<&OsStr> = rel.iter().collect();
         let [pods, uid, volumes, vendor_driver, name] = parts.as_slice() else {
             return Err(not_pod());
@@ -254,6 +382,11 @@ pub fn is_clean_absolute(p: &Path) -> bool {
         && !bytes
             .split(|b| *b == b'/')
             .any(|seg| seg == b"." || seg == b"..")
+}
+
+fn is_sha256_hex(s: &OsStr) -> bool {
+    let b = s.as_bytes();
+    b.len() == 64 && b.iter().all(u8::is_ascii_hexdigit)
 }
 
 fn is_name(s: &OsStr) -> bool {
@@ -374,6 +507,146 @@ mod tests {
         );
         let err = p.pod_volume_dir(&raw, Some("local")).unwrap_err();
         assert!(matches!(err, PathError::Symlink { .. }), "{err}");
+    }
+
+    #[test]
+    fn accepts_kubelets_csi_shapes() {
+        let t = tempfile::tempdir().unwrap();
+        let p = paths(t.path());
+        let k = format!("{}/kubelet", t.path().display());
+        let name = "local.csi.moor.io";
+        let fs = p
+            .csi_target(
+                &format!("{k}/pods/14e0/volumes/kubernetes.io~csi/pv-1/mount"),
+                name,
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                fs.dir.pod_uid.as_str(),
+                fs.dir.volume_name.as_str(),
+                fs.block
+            ),
+            ("14e0", "pv-1", false)
+        );
+        let block = p
+            .csi_target(
+                &format!("{k}/plugins/kubernetes.io/csi/volumeDevices/publish/pv-1/14e0"),
+                name,
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                block.dir.pod_uid.as_str(),
+                block.dir.volume_name.as_str(),
+                block.block
+            ),
+            ("14e0", "pv-1", true)
+        );
+        let hash = "a".repeat(63) + "F";
+        for (raw, block) in [
+            (
+                format!("{k}/plugins/kubernetes.io/csi/{name}/{hash}/globalmount"),
+                false,
+            ),
+            (
+                format!("{k}/plugins/kubernetes.io/csi/pv/pv-1/globalmount"),
+                false,
+            ),
+            (
+                format!("{k}/plugins/kubernetes.io/csi/volumeDevices/staging/pv-1"),
+                true,
+            ),
+        ] {
+            let s = p.csi_staging_path(&raw, name).unwrap();
+            assert_eq!((s.path, s.block), (PathBuf::from(&raw), block));
+        }
+    }
+
+    #[test]
+    fn rejects_hostile_csi_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let p = paths(t.path());
+        let k = format!("{}/kubelet", t.path().display());
+        let name = "local.csi.moor.io";
+        let hash = "0".repeat(64);
+        for bad in [
+            // Dot-dot, other roots, moor's own stage dir, FlexVolume's shape, other drivers.
+            format!("{k}/pods/u/volumes/kubernetes.io~csi/pv/../../../../etc/mount"),
+            format!("{k}/pods/u/volumes/kubernetes.io~csi/pv/mount/"),
+            "/etc/pods/u/volumes/kubernetes.io~csi/pv/mount".to_owned(),
+            format!("{k}/plugins/moor/local/key"),
+            format!("{k}/pods/u/volumes/moor~local/pv"),
+            format!("{k}/pods/u/volumes/kubernetes.io~nfs/pv/mount"),
+            format!("{k}/pods/u/volumes/kubernetes.io~csi/pv/mount/deeper"),
+            format!("{k}/plugins/kubernetes.io/csi/volumeDevices/publish/pv"),
+            format!("{k}/plugins/kubernetes.io/csi/{name}/{hash}/globalmount"),
+        ] {
+            assert!(p.csi_target(&bad, name).is_err(), "target {bad}");
+        }
+        for bad in [
+            format!("{k}/plugins/kubernetes.io/csi/nfs.csi.moor.io/{hash}/globalmount"),
+            format!(
+                "{k}/plugins/kubernetes.io/csi/{name}/{}/globalmount",
+                &hash[1..]
+            ),
+            format!(
+                "{k}/plugins/kubernetes.io/csi/{name}/{}g/globalmount",
+                &hash[1..]
+            ),
+            format!("{k}/plugins/kubernetes.io/csi/pv/../globalmount"),
+            format!("{k}/plugins/kubernetes.io/csi/pv/pv-1"),
+            format!("{k}/plugins/moor/local/key"),
+            format!("{k}/pods/u/volumes/kubernetes.io~csi/pv/mount"),
+            "/var/lib/elsewhere/plugins/kubernetes.io/csi/pv/pv-1/globalmount".to_owned(),
+            "relative/plugins/kubernetes.io/csi/pv/pv-1/globalmount".to_owned(),
+        ] {
+            assert!(p.csi_staging_path(&bad, name).is_err(), "staging {bad}");
+        }
+        // A symlinked component below the kubelet dir.
+        std::fs::create_dir_all(t.path().join("kubelet/pods")).unwrap();
+        std::fs::create_dir_all(t.path().join("outside/volumes/kubernetes.io~csi/pv")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("kubelet/pods/evil"))
+            .unwrap();
+        let err = p
+            .csi_target(
+                &format!("{k}/pods/evil/volumes/kubernetes.io~csi/pv/mount"),
+                name,
+            )
+            .unwrap_err();
+        assert!(matches!(err, PathError::Symlink { .. }), "{err}");
+    }
+
+    #[test]
+    fn csi_paths_are_accepted_in_the_kubelet_alias_spelling() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("data/kubelet")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("data/kubelet"), t.path().join("kubelet"))
+            .unwrap();
+        let p = HostPaths::system(t.path().join("kubelet"), "/s".into(), "/r".into());
+        let alias = format!("{}/kubelet", t.path().display());
+        let d = p
+            .csi_target(
+                &format!("{alias}/pods/u/volumes/kubernetes.io~csi/pv/mount"),
+                "x",
+            )
+            .unwrap();
+        assert_eq!(
+            d.dir.path,
+            p.kubelet_dir
+                .join("pods/u/volumes/kubernetes.io~csi/pv/mount")
+        );
+        let s = p
+            .csi_staging_path(
+                &format!("{alias}/plugins/kubernetes.io/csi/pv/pv/globalmount"),
+                "x",
+            )
+            .unwrap();
+        assert_eq!(
+            s.path,
+            p.kubelet_dir
+                .join("plugins/kubernetes.io/csi/pv/pv/globalmount")
+        );
     }
 
     proptest! {

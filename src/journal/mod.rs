@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 use crate::host::records::{Store, StoreError};
 
 pub use record::{
-    DeviceClaim, MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageRecord,
-    StageSource,
+    CsiStage, DeviceClaim, MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase,
+    StageRecord, StageSource,
 };
 
 /// Journal I/O failed.
@@ -265,6 +265,7 @@ mod tests {
             formatted_by_moor: false,
             mount_id: None,
             adopted: false,
+            csi: None,
         }
     }
 
@@ -275,6 +276,13 @@ mod tests {
         let mut s = stage("k1");
         j.put_stage(&s).unwrap();
         s.phase = StagePhase::Staged;
+        s.csi = Some(CsiStage {
+            volume_id: "vol-1".into(),
+            staging_path: "/k/plugins/kubernetes.io/csi/pv/vol-1/globalmount".into(),
+            block: false,
+            access: "single_node_writer".into(),
+            digest: "ab".into(),
+        });
         j.put_stage(&s).unwrap();
         let p = PublishRecord {
             target: "/k/pods/u/volumes/moor~local/v".into(),
@@ -286,6 +294,8 @@ mod tests {
             read_only: true,
             phase: PublishPhase::Published,
             mount_id: None,
+            csi: true,
+            block: true,
         };
         j.put_publish(&p).unwrap();
         let l = j.load().unwrap();

@@ -68,6 +68,27 @@ pub struct StageRecord {
     /// grows it (it may only be unpublished and unstaged).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
+    /// Staged by a CSI NodeStageVolume: only NodeUnstageVolume ends it (no implicit unstage
+    /// when its last publish goes, none by the reconciler). `None` for FlexVolume's stages
+    /// and for every record written before CSI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csi: Option<CsiStage>,
+}
+
+/// What a CSI stage was asked with: the identity a later call must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsiStage {
+    /// The CSI `volume_id`.
+    pub volume_id: String,
+    /// kubelet's `staging_target_path` (validated; nothing is mounted there).
+    pub staging_path: PathBuf,
+    /// Raw block (`volumeMode: Block`): attached, never formatted nor mounted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
+    /// The access mode, as the api names it (`single_node_writer`, …).
+    pub access: String,
+    /// SHA-256 of the non-secret attributes, fsType and mount options.
+    pub digest: String,
 }
 
 /// The block device a stage holds: its number when claimed and its stable id, so two volume
@@ -108,6 +129,8 @@ struct StageRecordFile {
     mount_id: Option<MountId>,
     #[serde(default)]
     adopted: bool,
+    #[serde(default)]
+    csi: Option<CsiStage>,
 }
 
 impl From<StageRecordFile> for StageRecord {
@@ -142,6 +165,7 @@ impl From<StageRecordFile> for StageRecord {
             formatted_by_moor: f.formatted_by_moor,
             mount_id: f.mount_id,
             adopted: f.adopted,
+            csi: f.csi,
         }
     }
 }
@@ -169,6 +193,7 @@ impl StageRecord {
             formatted_by_moor: false,
             mount_id: None,
             adopted: false,
+            csi: None,
         }
     }
 
@@ -256,6 +281,13 @@ pub struct PublishRecord {
     /// The bind moor made (what it may unmount later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_id: Option<MountId>,
+    /// A CSI NodePublishVolume made it: its unpublish never unstages, and removes the target
+    /// moor created.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub csi: bool,
+    /// A raw block publish: the device node bound onto a regular file moor created.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
 }
 
 /// A stage record as main ef677bd wrote it, loaded: it must convert into a typed volume and

@@ -24,9 +24,11 @@ use crate::host::allow::Resolved;
 use crate::host::devid::IdSources;
 use crate::host::mounts::is_dead_mount_error;
 use crate::host::{Errno, Host, PathError, PodVolumeDir, Target};
-use crate::journal::{Journal, PublishPhase, StageSource};
+use crate::journal::{Journal, PublishPhase, PublishRecord, StageSource};
 use crate::volume::{Driver, Drivers, NodeContext, VolumeOptions, VolumeSpec};
+pub use csi::CsiVolume;
 
+pub mod csi;
 mod devices;
 mod expand;
 mod guard;
@@ -64,14 +66,37 @@ impl Default for Timeouts {
     }
 }
 
-/// A validated mount request, ready to run under its volume's lock.
-pub struct MountPlan {
+/// A validated stage request (FlexVolume's mount, or a CSI NodeStageVolume), ready to run
+/// under its volume's lock.
+pub struct StagePlan {
     driver: Arc<dyn Driver>,
-    target: PodVolumeDir,
     opts: VolumeOptions,
     spec: VolumeSpec,
     /// The local source the driver resolved, held open: the stage mounts this object.
     held: Option<Resolved>,
+    /// What a CSI stage was asked with (recorded on the stage); `None` for FlexVolume.
+    csi: Option<crate::journal::CsiStage>,
+}
+
+impl StagePlan {
+    /// The volume key (what the caller locks).
+    pub fn key(&self) -> &str {
+        &self.spec.key
+    }
+}
+
+/// A validated mount request, ready to run under its volume's lock.
+pub struct MountPlan {
+    stage: StagePlan,
+    target: PodVolumeDir,
+}
+
+/// A mount is a stage and a target: the stage steps read the stage's part of it directly.
+impl std::ops::Deref for MountPlan {
+    type Target = StagePlan;
+    fn deref(&self) -> &StagePlan {
+        &self.stage
+    }
 }
 
 impl MountPlan {
@@ -98,6 +123,14 @@ pub enum MountOutcome {
     Published,
     /// Already published there: nothing done.
     AlreadyPublished,
+}
+
+/// What [`Lifecycle::existing_publish`] found at a pod directory.
+enum Existing {
+    /// moor's own bind of the volume is there.
+    Done,
+    /// Publish, over this earlier record if any.
+    Proceed(Option<PublishRecord>),
 }
 
 /// How an unmount ended.
@@ -160,6 +193,21 @@ impl Lifecycle {
         }
     }
 
+    /// A lifecycle on node `node-a` over a fake host and its journal, serving `drivers`
+    /// (for the daemon's unit tests).
+    #[cfg(test)]
+    pub(crate) fn over_fake(fake: &crate::host::fake::FakeHost, drivers: Drivers) -> Self {
+        let paths = &fake.host.paths;
+        let journal = Journal::open(&paths.state_dir, &paths.run_dir).unwrap();
+        Lifecycle::new(
+            fake.host.clone(),
+            journal,
+            drivers,
+            "node-a".into(),
+            Timeouts::default(),
+        )
+    }
+
     /// Reads block device identities (for the device claims of block stages) from `ids`:
     /// the same sources the local driver serving them reads.
     pub fn with_id_sources(mut self, ids: IdSources) -> Self {
@@ -213,6 +261,17 @@ impl Lifecycle {
             .host
             .paths
             .pod_volume_dir(target, Some(driver.name()))?;
+        let stage = self.plan_stage(driver, options)?;
+        Ok(MountPlan { stage, target })
+    }
+
+    /// Resolves `options` into the driver's typed volume (and, for a local source, the
+    /// object held open); no side effects.
+    fn plan_stage(
+        &self,
+        driver: Arc<dyn Driver>,
+        options: &VolumeOptions,
+    ) -> Result<StagePlan, Error> {
         // Typed by the front end's parse; the driver checks its own keys in `volume()`.
         let opts = options.clone();
         let (mut spec, held) = driver.resolve_volume(&self.node, &opts)?;
@@ -222,12 +281,12 @@ impl Lifecycle {
         if matches!(spec.source, StageSource::Directory { .. }) {
             bind_flags(&spec.key, &spec.mount_options.joined())?;
         }
-        Ok(MountPlan {
+        Ok(StagePlan {
             driver,
-            target,
             opts,
             spec,
             held,
+            csi: None,
         })
     }
 
@@ -243,48 +302,13 @@ impl Lifecycle {
     /// attach + stage + publish. Idempotent; on failure undoes what it did.
     pub fn mount(&self, plan: &MountPlan) -> Result<MountOutcome, Error> {
         let target = &plan.target.path;
-        let existing = self.state().publishes.get(target).cloned();
-        let previous = existing.clone();
-        match existing {
-            Some(p) if p.key != plan.spec.key => {
-                return Err(Error::TargetBusy {
-                    target: target.clone(),
-                    detail: format!("already publishes volume {}", p.key),
-                });
-            }
-            Some(p) if p.phase == PublishPhase::Published && self.is_mount_point(target)? => {
-                // Success only for moor's own bind: under a mount stacked on it (or put in
-                // its place) the pod would see someone else's filesystem. Both stay as they
-                // are; kubelet's retry succeeds once the other mount is gone.
-                if !self.is_our_bind(&p) {
-                    tracing::warn!(volume = %p.key, target = %target.display(), "a mount moor did not make is on a published pod directory");
-                    return Err(Error::NotOwned {
-                        target: target.clone(),
-                        detail: "the mount on the pod directory is not the bind moor made; remove the other mount and retry".into(),
-                    });
-                }
-                return Ok(MountOutcome::AlreadyPublished);
-            }
-            Some(mut p) if self.is_mount_point(target)? && self.is_our_bind(&p) => {
-                // Our bind is still there (an unmount that failed half-way, a crash before
-                // the Published record): kubelet wants it mounted, so it simply is.
-                p.phase = PublishPhase::Published;
-                self.journal.put_publish(&p)?;
-                self.state().put_publish(p);
-                return Ok(MountOutcome::AlreadyPublished);
-            }
-            Some(_) => {}
-            None => {
-                if self.is_mount_point(target)? {
-                    return Err(Error::TargetBusy {
-                        target: target.clone(),
-                        detail: "already a mount point that moor did not make".into(),
-                    });
-                }
-            }
-        }
+        let previous = match self.existing_publish(target, &plan.spec.key)? {
+            Existing::Done => return Ok(MountOutcome::AlreadyPublished),
+            Existing::Proceed(p) => p,
+        };
         let stage = self.stage(plan)?;
-        if let Err(e) = self.publish(plan, &stage, previous.and_then(|p| p.mount_id)) {
+        let earlier = previous.and_then(|p| p.mount_id);
+        if let Err(e) = self.publish(&plan.target, &plan.opts, &stage, earlier, false) {
             // Marked before trying: if the unstage cannot run now (a publish record that
             // could not be removed still counts as a user, a journal write fails), the
             // reconciler finishes it once the pod dir's record is gone.
@@ -297,6 +321,54 @@ impl Lifecycle {
             return Err(e);
         }
         Ok(MountOutcome::Published)
+    }
+
+    /// What is at a pod directory before a publish of volume `key` there: moor's own bind
+    /// of it already (done: nothing to do), or nothing in the way (go ahead, with the earlier
+    /// record if there is one); another volume's publish or a mount moor did not make is
+    /// refused.
+    fn existing_publish(&self, target: &Path, key: &str) -> Result<Existing, Error> {
+        let existing = self.state().publishes.get(target).cloned();
+        let previous = existing.clone();
+        match existing {
+            Some(p) if p.key != key => {
+                return Err(Error::TargetBusy {
+                    target: target.into(),
+                    detail: format!("already publishes volume {}", p.key),
+                });
+            }
+            Some(p) if p.phase == PublishPhase::Published && self.is_mount_point(target)? => {
+                // Success only for moor's own bind: under a mount stacked on it (or put in
+                // its place) the pod would see someone else's filesystem. Both stay as they
+                // are; kubelet's retry succeeds once the other mount is gone.
+                if !self.is_our_bind(&p) {
+                    tracing::warn!(volume = %p.key, target = %target.display(), "a mount moor did not make is on a published pod directory");
+                    return Err(Error::NotOwned {
+                        target: target.into(),
+                        detail: "the mount on the pod directory is not the bind moor made; remove the other mount and retry".into(),
+                    });
+                }
+                return Ok(Existing::Done);
+            }
+            Some(mut p) if self.is_mount_point(target)? && self.is_our_bind(&p) => {
+                // Our bind is still there (an unmount that failed half-way, a crash before
+                // the Published record): kubelet wants it mounted, so it simply is.
+                p.phase = PublishPhase::Published;
+                self.journal.put_publish(&p)?;
+                self.state().put_publish(p);
+                return Ok(Existing::Done);
+            }
+            Some(_) => {}
+            None => {
+                if self.is_mount_point(target)? {
+                    return Err(Error::TargetBusy {
+                        target: target.into(),
+                        detail: "already a mount point that moor did not make".into(),
+                    });
+                }
+            }
+        }
+        Ok(Existing::Proceed(previous))
     }
 
     fn is_mount_point(&self, p: &Path) -> Result<bool, Error> {

@@ -20,7 +20,7 @@ impl Lifecycle {
         let dir = self.host.paths.pod_volume_dir(target, driver)?;
         let target = dir.path;
         let held = self.open_target(&target, false)?;
-        let Some(mut rec) = self.state().publishes.get(&target).cloned() else {
+        let Some(rec) = self.state().publishes.get(&target).cloned() else {
             if let Some(t) = &held {
                 self.unmount_guarded(t, Place::PodDir, "", false, None, None, false)?;
             }
@@ -44,11 +44,29 @@ impl Lifecycle {
             }
             return Ok(UnmountOutcome::NotMounted);
         };
-        let stage_path = self.stage_path(&rec.driver, &rec.key);
-        if self.state().user_count(&rec.key) <= 1 {
+        let last = self.state().user_count(&rec.key) <= 1;
+        if last {
             self.check_stage_owned(&rec.key)?;
         }
-        if let Some(t) = &held {
+        let remaining = self.unpublish(rec.clone(), held.as_ref())?;
+        if remaining > 0 {
+            return Ok(UnmountOutcome::Unpublished);
+        }
+        self.state().mark_unstage(&rec.key, Some(&target));
+        self.unstage(&rec.key)?;
+        Ok(UnmountOutcome::Unstaged)
+    }
+
+    /// Removes moor's bind at `rec.target` (held as `held`: `None` when the directory is
+    /// gone) and its record; returns how many publishes of the volume remain.
+    pub(super) fn unpublish(
+        &self,
+        mut rec: PublishRecord,
+        held: Option<&Target>,
+    ) -> Result<usize, Error> {
+        let target = rec.target.clone();
+        let stage_path = self.stage_path(&rec.driver, &rec.key);
+        if let Some(t) = held {
             let facts =
                 self.unmount_facts(t, Place::PodDir, true, rec.mount_id, Some(&stage_path))?;
             if let Err(refusal) = owned::may_unmount(&facts) {
@@ -62,7 +80,7 @@ impl Lifecycle {
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec.clone());
         pause_point("unpublish:intent");
-        if let Some(t) = &held {
+        if let Some(t) = held {
             self.unmount_guarded(
                 t,
                 Place::PodDir,
@@ -81,32 +99,33 @@ impl Lifecycle {
             st.user_count(&rec.key)
         };
         tracing::info!(volume = %rec.key, target = %target.display(), remaining, "unpublished");
-        if remaining > 0 {
-            return Ok(UnmountOutcome::Unpublished);
-        }
-        self.state().mark_unstage(&rec.key, Some(&target));
-        self.unstage(&rec.key)?;
-        Ok(UnmountOutcome::Unstaged)
+        Ok(remaining)
     }
 
+    /// Binds the stage onto `dir` (created if missing), read-only per `opts`; `csi` marks
+    /// the record as CSI's.
     pub(super) fn publish(
         &self,
-        plan: &MountPlan,
+        dir: &PodVolumeDir,
+        opts: &VolumeOptions,
         stage: &StageRecord,
         earlier: Option<MountId>,
+        csi: bool,
     ) -> Result<(), Error> {
-        let target = &plan.target.path;
+        let target = &dir.path;
         let stage_path = self.stage_path(&stage.driver, &stage.key);
         let mut rec = PublishRecord {
             target: target.clone(),
             key: stage.key.clone(),
             driver: stage.driver.clone(),
-            pod_uid: plan.target.pod_uid.clone(),
-            volume_name: plan.target.volume_name.clone(),
-            namespace: plan.opts.pod_namespace.clone(),
-            read_only: plan.opts.read_only,
+            pod_uid: dir.pod_uid.clone(),
+            volume_name: dir.volume_name.clone(),
+            namespace: opts.pod_namespace.clone(),
+            read_only: opts.read_only,
             phase: PublishPhase::Publishing,
             mount_id: earlier,
+            csi,
+            block: false,
         };
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec.clone());
@@ -131,7 +150,7 @@ impl Lifecycle {
             let source = self
                 .open_target(&stage_path, false)?
                 .ok_or_else(|| Error::Internal(format!("{} vanished", stage_path.display())))?;
-            let flags = read_only_flag(plan.opts.read_only);
+            let flags = read_only_flag(opts.read_only);
             let m = self
                 .host
                 .mounter
@@ -139,7 +158,7 @@ impl Lifecycle {
                 .map_err(Self::mount_err(&stage.key))?;
             made = Some(m.into());
             pause_point("publish:bound-before-fsgroup");
-            if let (Some(gid), false) = (plan.opts.fs_group, plan.opts.read_only) {
+            if let (Some(gid), false) = (opts.fs_group, opts.read_only) {
                 // Through the stage moor checked, not the pod dir: whatever got stacked on
                 // the pod dir since the bind is not moor's to chgrp.
                 let changed = if source.parent().is_some() {
@@ -190,7 +209,7 @@ impl Lifecycle {
         rec.phase = PublishPhase::Published;
         rec.mount_id = made;
         self.state().put_publish(rec);
-        tracing::info!(volume = %stage.key, target = %target.display(), pod_uid = %plan.target.pod_uid, read_only = plan.opts.read_only, "published");
+        tracing::info!(volume = %stage.key, target = %target.display(), pod_uid = %dir.pod_uid, read_only = opts.read_only, "published");
         Ok(())
     }
 

@@ -167,6 +167,8 @@ impl Lifecycle {
         let users = self.state().user_count(&s.key);
         match (s.phase, mounted, users) {
             (StagePhase::Staged, true, n) if n > 0 => report.kept_stages += 1,
+            // Only NodeUnstageVolume ends a CSI stage: no publish left is normal.
+            (StagePhase::Staged, true, 0) if s.csi.is_some() => report.kept_stages += 1,
             (StagePhase::Idle, false, 0) => {}
             (StagePhase::Staged, false, 0) => {
                 // Mounts are gone (a reboot): keep the record idle so the filesystem moor saw
@@ -243,8 +245,11 @@ impl Lifecycle {
             .collect();
         for p in publishes {
             // kubelet never got Success for it, or asked for its removal: once undone, the
-            // stage it was the last user of goes too (as FlexVolume's unmount would).
-            self.state().mark_unstage(key, Some(&p.target));
+            // stage it was the last user of goes too (as FlexVolume's unmount would) —
+            // but a CSI stage waits for its NodeUnstageVolume.
+            if !p.csi {
+                self.state().mark_unstage(key, Some(&p.target));
+            }
             self.reconstruct_publish(p, &mut report);
         }
         let (stage, marked, users) = {
@@ -429,6 +434,7 @@ impl Lifecycle {
                 formatted_by_moor: false,
                 mount_id: self.mount_id_of_path(&m.mount_point),
                 adopted: true,
+                csi: None,
             };
             if self.journal.put_stage(&rec).is_ok() {
                 self.state().stages.insert(key.clone(), rec);
@@ -464,6 +470,8 @@ impl Lifecycle {
                 read_only: m.is_read_only(),
                 phase: PublishPhase::Published,
                 mount_id: self.mount_id_of_path(&m.mount_point),
+                csi: false,
+                block: false,
             };
             if self.journal.put_publish(&rec).is_ok() {
                 self.state().put_publish(rec);

@@ -16,10 +16,13 @@ use owned::Place;
 
 impl Lifecycle {
     /// Ensures the volume is staged; returns its record.
-    pub(super) fn stage(&self, plan: &MountPlan) -> Result<StageRecord, Error> {
+    pub(super) fn stage(&self, plan: &StagePlan) -> Result<StageRecord, Error> {
         let key = plan.spec.key.as_str();
         let stage_path = self.stage_path(plan.driver.name(), key);
         let previous = self.state().stages.get(key).cloned();
+        if let Some(rec) = &previous {
+            self.check_stage_identity(rec, plan)?;
+        }
         if let Some(rec) = &previous
             && rec.phase == StagePhase::Staged
             && self.is_mount_point(&stage_path)?
@@ -67,6 +70,7 @@ impl Lifecycle {
             formatted_by_moor: previous.as_ref().is_some_and(|r| r.formatted_by_moor),
             mount_id: None,
             adopted: false,
+            csi: plan.csi.clone(),
         };
         self.journal.put_stage(&rec)?;
         self.state().stages.insert(key.into(), rec.clone());
@@ -96,9 +100,46 @@ impl Lifecycle {
         }
     }
 
+    /// One stage per volume key, whichever front end asks: a key staged by CSI is refused
+    /// to FlexVolume and to another `volume_id`, and a key staged by FlexVolume to CSI
+    /// (`key_in_use`); the same `volume_id` asked with other attributes, mode or access is
+    /// a `conflict`. An idle record (nothing mounted) stands in nobody's way.
+    fn check_stage_identity(&self, rec: &StageRecord, plan: &StagePlan) -> Result<(), Error> {
+        if rec.phase == StagePhase::Idle {
+            return Ok(());
+        }
+        let key = rec.key.clone();
+        let err: crate::error::CsiError = match (&rec.csi, &plan.csi) {
+            (None, None) => return Ok(()),
+            (Some(had), None) => crate::error::CsiError::KeyInUse {
+                key,
+                by: format!("by CSI (volume_id {})", had.volume_id),
+            },
+            (None, Some(_)) => crate::error::CsiError::KeyInUse {
+                key,
+                by: "by FlexVolume".into(),
+            },
+            (Some(had), Some(asked)) if had.volume_id != asked.volume_id => {
+                crate::error::CsiError::KeyInUse {
+                    key,
+                    by: format!("by CSI (volume_id {})", had.volume_id),
+                }
+            }
+            (Some(had), Some(asked)) => match csi_difference(had, asked) {
+                None => return Ok(()),
+                Some(detail) => crate::error::CsiError::Conflict {
+                    volume_id: had.volume_id.clone(),
+                    key,
+                    detail,
+                },
+            },
+        };
+        Err(err.into())
+    }
+
     pub(super) fn stage_steps(
         &self,
-        plan: &MountPlan,
+        plan: &StagePlan,
         stage_path: &Path,
         rec: &mut StageRecord,
     ) -> Result<(), Error> {
@@ -164,7 +205,7 @@ impl Lifecycle {
 
     pub(super) fn stage_block(
         &self,
-        plan: &MountPlan,
+        plan: &StagePlan,
         device: &Path,
         held: &Target,
         rec: &mut StageRecord,
@@ -299,7 +340,7 @@ impl Lifecycle {
 
     pub(super) fn rollback_stage(
         &self,
-        plan: &MountPlan,
+        plan: &StagePlan,
         stage_path: &Path,
         rec: &StageRecord,
         previous: Option<StageRecord>,
@@ -394,6 +435,8 @@ impl Lifecycle {
             // ever looks blank later it is refused, not formatted. `moor forget` ends that.
             rec.phase = StagePhase::Idle;
             rec.mount_id = None;
+            // Unstaged: the next stage, by either front end, is a new one.
+            rec.csi = None;
             self.journal.put_stage(&rec)?;
             self.state().stages.insert(key.into(), rec.clone());
         } else {
@@ -403,5 +446,35 @@ impl Lifecycle {
         self.state().unstage_pending.remove(key);
         tracing::info!(volume = key, driver = %rec.driver, "unstaged");
         Ok(())
+    }
+}
+
+/// What differs between a CSI stage as recorded and as asked again, if anything.
+pub(super) fn csi_difference(
+    had: &crate::journal::CsiStage,
+    asked: &crate::journal::CsiStage,
+) -> Option<String> {
+    if had.block != asked.block {
+        let mode = |b: bool| if b { "block" } else { "filesystem" };
+        Some(format!(
+            "volume mode {} (asked: {})",
+            mode(had.block),
+            mode(asked.block)
+        ))
+    } else if had.access != asked.access {
+        Some(format!(
+            "access mode {} (asked: {})",
+            had.access, asked.access
+        ))
+    } else if had.digest != asked.digest {
+        Some("other volume attributes, fsType or mount options".into())
+    } else if had.staging_path != asked.staging_path {
+        Some(format!(
+            "staging path {} (asked: {})",
+            had.staging_path.display(),
+            asked.staging_path.display()
+        ))
+    } else {
+        None
     }
 }

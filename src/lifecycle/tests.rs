@@ -737,3 +737,5 @@ fn unstage_unmounts_only_its_own_mount() {
         ("/dev/other", "xfs")
     );
 }
+
+mod csi;

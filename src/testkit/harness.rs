@@ -214,6 +214,8 @@ pub struct Daemon {
     pub own_mount_namespace: bool,
     /// Extra allow-list entries beside the defaults; None: no allow-list at all.
     pub allow: Option<Allow>,
+    /// YAML appended to the daemon's config file (e.g. a `csi:` section).
+    pub config_extra: String,
 }
 
 /// Allow-list entries a test adds to its daemon's config.
@@ -337,6 +339,43 @@ impl Daemon {
         (d, port)
     }
 
+    /// Starts a daemon serving every driver's CSI socket and registration socket.
+    pub fn start_with_csi() -> Self {
+        Self::start_with_csi_config("csi:\n  enabled: true\n")
+    }
+
+    /// Starts a daemon with `csi_yaml` (a whole `csi:` section) in its config.
+    pub fn start_with_csi_config(csi_yaml: &str) -> Self {
+        let mut d = Self::unstarted(&[]);
+        d.config_extra = csi_yaml.to_owned();
+        d.spawn();
+        d
+    }
+
+    /// The CSI socket of `driver` (`iscsi`, …).
+    pub fn csi_socket(&self, driver: &str) -> PathBuf {
+        crate::csi::socket_path(&self.kubelet_dir(), driver)
+    }
+
+    /// The registration socket of `driver`.
+    pub fn registration_socket(&self, driver: &str) -> PathBuf {
+        crate::csi::registration_path(&self.kubelet_dir(), driver)
+    }
+
+    /// A client on `driver`'s CSI socket (waits up to 10 s for it).
+    #[track_caller]
+    pub fn csi(&self, driver: &str) -> super::csi::CsiClient {
+        super::csi::CsiClient::connect(&self.csi_socket(driver), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_text()))
+    }
+
+    /// A client on `driver`'s registration socket, as kubelet's plugin watcher dials it.
+    #[track_caller]
+    pub fn registration(&self, driver: &str) -> super::csi::CsiClient {
+        super::csi::CsiClient::connect(&self.registration_socket(driver), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log_text()))
+    }
+
     /// A fresh tree, no daemon yet: set fields, then [`Daemon::spawn`].
     pub fn unstarted(env: &[(&str, &str)]) -> Self {
         let root = tempfile::Builder::new()
@@ -355,6 +394,7 @@ impl Daemon {
             drop_caps: Vec::new(),
             own_mount_namespace: false,
             allow: Some(Allow::default()),
+            config_extra: String::new(),
         }
     }
 
@@ -420,9 +460,19 @@ impl Daemon {
         }
         spec.log_filter = Some("debug".into());
         spec.pod_log_dir = true;
-        spec.config = self
-            .allow_list()
-            .map(|a| tree.write_config(&a).unwrap_or_else(|e| panic!("{e}")));
+        spec.config = match self.allow_list() {
+            Some(a) if self.config_extra.is_empty() => {
+                Some(tree.write_config(&a).unwrap_or_else(|e| panic!("{e}")))
+            }
+            a => {
+                let mut yaml = a.map(|a| a.to_yaml()).unwrap_or_default();
+                yaml.push_str(&self.config_extra);
+                (!yaml.is_empty()).then(|| {
+                    std::fs::write(tree.config(), yaml).unwrap();
+                    tree.config()
+                })
+            }
+        };
         spec.args = self.extra_args.iter().map(Into::into).collect();
         spec.env = self
             .extra_env
@@ -515,6 +565,32 @@ impl Daemon {
             let _ = std::fs::remove_dir(&dir);
         }
         r
+    }
+
+    /// kubelet's CSI paths on this tree.
+    pub fn csi_paths(&self) -> super::csi_call::CsiPaths {
+        super::csi_call::CsiPaths {
+            kubelet_dir: self.kubelet_dir(),
+        }
+    }
+
+    /// One CSI call for `volume_id` of moor driver `driver`, as the CSI front end hands it
+    /// to the daemon; the daemon's typed answer.
+    #[track_caller]
+    pub fn csi_call(
+        &self,
+        driver: &str,
+        volume_id: &str,
+        call: crate::api::CsiCall,
+    ) -> crate::api::Response {
+        super::csi_call::call(
+            &self.socket(),
+            driver,
+            volume_id,
+            call,
+            Duration::from_secs(150),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The commands the daemon ran so far (from `command finished` debug lines), in order.

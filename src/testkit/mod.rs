@@ -10,7 +10,10 @@
 //!   or its `READY=1` arrives over sd_notify), stopping it (SIGTERM) or killing it (SIGKILL);
 //! - [`flex`]: one FlexVolume call through the driver symlink, checked against kubelet's
 //!   contract: exactly one JSON line on stdout and nothing on stderr;
-//! - [`loopdev`]: a loop device over a backing file, detached when dropped.
+//! - [`loopdev`]: a loop device over a backing file, detached when dropped;
+//! - [`csi`]: a typed CSI client over a driver's Unix socket, as kubelet dials it;
+//! - [`csi_call`]: a CSI node call as the CSI front end hands it to the daemon, and
+//!   kubelet's CSI path shapes.
 //!
 //! **How the release binary reaches it.** `moor demo` is a production command, so the
 //! modules above are always compiled: they return errors, never panic, and touch the machine
@@ -26,6 +29,8 @@
 //! owns; it never touches the host's `/var/lib/kubelet`, `/run/moor` or `/var/lib/moor`, and
 //! its teardown leaves no mount, daemon or loop device behind.
 
+pub mod csi;
+pub mod csi_call;
 pub mod daemon;
 pub mod flex;
 #[cfg(feature = "testkit")]
@@ -108,6 +113,14 @@ pub enum TestkitError {
         /// losetup's error.
         detail: String,
     },
+    /// A CSI call or its connection.
+    #[error("CSI {what}: {detail}")]
+    Csi {
+        /// The call (`csi_stage`, …), the socket, or the step.
+        what: String,
+        /// What failed.
+        detail: String,
+    },
     /// A loopback HTTP request to the daemon's endpoint.
     #[error("GET 127.0.0.1:{port}{path}")]
     Http {
@@ -132,6 +145,7 @@ impl TestkitError {
             TestkitError::Exec { .. } => "exec",
             TestkitError::Contract { .. } => "contract",
             TestkitError::Loop { .. } => "loop",
+            TestkitError::Csi { .. } => "csi",
             TestkitError::Http { .. } => "http",
         }
     }
