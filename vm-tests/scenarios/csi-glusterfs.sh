@@ -2,8 +2,6 @@
 # glusterfs.csi.moor.io driven by an independent Python gRPC client as kubelet drives it: one FUSE client staged for the volume, published rw and read-only into pods, a write through a target lands on the brick, NodeGetVolumeStats bytes are the volume's, VolumeCondition abnormal while the brick is killed and normal once it is back, a second volume_id for the same volume refused, unpublish/unstage leave no mount and no client.
 # vm: mem=1536 cpus=2 timeout=420
 set -euo pipefail
-. "$LAB_DIR/lib/lab.sh"
-. "$LAB_DIR/lib/moor-node.sh"
 . "$LAB_DIR/lib/moor-csi.sh"
 . "$LAB_DIR/servers/gluster.sh"
 

@@ -2,8 +2,6 @@
 # iscsi.csi.moor.io over two portals (dm-multipath) driven by an independent Python gRPC client as kubelet drives it: a filesystem volume (formatted once, published into a pod, its data on the LUN, stats = df) and a raw block volume (staged without any mkfs, the map bound onto kubelet's publish file, a write through that file lands on the LUN, stats = the LUN's size); a shared-writer filesystem mode refused; after unpublish/unstage no mount, session or map.
 # vm: timeout=480
 set -euo pipefail
-. "$LAB_DIR/lib/lab.sh"
-. "$LAB_DIR/lib/moor-node.sh"
 . "$LAB_DIR/lib/moor-csi.sh"
 . "$LAB_DIR/servers/iscsi-target.sh"
 

@@ -2,8 +2,6 @@
 # nfs.csi.moor.io driven by an independent Python gRPC client as kubelet drives it: staged once (nothing mounted at kubelet's staging path), published rw into two pods and read-only into a third, a write through a target lands in the export, NodeGetVolumeStats bytes/inodes are the export's, VolumeCondition abnormal while nfsd is stopped and normal again once it is back, the same volume_id with another export refused, unpublish/unstage idempotent and leave no mount.
 # vm: timeout=420
 set -euo pipefail
-. "$LAB_DIR/lib/lab.sh"
-. "$LAB_DIR/lib/moor-node.sh"
 . "$LAB_DIR/lib/moor-csi.sh"
 . "$LAB_DIR/servers/nfs-server.sh"
 

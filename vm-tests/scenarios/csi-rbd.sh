@@ -2,8 +2,6 @@
 # rbd.csi.moor.io against a real Ceph cluster, driven by an independent Python gRPC client as kubelet drives it: a filesystem volume (the key from the stage secrets, never in moor's log; formatted once, published, its data in the image, stats = df, NodeExpandVolume after rbd resize grows it online) and a raw block volume (mapped, never formatted, /dev/rbdN bound onto kubelet's publish file, a write through it is in the image); after unpublish/unstage nothing mapped, no key file, no mount.
 # vm: mem=3072 cpus=2 timeout=600
 set -euo pipefail
-. "$LAB_DIR/lib/lab.sh"
-. "$LAB_DIR/lib/moor-node.sh"
 . "$LAB_DIR/lib/moor-csi.sh"
 . "$LAB_DIR/servers/ceph.sh"
 

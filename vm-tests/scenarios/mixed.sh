@@ -2,8 +2,6 @@
 # FlexVolume and CSI on one node: a moor~nfs FlexVolume and an nfs.csi.moor.io volume published side by side, neither front end may take the other's volume key, the daemon SIGKILLed in between and restarted, both reconstructed (moor status, mounts, data, CSI stats and retried calls), both unmounted clean.
 # vm: timeout=420
 set -euo pipefail
-. "$LAB_DIR/lib/lab.sh"
-. "$LAB_DIR/lib/moor-node.sh"
 . "$LAB_DIR/lib/moor-csi.sh"
 . "$LAB_DIR/servers/nfs-server.sh"
 
