@@ -23,7 +23,7 @@ CLI (one call per run)::
     moor_csi.py --socket S RPC [--volume-id ID] [--staging P] [--target P] [--volume-path P]
         [--attr k=v]… [--secret k=v]… [--fs-type T] [--mount-flag F]… [--block]
         [--access-mode SINGLE_NODE_WRITER] [--readonly] [--pod-uid UID] [--pod-name N]
-        [--pod-namespace NS] [--required-bytes N] [--timeout S] [--proto FILE]
+        [--pod-namespace NS] [--required-bytes N] [--timeout S] [--proto FILE] [--stub-cache DIR]
 
 Output, stable for scripts:
 
@@ -40,6 +40,7 @@ Output, stable for scripts:
 """
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -81,38 +82,62 @@ class CallError(Exception):
         self.message = message
 
 
-def compile_proto(proto_path):
-    """Generate the Python stubs of ``proto_path`` into a temp dir; return (pb2, pb2_grpc)."""
+def _import_stubs(directory, module, proto_path):
+    sys.path.insert(0, directory)
     try:
-        import grpc_tools
-        from grpc_tools import protoc
+        return importlib.import_module(f"{module}_pb2"), importlib.import_module(f"{module}_pb2_grpc")
     except ImportError as e:
-        raise SetupError(f"grpc_tools is missing ({e}): install python3-grpc-tools") from None
+        raise SetupError(f"the stubs generated from {proto_path} do not import: {e}") from None
+    finally:
+        sys.path.remove(directory)
+
+
+def compile_proto(proto_path, cache=None):
+    """Generate the Python stubs of ``proto_path``; return (pb2, pb2_grpc).
+
+    Into a temp dir removed once imported; or, with ``cache`` (a directory), into
+    ``cache/<sha256 of the proto>/`` reused by later runs (a slow guest pays protoc once).
+    """
     proto_path = os.path.abspath(proto_path)
     if not os.path.isfile(proto_path):
         raise SetupError(f"no proto file at {proto_path}")
     src_dir, name = os.path.split(proto_path)
     # protoc names the module after the file, with what Python cannot import replaced.
     module = os.path.splitext(name)[0].replace("-", "_").replace(".", "_")
+    cached = None
+    if cache:
+        with open(proto_path, "rb") as f:
+            cached = os.path.join(cache, hashlib.sha256(f.read()).hexdigest()[:16])
+        if os.path.isfile(os.path.join(cached, f"{module}_pb2_grpc.py")):
+            return _import_stubs(cached, module, proto_path)
+    try:
+        import grpc_tools
+        from grpc_tools import protoc
+    except ImportError as e:
+        raise SetupError(f"grpc_tools is missing ({e}): install python3-grpc-tools") from None
     # The well-known types (descriptor.proto, wrappers.proto) ship inside grpc_tools.
     well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    out = tempfile.mkdtemp(prefix="moor-csi-py.")
+    if cache:
+        os.makedirs(cache, exist_ok=True)
+    out = tempfile.mkdtemp(prefix="moor-csi-py.", dir=cache)
     try:
         rc = protoc.main(
             ["protoc", f"-I{src_dir}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", name]
         )
         if rc != 0:
             raise SetupError(f"grpc_tools.protoc failed (exit {rc}) on {proto_path}")
-        sys.path.insert(0, out)
-        try:
-            return importlib.import_module(f"{module}_pb2"), importlib.import_module(f"{module}_pb2_grpc")
-        except ImportError as e:
-            raise SetupError(f"the stubs generated from {proto_path} do not import: {e}") from None
-        finally:
-            sys.path.remove(out)
+        if cached:
+            try:
+                os.rename(out, cached)  # atomic: a concurrent run finds all or nothing
+                out = None
+            except OSError:
+                pass  # another run won the race: its stubs are the same
+            return _import_stubs(cached, module, proto_path)
+        return _import_stubs(out, module, proto_path)
     finally:
         # Imported modules live on in memory: the generated files are not needed again.
-        shutil.rmtree(out, ignore_errors=True)
+        if out:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def to_dict(msg):
@@ -202,13 +227,13 @@ def fill(msg, data):
 class Client:
     """One persistent gRPC channel to a CSI plugin's Unix socket, as kubelet keeps."""
 
-    def __init__(self, socket, proto=DEFAULT_PROTO, timeout=60.0):
+    def __init__(self, socket, proto=DEFAULT_PROTO, timeout=60.0, stub_cache=None):
         try:
             import grpc
         except ImportError as e:
             raise SetupError(f"grpcio is missing ({e}): install python3-grpcio") from None
         self._grpc = grpc
-        self.pb2, self.pb2_grpc = compile_proto(proto)
+        self.pb2, self.pb2_grpc = compile_proto(proto, stub_cache)
         self.timeout = timeout
         # kubelet ≥ 1.26 sends "localhost" as :authority; Rust's h2 refuses a socket path.
         self.channel = grpc.insecure_channel(
@@ -300,9 +325,14 @@ def main(argv=None):
     p.add_argument("--required-bytes", type=int)
     p.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, seconds")
     p.add_argument("--proto", default=os.environ.get("MOOR_CSI_PROTO", DEFAULT_PROTO))
+    p.add_argument(
+        "--stub-cache",
+        default=os.environ.get("MOOR_CSI_STUB_CACHE"),
+        help="keep the generated stubs here, keyed by the proto's hash (default: regenerate each run)",
+    )
     args = p.parse_args(argv)
     try:
-        client = Client(args.socket, args.proto, args.timeout)
+        client = Client(args.socket, args.proto, args.timeout, args.stub_cache)
         reply = client.call(args.rpc, **request_from_args(args))
     except SetupError as e:
         print(f"moor_csi: {e}", file=sys.stderr)

@@ -33,13 +33,16 @@
 #                          apart from moor) holds that 1 MiB at OFFSET
 #
 # Settings: CSI_PYTHON (default /usr/bin/python3: Debian's, with python3-grpcio),
-# CSI_CLIENT (default tests/csi/moor_csi.py of the lab share).
+# CSI_CLIENT (default tests/csi/moor_csi.py of the lab share), MOOR_CSI_STUB_CACHE (where the
+# client keeps the stubs it generates, default $LAB_STATE/csi-stubs).
 # shellcheck source=lab.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lab.sh"
 # shellcheck source=moor-share.sh
 . "$(dirname "${BASH_SOURCE[0]}")/moor-share.sh"
 
 CSI_PYTHON=${CSI_PYTHON:-/usr/bin/python3}
+# protoc once per guest, not per call (a TCG guest pays seconds for each).
+export MOOR_CSI_STUB_CACHE=${MOOR_CSI_STUB_CACHE:-$LAB_STATE/csi-stubs}
 CSI_CLIENT=${CSI_CLIENT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/tests/csi/moor_csi.py}
 
 csi_socket() { echo "$LAB_KUBELET_DIR/plugins/$1.csi.moor.io/csi.sock"; }

@@ -44,6 +44,25 @@ msg=$(csi_fails FAILED_PRECONDITION glusterfs NodeStageVolume --volume-id "$VOL2
 [[ $msg == key_in_use:* ]] || lab_die "a second volume_id for vol1's key: $msg"
 lab_step "a second volume_id for the same volume key: FAILED_PRECONDITION ($msg)"
 
+# --- teardown -----------------------------------------------------------------------
+assert_clean() {
+  share_assert_clean glusterfs
+  lab_wait_for 15 "no glusterfs client left" bash -c "! pgrep -x glusterfs"
+  lab_assert_file_eq "$BRICK/from-pod1" written-through-csi
+}
+csi_unpublish glusterfs "$VOL" "$T1"
+csi_unpublish glusterfs "$VOL" "$T2"
+csi_unstage glusterfs "$VOL" "$STAGING"
+assert_clean
+lab_step "unpublish + unstage: no mount, no stage, no client process; the data stays on the brick"
+
+# --- health: staged and published again ----------------------------------------------
+csi_stage glusterfs "$VOL" "$STAGING" "${ATTRS[@]}"
+csi_publish glusterfs "$VOL" "$STAGING" "$T1" "${ATTRS[@]}" --pod-uid "$UID1"
+csi_publish glusterfs "$VOL" "$STAGING" "$T2" "${ATTRS[@]}" --pod-uid "$UID2" --readonly
+lab_assert_file_eq "$T2/from-pod1" written-through-csi
+lab_step "staged and published again after the unstage: the data is still there"
+
 # --- stats: the volume's size, as the brick's filesystem has it -------------------------
 st=$(csi_stats glusterfs "$VOL" "$T1")
 total=$(csi_usage "$st" BYTES total) used=$(csi_usage "$st" BYTES used)
@@ -67,12 +86,9 @@ echo after-brick > "$T1/after-brick"
 lab_assert_file_eq "$BRICK/after-brick" after-brick
 lab_step "brick back: condition normal after $(( $(date +%s) - t0 )) s; pods read and write again"
 
-# --- teardown -----------------------------------------------------------------------
 csi_unpublish glusterfs "$VOL" "$T1"
 csi_unpublish glusterfs "$VOL" "$T2"
 csi_unstage glusterfs "$VOL" "$STAGING"
-share_assert_clean glusterfs
-lab_wait_for 15 "no glusterfs client left" bash -c "! pgrep -x glusterfs"
-lab_assert_file_eq "$BRICK/from-pod1" written-through-csi
+assert_clean
 share_daemon_stop
-lab_step "unpublish + unstage: no mount, no stage, no client process; the data stays on the brick"
+lab_step "unpublish + unstage after the outage: no mount, stage or client left"

@@ -41,28 +41,34 @@ lab_step "ext4 with MULTI_NODE_MULTI_WRITER refused before any login: INVALID_AR
 # --- filesystem volume ----------------------------------------------------------------
 FSVOL=iscsi-pv-fs FSPV=pv-iscsi-fs UID1=c5300003-0000-4000-8000-000000000001
 FS_STAGING=$(csi_staging iscsi "$FSVOL") T1=$(csi_target "$UID1" "$FSPV")
-csi_stage iscsi "$FSVOL" "$FS_STAGING" "${FS_ATTRS[@]}"
-lab_assert_eq "$(sessions "$FS_IQN")" 2 "sessions of the fs LUN (one per portal)"
-csi_publish iscsi "$FSVOL" "$FS_STAGING" "$T1" "${FS_ATTRS[@]}" --pod-uid "$UID1"
-lab_assert_mounted "$T1" ext4
-src=$(findmnt -n -o SOURCE --target "$T1")
-case $(basename "$(readlink -f "$src")") in dm-*) ;; *) lab_die "the fs target is backed by $src, not the dm-multipath map" ;; esac
+fs_stage_publish() {
+  csi_stage iscsi "$FSVOL" "$FS_STAGING" "${FS_ATTRS[@]}"
+  lab_assert_eq "$(sessions "$FS_IQN")" 2 "sessions of the fs LUN (one per portal)"
+  csi_publish iscsi "$FSVOL" "$FS_STAGING" "$T1" "${FS_ATTRS[@]}" --pod-uid "$UID1"
+  lab_assert_mounted "$T1" ext4
+  src=$(findmnt -n -o SOURCE --target "$T1")
+  case $(basename "$(readlink -f "$src")") in dm-*) ;; *) lab_die "the fs target is backed by $src, not the dm-multipath map" ;; esac
+}
+fs_unpublish_unstage() {
+  csi_unpublish iscsi "$FSVOL" "$T1"
+  csi_unstage iscsi "$FSVOL" "$FS_STAGING"
+  lab_assert_eq "$(sessions "$FS_IQN")" 0 "sessions of the fs LUN after unstage"
+  lab_assert_eq "$(maps)" 0 "multipath maps after the fs unstage"
+  share_assert_clean iscsi
+}
+fs_stage_publish
 echo written-through-csi > "$T1/data"
-st=$(csi_stats iscsi "$FSVOL" "$T1")
-read -r df_size df_avail <<< "$(df -B1 --output=size,avail "$T1" | tail -n 1)"
-lab_assert_eq "$(csi_usage "$st" BYTES total)" "$df_size" "stats total bytes vs df"
-awk -v a="$(csi_usage "$st" BYTES available)" -v b="$df_avail" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1048576) }' \
-  || lab_die "stats available $(csi_usage "$st" BYTES available) vs df $df_avail"
-lab_assert_eq "$(csi_usage "$st" INODES total)" "$(df --output=itotal "$T1" | tail -n 1 | tr -d ' ')" "stats inodes vs df -i"
-jq -e '.volume_condition.abnormal == false' <<< "$st" >/dev/null || lab_die "condition of a healthy volume: $st"
-lab_step "filesystem: 2 sessions, ext4 on $src bound into the pod; stats = df ($df_size bytes), condition normal"
+fs_unpublish_unstage
+got=$(debugfs -R 'cat /data' "$FS_LUN" 2>/dev/null)
+lab_assert_eq "$got" written-through-csi "the pod's file read from the fs LUN's backing store"
+lab_step "filesystem: 2 sessions, ext4 on the dm-multipath map ($src) bound into the pod; after unpublish + unstage no mount, session or map, and the pod's file is on the LUN"
 
 # --- raw block volume -----------------------------------------------------------------
 BLKVOL=iscsi-pv-blk BLKPV=pv-iscsi-blk UID2=c5300003-0000-4000-8000-000000000002
 BLK_STAGING=$(csi_block_staging "$BLKPV") T2=$(csi_block_target "$BLKPV" "$UID2")
 csi_stage iscsi "$BLKVOL" "$BLK_STAGING" "${BLK_ATTRS[@]}"
 lab_assert_eq "$(sessions "$BLK_IQN")" 2 "sessions of the block LUN"
-lab_assert_eq "$(maps)" 2 "multipath maps (fs + block)"
+lab_assert_eq "$(maps)" 1 "multipath maps (the block LUN's)"
 csi_publish iscsi "$BLKVOL" "$BLK_STAGING" "$T2" "${BLK_ATTRS[@]}" --pod-uid "$UID2"
 [[ -b $T2 ]] || lab_die "$T2 is not a block device after the raw block publish"
 devno=$(stat -L -c '%t:%T' "$T2")
@@ -74,19 +80,23 @@ sum=$(csi_block_write "$T2" $((100 << 20)))
 csi_block_expect "$BLK_LUN" $((100 << 20)) "$sum"
 st=$(csi_stats iscsi "$BLKVOL" "$T2")
 lab_assert_eq "$(csi_usage "$st" BYTES total)" $((512 << 20)) "stats total of the block volume"
-lab_step "raw block: 2 more sessions, map $dev bound onto $T2, never formatted; 1 MiB written through it is on the LUN; stats = 512 MiB"
-
-# --- teardown -------------------------------------------------------------------------
 csi_unpublish iscsi "$BLKVOL" "$T2"
 csi_unstage iscsi "$BLKVOL" "$BLK_STAGING"
 lab_assert_eq "$(sessions "$BLK_IQN")" 0 "sessions of the block LUN after unstage"
-csi_unpublish iscsi "$FSVOL" "$T1"
-csi_unstage iscsi "$FSVOL" "$FS_STAGING"
-lab_assert_eq "$(sessions "$FS_IQN")" 0 "sessions of the fs LUN after unstage"
-lab_wait_for 20 "no multipath map left" sh -c "[ \"\$(dmsetup ls --target multipath 2>/dev/null | grep -vc 'No devices')\" = 0 ]"
-share_assert_clean iscsi
-got=$(debugfs -R 'cat /data' "$FS_LUN" 2>/dev/null)
-lab_assert_eq "$got" written-through-csi "the pod's file read from the fs LUN's backing store"
+lab_assert_eq "$(maps)" 0 "multipath maps after the block unstage"
+lab_step "raw block: 2 sessions, map $dev bound onto $T2, never formatted; 1 MiB written through it is on the LUN; stats = 512 MiB; after unpublish + unstage no session or map"
+
+# --- the filesystem volume again: its data, its stats ------------------------------------
+fs_stage_publish
+lab_assert_file_eq "$T1/data" written-through-csi
+st=$(csi_stats iscsi "$FSVOL" "$T1")
+read -r df_size df_avail <<< "$(df -B1 --output=size,avail "$T1" | tail -n 1)"
+lab_assert_eq "$(csi_usage "$st" BYTES total)" "$df_size" "stats total bytes vs df"
+awk -v a="$(csi_usage "$st" BYTES available)" -v b="$df_avail" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1048576) }' \
+  || lab_die "stats available $(csi_usage "$st" BYTES available) vs df $df_avail"
+lab_assert_eq "$(csi_usage "$st" INODES total)" "$(df --output=itotal "$T1" | tail -n 1 | tr -d ' ')" "stats inodes vs df -i"
+jq -e '.volume_condition.abnormal == false' <<< "$st" >/dev/null || lab_die "condition of a healthy volume: $st"
+fs_unpublish_unstage
 e2fsck -fn "$FS_LUN" >/dev/null || lab_die "the ext4 on the fs LUN does not check clean"
 share_daemon_stop
-lab_step "unpublish + unstage: no mount, session or map; the pod's file is on the LUN and its ext4 checks clean"
+lab_step "filesystem again: the data is there, stats = df ($df_size bytes), condition normal; nothing left and the ext4 checks clean"

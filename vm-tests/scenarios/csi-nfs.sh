@@ -57,9 +57,40 @@ lab_nfs_export "$LAB_NFS_ROOT/other"
 msg=$(csi_fails ALREADY_EXISTS nfs NodeStageVolume --volume-id "$VOL" --staging "$STAGING" \
   --attr "server=$LAB_NFS_SERVER" --attr "path=$LAB_NFS_ROOT/other" --access-mode MULTI_NODE_MULTI_WRITER)
 [[ $msg == conflict:* ]] || lab_die "conflicting stage: message not 'conflict: …': $msg"
+lab_step "the same volume_id with another export: ALREADY_EXISTS ($msg)"
+
+# Nothing of the volume left: no mount under kubelet's dir or anywhere, no stage, no record.
+assert_clean() {
+  share_assert_clean nfs
+  local left
+  left=$(findmnt -rn -t nfs,nfs4 -o TARGET || true)
+  [[ -z $left ]] || lab_die "NFS mounts left: $left"
+  "$MOOR" status -o json | jq -e '.volumes | length == 0' >/dev/null || lab_die "moor still records volumes: $("$MOOR" status)"
+}
+
+# --- teardown as kubelet does it --------------------------------------------------------
+msg=$(csi_fails FAILED_PRECONDITION nfs NodeUnstageVolume --volume-id "$VOL" --staging "$STAGING")
+[[ $msg == still_published:* ]] || lab_die "unstage with publishes left: $msg"
+for t in "$T1" "$T2" "$T3"; do csi_unpublish nfs "$VOL" "$t"; done
+csi_unpublish nfs "$VOL" "$T1"   # not published any more: OK (idempotent)
+lab_assert_file_eq "$LAB_NFS_EXPORT/from-pod1" written-through-csi
+# CSI stages are never unstaged implicitly: still there after the last unpublish.
+lab_assert_eq "$(awk -v p="$LAB_KUBELET_DIR/plugins/moor/nfs/" 'index($5, p) == 1' /proc/self/mountinfo | wc -l)" 1 \
+  "stages after the last unpublish (only NodeUnstageVolume ends a CSI stage)"
+csi_unstage nfs "$VOL" "$STAGING"
+csi_unstage nfs "$VOL" "$STAGING"   # not staged any more: OK
+assert_clean
+lab_step "unstage refused while published (FAILED_PRECONDITION); unpublish x3 and unstage (each retried: OK) leave no mount, stage or record"
+
+# --- health: staged and published again (the data is still there) -------------------------
+csi_stage nfs "$VOL" "$STAGING" "${ATTRS[@]}"
+csi_publish nfs "$VOL" "$STAGING" "$T1" "${ATTRS[@]}" --pod-uid "$UID1"
+csi_publish nfs "$VOL" "$STAGING" "$T3" "${ATTRS[@]}" --pod-uid "$UID3" --readonly
+lab_assert_file_eq "$T1/from-pod1" written-through-csi
+lab_step "staged and published again after the unstage: the data is still there"
 msg=$(csi_fails NOT_FOUND nfs NodeGetVolumeStats --volume-id nfs-pv-none --volume-path "$T1")
 [[ $msg == unknown_volume:* ]] || lab_die "stats of an unknown volume_id: $msg"
-lab_step "the same volume_id with another export: ALREADY_EXISTS ($msg); stats of an unknown volume: NOT_FOUND"
+lab_step "stats of an unknown volume_id: NOT_FOUND ($msg)"
 
 # --- stats: what df says of the export's filesystem on the server -----------------------
 st=$(csi_stats nfs "$VOL" "$T1")
@@ -87,25 +118,14 @@ lab_run rpc.nfsd 8
 [[ -w /proc/fs/nfsd/v4_end_grace ]] && printf Y > /proc/fs/nfsd/v4_end_grace
 t0=$(date +%s)
 csi_wait_condition 90 nfs "$VOL" "$T1" false >/dev/null
-lab_assert_file_eq "$T2/from-pod1" written-through-csi
+lab_assert_file_eq "$T3/from-pod1" written-through-csi
 echo after-restart > "$T1/after-restart"
 lab_assert_file_eq "$LAB_NFS_EXPORT/after-restart" after-restart
 lab_step "nfsd back: condition normal again after $(( $(date +%s) - t0 )) s, pods read and write"
 
-# --- teardown as kubelet does it --------------------------------------------------------
-msg=$(csi_fails FAILED_PRECONDITION nfs NodeUnstageVolume --volume-id "$VOL" --staging "$STAGING")
-[[ $msg == still_published:* ]] || lab_die "unstage with publishes left: $msg"
-for t in "$T1" "$T2" "$T3"; do csi_unpublish nfs "$VOL" "$t"; done
-csi_unpublish nfs "$VOL" "$T1"   # not published any more: OK (idempotent)
-lab_assert_file_eq "$LAB_NFS_EXPORT/from-pod1" written-through-csi
-# CSI stages are never unstaged implicitly: still there after the last unpublish.
-lab_assert_eq "$(awk -v p="$LAB_KUBELET_DIR/plugins/moor/nfs/" 'index($5, p) == 1' /proc/self/mountinfo | wc -l)" 1 \
-  "stages after the last unpublish (only NodeUnstageVolume ends a CSI stage)"
+csi_unpublish nfs "$VOL" "$T1"
+csi_unpublish nfs "$VOL" "$T3"
 csi_unstage nfs "$VOL" "$STAGING"
-csi_unstage nfs "$VOL" "$STAGING"   # not staged any more: OK
-share_assert_clean nfs
-left=$(findmnt -rn -t nfs,nfs4 -o TARGET || true)
-[[ -z $left ]] || lab_die "NFS mounts left: $left"
-"$MOOR" status -o json | jq -e '.volumes | length == 0' >/dev/null || lab_die "moor still records volumes: $("$MOOR" status)"
+assert_clean
 share_daemon_stop
-lab_step "unstage refused while published (FAILED_PRECONDITION); unpublish x3 and unstage (each retried: OK) leave no mount, stage or record"
+lab_step "unpublish + unstage after the outage: nothing left"
