@@ -69,13 +69,14 @@ BLK_STAGING=$(csi_block_staging "$BLKPV") T2=$(csi_block_target "$BLKPV" "$UID2"
 csi_stage iscsi "$BLKVOL" "$BLK_STAGING" "${BLK_ATTRS[@]}"
 lab_assert_eq "$(sessions "$BLK_IQN")" 2 "sessions of the block LUN"
 lab_assert_eq "$(maps)" 1 "multipath maps (the block LUN's)"
+# Raw block: the stage attaches only. A signature now means moor wrote to the disk.
+if blkid -p "$BLK_LUN" >/dev/null 2>&1; then lab_die "the raw block stage wrote a signature to the LUN: $(blkid -p "$BLK_LUN")"; fi
 csi_publish iscsi "$BLKVOL" "$BLK_STAGING" "$T2" "${BLK_ATTRS[@]}" --pod-uid "$UID2"
 [[ -b $T2 ]] || lab_die "$T2 is not a block device after the raw block publish"
 devno=$(stat -L -c '%t:%T' "$T2")
 dev=$(basename "$(readlink -f "/sys/dev/block/$((16#${devno%:*})):$((16#${devno#*:}))")")
 [[ $dev == dm-* ]] || lab_die "the block target is device $dev, not the dm-multipath map"
 lab_assert_eq "$(blockdev --getsize64 "$T2")" $((512 << 20)) "size of the published block device"
-blkid -p "$BLK_LUN" >/dev/null 2>&1 && lab_die "the raw block LUN got a signature at stage/publish: $(blkid -p "$BLK_LUN")"
 sum=$(csi_block_write "$T2" $((100 << 20)))
 csi_block_expect "$BLK_LUN" $((100 << 20)) "$sum"
 st=$(csi_stats iscsi "$BLKVOL" "$T2")

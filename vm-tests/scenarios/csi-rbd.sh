@@ -69,12 +69,14 @@ BLKVOL=rbd-pv-blk BLKPV=pv-rbd-blk UID2=c5400004-0000-4000-8000-000000000002
 BLK_STAGING=$(csi_block_staging "$BLKPV") T2=$(csi_block_target "$BLKPV" "$UID2")
 csi_stage rbd "$BLKVOL" "$BLK_STAGING" "${BLK_ATTRS[@]}" --secret "key=$KEY"
 lab_assert_eq "$(mapped)" 1 "mappings after the block stage"
+# Raw block: the stage maps only. A signature now means moor wrote to the image.
+rbddev=/dev/rbd$(basename "$(find /sys/bus/rbd/devices -mindepth 1 -maxdepth 1)")
+if blkid -p "$rbddev" >/dev/null 2>&1; then lab_die "the raw block stage wrote a signature to $rbddev: $(blkid -p "$rbddev")"; fi
 csi_publish rbd "$BLKVOL" "$BLK_STAGING" "$T2" "${BLK_ATTRS[@]}" --secret "key=$KEY" --pod-uid "$UID2"
 [[ -b $T2 ]] || lab_die "$T2 is not a block device after the raw block publish"
 devno=$(stat -L -c '%t:%T' "$T2")
 dev=$(basename "$(readlink -f "/sys/dev/block/$((16#${devno%:*})):$((16#${devno#*:}))")")
 [[ $dev == rbd* ]] || lab_die "the block target is device $dev, not an rbd mapping"
-blkid -p "$T2" >/dev/null 2>&1 && lab_die "the raw block image got a signature: $(blkid -p "$T2")"
 sum=$(csi_block_write "$T2" $((8 << 20)))
 st=$(csi_stats rbd "$BLKVOL" "$T2")
 lab_assert_eq "$(csi_usage "$st" BYTES total)" $((64 << 20)) "stats total of the block volume"
