@@ -222,6 +222,17 @@ pub enum CsiError {
         /// The limit.
         limit: usize,
     },
+    /// A raw block volume's device is gone, or its path names another device than the one
+    /// staged.
+    #[error("volume_id {volume_id}: {device} {detail}")]
+    DeviceChanged {
+        /// The CSI volume id.
+        volume_id: String,
+        /// The device path recorded at stage.
+        device: PathBuf,
+        /// What it is now.
+        detail: String,
+    },
     /// A capability this driver or volume cannot serve.
     #[error("volume_id {volume_id}: {detail}")]
     UnsupportedCapability {
@@ -245,6 +256,7 @@ impl CsiError {
             CsiError::Busy { .. } => "busy",
             CsiError::UnknownVolume { .. } => "unknown_volume",
             CsiError::TooManyVolumes { .. } => "too_many_volumes",
+            CsiError::DeviceChanged { .. } => "device_changed",
             CsiError::UnsupportedCapability { .. } => "unsupported_capability",
         }
     }

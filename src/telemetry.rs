@@ -1,10 +1,16 @@
 //! Logging setup: human text on a TTY, JSON otherwise (journald and DaemonSet logs), level
 //! from `MOOR_LOG` (default `info`). Only the daemon and the CLI log; the FlexVolume front
 //! end never does, because kubelet parses its stdout and stderr as one JSON document.
+//! Beside the log's own filter, [`crate::csi::oldkubelet`] watches h2's server events (at
+//! debug, whatever the level) to warn about a kubelet too old for the CSI sockets.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::csi::oldkubelet::OldKubelet;
 
 /// Installs the global subscriber, writing to stderr.
 pub fn init(format: Option<&str>) {
@@ -14,19 +20,25 @@ pub fn init(format: Option<&str>) {
         Some(_) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Last, so the event h2 logged is written (or not) before the warning follows it.
+    let registry = tracing_subscriber::registry();
     let _ = if json {
         // The module path is dropped: `target` is one of moor's own field names.
-        builder
+        let fmt = fmt
             .json()
             .flatten_event(true)
             .with_target(false)
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(false);
+        registry
+            .with(fmt.with_filter(filter))
+            .with(OldKubelet::default().with_filter(OldKubelet::filter()))
             .try_init()
     } else {
-        builder.try_init()
+        registry
+            .with(fmt.with_filter(filter))
+            .with(OldKubelet::default().with_filter(OldKubelet::filter()))
+            .try_init()
     };
 }

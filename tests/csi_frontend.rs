@@ -314,3 +314,188 @@ fn a_removed_registration_socket_comes_back_and_shutdown_removes_every_socket() 
         assert!(!d.registration_socket(driver).exists(), "{driver}");
     }
 }
+
+/// Python's grpcio (no moor code on the client side), run on `socket`.
+fn grpcio(socket: &Path, method: &str, request_hex: &str, authority: Option<&str>) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/csi/raw_call.py");
+    // Debian's python3-grpcio: the interpreter it belongs to, not whatever `python3` is first.
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.arg(&script).arg(socket).arg(method).arg(request_hex);
+    cmd.args(authority);
+    let out = cmd.output().expect("run /usr/bin/python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "grpcio client failed (apt-get install python3-grpcio): {stderr}"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// An independent client (grpcio) reads Identity; the same client sending the socket path
+/// as `:authority`, as kubelet before 1.26 does, is refused by h2 — and the daemon's log
+/// says why, naming the minimum kubelet version.
+#[test]
+#[ignore = "tier 2: needs root (a real daemon) and Debian's python3-grpcio"]
+fn an_old_kubelets_authority_is_refused_with_a_warning_naming_kubelet_1_26() {
+    require_privileged_sandbox();
+    let d = Daemon::start_with_csi_config("csi:\n  enabled: true\n  drivers: [nfs]\n");
+    let sock = d.csi_socket("nfs");
+    let _ = d.csi("nfs");
+    let ok = grpcio(&sock, "/csi.v1.Identity/GetPluginInfo", "", None);
+    // GetPluginInfoResponse: field 1 (name) = "nfs.csi.moor.io".
+    let name_hex: String = "nfs.csi.moor.io"
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(ok.starts_with("OK 0a0f") && ok.contains(&name_hex), "{ok}");
+    assert!(!d.log_text().contains("minimum_kubelet"));
+    let old = grpcio(
+        &sock,
+        "/csi.v1.Identity/GetPluginInfo",
+        "",
+        Some(sock.to_str().unwrap()),
+    );
+    assert!(old.starts_with("ERR "), "{old}");
+    wait_for("the old-kubelet warning", &d, || {
+        d.log_text().lines().any(|l| {
+            l.contains("\"level\":\"WARN\"")
+                && l.contains("kubelet 1.26 or newer")
+                && l.contains(&format!("\"authority\":\"{}\"", sock.display()))
+        })
+    });
+}
+
+/// Every byte under `dir` (the journal and state files), as text.
+fn all_file_text(dir: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() {
+            out.push_str(&all_file_text(&p));
+        } else if md.is_file() {
+            out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+/// A CSI local directory volume's stage and publish requests, through gRPC.
+fn local_requests(
+    d: &Daemon,
+    id: &str,
+    dir: &Path,
+    secrets: &[(&str, &str)],
+) -> (NodeStageVolumeRequest, NodePublishVolumeRequest) {
+    let paths = d.csi_paths();
+    let context: std::collections::HashMap<String, String> =
+        [("path".to_owned(), dir.display().to_string())].into();
+    let secrets: std::collections::HashMap<String, String> = secrets
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let stage = NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: paths.staging("local", id).display().to_string(),
+        volume_capability: mount_cap(Mode::SingleNodeWriter),
+        volume_context: context.clone(),
+        secrets: secrets.clone(),
+        ..Default::default()
+    };
+    let publish = NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: stage.staging_target_path.clone(),
+        target_path: paths.target("u-1", id).display().to_string(),
+        volume_capability: mount_cap(Mode::SingleNodeWriter),
+        volume_context: context,
+        secrets,
+        ..Default::default()
+    };
+    (stage, publish)
+}
+
+/// A directory under the daemon's allowed root.
+fn volume_dir(d: &Daemon, name: &str) -> std::path::PathBuf {
+    let dir = d.allowed_root().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Unpublishes and unstages what [`local_requests`] made; both must succeed.
+fn tear_down(c: &CsiClient, stage: &NodeStageVolumeRequest, publish: &NodePublishVolumeRequest) {
+    use moor::csi::proto::csi::v1::{NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest};
+    c.run(c.node().node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: publish.volume_id.clone(),
+        target_path: publish.target_path.clone(),
+    }))
+    .unwrap();
+    c.run(c.node().node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: stage.volume_id.clone(),
+        staging_target_path: stage.staging_target_path.clone(),
+    }))
+    .unwrap();
+}
+
+/// A call's secrets reach neither the daemon's debug log nor its journal, while the call
+/// itself is logged (method, volume_id, driver) with the secret's key name only.
+#[test]
+#[ignore = "tier 2: needs root (a real daemon on a scratch kubelet tree, real binds)"]
+fn secrets_are_stripped_from_every_logged_call_and_never_journaled() {
+    require_privileged_sandbox();
+    const SECRET: &str = "moor-secret-value-7f3a9";
+    let d = Daemon::start_with_csi_config("csi:\n  enabled: true\n  drivers: [local]\n");
+    let dir = volume_dir(&d, "vol-s");
+    let c = d.csi("local");
+    let (stage, publish) = local_requests(&d, "pv-secret", &dir, &[("token", SECRET)]);
+    c.run(c.node().node_stage_volume(stage.clone())).unwrap();
+    c.run(c.node().node_publish_volume(publish.clone()))
+        .unwrap();
+    assert!(!d.stage_records().is_empty(), "the stage was journaled");
+    let log = d.log_text();
+    for method in ["NodeStageVolume", "NodePublishVolume"] {
+        assert!(
+            log.lines().any(|l| l.contains(method)
+                && l.contains("pv-secret")
+                && l.contains("local.csi.moor.io")
+                && l.contains("token")),
+            "{method} not logged with its volume, driver and secret key:\n{log}"
+        );
+    }
+    assert!(!log.contains(SECRET), "a secret in the log:\n{log}");
+    assert!(
+        !all_file_text(&d.state_dir()).contains(SECRET),
+        "a secret in the state dir"
+    );
+    tear_down(&c, &stage, &publish);
+    assert!(!d.log_text().contains(SECRET));
+}
+
+/// `csi.max-volumes-per-node` is both what NodeGetInfo tells kubelet and what the daemon
+/// enforces: a stage beyond it is ResourceExhausted with moor's reason.
+#[test]
+#[ignore = "tier 2: needs root (a real daemon on a scratch kubelet tree, real binds)"]
+fn a_stage_beyond_the_configured_limit_is_resource_exhausted() {
+    require_privileged_sandbox();
+    let d = Daemon::start_with_csi_config(
+        "csi:\n  enabled: true\n  drivers: [local]\n  max-volumes-per-node: {local: 1}\n",
+    );
+    let c = d.csi("local");
+    let info = c
+        .run(c.node().node_get_info(NodeGetInfoRequest {}))
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.max_volumes_per_node, 1);
+    let (first, first_pub) = local_requests(&d, "pv-one", &volume_dir(&d, "one"), &[]);
+    c.run(c.node().node_stage_volume(first.clone())).unwrap();
+    let (second, _) = local_requests(&d, "pv-two", &volume_dir(&d, "two"), &[]);
+    let e = c.run(c.node().node_stage_volume(second)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().starts_with("too_many_volumes: "),
+        "{}",
+        e.message()
+    );
+    c.run(c.node().node_publish_volume(first_pub.clone()))
+        .unwrap();
+    tear_down(&c, &first, &first_pub);
+}

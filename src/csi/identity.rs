@@ -112,3 +112,29 @@ impl Controller for IdentityService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn probe_is_ready_until_the_daemon_drains() {
+        let svc = IdentityService {
+            name: "nfs.csi.moor.io".into(),
+            readiness: Readiness::ready(),
+        };
+        let ready = |s: &IdentityService| {
+            let s = s.clone();
+            async move {
+                s.probe(Request::new(ProbeRequest {}))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .ready
+            }
+        };
+        assert_eq!(ready(&svc).await, Some(true));
+        svc.readiness.drain();
+        assert_eq!(ready(&svc).await, Some(false));
+    }
+}

@@ -16,6 +16,7 @@
 
 pub mod identity;
 pub mod node;
+pub mod oldkubelet;
 pub mod proto;
 pub mod redact;
 pub mod registration;
@@ -25,6 +26,8 @@ pub mod translate;
 
 use std::path::{Path, PathBuf};
 
+use crate::api::csi_driver_name;
+
 /// Every moor driver is a CSI driver too (a test keeps this the daemon's driver table).
 pub const DRIVERS: &[&str] = &["local", "iscsi", "rbd", "fc", "nfs", "glusterfs", "cephfs"];
 
@@ -33,8 +36,6 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// The CSI versions the registration socket tells kubelet about.
 pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0"];
-
-use crate::api::csi_driver_name;
 
 /// The CSI socket of `driver` under kubelet's dir.
 pub fn socket_path(kubelet_dir: &Path, driver: &str) -> PathBuf {

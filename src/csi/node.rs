@@ -228,6 +228,14 @@ impl Node for NodeService {
         let req = req.into_inner();
         traced(M, &req.volume_id, &self.name, &req, async {
             required(M, "volume_id", &req.volume_id)?;
+            if translate::is_ephemeral(&req.volume_context) {
+                // kubelet publishes an inline ephemeral volume without staging it, and moor
+                // only publishes stages (a stage ends only at NodeUnstageVolume).
+                return Err(refuse(
+                    "unsupported_capability",
+                    format!("{M}: volume {}: inline ephemeral CSI volumes are not served (declare only Persistent in the CSIDriver)", req.volume_id),
+                ));
+            }
             // moor stages (STAGE_UNSTAGE_VOLUME), so the spec makes the staging path required.
             required(M, "staging_target_path", &req.staging_target_path)?;
             required(M, "target_path", &req.target_path)?;
@@ -618,6 +626,25 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn an_inline_ephemeral_publish_is_refused_as_unsupported() {
+        let (svc, fake) = service(api::Response::Done);
+        let req = NodePublishVolumeRequest {
+            volume_id: "csi-abc".into(),
+            target_path: "/t".into(),
+            volume_capability: mount_cap(Mode::SingleNodeWriter),
+            volume_context: HashMap::from([("csi.storage.k8s.io/ephemeral".into(), "true".into())]),
+            ..Default::default()
+        };
+        let e = svc
+            .node_publish_volume(Request::new(req))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("inline ephemeral"), "{}", e.message());
         assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
     }
 

@@ -91,6 +91,13 @@ pub fn check_access(driver: &str, mode: VolumeMode, access: AccessMode) -> Resul
     }
 }
 
+/// Whether kubelet marked the call as an inline ephemeral volume's (podInfoOnMount).
+pub fn is_ephemeral(volume_context: &HashMap<String, String>) -> bool {
+    volume_context
+        .get(&format!("{CO_PREFIX}ephemeral"))
+        .is_some_and(|v| v == "true")
+}
+
 /// The volume's options as the driver gets them: `volume_context` with FlexVolume's names,
 /// the capability's fsType and mount flags (appended to `mountOptions`), `readonly`, the
 /// pod's details from podInfoOnMount, and `secrets`.

@@ -597,8 +597,17 @@ impl Executor {
                 let _held = key_guard(key)?;
                 lc.csi_unpublish(driver, volume_id, target).map(done)
             }
-            CsiCall::Stats { .. } | CsiCall::Expand { .. } => {
-                Err(Error::Internal(format!("{} is not served yet", call.op())))
+            CsiCall::Stats { path } => {
+                let _held = key_guard(lc.csi_key(volume_id))?;
+                let r = lc.csi_stats(driver, volume_id, path)?;
+                Ok(("stats".into(), r))
+            }
+            CsiCall::Expand {
+                path,
+                required_bytes,
+            } => {
+                let _held = key_guard(lc.csi_key(volume_id))?;
+                lc.csi_expand(driver, volume_id, path, *required_bytes)
             }
         }
     }

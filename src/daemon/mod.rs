@@ -276,11 +276,10 @@ async fn serve(
     fs::set_permissions(&cfg.socket, fs::Permissions::from_mode(0o600))
         .map_err(io("chmod", &cfg.socket))?;
 
-    let exec = Arc::new(executor::Executor::new(
-        lifecycle.clone(),
-        metrics.clone(),
-        cfg.operation_timeout,
-    ));
+    let exec = Arc::new(
+        executor::Executor::new(lifecycle.clone(), metrics.clone(), cfg.operation_timeout)
+            .with_volume_limits(csi::volume_limits(&cfg)),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let local_pvs = local_pvs::spawn(&cfg, lifecycle.clone(), stop_rx);
     let csi = csi::start(&cfg, exec.clone())?;

@@ -74,6 +74,10 @@ pub trait BlockDevices: Send + Sync + std::fmt::Debug {
     /// device; SCSI rescans go through sysfs in `attach/scsi.rs`).
     fn set_capacity(&self, path: &Path) -> std::io::Result<()>;
 
+    /// Makes the kernel refuse (or allow again) writes to the whole device (`BLKROSET`):
+    /// a read-only bind of a device node does not stop writes through it, this does.
+    fn set_read_only(&self, path: &Path, read_only: bool) -> std::io::Result<()>;
+
     /// Waits up to `limit` for `path` to be a block device (udev creating the node after an
     /// attach), polling.
     fn wait_for(&self, path: &Path, limit: std::time::Duration) -> Option<DevNum> {
@@ -162,6 +166,19 @@ impl BlockDevices for SysfsBlockDevices {
     fn set_capacity(&self, path: &Path) -> std::io::Result<()> {
         loop_set_capacity(path)
     }
+
+    fn set_read_only(&self, path: &Path, read_only: bool) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let f = File::open(path)?;
+        let flag: libc::c_int = read_only.into();
+        // SAFETY: `f` is open for the whole call; BLKROSET reads one int from `&flag`,
+        // which lives until the call returns.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKROSET, &flag as *const libc::c_int) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 fn list_names(dir: &Path) -> std::io::Result<Vec<String>> {
@@ -208,6 +225,9 @@ fn read_ends(path: &Path) -> std::io::Result<Ends> {
 
 /// `LOOP_SET_CAPACITY` (`<linux/loop.h>`; not in the libc crate).
 const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
+
+/// `<linux/fs.h>`: `_IO(0x12, 93)`, set a block device read-only (an int, 1 or 0).
+const BLKROSET: libc::c_ulong = 0x125D;
 
 /// Makes a loop device take its backing file's current size (what `losetup -c` does).
 fn loop_set_capacity(path: &Path) -> std::io::Result<()> {

@@ -295,6 +295,18 @@ impl Mounter for FakeMounts {
             .map_err(|_| MountError::BadPath(target.path().into()))
     }
 
+    fn bind_device(
+        &self,
+        device: &Path,
+        _dev: super::DevNum,
+        target: &Target,
+        read_only: bool,
+    ) -> Result<PathMount, MountError> {
+        self.bind(device, target.path(), read_only)?;
+        self.path_mount(target.path())
+            .map_err(|_| MountError::BadPath(target.path().into()))
+    }
+
     fn mount_target(
         &self,
         m: &FsMount,
@@ -534,6 +546,13 @@ impl BlockDevices for FakeBlockDevices {
         self.disk(path)
             .map(drop)
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
+    fn set_read_only(&self, path: &Path, read_only: bool) -> std::io::Result<()> {
+        self.disk(path)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        self.edit(path, |d| d.read_only = read_only);
+        Ok(())
     }
 }
 

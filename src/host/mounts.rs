@@ -98,6 +98,16 @@ pub trait Mounter: Send + Sync {
         target: &Target,
         flags: MsFlags,
     ) -> Result<PathMount, MountError>;
+    /// Binds block device `device` (checked to be numbered `dev` through the fd opened)
+    /// onto the held regular file `target`, read-only when asked (before the bind is
+    /// visible); returns the new mount.
+    fn bind_device(
+        &self,
+        device: &Path,
+        dev: super::DevNum,
+        target: &Target,
+        read_only: bool,
+    ) -> Result<PathMount, MountError>;
     /// Mounts a filesystem on the held `target`; returns the new mount.
     fn mount_target(
         &self,
@@ -312,6 +322,30 @@ impl Mounter for KernelMounts {
         let dst = target
             .open_dir()
             .map_err(|e| sys_err("open bind target", target)(io_errno(&e)))?;
+        use std::os::fd::AsFd;
+        target::bind_fd(src.as_fd(), dst.as_fd(), set, clr).map_err(sys_err("bind", target))
+    }
+
+    fn bind_device(
+        &self,
+        device: &Path,
+        dev: super::DevNum,
+        target: &Target,
+        read_only: bool,
+    ) -> Result<PathMount, MountError> {
+        let src = target::open_block_device(device, dev).map_err(|e| MountError::Sys {
+            op: "open bind source",
+            target: device.into(),
+            errno: io_errno(&e),
+        })?;
+        let dst = target
+            .open_node()
+            .map_err(|e| sys_err("open bind target", target)(io_errno(&e)))?;
+        let (set, clr) = if read_only {
+            target::bind_attrs(MsFlags::MS_RDONLY).unwrap_or_default()
+        } else {
+            (0, 0)
+        };
         use std::os::fd::AsFd;
         target::bind_fd(src.as_fd(), dst.as_fd(), set, clr).map_err(sys_err("bind", target))
     }

@@ -114,6 +114,107 @@ impl Target {
         }
     }
 
+    /// Creates the target as an empty regular file (mode 0600) through the held parent,
+    /// with `O_EXCL | O_NOFOLLOW`: true when it made it; false when a regular file is
+    /// already there (moor's own, from an interrupted publish the caller has a record of).
+    /// Anything else there (a symlink, a directory, a device) is an error.
+    pub fn create_file(&self) -> std::io::Result<bool> {
+        let made = match &self.parent {
+            Some(fd) => {
+                let c = cstr(&self.name)?;
+                let flags = libc::O_CREAT
+                    | libc::O_EXCL
+                    | libc::O_NOFOLLOW
+                    | libc::O_WRONLY
+                    | libc::O_CLOEXEC;
+                // SAFETY: `c` is NUL-terminated and `fd` a valid directory fd.
+                let r = unsafe { libc::openat(fd.as_raw_fd(), c.as_ptr(), flags, 0o600) };
+                owned(libc::c_long::from(r)).map(drop)
+            }
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.path)
+                .map(drop),
+        };
+        match made {
+            Ok(()) => Ok(true),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists && self.is_regular_file()? =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when the target is a regular file (a symlink is not followed).
+    pub fn is_regular_file(&self) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileTypeExt;
+        let md = match &self.parent {
+            Some(fd) => {
+                let c = cstr(&self.name)?;
+                // SAFETY: stat is a plain C struct; all-zero is valid.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: `c` is NUL-terminated, `fd` a valid directory fd, `st` writable.
+                let r = unsafe {
+                    libc::fstatat(
+                        fd.as_raw_fd(),
+                        c.as_ptr(),
+                        &mut st,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                if r != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                return Ok(st.st_mode & libc::S_IFMT == libc::S_IFREG);
+            }
+            None => std::fs::symlink_metadata(&self.path)?,
+        };
+        let t = md.file_type();
+        Ok(t.is_file() && !t.is_block_device())
+    }
+
+    /// Unlinks the target if it is a regular file (never a directory, never through a
+    /// symlink); the caller checked it is not a mount point (the kernel refuses that too).
+    pub fn remove_file(&self) -> std::io::Result<()> {
+        if !self.is_regular_file()? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        match &self.parent {
+            Some(fd) => {
+                let c = cstr(&self.name)?;
+                // SAFETY: `c` is NUL-terminated and `fd` a valid directory fd.
+                let r = unsafe { libc::unlinkat(fd.as_raw_fd(), c.as_ptr(), 0) };
+                if r != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            }
+            None => std::fs::remove_file(&self.path),
+        }
+    }
+
+    /// Opens the target itself (`O_PATH`), a directory or a file, refusing a symlink.
+    pub fn open_node(&self) -> std::io::Result<OwnedFd> {
+        if let Some(d) = &self.dir {
+            return d.try_clone();
+        }
+        match &self.parent {
+            Some(fd) => super::allow::openat2(
+                fd.as_raw_fd(),
+                Path::new(&self.name),
+                libc::O_PATH,
+                libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+            ),
+            None => Err(std::io::Error::from(std::io::ErrorKind::Unsupported)),
+        }
+    }
+
     /// Opens the target directory itself (`O_PATH`), refusing a symlink in its place.
     pub fn open_dir(&self) -> std::io::Result<OwnedFd> {
         if let Some(d) = &self.dir {
@@ -234,6 +335,31 @@ pub fn open_beneath(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<OwnedF
         libc::O_PATH | libc::O_DIRECTORY,
         libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
     )
+}
+
+/// Opens the block device node at `path` (`O_PATH`; its links followed, as `/dev/disk/by-id`
+/// names are links) and checks the object opened is the block device numbered `dev`: the
+/// checked fd, never the path's text, is what a bind then uses.
+pub fn open_block_device(path: &Path, dev: super::DevNum) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is NUL-terminated.
+    let fd = owned(libc::c_long::from(unsafe {
+        libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC)
+    }))?;
+    // SAFETY: stat is a plain C struct; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is valid and `st` writable.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFBLK || super::DevNum::from_rdev(st.st_rdev) != dev {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not block device {dev} now", path.display()),
+        ));
+    }
+    Ok(fd)
 }
 
 /// Opens a directory by its path (`O_PATH`, no final symlink): the kubelet dir's own fd.

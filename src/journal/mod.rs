@@ -282,6 +282,7 @@ mod tests {
             block: false,
             access: "single_node_writer".into(),
             digest: "ab".into(),
+            set_read_only: true,
         });
         j.put_stage(&s).unwrap();
         let p = PublishRecord {

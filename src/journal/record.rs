@@ -89,6 +89,10 @@ pub struct CsiStage {
     pub access: String,
     /// SHA-256 of the non-secret attributes, fsType and mount options.
     pub digest: String,
+    /// moor made the raw block device read-only for a reader-only access mode (`BLKROSET`):
+    /// unstage makes it writable again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub set_read_only: bool,
 }
 
 /// The block device a stage holds: its number when claimed and its stable id, so two volume

@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::api::{AccessMode, VolumeMode};
 use crate::error::CsiError;
-use crate::host::{CsiStaging, CsiTarget};
-use crate::journal::{CsiStage, StagePhase, StageRecord};
+use crate::host::{CsiStaging, CsiTarget, DevNum};
+use crate::journal::{CsiStage, StagePhase, StageRecord, StageSource};
 use owned::Place;
 
 use crate::api::csi_driver_name;
@@ -84,7 +84,7 @@ pub struct CsiVolume<'a> {
 
 impl Lifecycle {
     /// `raw` validated as a `staging_target_path` of moor driver `driver`.
-    fn csi_staging(&self, driver: &str, raw: &str) -> Result<CsiStaging, Error> {
+    pub(super) fn csi_staging(&self, driver: &str, raw: &str) -> Result<CsiStaging, Error> {
         let driver = self.driver(driver)?;
         Ok(self
             .host
@@ -93,12 +93,52 @@ impl Lifecycle {
     }
 
     /// `raw` validated as a `target_path` of moor driver `driver`.
-    fn csi_target(&self, driver: &str, raw: &str) -> Result<CsiTarget, Error> {
+    pub(super) fn csi_target(&self, driver: &str, raw: &str) -> Result<CsiTarget, Error> {
         let driver = self.driver(driver)?;
         Ok(self
             .host
             .paths
             .csi_target(raw, &csi_driver_name(driver.name()))?)
+    }
+
+    /// The device of a raw block CSI stage and its number, checked now against the number
+    /// claimed at stage (`device_changed` when the device is gone or the path names another
+    /// one); `None` for any other stage.
+    pub(super) fn raw_device(
+        &self,
+        stage: &StageRecord,
+    ) -> Result<Option<(PathBuf, DevNum)>, Error> {
+        let Some(csi) = stage.csi.as_ref().filter(|c| c.block) else {
+            return Ok(None);
+        };
+        let device = match &stage.source {
+            StageSource::Block { device }
+            | StageSource::Attached {
+                device: Some(device),
+            } => device.clone(),
+            other => {
+                return Err(Error::Internal(format!(
+                    "volume {}: a raw block stage of {other:?}",
+                    stage.key
+                )));
+            }
+        };
+        let changed = |detail: String| CsiError::DeviceChanged {
+            volume_id: csi.volume_id.clone(),
+            device: device.clone(),
+            detail,
+        };
+        let claimed = stage.device.as_ref().map(|c| c.number.as_str());
+        match self.host.blockdev.dev_num(&device) {
+            Ok(Some(n)) if claimed == Some(n.to_string().as_str()) => Ok(Some((device, n))),
+            Ok(Some(n)) => Err(changed(format!(
+                "is device {n} now, not {} as staged",
+                claimed.unwrap_or("(unrecorded)")
+            ))
+            .into()),
+            Ok(None) => Err(changed("is gone (no block device there)".into()).into()),
+            Err(e) => Err(changed(format!("cannot be read ({e})")).into()),
+        }
     }
 
     /// The key of the CSI stage (any phase but idle) of `volume_id`, if there is one.
@@ -136,12 +176,28 @@ impl Lifecycle {
         opts.read_only |= reader_only(v.access);
         let digest = options_digest(&opts);
         let mut plan = self.plan_stage(driver, &opts)?;
+        if v.mode == VolumeMode::Block
+            && matches!(
+                plan.spec.source,
+                StageSource::Directory { .. } | StageSource::Remote(_)
+            )
+        {
+            return Err(CsiError::UnsupportedCapability {
+                volume_id: v.volume_id.into(),
+                detail: format!(
+                    "volume {} is a directory or a share: filesystem mode only",
+                    plan.spec.key
+                ),
+            }
+            .into());
+        }
         plan.csi = Some(CsiStage {
             volume_id: v.volume_id.into(),
             staging_path: staging.path,
             block: v.mode == VolumeMode::Block,
             access: access_label(v.access).into(),
             digest,
+            set_read_only: false,
         });
         Ok(plan)
     }
@@ -166,11 +222,13 @@ impl Lifecycle {
             }
             .into());
         }
-        let was_staged = self
-            .state()
-            .stages
-            .get(key)
-            .is_some_and(|s| s.phase == StagePhase::Staged && s.csi.as_ref() == Some(csi));
+        let was_staged = self.state().stages.get(key).is_some_and(|s| {
+            s.phase == StagePhase::Staged
+                && s.csi.as_ref().is_some_and(|had| {
+                    had.volume_id == csi.volume_id
+                        && super::stage::csi_difference(had, csi).is_none()
+                })
+        });
         if !was_staged
             && let Some(limit) = limit
             && self.csi_stage_count(plan.driver.name(), key) >= limit
@@ -222,7 +280,7 @@ impl Lifecycle {
         Ok("unstaged".into())
     }
 
-    fn csi_stage_of(&self, key: &str) -> Result<StageRecord, Error> {
+    pub(super) fn csi_stage_of(&self, key: &str) -> Result<StageRecord, Error> {
         self.state()
             .stages
             .get(key)
@@ -276,6 +334,7 @@ impl Lifecycle {
             block: asked_block,
             access: access_label(v.access).into(),
             digest: String::new(),
+            set_read_only: false,
         };
         if let Some(d) = super::stage::csi_difference(
             &had,
@@ -323,7 +382,7 @@ impl Lifecycle {
             .into());
         }
         let stage_path = self.stage_path(&rec.driver, &key);
-        if !self.is_mount_point(&stage_path)? {
+        if !had.block && !self.is_mount_point(&stage_path)? {
             return Err(not_staged(format!(
                 " (its stage {} is not mounted)",
                 stage_path.display()
@@ -334,6 +393,24 @@ impl Lifecycle {
             Existing::Done => return Ok("already published".into()),
             Existing::Proceed(p) => p,
         };
+        // A raw block volume's device is checked before its record is written; a read-only
+        // bind of a device node does not stop writes through it, so a read-only publish
+        // needs the device itself read-only (as a reader-only stage makes it).
+        if let Some((device, dev)) = self.raw_device(&rec)?
+            && opts.read_only
+            && !self.host.blockdev.is_read_only(dev).unwrap_or(false)
+        {
+            return Err(CsiError::UnsupportedCapability {
+                volume_id: v.volume_id.into(),
+                detail: format!(
+                    "a read-only publish of raw block device {} staged read-write cannot be \
+                     enforced (writes through a read-only bind of a device node still reach \
+                     it); stage it with a *_READER_ONLY access mode",
+                    device.display()
+                ),
+            }
+            .into());
+        }
         self.publish(&dir, &opts, &rec, previous.and_then(|p| p.mount_id), true)?;
         Ok("published".into())
     }
@@ -353,14 +430,14 @@ impl Lifecycle {
         volume_id: &str,
         target: &str,
     ) -> Result<String, Error> {
-        let CsiTarget { dir, .. } = self.csi_target(driver, target)?;
+        let CsiTarget { dir, block } = self.csi_target(driver, target)?;
         let held = self.open_target(&dir.path, false)?;
         let rec = self.state().publishes.get(&dir.path).cloned();
         let Some(rec) = rec else {
             if let Some(t) = &held {
                 // Refuses (not_owned) anything mounted there: moor has no record of it.
                 self.unmount_guarded(t, Place::PodDir, "", false, None, None, false)?;
-                crate::host::dirs::remove_empty(t);
+                remove_target(t, block);
             }
             return Ok("not published".into());
         };
@@ -380,11 +457,22 @@ impl Lifecycle {
             }
             .into());
         }
+        let block = rec.block;
         self.unpublish(rec, held.as_ref())?;
         if let Some(t) = &held {
-            crate::host::dirs::remove_empty(t);
+            remove_target(t, block);
         }
         Ok("unpublished".into())
+    }
+}
+
+/// Removes what moor made at a CSI target that nothing is mounted on: the directory
+/// (`rmdir`) or a raw block volume's device file (a regular file only).
+fn remove_target(t: &Target, block: bool) {
+    if block {
+        super::publish::remove_device_file(t);
+    } else {
+        crate::host::dirs::remove_empty(t);
     }
 }
 

@@ -79,6 +79,53 @@ impl Lifecycle {
             })
     }
 
+    /// Has the kernel learn `device`'s new size the protocol's way (a SCSI rescan, a
+    /// multipath resize, an RBD header refresh, a loop device's file size); returns its size
+    /// before and after.
+    pub(super) fn refresh_size(
+        &self,
+        key: &str,
+        driver: &str,
+        device: &Path,
+    ) -> Result<(u64, u64), Error> {
+        let io = |what, path: &Path| io_err(key, what, path.to_owned());
+        let dev = self
+            .host
+            .blockdev
+            .dev_num(device)
+            .map_err(io("stat", device))?
+            .ok_or_else(|| io("stat", device)(std::io::Error::other("not a block device")))?;
+        let before = self
+            .host
+            .blockdev
+            .size_bytes(dev)
+            .map_err(io("read the size of", device))?;
+        if let Some(name) = self.host.blockdev.kernel_name(dev) {
+            // The protocol knows how its device learns a new size (a SCSI rescan, a
+            // multipath resize, an RBD header refresh, a loop device's file size).
+            self.driver(driver)?
+                .refresh_capacity(&self.host, &name)
+                .map_err(|e| match e {
+                    CapacityError::Io { what, path, source } => ExpandError::Io {
+                        volume: key.into(),
+                        what,
+                        path,
+                        source,
+                    },
+                    CapacityError::Command { source } => ExpandError::Command {
+                        volume: key.into(),
+                        source,
+                    },
+                })?;
+        }
+        let size = self
+            .host
+            .blockdev
+            .size_bytes(dev)
+            .map_err(io("read the size of", device))?;
+        Ok((before, size))
+    }
+
     /// Grows the staged filesystem of `key` to its device's size, after checking that the
     /// device holds at least `want` bytes (0: no check). Returns what was done, for the log.
     pub fn expand(&self, key: &str, want: u64) -> Result<String, Error> {
@@ -123,41 +170,7 @@ impl Lifecycle {
                 stage.display()
             )));
         }
-        let io = |what, path: &Path| io_err(key, what, path.to_owned());
-        let dev = self
-            .host
-            .blockdev
-            .dev_num(&device)
-            .map_err(io("stat", &device))?
-            .ok_or_else(|| io("stat", &device)(std::io::Error::other("not a block device")))?;
-        let before = self
-            .host
-            .blockdev
-            .size_bytes(dev)
-            .map_err(io("read the size of", &device))?;
-        if let Some(name) = self.host.blockdev.kernel_name(dev) {
-            // The protocol knows how its device learns a new size (a SCSI rescan, a
-            // multipath resize, an RBD header refresh, a loop device's file size).
-            self.driver(&rec.driver)?
-                .refresh_capacity(&self.host, &name)
-                .map_err(|e| match e {
-                    CapacityError::Io { what, path, source } => ExpandError::Io {
-                        volume: key.into(),
-                        what,
-                        path,
-                        source,
-                    },
-                    CapacityError::Command { source } => ExpandError::Command {
-                        volume: key.into(),
-                        source,
-                    },
-                })?;
-        }
-        let size = self
-            .host
-            .blockdev
-            .size_bytes(dev)
-            .map_err(io("read the size of", &device))?;
+        let (before, size) = self.refresh_size(key, &rec.driver, &device)?;
         if size < want {
             return Err(ExpandError::DeviceTooSmall {
                 volume: key.into(),

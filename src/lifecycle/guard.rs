@@ -8,7 +8,7 @@ use std::path::Path;
 use super::*;
 use crate::error::Error;
 use crate::host::mounts::is_dead_mount_error;
-use crate::host::{Errno, Target};
+use crate::host::{Errno, PathMount, Target};
 use crate::journal::MountId;
 use owned::{Found, Place, UnmountFacts, Verdict};
 
@@ -39,7 +39,19 @@ impl Lifecycle {
     ) -> Result<UnmountFacts<'a>, Error> {
         let found = self.found_at(t)?;
         let stage_now = match (place, mount_id, stage_path) {
-            (Place::PodDir, None, Some(sp)) => self.host.mounts.path_mount(sp).ok(),
+            (Place::PodDir, None, Some(sp)) => self.host.mounts.path_mount(sp).ok().map(|m| {
+                // A raw block publish binds a device node, which is never a mount root
+                // itself: the node stands for the stage, and its filesystem (devtmpfs) is
+                // what a bind of it shows.
+                let node = std::fs::metadata(sp).is_ok_and(|md| {
+                    use std::os::unix::fs::FileTypeExt;
+                    md.file_type().is_block_device()
+                });
+                PathMount {
+                    is_mount_root: m.is_mount_root || node,
+                    ..m
+                }
+            }),
             _ => None,
         };
         Ok(UnmountFacts {

@@ -33,6 +33,7 @@ mod devices;
 mod expand;
 mod guard;
 mod heal;
+mod health;
 pub mod owned;
 mod publish;
 mod reconstruct;

@@ -3,7 +3,7 @@
 //! when a later step fails. Unpublish (`unmount`) removes the pod's bind through the
 //! ownership decision, then unstages when it was the last.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::error::Error;
@@ -65,7 +65,7 @@ impl Lifecycle {
         held: Option<&Target>,
     ) -> Result<usize, Error> {
         let target = rec.target.clone();
-        let stage_path = self.stage_path(&rec.driver, &rec.key);
+        let stage_path = self.bind_source(&rec);
         if let Some(t) = held {
             let facts =
                 self.unmount_facts(t, Place::PodDir, true, rec.mount_id, Some(&stage_path))?;
@@ -102,8 +102,9 @@ impl Lifecycle {
         Ok(remaining)
     }
 
-    /// Binds the stage onto `dir` (created if missing), read-only per `opts`; `csi` marks
-    /// the record as CSI's.
+    /// Binds the stage (or, for a raw block volume, its device node) onto `dir` (a
+    /// directory, or for a device a regular file, created if missing), read-only per
+    /// `opts`; `csi` marks the record as CSI's.
     pub(super) fn publish(
         &self,
         dir: &PodVolumeDir,
@@ -112,6 +113,10 @@ impl Lifecycle {
         earlier: Option<MountId>,
         csi: bool,
     ) -> Result<(), Error> {
+        let device = match csi {
+            true => self.raw_device(stage)?,
+            false => None,
+        };
         let target = &dir.path;
         let stage_path = self.stage_path(&stage.driver, &stage.key);
         let mut rec = PublishRecord {
@@ -125,52 +130,51 @@ impl Lifecycle {
             phase: PublishPhase::Publishing,
             mount_id: earlier,
             csi,
-            block: false,
+            block: device.is_some(),
         };
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec.clone());
         pause_point("publish:intent");
         let mut made: Option<MountId> = None;
         let mut held: Option<Target> = None;
+        let vanished = |p: &Path| Error::Internal(format!("{} vanished", p.display()));
         let mut steps = || -> Result<(), Error> {
-            let t = self
-                .open_target(target, true)?
-                .ok_or_else(|| Error::Internal(format!("{} vanished", target.display())))?;
-            let t = held.insert(t);
+            let t = match (&device, target.parent()) {
+                // kubelet makes the file's directory; moor makes it too if it did not.
+                (Some(_), Some(parent)) => {
+                    self.open_target(parent, true)?;
+                    self.open_target(target, false)?
+                }
+                _ => self.open_target(target, true)?,
+            };
+            let t = held.insert(t.ok_or_else(|| vanished(target))?);
             // Our own earlier, interrupted bind (the record says so): redo it cleanly.
+            let source = device
+                .as_ref()
+                .map_or(stage_path.as_path(), |(p, _)| p.as_path());
             self.unmount_guarded(
                 t,
                 Place::PodDir,
                 &stage.key,
                 true,
                 earlier,
-                Some(&stage_path),
+                Some(source),
                 false,
             )?;
-            let source = self
-                .open_target(&stage_path, false)?
-                .ok_or_else(|| Error::Internal(format!("{} vanished", stage_path.display())))?;
-            let flags = read_only_flag(opts.read_only);
-            let m = self
-                .host
-                .mounter
-                .bind_target(&source, t, flags)
-                .map_err(Self::mount_err(&stage.key))?;
-            made = Some(m.into());
-            pause_point("publish:bound-before-fsgroup");
-            if let (Some(gid), false) = (opts.fs_group, opts.read_only) {
-                // Through the stage moor checked, not the pod dir: whatever got stacked on
-                // the pod dir since the bind is not moor's to chgrp.
-                let changed = if source.parent().is_some() {
-                    crate::host::target::fs_group(&source, gid)
-                } else {
-                    crate::host::dirs::give_root_to_group(&stage_path, gid)
-                };
-                changed.map_err(|source| Error::Io {
-                    what: "apply fsGroup to",
+            if let Some((path, number)) = &device {
+                t.create_file().map_err(|source| Error::Io {
+                    what: "create the device file",
                     path: target.clone(),
                     source,
                 })?;
+                let m = self
+                    .host
+                    .mounter
+                    .bind_device(path, *number, t, opts.read_only)
+                    .map_err(Self::mount_err(&stage.key))?;
+                made = Some(m.into());
+            } else {
+                self.bind_stage(t, &stage_path, opts, &stage.key, &mut made)?;
             }
             pause_point("publish:bound");
             // Part of the steps: a Published record that cannot be written undoes the bind.
@@ -192,6 +196,9 @@ impl Lifecycle {
                 (Some(t), None) => !matches!(self.found_at(t), Ok(Found::Nothing)),
                 (None, _) => false,
             };
+            if let (false, Some(_), Some(t)) = (still_mounted, &device, &held) {
+                remove_device_file(t);
+            }
             if still_mounted {
                 rec.phase = PublishPhase::Unpublishing;
                 rec.mount_id = made.or(earlier);
@@ -213,9 +220,64 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Binds the stage onto the held pod dir `t` (ro per `opts`) and applies fsGroup; the
+    /// bind's identity goes to `made` as soon as it exists, so a later failure undoes it.
+    fn bind_stage(
+        &self,
+        t: &Target,
+        stage_path: &Path,
+        opts: &VolumeOptions,
+        key: &str,
+        made: &mut Option<MountId>,
+    ) -> Result<(), Error> {
+        let source = self
+            .open_target(stage_path, false)?
+            .ok_or_else(|| Error::Internal(format!("{} vanished", stage_path.display())))?;
+        let flags = read_only_flag(opts.read_only);
+        let m = self
+            .host
+            .mounter
+            .bind_target(&source, t, flags)
+            .map_err(Self::mount_err(key))?;
+        *made = Some(m.into());
+        pause_point("publish:bound-before-fsgroup");
+        if let (Some(gid), false) = (opts.fs_group, opts.read_only) {
+            // Through the stage moor checked, not the pod dir: whatever got stacked on
+            // the pod dir since the bind is not moor's to chgrp.
+            let changed = if source.parent().is_some() {
+                crate::host::target::fs_group(&source, gid)
+            } else {
+                crate::host::dirs::give_root_to_group(stage_path, gid)
+            };
+            changed.map_err(|source| Error::Io {
+                what: "apply fsGroup to",
+                path: t.path().into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What `p`'s bind is a bind of: the stage directory, or a raw block publish's device
+    /// node (the ownership decision compares a bind with no recorded id against it).
+    pub(super) fn bind_source(&self, p: &PublishRecord) -> PathBuf {
+        let device = p
+            .block
+            .then(|| self.state().stages.get(&p.key).cloned())
+            .flatten()
+            .and_then(|s| match s.source {
+                StageSource::Block { device }
+                | StageSource::Attached {
+                    device: Some(device),
+                } => Some(device),
+                _ => None,
+            });
+        device.unwrap_or_else(|| self.stage_path(&p.driver, &p.key))
+    }
+
     /// True when the mount on `p`'s pod dir is the bind moor recorded for it.
     pub(super) fn is_our_bind(&self, p: &PublishRecord) -> bool {
-        let stage_path = self.stage_path(&p.driver, &p.key);
+        let stage_path = self.bind_source(p);
         matches!(self.open_target(&p.target, false), Ok(Some(t))
             if self.owns(&t, Place::PodDir, p.mount_id, Some(&stage_path)))
     }
@@ -226,6 +288,18 @@ impl Lifecycle {
         let run = || -> Result<MountId, Error> {
             let none = || Error::Internal("directory vanished".into());
             let t = self.open_target(&p.target, false)?.ok_or_else(none)?;
+            if p.block {
+                // A raw block publish: the device node again, onto the file that is still
+                // there, if the device is still the one staged.
+                let stage = self.state().stages.get(&p.key).cloned().ok_or_else(none)?;
+                let (device, number) = self.raw_device(&stage)?.ok_or_else(none)?;
+                let m = self
+                    .host
+                    .mounter
+                    .bind_device(&device, number, &t, p.read_only)
+                    .map_err(Self::mount_err(&p.key))?;
+                return Ok(m.into());
+            }
             let source = self.open_target(stage_path, false)?.ok_or_else(none)?;
             let flags = read_only_flag(p.read_only);
             let m = self
@@ -241,6 +315,18 @@ impl Lifecycle {
                 tracing::error!(volume = %p.key, target = %p.target.display(), error = %crate::error::Chain(&e), "cannot bind the pod directory again");
                 None
             }
+        }
+    }
+}
+
+/// Unlinks a raw block target moor created, when it is a regular file that is not a mount
+/// point (the kernel refuses to unlink a mount point; anything else stays).
+pub(super) fn remove_device_file(t: &Target) {
+    match t.remove_file() {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(target = %t.path().display(), error = %e, "device file left in place")
         }
     }
 }

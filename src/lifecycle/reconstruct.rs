@@ -86,13 +86,13 @@ impl Lifecycle {
 
     pub(super) fn reconstruct_publish(&self, mut p: PublishRecord, report: &mut Reconstruction) {
         let mounted = self.is_mount_point(&p.target).unwrap_or(false);
-        let stage_path = self.stage_path(&p.driver, &p.key);
+        let stage_path = self.bind_source(&p);
         match p.phase {
             PublishPhase::Published if mounted => report.kept_publishes += 1,
             PublishPhase::Published => {
                 // The bind vanished under a live record (someone unmounted it): restore it
                 // if the pod directory and the stage are still there.
-                let stage_ok = self.is_mount_point(&stage_path).unwrap_or(false);
+                let stage_ok = p.block || self.is_mount_point(&stage_path).unwrap_or(false);
                 if stage_ok && let Some(id) = self.bind_again(&p, &stage_path) {
                     p.mount_id = Some(id);
                     let _ = self.journal.put_publish(&p);
@@ -129,6 +129,11 @@ impl Lifecycle {
                     let _ = self.journal.put_publish(&p);
                     return;
                 }
+                if p.block
+                    && let Ok(Some(t)) = self.open_target(&p.target, false)
+                {
+                    super::publish::remove_device_file(&t);
+                }
                 if p.phase == PublishPhase::Publishing {
                     report.rolled_back_publishes += 1;
                 } else {
@@ -163,7 +168,11 @@ impl Lifecycle {
 
     pub(super) fn reconstruct_stage(&self, mut s: StageRecord, report: &mut Reconstruction) {
         let stage_path = self.stage_path(&s.driver, &s.key);
-        let mounted = self.is_mount_point(&stage_path).unwrap_or(false);
+        // A raw block stage mounts nothing: it is there while its device is.
+        let mounted = match s.csi.as_ref().is_some_and(|c| c.block) {
+            true => self.raw_device(&s).is_ok(),
+            false => self.is_mount_point(&stage_path).unwrap_or(false),
+        };
         let users = self.state().user_count(&s.key);
         match (s.phase, mounted, users) {
             (StagePhase::Staged, true, n) if n > 0 => report.kept_stages += 1,

@@ -22,6 +22,14 @@ impl Lifecycle {
         let previous = self.state().stages.get(key).cloned();
         if let Some(rec) = &previous {
             self.check_stage_identity(rec, plan)?;
+            // A raw block stage asked again: the same stage while its device is the one
+            // claimed (nothing is mounted for it to check).
+            if rec.phase == StagePhase::Staged
+                && rec.csi.as_ref().is_some_and(|c| c.block)
+                && self.raw_device(rec).is_ok()
+            {
+                return Ok(rec.clone());
+            }
         }
         if let Some(rec) = &previous
             && rec.phase == StagePhase::Staged
@@ -157,6 +165,9 @@ impl Lifecycle {
             self.state().stages.insert(key.into(), rec.clone());
         }
         pause_point("stage:attached");
+        if plan.csi.as_ref().is_some_and(|c| c.block) {
+            return self.stage_raw(key, rec);
+        }
         let held = self.open_target(stage_path, true)?.ok_or_else(|| {
             Error::Internal(format!("stage dir {} vanished", stage_path.display()))
         })?;
@@ -200,6 +211,72 @@ impl Lifecycle {
                 rec.mount_id = self.mount_id_at(&held);
                 Ok(())
             }
+        }
+    }
+
+    /// A raw block stage: the device claimed and checked unused, nothing probed, formatted
+    /// or mounted (and no stage directory made).
+    fn stage_raw(&self, key: &str, rec: &mut StageRecord) -> Result<(), Error> {
+        let device = match &rec.source {
+            StageSource::Block { device }
+            | StageSource::Attached {
+                device: Some(device),
+            } => device.clone(),
+            _ => {
+                return Err(Error::NoDevice {
+                    volume: key.into(),
+                    driver: "raw block",
+                });
+            }
+        };
+        self.claim_device(key, &device, rec)?;
+        fs::check_exclusive(&self.host, key, &device)?;
+        let Some(dev) = self.host.blockdev.dev_num(&device).ok().flatten() else {
+            return Err(Error::NoDevice {
+                volume: key.into(),
+                driver: "raw block",
+            });
+        };
+        if rec.read_only && !self.host.blockdev.is_read_only(dev).unwrap_or(false) {
+            // Recorded first: a crash right after still makes it writable again at unstage.
+            if let Some(c) = rec.csi.as_mut() {
+                c.set_read_only = true;
+            }
+            self.journal.put_stage(rec)?;
+            self.state().stages.insert(key.into(), rec.clone());
+            self.host
+                .blockdev
+                .set_read_only(&device, true)
+                .map_err(|source| Error::Io {
+                    what: "make read-only (BLKROSET)",
+                    path: device.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Makes a raw block device moor made read-only at stage writable again.
+    fn restore_writable(&self, rec: &StageRecord) -> Result<(), Error> {
+        if !rec.csi.as_ref().is_some_and(|c| c.set_read_only) {
+            return Ok(());
+        }
+        let (StageSource::Block { device }
+        | StageSource::Attached {
+            device: Some(device),
+        }) = &rec.source
+        else {
+            return Ok(());
+        };
+        match self.host.blockdev.set_read_only(device, false) {
+            Ok(()) => Ok(()),
+            // Gone with its attachment: nothing left to make writable.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io {
+                what: "make writable again (BLKROSET)",
+                path: device.clone(),
+                source,
+            }),
         }
     }
 
@@ -363,6 +440,10 @@ impl Lifecycle {
                 return;
             }
         }
+        if let Err(e) = self.restore_writable(rec) {
+            tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: the device stays read-only; record kept");
+            return;
+        }
         if let Err(e) = plan.driver.detach(&self.host, &rec.recorded()) {
             tracing::error!(volume = key, error = %crate::error::Chain(&e), "rollback: detach failed; record kept");
             return;
@@ -428,6 +509,7 @@ impl Lifecycle {
         if let Some(t) = &held {
             crate::host::dirs::remove_empty(t);
         }
+        self.restore_writable(&rec)?;
         let driver = self.driver(&rec.driver)?;
         driver.detach(&self.host, &rec.recorded())?;
         if rec.fs_type.is_some() {

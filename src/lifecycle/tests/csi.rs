@@ -84,6 +84,14 @@ impl Rig {
         self.csi_publish_as(lc, pod, AccessMode::SingleNodeWriter, ro)
     }
 
+    /// A lifecycle with volume `ID` staged and published read-write in `pod`.
+    fn published(&self, pod: &str) -> Lifecycle {
+        let lc = self.lifecycle();
+        self.csi_stage(&lc).unwrap();
+        self.csi_publish(&lc, pod, false).unwrap();
+        lc
+    }
+
     fn csi_stage_path(&self, lc: &Lifecycle) -> PathBuf {
         self.paths.stage_dir("local", &lc.csi_key(ID).unwrap())
     }
@@ -316,11 +324,7 @@ fn the_volume_limit_counts_csi_stages_of_the_driver() {
 #[test]
 fn reconstruction_keeps_a_csi_stage_without_publishes_and_undoes_a_half_publish() {
     let rig = Rig::new();
-    {
-        let lc = rig.lifecycle();
-        rig.csi_stage(&lc).unwrap();
-        rig.csi_publish(&lc, "half", false).unwrap();
-    }
+    drop(rig.published("half"));
     let journal = Journal::open(&rig.paths.state_dir, &rig.paths.run_dir).unwrap();
     let mut half = journal.load().unwrap().publishes.pop().unwrap();
     assert!(half.csi);
@@ -339,4 +343,188 @@ fn reconstruction_keeps_a_csi_stage_without_publishes_and_undoes_a_half_publish(
     assert_eq!(rig.csi_stage(&lc).unwrap(), "already staged");
     lc.csi_unstage("local", ID, &rig.staging(ID)).unwrap();
     assert!(rig.mounts.mount_points().is_empty());
+}
+
+impl Rig {
+    /// The fake block driver's raw volume `raw-1` on `/dev/fake0`.
+    fn raw_volume<'a>(
+        &self,
+        staging: &'a str,
+        access: AccessMode,
+        options: &'a VolumeOptions,
+    ) -> CsiVolume<'a> {
+        CsiVolume {
+            driver: "fakeblk",
+            volume_id: "raw-1",
+            staging_path: staging,
+            mode: VolumeMode::Block,
+            access,
+            options,
+        }
+    }
+
+    fn raw_staging(&self) -> String {
+        self.in_kubelet("plugins/kubernetes.io/csi/volumeDevices/staging/pv-raw".into())
+    }
+
+    fn raw_opts(ro: bool) -> VolumeOptions {
+        let mut o = crate::volume::options::parse(&BTreeMap::from([(
+            "device".to_owned(),
+            "/dev/fake0".to_owned(),
+        )]))
+        .unwrap();
+        o.read_only = ro;
+        o
+    }
+
+    fn raw(&self, lc: &Lifecycle, access: AccessMode) -> Result<String, Error> {
+        let (opts, staging) = (Self::raw_opts(false), self.raw_staging());
+        let plan = lc.plan_csi_stage(&self.raw_volume(&staging, access, &opts))?;
+        lc.csi_stage(&plan, None)
+    }
+
+    fn raw_target(&self, pod: &str) -> String {
+        self.in_kubelet(format!(
+            "plugins/kubernetes.io/csi/volumeDevices/publish/pv-raw/{pod}"
+        ))
+    }
+
+    /// Publishes `raw-1` in `pod` with `access`, read-only when `ro`.
+    fn raw_publish(
+        &self,
+        lc: &Lifecycle,
+        (pod, access, ro): (&str, AccessMode, bool),
+    ) -> Result<String, Error> {
+        let (opts, staging) = (Self::raw_opts(ro), self.raw_staging());
+        let v = self.raw_volume(&staging, access, &opts);
+        lc.csi_publish(&v, &self.raw_target(pod))
+    }
+}
+
+/// A raw block stage runs nothing (the fake runner fails any command it was not given: no
+/// blkid, no mkfs, no fsck) and mounts nothing; a publish binds the device onto a file.
+#[test]
+fn a_raw_block_stage_claims_the_device_and_runs_nothing() {
+    let rig = Rig::new();
+    let lc = rig.lifecycle();
+    let dev = rig.disk("fake0", 16);
+    let rw = AccessMode::SingleNodeWriter;
+    assert_eq!(rig.raw(&lc, rw).unwrap(), "staged");
+    assert_eq!(rig.raw(&lc, rw).unwrap(), "already staged");
+    assert_eq!(rig.programs(), Vec::<String>::new());
+    assert!(rig.mounts.mount_points().is_empty());
+    let key = lc.csi_key("raw-1").unwrap();
+    let rec = lc.state().stages[&key].clone();
+    assert_eq!(rec.device.as_ref().map(|c| c.number.as_str()), Some("8:16"));
+    assert_eq!((rec.fs_type.clone(), rec.mount_id), (None, None));
+    // FlexVolume may not stage the claimed disk.
+    assert_eq!(
+        rig.mount_block(&lc, "p1", &dev).unwrap_err().reason(),
+        "key_in_use"
+    );
+
+    assert_eq!(
+        rig.raw_publish(&lc, ("pod-a", rw, false)).unwrap(),
+        "published"
+    );
+    let t = PathBuf::from(rig.raw_target("pod-a"));
+    assert!(t.is_file(), "a regular file is the bind target");
+    assert_eq!(rig.mounts.get(&t).unwrap().source, "/dev/fake0");
+    let e = rig.raw_publish(&lc, ("pod-b", rw, true)).unwrap_err();
+    assert_eq!(e.reason(), "unsupported_capability", "{e}");
+    assert_eq!(
+        lc.csi_unpublish("fakeblk", "raw-1", &rig.raw_target("pod-a"))
+            .unwrap(),
+        "unpublished"
+    );
+    assert!(!t.exists(), "the device file moor made is unlinked");
+
+    // The disk went away: publish refuses it by name.
+    rig.fake.disks.edit(&dev, |d| {
+        d.dev = crate::host::DevNum {
+            major: 8,
+            minor: 99,
+        }
+    });
+    let e = rig.raw_publish(&lc, ("pod-a", rw, false)).unwrap_err();
+    assert_eq!(e.reason(), "device_changed", "{e}");
+    rig.fake.disks.edit(&dev, |d| {
+        d.dev = crate::host::DevNum {
+            major: 8,
+            minor: 16,
+        }
+    });
+    let staging = rig.in_kubelet("plugins/kubernetes.io/csi/volumeDevices/staging/pv-raw".into());
+    lc.csi_unstage("fakeblk", "raw-1", &staging).unwrap();
+    assert_eq!(rig.journal_files(), 0);
+
+    // Reader-only: the device is made read-only for the stage, and writable again after.
+    let ro = AccessMode::SingleNodeReaderOnly;
+    rig.raw(&lc, ro).unwrap();
+    let read_only = || {
+        let dev = crate::host::DevNum {
+            major: 8,
+            minor: 16,
+        };
+        rig.fake.host.blockdev.is_read_only(dev).unwrap()
+    };
+    assert!(read_only());
+    assert_eq!(
+        rig.raw_publish(&lc, ("pod-a", ro, false))
+            .unwrap_err()
+            .reason(),
+        "read_only"
+    );
+    rig.raw_publish(&lc, ("pod-a", ro, true)).unwrap();
+    lc.csi_unpublish("fakeblk", "raw-1", &rig.raw_target("pod-a"))
+        .unwrap();
+    lc.csi_unstage("fakeblk", "raw-1", &staging).unwrap();
+    assert!(!read_only());
+    assert_eq!(rig.programs(), Vec::<String>::new());
+}
+
+/// The condition kubelet reports comes from what moor sees of its stage now.
+#[test]
+fn stats_report_the_condition_of_the_stage_and_the_publish() {
+    use crate::api::Response;
+    use crate::host::probe::Probe;
+    let rig = Rig::new();
+    let lc = rig.published("p1");
+    let stage = rig.csi_stage_path(&lc);
+    let condition = |path: &str| match lc.csi_stats("local", ID, path).unwrap() {
+        Response::VolumeStats {
+            condition, bytes, ..
+        } => (condition, bytes.is_some()),
+        other => panic!("{other:?}"),
+    };
+    let (c, bytes) = condition(&rig.csi_target("p1"));
+    assert!(!c.abnormal && c.message.is_empty() && bytes, "{c:?}");
+    let (c, _) = condition(&rig.staging(ID));
+    assert!(!c.abnormal, "{c:?}");
+    for (seen, says) in [
+        (Probe::Dead(Errno::ESTALE), "is dead"),
+        (Probe::Hung, "does not answer"),
+    ] {
+        rig.mounts.set_probe(&stage, seen);
+        let (c, bytes) = condition(&rig.csi_target("p1"));
+        assert!(c.abnormal && c.message.contains(says) && !bytes, "{c:?}");
+    }
+    rig.mounts.set_probe(&stage, Probe::Alive);
+    rig.mounts
+        .unmount(
+            Path::new(&rig.csi_target("p1")),
+            false,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    let (c, _) = condition(&rig.csi_target("p1"));
+    assert!(c.abnormal && c.message.contains("not mounted"), "{c:?}");
+    for (id, path) in [
+        (ID, rig.csi_target("p2")),
+        (ID, rig.staging("pv-other")),
+        ("vol-unknown", rig.csi_target("p1")),
+    ] {
+        let e = lc.csi_stats("local", id, &path).unwrap_err();
+        assert_eq!(e.reason(), "unknown_volume", "{id} {path}: {e}");
+    }
 }
