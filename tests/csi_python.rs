@@ -6,8 +6,10 @@
 //! kubelet's staging and target paths, kubelet's mkdirs, the pod keys of `podInfoOnMount`.
 //! What a user checks: the directory's files appear at the target and a write through the
 //! target lands in the directory; kubelet's staging path is never mounted on; a request
-//! without a volume_id is `INVALID_ARGUMENT`; unpublish and unstage (each twice: the spec's
-//! idempotency) leave no mount and keep the data. A wire disagreement between
+//! without a volume_id is `INVALID_ARGUMENT`; NodeGetVolumeStats gives the directory's
+//! filesystem's bytes and inodes with a normal condition, and `NOT_FOUND` for a volume_id
+//! moor does not have; unpublish and unstage (each twice: the spec's idempotency) leave no
+//! mount and keep the data. A wire disagreement between
 //! moor's Rust code and its `.proto` shows up here as a failed call.
 //!
 //! Without a python3 that imports `grpc` and `grpc_tools` (Debian's `python3-grpcio` and
@@ -243,5 +245,59 @@ fn python_client_stages_publishes_and_unstages_a_local_directory() {
         "written through the CSI target"
     );
     // Idempotent per the spec: both again answer OK.
+    v.tear_down(&d);
+}
+
+/// `stat -f` of `dir`: (bytes, inodes) of its filesystem.
+fn fs_size(dir: &Path) -> (u64, u64) {
+    let out = common::sh("stat", &["-f", "-c", "%b %S %c", s(dir)]);
+    let n: Vec<u64> = out.split_whitespace().map(|w| w.parse().unwrap()).collect();
+    (n[0] * n[1], n[2])
+}
+
+fn usage(stats: &Value, unit: &str, field: &str) -> u64 {
+    stats["usage"]
+        .as_array()
+        .and_then(|u| u.iter().find(|x| x["unit"] == unit))
+        .and_then(|x| x[field].as_u64())
+        .unwrap_or_else(|| panic!("no {unit} {field} in {stats}"))
+}
+
+#[test]
+#[ignore = "tier 2: needs root, a private mount namespace and python3-grpcio (run-tests)"]
+fn python_client_reads_the_stats_of_a_published_local_directory() {
+    require_privileged_sandbox();
+    let d = Daemon::start_with_csi();
+    let Some(v) = stage_and_publish(&d) else {
+        return;
+    };
+    let stats = v.client.ok(
+        "NodeGetVolumeStats",
+        &["--volume-id", v.volume_id, "--volume-path", s(&v.target)],
+    );
+    let (bytes, inodes) = fs_size(&v.src);
+    assert_eq!(usage(&stats, "BYTES", "total"), bytes, "{stats}");
+    assert_eq!(usage(&stats, "INODES", "total"), inodes, "{stats}");
+    let used = usage(&stats, "BYTES", "used");
+    assert!(used > 0 && used <= bytes, "{stats}");
+    assert_eq!(
+        stats["volume_condition"]["abnormal"], false,
+        "a healthy directory reported abnormal: {stats}"
+    );
+    match v.client.run(
+        "NodeGetVolumeStats",
+        &[
+            "--volume-id",
+            "local-pv-none",
+            "--volume-path",
+            s(&v.target),
+        ],
+    ) {
+        Answer::Err { code, message } => {
+            assert_eq!(code, "NOT_FOUND", "{message}");
+            assert!(message.starts_with("unknown_volume"), "{message}");
+        }
+        other => panic!("stats of an unknown volume_id answered {other:?}"),
+    }
     v.tear_down(&d);
 }
