@@ -116,8 +116,10 @@ struct Published {
     stage_args: Vec<String>,
 }
 
-/// Starts a daemon with CSI on and stages + publishes `src` (None: the test cannot run).
-fn stage_and_publish(d: &Daemon) -> Option<Published> {
+/// Starts a daemon with CSI on and stages + publishes a local directory through the client
+/// (None: no python3 with grpcio, the test cannot run).
+fn stage_and_publish() -> Option<(Daemon, Published)> {
+    require_privileged_sandbox();
     let Some(python) = python() else {
         eprintln!(
             "NOT RUN: no python3 with grpcio and grpc_tools (apt-get install python3-grpcio \
@@ -125,6 +127,7 @@ fn stage_and_publish(d: &Daemon) -> Option<Published> {
         );
         return None;
     };
+    let d = Daemon::start_with_csi();
     let kubelet = d.kubelet_dir();
     let client = Client {
         python,
@@ -135,7 +138,7 @@ fn stage_and_publish(d: &Daemon) -> Option<Published> {
     let info = client.ok("GetPluginInfo", &[]);
     assert_eq!(info["name"], "local.csi.moor.io", "{info}");
 
-    let src = source(d, "csi-dir");
+    let src = source(&d, "csi-dir");
     let volume_id = "local-pv-0001";
     let staging = kubelet_staging(&kubelet, "local.csi.moor.io", volume_id);
     std::fs::create_dir_all(&staging).unwrap(); // kubelet makes it
@@ -171,14 +174,15 @@ fn stage_and_publish(d: &Daemon) -> Option<Published> {
         "nothing mounted at {}",
         target.display()
     );
-    Some(Published {
+    let published = Published {
         client,
         src,
         volume_id,
         staging,
         target,
         stage_args,
-    })
+    };
+    Some((d, published))
 }
 
 impl Published {
@@ -214,9 +218,7 @@ impl Published {
 #[test]
 #[ignore = "tier 2: needs root, a private mount namespace and python3-grpcio (run-tests)"]
 fn python_client_stages_publishes_and_unstages_a_local_directory() {
-    require_privileged_sandbox();
-    let d = Daemon::start_with_csi();
-    let Some(v) = stage_and_publish(&d) else {
+    let Some((d, v)) = stage_and_publish() else {
         return;
     };
     assert_eq!(
@@ -266,9 +268,7 @@ fn usage(stats: &Value, unit: &str, field: &str) -> u64 {
 #[test]
 #[ignore = "tier 2: needs root, a private mount namespace and python3-grpcio (run-tests)"]
 fn python_client_reads_the_stats_of_a_published_local_directory() {
-    require_privileged_sandbox();
-    let d = Daemon::start_with_csi();
-    let Some(v) = stage_and_publish(&d) else {
+    let Some((d, v)) = stage_and_publish() else {
         return;
     };
     let stats = v.client.ok(

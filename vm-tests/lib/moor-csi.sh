@@ -21,6 +21,7 @@
 #   csi_stage DRIVER VOLUME_ID STAGING ARGS…   mkdir STAGING (kubelet does), NodeStageVolume
 #   csi_publish DRIVER VOLUME_ID STAGING TARGET ARGS…   mkdir TARGET's parent (kubelet does;
 #                          moor makes TARGET), NodePublishVolume
+#   csi_stage_publish DRIVER VOLUME_ID STAGING TARGET UID ARGS…   both, for pod UID
 #   csi_unpublish DRIVER VOLUME_ID TARGET   NodeUnpublishVolume; TARGET is then unmounted and gone
 #   csi_unstage DRIVER VOLUME_ID STAGING    NodeUnstageVolume; nothing mounted at STAGING
 #   csi_stats DRIVER VOLUME_ID PATH         NodeGetVolumeStats reply JSON
@@ -123,6 +124,13 @@ csi_publish() {
   mkdir -p "$(dirname "$target")"
   csi "$driver" NodePublishVolume --volume-id "$vol" --staging "$staging" --target "$target" "$@" >/dev/null
   lab_assert_mounted "$target"
+}
+
+csi_stage_publish() {
+  local driver=$1 vol=$2 staging=$3 target=$4 uid=$5
+  shift 5
+  csi_stage "$driver" "$vol" "$staging" "$@"
+  csi_publish "$driver" "$vol" "$staging" "$target" "$@" --pod-uid "$uid"
 }
 
 csi_unpublish() {

@@ -57,11 +57,10 @@ assert_clean
 lab_step "unpublish + unstage: no mount, no stage, no client process; the data stays on the brick"
 
 # --- health: staged and published again ----------------------------------------------
-csi_stage glusterfs "$VOL" "$STAGING" "${ATTRS[@]}"
-csi_publish glusterfs "$VOL" "$STAGING" "$T1" "${ATTRS[@]}" --pod-uid "$UID1"
+csi_stage_publish glusterfs "$VOL" "$STAGING" "$T1" "$UID1" "${ATTRS[@]}"
 csi_publish glusterfs "$VOL" "$STAGING" "$T2" "${ATTRS[@]}" --pod-uid "$UID2" --readonly
 lab_assert_file_eq "$T2/from-pod1" written-through-csi
-lab_step "staged and published again after the unstage: the data is still there"
+lab_step "staged and published again after the unstage: the data is still there (read-only pod)"
 
 # --- stats: the volume's size, as the brick's filesystem has it -------------------------
 st=$(csi_stats glusterfs "$VOL" "$T1")

@@ -83,8 +83,7 @@ assert_clean
 lab_step "unstage refused while published (FAILED_PRECONDITION); unpublish x3 and unstage (each retried: OK) leave no mount, stage or record"
 
 # --- health: staged and published again (the data is still there) -------------------------
-csi_stage nfs "$VOL" "$STAGING" "${ATTRS[@]}"
-csi_publish nfs "$VOL" "$STAGING" "$T1" "${ATTRS[@]}" --pod-uid "$UID1"
+csi_stage_publish nfs "$VOL" "$STAGING" "$T1" "$UID1" "${ATTRS[@]}"
 csi_publish nfs "$VOL" "$STAGING" "$T3" "${ATTRS[@]}" --pod-uid "$UID3" --readonly
 lab_assert_file_eq "$T1/from-pod1" written-through-csi
 lab_step "staged and published again after the unstage: the data is still there"
