@@ -12,10 +12,8 @@ lab_on_exit 'iscsiadm -m node --logoutall=all >/dev/null 2>&1 || true'
 lab_iscsi_initiator
 LAB_ISCSI_BACKING=loop lab_iscsi_target multipath
 read -r p1 p2 <<< "$LAB_ISCSI_PORTALS"
-lab_modprobe dm_multipath
-printf 'defaults {\n  user_friendly_names no\n  find_multipaths no\n}\n' > /etc/multipath.conf
-multipathd || lab_die "multipathd failed to start"
-lab_on_exit 'multipath -F; pkill -x multipathd'
+lab_multipathd_start
+lab_on_exit lab_multipathd_stop
 
 LOG=/tmp/moor-daemon.log
 "$MOOR" daemon --metrics-addr off >"$LOG" 2>&1 &

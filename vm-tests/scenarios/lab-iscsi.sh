@@ -75,10 +75,8 @@ w1=$(/lib/udev/scsi_id -g -u "$d1"); w2=$(/lib/udev/scsi_id -g -u "$d2")
 lab_assert_eq "$w2" "$w1" "WWID of the second path"
 [[ $w1 != "$wwid_plain" ]] || lab_die "two different LUNs share WWID $w1"
 lab_step "multipath: two sessions, $d1 and $d2 share WWID $w1"
-lab_modprobe dm_multipath
-printf 'defaults {\n  user_friendly_names no\n  find_multipaths no\n}\n' > /etc/multipath.conf
-multipathd || lab_die "multipathd failed to start"
-lab_on_exit 'multipath -F; pkill -x multipathd'
+lab_multipathd_start
+lab_on_exit lab_multipathd_stop
 lab_wait_for 30 "a multipath map with 2 active paths for $w1" \
   sh -c "multipath -r >/dev/null 2>&1; multipath -ll '$w1' | grep -c 'active ready' | grep -qx 2"
 multipath -ll "$w1"

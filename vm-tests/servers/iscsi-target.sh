@@ -13,6 +13,9 @@
 #   lab_iscsi_target_stop              remove every target and backstore this helper made
 #   lab_iscsi_grow NAME SIZE_MB        grow NAME's LUN (made with LAB_ISCSI_BACKING=loop), as an
 #                                      array grows a LUN: the initiator sees it after a rescan
+#   lab_multipathd_start               dm-multipath on the initiator side (every path of a WWID
+#                                      becomes one map, WWID-named); lab_multipathd_stop flushes
+#                                      the maps and stops it
 # Each lab_iscsi_target call returns only when the portal(s) accept connections and
 # the target answers a SendTargets discovery with its IQN; otherwise it dies.
 # It exports, for the target it just made:
@@ -166,6 +169,17 @@ lab_iscsi_grow() {
   truncate -s "${mb}M" "$LAB_STATE/iscsi/$name.img"
   losetup -c "$loop" || lab_die "losetup -c $loop failed"
   lab_log "iSCSI LUN $name grown to $mb MiB ($loop)"
+}
+
+lab_multipathd_start() {
+  lab_modprobe dm_multipath
+  printf 'defaults {\n  user_friendly_names no\n  find_multipaths no\n}\n' > /etc/multipath.conf
+  multipathd || lab_die "multipathd failed to start"
+}
+
+lab_multipathd_stop() {
+  multipath -F
+  pkill -x multipathd
 }
 
 lab_iscsi_target_stop() {
