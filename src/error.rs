@@ -136,8 +136,9 @@ pub enum Error {
     /// A CSI call refused by the lifecycle's CSI rules.
     #[error(transparent)]
     Csi(#[from] CsiError),
-    /// The daemon is shutting down or a worker died.
-    #[error("internal: {0}")]
+    /// The daemon is shutting down or a worker died. (Its message does not say "internal":
+    /// the reason label is printed before every failure's message.)
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -656,6 +657,12 @@ mod tests {
         ];
         for (e, label) in &cases {
             assert_eq!(e.reason(), *label, "{e:?}");
+            // A failure is printed `<reason>: <message>`: a message that starts with its
+            // own label says it twice (`internal: internal: …`).
+            assert!(
+                !e.to_string().starts_with(&format!("{label}:")),
+                "{label} said twice: {e}"
+            );
         }
     }
 
