@@ -56,9 +56,11 @@ pub fn capability(cap: &VolumeCapability) -> Result<(VolumeMode, AccessMode), Fa
 
 /// Whether `driver` can honour `access` in `mode` on this node; refused with
 /// `unsupported_capability` otherwise. Block devices (iscsi, rbd, fc) take no filesystem
-/// writer from several nodes (a local filesystem would be corrupted) but may hand the raw
-/// device to a cluster-aware workload; local volumes never leave the node; shares take any
-/// mode but have no block device.
+/// writer from several nodes (a local filesystem would be corrupted); iSCSI and FC hand the
+/// raw device to writers on several nodes (a cluster-aware workload coordinates them), but an
+/// RBD image is fenced to one read-write mapping (`attach/rbd.rs`), so the second node's
+/// stage could only fail: refused here instead. Local volumes never leave the node; shares
+/// take any mode but have no block device.
 pub fn check_access(driver: &str, mode: VolumeMode, access: AccessMode) -> Result<(), Failure> {
     use AccessMode::*;
     let single_node = matches!(
@@ -69,7 +71,9 @@ pub fn check_access(driver: &str, mode: VolumeMode, access: AccessMode) -> Resul
         "iscsi" | "rbd" | "fc" => match mode {
             VolumeMode::Filesystem => single_node || access == MultiNodeReaderOnly,
             VolumeMode::Block => {
-                single_node || matches!(access, MultiNodeReaderOnly | MultiNodeMultiWriter)
+                single_node
+                    || access == MultiNodeReaderOnly
+                    || (access == MultiNodeMultiWriter && driver != "rbd")
             }
         },
         "local" => single_node,
@@ -216,7 +220,9 @@ mod tests {
             ("iscsi", Filesystem, MultiNodeReaderOnly, true),
             ("iscsi", Filesystem, MultiNodeMultiWriter, false),
             ("iscsi", Filesystem, MultiNodeSingleWriter, false),
-            ("rbd", Block, MultiNodeMultiWriter, true),
+            ("rbd", Block, MultiNodeMultiWriter, false),
+            ("rbd", Block, MultiNodeReaderOnly, true),
+            ("iscsi", Block, MultiNodeMultiWriter, true),
             ("fc", Block, SingleNodeSingleWriter, true),
             ("fc", Block, MultiNodeSingleWriter, false),
             ("local", Filesystem, SingleNodeMultiWriter, true),
