@@ -45,6 +45,173 @@ pub struct FileConfig {
     pub host_mount_namespace: Option<PathBuf>,
     /// The CSI front end (file only).
     pub csi: Option<CsiFileConfig>,
+    /// The API server: Events, the node's pods, watches (file only).
+    pub kubernetes: Option<KubernetesFileConfig>,
+    /// Healing into running pods (file only).
+    pub heal: Option<HealFileConfig>,
+    /// Orphaned pod volumes (file only).
+    pub gc: Option<GcFileConfig>,
+}
+
+/// The `kubernetes:` section as written.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KubernetesFileConfig {
+    /// `auto` (use in-cluster credentials or `KUBECONFIG` when found) or `off`.
+    pub mode: Option<String>,
+    /// A kubeconfig file to use instead of the inferred credentials.
+    pub kubeconfig: Option<PathBuf>,
+    /// Record Kubernetes Events (default true).
+    pub events: Option<bool>,
+}
+
+/// The `heal:` section as written.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HealFileConfig {
+    /// Drivers whose pods still holding a dead mount after a heal are evicted (default
+    /// none). A PV opts in or out on its own with the annotation `moor.io/evict-pods`.
+    pub evict_pods: Option<Vec<String>>,
+    /// How long after a heal a pod may keep the dead mount before it is evicted, seconds.
+    pub evict_after_seconds: Option<u64>,
+}
+
+/// The `gc:` section as written.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GcFileConfig {
+    /// Clean the volumes of pods the API server confirms gone (default true).
+    pub orphans: Option<bool>,
+    /// How long kubelet gets to unmount a gone pod's volumes itself, seconds.
+    pub grace_seconds: Option<u64>,
+}
+
+/// The resolved `kubernetes:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// Look for credentials at all.
+    pub enabled: bool,
+    /// An explicit kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+    /// Record Events.
+    pub events: bool,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: true,
+            kubeconfig: None,
+            events: true,
+        }
+    }
+}
+
+/// The resolved `heal:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealConfig {
+    /// Drivers whose pods are evicted when they keep a dead mount after a heal.
+    pub evict_pods: Vec<String>,
+    /// Grace after the heal before an eviction.
+    pub evict_after: Duration,
+}
+
+impl Default for HealConfig {
+    fn default() -> Self {
+        HealConfig {
+            evict_pods: Vec::new(),
+            evict_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The resolved `gc:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcConfig {
+    /// Clean confirmed orphans on the daemon's own.
+    pub orphans: bool,
+    /// kubelet's grace before moor cleans.
+    pub grace: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            orphans: true,
+            grace: Duration::from_secs(120),
+        }
+    }
+}
+
+impl KubernetesConfig {
+    fn resolve(raw: &KubernetesFileConfig) -> Result<Self, ConfigError> {
+        let enabled = match raw.mode.as_deref() {
+            None | Some("auto") => true,
+            Some("off") => false,
+            Some(m) => {
+                return Err(ConfigError::Invalid {
+                    key: "kubernetes.mode",
+                    message: format!("{m}: expected auto or off"),
+                });
+            }
+        };
+        if let Some(p) = &raw.kubeconfig
+            && !(p.is_absolute() && crate::host::paths::is_clean_absolute(p))
+        {
+            return Err(ConfigError::Invalid {
+                key: "kubernetes.kubeconfig",
+                message: format!("{} must be a clean absolute path", p.display()),
+            });
+        }
+        Ok(KubernetesConfig {
+            enabled,
+            kubeconfig: raw.kubeconfig.clone(),
+            events: raw.events.unwrap_or(true),
+        })
+    }
+}
+
+impl HealConfig {
+    fn resolve(raw: &HealFileConfig) -> Result<Self, ConfigError> {
+        let mut c = HealConfig::default();
+        for d in raw.evict_pods.iter().flatten() {
+            if !crate::flexvolume::DRIVERS.contains(&d.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "heal.evict-pods",
+                    message: format!(
+                        "{d}: not a moor driver (known: {})",
+                        crate::flexvolume::DRIVERS.join(", ")
+                    ),
+                });
+            }
+            if !c.evict_pods.contains(d) {
+                c.evict_pods.push(d.clone());
+            }
+        }
+        if let Some(s) = raw.evict_after_seconds {
+            c.evict_after = Duration::from_secs(s);
+        }
+        Ok(c)
+    }
+}
+
+impl GcConfig {
+    fn resolve(raw: &GcFileConfig) -> Result<Self, ConfigError> {
+        let mut c = GcConfig {
+            orphans: raw.orphans.unwrap_or(true),
+            ..GcConfig::default()
+        };
+        if let Some(s) = raw.grace_seconds {
+            if s < 10 {
+                return Err(ConfigError::Invalid {
+                    key: "gc.grace-seconds",
+                    message: format!("{s}: at least 10 (kubelet's own cleanup needs the time)"),
+                });
+            }
+            c.grace = Duration::from_secs(s);
+        }
+        Ok(c)
+    }
 }
 
 /// The `csi:` section as written.
@@ -216,6 +383,12 @@ pub struct Config {
     pub host_mount_namespace: Option<PathBuf>,
     /// The CSI front end.
     pub csi: CsiConfig,
+    /// The API server.
+    pub kubernetes: KubernetesConfig,
+    /// Healing into running pods.
+    pub heal: HealConfig,
+    /// Orphaned pod volumes.
+    pub gc: GcConfig,
 }
 
 impl Config {
@@ -394,6 +567,18 @@ impl Config {
                 Some(raw) => CsiConfig::resolve(&raw)?,
                 None => CsiConfig::default(),
             },
+            kubernetes: match pick(&top.kubernetes, &file.kubernetes) {
+                Some(raw) => KubernetesConfig::resolve(&raw)?,
+                None => KubernetesConfig::default(),
+            },
+            heal: match pick(&top.heal, &file.heal) {
+                Some(raw) => HealConfig::resolve(&raw)?,
+                None => HealConfig::default(),
+            },
+            gc: match pick(&top.gc, &file.gc) {
+                Some(raw) => GcConfig::resolve(&raw)?,
+                None => GcConfig::default(),
+            },
         };
         let socket_dir = cfg.socket.parent().unwrap_or(&cfg.socket);
         cfg.local
@@ -521,6 +706,43 @@ mod tests {
             );
         }
         assert!(serde_saphyr::from_str::<FileConfig>("csi:\n  enable: true\n").is_err());
+    }
+
+    #[test]
+    fn the_operator_sections_resolve_and_name_the_bad_key() {
+        let file: FileConfig = serde_saphyr::from_str(
+            "node-name: n\nkubernetes:\n  mode: off\n  events: false\nheal:\n  evict-pods: [glusterfs, nfs, nfs]\n  evict-after-seconds: 30\ngc:\n  orphans: false\n  grace-seconds: 300\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&file, &FileConfig::default()).unwrap();
+        assert!(!c.kubernetes.enabled && !c.kubernetes.events);
+        assert_eq!(c.heal.evict_pods, ["glusterfs", "nfs"]);
+        assert_eq!(c.heal.evict_after, Duration::from_secs(30));
+        assert!(!c.gc.orphans);
+        assert_eq!(c.gc.grace, Duration::from_secs(300));
+        let d = Config::resolve(
+            &serde_saphyr::from_str("node-name: n\n").unwrap(),
+            &FileConfig::default(),
+        )
+        .unwrap();
+        assert!(d.kubernetes.enabled && d.kubernetes.events && d.gc.orphans);
+        assert!(d.heal.evict_pods.is_empty());
+        for (yaml, key) in [
+            ("kubernetes:\n  mode: on\n", "kubernetes.mode"),
+            (
+                "kubernetes:\n  kubeconfig: rel/kc\n",
+                "kubernetes.kubeconfig",
+            ),
+            ("heal:\n  evict-pods: [ceph]\n", "heal.evict-pods"),
+            ("gc:\n  grace-seconds: 1\n", "gc.grace-seconds"),
+        ] {
+            let file: FileConfig = serde_saphyr::from_str(yaml).unwrap();
+            let e = Config::resolve(&file, &FileConfig::default()).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!("config key {key}:")),
+                "{yaml}: {e}"
+            );
+        }
     }
 
     #[test]

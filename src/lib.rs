@@ -7,6 +7,7 @@
 pub mod api;
 pub mod attach;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod csi;
 pub mod daemon;

@@ -7,6 +7,7 @@
 //! [`Handler`] and imports no domain module, so the arrows point down only.
 
 pub mod client;
+pub mod notice;
 pub mod server;
 
 use std::fmt;
@@ -344,6 +345,9 @@ pub enum Response {
         /// Journal entries set aside at start-up.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         set_aside: Vec<SetAsideRecord>,
+        /// Recent notices (aggregated), newest last.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notices: Vec<notice::RecentNotice>,
     },
     /// Answer to [`CsiCall::Stats`].
     VolumeStats {

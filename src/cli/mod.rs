@@ -141,6 +141,9 @@ impl DaemonArgs {
                 pod_log_dir: self.pod_log_dir,
                 host_mount_namespace: None,
                 csi: None,
+                kubernetes: None,
+                heal: None,
+                gc: None,
             },
         }
     }

@@ -37,18 +37,20 @@ pub fn run(output: Output) -> Result<i32, StatusError> {
         node,
         volumes,
         set_aside,
+        notices,
     } = resp
     else {
         return Err(StatusError::Unexpected(format!("{resp:?}")));
     };
     match output {
         Output::Json => {
-            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside });
+            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "notices": notices });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
         Output::Table => {
             print!("{}", table(&node, &volumes));
             print!("{}", set_aside_table(&set_aside));
+            print!("{}", notices_table(&notices));
         }
     }
     Ok(0)
@@ -120,6 +122,26 @@ pub fn set_aside_table(entries: &[crate::api::SetAsideRecord]) -> String {
     );
     for e in entries {
         out.push_str(&format!("  {}  {}: {}\n", e.path, e.reason, e.detail));
+    }
+    out
+}
+
+/// Recent notices, after the tables (nothing when none): what an operator must know.
+pub fn notices_table(notices: &[crate::api::notice::RecentNotice]) -> String {
+    if notices.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("\n{} recent notice(s), newest last:\n", notices.len());
+    for n in notices {
+        let what = n.notice.volume.as_deref().unwrap_or("-");
+        out.push_str(&format!(
+            "  {:<8} {:<16} {}  {} (x{})\n",
+            n.notice.reason.severity().event_type(),
+            n.notice.reason.event_reason(),
+            what,
+            n.notice.message,
+            n.count
+        ));
     }
     out
 }

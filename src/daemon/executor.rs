@@ -352,6 +352,7 @@ impl Handler for Executor {
                     .iter()
                     .map(SetAsideRecord::from)
                     .collect(),
+                notices: self.lifecycle.cluster().notify.recent(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
             Request::Csi {

@@ -158,8 +158,9 @@ mod tests {
                     node: "n".into(),
                     volumes: vec![],
                     set_aside: vec![],
+                    notices: vec![],
                 },
-                r#"{"status":"Failure","message":"daemon_error: unexpected answer Status { node: \"n\", volumes: [], set_aside: [] }"}"#,
+                r#"{"status":"Failure","message":"daemon_error: unexpected answer Status { node: \"n\", volumes: [], set_aside: [], notices: [] }"}"#,
             ),
         ] {
             let reply = Reply::from_response(r);

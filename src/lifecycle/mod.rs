@@ -160,6 +160,8 @@ pub struct Lifecycle {
     device_claims: Mutex<()>,
     /// Where block device identities are read.
     ids: IdSources,
+    /// Notices and this node's pods (offline until the daemon finds credentials).
+    cluster: crate::cluster::Cluster,
 }
 
 impl Lifecycle {
@@ -191,6 +193,7 @@ impl Lifecycle {
             state: Mutex::new(State::default()),
             device_claims: Mutex::new(()),
             ids,
+            cluster: crate::cluster::Cluster::offline(),
         }
     }
 
@@ -221,6 +224,17 @@ impl Lifecycle {
     pub fn with_fuse_scope(mut self, on: bool) -> Self {
         self.fuse_scope = on;
         self
+    }
+
+    /// Reports notices to, and asks about pods through, `cluster`.
+    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Notices and this node's pods.
+    pub fn cluster(&self) -> &crate::cluster::Cluster {
+        &self.cluster
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
