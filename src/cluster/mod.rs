@@ -58,6 +58,9 @@ pub struct PodInfo {
     pub mounts: Vec<ContainerMount>,
     /// The pod volume name → the PV it uses through a claim, when the claim is bound.
     pub pvs: std::collections::BTreeMap<String, String>,
+    /// A controller owns it (an `ownerReferences` entry with `controller: true`), so an
+    /// eviction gets it recreated; a bare pod evicted would just be gone.
+    pub controlled: bool,
 }
 
 /// What the API server says of a pod UID.
@@ -92,6 +95,12 @@ pub trait Pods: Send + Sync {
     /// Evicts a pod through the Eviction API (PodDisruptionBudgets apply). Blocks for at
     /// most a few seconds: call it off the async workers.
     fn evict(&self, namespace: &str, name: &str, uid: &str) -> Eviction;
+    /// A PersistentVolume's annotation (operator-owned, unlike a pod's inline options), e.g.
+    /// `moor.io/evict-pods`. Cached; `None` when unknown or absent. May block briefly the
+    /// first time a PV is asked about: call it off the async workers.
+    fn pv_annotation(&self, _pv: &str, _key: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The daemon's handle on the API server (cheap to clone).
