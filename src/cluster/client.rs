@@ -56,9 +56,14 @@ pub async fn connect(
 
 /// A counted client from a client config (tests point it at a fake API server).
 pub fn client_from(
-    config: kube::Config,
+    mut config: kube::Config,
     counter: &Family<ApiRequestLabels, Counter>,
 ) -> Result<kube::Client, ConnectError> {
+    // kube's own retry of 429/503/504 sits below this layer, so its requests would go
+    // uncounted; and a 429 on an eviction is a PodDisruptionBudget's answer to report,
+    // not to retry at once. The watches back off themselves (`watch`), an Event that
+    // fails is counted `failed`.
+    config.default_retry = false;
     let builder = kube::client::ClientBuilder::try_from(config)
         .map_err(|e| ConnectError::Client(e.to_string()))?;
     Ok(builder

@@ -265,3 +265,144 @@ fn without_credentials_nothing_is_sent_and_the_notice_is_kept_and_counted() {
         );
     });
 }
+
+#[test]
+fn the_pod_cache_says_gone_only_when_the_api_server_is_current_and_lacks_the_uid() {
+    rt().block_on(async {
+        let api = FakeApi::start().await;
+        api.put("pods", pod("team-a", "web-0", "node-a"));
+        api.put("pods", pod("team-b", "db-0", "node-b"));
+        api.put(
+            "persistentvolumeclaims",
+            serde_json::json!({"metadata":{"namespace":"team-a","name":"data-claim"},"spec":{"volumeName":"pv-data"}}),
+        );
+        // Before the first list nothing is known, not even "gone".
+        api.set_down(true);
+        let (c, pods, _m) = start(&api, true).await;
+        until("a failed list", || api.counts().contains_key("list pods")).await;
+        assert_eq!(c.pods.pod("uid-nothing"), PodState::Unknown);
+        assert_eq!(c.pods.pod("uid-web-0"), PodState::Unknown);
+        api.set_down(false);
+        until("pod cache", || pods.is_current()).await;
+        let PodState::Present(p) = c.pods.pod("uid-web-0") else {
+            panic!("web-0 is on this node")
+        };
+        assert_eq!((p.namespace.as_str(), p.name.as_str()), ("team-a", "web-0"));
+        assert!(p.controlled);
+        assert_eq!(p.pvs.get("data").map(String::as_str), Some("pv-data"));
+        assert!(p.mounts.contains(&ContainerMount {
+            container: "app".into(),
+            volume: "data".into(),
+            propagation: Propagation::HostToContainer,
+        }));
+        assert!(p.mounts.contains(&ContainerMount {
+            container: "init".into(),
+            volume: "data".into(),
+            propagation: Propagation::None,
+        }));
+        assert_eq!(p.mounts.len(), 3);
+        assert_eq!(
+            pods.claim_of("uid-web-0", "pv-data"),
+            Some(("team-a".into(), "data-claim".into()))
+        );
+        // Another node's pod is not watched: from here it is gone.
+        assert_eq!(c.pods.pod("uid-db-0"), PodState::Gone);
+        // A new pod arrives through the watch; a deleted one leaves.
+        api.put("pods", pod("team-a", "web-1", "node-a"));
+        until("web-1", || matches!(c.pods.pod("uid-web-1"), PodState::Present(_))).await;
+        api.delete("pods", "team-a/web-0");
+        until("web-0 gone", || c.pods.pod("uid-web-0") == PodState::Gone).await;
+        // One GET per claim, not per pod event.
+        let claims = api.counts().get("get persistentvolumeclaims").copied();
+        assert_eq!(claims, Some(1), "{:?}", api.counts());
+        // The API server goes away: nothing is gone any more, everything unknown.
+        api.set_down(true);
+        until("unknown while down", || c.pods.pod("uid-web-0") == PodState::Unknown).await;
+        assert_eq!(c.pods.pod("uid-web-1"), PodState::Unknown);
+        api.delete("pods", "team-a/web-1");
+        api.set_down(false);
+        until("gone after it is back", || c.pods.pod("uid-web-1") == PodState::Gone).await;
+    });
+}
+
+#[test]
+fn evictions_answer_evicted_blocked_gone_or_failed() {
+    let rt = rt();
+    let (api, c) = rt.block_on(async {
+        let api = FakeApi::start().await;
+        for n in ["ok", "pdb", "forbidden"] {
+            api.put("pods", pod("team-a", n, "node-a"));
+        }
+        api.answer_eviction("team-a/pdb", 429);
+        api.answer_eviction("team-a/forbidden", 403);
+        let (c, _pods, _m) = start(&api, true).await;
+        (api, c)
+    });
+    // Blocking calls, from a thread that is not an async worker (as heal calls them).
+    let pods = c.pods.clone();
+    let r = std::thread::spawn(move || {
+        [
+            pods.evict("team-a", "ok", "uid-ok"),
+            pods.evict("team-a", "pdb", "uid-pdb"),
+            pods.evict("team-a", "gone", "uid-gone"),
+            pods.evict("team-a", "forbidden", "uid-forbidden"),
+            // The UID precondition: another pod now has that name.
+            pods.evict("team-a", "pdb", "uid-older-pdb"),
+        ]
+    })
+    .join()
+    .unwrap();
+    assert_eq!(r[0], Eviction::Evicted);
+    assert!(
+        matches!(&r[1], Eviction::Blocked(m) if m.contains("disruption budget")),
+        "{:?}",
+        r[1]
+    );
+    assert_eq!(r[2], Eviction::Gone);
+    assert!(
+        matches!(&r[3], Eviction::Failed(m) if m.contains("403")),
+        "{:?}",
+        r[3]
+    );
+    assert_eq!(r[4], Eviction::Gone);
+    assert!(api.get("pods", "team-a/ok").is_none());
+    assert!(api.get("pods", "team-a/pdb").is_some());
+    let bodies: Vec<serde_json::Value> = api
+        .seen()
+        .iter()
+        .filter(|s| s.path.ends_with("/eviction"))
+        .map(|s| serde_json::from_str(&s.body).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 5);
+    assert_eq!(bodies[0]["kind"], "Eviction");
+    assert_eq!(bodies[0]["apiVersion"], "policy/v1");
+    assert_eq!(bodies[0]["deleteOptions"]["preconditions"]["uid"], "uid-ok");
+}
+
+#[test]
+fn a_pv_annotation_is_read_once_and_reused() {
+    let rt = rt();
+    let (api, c) = rt.block_on(async {
+        let api = FakeApi::start().await;
+        api.put(
+            "persistentvolumes",
+            serde_json::json!({"metadata":{"name":"pv-g","annotations":{"moor.io/evict-pods":"true"}},"spec":{"flexVolume":{"driver":"moor/glusterfs"}}}),
+        );
+        let (c, _pods, _m) = start(&api, true).await;
+        (api, c)
+    });
+    let pods = c.pods.clone();
+    let r = std::thread::spawn(move || {
+        (
+            pods.pv_annotation("pv-g", "moor.io/evict-pods"),
+            pods.pv_annotation("pv-g", "moor.io/other"),
+            pods.pv_annotation("pv-none", "moor.io/evict-pods"),
+            pods.pv_annotation("pv-none", "moor.io/evict-pods"),
+        )
+    })
+    .join()
+    .unwrap();
+    assert_eq!(r, (Some("true".into()), None, None, None));
+    let gets = api.counts().get("get persistentvolumes").copied();
+    assert_eq!(gets, Some(2), "{:?}", api.counts());
+}

@@ -293,11 +293,10 @@ async fn serve(
     let csi = csi::start(&cfg, exec.clone())?;
     let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
         .map_err(io("start serving", &cfg.socket))?;
-    let claims = Arc::new(reconciler::ClaimCache::default());
-    if let Some(client) = api.client.clone() {
-        let (cache, interval) = (claims.clone(), cfg.reconcile_interval);
-        tokio::spawn(reconciler::refresh_claims(cache, client, interval));
-    }
+    let claims = Arc::new(match &api.pods {
+        Some(p) => reconciler::ClaimCache::from_pods(p.clone()),
+        None => reconciler::ClaimCache::default(),
+    });
     let reconciler = tokio::spawn(reconciler::run(
         reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone())
             .with_pod_log_dir(cfg.pod_log_dir.clone())
