@@ -296,6 +296,8 @@ impl FakeApi {
             let mut st = self.lock();
             st.generation += 1;
             if gone {
+                // Every version a client holds is now too old; a fresh list is not.
+                st.rv += 1;
                 st.compacted = st.rv;
             }
         }

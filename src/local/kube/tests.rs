@@ -490,14 +490,17 @@ async fn fake_server() -> (Arc<Server>, KubePvApi) {
     (s, KubePvApi::from_config(cfg).unwrap())
 }
 
-#[test]
-fn the_kube_client_speaks_the_api_servers_http() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+}
+
+#[test]
+fn the_kube_client_speaks_the_api_servers_http() {
+    multi_thread().block_on(async {
         let (srv, api) = fake_server().await;
         let c = cfg();
         let r = reconcile(
@@ -581,12 +584,7 @@ fn the_kube_client_speaks_the_api_servers_http() {
 fn the_watch_based_controller_reconciles_without_listing_per_pass() {
     use crate::cluster::watch::Timings;
     use crate::testkit::fakeapi::FakeApi;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    multi_thread().block_on(async {
         let srv = FakeApi::start().await;
         srv.put(
             "nodes",
@@ -615,6 +613,10 @@ fn the_watch_based_controller_reconciles_without_listing_per_pass() {
         let api = WatchedPvApi::new(KubePvApi::new(client), view.clone());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let c = cfg();
+        let pass = |entries: Vec<Entry>| {
+            let (api, c) = (&api, &c);
+            async move { reconcile(api, "node-a", c, &scan(entries), &[]).await.unwrap() }
+        };
         let settle = |want: usize| {
             let view = view.clone();
             async move {
@@ -625,15 +627,7 @@ fn the_watch_based_controller_reconciles_without_listing_per_pass() {
             }
         };
         settle(0).await;
-        let r = reconcile(
-            &api,
-            "node-a",
-            &c,
-            &scan(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]),
-            &[],
-        )
-        .await
-        .unwrap();
+        let r = pass(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]).await;
         assert_eq!(r.created.len(), 2, "{r}");
         settle(2).await;
         let name0 = pv::pv_name("node-a", "nvme", "wwn-0");
@@ -644,20 +638,10 @@ fn the_watch_based_controller_reconciles_without_listing_per_pass() {
             "node-a.example"
         );
         // Again: nothing new, as before.
-        let r = reconcile(
-            &api,
-            "node-a",
-            &c,
-            &scan(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]),
-            &[],
-        )
-        .await
-        .unwrap();
+        let r = pass(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]).await;
         assert_eq!((r.created.len(), r.present), (0, 2), "{r}");
         // d1 vanishes: marked through a patch, seen through the watch.
-        let r = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
-            .await
-            .unwrap();
+        let r = pass(vec![entry("d0", "wwn-0")]).await;
         assert_eq!(r.marked_missing, vec![name1.clone()], "{r}");
         while view
             .current()
@@ -676,10 +660,7 @@ fn the_watch_based_controller_reconciles_without_listing_per_pass() {
         while jobs.is_empty() {
             assert!(std::time::Instant::now() < deadline, "Released never seen");
             tokio::time::sleep(Duration::from_millis(20)).await;
-            jobs = reconcile(&api, "node-a", &c, &scan(vec![entry("d0", "wwn-0")]), &[])
-                .await
-                .unwrap()
-                .wipe_jobs;
+            jobs = pass(vec![entry("d0", "wwn-0")]).await.wipe_jobs;
         }
         api.delete(&name0, &jobs[0].uid).await.unwrap();
         assert!(srv.get("persistentvolumes", &name0).is_none());
