@@ -12,7 +12,6 @@ use axum::http::{Method, Request, Uri};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::config::KubernetesConfig;
 use crate::metrics::ApiRequestLabels;
 
 /// No client could be built.
@@ -31,9 +30,21 @@ pub enum ConnectError {
     Client(String),
 }
 
-/// Builds the client from the `kubernetes:` section, counting into `counter`.
+/// Where the credentials come from (the config's `kubernetes:` section; this module does
+/// not name the config, which names the local PV module, which uses the watches here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Look for credentials at all (`kubernetes.mode: auto`).
+    pub enabled: bool,
+    /// An explicit kubeconfig.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Record Events.
+    pub events: bool,
+}
+
+/// Builds the client from `cfg`, counting into `counter`.
 pub async fn connect(
-    cfg: &KubernetesConfig,
+    cfg: &Settings,
     counter: &Family<ApiRequestLabels, Counter>,
 ) -> Result<kube::Client, ConnectError> {
     if !cfg.enabled {

@@ -41,19 +41,7 @@ fn fast() -> watch::Timings {
 }
 
 async fn start(api: &FakeApi, events: bool) -> (Cluster, Arc<pods::PodCache>, ClusterMetrics) {
-    let metrics = ClusterMetrics::default();
-    let client = client::client_from(api.config(), &metrics.api_requests).unwrap();
-    let (c, pods) = live::KubeCluster::start(
-        client,
-        live::Options {
-            node: "node-a".into(),
-            events,
-            tuning: events::Tuning::default(),
-            timings: fast(),
-        },
-        metrics.clone(),
-    );
-    (c, pods, metrics)
+    api.cluster(events, fast())
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -245,7 +233,7 @@ fn without_events_nothing_is_sent_but_the_notice_is_kept() {
 fn without_credentials_nothing_is_sent_and_the_notice_is_kept_and_counted() {
     rt().block_on(async {
         let metrics = ClusterMetrics::default();
-        let cfg = crate::config::KubernetesConfig {
+        let cfg = client::Settings {
             enabled: true,
             kubeconfig: Some("/nonexistent/moor-kubeconfig".into()),
             events: true,
@@ -264,7 +252,7 @@ fn without_credentials_nothing_is_sent_and_the_notice_is_kept_and_counted() {
             .map(|r| metrics.events_with(r))
             .sum();
         assert_eq!(sent, 0);
-        let off = crate::config::KubernetesConfig {
+        let off = client::Settings {
             enabled: false,
             ..cfg
         };

@@ -958,18 +958,7 @@ mod tests {
                 "persistentvolumes",
                 serde_json::json!({"metadata":{"name":"pv-local-b","uid":"pv-uid"},"spec":{"flexVolume":{"driver":"moor/local"}}}),
             );
-            let m = crate::metrics::ClusterMetrics::default();
-            let client = crate::cluster::client::client_from(api.config(), &m.api_requests).unwrap();
-            let (c, pods) = crate::cluster::live::KubeCluster::start(
-                client,
-                crate::cluster::live::Options {
-                    node: "node-a".into(),
-                    events: true,
-                    tuning: Default::default(),
-                    timings: crate::cluster::watch::Timings::PRODUCTION,
-                },
-                m,
-            );
+            let (c, pods, _m) = api.cluster(true, crate::cluster::watch::Timings::PRODUCTION);
             (api, c, pods)
         });
         let deadline = Instant::now() + Duration::from_secs(10);

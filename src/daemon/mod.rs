@@ -199,8 +199,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .build()
         .map_err(io("start runtime", Path::new("-")))?;
     // Before reconstruction, so a record it sets aside is reported like any notice.
+    let settings = crate::cluster::client::Settings {
+        enabled: cfg.kubernetes.enabled,
+        kubeconfig: cfg.kubernetes.kubeconfig.clone(),
+        events: cfg.kubernetes.events,
+    };
     let api = rt.block_on(crate::cluster::Cluster::start(
-        &cfg.kubernetes,
+        &settings,
         &cfg.node_name,
         metrics.cluster.clone(),
     ));

@@ -722,18 +722,7 @@ mod tests {
                 "persistentvolumeclaims",
                 serde_json::json!({"metadata":{"namespace":"team-a","name":"data"},"spec":{"volumeName":"pv-1"}}),
             );
-            let m = crate::metrics::ClusterMetrics::default();
-            let client = crate::cluster::client::client_from(api.config(), &m.api_requests).unwrap();
-            let (_c, pods) = crate::cluster::live::KubeCluster::start(
-                client,
-                crate::cluster::live::Options {
-                    node: "node-a".into(),
-                    events: false,
-                    tuning: Default::default(),
-                    timings: crate::cluster::watch::Timings::PRODUCTION,
-                },
-                m,
-            );
+            let (_c, pods, _m) = api.cluster(false, crate::cluster::watch::Timings::PRODUCTION);
             let deadline = Instant::now() + Duration::from_secs(10);
             while !pods.is_current() {
                 assert!(Instant::now() < deadline, "pod cache never synced");
