@@ -37,8 +37,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use moor::metrics::{
-    DriverLabels, ErrorLabels, HealLabels, Metrics, OpLabels, PlacementLabels,
-    ReconstructionLabels, SetAsideLabels, VolumeUse, volume_labels,
+    ErrorLabels, HealLabels, Metrics, OpLabels, PlacementLabels, ReconstructionLabels,
+    SetAsideLabels, VolumeUse, volume_labels,
 };
 use serde_json::Value;
 
@@ -219,9 +219,6 @@ fn fill_every_family(m: &Metrics) {
     m.published_volumes.set(0);
     m.reconcile_runs.inc();
     m.healed_publishes.inc();
-    let _ = DriverLabels {
-        driver: String::new(),
-    };
 }
 
 /// Families the wave's contract (issue 16, common rules) fixes before their code is on this
@@ -1089,7 +1086,7 @@ fn check_kit(moor: &Catalog) -> Vec<String> {
     errs
 }
 
-/// Every series and label the kit names, as `(series, labels)` — what a test proves covered.
+/// Every moor and kubelet series name the kit's expressions use.
 fn names_used() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut exprs: Vec<String> = Vec::new();
