@@ -185,6 +185,11 @@ fn the_package_holds_what_a_node_needs_and_its_scripts_keep_state() {
     let cfg = moor::config::Config::resolve(&file, &moor::config::FileConfig::default())
         .unwrap_or_else(|e| panic!("the package's config.yaml is refused: {e}"));
     assert_eq!(cfg.kubelet_dir, Path::new("/var/lib/kubelet"));
+    // And the packaged binary says so, as postinst asks it before any (re)start.
+    let checked = text(&run(Command::new(unpacked.join("usr/bin/moor"))
+        .args(["config", "check"])
+        .arg(unpacked.join("etc/moor/config.yaml"))));
+    assert!(checked.starts_with("ok: "), "{checked}");
     let default = std::fs::read_to_string(unpacked.join("etc/default/moor")).unwrap();
     assert!(
         default

@@ -63,8 +63,18 @@ status_lists "$POD_DIR" || lab_die "moor status does not list $POD_DIR"
 echo "# edited by the operator" >> /etc/moor/config.yaml
 lab_step "volume published at $POD_DIR through moor~local/local (mount id $id_a); config edited"
 
-# --- upgrade to B ---------------------------------------------------------------------
-lab_run lab_with_deadline 120 dpkg -i "$B"
+# --- upgrade to B, first with a config the new moor refuses ---------------------------
+cp /etc/moor/config.yaml /tmp/config.good
+echo "metrics-adr: 127.0.0.1:1" >> /etc/moor/config.yaml
+if lab_with_deadline 120 dpkg -i "$B" >/tmp/dpkg-bad.log 2>&1; then
+  lab_die "the upgrade went through with a config moor refuses: $(cat /tmp/dpkg-bad.log)"
+fi
+grep -q 'metrics-adr' /tmp/dpkg-bad.log || lab_die "dpkg's output does not name the bad key: $(cat /tmp/dpkg-bad.log)"
+lab_assert_eq "$(main_pid)" "$pid_a" "the daemon left running while the config is refused"
+lab_assert_eq "$(mount_id "$POD_DIR")" "$id_a" "mount id while the upgrade waits"
+cp /tmp/config.good /etc/moor/config.yaml
+lab_run lab_with_deadline 120 dpkg --configure -a
+lab_step "a refused config stopped the upgrade before the restart (daemon $pid_a kept serving); fixed, dpkg --configure -a finished it"
 lab_assert_eq "$(pkg_version)" "ii  0.1.0~lab2" "package state after upgrade"
 lab_assert_eq "$(systemctl is-active moor.service)" active "moor.service after upgrade"
 pid_b=$(main_pid)
