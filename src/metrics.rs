@@ -173,6 +173,31 @@ pub struct Metrics {
     /// Where moor runs (`host`, `container`, `isolated`) and whether FUSE clients live in
     /// scopes of the host's systemd (`fuse_outlives_moor` = `true`/`false`): always 1.
     pub placement: Family<PlacementLabels, Gauge>,
+    /// 1 per pod whose container still holds a healed share's dead mount.
+    pub dead_mount_pods: Family<DeadPodLabels, Gauge>,
+    /// Evictions of pods holding a dead mount, by driver and result.
+    pub evictions: Family<EvictionLabels, Counter>,
+}
+
+/// Labels of `moor_dead_mount_pods`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadPodLabels {
+    /// Driver.
+    pub driver: String,
+    /// The pod's namespace; empty when the API server did not say.
+    pub namespace: String,
+    /// The pod's name, or its UID when the name is not known.
+    pub pod: String,
+}
+
+/// Labels of `moor_evictions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// Driver.
+    pub driver: String,
+    /// `evicted`, `blocked` (a PodDisruptionBudget), `failed`, `skipped` (a bare pod, or a
+    /// pod the API server does not know).
+    pub result: String,
 }
 
 /// Labels of `moor_placement_info`.
@@ -237,6 +262,8 @@ impl Metrics {
             inodes_used: Family::default(),
             records_set_aside: Family::default(),
             placement: Family::default(),
+            dead_mount_pods: Family::default(),
+            evictions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -343,6 +370,16 @@ impl Metrics {
             "placement_info",
             "Where moor runs and whether its FUSE clients outlive it (a pod restart, an upgrade)",
             m.placement.clone(),
+        );
+        registry.register(
+            "dead_mount_pods",
+            "Pods whose containers still hold a healed share's dead mount (1 each)",
+            m.dead_mount_pods.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Evictions of pods holding a dead mount, by driver and result",
+            m.evictions.clone(),
         );
         let info = Family::<BuildLabels, Gauge>::default();
         info.get_or_create(&BuildLabels {
