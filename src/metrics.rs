@@ -175,6 +175,10 @@ pub struct Metrics {
     pub placement: Family<PlacementLabels, Gauge>,
     /// Notices, Events and API requests (`cluster`).
     pub cluster: ClusterMetrics,
+    /// 1 per pod whose container still holds a healed share's dead mount.
+    pub dead_mount_pods: Family<DeadPodLabels, Gauge>,
+    /// Evictions of pods holding a dead mount, by driver and result.
+    pub evictions: Family<EvictionLabels, Counter>,
 }
 
 /// What the daemon tells the API server and how often it asks it (cheap to clone: the
@@ -251,6 +255,27 @@ impl ClusterMetrics {
     }
 }
 
+/// Labels of `moor_dead_mount_pods`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadPodLabels {
+    /// Driver.
+    pub driver: String,
+    /// The pod's namespace; empty when the API server did not say.
+    pub namespace: String,
+    /// The pod's name, or its UID when the name is not known.
+    pub pod: String,
+}
+
+/// Labels of `moor_evictions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// Driver.
+    pub driver: String,
+    /// `evicted`, `blocked` (a PodDisruptionBudget), `failed`, `skipped` (a bare pod, or a
+    /// pod the API server does not know).
+    pub result: String,
+}
+
 /// Labels of `moor_placement_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlacementLabels {
@@ -314,6 +339,8 @@ impl Metrics {
             records_set_aside: Family::default(),
             placement: Family::default(),
             cluster: ClusterMetrics::default(),
+            dead_mount_pods: Family::default(),
+            evictions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -435,6 +462,16 @@ impl Metrics {
             "api_requests",
             "Requests to the Kubernetes API server, by verb and resource",
             m.cluster.api_requests.clone(),
+        );
+        registry.register(
+            "dead_mount_pods",
+            "Pods whose containers still hold a healed share's dead mount (1 each)",
+            m.dead_mount_pods.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Evictions of pods holding a dead mount, by driver and result",
+            m.evictions.clone(),
         );
         let info = Family::<BuildLabels, Gauge>::default();
         info.get_or_create(&BuildLabels {

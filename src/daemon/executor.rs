@@ -355,6 +355,7 @@ impl Handler for Executor {
                     .map(SetAsideRecord::from)
                     .collect(),
                 notices: self.lifecycle.cluster().notify.recent(),
+                dead_mounts: self.lifecycle.dead_mounts(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
             Request::Csi {

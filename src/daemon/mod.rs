@@ -3,6 +3,7 @@
 //! leaves every mount in place.
 
 pub mod csi;
+pub mod deadmounts;
 pub mod drivers;
 pub mod executor;
 pub mod local_pvs;
@@ -301,7 +302,8 @@ async fn serve(
     let reconciler = tokio::spawn(reconciler::run(
         reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone())
             .with_pod_log_dir(cfg.pod_log_dir.clone())
-            .with_claims(claims),
+            .with_claims(claims)
+            .with_heal(cfg.heal.clone()),
         cfg.reconcile_interval,
     ));
     http_state.ready.store(true, Ordering::Relaxed);
