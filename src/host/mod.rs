@@ -24,6 +24,7 @@ pub mod nsmark;
 pub mod onhost;
 pub mod paths;
 pub mod podlogs;
+pub mod podproc;
 pub mod probe;
 pub mod process;
 pub mod rbdbus;
