@@ -173,6 +173,9 @@ pub struct Metrics {
     /// Where moor runs (`host`, `container`, `isolated`) and whether FUSE clients live in
     /// scopes of the host's systemd (`fuse_outlives_moor` = `true`/`false`): always 1.
     pub placement: Family<PlacementLabels, Gauge>,
+    /// Orphaned pod volumes cleaned (a gone pod's publish unpublished, its empty
+    /// directories removed), by driver.
+    pub orphans_cleaned: Family<DriverLabels, Counter>,
 }
 
 /// Labels of `moor_placement_info`.
@@ -237,6 +240,7 @@ impl Metrics {
             inodes_used: Family::default(),
             records_set_aside: Family::default(),
             placement: Family::default(),
+            orphans_cleaned: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -344,6 +348,11 @@ impl Metrics {
             "Where moor runs and whether its FUSE clients outlive it (a pod restart, an upgrade)",
             m.placement.clone(),
         );
+        registry.register(
+            "orphans_cleaned",
+            "Volumes of gone pods unpublished and their empty directories removed, by driver",
+            m.orphans_cleaned.clone(),
+        );
         let info = Family::<BuildLabels, Gauge>::default();
         info.get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -408,6 +417,11 @@ mod tests {
                 }],
             ))
             .set(1 << 30);
+        m.orphans_cleaned
+            .get_or_create(&DriverLabels {
+                driver: "local".into(),
+            })
+            .inc();
         let text = m.encode();
         for want in [
             r#"moor_operations_total{driver="local",op="mount"} 2"#,
@@ -415,6 +429,7 @@ mod tests {
             "# TYPE moor_operation_duration_seconds histogram",
             r#"moor_volume_stats_capacity_bytes{namespace="ns",persistentvolumeclaim="",persistentvolume="",volume="pv1",volume_key="local-dev-wwn-1",driver="local"} 1073741824"#,
             "moor_build_info",
+            r#"moor_orphans_cleaned_total{driver="local"} 1"#,
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
