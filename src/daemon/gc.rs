@@ -57,6 +57,9 @@ pub struct Orphans {
     cfg: GcConfig,
     gone: Mutex<GoneSince>,
     retry: Mutex<HashMap<PathBuf, Retry>>,
+    /// This daemon sees the node's processes (not a container without `hostPID`): the
+    /// live-process check of a named pod can be trusted.
+    sees_node: bool,
 }
 
 impl Orphans {
@@ -75,7 +78,15 @@ impl Orphans {
             cfg,
             gone: Mutex::new(GoneSince::default()),
             retry: Mutex::new(HashMap::new()),
+            sees_node: true,
         }
+    }
+
+    /// Whether this daemon sees the node's processes; when not (a container without
+    /// `hostPID`), every named pod is refused: no process of it could be seen alive.
+    pub fn seeing_node_processes(mut self, sees: bool) -> Self {
+        self.sees_node = sees;
+        self
     }
 
     /// How often the periodic pass runs: often enough that a cleaning comes within a fifth
@@ -181,6 +192,11 @@ impl Orphans {
 
     /// Why a named pod is refused, if it is (see the module header).
     fn named_refusal(&self, uid: &str, state: &PodState) -> Option<String> {
+        if !self.sees_node {
+            return Some(format!(
+                "cannot tell whether pod {uid} still runs here: this daemon does not see the node's processes (a container without hostPID)"
+            ));
+        }
         let proc = &self.lifecycle.host().paths.proc;
         let live = match crate::host::podproc::pod_processes(proc, uid) {
             Ok(l) => l,
@@ -340,5 +356,224 @@ pub async fn run(orphans: Arc<Orphans>, locks: Arc<TryLocked<'static>>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Cluster, Eviction, NoticeReason, Notify, Offline, PodInfo, Pods};
+    use crate::host::fake::FakeHost;
+    use crate::journal::Journal;
+    use crate::lifecycle::{MountOutcome, Timeouts};
+
+    /// The API server's view, as a test sets it.
+    #[derive(Default)]
+    struct SetPods(Mutex<HashMap<String, PodState>>);
+
+    impl Pods for SetPods {
+        fn pod(&self, uid: &str) -> PodState {
+            lock(&self.0).get(uid).cloned().unwrap_or(PodState::Unknown)
+        }
+        fn evict(&self, _: &str, _: &str, _: &str) -> Eviction {
+            Eviction::Failed("test".into())
+        }
+    }
+
+    fn present(uid: &str) -> PodState {
+        PodState::Present(PodInfo {
+            namespace: "ns".into(),
+            name: format!("{uid}-name"),
+            uid: uid.into(),
+            mounts: vec![],
+            pvs: Default::default(),
+            controlled: true,
+        })
+    }
+
+    /// A node over the fake host with one local directory published to pods p1 (gone),
+    /// p2 (present) and p3 (unknown).
+    struct Node {
+        tmp: tempfile::TempDir,
+        lc: Arc<Lifecycle>,
+        metrics: Arc<Metrics>,
+        notices: Arc<Offline>,
+    }
+
+    impl Node {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let fake = FakeHost::new(tmp.path());
+            let src = tmp.path().join("data");
+            std::fs::create_dir_all(&src).unwrap();
+            let paths = fake.host.paths.clone();
+            let ids = crate::host::devid::IdSources {
+                dev_dir: paths.dev.clone(),
+                udev_dir: tmp.path().join("udev"),
+                sys: paths.sys.clone(),
+            };
+            let drivers = crate::daemon::drivers::with_local_sources(
+                crate::daemon::drivers::builtin(),
+                &paths,
+                crate::host::allow::AllowList {
+                    directories: vec![src.clone()],
+                    ..Default::default()
+                },
+                ids,
+            );
+            let pods = Arc::new(SetPods::default());
+            lock(&pods.0).insert("p1".into(), PodState::Gone);
+            lock(&pods.0).insert("p2".into(), present("p2"));
+            let notices = Arc::new(Offline::default());
+            let journal = Journal::open(&paths.state_dir, &paths.run_dir).unwrap();
+            let lc = Lifecycle::new(fake.host, journal, drivers, "n".into(), Timeouts::default())
+                .with_cluster(Cluster {
+                    notify: notices.clone(),
+                    pods,
+                    connected: true,
+                });
+            let opts =
+                std::collections::BTreeMap::from([("path".to_owned(), src.display().to_string())]);
+            let opts = crate::volume::options::parse(&opts).unwrap();
+            let node = Node {
+                tmp,
+                lc: Arc::new(lc),
+                metrics: Arc::new(Metrics::new()),
+                notices,
+            };
+            for pod in ["p1", "p2", "p3"] {
+                let plan = node
+                    .lc
+                    .plan_mount("local", &node.target(pod), &opts)
+                    .unwrap();
+                assert_eq!(node.lc.mount(&plan).unwrap(), MountOutcome::Published);
+            }
+            node
+        }
+
+        fn target(&self, pod: &str) -> String {
+            self.tmp
+                .path()
+                .join(format!("kubelet/pods/{pod}/volumes/moor~local/vol"))
+                .display()
+                .to_string()
+        }
+
+        fn orphans(&self, grace: Duration, on: bool) -> Orphans {
+            let cfg = GcConfig { orphans: on, grace };
+            Orphans::new(self.lc.clone(), self.metrics.clone(), cfg)
+        }
+
+        fn published(&self) -> Vec<String> {
+            self.lc
+                .pod_volumes()
+                .into_iter()
+                .map(|v| v.pod_uid)
+                .collect()
+        }
+
+        fn cleaned(&self) -> u64 {
+            self.metrics
+                .orphans_cleaned
+                .get_or_create(&DriverLabels {
+                    driver: "local".into(),
+                })
+                .get()
+        }
+    }
+
+    fn free(_: &PodVolume, f: &mut dyn FnMut()) -> bool {
+        f();
+        true
+    }
+
+    fn busy(_: &PodVolume, _: &mut dyn FnMut()) -> bool {
+        false
+    }
+
+    #[test]
+    fn a_pass_cleans_only_the_pods_confirmed_gone_past_the_grace() {
+        let n = Node::new();
+        let o = n.orphans(Duration::ZERO, true);
+        let done = o.pass(&free);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(
+            (done[0].pod_uid.as_str(), done[0].action.as_str()),
+            ("p1", "cleaned")
+        );
+        assert_eq!(n.published(), ["p2", "p3"]);
+        let p1 = PathBuf::from(n.target("p1"));
+        assert!(!p1.exists() && !p1.parent().unwrap().exists());
+        assert!(
+            p1.parent().unwrap().parent().unwrap().is_dir(),
+            "volumes/ stays"
+        );
+        assert!(PathBuf::from(n.target("p2")).is_dir());
+        assert_eq!(n.cleaned(), 1);
+        let notices = n.notices.recent();
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].notice.reason, NoticeReason::OrphanCleaned);
+        assert!(notices[0].notice.pod_uids.is_empty(), "on the node");
+        // Nothing left to do.
+        assert!(o.pass(&free).is_empty());
+        assert_eq!(n.cleaned(), 1);
+    }
+
+    #[test]
+    fn within_the_grace_or_with_gc_off_nothing_is_cleaned_and_the_list_says_why() {
+        let n = Node::new();
+        for o in [
+            n.orphans(Duration::from_secs(3600), true),
+            n.orphans(Duration::ZERO, false),
+        ] {
+            assert!(o.pass(&free).is_empty());
+            let Response::Gc { volumes, .. } = o.request(&[], false, &free) else {
+                panic!("not a gc answer");
+            };
+            let actions: Vec<(&str, &str, &str)> = volumes
+                .iter()
+                .map(|v| (v.pod_uid.as_str(), v.pod.as_str(), v.action.as_str()))
+                .collect();
+            let p1 = if o.cfg.orphans { "wait" } else { "keep" };
+            assert_eq!(
+                actions,
+                [
+                    ("p1", "gone", p1),
+                    ("p2", "present", "keep"),
+                    ("p3", "unknown", "keep")
+                ]
+            );
+        }
+        assert_eq!(n.published(), ["p1", "p2", "p3"]);
+        assert_eq!(n.cleaned(), 0);
+    }
+
+    #[test]
+    fn a_busy_volume_waits_for_the_next_pass_and_a_named_present_pod_is_refused() {
+        let n = Node::new();
+        let o = n.orphans(Duration::ZERO, true);
+        let done = o.pass(&busy);
+        assert_eq!(done[0].action, "busy");
+        assert_eq!(n.published(), ["p1", "p2", "p3"]);
+        assert_eq!(o.pass(&free)[0].action, "cleaned");
+
+        let Response::Gc { volumes, .. } = o.request(&["p2".into()], false, &free) else {
+            panic!("not a gc answer");
+        };
+        assert_eq!(volumes[0].action, "refused");
+        assert!(volumes[0].detail.starts_with("pod_exists"), "{volumes:?}");
+        assert!(volumes[0].failed());
+        // Unknown to the API server, named by the operator: cleaned, unless the daemon
+        // cannot see the node's processes.
+        let blind = n.orphans(Duration::ZERO, true).seeing_node_processes(false);
+        let Response::Gc { volumes, .. } = blind.request(&["p3".into()], false, &free) else {
+            panic!("not a gc answer");
+        };
+        assert_eq!(volumes[0].action, "refused", "{volumes:?}");
+        let Response::Gc { volumes, .. } = o.request(&["p3".into()], false, &free) else {
+            panic!("not a gc answer");
+        };
+        assert_eq!(volumes[0].action, "cleaned", "{volumes:?}");
+        assert_eq!(n.published(), ["p2"]);
     }
 }

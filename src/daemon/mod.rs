@@ -280,11 +280,10 @@ async fn serve(
     fs::set_permissions(&cfg.socket, fs::Permissions::from_mode(0o600))
         .map_err(io("chmod", &cfg.socket))?;
 
-    let orphans = Arc::new(gc::Orphans::new(
-        lifecycle.clone(),
-        metrics.clone(),
-        cfg.gc.clone(),
-    ));
+    let orphans = Arc::new(
+        gc::Orphans::new(lifecycle.clone(), metrics.clone(), cfg.gc.clone())
+            .seeing_node_processes(placement != Placement::Isolated),
+    );
     let exec = Arc::new(
         executor::Executor::new(lifecycle.clone(), metrics.clone(), cfg.operation_timeout)
             .with_volume_limits(csi::volume_limits(&cfg))
