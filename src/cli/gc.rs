@@ -13,10 +13,9 @@ use crate::api::{GcVolume, Request, Response, client};
 
 use super::status::Output;
 
-/// `moor gc` arguments.
-#[derive(Debug, clap::Args)]
-#[command(
-    long_about = "Orphaned pod volumes: a pod deleted while kubelet was down (or whose unmount \
+/// `moor gc --help`: the class, what the daemon does with and without credentials, what
+/// `--pod` refuses.
+pub const LONG_ABOUT: &str = "Orphaned pod volumes: a pod deleted while kubelet was down (or whose unmount \
 failed) leaves moor's bind behind, and kubelet logs \"orphaned pod … volume paths are still \
 present on disk\" forever.\n\n\
 Without --pod, `moor gc` is a dry run: it lists every pod volume moor publishes, what the API \
@@ -26,8 +25,10 @@ them it never guesses, and `moor gc --pod <uid>` is the way.\n\n\
 With --pod, the named pods' volumes are unpublished through moor's own unmount path and their \
 empty directories removed (rmdir only, up to pods/<uid>/volumes). A pod the API server still \
 lists, or with a process alive in its cgroup on this node, is refused. Exit status 1 when \
-anything could not be cleaned."
-)]
+anything could not be cleaned.";
+
+/// `moor gc` arguments.
+#[derive(Debug, clap::Args)]
 pub struct GcArgs {
     /// Clean this pod's volumes (its UID, as `moor gc` lists it); repeat for several pods.
     #[arg(long = "pod", value_name = "UID")]

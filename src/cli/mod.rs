@@ -55,6 +55,7 @@ enum Command {
         key: String,
     },
     /// Orphaned pod volumes: list them (a dry run), or clean the named pods' (`--pod <uid>`).
+    #[command(long_about = gc::LONG_ABOUT)]
     Gc(gc::GcArgs),
     /// Run the main job on a built-in default: a daemon on a loop-backed disk, driven as
     /// kubelet drives it (root).
