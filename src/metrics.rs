@@ -179,6 +179,9 @@ pub struct Metrics {
     pub dead_mount_pods: Family<DeadPodLabels, Gauge>,
     /// Evictions of pods holding a dead mount, by driver and result.
     pub evictions: Family<EvictionLabels, Counter>,
+    /// Orphaned pod volumes cleaned (a gone pod's publish unpublished, its empty
+    /// directories removed), by driver.
+    pub orphans_cleaned: Family<DriverLabels, Counter>,
 }
 
 /// What the daemon tells the API server and how often it asks it (cheap to clone: the
@@ -341,6 +344,7 @@ impl Metrics {
             cluster: ClusterMetrics::default(),
             dead_mount_pods: Family::default(),
             evictions: Family::default(),
+            orphans_cleaned: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -473,6 +477,11 @@ impl Metrics {
             "Evictions of pods holding a dead mount, by driver and result",
             m.evictions.clone(),
         );
+        registry.register(
+            "orphans_cleaned",
+            "Volumes of gone pods unpublished and their empty directories removed, by driver",
+            m.orphans_cleaned.clone(),
+        );
         let info = Family::<BuildLabels, Gauge>::default();
         info.get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -537,6 +546,11 @@ mod tests {
                 }],
             ))
             .set(1 << 30);
+        m.orphans_cleaned
+            .get_or_create(&DriverLabels {
+                driver: "local".into(),
+            })
+            .inc();
         let text = m.encode();
         for want in [
             r#"moor_operations_total{driver="local",op="mount"} 2"#,
@@ -544,6 +558,7 @@ mod tests {
             "# TYPE moor_operation_duration_seconds histogram",
             r#"moor_volume_stats_capacity_bytes{namespace="ns",persistentvolumeclaim="",persistentvolume="",volume="pv1",volume_key="local-dev-wwn-1",driver="local"} 1073741824"#,
             "moor_build_info",
+            r#"moor_orphans_cleaned_total{driver="local"} 1"#,
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
