@@ -53,6 +53,11 @@ pub enum Request {
     },
     /// The volume table.
     Status,
+    /// The daemon's newest log lines (`moor bundle`).
+    Logs {
+        /// At most this many.
+        lines: usize,
+    },
     /// Drop an idle volume's record (`moor forget`).
     Forget {
         /// Volume key.
@@ -213,6 +218,7 @@ impl Request {
             Request::Unmount { .. } => "unmount",
             Request::Expand { .. } => "expandfs",
             Request::Status => "status",
+            Request::Logs { .. } => "logs",
             Request::Forget { .. } => "forget",
             Request::Csi { call, .. } => call.op(),
         }
@@ -369,6 +375,11 @@ pub enum Response {
     Expanded {
         /// The volume's capacity now.
         capacity_bytes: u64,
+    },
+    /// The daemon's newest log lines, oldest first (JSON, as its log writes them).
+    Logs {
+        /// The lines.
+        lines: Vec<String>,
     },
 }
 

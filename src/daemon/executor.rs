@@ -355,6 +355,9 @@ impl Handler for Executor {
                 notices: self.lifecycle.cluster().notify.recent(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
+            Request::Logs { lines } => answer.send(&Response::Logs {
+                lines: crate::telemetry::ring().last(lines),
+            }),
             Request::Csi {
                 driver,
                 volume_id,
