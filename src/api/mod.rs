@@ -463,6 +463,12 @@ mod tests {
                 Response::Failed(Failure::refused("shutting down")),
                 r#"{"kind":"failed","causes":["shutting down"]}"#,
             ),
+            (
+                Response::Logs {
+                    lines: vec![r#"{"level":"INFO"}"#.into()],
+                },
+                r#"{"kind":"logs","lines":["{\"level\":\"INFO\"}"]}"#,
+            ),
         ] {
             assert_eq!(serde_json::to_string(&r).unwrap(), json);
             assert_eq!(serde_json::from_str::<Response>(json).unwrap(), r);
