@@ -175,12 +175,12 @@ impl HealConfig {
     fn resolve(raw: &HealFileConfig) -> Result<Self, ConfigError> {
         let mut c = HealConfig::default();
         for d in raw.evict_pods.iter().flatten() {
-            if !crate::flexvolume::DRIVERS.contains(&d.as_str()) {
+            if !crate::csi::DRIVERS.contains(&d.as_str()) {
                 return Err(ConfigError::Invalid {
                     key: "heal.evict-pods",
                     message: format!(
                         "{d}: not a moor driver (known: {})",
-                        crate::flexvolume::DRIVERS.join(", ")
+                        crate::csi::DRIVERS.join(", ")
                     ),
                 });
             }

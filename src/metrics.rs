@@ -177,6 +177,8 @@ pub struct Metrics {
     pub dead_mount_pods: Family<DeadPodLabels, Gauge>,
     /// Evictions of pods holding a dead mount, by driver and result.
     pub evictions: Family<EvictionLabels, Counter>,
+    /// Notices, Events and API requests (`cluster`).
+    pub cluster: ClusterMetrics,
 }
 
 /// Labels of `moor_dead_mount_pods`.
@@ -198,6 +200,80 @@ pub struct EvictionLabels {
     /// `evicted`, `blocked` (a PodDisruptionBudget), `failed`, `skipped` (a bare pod, or a
     /// pod the API server does not know).
     pub result: String,
+}
+
+/// What the daemon tells the API server and how often it asks it (cheap to clone: the
+/// families share their series).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterMetrics {
+    /// `moor_notices_total{reason}`: every notice, with or without credentials.
+    pub notices: Family<NoticeLabels, Counter>,
+    /// `moor_events_total{result}`: sent, aggregated, throttled, dropped, failed.
+    pub events: Family<EventLabels, Counter>,
+    /// `moor_api_requests_total{verb,resource}`: every request to the API server.
+    pub api_requests: Family<ApiRequestLabels, Counter>,
+}
+
+/// Labels of `moor_notices_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NoticeLabels {
+    /// `NoticeReason::label()`.
+    pub reason: String,
+}
+
+/// Labels of `moor_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `sent`, `aggregated`, `throttled`, `dropped`, `failed`.
+    pub result: String,
+}
+
+/// Labels of `moor_api_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// `get`, `list`, `watch`, `create`, `patch`, `update`, `delete`.
+    pub verb: String,
+    /// `pods`, `persistentvolumes`, `events`, `pods/eviction`, …
+    pub resource: String,
+}
+
+impl ClusterMetrics {
+    /// Counts one Event outcome.
+    pub fn event(&self, result: &str) {
+        self.events
+            .get_or_create(&EventLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The number of notices with reason label `reason` so far.
+    pub fn notices_with(&self, reason: &str) -> u64 {
+        self.notices
+            .get_or_create(&NoticeLabels {
+                reason: reason.into(),
+            })
+            .get()
+    }
+
+    /// The number of requests `verb resource` so far.
+    pub fn requests_with(&self, verb: &str, resource: &str) -> u64 {
+        self.api_requests
+            .get_or_create(&ApiRequestLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .get()
+    }
+
+    /// The number of Events with `result` so far.
+    pub fn events_with(&self, result: &str) -> u64 {
+        self.events
+            .get_or_create(&EventLabels {
+                result: result.into(),
+            })
+            .get()
+    }
 }
 
 /// Labels of `moor_placement_info`.
@@ -264,6 +340,7 @@ impl Metrics {
             placement: Family::default(),
             dead_mount_pods: Family::default(),
             evictions: Family::default(),
+            cluster: ClusterMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -380,6 +457,21 @@ impl Metrics {
             "evictions",
             "Evictions of pods holding a dead mount, by driver and result",
             m.evictions.clone(),
+        );
+        registry.register(
+            "notices",
+            "Notices (what an operator must know), by reason",
+            m.cluster.notices.clone(),
+        );
+        registry.register(
+            "events",
+            "Kubernetes Events, by result (sent, aggregated, throttled, dropped, failed)",
+            m.cluster.events.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API server, by verb and resource",
+            m.cluster.api_requests.clone(),
         );
         let info = Family::<BuildLabels, Gauge>::default();
         info.get_or_create(&BuildLabels {

@@ -102,6 +102,7 @@ struct Objects {
     namespaces: Vec<Namespace>,
     services: Vec<Service>,
     service_monitors: Vec<Value>,
+    prometheus_rules: Vec<Value>,
     csi_drivers: Vec<CSIDriver>,
 }
 
@@ -136,6 +137,10 @@ fn parse(name: &str, docs: &[Value]) -> Objects {
                     "{name}: ServiceMonitor without an endpoint port: {v}"
                 );
                 o.service_monitors.push(v.clone())
+            }
+            // Its content is tests/monitoring.rs's to check.
+            (Some("monitoring.coreos.com/v1"), Some("PrometheusRule")) => {
+                o.prometheus_rules.push(v.clone())
             }
             other => panic!("{name}: unexpected object {other:?}: {v}"),
         }
@@ -418,6 +423,7 @@ fn every_rendering_parses_and_keeps_nodes_safe() {
         }
         assert_eq!(o.service_monitors.len(), usize::from(monitored), "{name}");
         assert_eq!(o.services.len(), usize::from(monitored), "{name}");
+        assert_eq!(o.prometheus_rules.len(), usize::from(monitored), "{name}");
 
         // The front end lands in the plugin dir this overlay promises.
         let init = container(pod.init_containers.as_ref().unwrap(), "install-flexvolume");

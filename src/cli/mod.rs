@@ -4,7 +4,10 @@
 //! longer commands live beside it — [`status`] (the table), [`demo`] — and import nothing
 //! from here: the arrows point from the dispatch to them.
 
+pub mod completions;
+pub mod config_check;
 pub mod demo;
+pub mod doctor;
 pub mod local;
 pub mod status;
 
@@ -71,8 +74,29 @@ enum Command {
         #[arg(long)]
         binary: Option<PathBuf>,
     },
+    /// Check this node's prerequisites for the drivers it is configured for: one row per
+    /// check with a fix hint; exit status 1 when a checked driver cannot work.
+    Doctor(doctor::DoctorArgs),
+    /// Config file tools: `moor config check FILE`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script: `moor completions bash > /etc/bash_completion.d/moor`.
+    Completions {
+        /// The shell.
+        shell: completions::Shell,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse and resolve a config as the daemon would, print `ok` and the effective
+    /// settings, or the error naming the key (exit 1). Creates and starts nothing.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
 }
 
 /// The flags every command that reads the node's config shares (the daemon, `moor local`).
@@ -271,6 +295,9 @@ pub enum CliError {
     /// `moor install-flexvolume`.
     #[error(transparent)]
     Install(#[from] flexvolume::install::InstallError),
+    /// `moor doctor`.
+    #[error(transparent)]
+    Doctor(#[from] doctor::DoctorError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -308,6 +335,12 @@ pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
                 done.drivers.len(),
                 plugin_dir.display()
             );
+            Ok(0)
+        }
+        Command::Doctor(args) => Ok(doctor::run(args)?),
+        Command::Config(ConfigCommand::Check { file }) => Ok(config_check::run(&file)?),
+        Command::Completions { shell } => {
+            print!("{}", completions::script(shell));
             Ok(0)
         }
         Command::Version => {

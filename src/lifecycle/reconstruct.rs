@@ -66,7 +66,18 @@ impl Lifecycle {
             for p in loaded.publishes {
                 st.put_publish(p);
             }
-            st.set_aside = loaded.problems;
+            st.set_aside = loaded.problems.clone();
+        }
+        for p in &loaded.problems {
+            // The reason label and the file, never the detail: a parse error may quote it.
+            self.cluster().notify.notify(crate::cluster::Notice::new(
+                crate::cluster::NoticeReason::RecordSetAside,
+                format!(
+                    "journal record {} was set aside at start-up ({}); moor does not manage what it described until an operator inspects it",
+                    p.path.display(),
+                    p.reason
+                ),
+            ));
         }
         self.rekey_records(&mut report);
         self.adopt_unrecorded(&mut report);
