@@ -232,9 +232,11 @@ fn fill_every_family(m: &Metrics) {
             result: "blocked".into(),
         })
         .inc();
-    let _ = DriverLabels {
-        driver: String::new(),
-    };
+    m.orphans_cleaned
+        .get_or_create(&DriverLabels {
+            driver: "local".into(),
+        })
+        .inc();
 }
 
 /// Families the wave's contract (issue 16, common rules) fixes before their code is on this

@@ -98,7 +98,8 @@ impl Reply {
             Response::Failed(f) => Reply::failure(f.to_string()),
             other @ (Response::Status { .. }
             | Response::VolumeStats { .. }
-            | Response::Expanded { .. }) => {
+            | Response::Expanded { .. }
+            | Response::Gc { .. }) => {
                 Reply::failure(format!("daemon_error: unexpected answer {other:?}"))
             }
         }

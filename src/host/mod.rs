@@ -25,6 +25,7 @@ pub mod nsmounts;
 pub mod onhost;
 pub mod paths;
 pub mod podlogs;
+pub mod podproc;
 pub mod probe;
 pub mod process;
 pub mod rbdbus;

@@ -34,6 +34,7 @@ mod expand;
 mod guard;
 mod heal;
 mod health;
+pub mod orphans;
 pub mod owned;
 mod publish;
 mod reconstruct;
