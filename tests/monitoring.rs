@@ -220,6 +220,19 @@ fn fill_every_family(m: &Metrics) {
     m.published_volumes.set(0);
     m.reconcile_runs.inc();
     m.healed_publishes.inc();
+    m.dead_mount_pods
+        .get_or_create(&moor::metrics::DeadPodLabels {
+            driver: "glusterfs".into(),
+            namespace: "team-a".into(),
+            pod: "web-0".into(),
+        })
+        .set(1);
+    m.evictions
+        .get_or_create(&moor::metrics::EvictionLabels {
+            driver: "glusterfs".into(),
+            result: "blocked".into(),
+        })
+        .inc();
     m.orphans_cleaned
         .get_or_create(&DriverLabels {
             driver: "local".into(),

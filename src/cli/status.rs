@@ -194,3 +194,28 @@ pub fn notices_table(notices: &[crate::api::notice::RecentNotice]) -> String {
 fn short_uid(uid: &str) -> &str {
     uid.get(..8).unwrap_or(uid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::DeadMount;
+
+    #[test]
+    fn dead_mounts_are_listed_by_pod_name_or_uid() {
+        assert_eq!(dead_mounts_table(&[]), "");
+        let row = |ns: &str, pod: &str| DeadMount {
+            volume: "glusterfs-vol1".into(),
+            driver: "glusterfs".into(),
+            pod_uid: "1b2c3d4e-0000-4abc-8def-0123456789ab".into(),
+            namespace: ns.into(),
+            pod: pod.into(),
+            since_heal_secs: 42,
+            action: "reported".into(),
+        };
+        let t = dead_mounts_table(&[row("team-a", "web-0"), row("", "")]);
+        assert!(t.contains("2 pod(s) still hold a dead mount"), "{t}");
+        assert!(t.contains("team-a/web-0"), "{t}");
+        assert!(t.contains("1b2c3d4e-0000-4abc-8def-0123456789ab"), "{t}");
+        assert!(t.contains("42s  reported"), "{t}");
+    }
+}

@@ -11,6 +11,10 @@
 //! first), the share is mounted again and every pod directory bound again. A hung *NFS*
 //! mount is only reported: with `hard` it resumes by itself when the server answers, and a
 //! remount could not succeed before that. Failed heals back off exponentially.
+//!
+//! A heal stacks the share over the pod dirs whose containers receive propagation and
+//! replaces the others ([`crate::daemon::deadmounts`] decides which, reports the pods that
+//! still hold the dead mount afterwards, and evicts them where the operator opted in).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -287,6 +291,13 @@ impl Reconciler {
             let lc = &self.lifecycle;
             if self.exec.try_locked(&key, || lc.restore_publish(&target)) == Some(true) {
                 restored += 1;
+            }
+        }
+        // A stacked layer that went (a peer's unpublish takes its copies along) is put back.
+        for key in self.lifecycle.stacked_volumes() {
+            let lc = &self.lifecycle;
+            if let Some(n) = self.exec.try_locked(&key, || lc.restack(&key)) {
+                restored += n;
             }
         }
         self.metrics.healed_publishes.inc_by(restored as u64);
