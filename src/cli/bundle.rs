@@ -168,7 +168,7 @@ pub const README: &str = "moor support bundle
 ===================
 version.txt    moor's version, the kernel release, the node, when the bundle was made
 config.yaml    the config file as written, then the effective settings (as comments)
-status.json    `moor status -o json`: the daemon's volumes, set-aside records, notices
+status.json    the daemon's status answer (`moor status -o json`; empty lists left out)
 doctor.json    `moor doctor -o json` for the drivers configured on this node
 journal/       moor's records: stage/ (<state-dir>/stage), publish/ (<run-dir>/publish),
                and the other record directories of the state dir (wipe journal)
@@ -308,19 +308,21 @@ pub fn collect(
         &format!("{raw}\n# effective settings:\n{effective}"),
     );
 
+    // The whole answer, whatever fields it grows (what `moor status -o json` prints; empty
+    // lists are left out).
     match client::call(&cfg.socket, &Request::Status, Duration::from_secs(10)) {
-        Ok(Response::Status {
-            node,
-            volumes,
-            set_aside,
-            notices,
-        }) => {
-            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "notices": notices });
-            c.add(
-                "status.json",
-                &serde_json::to_string_pretty(&v).unwrap_or_default(),
-            );
-        }
+        Ok(r @ Response::Status { .. }) => match serde_json::to_value(&r) {
+            Ok(mut v) => {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("kind");
+                }
+                c.add(
+                    "status.json",
+                    &serde_json::to_string_pretty(&v).unwrap_or_default(),
+                );
+            }
+            Err(e) => c.fail("status.json", e),
+        },
         Ok(other) => c.fail("status.json", format!("unexpected answer {other:?}")),
         Err(e) => c.fail("status.json", crate::error::Chain(&e)),
     }
