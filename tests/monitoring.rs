@@ -219,9 +219,11 @@ fn fill_every_family(m: &Metrics) {
     m.published_volumes.set(0);
     m.reconcile_runs.inc();
     m.healed_publishes.inc();
-    let _ = DriverLabels {
-        driver: String::new(),
-    };
+    m.orphans_cleaned
+        .get_or_create(&DriverLabels {
+            driver: "local".into(),
+        })
+        .inc();
 }
 
 /// Families the wave's contract (issue 16, common rules) fixes before their code is on this

@@ -21,10 +21,13 @@ use std::time::{Duration, Instant};
 use crate::api::{
     Answer, CsiCall, Failure, Handler, PodUse, Request, Response, SetAsideRecord, VolumeStatus,
 };
+use crate::cluster::{Notice, NoticeReason};
 use crate::error::{Chain, CsiError, Error};
 use crate::journal::{Problem, PublishRecord, StageSource};
+use crate::lifecycle::orphans::PodVolume;
 use crate::lifecycle::{CsiVolume, Lifecycle, MountOutcome, UnmountOutcome, VolumeView};
 use crate::metrics::Metrics;
+use crate::volume::DriverError;
 use crate::volume::VolumeOptions;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -273,20 +276,33 @@ pub struct Executor {
     watchdog: Watchdog,
     /// CSI stages allowed per driver on this node (`csi.max-volumes-per-node`).
     volume_limits: HashMap<String, usize>,
+    /// Orphaned pod volumes (`moor gc`).
+    orphans: Arc<crate::daemon::gc::Orphans>,
 }
 
 impl Executor {
     /// An executor over `lifecycle`.
     pub fn new(lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>, op_timeout: Duration) -> Self {
         Executor {
-            lifecycle,
-            metrics,
             locks: KeyLocks::default(),
             op_timeout,
             gate: Gate::default(),
             watchdog: Watchdog::new(op_timeout),
             volume_limits: HashMap::new(),
+            orphans: Arc::new(crate::daemon::gc::Orphans::new(
+                lifecycle.clone(),
+                metrics.clone(),
+                crate::config::GcConfig::default(),
+            )),
+            lifecycle,
+            metrics,
         }
+    }
+
+    /// Answers `moor gc` with `orphans` (the daemon's collector, with its `gc:` config).
+    pub fn with_orphans(mut self, orphans: Arc<crate::daemon::gc::Orphans>) -> Self {
+        self.orphans = orphans;
+        self
     }
 
     /// Refuses a CSI stage (`too_many_volumes`) beyond `limits[driver]` CSI stages of that
@@ -324,6 +340,16 @@ impl Executor {
         let _guard = self.locks.lock(key, Some(Instant::now()))?;
         Some(f())
     }
+
+    /// [`Executor::try_locked`] for a pod volume: a CSI publish's `volume_id` lock too, as
+    /// a CSI call takes it. False when either is busy (then `f` did not run).
+    pub fn try_locked_volume(&self, v: &PodVolume, f: &mut dyn FnMut()) -> bool {
+        let mut run = || self.try_locked(&v.key, &mut *f).is_some();
+        match &v.csi_volume_id {
+            Some(id) => self.try_locked(&csi_id_lock(id), run).unwrap_or(false),
+            None => run(),
+        }
+    }
 }
 
 impl Handler for Executor {
@@ -353,11 +379,18 @@ impl Handler for Executor {
                     .map(SetAsideRecord::from)
                     .collect(),
                 notices: self.lifecycle.cluster().notify.recent(),
+                dead_mounts: self.lifecycle.dead_mounts(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
             Request::Logs { lines } => answer.send(&Response::Logs {
                 lines: crate::telemetry::ring().last(lines),
             }),
+            Request::Gc { pods, dry_run } => {
+                let locks = |v: &PodVolume, f: &mut dyn FnMut()| self.try_locked_volume(v, f);
+                let r = self.orphans.request(&pods, dry_run, &locks);
+                self.refresh_counts();
+                answer.send(&r);
+            }
             Request::Csi {
                 driver,
                 volume_id,
@@ -367,8 +400,16 @@ impl Handler for Executor {
                 let span = tracing::info_span!("op", op, driver = %driver, volume_id = %volume_id,
                     volume = tracing::field::Empty);
                 let _entered = span.enter();
+                let pod = match &call {
+                    CsiCall::Publish { target, .. } => pod_of_target(target),
+                    _ => None,
+                };
                 self.timed_reply(op, &driver, &volume_id, answer, |_deadline| {
-                    self.csi(&driver, &volume_id, call)
+                    let r = self.csi(&driver, &volume_id, call);
+                    if let Err(e) = &r {
+                        self.report(e, &driver, pod, None);
+                    }
+                    r
                 });
             }
             Request::Mount {
@@ -381,7 +422,16 @@ impl Handler for Executor {
                     volume = tracing::field::Empty);
                 let _entered = span.enter();
                 self.timed("mount", &driver, &target, answer, |deadline| {
-                    self.mount(&driver, &target, &options, deadline)
+                    let r = self.mount(&driver, &target, &options, deadline);
+                    if let Err(e) = &r {
+                        self.report(
+                            e,
+                            &driver,
+                            pod_of_target(&target),
+                            options.pv_or_volume_name.clone(),
+                        );
+                    }
+                    r
                 });
             }
             Request::Expand {
@@ -407,7 +457,87 @@ impl Handler for Executor {
     }
 }
 
+/// The pod UID in a kubelet target path (`…/pods/<uid>/volumes/…`): kubelet's own path,
+/// never an option a pod author writes.
+fn pod_of_target(target: &str) -> Option<String> {
+    let mut parts = target.split('/');
+    while let Some(p) = parts.next() {
+        if p == "pods" {
+            let uid = parts.next()?;
+            return (parts.next() == Some("volumes") && !uid.is_empty()).then(|| uid.to_owned());
+        }
+    }
+    None
+}
+
+/// The notice an operator must get for a refusal (a format refused because the device
+/// holds data, a fencing refusal naming the other client, a wrong-node refusal), built from
+/// the error's typed facts only — never its options or a command's output.
+pub fn notice_of(e: &Error, driver: &str) -> Option<Notice> {
+    use crate::attach::rbd::RbdError;
+    use crate::fs::FsError;
+    let (reason, volume, message) = match e {
+        Error::Fs(FsError::DataPresent { volume, device }) => (
+            NoticeReason::FormatRefused,
+            volume,
+            format!(
+                "{} holds data but no filesystem moor can mount; not formatted",
+                device.display()
+            ),
+        ),
+        Error::Fs(FsError::SignaturePresent {
+            volume,
+            device,
+            found,
+        }) => (
+            NoticeReason::FormatRefused,
+            volume,
+            format!("{} holds {found}; not formatted", device.display()),
+        ),
+        Error::Driver(DriverError::WrongNode {
+            volume,
+            wanted,
+            this,
+        }) => (
+            NoticeReason::WrongNode,
+            volume,
+            format!("belongs to node {wanted}; refused on node {this}"),
+        ),
+        Error::Driver(d) => match d.protocol::<RbdError>()? {
+            RbdError::InUse {
+                volume,
+                image,
+                holders,
+            } => (
+                NoticeReason::FencingRefused,
+                volume,
+                format!(
+                    "image {image} is in use by another client ({holders}); not mapped read-write here"
+                ),
+            ),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(
+        Notice::new(reason, format!("{driver} volume {volume}: {message}"))
+            .volume(volume.clone(), driver),
+    )
+}
+
 impl Executor {
+    /// Reports a refusal an operator must hear about (see [`notice_of`]) on the pod and PV.
+    fn report(&self, e: &Error, driver: &str, pod: Option<String>, pv: Option<String>) {
+        let Some(mut n) = notice_of(e, driver) else {
+            return;
+        };
+        n = n.pods(pod);
+        if let Some(pv) = pv.filter(|p| !p.is_empty()) {
+            n = n.pv(pv);
+        }
+        self.lifecycle.cluster().notify.notify(n);
+    }
+
     /// Runs `run` under the operation deadline and records its metrics; `subject` (the pod
     /// volume directory) names the volume in a timeout message. When the deadline passes
     /// first, the watchdog answers and records the timeout; `run` still goes on to its end.
@@ -545,7 +675,7 @@ impl Executor {
                 volume: volume.into(),
             })
         };
-        let id_lock = format!("csi-volume-id:{volume_id}");
+        let id_lock = csi_id_lock(volume_id);
         let Some(_id_held) = self.locks.try_lock(&id_lock) else {
             return Err(busy(volume_id));
         };
@@ -721,6 +851,11 @@ impl From<&Problem> for SetAsideRecord {
     }
 }
 
+/// The lock a CSI call takes on its `volume_id` before the volume key's.
+fn csi_id_lock(volume_id: &str) -> String {
+    format!("csi-volume-id:{volume_id}")
+}
+
 /// The answer for a failed operation: its reason label and its cause chain, typed.
 fn failed(e: &Error) -> Response {
     Response::Failed(Failure::of(e.reason(), e))
@@ -729,6 +864,43 @@ fn failed(e: &Error) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_become_notices_naming_volume_driver_and_device_only() {
+        assert_eq!(
+            pod_of_target("/var/lib/kubelet/pods/0a1b-2c/volumes/moor~nfs/data").as_deref(),
+            Some("0a1b-2c")
+        );
+        assert_eq!(pod_of_target("/var/lib/kubelet/plugins/moor/nfs/k"), None);
+        let e = Error::Fs(crate::fs::FsError::DataPresent {
+            volume: "iscsi-key".into(),
+            device: "/dev/sdb".into(),
+        });
+        let n = notice_of(&e, "iscsi").unwrap();
+        assert_eq!(n.reason, NoticeReason::FormatRefused);
+        assert_eq!(n.volume.as_deref(), Some("iscsi-key"));
+        assert!(n.message.contains("/dev/sdb") && n.message.contains("iscsi volume iscsi-key"));
+        let e = Error::Driver(DriverError::WrongNode {
+            volume: "local-key".into(),
+            wanted: "node-b".into(),
+            this: "node-a".into(),
+        });
+        let n = notice_of(&e, "local").unwrap();
+        assert_eq!(n.reason, NoticeReason::WrongNode);
+        assert!(n.message.contains("node-b") && n.message.contains("node-a"));
+        let e = Error::Driver(DriverError::from(crate::attach::rbd::RbdError::InUse {
+            volume: "rbd-key".into(),
+            image: "pool/img".into(),
+            holders: "client.4171 10.0.0.9:0/1234".into(),
+        }));
+        let n = notice_of(&e, "rbd").unwrap();
+        assert_eq!(n.reason, NoticeReason::FencingRefused);
+        assert!(
+            n.message.contains("client.4171 10.0.0.9:0/1234") && n.message.contains("pool/img")
+        );
+        // Other failures are the log's and the metrics' business.
+        assert!(notice_of(&Error::Internal("x".into()), "nfs").is_none());
+    }
 
     #[test]
     fn a_key_lock_is_exclusive_and_a_waiter_gives_up_at_its_deadline() {
