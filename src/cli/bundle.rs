@@ -308,22 +308,14 @@ pub fn collect(
         &format!("{raw}\n# effective settings:\n{effective}"),
     );
 
-    // The whole answer, whatever fields it grows (what `moor status -o json` prints; empty
-    // lists are left out).
     match client::call(&cfg.socket, &Request::Status, Duration::from_secs(10)) {
-        Ok(r @ Response::Status { .. }) => match serde_json::to_value(&r) {
-            Ok(mut v) => {
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("kind");
-                }
-                c.add(
-                    "status.json",
-                    &serde_json::to_string_pretty(&v).unwrap_or_default(),
-                );
-            }
-            Err(e) => c.fail("status.json", e),
+        Ok(resp) => match super::status::json(&resp) {
+            Some(v) => c.add(
+                "status.json",
+                &serde_json::to_string_pretty(&v).unwrap_or_default(),
+            ),
+            None => c.fail("status.json", format!("unexpected answer {resp:?}")),
         },
-        Ok(other) => c.fail("status.json", format!("unexpected answer {other:?}")),
         Err(e) => c.fail("status.json", crate::error::Chain(&e)),
     }
 

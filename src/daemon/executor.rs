@@ -382,15 +382,15 @@ impl Handler for Executor {
                 dead_mounts: self.lifecycle.dead_mounts(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
-            Request::Logs { lines } => answer.send(&Response::Logs {
-                lines: crate::telemetry::ring().last(lines),
-            }),
             Request::Gc { pods, dry_run } => {
                 let locks = |v: &PodVolume, f: &mut dyn FnMut()| self.try_locked_volume(v, f);
                 let r = self.orphans.request(&pods, dry_run, &locks);
                 self.refresh_counts();
                 answer.send(&r);
             }
+            Request::Logs { lines } => answer.send(&Response::Logs {
+                lines: crate::telemetry::ring().last(lines),
+            }),
             Request::Csi {
                 driver,
                 volume_id,
