@@ -168,7 +168,7 @@ pub const README: &str = "moor support bundle
 ===================
 version.txt    moor's version, the kernel release, the node, when the bundle was made
 config.yaml    the config file as written, then the effective settings (as comments)
-status.json    the daemon's status answer (`moor status -o json`; empty lists left out)
+status.json    `moor status -o json`: the daemon's volumes, set-aside records, notices
 doctor.json    `moor doctor -o json` for the drivers configured on this node
 journal/       moor's records: stage/ (<state-dir>/stage), publish/ (<run-dir>/publish),
                and the other record directories of the state dir (wipe journal)
