@@ -175,6 +175,13 @@ pub struct Metrics {
     pub placement: Family<PlacementLabels, Gauge>,
     /// Notices, Events and API requests (`cluster`).
     pub cluster: ClusterMetrics,
+    /// 1 per pod whose container still holds a healed share's dead mount.
+    pub dead_mount_pods: Family<DeadPodLabels, Gauge>,
+    /// Evictions of pods holding a dead mount, by driver and result.
+    pub evictions: Family<EvictionLabels, Counter>,
+    /// Orphaned pod volumes cleaned (a gone pod's publish unpublished, its empty
+    /// directories removed), by driver.
+    pub orphans_cleaned: Family<DriverLabels, Counter>,
 }
 
 /// What the daemon tells the API server and how often it asks it (cheap to clone: the
@@ -251,6 +258,27 @@ impl ClusterMetrics {
     }
 }
 
+/// Labels of `moor_dead_mount_pods`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadPodLabels {
+    /// Driver.
+    pub driver: String,
+    /// The pod's namespace; empty when the API server did not say.
+    pub namespace: String,
+    /// The pod's name, or its UID when the name is not known.
+    pub pod: String,
+}
+
+/// Labels of `moor_evictions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// Driver.
+    pub driver: String,
+    /// `evicted`, `blocked` (a PodDisruptionBudget), `failed`, `skipped` (a bare pod, or a
+    /// pod the API server does not know).
+    pub result: String,
+}
+
 /// Labels of `moor_placement_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlacementLabels {
@@ -314,6 +342,9 @@ impl Metrics {
             records_set_aside: Family::default(),
             placement: Family::default(),
             cluster: ClusterMetrics::default(),
+            dead_mount_pods: Family::default(),
+            evictions: Family::default(),
+            orphans_cleaned: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -436,6 +467,21 @@ impl Metrics {
             "Requests to the Kubernetes API server, by verb and resource",
             m.cluster.api_requests.clone(),
         );
+        registry.register(
+            "dead_mount_pods",
+            "Pods whose containers still hold a healed share's dead mount (1 each)",
+            m.dead_mount_pods.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Evictions of pods holding a dead mount, by driver and result",
+            m.evictions.clone(),
+        );
+        registry.register(
+            "orphans_cleaned",
+            "Volumes of gone pods unpublished and their empty directories removed, by driver",
+            m.orphans_cleaned.clone(),
+        );
         let info = Family::<BuildLabels, Gauge>::default();
         info.get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -500,6 +546,11 @@ mod tests {
                 }],
             ))
             .set(1 << 30);
+        m.orphans_cleaned
+            .get_or_create(&DriverLabels {
+                driver: "local".into(),
+            })
+            .inc();
         let text = m.encode();
         for want in [
             r#"moor_operations_total{driver="local",op="mount"} 2"#,
@@ -507,6 +558,7 @@ mod tests {
             "# TYPE moor_operation_duration_seconds histogram",
             r#"moor_volume_stats_capacity_bytes{namespace="ns",persistentvolumeclaim="",persistentvolume="",volume="pv1",volume_key="local-dev-wwn-1",driver="local"} 1073741824"#,
             "moor_build_info",
+            r#"moor_orphans_cleaned_total{driver="local"} 1"#,
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

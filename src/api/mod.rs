@@ -53,10 +53,26 @@ pub enum Request {
     },
     /// The volume table.
     Status,
+    /// The daemon's newest log lines (`moor bundle`).
+    Logs {
+        /// At most this many.
+        lines: usize,
+    },
     /// Drop an idle volume's record (`moor forget`).
     Forget {
         /// Volume key.
         key: String,
+    },
+    /// Orphaned pod volumes (`moor gc`): list every publish with what the API server says of
+    /// its pod and what moor does about it; with `pods`, clean those pods' volumes (unless
+    /// `dry_run`).
+    Gc {
+        /// Pod UIDs to clean (empty: list only).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pods: Vec<String>,
+        /// Say what would be done, do nothing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dry_run: bool,
     },
     /// A CSI node call, as the CSI front end translated it from gRPC. Paths and names were
     /// checked there; the daemon checks them again against its own rules.
@@ -213,7 +229,9 @@ impl Request {
             Request::Unmount { .. } => "unmount",
             Request::Expand { .. } => "expandfs",
             Request::Status => "status",
+            Request::Logs { .. } => "logs",
             Request::Forget { .. } => "forget",
+            Request::Gc { .. } => "gc",
             Request::Csi { call, .. } => call.op(),
         }
     }
@@ -253,6 +271,75 @@ pub struct VolumeStatus {
     pub stage_path: String,
     /// Pods using it.
     pub pods: Vec<PodUse>,
+}
+
+/// A pod whose container still holds the dead mount of a healed share (its volume mount
+/// does not propagate, so the heal could not reach it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadMount {
+    /// Volume key.
+    pub volume: String,
+    /// Driver.
+    pub driver: String,
+    /// Pod UID.
+    pub pod_uid: String,
+    /// Pod namespace, when the API server said (else empty).
+    #[serde(default)]
+    pub namespace: String,
+    /// Pod name, when the API server said (else empty).
+    #[serde(default)]
+    pub pod: String,
+    /// Seconds since the heal the pod did not see.
+    pub since_heal_secs: u64,
+    /// What moor did or will do about it (`reported`, `evicting`, `evicted`, `blocked`,
+    /// `not evicted: …`).
+    pub action: String,
+}
+
+/// One pod volume as `moor gc` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcVolume {
+    /// Pod UID.
+    pub pod_uid: String,
+    /// Driver (empty for a named pod moor has no publish of).
+    pub driver: String,
+    /// Volume key.
+    pub key: String,
+    /// Pod volume directory.
+    pub target: String,
+    /// A CSI publish (its stage stays for kubelet's NodeUnstageVolume).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub csi: bool,
+    /// What the API server says of the pod: `present`, `gone` or `unknown`.
+    pub pod: String,
+    /// How long this daemon has seen the pod gone, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_seconds: Option<u64>,
+    /// `keep`, `wait`, `clean` (would be cleaned), `cleaned`, `partial` (unpublished, but a
+    /// directory holds files moor did not expect), `refused`, `busy`, `failed`, `none`
+    /// (nothing of the pod is published).
+    pub action: String,
+    /// Why, or what went wrong, in a sentence.
+    pub detail: String,
+    /// The last publish of a FlexVolume stage: unstaged and detached.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unstaged: bool,
+    /// Empty directories removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Directories left in place, with why (`<dir>: not empty (vol_data.json)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<String>,
+}
+
+impl GcVolume {
+    /// True when something asked for could not be done (the CLI's exit status).
+    pub fn failed(&self) -> bool {
+        matches!(
+            self.action.as_str(),
+            "partial" | "refused" | "busy" | "failed"
+        )
+    }
 }
 
 /// A journal entry moor could not use and set aside (still on disk, renamed).
@@ -348,6 +435,23 @@ pub enum Response {
         /// Recent notices (aggregated), newest last.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         notices: Vec<notice::RecentNotice>,
+        /// Pods whose containers still hold a dead share's old mount after its heal.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dead_mounts: Vec<DeadMount>,
+    },
+    /// Answer to [`Request::Gc`].
+    Gc {
+        /// Every publish of the pods concerned (all of them when listing).
+        volumes: Vec<GcVolume>,
+        /// Nothing was done.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dry_run: bool,
+        /// The daemon cleans confirmed orphans on its own (`gc.orphans`).
+        orphans: bool,
+        /// It has API credentials (without them every pod is `unknown`).
+        connected: bool,
+        /// `gc.grace-seconds`.
+        grace_seconds: u64,
     },
     /// Answer to [`CsiCall::Stats`].
     VolumeStats {
@@ -369,6 +473,11 @@ pub enum Response {
     Expanded {
         /// The volume's capacity now.
         capacity_bytes: u64,
+    },
+    /// The daemon's newest log lines, oldest first (JSON, as its log writes them).
+    Logs {
+        /// The lines.
+        lines: Vec<String>,
     },
 }
 
@@ -451,6 +560,12 @@ mod tests {
             (
                 Response::Failed(Failure::refused("shutting down")),
                 r#"{"kind":"failed","causes":["shutting down"]}"#,
+            ),
+            (
+                Response::Logs {
+                    lines: vec![r#"{"level":"INFO"}"#.into()],
+                },
+                r#"{"kind":"logs","lines":["{\"level\":\"INFO\"}"]}"#,
             ),
         ] {
             assert_eq!(serde_json::to_string(&r).unwrap(), json);

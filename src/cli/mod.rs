@@ -1,13 +1,15 @@
-//! Command line: `moor daemon | flex | status | forget | demo | local | version`, and argv[0]
+//! Command line: `moor daemon | flex | status | forget | gc | demo | local | version`, and argv[0]
 //! dispatch for kubelet's FlexVolume layout (`<plugin-dir>/moor~<driver>/<driver>` → `moor
 //! flex`), with the FlexVolume entry (its panic hook: one JSON line whatever happens). The
 //! longer commands live beside it — [`status`] (the table), [`demo`] — and import nothing
 //! from here: the arrows point from the dispatch to them.
 
+pub mod bundle;
 pub mod completions;
 pub mod config_check;
 pub mod demo;
 pub mod doctor;
+pub mod gc;
 pub mod local;
 pub mod status;
 
@@ -56,6 +58,9 @@ enum Command {
         /// The volume key, as `moor status` shows it.
         key: String,
     },
+    /// Orphaned pod volumes: list them (a dry run), or clean the named pods' (`--pod <uid>`).
+    #[command(long_about = gc::LONG_ABOUT)]
+    Gc(gc::GcArgs),
     /// Run the main job on a built-in default: a daemon on a loop-backed disk, driven as
     /// kubelet drives it (root).
     Demo,
@@ -80,6 +85,9 @@ enum Command {
     /// Config file tools: `moor config check FILE`.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write a support bundle (.tar.gz, mode 0600): version, config, status, doctor, journal
+    /// records, mountinfo, daemon log lines, metrics — secrets removed.
+    Bundle(bundle::BundleArgs),
     /// Print a shell completion script: `moor completions bash > /etc/bash_completion.d/moor`.
     Completions {
         /// The shell.
@@ -292,12 +300,18 @@ pub enum CliError {
     /// `moor local …`.
     #[error(transparent)]
     Local(#[from] local::LocalCliError),
+    /// `moor gc`.
+    #[error(transparent)]
+    Gc(#[from] gc::GcError),
     /// `moor install-flexvolume`.
     #[error(transparent)]
     Install(#[from] flexvolume::install::InstallError),
     /// `moor doctor`.
     #[error(transparent)]
     Doctor(#[from] doctor::DoctorError),
+    /// `moor bundle`.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -320,6 +334,7 @@ pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
         Command::Flex { .. } => Ok(flex_main(&std::env::args_os().collect::<Vec<_>>())),
         Command::Status { output } => Ok(status::run(output)?),
         Command::Forget { key } => forget(&key),
+        Command::Gc(args) => Ok(gc::run(args)?),
         Command::Demo => Ok(demo::run()?),
         Command::Local(args) => Ok(local::run(args)?),
         Command::InstallFlexvolume { plugin_dir, binary } => {
@@ -338,6 +353,7 @@ pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Doctor(args) => Ok(doctor::run(args)?),
+        Command::Bundle(args) => Ok(bundle::run(args)?),
         Command::Config(ConfigCommand::Check { file }) => Ok(config_check::run(&file)?),
         Command::Completions { shell } => {
             print!("{}", completions::script(shell));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::api::{Request, Response, client};
 
 /// How `moor status` prints.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     /// The table.
     Table,
@@ -33,27 +33,45 @@ pub fn run(output: Output) -> Result<i32, StatusError> {
         &Request::Status,
         Duration::from_secs(10),
     )?;
+    if output == Output::Json {
+        let Some(v) = json(&resp) else {
+            return Err(StatusError::Unexpected(format!("{resp:?}")));
+        };
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(0);
+    }
     let Response::Status {
         node,
         volumes,
         set_aside,
         notices,
+        dead_mounts,
     } = resp
     else {
         return Err(StatusError::Unexpected(format!("{resp:?}")));
     };
-    match output {
-        Output::Json => {
-            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "notices": notices });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        Output::Table => {
-            print!("{}", table(&node, &volumes));
-            print!("{}", set_aside_table(&set_aside));
-            print!("{}", notices_table(&notices));
-        }
-    }
+    print!("{}", table(&node, &volumes));
+    print!("{}", set_aside_table(&set_aside));
+    print!("{}", dead_mounts_table(&dead_mounts));
+    print!("{}", notices_table(&notices));
     Ok(0)
+}
+
+/// `moor status -o json` (and the bundle's `status.json`): `None` for another answer.
+pub fn json(resp: &Response) -> Option<serde_json::Value> {
+    let Response::Status {
+        node,
+        volumes,
+        set_aside,
+        notices,
+        dead_mounts,
+    } = resp
+    else {
+        return None;
+    };
+    Some(
+        serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "dead_mounts": dead_mounts, "notices": notices }),
+    )
 }
 
 /// Renders the volume table.
@@ -126,6 +144,33 @@ pub fn set_aside_table(entries: &[crate::api::SetAsideRecord]) -> String {
     out
 }
 
+/// Pods still holding a healed share's dead mount (nothing when none): each needs a restart
+/// of its pod, or an eviction moor makes when the operator opted in.
+pub fn dead_mounts_table(dead: &[crate::api::DeadMount]) -> String {
+    if dead.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{} pod(s) still hold a dead mount (restart them, or see heal.evict-pods):\n",
+        dead.len()
+    );
+    out.push_str(&format!(
+        "{:<10} {:<40} {:<38} {:>8}  {}\n",
+        "DRIVER", "POD", "VOLUME", "SINCE", "ACTION"
+    ));
+    for d in dead {
+        let pod = match (d.namespace.is_empty(), d.pod.is_empty()) {
+            (false, false) => format!("{}/{}", d.namespace, d.pod),
+            _ => d.pod_uid.clone(),
+        };
+        out.push_str(&format!(
+            "{:<10} {:<40} {:<38} {:>7}s  {}\n",
+            d.driver, pod, d.volume, d.since_heal_secs, d.action
+        ));
+    }
+    out
+}
+
 /// Recent notices, after the tables (nothing when none): what an operator must know.
 pub fn notices_table(notices: &[crate::api::notice::RecentNotice]) -> String {
     if notices.is_empty() {
@@ -148,4 +193,29 @@ pub fn notices_table(notices: &[crate::api::notice::RecentNotice]) -> String {
 
 fn short_uid(uid: &str) -> &str {
     uid.get(..8).unwrap_or(uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::DeadMount;
+
+    #[test]
+    fn dead_mounts_are_listed_by_pod_name_or_uid() {
+        assert_eq!(dead_mounts_table(&[]), "");
+        let row = |ns: &str, pod: &str| DeadMount {
+            volume: "glusterfs-vol1".into(),
+            driver: "glusterfs".into(),
+            pod_uid: "1b2c3d4e-0000-4abc-8def-0123456789ab".into(),
+            namespace: ns.into(),
+            pod: pod.into(),
+            since_heal_secs: 42,
+            action: "reported".into(),
+        };
+        let t = dead_mounts_table(&[row("team-a", "web-0"), row("", "")]);
+        assert!(t.contains("2 pod(s) still hold a dead mount"), "{t}");
+        assert!(t.contains("team-a/web-0"), "{t}");
+        assert!(t.contains("1b2c3d4e-0000-4abc-8def-0123456789ab"), "{t}");
+        assert!(t.contains("42s  reported"), "{t}");
+    }
 }

@@ -24,6 +24,7 @@ use crate::api::{
 use crate::cluster::{Notice, NoticeReason};
 use crate::error::{Chain, CsiError, Error};
 use crate::journal::{Problem, PublishRecord, StageSource};
+use crate::lifecycle::orphans::PodVolume;
 use crate::lifecycle::{CsiVolume, Lifecycle, MountOutcome, UnmountOutcome, VolumeView};
 use crate::metrics::Metrics;
 use crate::volume::DriverError;
@@ -275,20 +276,33 @@ pub struct Executor {
     watchdog: Watchdog,
     /// CSI stages allowed per driver on this node (`csi.max-volumes-per-node`).
     volume_limits: HashMap<String, usize>,
+    /// Orphaned pod volumes (`moor gc`).
+    orphans: Arc<crate::daemon::gc::Orphans>,
 }
 
 impl Executor {
     /// An executor over `lifecycle`.
     pub fn new(lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>, op_timeout: Duration) -> Self {
         Executor {
-            lifecycle,
-            metrics,
             locks: KeyLocks::default(),
             op_timeout,
             gate: Gate::default(),
             watchdog: Watchdog::new(op_timeout),
             volume_limits: HashMap::new(),
+            orphans: Arc::new(crate::daemon::gc::Orphans::new(
+                lifecycle.clone(),
+                metrics.clone(),
+                crate::config::GcConfig::default(),
+            )),
+            lifecycle,
+            metrics,
         }
+    }
+
+    /// Answers `moor gc` with `orphans` (the daemon's collector, with its `gc:` config).
+    pub fn with_orphans(mut self, orphans: Arc<crate::daemon::gc::Orphans>) -> Self {
+        self.orphans = orphans;
+        self
     }
 
     /// Refuses a CSI stage (`too_many_volumes`) beyond `limits[driver]` CSI stages of that
@@ -326,6 +340,16 @@ impl Executor {
         let _guard = self.locks.lock(key, Some(Instant::now()))?;
         Some(f())
     }
+
+    /// [`Executor::try_locked`] for a pod volume: a CSI publish's `volume_id` lock too, as
+    /// a CSI call takes it. False when either is busy (then `f` did not run).
+    pub fn try_locked_volume(&self, v: &PodVolume, f: &mut dyn FnMut()) -> bool {
+        let mut run = || self.try_locked(&v.key, &mut *f).is_some();
+        match &v.csi_volume_id {
+            Some(id) => self.try_locked(&csi_id_lock(id), run).unwrap_or(false),
+            None => run(),
+        }
+    }
 }
 
 impl Handler for Executor {
@@ -355,8 +379,18 @@ impl Handler for Executor {
                     .map(SetAsideRecord::from)
                     .collect(),
                 notices: self.lifecycle.cluster().notify.recent(),
+                dead_mounts: self.lifecycle.dead_mounts(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
+            Request::Gc { pods, dry_run } => {
+                let locks = |v: &PodVolume, f: &mut dyn FnMut()| self.try_locked_volume(v, f);
+                let r = self.orphans.request(&pods, dry_run, &locks);
+                self.refresh_counts();
+                answer.send(&r);
+            }
+            Request::Logs { lines } => answer.send(&Response::Logs {
+                lines: crate::telemetry::ring().last(lines),
+            }),
             Request::Csi {
                 driver,
                 volume_id,
@@ -641,7 +675,7 @@ impl Executor {
                 volume: volume.into(),
             })
         };
-        let id_lock = format!("csi-volume-id:{volume_id}");
+        let id_lock = csi_id_lock(volume_id);
         let Some(_id_held) = self.locks.try_lock(&id_lock) else {
             return Err(busy(volume_id));
         };
@@ -815,6 +849,11 @@ impl From<&Problem> for SetAsideRecord {
             detail: p.detail.clone(),
         }
     }
+}
+
+/// The lock a CSI call takes on its `volume_id` before the volume key's.
+fn csi_id_lock(volume_id: &str) -> String {
+    format!("csi-volume-id:{volume_id}")
 }
 
 /// The answer for a failed operation: its reason label and its cause chain, typed.

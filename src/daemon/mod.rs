@@ -3,8 +3,10 @@
 //! leaves every mount in place.
 
 pub mod csi;
+pub mod deadmounts;
 pub mod drivers;
 pub mod executor;
+pub mod gc;
 pub mod local_pvs;
 pub mod notify;
 pub mod reconciler;
@@ -213,7 +215,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         Lifecycle::new(host, journal, drivers, cfg.node_name.clone(), timeouts)
             .with_fuse_scope(placement.fuse_scope())
             .with_id_sources(local_id_sources(&cfg))
-            .with_cluster(api.cluster.clone()),
+            .with_cluster(crate::cluster::testpods::pods_from_file(
+                api.cluster.clone(),
+            )),
     );
     let report = lifecycle.reconstruct()?;
     for (outcome, n) in [
@@ -289,9 +293,14 @@ async fn serve(
     fs::set_permissions(&cfg.socket, fs::Permissions::from_mode(0o600))
         .map_err(io("chmod", &cfg.socket))?;
 
+    let orphans = Arc::new(
+        gc::Orphans::new(lifecycle.clone(), metrics.clone(), cfg.gc.clone())
+            .seeing_node_processes(placement != Placement::Isolated),
+    );
     let exec = Arc::new(
         executor::Executor::new(lifecycle.clone(), metrics.clone(), cfg.operation_timeout)
-            .with_volume_limits(csi::volume_limits(&cfg)),
+            .with_volume_limits(csi::volume_limits(&cfg))
+            .with_orphans(orphans.clone()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let local_pvs = local_pvs::spawn(&cfg, lifecycle.clone(), api.client.clone(), stop_rx);
@@ -305,9 +314,15 @@ async fn serve(
     let reconciler = tokio::spawn(reconciler::run(
         reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone())
             .with_pod_log_dir(cfg.pod_log_dir.clone())
-            .with_claims(claims),
+            .with_claims(claims)
+            .with_heal(cfg.heal.clone()),
         cfg.reconcile_interval,
     ));
+    let collector = cfg.gc.orphans.then(|| {
+        let e = exec.clone();
+        let locks: Arc<gc::TryLocked<'static>> = Arc::new(move |v, f| e.try_locked_volume(v, f));
+        tokio::spawn(gc::run(orphans, locks))
+    });
     http_state.ready.store(true, Ordering::Relaxed);
     tracing::info!(socket = %cfg.socket.display(), kubelet_dir = %cfg.kubelet_dir.display(), "moor daemon ready");
     if let Err(e) = notify::notify("READY=1\nSTATUS=serving") {
@@ -326,6 +341,9 @@ async fn serve(
         exec.drain(DRAIN_LIMIT)
     });
     reconciler.abort();
+    if let Some(t) = collector {
+        t.abort();
+    }
     if let Some(t) = local_pvs {
         t.abort();
     }

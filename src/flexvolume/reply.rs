@@ -98,7 +98,9 @@ impl Reply {
             Response::Failed(f) => Reply::failure(f.to_string()),
             other @ (Response::Status { .. }
             | Response::VolumeStats { .. }
-            | Response::Expanded { .. }) => {
+            | Response::Expanded { .. }
+            | Response::Gc { .. }
+            | Response::Logs { .. }) => {
                 Reply::failure(format!("daemon_error: unexpected answer {other:?}"))
             }
         }
@@ -159,8 +161,9 @@ mod tests {
                     volumes: vec![],
                     set_aside: vec![],
                     notices: vec![],
+                    dead_mounts: vec![],
                 },
-                r#"{"status":"Failure","message":"daemon_error: unexpected answer Status { node: \"n\", volumes: [], set_aside: [], notices: [] }"}"#,
+                r#"{"status":"Failure","message":"daemon_error: unexpected answer Status { node: \"n\", volumes: [], set_aside: [], notices: [], dead_mounts: [] }"}"#,
             ),
         ] {
             let reply = Reply::from_response(r);

@@ -114,6 +114,18 @@ impl Lifecycle {
                 }
             }
             PublishPhase::Publishing | PublishPhase::Unpublishing => {
+                // An unpublish of a healed pod dir stopped part way: its layers go first.
+                if !p.layers.is_empty() {
+                    if let Err(e) = self.remove_layers(&p) {
+                        report.problems.push(format!(
+                            "{}: cannot remove the layers a heal stacked: {}",
+                            p.target.display(),
+                            Chain(&e)
+                        ));
+                        return;
+                    }
+                    p.layers.clear();
+                }
                 // kubelet never got Success for a Publishing record: undo it, kubelet retries.
                 let undone = match self.open_target(&p.target, false) {
                     Ok(Some(t)) if mounted => self
@@ -313,9 +325,11 @@ impl Lifecycle {
                     .filter(|s| foreign(&s.mount_id))
                     .cloned()
                     .collect(),
+                // A healed pod dir's stack is learnt again layer by layer as it is removed
+                // (`remove_layers`): only its top is reachable to compare.
                 st.publishes
                     .values()
-                    .filter(|p| foreign(&p.mount_id))
+                    .filter(|p| foreign(&p.mount_id) && p.layers.is_empty())
                     .cloned()
                     .collect(),
             )
@@ -492,6 +506,7 @@ impl Lifecycle {
                 mount_id: self.mount_id_of_path(&m.mount_point),
                 csi: false,
                 block: false,
+                layers: Vec::new(),
             };
             if self.journal.put_publish(&rec).is_ok() {
                 self.state().put_publish(rec);
