@@ -7,7 +7,10 @@
 //! since start-up, is connected now (its last list or watch succeeded), and the UID is not
 //! in its view: a UID absent from a current, complete list of this node's pods. While the
 //! API server is unreachable, or before the first list, every pod is
-//! [`PodState::Unknown`]. A pod's DELETED event is the API server's own word.
+//! [`PodState::Unknown`]. A pod's DELETED event is the API server's own word. An empty view
+//! is never taken as "gone" either: a node that holds a pod's volumes runs pods, so no pod
+//! at all means the watch asks for the wrong node (moor's `node-name` is not kubelet's, e.g.
+//! `--hostname-override` or a cloud name), and trusting it would clean every live pod.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -45,7 +48,7 @@ impl PodCache {
     /// What the API server says of `uid` (see the module's invariant).
     pub fn state(&self, uid: &str) -> PodState {
         let i = self.lock();
-        if !(i.synced && i.healthy) {
+        if !(i.synced && i.healthy) || i.pods.is_empty() {
             return PodState::Unknown;
         }
         match i.pods.get(uid) {

@@ -318,12 +318,22 @@ fn the_pod_cache_says_gone_only_when_the_api_server_is_current_and_lacks_the_uid
         })
         .await;
         assert_eq!(c.pods.pod("uid-web-1"), PodState::Unknown);
+        api.put("pods", pod("team-a", "web-2", "node-a"));
         api.delete("pods", "team-a/web-1");
         api.set_down(false);
         until("gone after it is back", || {
             c.pods.pod("uid-web-1") == PodState::Gone
         })
         .await;
+        // No pod at all on "this node" is a watch of the wrong node (moor's node name is not
+        // kubelet's), never a reason to call every pod gone.
+        api.delete("pods", "team-a/web-2");
+        until("web-2 left the view", || {
+            !matches!(c.pods.pod("uid-web-2"), PodState::Present(_))
+        })
+        .await;
+        assert_eq!(c.pods.pod("uid-web-2"), PodState::Unknown);
+        assert_eq!(c.pods.pod("uid-web-1"), PodState::Unknown);
     });
 }
 

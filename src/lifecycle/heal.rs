@@ -211,8 +211,11 @@ impl Lifecycle {
             self.state().put_publish(p);
             healed.rebound += 1;
         }
+        let mut bound = false;
         for p in stacked {
-            self.stack_layer(p, &stage_path, stage_dev)?;
+            // Only once moor has stacked one pod dir in this call can a copy on another be
+            // propagation's doing: before that, an unrecorded mount there is someone else's.
+            bound |= self.stack_layer(p, &stage_path, stage_dev, bound)?;
             healed.stacked += 1;
         }
         tracing::warn!(volume = key, driver = %rec.driver, server = %remote.server, rebound = healed.rebound, stacked = healed.stacked, "stale mount healed: export mounted again, pod directories bound again or stacked over");
@@ -220,13 +223,16 @@ impl Lifecycle {
     }
 
     /// Puts the live stage on top of `p`'s pod dir: adopts the copy propagation already put
-    /// there (of the stage's device, on moor's own bind, during this heal), or binds it.
+    /// there (of the stage's device, unrecorded, and only when `adopt`: moor itself stacked
+    /// a peer pod dir earlier in the same call, under the volume's lock), or binds it.
+    /// Returns whether it bound (false: adopted).
     fn stack_layer(
         &self,
         mut p: PublishRecord,
         stage_path: &Path,
         stage_dev: Option<(u32, u32)>,
-    ) -> Result<(), Error> {
+        adopt: bool,
+    ) -> Result<bool, Error> {
         let cannot = || Error::Internal(format!("cannot stack over {}", p.target.display()));
         let t = self.open_target(&p.target, false)?.ok_or_else(cannot)?;
         let top = match self.found_at(&t)? {
@@ -235,17 +241,24 @@ impl Lifecycle {
         };
         let same = |a: &MountId, b: &MountId| (a.id, a.unique, a.dev) == (b.id, b.unique, b.dev);
         let recorded = |id: &MountId| p.mount_id.iter().chain(&p.layers).any(|r| same(r, id));
-        let layer = match top {
-            Some(m) if stage_dev == Some(m.dev) && !recorded(&m) => {
+        let (layer, bound) = match top {
+            Some(m) if adopt && stage_dev == Some(m.dev) && !recorded(&m) => {
                 tracing::info!(volume = %p.key, target = %p.target.display(), mount_id = m.id, "the healed share reached this pod dir through propagation; recorded as moor's layer");
-                m
+                (m, false)
             }
-            _ => self.bind_again(&p, stage_path).ok_or_else(cannot)?,
+            Some(m) if !recorded(&m) => {
+                return Err(Error::Internal(format!(
+                    "{}: a mount moor did not make (id {}) covers the pod dir; not stacked over",
+                    p.target.display(),
+                    m.id
+                )));
+            }
+            _ => (self.bind_again(&p, stage_path).ok_or_else(cannot)?, true),
         };
         p.layers.push(layer);
         self.journal.put_publish(&p)?;
         self.state().put_publish(p);
-        Ok(())
+        Ok(bound)
     }
 
     /// Removes every layer a heal stacked on `p`'s pod dir, top down, each through the
@@ -333,6 +346,7 @@ impl Lifecycle {
         let stage_path = self.stage_path(&stage.driver, key);
         let stage_dev = stage.mount_id.map(|m| m.dev);
         let mut done = 0;
+        let mut bound = false;
         for mut p in self.publishes_of(key) {
             let Some(&top) = p.layers.last() else {
                 continue;
@@ -346,6 +360,17 @@ impl Lifecycle {
             if self.owns(&t, Place::PodDir, Some(top), None) {
                 continue;
             }
+            // A mount moor did not make on top (not propagation's copy of a bind this call
+            // made): moor's layers under it stay recorded, and nothing is stacked over it.
+            if let Ok(Found::Mount(m)) = self.found_at(&t) {
+                let m = MountId::from(m);
+                let same = |r: &MountId| (r.id, r.unique, r.dev) == (m.id, m.unique, m.dev);
+                let recorded = p.mount_id.iter().chain(&p.layers).any(same);
+                if !recorded && !(bound && stage_dev == Some(m.dev)) {
+                    tracing::warn!(volume = key, target = %p.target.display(), mount_id = m.id, "a mount moor did not make covers the pod dir; not stacked over, moor's layers under it stay recorded");
+                    continue;
+                }
+            }
             // Keep the layers still there (the highest one moor still owns and those under it).
             let keep = (0..p.layers.len())
                 .rev()
@@ -356,8 +381,11 @@ impl Lifecycle {
             if !self.is_mount_point(&stage_path).unwrap_or(false) {
                 continue;
             }
-            match self.stack_layer(p.clone(), &stage_path, stage_dev) {
-                Ok(()) => done += 1,
+            match self.stack_layer(p.clone(), &stage_path, stage_dev, bound) {
+                Ok(b) => {
+                    bound |= b;
+                    done += 1;
+                }
                 Err(e) => {
                     tracing::error!(volume = key, target = %p.target.display(), error = %crate::error::Chain(&e), "cannot stack the share over the pod dir again");
                     let _ = self.journal.put_publish(&p);
