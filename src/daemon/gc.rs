@@ -8,7 +8,9 @@
 //!   only if free: kubelet's own call on that volume goes first, the next pass retries;
 //! - on its own the daemon cleans only [`PodState::Gone`] pods past the grace, timed from
 //!   when this daemon first saw them gone (memory only), and only with `gc.orphans` on;
-//!   [`PodState::Unknown`] never (no credentials means no guess);
+//!   [`PodState::Unknown`] never (no credentials means no guess); and not while a process
+//!   of the pod still runs here (deleted in the API server while kubelet was down, its
+//!   containers keep running until kubelet returns and stops them);
 //! - a named pod (`moor gc --pod`) is refused while the API server lists it or a process in
 //!   its cgroup is alive on this node (read from [`crate::host::HostPaths::proc`]), and when
 //!   that cannot be read;
@@ -60,6 +62,8 @@ pub struct Orphans {
     /// This daemon sees the node's processes (not a container without `hostPID`): the
     /// live-process check of a named pod can be trusted.
     sees_node: bool,
+    /// Where the node's processes are read (the host paths' procfs root).
+    proc: PathBuf,
 }
 
 impl Orphans {
@@ -73,12 +77,13 @@ impl Orphans {
             });
         }
         Orphans {
-            lifecycle,
             metrics,
             cfg,
             gone: Mutex::new(GoneSince::default()),
             retry: Mutex::new(HashMap::new()),
             sees_node: true,
+            proc: lifecycle.host().paths.proc.clone(),
+            lifecycle,
         }
     }
 
@@ -130,10 +135,53 @@ impl Orphans {
                 continue;
             }
             let mut r = self.row(&v, &state, gone_for);
-            self.clean(&v, OrphanCause::Confirmed, locks, &mut r);
+            if let Some(why) = self.running_here(&v.pod_uid) {
+                // Deleted in the API server while kubelet is down, its containers still
+                // run here: unstaging (a logout, an unmap) under them could lose writes.
+                // kubelet stops them when it comes back, then unmounts by itself.
+                let wait = self.back_off(&v);
+                tracing::warn!(volume = %v.key, pod_uid = %v.pod_uid, why = %why, retry_in = ?wait, "the API server says the pod is gone but it still runs here; its volume stays");
+                r.action = "wait".into();
+                r.detail = why;
+            } else {
+                self.clean(&v, OrphanCause::Confirmed, locks, &mut r);
+            }
             done.push(r);
         }
         done
+    }
+
+    /// Why pod `uid` counts as still running on this node, if it does: a process in its
+    /// cgroup, or processes that cannot be read. `None` when this daemon cannot see the
+    /// node's processes at all (the API server's word stands then).
+    fn running_here(&self, uid: &str) -> Option<String> {
+        if !self.sees_node {
+            return None;
+        }
+        let proc = &self.proc;
+        match crate::host::podproc::pod_processes(proc, uid) {
+            Ok(live) if live.is_empty() => None,
+            Ok(live) => Some(format!(
+                "a process of pod {uid} still runs here ({:?})",
+                &live[..live.len().min(5)]
+            )),
+            Err(e) => Some(format!(
+                "cannot tell whether pod {uid} still runs here ({}: {e})",
+                proc.display()
+            )),
+        }
+    }
+
+    /// Schedules the next attempt at `v` after a failure; returns the wait.
+    fn back_off(&self, v: &PodVolume) -> Duration {
+        let mut retry = lock(&self.retry);
+        let b = retry.entry(v.target.clone()).or_default();
+        b.failures = b.failures.saturating_add(1);
+        let wait = FIRST_RETRY
+            .saturating_mul(1 << b.failures.min(6).saturating_sub(1))
+            .min(MAX_RETRY);
+        b.next = Some(Instant::now() + wait);
+        wait
     }
 
     fn due(&self, v: &PodVolume) -> bool {
@@ -197,7 +245,7 @@ impl Orphans {
                 "cannot tell whether pod {uid} still runs here: this daemon does not see the node's processes (a container without hostPID)"
             ));
         }
-        let proc = &self.lifecycle.host().paths.proc;
+        let proc = &self.proc;
         let live = match crate::host::podproc::pod_processes(proc, uid) {
             Ok(l) => l,
             Err(e) => {
@@ -281,7 +329,7 @@ impl Orphans {
                     self.metrics
                         .orphans_cleaned
                         .get_or_create(&DriverLabels {
-                            driver: c.driver.clone(),
+                            driver: v.driver.clone(),
                         })
                         .inc();
                     // Content moor did not expect in a pod volume dir: the pod's data, or
@@ -306,16 +354,7 @@ impl Orphans {
                 }
             }
             Some(Err(e)) => {
-                let wait = {
-                    let mut retry = lock(&self.retry);
-                    let b = retry.entry(v.target.clone()).or_default();
-                    b.failures = b.failures.saturating_add(1);
-                    let wait = FIRST_RETRY
-                        .saturating_mul(1 << b.failures.min(6).saturating_sub(1))
-                        .min(MAX_RETRY);
-                    b.next = Some(Instant::now() + wait);
-                    wait
-                };
+                let wait = self.back_off(v);
                 tracing::warn!(volume = %v.key, driver = %v.driver, pod_uid = %v.pod_uid, target = %v.target.display(),
                     reason = e.reason(), error = %Chain(&e), retry_in = ?wait, "orphaned pod volume not cleaned");
                 r.action = if e.reason() == "not_owned" {
@@ -404,6 +443,7 @@ mod tests {
         fn new() -> Self {
             let tmp = tempfile::tempdir().unwrap();
             let fake = FakeHost::new(tmp.path());
+            std::fs::create_dir_all(tmp.path().join("proc")).unwrap();
             let src = tmp.path().join("data");
             std::fs::create_dir_all(&src).unwrap();
             let paths = fake.host.paths.clone();
@@ -461,7 +501,10 @@ mod tests {
 
         fn orphans(&self, grace: Duration, on: bool) -> Orphans {
             let cfg = GcConfig { orphans: on, grace };
-            Orphans::new(self.lc.clone(), self.metrics.clone(), cfg)
+            let mut o = Orphans::new(self.lc.clone(), self.metrics.clone(), cfg);
+            // The node's processes, as a test writes them (`<pid>/cgroup`).
+            o.proc = self.tmp.path().join("proc");
+            o
         }
 
         fn published(&self) -> Vec<String> {
@@ -517,6 +560,24 @@ mod tests {
         // Nothing left to do.
         assert!(o.pass(&free).is_empty());
         assert_eq!(n.cleaned(), 1);
+    }
+
+    #[test]
+    fn a_gone_pod_whose_process_still_runs_here_is_left_until_it_ends() {
+        let n = Node::new();
+        let pid = n.tmp.path().join("proc/4242");
+        std::fs::create_dir_all(&pid).unwrap();
+        std::fs::write(pid.join("cgroup"), "0::/kubepods/besteffort/podp1/c0ffee\n").unwrap();
+        let o = n.orphans(Duration::ZERO, true);
+        let done = o.pass(&free);
+        assert_eq!(done[0].action, "wait", "{done:?}");
+        assert!(done[0].detail.contains("4242"), "{done:?}");
+        assert_eq!(n.published(), ["p1", "p2", "p3"]);
+        // Retried later (backoff), not every pass; once it ended, cleaned.
+        assert!(o.pass(&free).is_empty());
+        std::fs::remove_dir_all(&pid).unwrap();
+        lock(&o.retry).clear();
+        assert_eq!(o.pass(&free)[0].action, "cleaned");
     }
 
     #[test]

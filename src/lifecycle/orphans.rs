@@ -64,17 +64,9 @@ impl OrphanCause {
     }
 }
 
-/// What cleaning one orphaned publish did.
+/// What cleaning one orphaned publish did (the caller knows which one).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrphanCleaning {
-    /// The pod's UID.
-    pub pod_uid: String,
-    /// Volume key.
-    pub key: String,
-    /// Driver.
-    pub driver: String,
-    /// The pod volume dir.
-    pub target: PathBuf,
     /// moor's publish record was there and is gone now (the bind with it, if it was there).
     pub unpublished: bool,
     /// It was the last publish of a FlexVolume stage: unstaged and detached.
@@ -249,18 +241,9 @@ impl Lifecycle {
     /// do. Reports an [`NoticeReason::OrphanCleaned`] notice when it unpublished something.
     pub fn clean_orphan(&self, target: &Path, cause: OrphanCause) -> Result<OrphanCleaning, Error> {
         let Some(rec) = self.state().publishes.get(target).cloned() else {
-            return Ok(OrphanCleaning {
-                target: target.into(),
-                ..OrphanCleaning::default()
-            });
+            return Ok(OrphanCleaning::default());
         };
-        let mut done = OrphanCleaning {
-            pod_uid: rec.pod_uid.clone(),
-            key: rec.key.clone(),
-            driver: rec.driver.clone(),
-            target: target.into(),
-            ..OrphanCleaning::default()
-        };
+        let mut done = OrphanCleaning::default();
         let volumes = self
             .host
             .paths
