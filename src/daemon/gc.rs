@@ -50,6 +50,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Retry {
     failures: u32,
     next: Option<Instant>,
+    /// What the last attempt ran into (`moor gc` shows it).
+    last: String,
 }
 
 /// The collector's state: its config, when each pod was first seen gone, failed cleanings.
@@ -139,7 +141,7 @@ impl Orphans {
                 // Deleted in the API server while kubelet is down, its containers still
                 // run here: unstaging (a logout, an unmap) under them could lose writes.
                 // kubelet stops them when it comes back, then unmounts by itself.
-                let wait = self.back_off(&v);
+                let wait = self.back_off(&v, &why);
                 tracing::warn!(volume = %v.key, pod_uid = %v.pod_uid, why = %why, retry_in = ?wait, "the API server says the pod is gone but it still runs here; its volume stays");
                 r.action = "wait".into();
                 r.detail = why;
@@ -147,6 +149,12 @@ impl Orphans {
                 self.clean(&v, OrphanCause::Confirmed, locks, &mut r);
             }
             done.push(r);
+        }
+        if done
+            .iter()
+            .any(|r| r.action == "cleaned" || r.action == "partial")
+        {
+            self.metrics.set_volume_counts(self.lifecycle.counts());
         }
         done
     }
@@ -172,11 +180,12 @@ impl Orphans {
         }
     }
 
-    /// Schedules the next attempt at `v` after a failure; returns the wait.
-    fn back_off(&self, v: &PodVolume) -> Duration {
+    /// Schedules the next attempt at `v` after a failure (`why`); returns the wait.
+    fn back_off(&self, v: &PodVolume, why: &str) -> Duration {
         let mut retry = lock(&self.retry);
         let b = retry.entry(v.target.clone()).or_default();
         b.failures = b.failures.saturating_add(1);
+        b.last = why.to_owned();
         let wait = FIRST_RETRY
             .saturating_mul(1 << b.failures.min(6).saturating_sub(1))
             .min(MAX_RETRY);
@@ -205,6 +214,7 @@ impl Orphans {
             let mut r = self.row(&v, &state, gone_for);
             if named.is_empty() {
                 self.explain(&mut r, &state, gone_for);
+                self.last_attempt(&v, &mut r);
             } else {
                 match self.named_refusal(&v.pod_uid, &state) {
                     Some(why) => {
@@ -285,6 +295,23 @@ impl Orphans {
         r.detail = detail;
     }
 
+    /// A volume the daemon tried and could not clean: what stopped it, and when it tries
+    /// again (an operator reads this rather than the log).
+    fn last_attempt(&self, v: &PodVolume, r: &mut GcVolume) {
+        let retry = lock(&self.retry);
+        let Some(b) = retry
+            .get(&v.target)
+            .filter(|b| r.action == "clean" && b.failures > 0)
+        else {
+            return;
+        };
+        let left = b
+            .next
+            .map_or(0, |n| n.saturating_duration_since(Instant::now()).as_secs());
+        r.action = "retrying".into();
+        r.detail = format!("{} (attempt {}; next in {left}s)", b.last, b.failures);
+    }
+
     fn row(&self, v: &PodVolume, state: &PodState, gone_for: Option<Duration>) -> GcVolume {
         GcVolume {
             pod_uid: v.pod_uid.clone(),
@@ -354,7 +381,8 @@ impl Orphans {
                 }
             }
             Some(Err(e)) => {
-                let wait = self.back_off(v);
+                let why = format!("{}: {}", e.reason(), Chain(&e));
+                let wait = self.back_off(v, &why);
                 tracing::warn!(volume = %v.key, driver = %v.driver, pod_uid = %v.pod_uid, target = %v.target.display(),
                     reason = e.reason(), error = %Chain(&e), retry_in = ?wait, "orphaned pod volume not cleaned");
                 r.action = if e.reason() == "not_owned" {
@@ -363,7 +391,7 @@ impl Orphans {
                     "failed"
                 }
                 .into();
-                r.detail = format!("{}: {}", e.reason(), Chain(&e));
+                r.detail = why;
             }
         }
     }
@@ -573,8 +601,14 @@ mod tests {
         assert_eq!(done[0].action, "wait", "{done:?}");
         assert!(done[0].detail.contains("4242"), "{done:?}");
         assert_eq!(n.published(), ["p1", "p2", "p3"]);
-        // Retried later (backoff), not every pass; once it ended, cleaned.
+        // Retried later (backoff), not every pass, and the list says why; once it ended,
+        // cleaned.
         assert!(o.pass(&free).is_empty());
+        let Response::Gc { volumes, .. } = o.request(&[], false, &free) else {
+            panic!("not a gc answer");
+        };
+        assert_eq!(volumes[0].action, "retrying", "{volumes:?}");
+        assert!(volumes[0].detail.contains("4242"), "{volumes:?}");
         std::fs::remove_dir_all(&pid).unwrap();
         lock(&o.retry).clear();
         assert_eq!(o.pass(&free)[0].action, "cleaned");
