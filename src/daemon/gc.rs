@@ -361,13 +361,17 @@ impl Orphans {
                         .inc();
                     // Content moor did not expect in a pod volume dir: the pod's data, or
                     // kubelet still there. An operator looks; kubelet keeps complaining.
-                    r.action = if c.left.is_empty() {
+                    r.action = if c.left.is_empty() && c.stage_error.is_none() {
                         "cleaned"
                     } else {
                         "partial"
                     }
                     .into();
                     r.detail = match &c.stage_kept {
+                        _ if c.stage_error.is_some() => format!(
+                            "unpublished; its unstage failed and the reconciler retries it ({})",
+                            c.stage_error.as_deref().unwrap_or_default()
+                        ),
                         Some(s) => format!(
                             "unpublished; the CSI stage {} stays for kubelet's NodeUnstageVolume",
                             s.display()
@@ -462,6 +466,8 @@ mod tests {
     /// p2 (present) and p3 (unknown).
     struct Node {
         tmp: tempfile::TempDir,
+        fake: FakeHost,
+        pods: Arc<SetPods>,
         lc: Arc<Lifecycle>,
         metrics: Arc<Metrics>,
         notices: Arc<Offline>,
@@ -494,17 +500,25 @@ mod tests {
             lock(&pods.0).insert("p2".into(), present("p2"));
             let notices = Arc::new(Offline::default());
             let journal = Journal::open(&paths.state_dir, &paths.run_dir).unwrap();
-            let lc = Lifecycle::new(fake.host, journal, drivers, "n".into(), Timeouts::default())
-                .with_cluster(Cluster {
-                    notify: notices.clone(),
-                    pods,
-                    connected: true,
-                });
+            let lc = Lifecycle::new(
+                fake.host.clone(),
+                journal,
+                drivers,
+                "n".into(),
+                Timeouts::default(),
+            )
+            .with_cluster(Cluster {
+                notify: notices.clone(),
+                pods: pods.clone(),
+                connected: true,
+            });
             let opts =
                 std::collections::BTreeMap::from([("path".to_owned(), src.display().to_string())]);
             let opts = crate::volume::options::parse(&opts).unwrap();
             let node = Node {
                 tmp,
+                fake,
+                pods,
                 lc: Arc::new(lc),
                 metrics: Arc::new(Metrics::new()),
                 notices,
@@ -612,6 +626,34 @@ mod tests {
         std::fs::remove_dir_all(&pid).unwrap();
         lock(&o.retry).clear();
         assert_eq!(o.pass(&free)[0].action, "cleaned");
+    }
+
+    #[test]
+    fn a_last_publish_whose_unstage_fails_is_still_the_pods_part_done() {
+        use crate::host::{Errno, Mounter, Target};
+        let n = Node::new();
+        lock(&n.pods.0).remove("p2");
+        let o = n.orphans(Duration::ZERO, true);
+        let Response::Gc { volumes, .. } = o.request(&["p2".into(), "p3".into()], false, &free)
+        else {
+            panic!("not a gc answer");
+        };
+        assert!(volumes.iter().all(|v| v.action == "cleaned"), "{volumes:?}");
+        // p1's bind is already gone, and the stage's unmount fails.
+        let p1 = PathBuf::from(n.target("p1"));
+        n.fake
+            .mounts
+            .unmount_target(&Target::by_path(&p1), false, Duration::from_secs(1))
+            .unwrap();
+        n.fake.mounts.fail_next("unmount", Errno::EIO);
+        let done = o.pass(&free);
+        assert_eq!(done[0].action, "partial", "{done:?}");
+        assert!(done[0].detail.contains("unstage failed"), "{done:?}");
+        assert!(n.published().is_empty());
+        assert!(!p1.exists(), "the pod's directories go with its publish");
+        assert_eq!(n.cleaned(), 3, "p1, and p2 and p3 named");
+        // The stage is left for the reconciler's finish_pending.
+        assert_eq!(n.lc.pending_transitions().len(), 1);
     }
 
     #[test]
