@@ -173,9 +173,110 @@ pub struct Metrics {
     /// Where moor runs (`host`, `container`, `isolated`) and whether FUSE clients live in
     /// scopes of the host's systemd (`fuse_outlives_moor` = `true`/`false`): always 1.
     pub placement: Family<PlacementLabels, Gauge>,
+    /// Notices, Events and API requests (`cluster`).
+    pub cluster: ClusterMetrics,
+    /// 1 per pod whose container still holds a healed share's dead mount.
+    pub dead_mount_pods: Family<DeadPodLabels, Gauge>,
+    /// Evictions of pods holding a dead mount, by driver and result.
+    pub evictions: Family<EvictionLabels, Counter>,
     /// Orphaned pod volumes cleaned (a gone pod's publish unpublished, its empty
     /// directories removed), by driver.
     pub orphans_cleaned: Family<DriverLabels, Counter>,
+}
+
+/// What the daemon tells the API server and how often it asks it (cheap to clone: the
+/// families share their series).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterMetrics {
+    /// `moor_notices_total{reason}`: every notice, with or without credentials.
+    pub notices: Family<NoticeLabels, Counter>,
+    /// `moor_events_total{result}`: sent, aggregated, throttled, dropped, failed.
+    pub events: Family<EventLabels, Counter>,
+    /// `moor_api_requests_total{verb,resource}`: every request to the API server.
+    pub api_requests: Family<ApiRequestLabels, Counter>,
+}
+
+/// Labels of `moor_notices_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NoticeLabels {
+    /// `NoticeReason::label()`.
+    pub reason: String,
+}
+
+/// Labels of `moor_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `sent`, `aggregated`, `throttled`, `dropped`, `failed`.
+    pub result: String,
+}
+
+/// Labels of `moor_api_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// `get`, `list`, `watch`, `create`, `patch`, `update`, `delete`.
+    pub verb: String,
+    /// `pods`, `persistentvolumes`, `events`, `pods/eviction`, …
+    pub resource: String,
+}
+
+impl ClusterMetrics {
+    /// Counts one Event outcome.
+    pub fn event(&self, result: &str) {
+        self.events
+            .get_or_create(&EventLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The number of notices with reason label `reason` so far.
+    pub fn notices_with(&self, reason: &str) -> u64 {
+        self.notices
+            .get_or_create(&NoticeLabels {
+                reason: reason.into(),
+            })
+            .get()
+    }
+
+    /// The number of requests `verb resource` so far.
+    pub fn requests_with(&self, verb: &str, resource: &str) -> u64 {
+        self.api_requests
+            .get_or_create(&ApiRequestLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .get()
+    }
+
+    /// The number of Events with `result` so far.
+    pub fn events_with(&self, result: &str) -> u64 {
+        self.events
+            .get_or_create(&EventLabels {
+                result: result.into(),
+            })
+            .get()
+    }
+}
+
+/// Labels of `moor_dead_mount_pods`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadPodLabels {
+    /// Driver.
+    pub driver: String,
+    /// The pod's namespace; empty when the API server did not say.
+    pub namespace: String,
+    /// The pod's name, or its UID when the name is not known.
+    pub pod: String,
+}
+
+/// Labels of `moor_evictions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// Driver.
+    pub driver: String,
+    /// `evicted`, `blocked` (a PodDisruptionBudget), `failed`, `skipped` (a bare pod, or a
+    /// pod the API server does not know).
+    pub result: String,
 }
 
 /// Labels of `moor_placement_info`.
@@ -240,6 +341,9 @@ impl Metrics {
             inodes_used: Family::default(),
             records_set_aside: Family::default(),
             placement: Family::default(),
+            cluster: ClusterMetrics::default(),
+            dead_mount_pods: Family::default(),
+            evictions: Family::default(),
             orphans_cleaned: Family::default(),
             registry: Registry::default(),
         };
@@ -347,6 +451,31 @@ impl Metrics {
             "placement_info",
             "Where moor runs and whether its FUSE clients outlive it (a pod restart, an upgrade)",
             m.placement.clone(),
+        );
+        registry.register(
+            "notices",
+            "Notices (what an operator must know), by reason",
+            m.cluster.notices.clone(),
+        );
+        registry.register(
+            "events",
+            "Kubernetes Events, by result (sent, aggregated, throttled, dropped, failed)",
+            m.cluster.events.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API server, by verb and resource",
+            m.cluster.api_requests.clone(),
+        );
+        registry.register(
+            "dead_mount_pods",
+            "Pods whose containers still hold a healed share's dead mount (1 each)",
+            m.dead_mount_pods.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Evictions of pods holding a dead mount, by driver and result",
+            m.evictions.clone(),
         );
         registry.register(
             "orphans_cleaned",

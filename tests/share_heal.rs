@@ -57,6 +57,7 @@ struct Lab {
     src: PathBuf,
     lc: Arc<Lifecycle>,
     metrics: Arc<Metrics>,
+    exec: Arc<Executor>,
     rec: Reconciler,
 }
 
@@ -90,13 +91,14 @@ impl Lab {
             metrics.clone(),
             Duration::from_secs(60),
         ));
-        let rec = Reconciler::new(lc.clone(), metrics.clone(), exec);
+        let rec = Reconciler::new(lc.clone(), metrics.clone(), exec.clone());
         Lab {
             _dir: dir,
             root,
             src,
             lc,
             metrics,
+            exec,
             rec,
         }
     }
@@ -346,4 +348,259 @@ fn a_stage_unmounted_under_moor_is_mounted_and_bound_again() {
     }
     lab.unmount(&pod);
     assert_eq!(lab.mounted_under_root(), Vec::<PathBuf>::new());
+}
+
+/// A stand-in container: a process in its own mount namespace made with
+/// `unshare --propagation slave` (as a runtime's), holding a recursive bind of a pod dir
+/// at `dir`, made `rslave` (HostToContainer) or `rprivate` (None) as containerd does. It
+/// reads `dir/data` every 50 ms and writes what it saw (or `ERR …`) to `out`.
+struct Container {
+    child: std::process::Child,
+    dir: PathBuf,
+    out: PathBuf,
+}
+
+impl Container {
+    fn start(root: &Path, name: &str, pod_dir: &Path, propagation: &str) -> Self {
+        let kubelet = root.join("kubelet");
+        let dir = root.join(format!("ctr-{name}"));
+        let out = root.join(format!("ctr-{name}.seen"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Like runc after pivot_root, the container keeps only its volume: the copy of the
+        // host's kubelet tree goes (in this namespace only: a slave passes nothing back).
+        let script = r#"mount --rbind "$1" "$2" && mount --make-r$3 "$2" && umount -l "$5" || exit 1
+while :; do
+  if v=$(cat "$2/data" 2>&1); then echo "$v"; else echo "ERR $v"; fi > "$4.new"; mv "$4.new" "$4"
+  sleep 0.05
+done"#;
+        let child = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "slave", "sh", "-c", script, "sh"])
+            .arg(pod_dir)
+            .arg(&dir)
+            .arg(propagation)
+            .arg(&out)
+            .arg(&kubelet)
+            .spawn()
+            .expect("unshare (util-linux)");
+        let c = Container { child, dir, out };
+        c.wait_seen(|s| !s.is_empty(), "the container's first read");
+        c
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the container's reader saw last.
+    fn seen(&self) -> String {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    fn wait_seen(&self, ok: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.seen();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the container saw {s:?}; a fresh read there: {:?}; mounts at its volume: {:?}",
+                self.read_now(),
+                self.stack()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The container's own view of its volume: a fresh open inside its namespace.
+    fn read_now(&self) -> Result<String, String> {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-m", "cat"])
+            .arg(self.dir.join("data"))
+            .output()
+            .unwrap();
+        match out.status.success() {
+            true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
+            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        }
+    }
+
+    /// Mount ids stacked at the container's volume, bottom first, from its own mountinfo.
+    fn stack(&self) -> Vec<String> {
+        let mi = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid())).unwrap();
+        let want = self.dir.display().to_string();
+        mi.lines()
+            .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+            .map(|l| l.split(' ').nth(2).unwrap().to_owned())
+            .collect()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `/proc` for the dead-mount scan: each container's real namespace and mountinfo (links
+/// into the real /proc), with a cgroup file naming its pod as kubelet's cgroupfs driver
+/// does (a real cgroup of this machine would be the host's business, not the test's).
+fn proc_overlay(root: &Path, containers: &[(&Container, &str)]) -> PathBuf {
+    let dir = root.join("proc-overlay");
+    std::fs::create_dir_all(dir.join("self")).unwrap();
+    let _ = std::os::unix::fs::symlink("/proc/self/ns", dir.join("self/ns"));
+    for (c, uid) in containers {
+        let d = dir.join(c.pid().to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::symlink(format!("/proc/{}/ns", c.pid()), d.join("ns")).unwrap();
+        std::os::unix::fs::symlink(format!("/proc/{}/mountinfo", c.pid()), d.join("mountinfo"))
+            .unwrap();
+        std::fs::write(
+            d.join("cgroup"),
+            format!("0::/kubepods/besteffort/pod{uid}/ctr\n"),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+const UID_H1: &str = "11111111-0000-4000-8000-000000000001";
+const UID_H2: &str = "11111111-0000-4000-8000-000000000002";
+const UID_N: &str = "11111111-0000-4000-8000-000000000003";
+
+/// The heal reaches running containers whose mount propagates (HostToContainer): their
+/// next read sees the healed share, stacked on the dead one in their own mount table; a
+/// container with a private copy (None) keeps the dead view and is reported. Unpublishing
+/// one stacked pod (the kernel takes its peers' copies of the layer along) leaves the other
+/// stacked pod's container on the healed share, and every layer moor made is gone.
+#[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
+fn a_heal_reaches_host_to_container_pods_and_reports_the_private_ones() {
+    // A mount namespace of this test's own: every other test's set-up makes the shared test
+    // namespace rprivate again, which would undo the shared kubelet dir this test needs.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+    let mut lab = Lab::new();
+    common::sh("which", &["unshare"]);
+    common::sh("which", &["nsenter"]);
+    // kubelet's dir is a shared mount on a real node (moor doctor checks it).
+    let kubelet = lab.root.join("kubelet");
+    common::sh(
+        "mount",
+        &[
+            "--bind",
+            kubelet.to_str().unwrap(),
+            kubelet.to_str().unwrap(),
+        ],
+    );
+    common::sh("mount", &["--make-rshared", kubelet.to_str().unwrap()]);
+    let h1 = lab.mount(UID_H1, false);
+    let h2 = lab.mount(UID_H2, false);
+    let n = lab.mount(UID_N, false);
+    std::fs::write(h1.join("data"), b"before").unwrap();
+    let mut c1 = Container::start(&lab.root, "h1", &h1, "slave");
+    let mut c2 = Container::start(&lab.root, "h2", &h2, "slave");
+    let mut cn = Container::start(&lab.root, "n", &n, "private");
+    for c in [&c1, &c2, &cn] {
+        assert_eq!(c.seen(), "before");
+    }
+    let proc = proc_overlay(&lab.root, &[(&c1, UID_H1), (&c2, UID_H2), (&cn, UID_N)]);
+    let dead = moor::daemon::deadmounts::DeadMounts::new(proc.clone(), Default::default())
+        .with_scan_interval(Duration::ZERO);
+    let key = lab.lc.remote_stages()[0].key.clone();
+    let seen = moor::daemon::deadmounts::DeadMounts::new(proc, Default::default()).stack_targets(
+        &lab.lc,
+        &key,
+        lab.lc.stage_dev(&key),
+    );
+    assert_eq!(
+        seen,
+        [h1.clone(), h2.clone()].into_iter().collect(),
+        "stacked: the pods whose container copy is a slave (no API server here)"
+    );
+    lab.rec = Reconciler::new(lab.lc.clone(), lab.metrics.clone(), lab.exec.clone())
+        .with_dead_mounts(dead);
+
+    let pid = lab.client_pid();
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid);
+    for c in [&c1, &c2, &cn] {
+        c.wait_seen(|s| s.starts_with("ERR"), "the share died");
+    }
+    std::fs::write(lab.src.join("data"), b"after the heal").unwrap();
+    let started = Instant::now();
+    assert_eq!(lab.rec.heal_shares(), 1);
+    let took = started.elapsed();
+
+    // The readers that kept reading see the healed share; the private one does not.
+    for c in [&c1, &c2] {
+        c.wait_seen(
+            |s| s == "after the heal",
+            "a HostToContainer container after the heal",
+        );
+        assert_eq!(c.read_now().as_deref(), Ok("after the heal"));
+        assert_eq!(
+            c.stack().len(),
+            2,
+            "the healed share stacked on the dead one: {:?}",
+            c.stack()
+        );
+    }
+    let err = cn.read_now().unwrap_err();
+    assert!(err.contains("Transport endpoint is not connected"), "{err}");
+    assert!(cn.seen().starts_with("ERR"), "{}", cn.seen());
+    // The host's pod dirs all serve the healed share.
+    for p in [&h1, &h2, &n] {
+        assert_eq!(std::fs::read(p.join("data")).unwrap(), b"after the heal");
+    }
+    let rows = lab.lc.dead_mounts();
+    let uids: Vec<&str> = rows.iter().map(|r| r.pod_uid.as_str()).collect();
+    assert_eq!(
+        uids,
+        vec![UID_N],
+        "only the private container holds the dead mount"
+    );
+    let text = lab.metrics.encode();
+    assert!(
+        text.contains(&format!(
+            r#"moor_dead_mount_pods{{driver="fusetest",namespace="",pod="{UID_N}"}} 1"#
+        )),
+        "{text}"
+    );
+    eprintln!("heal pass with stacking: {took:?}");
+
+    // Pod h1 ends: kubelet unmounts it once its container is gone.
+    c1.stop();
+    lab.unmount(&h1);
+    c2.wait_seen(|s| s == "after the heal", "h2 after h1's layer went");
+    assert_eq!(
+        c2.read_now().as_deref(),
+        Ok("after the heal"),
+        "h2 stacked again"
+    );
+    // Pod n restarts: the old container goes, so does the report.
+    cn.stop();
+    lab.rec.heal_shares();
+    assert!(lab.lc.dead_mounts().is_empty());
+    c2.stop();
+    lab.unmount(&h2);
+    lab.unmount(&n);
+    let left: Vec<PathBuf> = lab
+        .mounted_under_root()
+        .into_iter()
+        .filter(|m| m.starts_with(kubelet.join("pods")) || m.starts_with(kubelet.join("plugins")))
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<PathBuf>::new(),
+        "every layer and bind moor made is gone"
+    );
 }

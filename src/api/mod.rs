@@ -267,6 +267,29 @@ pub struct VolumeStatus {
     pub pods: Vec<PodUse>,
 }
 
+/// A pod whose container still holds the dead mount of a healed share (its volume mount
+/// does not propagate, so the heal could not reach it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadMount {
+    /// Volume key.
+    pub volume: String,
+    /// Driver.
+    pub driver: String,
+    /// Pod UID.
+    pub pod_uid: String,
+    /// Pod namespace, when the API server said (else empty).
+    #[serde(default)]
+    pub namespace: String,
+    /// Pod name, when the API server said (else empty).
+    #[serde(default)]
+    pub pod: String,
+    /// Seconds since the heal the pod did not see.
+    pub since_heal_secs: u64,
+    /// What moor did or will do about it (`reported`, `evicting`, `evicted`, `blocked`,
+    /// `not evicted: …`).
+    pub action: String,
+}
+
 /// One pod volume as `moor gc` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcVolume {
@@ -406,6 +429,9 @@ pub enum Response {
         /// Recent notices (aggregated), newest last.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         notices: Vec<notice::RecentNotice>,
+        /// Pods whose containers still hold a dead share's old mount after its heal.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dead_mounts: Vec<DeadMount>,
     },
     /// Answer to [`Request::Gc`].
     Gc {

@@ -38,18 +38,20 @@ pub fn run(output: Output) -> Result<i32, StatusError> {
         volumes,
         set_aside,
         notices,
+        dead_mounts,
     } = resp
     else {
         return Err(StatusError::Unexpected(format!("{resp:?}")));
     };
     match output {
         Output::Json => {
-            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "notices": notices });
+            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "dead_mounts": dead_mounts, "notices": notices });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
         Output::Table => {
             print!("{}", table(&node, &volumes));
             print!("{}", set_aside_table(&set_aside));
+            print!("{}", dead_mounts_table(&dead_mounts));
             print!("{}", notices_table(&notices));
         }
     }
@@ -122,6 +124,33 @@ pub fn set_aside_table(entries: &[crate::api::SetAsideRecord]) -> String {
     );
     for e in entries {
         out.push_str(&format!("  {}  {}: {}\n", e.path, e.reason, e.detail));
+    }
+    out
+}
+
+/// Pods still holding a healed share's dead mount (nothing when none): each needs a restart
+/// of its pod, or an eviction moor makes when the operator opted in.
+pub fn dead_mounts_table(dead: &[crate::api::DeadMount]) -> String {
+    if dead.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{} pod(s) still hold a dead mount (restart them, or see heal.evict-pods):\n",
+        dead.len()
+    );
+    out.push_str(&format!(
+        "{:<10} {:<40} {:<38} {:>8}  {}\n",
+        "DRIVER", "POD", "VOLUME", "SINCE", "ACTION"
+    ));
+    for d in dead {
+        let pod = match (d.namespace.is_empty(), d.pod.is_empty()) {
+            (false, false) => format!("{}/{}", d.namespace, d.pod),
+            _ => d.pod_uid.clone(),
+        };
+        out.push_str(&format!(
+            "{:<10} {:<40} {:<38} {:>7}s  {}\n",
+            d.driver, pod, d.volume, d.since_heal_secs, d.action
+        ));
     }
     out
 }

@@ -7,7 +7,12 @@
 //! (never because it could not be asked): without credentials every pod is
 //! [`PodState::Unknown`], so nothing is cleaned or evicted on a guess.
 
+pub mod client;
+pub mod events;
+pub mod live;
 pub mod offline;
+pub mod pods;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -126,6 +131,87 @@ impl Cluster {
     }
 }
 
+/// Without an API server, but counted: notices are logged, kept and counted in
+/// `moor_notices_total` (what the daemon uses when it has no credentials).
+struct Counted {
+    kept: Offline,
+    metrics: crate::metrics::ClusterMetrics,
+}
+
+impl Notify for Counted {
+    fn notify(&self, notice: Notice) {
+        live::note(&self.kept, &self.metrics, &notice);
+    }
+
+    fn recent(&self) -> Vec<RecentNotice> {
+        self.kept.recent()
+    }
+}
+
+/// What the daemon built at start-up: the cluster, and with credentials the client and the
+/// pod cache the other API users share.
+pub struct Started {
+    /// The cluster every room reports through.
+    pub cluster: Cluster,
+    /// The counted client (`None`: no credentials).
+    pub client: Option<kube::Client>,
+    /// This node's pods (`None`: no credentials).
+    pub pods: Option<Arc<pods::PodCache>>,
+}
+
+impl Cluster {
+    /// Without an API server, counting notices into `metrics`.
+    pub fn offline_counted(metrics: crate::metrics::ClusterMetrics) -> Self {
+        let o = Arc::new(Counted {
+            kept: Offline::default(),
+            metrics,
+        });
+        Cluster {
+            notify: o.clone(),
+            pods: Arc::new(Offline::default()),
+            connected: false,
+        }
+    }
+
+    /// Finds credentials once (`cfg`) and starts the pod watch and the Events task on the
+    /// current runtime; without credentials, one log line and [`Cluster::offline_counted`].
+    pub async fn start(
+        cfg: &crate::config::KubernetesConfig,
+        node: &str,
+        metrics: crate::metrics::ClusterMetrics,
+    ) -> Started {
+        match client::connect(cfg, &metrics.api_requests).await {
+            Ok(c) => {
+                let opts = live::Options {
+                    node: node.to_owned(),
+                    events: cfg.events,
+                    tuning: events::Tuning::default(),
+                    timings: watch::Timings::PRODUCTION,
+                };
+                let (cluster, pods) = live::KubeCluster::start(c.clone(), opts, metrics);
+                tracing::info!(
+                    node,
+                    events = cfg.events,
+                    "Kubernetes API: Events on pods, PVs and the node; this node's pods watched"
+                );
+                Started {
+                    cluster,
+                    client: Some(c),
+                    pods: Some(pods),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes API: notices go to the log, the metrics and `moor status` only; no pod is known, so nothing is evicted or cleaned automatically");
+                Started {
+                    cluster: Cluster::offline_counted(metrics),
+                    client: None,
+                    pods: None,
+                }
+            }
+        }
+    }
+}
+
 impl Default for Cluster {
     fn default() -> Self {
         Cluster::offline()
@@ -139,3 +225,6 @@ impl std::fmt::Debug for Cluster {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,11 +21,13 @@ use std::time::{Duration, Instant};
 use crate::api::{
     Answer, CsiCall, Failure, Handler, PodUse, Request, Response, SetAsideRecord, VolumeStatus,
 };
+use crate::cluster::{Notice, NoticeReason};
 use crate::error::{Chain, CsiError, Error};
 use crate::journal::{Problem, PublishRecord, StageSource};
 use crate::lifecycle::orphans::PodVolume;
 use crate::lifecycle::{CsiVolume, Lifecycle, MountOutcome, UnmountOutcome, VolumeView};
 use crate::metrics::Metrics;
+use crate::volume::DriverError;
 use crate::volume::VolumeOptions;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -377,6 +379,7 @@ impl Handler for Executor {
                     .map(SetAsideRecord::from)
                     .collect(),
                 notices: self.lifecycle.cluster().notify.recent(),
+                dead_mounts: self.lifecycle.dead_mounts(),
             }),
             Request::Forget { key } => answer.send(&self.forget(key)),
             Request::Gc { pods, dry_run } => {
@@ -394,8 +397,16 @@ impl Handler for Executor {
                 let span = tracing::info_span!("op", op, driver = %driver, volume_id = %volume_id,
                     volume = tracing::field::Empty);
                 let _entered = span.enter();
+                let pod = match &call {
+                    CsiCall::Publish { target, .. } => pod_of_target(target),
+                    _ => None,
+                };
                 self.timed_reply(op, &driver, &volume_id, answer, |_deadline| {
-                    self.csi(&driver, &volume_id, call)
+                    let r = self.csi(&driver, &volume_id, call);
+                    if let Err(e) = &r {
+                        self.report(e, &driver, pod, None);
+                    }
+                    r
                 });
             }
             Request::Mount {
@@ -408,7 +419,16 @@ impl Handler for Executor {
                     volume = tracing::field::Empty);
                 let _entered = span.enter();
                 self.timed("mount", &driver, &target, answer, |deadline| {
-                    self.mount(&driver, &target, &options, deadline)
+                    let r = self.mount(&driver, &target, &options, deadline);
+                    if let Err(e) = &r {
+                        self.report(
+                            e,
+                            &driver,
+                            pod_of_target(&target),
+                            options.pv_or_volume_name.clone(),
+                        );
+                    }
+                    r
                 });
             }
             Request::Expand {
@@ -434,7 +454,87 @@ impl Handler for Executor {
     }
 }
 
+/// The pod UID in a kubelet target path (`…/pods/<uid>/volumes/…`): kubelet's own path,
+/// never an option a pod author writes.
+fn pod_of_target(target: &str) -> Option<String> {
+    let mut parts = target.split('/');
+    while let Some(p) = parts.next() {
+        if p == "pods" {
+            let uid = parts.next()?;
+            return (parts.next() == Some("volumes") && !uid.is_empty()).then(|| uid.to_owned());
+        }
+    }
+    None
+}
+
+/// The notice an operator must get for a refusal (a format refused because the device
+/// holds data, a fencing refusal naming the other client, a wrong-node refusal), built from
+/// the error's typed facts only — never its options or a command's output.
+pub fn notice_of(e: &Error, driver: &str) -> Option<Notice> {
+    use crate::attach::rbd::RbdError;
+    use crate::fs::FsError;
+    let (reason, volume, message) = match e {
+        Error::Fs(FsError::DataPresent { volume, device }) => (
+            NoticeReason::FormatRefused,
+            volume,
+            format!(
+                "{} holds data but no filesystem moor can mount; not formatted",
+                device.display()
+            ),
+        ),
+        Error::Fs(FsError::SignaturePresent {
+            volume,
+            device,
+            found,
+        }) => (
+            NoticeReason::FormatRefused,
+            volume,
+            format!("{} holds {found}; not formatted", device.display()),
+        ),
+        Error::Driver(DriverError::WrongNode {
+            volume,
+            wanted,
+            this,
+        }) => (
+            NoticeReason::WrongNode,
+            volume,
+            format!("belongs to node {wanted}; refused on node {this}"),
+        ),
+        Error::Driver(d) => match d.protocol::<RbdError>()? {
+            RbdError::InUse {
+                volume,
+                image,
+                holders,
+            } => (
+                NoticeReason::FencingRefused,
+                volume,
+                format!(
+                    "image {image} is in use by another client ({holders}); not mapped read-write here"
+                ),
+            ),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(
+        Notice::new(reason, format!("{driver} volume {volume}: {message}"))
+            .volume(volume.clone(), driver),
+    )
+}
+
 impl Executor {
+    /// Reports a refusal an operator must hear about (see [`notice_of`]) on the pod and PV.
+    fn report(&self, e: &Error, driver: &str, pod: Option<String>, pv: Option<String>) {
+        let Some(mut n) = notice_of(e, driver) else {
+            return;
+        };
+        n = n.pods(pod);
+        if let Some(pv) = pv.filter(|p| !p.is_empty()) {
+            n = n.pv(pv);
+        }
+        self.lifecycle.cluster().notify.notify(n);
+    }
+
     /// Runs `run` under the operation deadline and records its metrics; `subject` (the pod
     /// volume directory) names the volume in a timeout message. When the deadline passes
     /// first, the watchdog answers and records the timeout; `run` still goes on to its end.
@@ -755,6 +855,43 @@ fn failed(e: &Error) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_become_notices_naming_volume_driver_and_device_only() {
+        assert_eq!(
+            pod_of_target("/var/lib/kubelet/pods/0a1b-2c/volumes/moor~nfs/data").as_deref(),
+            Some("0a1b-2c")
+        );
+        assert_eq!(pod_of_target("/var/lib/kubelet/plugins/moor/nfs/k"), None);
+        let e = Error::Fs(crate::fs::FsError::DataPresent {
+            volume: "iscsi-key".into(),
+            device: "/dev/sdb".into(),
+        });
+        let n = notice_of(&e, "iscsi").unwrap();
+        assert_eq!(n.reason, NoticeReason::FormatRefused);
+        assert_eq!(n.volume.as_deref(), Some("iscsi-key"));
+        assert!(n.message.contains("/dev/sdb") && n.message.contains("iscsi volume iscsi-key"));
+        let e = Error::Driver(DriverError::WrongNode {
+            volume: "local-key".into(),
+            wanted: "node-b".into(),
+            this: "node-a".into(),
+        });
+        let n = notice_of(&e, "local").unwrap();
+        assert_eq!(n.reason, NoticeReason::WrongNode);
+        assert!(n.message.contains("node-b") && n.message.contains("node-a"));
+        let e = Error::Driver(DriverError::from(crate::attach::rbd::RbdError::InUse {
+            volume: "rbd-key".into(),
+            image: "pool/img".into(),
+            holders: "client.4171 10.0.0.9:0/1234".into(),
+        }));
+        let n = notice_of(&e, "rbd").unwrap();
+        assert_eq!(n.reason, NoticeReason::FencingRefused);
+        assert!(
+            n.message.contains("client.4171 10.0.0.9:0/1234") && n.message.contains("pool/img")
+        );
+        // Other failures are the log's and the metrics' business.
+        assert!(notice_of(&Error::Internal("x".into()), "nfs").is_none());
+    }
 
     #[test]
     fn a_key_lock_is_exclusive_and_a_waiter_gives_up_at_its_deadline() {

@@ -26,6 +26,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 pub fn spawn(
     cfg: &Config,
     lifecycle: Arc<Lifecycle>,
+    client: Option<kube::Client>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if cfg.local.classes.is_empty() {
@@ -39,10 +40,12 @@ pub fn spawn(
         resume_wipes(&cfg, &host, &lifecycle).await;
         let api = match cfg.local.kubernetes {
             crate::local::classes::KubeMode::Off => None,
-            crate::local::classes::KubeMode::Auto => match KubePvApi::from_env().await {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    tracing::warn!(error = %e, "local PVs: no API server; discovery only (`moor local discover` prints the manifests)");
+            crate::local::classes::KubeMode::Auto => match client {
+                Some(c) => Some(KubePvApi::new(c)),
+                None => {
+                    tracing::warn!(
+                        "local PVs: no API server; discovery only (`moor local discover` prints the manifests)"
+                    );
                     None
                 }
             },

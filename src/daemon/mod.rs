@@ -3,6 +3,7 @@
 //! leaves every mount in place.
 
 pub mod csi;
+pub mod deadmounts;
 pub mod drivers;
 pub mod executor;
 pub mod gc;
@@ -192,15 +193,25 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         local_allow_list(&cfg),
         local_id_sources(&cfg),
     );
+    let metrics = Arc::new(Metrics::new());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("moor")
+        .build()
+        .map_err(io("start runtime", Path::new("-")))?;
+    // Before reconstruction, so a record it sets aside is reported like any notice.
+    let api = rt.block_on(crate::cluster::Cluster::start(
+        &cfg.kubernetes,
+        &cfg.node_name,
+        metrics.cluster.clone(),
+    ));
     let lifecycle = Arc::new(
         Lifecycle::new(host, journal, drivers, cfg.node_name.clone(), timeouts)
             .with_fuse_scope(placement.fuse_scope())
             .with_id_sources(local_id_sources(&cfg))
-            .with_cluster(crate::testhook::pods_from_file(
-                crate::cluster::Cluster::offline(),
-            )),
+            .with_cluster(crate::testhook::pods_from_file(api.cluster.clone())),
     );
-    let metrics = Arc::new(Metrics::new());
     let report = lifecycle.reconstruct()?;
     for (outcome, n) in [
         ("kept", report.kept_publishes + report.kept_stages),
@@ -239,13 +250,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .set(1);
     tracing::info!(?report, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("moor")
-        .build()
-        .map_err(io("start runtime", Path::new("-")))?;
-    let served = rt.block_on(serve(cfg, lifecycle, metrics, placement));
+    let served = rt.block_on(serve(cfg, lifecycle, metrics, placement, api));
     // An operation past its deadline may still hold a blocking thread (a hung mount): the
     // journal finishes it on restart, so do not wait for it here.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -257,6 +262,7 @@ async fn serve(
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<Metrics>,
     placement: Placement,
+    api: crate::cluster::Started,
 ) -> Result<(), DaemonError> {
     let http_state = Arc::new(HttpState {
         metrics: metrics.clone(),
@@ -290,26 +296,20 @@ async fn serve(
             .with_orphans(orphans.clone()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let local_pvs = local_pvs::spawn(&cfg, lifecycle.clone(), stop_rx);
+    let local_pvs = local_pvs::spawn(&cfg, lifecycle.clone(), api.client.clone(), stop_rx);
     let csi = csi::start(&cfg, exec.clone())?;
     let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
         .map_err(io("start serving", &cfg.socket))?;
     let claims = Arc::new(reconciler::ClaimCache::default());
-    if !matches!(cfg.local.kubernetes, crate::local::classes::KubeMode::Off) {
+    if let Some(client) = api.client.clone() {
         let (cache, interval) = (claims.clone(), cfg.reconcile_interval);
-        tokio::spawn(async move {
-            match kube::Client::try_default().await {
-                Ok(client) => reconciler::refresh_claims(cache, client, interval).await,
-                Err(e) => {
-                    tracing::info!(error = %e, "no Kubernetes credentials: volume statistics name no PV or claim")
-                }
-            }
-        });
+        tokio::spawn(reconciler::refresh_claims(cache, client, interval));
     }
     let reconciler = tokio::spawn(reconciler::run(
         reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone())
             .with_pod_log_dir(cfg.pod_log_dir.clone())
-            .with_claims(claims),
+            .with_claims(claims)
+            .with_heal(cfg.heal.clone()),
         cfg.reconcile_interval,
     ));
     let collector = cfg.gc.orphans.then(|| {

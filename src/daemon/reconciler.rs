@@ -12,11 +12,13 @@
 //! mount is only reported: with `hard` it resumes by itself when the server answers, and a
 //! remount could not succeed before that. Failed heals back off exponentially.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cluster::{Notice, NoticeReason};
+use crate::daemon::deadmounts::DeadMounts;
 use crate::daemon::executor::Executor;
 use crate::host::fusectl;
 use crate::host::probe::{UsageError, fs_usage};
@@ -55,11 +57,16 @@ pub struct Reconciler {
     backoff: HashMap<String, Backoff>,
     fusectl: PathBuf,
     labels: LabelSources,
+    /// What follows a heal: pods still holding the dead mount, evictions.
+    dead: DeadMounts,
+    /// Shares reported dead (ShareDead once per death, not every probe).
+    reported_dead: HashSet<String>,
 }
 
 impl Reconciler {
     /// A reconciler over the daemon's lifecycle, taking volume locks through `exec`.
     pub fn new(lifecycle: Arc<Lifecycle>, metrics: Arc<Metrics>, exec: Arc<Executor>) -> Self {
+        let proc = lifecycle.host().paths.proc.clone();
         Reconciler {
             fusectl: lifecycle.host().paths.sys.join(fusectl::CONNECTIONS_IN_SYS),
             lifecycle,
@@ -67,7 +74,21 @@ impl Reconciler {
             exec,
             backoff: HashMap::new(),
             labels: LabelSources::new(crate::host::podlogs::DEFAULT_POD_LOG_DIR.into()),
+            dead: DeadMounts::new(proc, crate::config::HealConfig::default()),
+            reported_dead: HashSet::new(),
         }
+    }
+
+    /// Evicts pods that keep a dead mount as `heal` says (`heal.evict-pods`).
+    pub fn with_heal(mut self, heal: crate::config::HealConfig) -> Self {
+        self.dead = DeadMounts::new(self.lifecycle.host().paths.proc.clone(), heal);
+        self
+    }
+
+    /// Follows heals with `dead` (tests point it at a fixture `/proc` and shorten its waits).
+    pub fn with_dead_mounts(mut self, dead: DeadMounts) -> Self {
+        self.dead = dead;
+        self
     }
 
     /// Reads pods' namespaces from `dir` instead of kubelet's `/var/log/pods`.
@@ -91,6 +112,7 @@ impl Reconciler {
             self.lifecycle.note_probe(&rs.key, seen);
             if seen == Probe::Alive {
                 self.backoff.remove(&rs.key);
+                self.reported_dead.remove(&rs.key);
                 continue;
             }
             self.metrics
@@ -102,6 +124,18 @@ impl Reconciler {
                 })
                 .inc();
             tracing::warn!(volume = %rs.key, driver = %rs.driver, server = %rs.remote.server, target = %rs.stage_path.display(), seen = %seen.label(), "share is dead");
+            if self.reported_dead.insert(rs.key.clone()) {
+                self.notice(
+                    &rs.key,
+                    NoticeReason::ShareDead,
+                    format!(
+                        "share {} (server {}) is dead ({}); moor mounts it again",
+                        rs.key,
+                        rs.remote.server,
+                        seen.label()
+                    ),
+                );
+            }
             if self
                 .backoff
                 .get(&rs.key)
@@ -121,7 +155,30 @@ impl Reconciler {
                 healed += 1;
             }
         }
+        if self.dead.due() {
+            self.dead.scan(&self.lifecycle, &self.metrics);
+        }
         healed
+    }
+
+    /// Sends a notice about volume `key` naming its driver, the pods of its publishes and,
+    /// for CSI publishes, the PV.
+    fn notice(&self, key: &str, reason: NoticeReason, message: String) {
+        let publishes = self.lifecycle.publishes_of(key);
+        let driver = self
+            .lifecycle
+            .remote_stages()
+            .into_iter()
+            .find(|s| s.key == key)
+            .map(|s| s.driver)
+            .unwrap_or_default();
+        let mut n = Notice::new(reason, message)
+            .volume(key, driver)
+            .pods(publishes.iter().map(|p| p.pod_uid.clone()));
+        if let Some(p) = publishes.iter().find(|p| p.csi) {
+            n = n.pv(p.volume_name.clone());
+        }
+        self.lifecycle.cluster().notify.notify(n);
     }
 
     fn abort_fuse(&self, rs: &RemoteStage) {
@@ -148,18 +205,22 @@ impl Reconciler {
 
     fn heal_one(&mut self, rs: &RemoteStage) -> bool {
         let lc = self.lifecycle.clone();
+        let dead_dev = lc.stage_dev(&rs.key);
+        let stack = self.dead.stack_targets(&lc, &rs.key, dead_dev);
         let attempt = self.exec.try_locked(&rs.key, || {
             // Checked again under the lock: kubelet may have just unstaged or remounted it.
             match probe(&lc, &rs.stage_path, PROBE_TIMEOUT) {
                 Probe::Alive => Ok(None),
-                _ => lc.heal_remote(&rs.key).map(Some),
+                _ => lc.heal_remote(&rs.key, &stack).map(Some),
             }
         });
         let result = match attempt {
             None => "busy",
             Some(Ok(None)) => return false,
-            Some(Ok(Some(_))) => {
+            Some(Ok(Some(healed))) => {
                 self.backoff.remove(&rs.key);
+                self.reported_dead.remove(&rs.key);
+                self.dead.healed(rs, dead_dev, healed);
                 "healed"
             }
             Some(Err(e)) => {
@@ -170,6 +231,17 @@ impl Reconciler {
                     .min(MAX_BACKOFF);
                 b.next = Some(Instant::now() + wait);
                 tracing::error!(volume = %rs.key, driver = %rs.driver, error = %crate::error::Chain(&e), retry_in = ?wait, "heal failed");
+                self.notice(
+                    &rs.key,
+                    NoticeReason::ShareHealFailed,
+                    format!(
+                        "share {} (server {}) could not be mounted again ({}); retried in {} s",
+                        rs.key,
+                        rs.remote.server,
+                        e.reason(),
+                        wait.as_secs()
+                    ),
+                );
                 "failed"
             }
         };
@@ -481,7 +553,7 @@ fn watch_mount_table(mountinfo: &Path, changed: Arc<tokio::sync::Notify>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::host::fake::{FakeHost, FakeMounts};
     use crate::host::{Errno, FsMount, MountTable, Mounter, MsFlags, Output};
@@ -491,24 +563,29 @@ mod tests {
 
     /// A daemon's reconciler over a fake host with one NFS volume published to two pods;
     /// every `mount -t nfs` the script sees is applied to the fake table, as mount(8) would.
-    struct Node {
-        _tmp: tempfile::TempDir,
-        fake: FakeHost,
-        lc: Arc<Lifecycle>,
-        metrics: Arc<Metrics>,
-        rec: Reconciler,
+    pub(crate) struct Node {
+        pub(crate) _tmp: tempfile::TempDir,
+        pub(crate) fake: FakeHost,
+        pub(crate) lc: Arc<Lifecycle>,
+        pub(crate) metrics: Arc<Metrics>,
+        pub(crate) rec: Reconciler,
     }
 
     const EXPORT: &str = "10.0.0.5:/exports/a";
 
-    fn expect_nfs_mount(fake: &FakeHost) {
+    pub(crate) fn expect_nfs_mount(fake: &FakeHost) {
+        expect_nfs_mount_from(fake, EXPORT);
+    }
+
+    /// As [`expect_nfs_mount`], the mount's source (and so its fake device) being `source`.
+    pub(crate) fn expect_nfs_mount_from(fake: &FakeHost, source: &'static str) {
         let mounts: Arc<FakeMounts> = fake.mounts.clone();
         fake.runner.expect_program("mount", move |cmd| {
             let target = PathBuf::from(cmd.args.last().unwrap());
             mounts
                 .mount(
                     &FsMount {
-                        source: EXPORT.into(),
+                        source: source.into(),
                         target,
                         fs_type: "nfs".into(),
                         flags: MsFlags::empty(),
@@ -527,12 +604,17 @@ mod tests {
 
     impl Node {
         fn new() -> Self {
+            Node::with(&["p1", "p2"], crate::cluster::Cluster::offline())
+        }
+
+        /// One NFS volume published to `pods` (their UIDs), reporting to `cluster`.
+        pub(crate) fn with(pods: &[&str], cluster: crate::cluster::Cluster) -> Self {
             let tmp = tempfile::tempdir().unwrap();
             let fake = FakeHost::new(tmp.path());
-            let lc = Arc::new(Lifecycle::over_fake(
-                &fake,
-                crate::daemon::drivers::builtin(),
-            ));
+            let lc = Arc::new(
+                Lifecycle::over_fake(&fake, crate::daemon::drivers::builtin())
+                    .with_cluster(cluster),
+            );
             let metrics = Arc::new(Metrics::new());
             let exec = Arc::new(Executor::new(
                 lc.clone(),
@@ -549,7 +631,7 @@ mod tests {
                 rec,
             };
             expect_nfs_mount(&node.fake);
-            for pod in ["p1", "p2"] {
+            for pod in pods {
                 let opts = BTreeMap::from([
                     ("server".to_owned(), "10.0.0.5".to_owned()),
                     ("path".to_owned(), "/exports/a".to_owned()),
@@ -562,7 +644,7 @@ mod tests {
             node
         }
 
-        fn target(&self, pod: &str) -> String {
+        pub(crate) fn target(&self, pod: &str) -> String {
             self.fake
                 .host
                 .paths
@@ -572,15 +654,15 @@ mod tests {
                 .to_string()
         }
 
-        fn stage(&self) -> PathBuf {
+        pub(crate) fn stage(&self) -> PathBuf {
             self.lc.remote_stages()[0].stage_path.clone()
         }
 
-        fn mount_id(&self, p: &Path) -> Option<u64> {
+        pub(crate) fn mount_id(&self, p: &Path) -> Option<u64> {
             self.fake.mounts.get(p).map(|m| m.mount_id)
         }
 
-        fn heals(&self, result: &str) -> u64 {
+        pub(crate) fn heals(&self, result: &str) -> u64 {
             self.metrics
                 .heals
                 .get_or_create(&HealLabels {
@@ -722,6 +804,7 @@ mod tests {
             mount_id: None,
             csi: false,
             block: false,
+            layers: Vec::new(),
         }
     }
 

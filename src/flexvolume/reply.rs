@@ -160,8 +160,9 @@ mod tests {
                     volumes: vec![],
                     set_aside: vec![],
                     notices: vec![],
+                    dead_mounts: vec![],
                 },
-                r#"{"status":"Failure","message":"daemon_error: unexpected answer Status { node: \"n\", volumes: [], set_aside: [], notices: [] }"}"#,
+                r#"{"status":"Failure","message":"daemon_error: unexpected answer Status { node: \"n\", volumes: [], set_aside: [], notices: [], dead_mounts: [] }"}"#,
             ),
         ] {
             let reply = Reply::from_response(r);

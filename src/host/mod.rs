@@ -21,6 +21,7 @@ pub mod mountinfo;
 pub mod mounts;
 pub mod mountwatch;
 pub mod nsmark;
+pub mod nsmounts;
 pub mod onhost;
 pub mod paths;
 pub mod podlogs;

@@ -297,6 +297,7 @@ mod tests {
             mount_id: None,
             csi: true,
             block: true,
+            layers: Vec::new(),
         };
         j.put_publish(&p).unwrap();
         let l = j.load().unwrap();

@@ -292,6 +292,11 @@ pub struct PublishRecord {
     /// A raw block publish: the device node bound onto a regular file moor created.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub block: bool,
+    /// Mounts a heal stacked on top of `mount_id` (bottom first), so that the pod's
+    /// running containers, whose copies receive propagation, see the healed share: every
+    /// one is moor's and is removed, top down, before the bind under it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<MountId>,
 }
 
 /// A stage record as main ef677bd wrote it, loaded: it must convert into a typed volume and

@@ -1,13 +1,28 @@
-//! Healing: a vanished pod bind is bound again, a dead share is detached lazily (through the
-//! ownership decision), mounted again and every pod directory bound again. The caller holds
-//! the volume's lock.
+//! Healing: a vanished pod bind is bound again; a dead share is detached lazily (through the
+//! ownership decision), mounted again, and every pod directory bound again — or, for pods
+//! whose containers receive propagation, the healed share is stacked on top of the dead
+//! bind so the running containers see it. The caller holds the volume's lock.
+//!
+//! Invariant: every layer stacked is recorded (`PublishRecord::layers`) before the heal
+//! returns, and every one is removed top down through the ownership decision before the
+//! bind under it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::error::Error;
 use crate::journal::{MountId, PublishPhase, PublishRecord, RemoteMount, StagePhase, StageSource};
-use owned::Place;
+use owned::{Found, Place};
+
+/// What a heal did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Healed {
+    /// Pod directories whose dead bind was replaced by a new one.
+    pub rebound: usize,
+    /// Pod directories that got the healed share stacked on their dead bind.
+    pub stacked: usize,
+}
 
 /// A staged network filesystem, as the stale-mount probe sees it.
 #[derive(Debug, Clone)]
@@ -99,46 +114,90 @@ impl Lifecycle {
             .collect()
     }
 
-    /// Heals a staged share whose mount died (or vanished): lazily detaches every pod bind
-    /// and the stage, mounts the export again and binds every pod directory again, ro where
-    /// the pod asked. Returns the number of pod directories bound again. The caller holds the
-    /// volume's lock. Lazy detaches never block on the dead server; processes still inside
-    /// the old mount keep their (dead) view until they reopen.
-    pub fn heal_remote(&self, key: &str) -> Result<usize, Error> {
+    /// The publishes of volume `key` that are `Published`.
+    pub fn publishes_of(&self, key: &str) -> Vec<PublishRecord> {
+        let st = self.state();
+        st.users
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| st.publishes.get(t))
+            .filter(|p| p.phase == PublishPhase::Published)
+            .cloned()
+            .collect()
+    }
+
+    /// The device of the stage's mount as recorded (for a dead share: the dead superblock
+    /// that running containers may still hold after the heal).
+    pub fn stage_dev(&self, key: &str) -> Option<(u32, u32)> {
+        self.state()
+            .stages
+            .get(key)
+            .and_then(|s| s.mount_id)
+            .map(|m| m.dev)
+    }
+
+    /// Pods still holding a healed share's dead mount, as the reconciler last found them.
+    pub fn dead_mounts(&self) -> Vec<crate::api::DeadMount> {
+        self.dead_mounts
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the dead-mount report (`moor status`).
+    pub fn set_dead_mounts(&self, now: Vec<crate::api::DeadMount>) {
+        if let Ok(mut d) = self.dead_mounts.lock() {
+            *d = now;
+        }
+    }
+
+    /// Heals a staged share whose mount died (or vanished). Pod directories in `stack`
+    /// (pods whose containers' copies receive propagation: `HostToContainer`,
+    /// `Bidirectional`) keep their dead bind and get the healed share mounted on top of it,
+    /// which propagates into the running containers; every other pod bind is detached
+    /// lazily and bound again, ro where the pod asked (a running container with a private
+    /// copy keeps its dead view: see the reconciler's dead-mount report). The stage is
+    /// detached lazily (through the ownership decision) and mounted again. The caller holds
+    /// the volume's lock. Lazy detaches never block on the dead server.
+    ///
+    /// Order matters: a pod bind is a peer of the stage and of the other pod binds (one
+    /// propagation group, measured), so a mount on top of one stacked pod dir is copied onto
+    /// every other member still in the group. Binds that are replaced and the stage leave
+    /// the group first (a detached mount is taken out of it); the copies a stacking makes on
+    /// the other stacked pod dirs are moor's (made by its mount, on its own dead binds, of
+    /// the share it just mounted) and are recorded as their layers.
+    pub fn heal_remote(&self, key: &str, stack: &HashSet<PathBuf>) -> Result<Healed, Error> {
         let Some(rec) = self.state().stages.get(key).cloned() else {
-            return Ok(0);
+            return Ok(Healed::default());
         };
         let StageSource::Remote(remote) = &rec.source else {
-            return Ok(0);
+            return Ok(Healed::default());
         };
         if rec.phase != StagePhase::Staged {
-            return Ok(0);
+            return Ok(Healed::default());
         }
         let stage_path = self.stage_path(&rec.driver, key);
-        let pods: Vec<PublishRecord> = {
-            let st = self.state();
-            st.users
-                .get(key)
-                .into_iter()
-                .flatten()
-                .filter_map(|t| st.publishes.get(t))
-                .filter(|p| p.phase == PublishPhase::Published)
-                .cloned()
-                .collect()
-        };
-        for p in &pods {
+        let (stacked, replaced): (Vec<PublishRecord>, Vec<PublishRecord>) = self
+            .publishes_of(key)
+            .into_iter()
+            .partition(|p| !p.block && stack.contains(&p.target));
+        for p in &replaced {
+            self.remove_layers(p)?;
             self.detach_dead(&p.target, Place::PodDir, key, p.mount_id)?;
         }
         self.detach_dead(&stage_path, Place::Stage, key, rec.mount_id)?;
         self.mount_remote(key, remote, &stage_path)?;
+        let mut stage_dev = None;
         if let Some(t) = self.open_target(&stage_path, false)? {
             let mut rec = rec.clone();
             rec.mount_id = self.mount_id_at(&t);
+            stage_dev = rec.mount_id.map(|m| m.dev);
             self.journal.put_stage(&rec)?;
             self.state().stages.insert(key.into(), rec);
         }
-        let mut rebound = 0;
-        for p in pods {
+        let mut healed = Healed::default();
+        for p in replaced {
             if !p.target.is_dir() {
                 continue;
             }
@@ -147,12 +206,117 @@ impl Lifecycle {
             })?;
             let mut p = p;
             p.mount_id = Some(id);
+            p.layers.clear();
             self.journal.put_publish(&p)?;
             self.state().put_publish(p);
-            rebound += 1;
+            healed.rebound += 1;
         }
-        tracing::warn!(volume = key, driver = %rec.driver, server = %remote.server, rebound, "stale mount healed: export mounted again and pod directories bound again");
-        Ok(rebound)
+        for p in stacked {
+            self.stack_layer(p, &stage_path, stage_dev)?;
+            healed.stacked += 1;
+        }
+        tracing::warn!(volume = key, driver = %rec.driver, server = %remote.server, rebound = healed.rebound, stacked = healed.stacked, "stale mount healed: export mounted again, pod directories bound again or stacked over");
+        Ok(healed)
+    }
+
+    /// Puts the live stage on top of `p`'s pod dir: adopts the copy propagation already put
+    /// there (of the stage's device, on moor's own bind, during this heal), or binds it.
+    fn stack_layer(
+        &self,
+        mut p: PublishRecord,
+        stage_path: &Path,
+        stage_dev: Option<(u32, u32)>,
+    ) -> Result<(), Error> {
+        let cannot = || Error::Internal(format!("cannot stack over {}", p.target.display()));
+        let t = self.open_target(&p.target, false)?.ok_or_else(cannot)?;
+        let top = match self.found_at(&t)? {
+            Found::Mount(m) => Some(MountId::from(m)),
+            _ => None,
+        };
+        let same = |a: &MountId, b: &MountId| (a.id, a.unique, a.dev) == (b.id, b.unique, b.dev);
+        let recorded = |id: &MountId| p.mount_id.iter().chain(&p.layers).any(|r| same(r, id));
+        let layer = match top {
+            Some(m) if stage_dev == Some(m.dev) && !recorded(&m) => {
+                tracing::info!(volume = %p.key, target = %p.target.display(), mount_id = m.id, "the healed share reached this pod dir through propagation; recorded as moor's layer");
+                m
+            }
+            _ => self.bind_again(&p, stage_path).ok_or_else(cannot)?,
+        };
+        p.layers.push(layer);
+        self.journal.put_publish(&p)?;
+        self.state().put_publish(p);
+        Ok(())
+    }
+
+    /// Removes every layer a heal stacked on `p`'s pod dir, top down, each through the
+    /// ownership decision (a layer that is gone already is skipped), leaving the bind under
+    /// them; the record is rewritten after each one.
+    pub(super) fn remove_layers(&self, p: &PublishRecord) -> Result<(), Error> {
+        let mut p = p.clone();
+        let stage_path = self.bind_source(&p);
+        while let Some(top) = p.layers.last().copied() {
+            if let Some(t) = self.open_target(&p.target, false)?
+                && self.owns(&t, Place::PodDir, Some(top), None)
+            {
+                self.unmount_guarded(
+                    &t,
+                    Place::PodDir,
+                    &p.key,
+                    true,
+                    Some(top),
+                    Some(&stage_path),
+                    false,
+                )?;
+            } else {
+                tracing::info!(volume = %p.key, target = %p.target.display(), mount_id = top.id, "stacked layer already gone");
+            }
+            p.layers.pop();
+            self.journal.put_publish(&p)?;
+            self.state().put_publish(p.clone());
+        }
+        Ok(())
+    }
+
+    /// After a layer went (an unpublish of a peer pod dir takes the copies of its layer off
+    /// the others: the kernel propagates the unmount), stacks the live stage again on the
+    /// pod dirs of `key` whose recorded top layer is no longer on top. Returns how many.
+    pub fn restack(&self, key: &str) -> usize {
+        let Some(stage) = self.state().stages.get(key).cloned() else {
+            return 0;
+        };
+        let stage_path = self.stage_path(&stage.driver, key);
+        let stage_dev = stage.mount_id.map(|m| m.dev);
+        let mut done = 0;
+        for mut p in self.publishes_of(key) {
+            let Some(&top) = p.layers.last() else {
+                continue;
+            };
+            let Ok(Some(t)) = self.open_target(&p.target, false) else {
+                continue;
+            };
+            if self.owns(&t, Place::PodDir, Some(top), None) {
+                continue;
+            }
+            // Keep the layers still there (the highest one moor still owns and those under it).
+            let keep = (0..p.layers.len())
+                .rev()
+                .find(|&i| self.owns(&t, Place::PodDir, Some(p.layers[i]), None))
+                .map_or(0, |i| i + 1);
+            p.layers.truncate(keep);
+            drop(t);
+            if !self.is_mount_point(&stage_path).unwrap_or(false) {
+                continue;
+            }
+            match self.stack_layer(p.clone(), &stage_path, stage_dev) {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    tracing::error!(volume = key, target = %p.target.display(), error = %crate::error::Chain(&e), "cannot stack the share over the pod dir again");
+                    let _ = self.journal.put_publish(&p);
+                    self.state().put_publish(p);
+                }
+            }
+        }
+        done
     }
 
     /// Lazily detaches moor's own (dead) stage or bind at `path`, through the ownership

@@ -43,7 +43,7 @@ mod state;
 mod status;
 
 pub use crate::error::ExpandError;
-pub use heal::RemoteStage;
+pub use heal::{Healed, RemoteStage};
 
 use publish::bind_flags;
 pub use reconstruct::Reconstruction;
@@ -132,7 +132,7 @@ enum Existing {
     /// moor's own bind of the volume is there.
     Done,
     /// Publish, over this earlier record if any.
-    Proceed(Option<PublishRecord>),
+    Proceed(Option<Box<PublishRecord>>),
 }
 
 /// How an unmount ended.
@@ -163,6 +163,8 @@ pub struct Lifecycle {
     ids: IdSources,
     /// Notices and this node's pods (offline until the daemon finds credentials).
     cluster: crate::cluster::Cluster,
+    /// Pods still holding a healed share's dead mount, as the reconciler last found them.
+    dead_mounts: Mutex<Vec<crate::api::DeadMount>>,
 }
 
 impl Lifecycle {
@@ -195,6 +197,7 @@ impl Lifecycle {
             device_claims: Mutex::new(()),
             ids,
             cluster: crate::cluster::Cluster::offline(),
+            dead_mounts: Mutex::new(Vec::new()),
         }
     }
 
@@ -384,7 +387,7 @@ impl Lifecycle {
                 }
             }
         }
-        Ok(Existing::Proceed(previous))
+        Ok(Existing::Proceed(previous.map(Box::new)))
     }
 
     fn is_mount_point(&self, p: &Path) -> Result<bool, Error> {

@@ -66,9 +66,10 @@ impl Lifecycle {
     ) -> Result<usize, Error> {
         let target = rec.target.clone();
         let stage_path = self.bind_source(&rec);
+        // A healed pod dir carries layers over its bind: the top one is what is there now.
+        let top = rec.layers.last().copied().or(rec.mount_id);
         if let Some(t) = held {
-            let facts =
-                self.unmount_facts(t, Place::PodDir, true, rec.mount_id, Some(&stage_path))?;
+            let facts = self.unmount_facts(t, Place::PodDir, true, top, Some(&stage_path))?;
             if let Err(refusal) = owned::may_unmount(&facts) {
                 return Err(Error::NotOwned {
                     target: target.clone(),
@@ -80,6 +81,17 @@ impl Lifecycle {
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec.clone());
         pause_point("unpublish:intent");
+        let stacked = !rec.layers.is_empty();
+        let reopened;
+        let held = match (held, stacked) {
+            (Some(_), true) => {
+                self.remove_layers(&rec)?;
+                rec.layers.clear();
+                reopened = self.open_target(&target, false)?;
+                reopened.as_ref()
+            }
+            (held, _) => held,
+        };
         if let Some(t) = held {
             self.unmount_guarded(
                 t,
@@ -99,6 +111,11 @@ impl Lifecycle {
             st.user_count(&rec.key)
         };
         tracing::info!(volume = %rec.key, target = %target.display(), remaining, "unpublished");
+        if stacked && remaining > 0 {
+            // The kernel propagated the removal of this pod dir's layer to its peers'.
+            let restacked = self.restack(&rec.key);
+            tracing::info!(volume = %rec.key, restacked, "healed share stacked again over the other pod dirs");
+        }
         Ok(remaining)
     }
 
@@ -131,6 +148,7 @@ impl Lifecycle {
             mount_id: earlier,
             csi,
             block: device.is_some(),
+            layers: Vec::new(),
         };
         self.journal.put_publish(&rec)?;
         self.state().put_publish(rec.clone());

@@ -66,7 +66,18 @@ impl Lifecycle {
             for p in loaded.publishes {
                 st.put_publish(p);
             }
-            st.set_aside = loaded.problems;
+            st.set_aside = loaded.problems.clone();
+        }
+        for p in &loaded.problems {
+            // The reason label and the file, never the detail: a parse error may quote it.
+            self.cluster().notify.notify(crate::cluster::Notice::new(
+                crate::cluster::NoticeReason::RecordSetAside,
+                format!(
+                    "journal record {} was set aside at start-up ({}); moor does not manage what it described until an operator inspects it",
+                    p.path.display(),
+                    p.reason
+                ),
+            ));
         }
         self.rekey_records(&mut report);
         self.adopt_unrecorded(&mut report);
@@ -103,6 +114,18 @@ impl Lifecycle {
                 }
             }
             PublishPhase::Publishing | PublishPhase::Unpublishing => {
+                // An unpublish of a healed pod dir stopped part way: its layers go first.
+                if !p.layers.is_empty() {
+                    if let Err(e) = self.remove_layers(&p) {
+                        report.problems.push(format!(
+                            "{}: cannot remove the layers a heal stacked: {}",
+                            p.target.display(),
+                            Chain(&e)
+                        ));
+                        return;
+                    }
+                    p.layers.clear();
+                }
                 // kubelet never got Success for a Publishing record: undo it, kubelet retries.
                 let undone = match self.open_target(&p.target, false) {
                     Ok(Some(t)) if mounted => self
@@ -481,6 +504,7 @@ impl Lifecycle {
                 mount_id: self.mount_id_of_path(&m.mount_point),
                 csi: false,
                 block: false,
+                layers: Vec::new(),
             };
             if self.journal.put_publish(&rec).is_ok() {
                 self.state().put_publish(rec);

@@ -32,6 +32,7 @@
 pub mod csi;
 pub mod csi_call;
 pub mod daemon;
+pub mod fakeapi;
 pub mod flex;
 #[cfg(feature = "testkit")]
 pub mod harness;
