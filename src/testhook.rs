@@ -7,10 +7,8 @@
 //!   until that file exists, and goes on (once), so a test can change the machine between
 //!   two steps;
 //! - the front end's panic switch, `MOOR_TEST_FRONTEND_PANIC`;
-//! - a fake API server's pod view, `MOOR_TEST_PODS=<file>`: the daemon answers pod
-//!   questions from that file, so a host test can delete a pod "in the API server" without
-//!   one (it lives beside the daemon, `daemon::testpods`, since only the daemon knows the
-//!   cluster).
+//! - a fake API server's pod view, `MOOR_TEST_PODS=<file>`: see `cluster::testpods` (it
+//!   lives beside the cluster it replaces, so this floor imports nothing above it).
 //!
 //! Invariant: without the feature every hook is an empty function — a release binary never
 //! reads these variables, so nothing in a node's environment can pause or crash it — and

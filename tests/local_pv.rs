@@ -419,110 +419,15 @@ fn an_interrupted_wipe_holds_the_entry_back_and_the_daemon_resumes_it() {
     assert_eq!(pvs.len(), 3, "{err}");
 }
 
-/// A fake API server on 127.0.0.1: the PersistentVolume endpoints moor uses.
+/// The fake API server of `moor::testkit::fakeapi` (list + watch, as the daemon now uses),
+/// seen through the few questions this test asks.
 mod fake_api {
     use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
-    use axum::extract::{Path as AxPath, State};
-    use axum::http::{Method, StatusCode, Uri};
-    use axum::routing::get;
+    use moor::testkit::fakeapi::FakeApi;
 
-    #[derive(Default)]
-    pub struct Server {
-        pub objs: Mutex<BTreeMap<String, serde_json::Value>>,
-        pub deleted: Mutex<Vec<String>>,
-        next_uid: Mutex<u64>,
-    }
-
-    type Reply = (
-        StatusCode,
-        [(axum::http::HeaderName, &'static str); 1],
-        String,
-    );
-
-    fn reply(code: u16, v: serde_json::Value) -> Reply {
-        (
-            StatusCode::from_u16(code).unwrap(),
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            v.to_string(),
-        )
-    }
-
-    fn status(code: u16, reason: &str) -> Reply {
-        reply(
-            code,
-            serde_json::json!({"apiVersion":"v1","kind":"Status","status":"Failure","code":code,"reason":reason,"message":reason}),
-        )
-    }
-
-    async fn collection(
-        State(s): State<Arc<Server>>,
-        method: Method,
-        _uri: Uri,
-        body: String,
-    ) -> Reply {
-        let mut m = s.objs.lock().unwrap();
-        if method == Method::POST {
-            let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let name = v["metadata"]["name"].as_str().unwrap().to_owned();
-            if m.contains_key(&name) {
-                return status(409, "AlreadyExists");
-            }
-            let mut n = s.next_uid.lock().unwrap();
-            *n += 1;
-            v["metadata"]["uid"] = format!("uid-{n}").into();
-            v["status"] = serde_json::json!({"phase": "Available"});
-            m.insert(name, v.clone());
-            return reply(201, v);
-        }
-        let items: Vec<serde_json::Value> = m.values().cloned().collect();
-        reply(
-            200,
-            serde_json::json!({"apiVersion":"v1","kind":"PersistentVolumeList","metadata":{},"items":items}),
-        )
-    }
-
-    async fn object(
-        State(s): State<Arc<Server>>,
-        AxPath(name): AxPath<String>,
-        method: Method,
-        body: String,
-    ) -> Reply {
-        let mut m = s.objs.lock().unwrap();
-        let Some(obj) = m.get_mut(&name) else {
-            return status(404, "NotFound");
-        };
-        match method {
-            Method::PATCH => {
-                let p: serde_json::Value = serde_json::from_str(&body).unwrap();
-                let meta = obj["metadata"].as_object_mut().unwrap();
-                let anns = meta
-                    .entry("annotations")
-                    .or_insert(serde_json::json!({}))
-                    .as_object_mut()
-                    .unwrap();
-                for (k, v) in p["metadata"]["annotations"].as_object().unwrap() {
-                    if v.is_null() {
-                        anns.remove(k);
-                    } else {
-                        anns.insert(k.clone(), v.clone());
-                    }
-                }
-                reply(200, obj.clone())
-            }
-            Method::DELETE => {
-                let d: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                if obj["metadata"]["uid"] != d["preconditions"]["uid"] {
-                    return status(409, "Conflict");
-                }
-                let o = m.remove(&name).unwrap();
-                s.deleted.lock().unwrap().push(name);
-                reply(200, o)
-            }
-            _ => reply(200, obj.clone()),
-        }
-    }
+    pub struct Server(Arc<FakeApi>);
 
     /// Starts the server on its own runtime; returns it, its address and the runtime.
     pub fn start() -> (Arc<Server>, String, tokio::runtime::Runtime) {
@@ -531,38 +436,34 @@ mod fake_api {
             .enable_all()
             .build()
             .unwrap();
-        let s = Arc::new(Server::default());
-        let app = axum::Router::new()
-            .route(
-                "/api/v1/persistentvolumes",
-                get(collection).post(collection),
-            )
-            .route(
-                "/api/v1/persistentvolumes/{name}",
-                get(object).patch(object).delete(object),
-            )
-            .with_state(s.clone());
-        let l = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        rt.spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
-        (s, addr, rt)
+        let api = rt.block_on(FakeApi::start());
+        let addr = api.url.trim_start_matches("http://").to_owned();
+        (Arc::new(Server(api)), addr, rt)
     }
 
     impl Server {
-        pub fn by_entry(&self, entry: &std::path::Path) -> Option<serde_json::Value> {
-            self.objs
-                .lock()
-                .unwrap()
-                .values()
-                .find(|o| o["metadata"]["annotations"]["moor.io/entry"] == entry.to_str().unwrap())
-                .cloned()
+        /// The PVs by name.
+        pub fn pvs(&self) -> BTreeMap<String, serde_json::Value> {
+            self.0
+                .all("persistentvolumes")
+                .into_iter()
+                .map(|o| (o["metadata"]["name"].as_str().unwrap().to_owned(), o))
+                .collect()
         }
+        /// The PVs moor deleted.
+        pub fn deleted(&self) -> Vec<String> {
+            self.0.deleted_by_requests("persistentvolumes")
+        }
+        pub fn by_entry(&self, entry: &std::path::Path) -> Option<serde_json::Value> {
+            self.pvs()
+                .into_values()
+                .find(|o| o["metadata"]["annotations"]["moor.io/entry"] == entry.to_str().unwrap())
+        }
+        /// What the API server's PV controller does: a change the watch reports.
         pub fn set_phase(&self, name: &str, phase: &str) {
-            self.objs.lock().unwrap().get_mut(name).unwrap()["status"]["phase"] = phase.into();
+            let mut o = self.pvs()[name].clone();
+            o["status"]["phase"] = phase.into();
+            self.0.put("persistentvolumes", o);
         }
     }
 }
@@ -622,7 +523,7 @@ fn the_daemon_publishes_recycles_and_marks_pvs_through_the_api_server() {
     let e1 = n.fast().join("e1");
     let d1 = n.fast().join("d1");
     let r1 = n.rawdir().join("r1");
-    wait_until("3 PVs", &n.d, || api.objs.lock().unwrap().len() == 3);
+    wait_until("3 PVs", &n.d, || api.pvs().len() == 3);
     let pv_e1 = api.by_entry(&e1).unwrap();
     let name_e1 = pv_e1["metadata"]["name"].as_str().unwrap().to_owned();
     let uid_e1 = pv_e1["metadata"]["uid"].as_str().unwrap().to_owned();
@@ -635,7 +536,7 @@ fn the_daemon_publishes_recycles_and_marks_pvs_through_the_api_server() {
         api.by_entry(&e1)
             .is_some_and(|p| p["metadata"]["uid"] != uid_e1.as_str())
     });
-    assert_eq!(api.deleted.lock().unwrap().clone(), vec![name_e1.clone()]);
+    assert_eq!(api.deleted(), vec![name_e1.clone()]);
     assert!(!e1.join("tenant-file").exists());
     assert!(!n.backing_mnt().join("vol1/data").exists());
     assert!(
@@ -655,12 +556,10 @@ fn the_daemon_publishes_recycles_and_marks_pvs_through_the_api_server() {
     wait_until("a refusal in the log", &n.d, || {
         n.d.log_text().contains("released local PV not recycled")
     });
-    assert!(api.objs.lock().unwrap().contains_key(&name_d1));
+    assert!(api.pvs().contains_key(&name_d1));
     assert_eq!(probe(&n.disk.path)["TYPE"], "ext4");
     sh("umount", &[s(&mnt)]);
-    wait_until("d1 recycled", &n.d, || {
-        api.deleted.lock().unwrap().contains(&name_d1)
-    });
+    wait_until("d1 recycled", &n.d, || api.deleted().contains(&name_d1));
     assert!(probe(&n.disk.path).is_empty());
 
     // The raw disk disappears: its PV is marked, never deleted.
@@ -670,12 +569,11 @@ fn the_daemon_publishes_recycles_and_marks_pvs_through_the_api_server() {
         .to_owned();
     std::fs::remove_file(&r1).unwrap();
     wait_until("r1 marked missing", &n.d, || {
-        api.objs.lock().unwrap()[&name_r1]["metadata"]["annotations"]["moor.io/missing-since"]
-            .is_string()
+        api.pvs()[&name_r1]["metadata"]["annotations"]["moor.io/missing-since"].is_string()
     });
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(api.objs.lock().unwrap().contains_key(&name_r1));
-    assert!(!api.deleted.lock().unwrap().contains(&name_r1));
+    assert!(api.pvs().contains_key(&name_r1));
+    assert!(!api.deleted().contains(&name_r1));
 }
 
 #[test]
@@ -710,9 +608,7 @@ fn a_new_entry_is_published_on_its_inotify_event_not_the_resync() {
     let target = std::fs::read_link(&r1).unwrap();
     std::fs::remove_file(&r1).unwrap();
     let (api, _rt) = n.restart_with_api(3600);
-    wait_until("the first pass", &n.d, || {
-        api.objs.lock().unwrap().len() == 2
-    });
+    wait_until("the first pass", &n.d, || api.pvs().len() == 2);
     std::os::unix::fs::symlink(&target, &r1).unwrap();
     let t0 = Instant::now();
     wait_until("r1 published", &n.d, || api.by_entry(&r1).is_some());

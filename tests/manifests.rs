@@ -457,7 +457,8 @@ fn every_rendering_parses_and_keeps_nodes_safe() {
             "{name}: {images:?}"
         );
 
-        // RBAC: PersistentVolumes and reading Nodes, for the account the pods run as.
+        // RBAC, for the account the pods run as: this node's PVs and pods (watched), its
+        // Node, a pod's claim, Events, evictions.
         let mut rules: Vec<(String, Vec<String>)> = o
             .roles
             .iter()
@@ -480,11 +481,15 @@ fn every_rendering_parses_and_keeps_nodes_safe() {
         assert_eq!(
             rules,
             vec![
+                ("events".to_owned(), want(&["create", "patch"])),
                 ("nodes".to_owned(), want(&["get"])),
+                ("persistentvolumeclaims".to_owned(), want(&["get"])),
                 (
                     "persistentvolumes".to_owned(),
-                    want(&["create", "delete", "get", "list", "patch"])
+                    want(&["create", "delete", "get", "list", "patch", "watch"])
                 ),
+                ("pods".to_owned(), want(&["get", "list", "watch"])),
+                ("pods/eviction".to_owned(), want(&["create"])),
             ],
             "{name}: RBAC"
         );

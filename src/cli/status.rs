@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::api::{Request, Response, client};
 
 /// How `moor status` prints.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     /// The table.
     Table,
@@ -33,6 +33,13 @@ pub fn run(output: Output) -> Result<i32, StatusError> {
         &Request::Status,
         Duration::from_secs(10),
     )?;
+    if output == Output::Json {
+        let Some(v) = json(&resp) else {
+            return Err(StatusError::Unexpected(format!("{resp:?}")));
+        };
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(0);
+    }
     let Response::Status {
         node,
         volumes,
@@ -43,19 +50,28 @@ pub fn run(output: Output) -> Result<i32, StatusError> {
     else {
         return Err(StatusError::Unexpected(format!("{resp:?}")));
     };
-    match output {
-        Output::Json => {
-            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "dead_mounts": dead_mounts, "notices": notices });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        Output::Table => {
-            print!("{}", table(&node, &volumes));
-            print!("{}", set_aside_table(&set_aside));
-            print!("{}", dead_mounts_table(&dead_mounts));
-            print!("{}", notices_table(&notices));
-        }
-    }
+    print!("{}", table(&node, &volumes));
+    print!("{}", set_aside_table(&set_aside));
+    print!("{}", dead_mounts_table(&dead_mounts));
+    print!("{}", notices_table(&notices));
     Ok(0)
+}
+
+/// `moor status -o json` (and the bundle's `status.json`): `None` for another answer.
+pub fn json(resp: &Response) -> Option<serde_json::Value> {
+    let Response::Status {
+        node,
+        volumes,
+        set_aside,
+        notices,
+        dead_mounts,
+    } = resp
+    else {
+        return None;
+    };
+    Some(
+        serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "dead_mounts": dead_mounts, "notices": notices }),
+    )
 }
 
 /// Renders the volume table.
@@ -177,4 +193,29 @@ pub fn notices_table(notices: &[crate::api::notice::RecentNotice]) -> String {
 
 fn short_uid(uid: &str) -> &str {
     uid.get(..8).unwrap_or(uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::DeadMount;
+
+    #[test]
+    fn dead_mounts_are_listed_by_pod_name_or_uid() {
+        assert_eq!(dead_mounts_table(&[]), "");
+        let row = |ns: &str, pod: &str| DeadMount {
+            volume: "glusterfs-vol1".into(),
+            driver: "glusterfs".into(),
+            pod_uid: "1b2c3d4e-0000-4abc-8def-0123456789ab".into(),
+            namespace: ns.into(),
+            pod: pod.into(),
+            since_heal_secs: 42,
+            action: "reported".into(),
+        };
+        let t = dead_mounts_table(&[row("team-a", "web-0"), row("", "")]);
+        assert!(t.contains("2 pod(s) still hold a dead mount"), "{t}");
+        assert!(t.contains("team-a/web-0"), "{t}");
+        assert!(t.contains("1b2c3d4e-0000-4abc-8def-0123456789ab"), "{t}");
+        assert!(t.contains("42s  reported"), "{t}");
+    }
 }

@@ -12,7 +12,6 @@ use axum::http::{Method, Request, Uri};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::config::KubernetesConfig;
 use crate::metrics::ApiRequestLabels;
 
 /// No client could be built.
@@ -31,9 +30,21 @@ pub enum ConnectError {
     Client(String),
 }
 
-/// Builds the client from the `kubernetes:` section, counting into `counter`.
+/// Where the credentials come from (the config's `kubernetes:` section; this module does
+/// not name the config, which names the local PV module, which uses the watches here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Look for credentials at all (`kubernetes.mode: auto`).
+    pub enabled: bool,
+    /// An explicit kubeconfig.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Record Events.
+    pub events: bool,
+}
+
+/// Builds the client from `cfg`, counting into `counter`.
 pub async fn connect(
-    cfg: &KubernetesConfig,
+    cfg: &Settings,
     counter: &Family<ApiRequestLabels, Counter>,
 ) -> Result<kube::Client, ConnectError> {
     if !cfg.enabled {
@@ -56,9 +67,14 @@ pub async fn connect(
 
 /// A counted client from a client config (tests point it at a fake API server).
 pub fn client_from(
-    config: kube::Config,
+    mut config: kube::Config,
     counter: &Family<ApiRequestLabels, Counter>,
 ) -> Result<kube::Client, ConnectError> {
+    // kube's own retry of 429/503/504 sits below this layer, so its requests would go
+    // uncounted; and a 429 on an eviction is a PodDisruptionBudget's answer to report,
+    // not to retry at once. The watches back off themselves (`watch`), an Event that
+    // fails is counted `failed`.
+    config.default_retry = false;
     let builder = kube::client::ClientBuilder::try_from(config)
         .map_err(|e| ConnectError::Client(e.to_string()))?;
     Ok(builder

@@ -12,6 +12,7 @@ pub mod events;
 pub mod live;
 pub mod offline;
 pub mod pods;
+pub mod testpods;
 pub mod watch;
 
 use std::sync::Arc;
@@ -176,7 +177,7 @@ impl Cluster {
     /// Finds credentials once (`cfg`) and starts the pod watch and the Events task on the
     /// current runtime; without credentials, one log line and [`Cluster::offline_counted`].
     pub async fn start(
-        cfg: &crate::config::KubernetesConfig,
+        cfg: &client::Settings,
         node: &str,
         metrics: crate::metrics::ClusterMetrics,
     ) -> Started {

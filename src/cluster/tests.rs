@@ -41,19 +41,7 @@ fn fast() -> watch::Timings {
 }
 
 async fn start(api: &FakeApi, events: bool) -> (Cluster, Arc<pods::PodCache>, ClusterMetrics) {
-    let metrics = ClusterMetrics::default();
-    let client = client::client_from(api.config(), &metrics.api_requests).unwrap();
-    let (c, pods) = live::KubeCluster::start(
-        client,
-        live::Options {
-            node: "node-a".into(),
-            events,
-            tuning: events::Tuning::default(),
-            timings: fast(),
-        },
-        metrics.clone(),
-    );
-    (c, pods, metrics)
+    api.cluster(events, fast())
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -68,12 +56,23 @@ fn events_of(api: &FakeApi) -> Vec<serde_json::Value> {
     api.all("events")
 }
 
+/// A fake API server holding `web-0` (on this node, with a bound claim `data-claim`) and
+/// `pod_b` on node-b.
+async fn with_pods(pod_b: &str) -> Arc<FakeApi> {
+    let api = FakeApi::start().await;
+    api.put("pods", pod("team-a", "web-0", "node-a"));
+    api.put("pods", pod("team-b", pod_b, "node-b"));
+    api.put(
+        "persistentvolumeclaims",
+        serde_json::json!({"metadata":{"namespace":"team-a","name":"data-claim"},"spec":{"volumeName":"pv-data"}}),
+    );
+    api
+}
+
 #[test]
 fn events_land_on_the_pod_the_pv_and_the_node_with_reason_type_and_message() {
     rt().block_on(async {
-        let api = FakeApi::start().await;
-        api.put("pods", pod("team-a", "web-0", "node-a"));
-        api.put("pods", pod("team-b", "other-node-pod", "node-b"));
+        let api = with_pods("other-node-pod").await;
         api.put(
             "persistentvolumes",
             serde_json::json!({"metadata":{"name":"pv-moor","uid":"pv-uid-1"},"spec":{"flexVolume":{"driver":"moor/nfs"}}}),
@@ -234,7 +233,7 @@ fn without_events_nothing_is_sent_but_the_notice_is_kept() {
 fn without_credentials_nothing_is_sent_and_the_notice_is_kept_and_counted() {
     rt().block_on(async {
         let metrics = ClusterMetrics::default();
-        let cfg = crate::config::KubernetesConfig {
+        let cfg = client::Settings {
             enabled: true,
             kubeconfig: Some("/nonexistent/moor-kubeconfig".into()),
             events: true,
@@ -253,7 +252,7 @@ fn without_credentials_nothing_is_sent_and_the_notice_is_kept_and_counted() {
             .map(|r| metrics.events_with(r))
             .sum();
         assert_eq!(sent, 0);
-        let off = crate::config::KubernetesConfig {
+        let off = client::Settings {
             enabled: false,
             ..cfg
         };
@@ -262,6 +261,315 @@ fn without_credentials_nothing_is_sent_and_the_notice_is_kept_and_counted() {
                 .await
                 .cluster
                 .connected
+        );
+    });
+}
+
+#[test]
+fn the_pod_cache_says_gone_only_when_the_api_server_is_current_and_lacks_the_uid() {
+    rt().block_on(async {
+        let api = with_pods("db-0").await;
+        // Before the first list nothing is known, not even "gone".
+        api.set_down(true);
+        let (c, pods, _m) = start(&api, true).await;
+        until("a failed list", || api.counts().contains_key("list pods")).await;
+        assert_eq!(c.pods.pod("uid-nothing"), PodState::Unknown);
+        assert_eq!(c.pods.pod("uid-web-0"), PodState::Unknown);
+        api.set_down(false);
+        until("pod cache", || pods.is_current()).await;
+        let PodState::Present(p) = c.pods.pod("uid-web-0") else {
+            panic!("web-0 is on this node")
+        };
+        assert_eq!((p.namespace.as_str(), p.name.as_str()), ("team-a", "web-0"));
+        assert!(p.controlled);
+        assert_eq!(p.pvs.get("data").map(String::as_str), Some("pv-data"));
+        assert!(p.mounts.contains(&ContainerMount {
+            container: "app".into(),
+            volume: "data".into(),
+            propagation: Propagation::HostToContainer,
+        }));
+        assert!(p.mounts.contains(&ContainerMount {
+            container: "init".into(),
+            volume: "data".into(),
+            propagation: Propagation::None,
+        }));
+        assert_eq!(p.mounts.len(), 3);
+        assert_eq!(
+            pods.claim_of("uid-web-0", "pv-data"),
+            Some(("team-a".into(), "data-claim".into()))
+        );
+        // Another node's pod is not watched: from here it is gone.
+        assert_eq!(c.pods.pod("uid-db-0"), PodState::Gone);
+        // A new pod arrives through the watch; a deleted one leaves.
+        api.put("pods", pod("team-a", "web-1", "node-a"));
+        until("web-1", || {
+            matches!(c.pods.pod("uid-web-1"), PodState::Present(_))
+        })
+        .await;
+        api.delete("pods", "team-a/web-0");
+        until("web-0 gone", || c.pods.pod("uid-web-0") == PodState::Gone).await;
+        // One GET per claim, not per pod event.
+        let claims = api.counts().get("get persistentvolumeclaims").copied();
+        assert_eq!(claims, Some(1), "{:?}", api.counts());
+        // The API server goes away: nothing is gone any more, everything unknown.
+        api.set_down(true);
+        until("unknown while down", || {
+            c.pods.pod("uid-web-0") == PodState::Unknown
+        })
+        .await;
+        assert_eq!(c.pods.pod("uid-web-1"), PodState::Unknown);
+        api.delete("pods", "team-a/web-1");
+        api.set_down(false);
+        until("gone after it is back", || {
+            c.pods.pod("uid-web-1") == PodState::Gone
+        })
+        .await;
+    });
+}
+
+#[test]
+fn evictions_answer_evicted_blocked_gone_or_failed() {
+    let rt = rt();
+    let (api, c) = rt.block_on(async {
+        let api = FakeApi::start().await;
+        for n in ["ok", "pdb", "forbidden"] {
+            api.put("pods", pod("team-a", n, "node-a"));
+        }
+        api.answer_eviction("team-a/pdb", 429);
+        api.answer_eviction("team-a/forbidden", 403);
+        let (c, _pods, _m) = start(&api, true).await;
+        (api, c)
+    });
+    // Blocking calls, from a thread that is not an async worker (as heal calls them).
+    let pods = c.pods.clone();
+    let r = std::thread::spawn(move || {
+        [
+            pods.evict("team-a", "ok", "uid-ok"),
+            pods.evict("team-a", "pdb", "uid-pdb"),
+            pods.evict("team-a", "gone", "uid-gone"),
+            pods.evict("team-a", "forbidden", "uid-forbidden"),
+            // The UID precondition: another pod now has that name.
+            pods.evict("team-a", "pdb", "uid-older-pdb"),
+        ]
+    })
+    .join()
+    .unwrap();
+    assert_eq!(r[0], Eviction::Evicted);
+    assert!(
+        matches!(&r[1], Eviction::Blocked(m) if m.contains("disruption budget")),
+        "{:?}",
+        r[1]
+    );
+    assert_eq!(r[2], Eviction::Gone);
+    assert!(
+        matches!(&r[3], Eviction::Failed(m) if m.contains("403")),
+        "{:?}",
+        r[3]
+    );
+    assert_eq!(r[4], Eviction::Gone);
+    assert!(api.get("pods", "team-a/ok").is_none());
+    assert!(api.get("pods", "team-a/pdb").is_some());
+    let bodies: Vec<serde_json::Value> = api
+        .seen()
+        .iter()
+        .filter(|s| s.path.ends_with("/eviction"))
+        .map(|s| serde_json::from_str(&s.body).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 5);
+    assert_eq!(bodies[0]["kind"], "Eviction");
+    assert_eq!(bodies[0]["apiVersion"], "policy/v1");
+    assert_eq!(bodies[0]["deleteOptions"]["preconditions"]["uid"], "uid-ok");
+}
+
+#[test]
+fn a_pv_annotation_is_read_once_and_reused() {
+    let rt = rt();
+    let (api, c) = rt.block_on(async {
+        let api = FakeApi::start().await;
+        api.put(
+            "persistentvolumes",
+            serde_json::json!({"metadata":{"name":"pv-g","annotations":{"moor.io/evict-pods":"true"}},"spec":{"flexVolume":{"driver":"moor/glusterfs"}}}),
+        );
+        let (c, _pods, _m) = start(&api, true).await;
+        (api, c)
+    });
+    let pods = c.pods.clone();
+    let r = std::thread::spawn(move || {
+        (
+            pods.pv_annotation("pv-g", "moor.io/evict-pods"),
+            pods.pv_annotation("pv-g", "moor.io/other"),
+            pods.pv_annotation("pv-none", "moor.io/evict-pods"),
+            pods.pv_annotation("pv-none", "moor.io/evict-pods"),
+        )
+    })
+    .join()
+    .unwrap();
+    assert_eq!(r, (Some("true".into()), None, None, None));
+    let gets = api.counts().get("get persistentvolumes").copied();
+    assert_eq!(gets, Some(2), "{:?}", api.counts());
+}
+
+/// Requests per resource counted by the client during `f`.
+fn window(metrics: &ClusterMetrics) -> impl Fn(&str, &str) -> u64 + '_ {
+    move |verb, res| metrics.requests_with(verb, res)
+}
+
+#[test]
+#[ignore = "tier 2: runs the watches for ~15 s of wall time"]
+fn api_requests_per_node_per_hour() {
+    rt().block_on(async {
+        let api = FakeApi::start().await;
+        api.put("pods", pod("team-a", "web-0", "node-a"));
+        api.put(
+            "persistentvolumeclaims",
+            serde_json::json!({"metadata":{"namespace":"team-a","name":"data-claim"},"spec":{"volumeName":"pv-data"}}),
+        );
+        // A local PV of this node: the labels its watch selects on.
+        let labels: serde_json::Map<String, serde_json::Value> =
+            crate::local::pv::node_selector("node-a")
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.into()))
+                .collect();
+        let local = serde_json::json!({"metadata":{"name":"local-pv-0","labels":labels},"spec":{"flexVolume":{"driver":"moor/local"}}});
+        api.put("persistentvolumes", local);
+        // Short timings: the same loop, in seconds instead of hours.
+        let t = watch::Timings {
+            timeout: Duration::from_secs(1),
+            jitter_permille: 0,
+            resync: Duration::from_secs(4),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(800),
+        };
+        let metrics = ClusterMetrics::default();
+        let client = client::client_from(api.config(), &metrics.api_requests).unwrap();
+        let (_c, pods) = live::KubeCluster::start(
+            client.clone(),
+            live::Options {
+                node: "node-a".into(),
+                events: true,
+                tuning: events::Tuning::default(),
+                timings: t,
+            },
+            metrics.clone(),
+        );
+        let view = Arc::new(crate::local::kube::PvView::default());
+        tokio::spawn(crate::local::kube::WatchedPvApi::watch(
+            client,
+            "node-a".into(),
+            view.clone(),
+            t,
+        ));
+        until("both watches", || pods.is_current() && view.current().is_some()).await;
+        let count = window(&metrics);
+        let resources = ["pods", "persistentvolumes"];
+        // Steady state: nothing changes. Measured over exactly two resync periods per
+        // resource: from just after one relist to just after the second one after it.
+        let total_before = api.seen().len();
+        let prod = watch::Timings::PRODUCTION;
+        let watches_per_period_test = (t.resync.as_secs_f64() / t.timeout.as_secs_f64()).ceil();
+        let watches_per_period_prod =
+            (prod.resync.as_secs_f64() / prod.shortest_watch().as_secs_f64()).ceil();
+        let mut per_hour = 0.0;
+        let mut steady_lines = Vec::new();
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        for r in resources {
+            let l0 = count("list", r);
+            until("a relist", || count("list", r) > l0).await;
+            let (l1, w1) = (count("list", r), count("watch", r));
+            until("two more relists", || count("list", r) >= l1 + 2).await;
+            let (l2, w2) = (count("list", r), count("watch", r));
+            before.push((l1, w1));
+            after.push((l2, w2));
+            let lists = (l2 - l1) as f64 / 2.0;
+            // The watch that follows the second relist may or may not have started.
+            let watches = (w2 - w1) as f64 / 2.0;
+            assert!(
+                watches <= watches_per_period_test + 0.5,
+                "{r}: {watches} watches per 4 s resync period of 1 s watches"
+            );
+            let h = (lists + watches * watches_per_period_prod / watches_per_period_test)
+                * 3600.0
+                / prod.resync.as_secs_f64();
+            per_hour += h;
+            steady_lines.push(format!(
+                "{r}: per resync period {lists} list + {watches} watches (test: 4 s resync, 1 s watches) → at production timings {lists} list + {:.1} watches per {} h → {h:.2} per hour",
+                watches * watches_per_period_prod / watches_per_period_test,
+                prod.resync.as_secs() / 3600
+            ));
+        }
+        // Nothing but the watches and their relists in steady state (no Events, no GETs).
+        assert!(
+            !api.seen()[total_before..]
+                .iter()
+                .any(|s| !s.verb_resource.starts_with("list ")
+                    && !s.verb_resource.starts_with("watch ")),
+            "only watches and relists in steady state: {:?}",
+            api.counts()
+        );
+        // An API-server restart: every watch dropped, the history compacted (410 once).
+        let snapshot = || {
+            resources
+                .iter()
+                .map(|r| (count("list", r), count("watch", r)))
+                .collect::<Vec<_>>()
+        };
+        let before = snapshot();
+        let mark = api.seen().len();
+        api.restart(true);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        until("both watches again", || pods.is_current() && view.current().is_some()).await;
+        let after_restart = snapshot();
+        let restart_total = api.seen().len() - mark;
+        let restart: Vec<String> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                format!(
+                    "{r}: {} list(s), {} watch(es)",
+                    after_restart[i].0 - before[i].0,
+                    after_restart[i].1 - before[i].1
+                )
+            })
+            .collect();
+        for (i, r) in resources.iter().enumerate() {
+            assert!(
+                after_restart[i].0 - before[i].0 <= 2,
+                "{r}: relisted more than once per restart"
+            );
+        }
+        // Down for 3 s: backoff, not a spin.
+        let mark_down = api.seen().len();
+        api.set_down(true);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let down_total = api.seen().len() - mark_down;
+        api.set_down(false);
+        until("back after the outage", || pods.is_current() && view.current().is_some()).await;
+        assert!(
+            down_total <= 2 * 8,
+            "{down_total} requests in a 3 s outage with a 100 ms … 800 ms backoff"
+        );
+        println!("API requests per node per hour (fake API server, real client):");
+        for l in &steady_lines {
+            println!("  steady state  {l}");
+        }
+        println!(
+            "  steady state  total {per_hour:.2} requests per node per hour at production timings (watch {} s ±{} %, resync {} s; target ≤ 10)",
+            prod.timeout.as_secs(),
+            prod.jitter_permille / 10,
+            prod.resync.as_secs()
+        );
+        println!(
+            "  after a restart with 410 Gone  {restart_total} requests to recover ({})",
+            restart.join("; ")
+        );
+        println!(
+            "  3 s outage  {down_total} requests (backoff 100 ms … 800 ms; production 1 s … 300 s)"
+        );
+        assert!(
+            per_hour <= 10.0,
+            "{per_hour:.2} requests per node per hour in steady state"
         );
     });
 }

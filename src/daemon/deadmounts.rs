@@ -183,11 +183,12 @@ impl DeadMounts {
         dev: Option<(u32, u32)>,
         healed: crate::lifecycle::Healed,
     ) {
-        self.watches.retain(|w| w.key != rs.key);
         let Some(dev) = dev else {
             tracing::warn!(volume = %rs.key, "the dead mount's device is not recorded; pods holding it cannot be found");
             return;
         };
+        // A watch of an earlier death of the same share stays: its holders hold that device.
+        self.watches.retain(|w| !(w.key == rs.key && w.dev == dev));
         self.watches.push(Watch {
             key: rs.key.clone(),
             driver: rs.driver.clone(),

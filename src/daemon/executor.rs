@@ -388,6 +388,9 @@ impl Handler for Executor {
                 self.refresh_counts();
                 answer.send(&r);
             }
+            Request::Logs { lines } => answer.send(&Response::Logs {
+                lines: crate::telemetry::ring().last(lines),
+            }),
             Request::Csi {
                 driver,
                 volume_id,
@@ -963,6 +966,116 @@ mod tests {
             Response::Failed(f) => f.reason.as_deref(),
             _ => None,
         }
+    }
+
+    /// A wrong-node refusal of a volume whose options carry a secret, through the
+    /// executor, to Events on the pod and the PV in a fake API server: the right reason,
+    /// type and message, and the secret in no request the server received.
+    #[test]
+    fn a_refusal_reaches_the_pod_and_pv_as_an_event_without_any_secret() {
+        use crate::testkit::fakeapi::FakeApi;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (api, cluster, pods) = rt.block_on(async {
+            let api = FakeApi::start().await;
+            api.put(
+                "pods",
+                serde_json::json!({"metadata":{"namespace":"team-a","name":"db-0","uid":"pod-uid-1"},
+                    "spec":{"nodeName":"node-a","containers":[{"name":"c","image":"x"}]}}),
+            );
+            api.put(
+                "persistentvolumes",
+                serde_json::json!({"metadata":{"name":"pv-local-b","uid":"pv-uid"},"spec":{"flexVolume":{"driver":"moor/local"}}}),
+            );
+            let (c, pods, _m) = api.cluster(true, crate::cluster::watch::Timings::PRODUCTION);
+            (api, c, pods)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pods.is_current() {
+            assert!(Instant::now() < deadline, "pod cache never synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let fake = crate::host::fake::FakeHost::new(tmp.path());
+        let lc = Arc::new(
+            Lifecycle::over_fake(&fake, crate::daemon::drivers::builtin()).with_cluster(cluster),
+        );
+        let exec = Executor::new(lc, Arc::new(Metrics::new()), Duration::from_secs(30));
+        let secret = "s3cr3t-Pa55word";
+        let options = crate::volume::options::parse(&BTreeMap::from([
+            ("path".to_owned(), "/mnt/disks/d0".to_owned()),
+            ("node".to_owned(), "node-b".to_owned()),
+            (
+                "kubernetes.io/pvOrVolumeName".to_owned(),
+                "pv-local-b".to_owned(),
+            ),
+            (
+                "kubernetes.io/secret/password".to_owned(),
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, secret),
+            ),
+        ]))
+        .unwrap();
+        let target = exec
+            .lifecycle
+            .host()
+            .paths
+            .kubelet_dir
+            .join("pods/pod-uid-1/volumes/moor~local/pv-local-b")
+            .display()
+            .to_string();
+        let r = ask(
+            &exec,
+            Request::Mount {
+                driver: "local".into(),
+                target,
+                options,
+            },
+        );
+        assert_eq!(reason(&r), Some("wrong_node"), "{r:?}");
+        while api.all("events").len() < 2 {
+            assert!(Instant::now() < deadline, "events: {:?}", api.all("events"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let evs = api.all("events");
+        let kinds: Vec<(&str, &str)> = evs
+            .iter()
+            .map(|e| {
+                (
+                    e["involvedObject"]["kind"].as_str().unwrap(),
+                    e["involvedObject"]["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert!(kinds.contains(&("Pod", "db-0")), "{kinds:?}");
+        assert!(
+            kinds.contains(&("PersistentVolume", "pv-local-b")),
+            "{kinds:?}"
+        );
+        for e in &evs {
+            assert_eq!(e["reason"], "WrongNode");
+            assert_eq!(e["type"], "Warning");
+            let m = e["message"].as_str().unwrap();
+            assert!(
+                m.contains("node-b") && m.contains("node-a") && m.contains("local volume"),
+                "{m}"
+            );
+        }
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, secret);
+        for s in api.seen() {
+            for needle in [secret, b64.as_str()] {
+                assert!(
+                    !s.body.contains(needle)
+                        && !s.query.contains(needle)
+                        && !s.path.contains(needle),
+                    "secret sent to the API server: {s:?}"
+                );
+            }
+        }
+        assert_eq!(exec.lifecycle.cluster().notify.recent().len(), 1);
+        drop(rt);
     }
 
     #[test]

@@ -15,8 +15,11 @@ use crate::config::Config;
 use crate::host::Host;
 use crate::lifecycle::Lifecycle;
 
+use crate::cluster::watch::Timings;
 use crate::local::discover::{Scan, scan_class};
-use crate::local::kube::{KubePvApi, PvApi, finish_job, reconcile, wipe_for_job};
+use crate::local::kube::{
+    KubePvApi, PvApi, PvView, WatchedPvApi, finish_job, reconcile, wipe_for_job,
+};
 use crate::local::wipe::{self, WipeCtx, WipePhase};
 
 /// How long to wait for a burst of inotify events to settle before a scan.
@@ -41,7 +44,16 @@ pub fn spawn(
         let api = match cfg.local.kubernetes {
             crate::local::classes::KubeMode::Off => None,
             crate::local::classes::KubeMode::Auto => match client {
-                Some(c) => Some(KubePvApi::new(c)),
+                Some(c) => {
+                    let view = Arc::new(PvView::default());
+                    tokio::spawn(WatchedPvApi::watch(
+                        c.clone(),
+                        cfg.node_name.clone(),
+                        view.clone(),
+                        Timings::PRODUCTION,
+                    ));
+                    Some(WatchedPvApi::new(KubePvApi::new(c), view))
+                }
                 None => {
                     tracing::warn!(
                         "local PVs: no API server; discovery only (`moor local discover` prints the manifests)"
@@ -53,9 +65,18 @@ pub fn spawn(
         let mut last_summary = String::new();
         loop {
             pass(&cfg, &host, &lifecycle, api.as_ref(), &mut last_summary).await;
+            let pvs_changed = async {
+                match &api {
+                    Some(a) => a.view().changed.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // The period rescans the directories; PVs come from the watch, so a pass
+            // makes no request unless something differs.
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(cfg.local.resync) => {}
+                _ = pvs_changed => tokio::time::sleep(SETTLE).await,
                 Some(()) = rx.recv() => {
                     tokio::time::sleep(SETTLE).await;
                     while rx.try_recv().is_ok() {}
@@ -177,7 +198,7 @@ async fn pass(
     cfg: &Arc<Config>,
     host: &Arc<Host>,
     lifecycle: &Arc<Lifecycle>,
-    api: Option<&KubePvApi>,
+    api: Option<&WatchedPvApi>,
     last_summary: &mut String,
 ) {
     let (c, h) = (cfg.clone(), host.clone());

@@ -10,7 +10,6 @@ pub mod gc;
 pub mod local_pvs;
 pub mod notify;
 pub mod reconciler;
-pub mod testpods;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -202,8 +201,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .build()
         .map_err(io("start runtime", Path::new("-")))?;
     // Before reconstruction, so a record it sets aside is reported like any notice.
+    let settings = crate::cluster::client::Settings {
+        enabled: cfg.kubernetes.enabled,
+        kubeconfig: cfg.kubernetes.kubeconfig.clone(),
+        events: cfg.kubernetes.events,
+    };
     let api = rt.block_on(crate::cluster::Cluster::start(
-        &cfg.kubernetes,
+        &settings,
         &cfg.node_name,
         metrics.cluster.clone(),
     ));
@@ -211,7 +215,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         Lifecycle::new(host, journal, drivers, cfg.node_name.clone(), timeouts)
             .with_fuse_scope(placement.fuse_scope())
             .with_id_sources(local_id_sources(&cfg))
-            .with_cluster(testpods::pods_from_file(api.cluster.clone())),
+            .with_cluster(crate::cluster::testpods::pods_from_file(
+                api.cluster.clone(),
+            )),
     );
     let report = lifecycle.reconstruct()?;
     for (outcome, n) in [
@@ -301,11 +307,10 @@ async fn serve(
     let csi = csi::start(&cfg, exec.clone())?;
     let server = crate::api::server::serve(listener, cfg.socket.clone(), exec.clone())
         .map_err(io("start serving", &cfg.socket))?;
-    let claims = Arc::new(reconciler::ClaimCache::default());
-    if let Some(client) = api.client.clone() {
-        let (cache, interval) = (claims.clone(), cfg.reconcile_interval);
-        tokio::spawn(reconciler::refresh_claims(cache, client, interval));
-    }
+    let claims = Arc::new(match &api.pods {
+        Some(p) => reconciler::ClaimCache::from_pods(p.clone()),
+        None => reconciler::ClaimCache::default(),
+    });
     let reconciler = tokio::spawn(reconciler::run(
         reconciler::Reconciler::new(lifecycle.clone(), metrics.clone(), exec.clone())
             .with_pod_log_dir(cfg.pod_log_dir.clone())

@@ -11,6 +11,10 @@
 //! first), the share is mounted again and every pod directory bound again. A hung *NFS*
 //! mount is only reported: with `hard` it resumes by itself when the server answers, and a
 //! remount could not succeed before that. Failed heals back off exponentially.
+//!
+//! A heal stacks the share over the pod dirs whose containers receive propagation and
+//! replaces the others ([`crate::daemon::deadmounts`] decides which, reports the pods that
+//! still hold the dead mount afterwards, and evicts them where the operator opted in).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -289,102 +293,48 @@ impl Reconciler {
                 restored += 1;
             }
         }
+        // A stacked layer that went (a peer's unpublish takes its copies along) is put back.
+        for key in self.lifecycle.stacked_volumes() {
+            let lc = &self.lifecycle;
+            if let Some(n) = self.exec.try_locked(&key, || lc.restack(&key)) {
+                restored += n;
+            }
+        }
         self.metrics.healed_publishes.inc_by(restored as u64);
         restored
     }
 }
 
-/// PVs and their claims as the API server says, for the statistics' labels: the pass asks
-/// for the pod volume directory names it sees (`wanted`), [`refresh_claims`]
-/// answers them off the request path.
+/// PVs and their claims as the API server says, for the statistics' labels: the pod cache
+/// (a watch of this node's pods) knows each pod's claims and the PV each is bound to (one
+/// GET per claim it had not seen), so no PV is asked for on an interval.
 #[derive(Default)]
 pub struct ClaimCache {
-    wanted: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
-    known: std::sync::Mutex<HashMap<String, (Instant, Option<BoundClaim>)>>,
+    pods: Option<Arc<crate::cluster::pods::PodCache>>,
 }
 
 impl ClaimCache {
-    fn want(&self, driver: &str, pv: &str) {
-        if let Ok(mut w) = self.wanted.lock() {
-            w.insert((driver.to_owned(), pv.to_owned()));
-        }
+    /// Claims as this node's pod cache knows them.
+    pub fn from_pods(pods: Arc<crate::cluster::pods::PodCache>) -> Self {
+        ClaimCache { pods: Some(pods) }
     }
 
-    /// The claim of PV `pv`, when the API server said it is bound and served by `driver`.
-    fn claim(&self, driver: &str, pv: &str) -> Option<BoundClaim> {
-        self.want(driver, pv);
-        let known = self.known.lock().ok()?;
-        known.get(pv).and_then(|(_, c)| c.clone())
-    }
-
-    /// Records what the API server said about `pv` (None: no such PV of this driver).
-    pub fn record(&self, pv: &str, claim: Option<BoundClaim>) {
-        if let Ok(mut k) = self.known.lock() {
-            k.insert(pv.to_owned(), (Instant::now(), claim));
-        }
-    }
-}
-
-/// The claim bound to `pv` when it is a FlexVolume PV of moor's `driver` (`moor/<driver>`).
-pub fn bound_claim(
-    pv: &k8s_openapi::api::core::v1::PersistentVolume,
-    driver: &str,
-) -> Option<BoundClaim> {
-    let spec = pv.spec.as_ref()?;
-    let flex = spec.flex_volume.as_ref()?;
-    // A PV names a FlexVolume driver `vendor/driver`; kubelet's directory is `vendor~driver`.
-    if flex.driver != format!("{}/{driver}", crate::host::paths::VENDOR) {
-        return None;
-    }
-    let claim = spec.claim_ref.as_ref()?;
-    Some(BoundClaim {
-        persistent_volume: pv.metadata.name.clone()?,
-        namespace: claim.namespace.clone().filter(|n| !n.is_empty())?,
-        name: claim.name.clone().filter(|n| !n.is_empty())?,
-    })
-}
-
-/// How long an answer about a PV is kept (a PV is rebound rarely; a new PV is seen by then).
-const CLAIM_TTL: Duration = Duration::from_secs(300);
-/// At most this many PV lookups per round, so a node with many volumes never floods the API.
-const CLAIM_LOOKUPS_PER_ROUND: usize = 20;
-
-/// Answers the cache's wanted PVs from the API server, every `interval`, until dropped.
-pub async fn refresh_claims(cache: Arc<ClaimCache>, client: kube::Client, interval: Duration) {
-    let api: kube::Api<k8s_openapi::api::core::v1::PersistentVolume> = kube::Api::all(client);
-    loop {
-        let wanted: Vec<(String, String)> = cache
-            .wanted
-            .lock()
-            .map(|mut w| std::mem::take(&mut *w).into_iter().collect())
-            .unwrap_or_default();
-        let stale = |pv: &str| {
-            cache.known.lock().map_or(true, |k| {
-                k.get(pv).is_none_or(|(at, _)| at.elapsed() >= CLAIM_TTL)
-            })
-        };
-        let due: Vec<_> = wanted.iter().filter(|(_, pv)| stale(pv)).collect();
-        for (driver, pv) in due.into_iter().take(CLAIM_LOOKUPS_PER_ROUND) {
-            match api.get_opt(pv).await {
-                Ok(found) => cache.record(pv, found.as_ref().and_then(|p| bound_claim(p, driver))),
-                Err(e) => {
-                    tracing::warn!(pv = %pv, error = %e, "cannot read the PV for its claim; statistics keep the directory name only");
-                }
-            }
-        }
-        // Expired by age only: pruning by one round's wanted set would drop a label
-        // whenever a round runs between two passes, and the series would flap.
-        if let Ok(mut k) = cache.known.lock() {
-            k.retain(|_, (at, _)| at.elapsed() < 2 * CLAIM_TTL);
-        }
-        tokio::time::sleep(interval).await;
+    /// The claim through which pod `pod_uid` uses PV `pv` (its directory name), when the
+    /// API server says that pod has a claim bound to that PV.
+    fn claim(&self, pod_uid: &str, pv: &str) -> Option<BoundClaim> {
+        let (namespace, name) = self.pods.as_ref()?.claim_of(pod_uid, pv)?;
+        Some(BoundClaim {
+            persistent_volume: pv.to_owned(),
+            namespace,
+            name,
+        })
     }
 }
 
 /// Where the statistics' labels come from: only sources a pod author cannot write. A pod's
 /// namespace is read from kubelet's pod log directory, cached by pod UID (a UID never
 /// changes namespace) and looked up again at most once per pass; a PV and its claim come
-/// from the API server when the daemon has credentials.
+/// from the pod cache when the daemon has credentials.
 pub struct LabelSources {
     pod_log_dir: PathBuf,
     namespaces: HashMap<String, String>,
@@ -433,7 +383,7 @@ impl LabelSources {
                         let claim = self
                             .claims
                             .as_ref()
-                            .and_then(|c| c.claim(&p.driver, &p.volume_name))
+                            .and_then(|c| c.claim(&p.pod_uid, &p.volume_name))
                             .filter(|c| namespace.as_deref() == Some(c.namespace.as_str()));
                         VolumeUse {
                             volume_name: p.volume_name.clone(),
@@ -836,151 +786,83 @@ pub(crate) mod tests {
         assert_eq!(src.uses(&vols)[2][0].namespace.as_deref(), Some("team-c"));
     }
 
-    fn pv(
-        name: &str,
-        driver: &str,
-        claim: Option<(&str, &str)>,
-    ) -> k8s_openapi::api::core::v1::PersistentVolume {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name},
-            "spec": {
-                "flexVolume": {"driver": driver},
-                "claimRef": claim.map(|(ns, n)| serde_json::json!({"namespace": ns, "name": n})),
-            },
-        }))
-        .unwrap()
-    }
-
     #[test]
-    fn a_pv_claim_counts_only_for_moors_driver_and_the_pods_own_namespace() {
-        assert_eq!(
-            bound_claim(&pv("pv-1", "moor/local", Some(("team-a", "data"))), "local"),
-            Some(BoundClaim {
-                persistent_volume: "pv-1".into(),
-                namespace: "team-a".into(),
-                name: "data".into(),
-            })
-        );
-        for (p, driver) in [
-            (pv("pv-1", "moor/nfs", Some(("team-a", "data"))), "local"),
-            (pv("pv-1", "other/local", Some(("team-a", "data"))), "local"),
-            (pv("pv-1", "moor~local", Some(("team-a", "data"))), "local"),
-            (pv("pv-1", "moor/local", None), "local"),
-            (pv("pv-1", "moor/local", Some(("", "data"))), "local"),
-        ] {
-            assert_eq!(bound_claim(&p, driver), None, "{p:?}");
-        }
-        let logs = tempfile::tempdir().unwrap();
-        std::fs::create_dir(logs.path().join("team-a_web-0_uid-a")).unwrap();
-        std::fs::create_dir(logs.path().join("team-b_evil-0_uid-b")).unwrap();
-        let cache = Arc::new(ClaimCache::default());
-        cache.record(
-            "pv-1",
-            bound_claim(&pv("pv-1", "moor/local", Some(("team-a", "data"))), "local"),
-        );
-        let mut src = LabelSources::new(logs.path().into()).with_claims(cache.clone());
-        let uses = src.uses(&[
-            vec![publish("uid-a", "pv-1", None)],
-            // An inline volume in team-b named like team-a's PV gets no claim.
-            vec![publish("uid-b", "pv-1", Some("team-a"))],
-        ]);
-        let a = volume_labels("k-a", "local", &uses[0]);
-        assert_eq!(
-            (
-                a.namespace.as_str(),
-                a.persistentvolumeclaim.as_str(),
-                a.persistentvolume.as_str()
-            ),
-            ("team-a", "data", "pv-1")
-        );
-        let b = volume_labels("k-b", "local", &uses[1]);
-        assert_eq!(
-            (
-                b.namespace.as_str(),
-                b.persistentvolumeclaim.as_str(),
-                b.persistentvolume.as_str()
-            ),
-            ("team-b", "", "")
-        );
-        // What the pass asked about is what the refresher looks up.
-        assert!(
-            cache
-                .wanted
-                .lock()
-                .unwrap()
-                .contains(&("local".to_owned(), "pv-1".to_owned()))
-        );
-    }
-
-    #[test]
-    fn the_refresher_reads_wanted_pvs_from_the_api_server() {
-        use axum::extract::Path as AxPath;
-        use axum::http::StatusCode;
-        async fn get_pv(AxPath(name): AxPath<String>) -> (StatusCode, String) {
-            let found = match name.as_str() {
-                "pv-1" => Some(("moor/local", Some(("team-a", "data")))),
-                "pv-nfs" => Some(("moor/nfs", Some(("team-a", "share")))),
-                _ => None,
-            };
-            match found {
-                Some((driver, claim)) => {
-                    let mut p = serde_json::to_value(pv(&name, driver, claim)).unwrap();
-                    p["apiVersion"] = "v1".into();
-                    p["kind"] = "PersistentVolume".into();
-                    (StatusCode::OK, p.to_string())
-                }
-                None => (
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":format!("persistentvolumes \"{name}\" not found")}).to_string(),
-                ),
-            }
-        }
+    fn a_claim_label_comes_from_the_pods_own_bound_claim_in_its_own_namespace() {
+        use crate::testkit::fakeapi::FakeApi;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
-            let app = axum::Router::new().route(
-                "/api/v1/persistentvolumes/{name}",
-                axum::routing::get(get_pv),
+        let logs = tempfile::tempdir().unwrap();
+        std::fs::create_dir(logs.path().join("team-a_web-0_uid-a")).unwrap();
+        std::fs::create_dir(logs.path().join("team-b_evil-0_uid-b")).unwrap();
+        let (api, pods) = rt.block_on(async {
+            let api = FakeApi::start().await;
+            let pod = |ns: &str, name: &str, uid: &str, vols: serde_json::Value| {
+                serde_json::json!({"metadata":{"namespace":ns,"name":name,"uid":uid},
+                    "spec":{"nodeName":"node-a","containers":[{"name":"c","image":"x"}],"volumes":vols}})
+            };
+            api.put(
+                "pods",
+                pod("team-a", "web-0", "uid-a", serde_json::json!([{"name":"data","persistentVolumeClaim":{"claimName":"data"}}])),
             );
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            tokio::spawn(async move {
-                let _ = axum::serve(l, app).await;
-            });
-            let client = kube::Client::try_from(kube::Config::new(
-                format!("http://{addr}").parse().unwrap(),
-            ))
-            .unwrap();
-            let cache = Arc::new(ClaimCache::default());
-            for (driver, name) in [
-                ("local", "pv-1"),
-                ("local", "pv-nfs"),
-                ("local", "inline-vol"),
-            ] {
-                assert_eq!(cache.claim(driver, name), None, "nothing known yet");
-            }
-            let task = tokio::spawn(refresh_claims(
-                cache.clone(),
-                client,
-                Duration::from_millis(50),
-            ));
+            // An inline volume in team-b named like team-a's PV.
+            api.put(
+                "pods",
+                pod("team-b", "evil-0", "uid-b", serde_json::json!([{"name":"pv-1","flexVolume":{"driver":"moor/local"}}])),
+            );
+            api.put(
+                "persistentvolumeclaims",
+                serde_json::json!({"metadata":{"namespace":"team-a","name":"data"},"spec":{"volumeName":"pv-1"}}),
+            );
+            let (_c, pods, _m) = api.cluster(false, crate::cluster::watch::Timings::PRODUCTION);
             let deadline = Instant::now() + Duration::from_secs(10);
-            while cache.known.lock().unwrap().len() < 3 {
-                assert!(Instant::now() < deadline, "refresher did not answer");
+            while !pods.is_current() {
+                assert!(Instant::now() < deadline, "pod cache never synced");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            task.abort();
-            assert_eq!(
-                cache.claim("local", "pv-1").map(|c| c.name),
-                Some("data".to_owned())
-            );
-            // Another driver's PV, and no PV at all: no claim.
-            assert_eq!(cache.claim("local", "pv-nfs"), None);
-            assert_eq!(cache.claim("local", "inline-vol"), None);
+            (api, pods)
         });
+        let cache = Arc::new(ClaimCache::from_pods(pods));
+        let mut src = LabelSources::new(logs.path().into()).with_claims(cache);
+        let vols = [
+            vec![publish("uid-a", "pv-1", None)],
+            vec![publish("uid-b", "pv-1", Some("team-a"))],
+        ];
+        for _ in 0..3 {
+            let uses = src.uses(&vols);
+            let a = volume_labels("k-a", "local", &uses[0]);
+            assert_eq!(
+                (
+                    a.namespace.as_str(),
+                    a.persistentvolumeclaim.as_str(),
+                    a.persistentvolume.as_str()
+                ),
+                ("team-a", "data", "pv-1")
+            );
+            let b = volume_labels("k-b", "local", &uses[1]);
+            assert_eq!(
+                (
+                    b.namespace.as_str(),
+                    b.persistentvolumeclaim.as_str(),
+                    b.persistentvolume.as_str()
+                ),
+                ("team-b", "", "")
+            );
+        }
+        // Passes ask nothing: one GET for the claim, no PV read at all.
+        let counts = api.counts();
+        assert_eq!(
+            counts.get("get persistentvolumeclaims"),
+            Some(&1),
+            "{counts:?}"
+        );
+        assert!(
+            !counts.keys().any(|k| k.contains("persistentvolumes")),
+            "{counts:?}"
+        );
+        drop(rt);
     }
 
     #[test]

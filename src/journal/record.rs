@@ -368,4 +368,25 @@ mod tests {
         assert_eq!((old.key, old.phase), (rec.key, rec.phase));
         assert!(old.options.is_empty());
     }
+
+    /// A publish record as main 613d3bf wrote it loads with no layers and is written back
+    /// without the field; a healed one round-trips its layers, bottom first.
+    #[test]
+    fn publish_records_without_layers_load_and_layers_round_trip() {
+        let old = r#"{"target":"/var/lib/kubelet/pods/u/volumes/moor~glusterfs/v","key":"glusterfs-k","driver":"glusterfs","pod_uid":"u","volume_name":"v","namespace":null,"read_only":false,"phase":"published","mount_id":{"id":7,"unique":true,"dev":[0,61]}}"#;
+        let mut rec: PublishRecord = serde_json::from_str(old).unwrap();
+        assert!(rec.layers.is_empty());
+        assert!(!serde_json::to_string(&rec).unwrap().contains("layers"));
+        let layer = |id| MountId {
+            id,
+            unique: true,
+            dev: (0, 62),
+            ns: Some(4026531841),
+        };
+        rec.layers = vec![layer(9), layer(11)];
+        let again: PublishRecord =
+            serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+        assert_eq!(again, rec);
+        assert_eq!(again.layers[1].id, 11, "top last");
+    }
 }

@@ -255,6 +255,7 @@ impl Lifecycle {
         let mut p = p.clone();
         let stage_path = self.bind_source(&p);
         while let Some(top) = p.layers.last().copied() {
+            let top = self.learn_layer(&p.target, top, p.layers.len(), &p.key)?;
             if let Some(t) = self.open_target(&p.target, false)?
                 && self.owns(&t, Place::PodDir, Some(top), None)
             {
@@ -277,6 +278,51 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// A layer recorded in another mount namespace (a DaemonSet's earlier pod) has another
+    /// id here: it is the mount on top now when exactly `below` mounts (moor's bind and its
+    /// lower layers) are under it and its device is the recorded one ([`owned::rekey`]);
+    /// anything else is refused, as for any mount moor cannot tell apart.
+    fn learn_layer(
+        &self,
+        target: &Path,
+        layer: MountId,
+        below: usize,
+        key: &str,
+    ) -> Result<MountId, Error> {
+        let here = crate::host::process::mount_namespace();
+        if layer.ns.is_none() || layer.ns == here || here.is_none() {
+            return Ok(layer);
+        }
+        let stacked = self
+            .host
+            .mounts
+            .snapshot()
+            .map(|t| t.iter().filter(|m| m.mount_point == target).count())
+            .unwrap_or(0);
+        let now = self.mount_id_of_path(target);
+        match owned::rekey(layer, here, stacked.saturating_sub(below), now) {
+            owned::Rekey::Keep => Ok(layer),
+            owned::Rekey::Replace(m) => Ok(m),
+            owned::Rekey::Ambiguous(why) => Err(Error::NotOwned {
+                target: target.into(),
+                detail: format!("volume {key}: a layer a heal stacked: {why}"),
+            }),
+        }
+    }
+
+    /// Volumes with a pod dir a heal stacked over (for [`Lifecycle::restack`]).
+    pub fn stacked_volumes(&self) -> Vec<String> {
+        let st = self.state();
+        let mut keys: Vec<String> = st
+            .publishes
+            .values()
+            .filter(|p| p.phase == PublishPhase::Published && !p.layers.is_empty())
+            .map(|p| p.key.clone())
+            .collect();
+        keys.dedup();
+        keys
+    }
+
     /// After a layer went (an unpublish of a peer pod dir takes the copies of its layer off
     /// the others: the kernel propagates the unmount), stacks the live stage again on the
     /// pod dirs of `key` whose recorded top layer is no longer on top. Returns how many.
@@ -289,6 +335,9 @@ impl Lifecycle {
         let mut done = 0;
         for mut p in self.publishes_of(key) {
             let Some(&top) = p.layers.last() else {
+                continue;
+            };
+            let Ok(top) = self.learn_layer(&p.target, top, p.layers.len(), key) else {
                 continue;
             };
             let Ok(Some(t)) = self.open_target(&p.target, false) else {

@@ -325,9 +325,11 @@ impl Lifecycle {
                     .filter(|s| foreign(&s.mount_id))
                     .cloned()
                     .collect(),
+                // A healed pod dir's stack is learnt again layer by layer as it is removed
+                // (`remove_layers`): only its top is reachable to compare.
                 st.publishes
                     .values()
-                    .filter(|p| foreign(&p.mount_id))
+                    .filter(|p| foreign(&p.mount_id) && p.layers.is_empty())
                     .cloned()
                     .collect(),
             )

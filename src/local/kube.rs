@@ -184,6 +184,166 @@ impl PvApi for KubePvApi {
     }
 }
 
+/// This node's local PVs as a watch keeps them (label selector [`pv::node_selector`]), so
+/// a reconcile pass reads them without a request.
+#[derive(Default)]
+pub struct PvView {
+    inner: std::sync::Mutex<ViewInner>,
+    /// Woken on every change the watch brings (a pass runs on it).
+    pub changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct ViewInner {
+    pvs: BTreeMap<String, PersistentVolume>,
+    synced: bool,
+    healthy: bool,
+}
+
+impl PvView {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ViewInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The PVs, when the watch has listed and is connected.
+    pub fn current(&self) -> Option<Vec<PersistentVolume>> {
+        let i = self.lock();
+        (i.synced && i.healthy).then(|| i.pvs.values().cloned().collect())
+    }
+}
+
+/// Feeds a [`PvView`] from the watch.
+pub struct PvSink<'a>(pub &'a PvView);
+
+impl crate::cluster::watch::Sink<PersistentVolume> for PvSink<'_> {
+    async fn apply(&mut self, change: crate::cluster::watch::Change<PersistentVolume>) {
+        use crate::cluster::watch::Change;
+        {
+            let mut i = self.0.lock();
+            match change {
+                Change::Reset(all) => {
+                    i.pvs = all
+                        .into_iter()
+                        .filter_map(|p| Some((p.metadata.name.clone()?, p)))
+                        .collect();
+                    i.synced = true;
+                }
+                Change::Upsert(p) => {
+                    if let Some(n) = p.metadata.name.clone() {
+                        i.pvs.insert(n, p);
+                    }
+                }
+                Change::Delete(p) => {
+                    if let Some(n) = &p.metadata.name {
+                        i.pvs.remove(n);
+                    }
+                }
+            }
+        }
+        self.0.changed.notify_one();
+    }
+
+    fn healthy(&mut self, ok: bool) {
+        self.0.lock().healthy = ok;
+    }
+}
+
+/// [`PvApi`] whose `list` reads the watched [`PvView`] (an error while the view is not
+/// current, so no pass acts on a stale view) and whose node hostname is read once; the
+/// writes go to the API server.
+pub struct WatchedPvApi {
+    api: KubePvApi,
+    view: std::sync::Arc<PvView>,
+    hostname: tokio::sync::OnceCell<Option<String>>,
+}
+
+impl WatchedPvApi {
+    /// Writes through `api`, reads from `view`.
+    pub fn new(api: KubePvApi, view: std::sync::Arc<PvView>) -> Self {
+        WatchedPvApi {
+            api,
+            view,
+            hostname: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Runs the watch that fills the view, forever (abort the task to stop).
+    pub async fn watch(
+        client: kube::Client,
+        node: String,
+        view: std::sync::Arc<PvView>,
+        timings: crate::cluster::watch::Timings,
+    ) {
+        let sel = crate::cluster::watch::Selector {
+            fields: None,
+            labels: Some(pv::node_selector(&node)),
+        };
+        let mut sink = PvSink(&view);
+        crate::cluster::watch::run(
+            kube::Api::<PersistentVolume>::all(client),
+            sel,
+            timings,
+            "persistentvolumes",
+            &mut sink,
+        )
+        .await;
+    }
+}
+
+impl WatchedPvApi {
+    /// The view the watch fills.
+    pub fn view(&self) -> &PvView {
+        &self.view
+    }
+}
+
+impl PvApi for WatchedPvApi {
+    async fn list(&self, selector: &str) -> Result<Vec<PersistentVolume>, KubeError> {
+        let all = self.view.current().ok_or_else(|| KubeError::Api {
+            op: "list",
+            name: selector.to_owned(),
+            code: None,
+            message: "the PV watch has not listed yet or is reconnecting".into(),
+        })?;
+        let want: Vec<(&str, &str)> = selector
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        Ok(all
+            .into_iter()
+            .filter(|p| {
+                let l = p.metadata.labels.as_ref();
+                want.iter()
+                    .all(|(k, v)| l.and_then(|l| l.get(*k)).map(String::as_str) == Some(*v))
+            })
+            .collect())
+    }
+
+    async fn create(&self, pv: &PersistentVolume) -> Result<(), KubeError> {
+        self.api.create(pv).await
+    }
+
+    async fn annotate(
+        &self,
+        name: &str,
+        ann: &BTreeMap<String, Option<String>>,
+    ) -> Result<(), KubeError> {
+        self.api.annotate(name, ann).await
+    }
+
+    async fn delete(&self, name: &str, uid: &str) -> Result<(), KubeError> {
+        self.api.delete(name, uid).await
+    }
+
+    async fn node_hostname(&self, node: &str) -> Result<Option<String>, KubeError> {
+        // A node's hostname label does not change while kubelet runs: once per daemon.
+        self.hostname
+            .get_or_try_init(|| self.api.node_hostname(node))
+            .await
+            .cloned()
+    }
+}
+
 /// A Released PV to recycle: wipe its entry, then delete it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WipeJob {

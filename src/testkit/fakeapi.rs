@@ -42,6 +42,8 @@ struct State {
     compacted: u64,
     seen: Vec<Seen>,
     evict_answers: BTreeMap<String, u16>,
+    /// (resource, key) of each object a DELETE request removed.
+    deleted: Vec<(String, String)>,
     down: bool,
     generation: u64,
 }
@@ -180,6 +182,33 @@ impl FakeApi {
         kube::Config::new(self.url.parse().unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// The daemon's cluster over this server (counted client, pod watch, Events when
+    /// `events`), for node `node-a`, on the current runtime.
+    pub fn cluster(
+        &self,
+        events: bool,
+        timings: crate::cluster::watch::Timings,
+    ) -> (
+        crate::cluster::Cluster,
+        Arc<crate::cluster::pods::PodCache>,
+        crate::metrics::ClusterMetrics,
+    ) {
+        let metrics = crate::metrics::ClusterMetrics::default();
+        let client = crate::cluster::client::client_from(self.config(), &metrics.api_requests)
+            .unwrap_or_else(|e| panic!("client for the fake API server: {e}"));
+        let (c, pods) = crate::cluster::live::KubeCluster::start(
+            client,
+            crate::cluster::live::Options {
+                node: "node-a".into(),
+                events,
+                tuning: Default::default(),
+                timings,
+            },
+            metrics.clone(),
+        );
+        (c, pods, metrics)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -193,7 +222,8 @@ impl FakeApi {
         st.rv += 1;
         v["metadata"]["resourceVersion"] = st.rv.to_string().into();
         if v["metadata"]["uid"].is_null() {
-            v["metadata"]["uid"] = format!("uid-{}", key_of(&v).replace('/', "-")).into();
+            // Unique per object: a PV deleted and created again is a new object.
+            v["metadata"]["uid"] = format!("uid-{}-{}", key_of(&v).replace('/', "-"), st.rv).into();
         }
         if v["apiVersion"].is_null() {
             v["apiVersion"] = if resource == "pods/eviction" {
@@ -270,6 +300,16 @@ impl FakeApi {
         self.lock().evict_answers.insert(key.to_owned(), code);
     }
 
+    /// The keys of the objects of `resource` that DELETE requests removed, in order.
+    pub fn deleted_by_requests(&self, resource: &str) -> Vec<String> {
+        self.lock()
+            .deleted
+            .iter()
+            .filter(|(r, _)| r == resource)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.lock().seen.clone()
@@ -296,6 +336,8 @@ impl FakeApi {
             let mut st = self.lock();
             st.generation += 1;
             if gone {
+                // Every version a client holds is now too old; a fresh list is not.
+                st.rv += 1;
                 st.compacted = st.rv;
             }
         }
@@ -437,6 +479,7 @@ impl FakeApi {
                     return status(409, "Conflict", "Precondition failed: UID in precondition");
                 }
                 self.delete(&res, &k);
+                self.lock().deleted.push((res.clone(), k));
                 json(200, &o)
             }
             _ => status(405, "MethodNotAllowed", "not served by the fake"),

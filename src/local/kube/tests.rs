@@ -490,14 +490,17 @@ async fn fake_server() -> (Arc<Server>, KubePvApi) {
     (s, KubePvApi::from_config(cfg).unwrap())
 }
 
-#[test]
-fn the_kube_client_speaks_the_api_servers_http() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+}
+
+#[test]
+fn the_kube_client_speaks_the_api_servers_http() {
+    multi_thread().block_on(async {
         let (srv, api) = fake_server().await;
         let c = cfg();
         let r = reconcile(
@@ -572,5 +575,104 @@ fn the_kube_client_speaks_the_api_servers_http() {
         );
         assert!(log.iter().any(|l| l.starts_with("PATCH ")), "{log:?}");
         assert!(log.iter().any(|l| l.starts_with("DELETE ")), "{log:?}");
+    });
+}
+
+/// The daemon's path: reads from the watched view, writes to the API server; the passes
+/// list nothing.
+#[test]
+fn the_watch_based_controller_reconciles_without_listing_per_pass() {
+    use crate::cluster::watch::Timings;
+    use crate::testkit::fakeapi::FakeApi;
+    multi_thread().block_on(async {
+        let srv = FakeApi::start().await;
+        srv.put(
+            "nodes",
+            serde_json::json!({"metadata":{"name":"node-a","labels":{"kubernetes.io/hostname":"node-a.example"}}}),
+        );
+        // Another node's PV: never in this node's view.
+        let other = pv::build("node-b", &class(), &entry("d9", "wwn-9"));
+        srv.put("persistentvolumes", serde_json::to_value(&other).unwrap());
+        let metrics = crate::metrics::ClusterMetrics::default();
+        let client =
+            crate::cluster::client::client_from(srv.config(), &metrics.api_requests).unwrap();
+        let view = Arc::new(PvView::default());
+        let timings = Timings {
+            timeout: Duration::from_secs(30),
+            jitter_permille: 0,
+            resync: Duration::from_secs(3600),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(400),
+        };
+        let watch = tokio::spawn(WatchedPvApi::watch(
+            client.clone(),
+            "node-a".into(),
+            view.clone(),
+            timings,
+        ));
+        let api = WatchedPvApi::new(KubePvApi::new(client), view.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let c = cfg();
+        let pass = |entries: Vec<Entry>| {
+            let (api, c) = (&api, &c);
+            async move { reconcile(api, "node-a", c, &scan(entries), &[]).await.unwrap() }
+        };
+        let settle = |want: usize| {
+            let view = view.clone();
+            async move {
+                while view.current().map(|v| v.len()) != Some(want) {
+                    assert!(std::time::Instant::now() < deadline, "view never held {want}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        settle(0).await;
+        let r = pass(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]).await;
+        assert_eq!(r.created.len(), 2, "{r}");
+        settle(2).await;
+        let name0 = pv::pv_name("node-a", "nvme", "wwn-0");
+        let name1 = pv::pv_name("node-a", "nvme", "wwn-1");
+        assert_eq!(
+            srv.get("persistentvolumes", &name0).unwrap()["spec"]["nodeAffinity"]["required"]
+                ["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
+            "node-a.example"
+        );
+        // Again: nothing new, as before.
+        let r = pass(vec![entry("d0", "wwn-0"), entry("d1", "wwn-1")]).await;
+        assert_eq!((r.created.len(), r.present), (0, 2), "{r}");
+        // d1 vanishes: marked through a patch, seen through the watch.
+        let r = pass(vec![entry("d0", "wwn-0")]).await;
+        assert_eq!(r.marked_missing, vec![name1.clone()], "{r}");
+        while view
+            .current()
+            .unwrap()
+            .iter()
+            .all(|p| ann(p, ANN_MISSING).is_none())
+        {
+            assert!(std::time::Instant::now() < deadline, "patch not watched");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Released (as the API server's binder would set it) → a wipe job, from the view.
+        let mut p0 = srv.get("persistentvolumes", &name0).unwrap();
+        p0["status"] = serde_json::json!({"phase": "Released"});
+        srv.put("persistentvolumes", p0);
+        let mut jobs = vec![];
+        while jobs.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "Released never seen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            jobs = pass(vec![entry("d0", "wwn-0")]).await.wipe_jobs;
+        }
+        api.delete(&name0, &jobs[0].uid).await.unwrap();
+        assert!(srv.get("persistentvolumes", &name0).is_none());
+        watch.abort();
+        // The passes listed nothing: one list (the watch's), one node GET.
+        let counts = srv.counts();
+        assert_eq!(counts.get("list persistentvolumes"), Some(&1), "{counts:?}");
+        assert_eq!(counts.get("get nodes"), Some(&1), "{counts:?}");
+        assert_eq!(counts.get("create persistentvolumes"), Some(&2), "{counts:?}");
+        let watches = counts.get("watch persistentvolumes").copied().unwrap_or(0);
+        assert_eq!(watches, 1, "{counts:?}");
+        // And the client counted the same.
+        assert_eq!(metrics.requests_with("list", "persistentvolumes"), 1);
     });
 }

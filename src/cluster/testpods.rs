@@ -1,21 +1,19 @@
-//! The daemon's test seam for the API server's pod view (feature `test-hooks`, see
-//! [`crate::testhook`]): with `MOOR_TEST_PODS=<file>`, [`crate::cluster::Pods::pod`] is
-//! answered from that file — lines `<uid> present|gone`, read at each question; a UID not
-//! listed is unknown — so a host test can delete a pod "in the API server" without one.
+//! A test seam, compiled in only with the cargo feature `test-hooks` (see `crate::testhook`):
+//! with `MOOR_TEST_PODS=<file>`, the daemon answers [`super::Pods::pod`] from that file
+//! (lines `<uid> present|gone`, read at each question; a UID not listed is unknown), so a host
+//! test can delete a pod "in the API server" without one.
 //!
-//! Invariant: without the feature [`pods_from_file`] returns the cluster it is given, and
-//! nothing reads the variable.
-
-use crate::cluster::Cluster;
+//! Invariant: without the feature [`pods_from_file`] returns the cluster as it is, and no
+//! environment variable is read.
 
 /// The daemon's cluster, its pod view replaced by `MOOR_TEST_PODS`'s file when set (a test
 /// seam: see the module header; the file's pods count as confirmed by an API server).
 #[cfg(feature = "test-hooks")]
-pub fn pods_from_file(cluster: Cluster) -> Cluster {
+pub fn pods_from_file(cluster: super::Cluster) -> super::Cluster {
     match std::env::var_os("MOOR_TEST_PODS").filter(|v| !v.is_empty()) {
         Some(file) => {
             tracing::warn!(file = %std::path::Path::new(&file).display(), "test hook: pod states are read from a file");
-            Cluster {
+            super::Cluster {
                 pods: std::sync::Arc::new(pods::FilePods(file.into())),
                 connected: true,
                 ..cluster
@@ -28,7 +26,7 @@ pub fn pods_from_file(cluster: Cluster) -> Cluster {
 /// Compiled out: the cluster as it is.
 #[cfg(not(feature = "test-hooks"))]
 #[inline(always)]
-pub fn pods_from_file(cluster: Cluster) -> Cluster {
+pub fn pods_from_file(cluster: super::Cluster) -> super::Cluster {
     cluster
 }
 
