@@ -500,6 +500,15 @@ impl Metrics {
         s
     }
 
+    /// Sets the staged and published volume gauges from the lifecycle's `(stages,
+    /// publishes)`.
+    pub fn set_volume_counts(&self, (stages, publishes): (usize, usize)) {
+        self.staged_volumes
+            .set(i64::try_from(stages).unwrap_or(i64::MAX));
+        self.published_volumes
+            .set(i64::try_from(publishes).unwrap_or(i64::MAX));
+    }
+
     /// Records one finished operation.
     pub fn observe(&self, driver: &str, op: &str, seconds: f64, reason: Option<&str>) {
         let l = OpLabels {

@@ -632,13 +632,7 @@ impl Executor {
     }
 
     fn refresh_counts(&self) {
-        let (stages, publishes) = self.lifecycle.counts();
-        self.metrics
-            .staged_volumes
-            .set(i64::try_from(stages).unwrap_or(i64::MAX));
-        self.metrics
-            .published_volumes
-            .set(i64::try_from(publishes).unwrap_or(i64::MAX));
+        self.metrics.set_volume_counts(self.lifecycle.counts());
     }
 
     fn forget(&self, key: String) -> Response {

@@ -8,7 +8,9 @@
 //!   only if free: kubelet's own call on that volume goes first, the next pass retries;
 //! - on its own the daemon cleans only [`PodState::Gone`] pods past the grace, timed from
 //!   when this daemon first saw them gone (memory only), and only with `gc.orphans` on;
-//!   [`PodState::Unknown`] never (no credentials means no guess);
+//!   [`PodState::Unknown`] never (no credentials means no guess); and not while a process
+//!   of the pod still runs here (deleted in the API server while kubelet was down, its
+//!   containers keep running until kubelet returns and stops them);
 //! - a named pod (`moor gc --pod`) is refused while the API server lists it or a process in
 //!   its cgroup is alive on this node (read from [`crate::host::HostPaths::proc`]), and when
 //!   that cannot be read;
@@ -48,6 +50,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Retry {
     failures: u32,
     next: Option<Instant>,
+    /// What the last attempt ran into (`moor gc` shows it).
+    last: String,
 }
 
 /// The collector's state: its config, when each pod was first seen gone, failed cleanings.
@@ -60,6 +64,8 @@ pub struct Orphans {
     /// This daemon sees the node's processes (not a container without `hostPID`): the
     /// live-process check of a named pod can be trusted.
     sees_node: bool,
+    /// Where the node's processes are read (the host paths' procfs root).
+    proc: PathBuf,
 }
 
 impl Orphans {
@@ -73,12 +79,13 @@ impl Orphans {
             });
         }
         Orphans {
-            lifecycle,
             metrics,
             cfg,
             gone: Mutex::new(GoneSince::default()),
             retry: Mutex::new(HashMap::new()),
             sees_node: true,
+            proc: lifecycle.host().paths.proc.clone(),
+            lifecycle,
         }
     }
 
@@ -130,10 +137,60 @@ impl Orphans {
                 continue;
             }
             let mut r = self.row(&v, &state, gone_for);
-            self.clean(&v, OrphanCause::Confirmed, locks, &mut r);
+            if let Some(why) = self.running_here(&v.pod_uid) {
+                // Deleted in the API server while kubelet is down, its containers still
+                // run here: unstaging (a logout, an unmap) under them could lose writes.
+                // kubelet stops them when it comes back, then unmounts by itself.
+                let wait = self.back_off(&v, &why);
+                tracing::warn!(volume = %v.key, pod_uid = %v.pod_uid, why = %why, retry_in = ?wait, "the API server says the pod is gone but it still runs here; its volume stays");
+                r.action = "wait".into();
+                r.detail = why;
+            } else {
+                self.clean(&v, OrphanCause::Confirmed, locks, &mut r);
+            }
             done.push(r);
         }
+        if done
+            .iter()
+            .any(|r| r.action == "cleaned" || r.action == "partial")
+        {
+            self.metrics.set_volume_counts(self.lifecycle.counts());
+        }
         done
+    }
+
+    /// Why pod `uid` counts as still running on this node, if it does: a process in its
+    /// cgroup, or processes that cannot be read. `None` when this daemon cannot see the
+    /// node's processes at all (the API server's word stands then).
+    fn running_here(&self, uid: &str) -> Option<String> {
+        if !self.sees_node {
+            return None;
+        }
+        let proc = &self.proc;
+        match crate::host::podproc::pod_processes(proc, uid) {
+            Ok(live) if live.is_empty() => None,
+            Ok(live) => Some(format!(
+                "a process of pod {uid} still runs here ({:?})",
+                &live[..live.len().min(5)]
+            )),
+            Err(e) => Some(format!(
+                "cannot tell whether pod {uid} still runs here ({}: {e})",
+                proc.display()
+            )),
+        }
+    }
+
+    /// Schedules the next attempt at `v` after a failure (`why`); returns the wait.
+    fn back_off(&self, v: &PodVolume, why: &str) -> Duration {
+        let mut retry = lock(&self.retry);
+        let b = retry.entry(v.target.clone()).or_default();
+        b.failures = b.failures.saturating_add(1);
+        b.last = why.to_owned();
+        let wait = FIRST_RETRY
+            .saturating_mul(1 << b.failures.min(6).saturating_sub(1))
+            .min(MAX_RETRY);
+        b.next = Some(Instant::now() + wait);
+        wait
     }
 
     fn due(&self, v: &PodVolume) -> bool {
@@ -157,6 +214,7 @@ impl Orphans {
             let mut r = self.row(&v, &state, gone_for);
             if named.is_empty() {
                 self.explain(&mut r, &state, gone_for);
+                self.last_attempt(&v, &mut r);
             } else {
                 match self.named_refusal(&v.pod_uid, &state) {
                     Some(why) => {
@@ -197,7 +255,7 @@ impl Orphans {
                 "cannot tell whether pod {uid} still runs here: this daemon does not see the node's processes (a container without hostPID)"
             ));
         }
-        let proc = &self.lifecycle.host().paths.proc;
+        let proc = &self.proc;
         let live = match crate::host::podproc::pod_processes(proc, uid) {
             Ok(l) => l,
             Err(e) => {
@@ -235,6 +293,23 @@ impl Orphans {
         };
         r.action = action.into();
         r.detail = detail;
+    }
+
+    /// A volume the daemon tried and could not clean: what stopped it, and when it tries
+    /// again (an operator reads this rather than the log).
+    fn last_attempt(&self, v: &PodVolume, r: &mut GcVolume) {
+        let retry = lock(&self.retry);
+        let Some(b) = retry
+            .get(&v.target)
+            .filter(|b| r.action == "clean" && b.failures > 0)
+        else {
+            return;
+        };
+        let left = b
+            .next
+            .map_or(0, |n| n.saturating_duration_since(Instant::now()).as_secs());
+        r.action = "retrying".into();
+        r.detail = format!("{} (attempt {}; next in {left}s)", b.last, b.failures);
     }
 
     fn row(&self, v: &PodVolume, state: &PodState, gone_for: Option<Duration>) -> GcVolume {
@@ -281,18 +356,22 @@ impl Orphans {
                     self.metrics
                         .orphans_cleaned
                         .get_or_create(&DriverLabels {
-                            driver: c.driver.clone(),
+                            driver: v.driver.clone(),
                         })
                         .inc();
                     // Content moor did not expect in a pod volume dir: the pod's data, or
                     // kubelet still there. An operator looks; kubelet keeps complaining.
-                    r.action = if c.left.is_empty() {
+                    r.action = if c.left.is_empty() && c.stage_error.is_none() {
                         "cleaned"
                     } else {
                         "partial"
                     }
                     .into();
                     r.detail = match &c.stage_kept {
+                        _ if c.stage_error.is_some() => format!(
+                            "unpublished; its unstage failed and the reconciler retries it ({})",
+                            c.stage_error.as_deref().unwrap_or_default()
+                        ),
                         Some(s) => format!(
                             "unpublished; the CSI stage {} stays for kubelet's NodeUnstageVolume",
                             s.display()
@@ -306,16 +385,8 @@ impl Orphans {
                 }
             }
             Some(Err(e)) => {
-                let wait = {
-                    let mut retry = lock(&self.retry);
-                    let b = retry.entry(v.target.clone()).or_default();
-                    b.failures = b.failures.saturating_add(1);
-                    let wait = FIRST_RETRY
-                        .saturating_mul(1 << b.failures.min(6).saturating_sub(1))
-                        .min(MAX_RETRY);
-                    b.next = Some(Instant::now() + wait);
-                    wait
-                };
+                let why = format!("{}: {}", e.reason(), Chain(&e));
+                let wait = self.back_off(v, &why);
                 tracing::warn!(volume = %v.key, driver = %v.driver, pod_uid = %v.pod_uid, target = %v.target.display(),
                     reason = e.reason(), error = %Chain(&e), retry_in = ?wait, "orphaned pod volume not cleaned");
                 r.action = if e.reason() == "not_owned" {
@@ -324,7 +395,7 @@ impl Orphans {
                     "failed"
                 }
                 .into();
-                r.detail = format!("{}: {}", e.reason(), Chain(&e));
+                r.detail = why;
             }
         }
     }
@@ -395,6 +466,8 @@ mod tests {
     /// p2 (present) and p3 (unknown).
     struct Node {
         tmp: tempfile::TempDir,
+        fake: FakeHost,
+        pods: Arc<SetPods>,
         lc: Arc<Lifecycle>,
         metrics: Arc<Metrics>,
         notices: Arc<Offline>,
@@ -404,6 +477,7 @@ mod tests {
         fn new() -> Self {
             let tmp = tempfile::tempdir().unwrap();
             let fake = FakeHost::new(tmp.path());
+            std::fs::create_dir_all(tmp.path().join("proc")).unwrap();
             let src = tmp.path().join("data");
             std::fs::create_dir_all(&src).unwrap();
             let paths = fake.host.paths.clone();
@@ -426,17 +500,25 @@ mod tests {
             lock(&pods.0).insert("p2".into(), present("p2"));
             let notices = Arc::new(Offline::default());
             let journal = Journal::open(&paths.state_dir, &paths.run_dir).unwrap();
-            let lc = Lifecycle::new(fake.host, journal, drivers, "n".into(), Timeouts::default())
-                .with_cluster(Cluster {
-                    notify: notices.clone(),
-                    pods,
-                    connected: true,
-                });
+            let lc = Lifecycle::new(
+                fake.host.clone(),
+                journal,
+                drivers,
+                "n".into(),
+                Timeouts::default(),
+            )
+            .with_cluster(Cluster {
+                notify: notices.clone(),
+                pods: pods.clone(),
+                connected: true,
+            });
             let opts =
                 std::collections::BTreeMap::from([("path".to_owned(), src.display().to_string())]);
             let opts = crate::volume::options::parse(&opts).unwrap();
             let node = Node {
                 tmp,
+                fake,
+                pods,
                 lc: Arc::new(lc),
                 metrics: Arc::new(Metrics::new()),
                 notices,
@@ -461,7 +543,10 @@ mod tests {
 
         fn orphans(&self, grace: Duration, on: bool) -> Orphans {
             let cfg = GcConfig { orphans: on, grace };
-            Orphans::new(self.lc.clone(), self.metrics.clone(), cfg)
+            let mut o = Orphans::new(self.lc.clone(), self.metrics.clone(), cfg);
+            // The node's processes, as a test writes them (`<pid>/cgroup`).
+            o.proc = self.tmp.path().join("proc");
+            o
         }
 
         fn published(&self) -> Vec<String> {
@@ -517,6 +602,58 @@ mod tests {
         // Nothing left to do.
         assert!(o.pass(&free).is_empty());
         assert_eq!(n.cleaned(), 1);
+    }
+
+    #[test]
+    fn a_gone_pod_whose_process_still_runs_here_is_left_until_it_ends() {
+        let n = Node::new();
+        let pid = n.tmp.path().join("proc/4242");
+        std::fs::create_dir_all(&pid).unwrap();
+        std::fs::write(pid.join("cgroup"), "0::/kubepods/besteffort/podp1/c0ffee\n").unwrap();
+        let o = n.orphans(Duration::ZERO, true);
+        let done = o.pass(&free);
+        assert_eq!(done[0].action, "wait", "{done:?}");
+        assert!(done[0].detail.contains("4242"), "{done:?}");
+        assert_eq!(n.published(), ["p1", "p2", "p3"]);
+        // Retried later (backoff), not every pass, and the list says why; once it ended,
+        // cleaned.
+        assert!(o.pass(&free).is_empty());
+        let Response::Gc { volumes, .. } = o.request(&[], false, &free) else {
+            panic!("not a gc answer");
+        };
+        assert_eq!(volumes[0].action, "retrying", "{volumes:?}");
+        assert!(volumes[0].detail.contains("4242"), "{volumes:?}");
+        std::fs::remove_dir_all(&pid).unwrap();
+        lock(&o.retry).clear();
+        assert_eq!(o.pass(&free)[0].action, "cleaned");
+    }
+
+    #[test]
+    fn a_last_publish_whose_unstage_fails_is_still_the_pods_part_done() {
+        use crate::host::{Errno, Mounter, Target};
+        let n = Node::new();
+        lock(&n.pods.0).remove("p2");
+        let o = n.orphans(Duration::ZERO, true);
+        let Response::Gc { volumes, .. } = o.request(&["p2".into(), "p3".into()], false, &free)
+        else {
+            panic!("not a gc answer");
+        };
+        assert!(volumes.iter().all(|v| v.action == "cleaned"), "{volumes:?}");
+        // p1's bind is already gone, and the stage's unmount fails.
+        let p1 = PathBuf::from(n.target("p1"));
+        n.fake
+            .mounts
+            .unmount_target(&Target::by_path(&p1), false, Duration::from_secs(1))
+            .unwrap();
+        n.fake.mounts.fail_next("unmount", Errno::EIO);
+        let done = o.pass(&free);
+        assert_eq!(done[0].action, "partial", "{done:?}");
+        assert!(done[0].detail.contains("unstage failed"), "{done:?}");
+        assert!(n.published().is_empty());
+        assert!(!p1.exists(), "the pod's directories go with its publish");
+        assert_eq!(n.cleaned(), 3, "p1, and p2 and p3 named");
+        // The stage is left for the reconciler's finish_pending.
+        assert_eq!(n.lc.pending_transitions().len(), 1);
     }
 
     #[test]

@@ -64,23 +64,17 @@ impl OrphanCause {
     }
 }
 
-/// What cleaning one orphaned publish did.
+/// What cleaning one orphaned publish did (the caller knows which one).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrphanCleaning {
-    /// The pod's UID.
-    pub pod_uid: String,
-    /// Volume key.
-    pub key: String,
-    /// Driver.
-    pub driver: String,
-    /// The pod volume dir.
-    pub target: PathBuf,
     /// moor's publish record was there and is gone now (the bind with it, if it was there).
     pub unpublished: bool,
     /// It was the last publish of a FlexVolume stage: unstaged and detached.
     pub unstaged: bool,
     /// A CSI stage that stays for kubelet's NodeUnstageVolume (its staging path).
     pub stage_kept: Option<PathBuf>,
+    /// The last publish went but its unstage failed (the reconciler retries it): why.
+    pub stage_error: Option<String>,
     /// Empty directories removed, deepest first.
     pub removed: Vec<PathBuf>,
     /// Directories left in place, and why (not empty: its entries; a mount point): what an
@@ -249,18 +243,9 @@ impl Lifecycle {
     /// do. Reports an [`NoticeReason::OrphanCleaned`] notice when it unpublished something.
     pub fn clean_orphan(&self, target: &Path, cause: OrphanCause) -> Result<OrphanCleaning, Error> {
         let Some(rec) = self.state().publishes.get(target).cloned() else {
-            return Ok(OrphanCleaning {
-                target: target.into(),
-                ..OrphanCleaning::default()
-            });
+            return Ok(OrphanCleaning::default());
         };
-        let mut done = OrphanCleaning {
-            pod_uid: rec.pod_uid.clone(),
-            key: rec.key.clone(),
-            driver: rec.driver.clone(),
-            target: target.into(),
-            ..OrphanCleaning::default()
-        };
+        let mut done = OrphanCleaning::default();
         let volumes = self
             .host
             .paths
@@ -289,7 +274,17 @@ impl Lifecycle {
             self.csi_unpublish(&rec.driver, &volume_id, &raw)?;
             done.stage_kept = Some(staging);
         } else {
-            done.unstaged = self.unmount(Some(&rec.driver), &raw)? == UnmountOutcome::Unstaged;
+            match self.unmount(Some(&rec.driver), &raw) {
+                Ok(outcome) => done.unstaged = outcome == UnmountOutcome::Unstaged,
+                // The bind and its record went, the unstage after it did not (a journal
+                // write, a detach): the reconciler finishes that unstage; the pod's part is
+                // done, so its directories go now.
+                Err(e) if !self.state().publishes.contains_key(target) => {
+                    tracing::warn!(volume = %rec.key, error = %crate::error::Chain(&e), "orphan unpublished, its unstage failed; the reconciler retries it");
+                    done.stage_error = Some(format!("{}: {}", e.reason(), crate::error::Chain(&e)));
+                }
+                Err(e) => return Err(e),
+            }
         }
         done.unpublished = true;
         if in_pod_dir {
@@ -425,6 +420,9 @@ fn orphan_notice(rec: &PublishRecord, cause: OrphanCause, done: &OrphanCleaning)
     );
     if done.unstaged {
         msg.push_str(", unstaged it (its last pod)");
+    }
+    if done.stage_error.is_some() {
+        msg.push_str(", its unstage failed and is retried");
     }
     if let Some(s) = &done.stage_kept {
         msg.push_str(&format!(
