@@ -53,6 +53,11 @@ pub enum Request {
     },
     /// The volume table.
     Status,
+    /// The daemon's newest log lines (`moor bundle`).
+    Logs {
+        /// At most this many.
+        lines: usize,
+    },
     /// Drop an idle volume's record (`moor forget`).
     Forget {
         /// Volume key.
@@ -224,6 +229,7 @@ impl Request {
             Request::Unmount { .. } => "unmount",
             Request::Expand { .. } => "expandfs",
             Request::Status => "status",
+            Request::Logs { .. } => "logs",
             Request::Forget { .. } => "forget",
             Request::Gc { .. } => "gc",
             Request::Csi { call, .. } => call.op(),
@@ -468,6 +474,11 @@ pub enum Response {
         /// The volume's capacity now.
         capacity_bytes: u64,
     },
+    /// The daemon's newest log lines, oldest first (JSON, as its log writes them).
+    Logs {
+        /// The lines.
+        lines: Vec<String>,
+    },
 }
 
 /// What the server hands each decoded request to (the daemon's executor). It answers
@@ -549,6 +560,12 @@ mod tests {
             (
                 Response::Failed(Failure::refused("shutting down")),
                 r#"{"kind":"failed","causes":["shutting down"]}"#,
+            ),
+            (
+                Response::Logs {
+                    lines: vec![r#"{"level":"INFO"}"#.into()],
+                },
+                r#"{"kind":"logs","lines":["{\"level\":\"INFO\"}"]}"#,
             ),
         ] {
             assert_eq!(serde_json::to_string(&r).unwrap(), json);

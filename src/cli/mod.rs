@@ -4,6 +4,7 @@
 //! longer commands live beside it — [`status`] (the table), [`demo`] — and import nothing
 //! from here: the arrows point from the dispatch to them.
 
+pub mod bundle;
 pub mod completions;
 pub mod config_check;
 pub mod demo;
@@ -84,6 +85,9 @@ enum Command {
     /// Config file tools: `moor config check FILE`.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write a support bundle (.tar.gz, mode 0600): version, config, status, doctor, journal
+    /// records, mountinfo, daemon log lines, metrics — secrets removed.
+    Bundle(bundle::BundleArgs),
     /// Print a shell completion script: `moor completions bash > /etc/bash_completion.d/moor`.
     Completions {
         /// The shell.
@@ -305,6 +309,9 @@ pub enum CliError {
     /// `moor doctor`.
     #[error(transparent)]
     Doctor(#[from] doctor::DoctorError),
+    /// `moor bundle`.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -346,6 +353,7 @@ pub fn run(argv: Vec<OsString>) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Doctor(args) => Ok(doctor::run(args)?),
+        Command::Bundle(args) => Ok(bundle::run(args)?),
         Command::Config(ConfigCommand::Check { file }) => Ok(config_check::run(&file)?),
         Command::Completions { shell } => {
             print!("{}", completions::script(shell));

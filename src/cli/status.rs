@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::api::{Request, Response, client};
 
 /// How `moor status` prints.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     /// The table.
     Table,
@@ -33,6 +33,13 @@ pub fn run(output: Output) -> Result<i32, StatusError> {
         &Request::Status,
         Duration::from_secs(10),
     )?;
+    if output == Output::Json {
+        let Some(v) = json(&resp) else {
+            return Err(StatusError::Unexpected(format!("{resp:?}")));
+        };
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(0);
+    }
     let Response::Status {
         node,
         volumes,
@@ -43,19 +50,28 @@ pub fn run(output: Output) -> Result<i32, StatusError> {
     else {
         return Err(StatusError::Unexpected(format!("{resp:?}")));
     };
-    match output {
-        Output::Json => {
-            let v = serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "dead_mounts": dead_mounts, "notices": notices });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        Output::Table => {
-            print!("{}", table(&node, &volumes));
-            print!("{}", set_aside_table(&set_aside));
-            print!("{}", dead_mounts_table(&dead_mounts));
-            print!("{}", notices_table(&notices));
-        }
-    }
+    print!("{}", table(&node, &volumes));
+    print!("{}", set_aside_table(&set_aside));
+    print!("{}", dead_mounts_table(&dead_mounts));
+    print!("{}", notices_table(&notices));
     Ok(0)
+}
+
+/// `moor status -o json` (and the bundle's `status.json`): `None` for another answer.
+pub fn json(resp: &Response) -> Option<serde_json::Value> {
+    let Response::Status {
+        node,
+        volumes,
+        set_aside,
+        notices,
+        dead_mounts,
+    } = resp
+    else {
+        return None;
+    };
+    Some(
+        serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "dead_mounts": dead_mounts, "notices": notices }),
+    )
 }
 
 /// Renders the volume table.

@@ -12,6 +12,7 @@ pub mod events;
 pub mod live;
 pub mod offline;
 pub mod pods;
+pub mod testpods;
 pub mod watch;
 
 use std::sync::Arc;

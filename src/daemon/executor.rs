@@ -388,6 +388,9 @@ impl Handler for Executor {
                 self.refresh_counts();
                 answer.send(&r);
             }
+            Request::Logs { lines } => answer.send(&Response::Logs {
+                lines: crate::telemetry::ring().last(lines),
+            }),
             Request::Csi {
                 driver,
                 volume_id,

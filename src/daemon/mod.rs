@@ -210,7 +210,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         Lifecycle::new(host, journal, drivers, cfg.node_name.clone(), timeouts)
             .with_fuse_scope(placement.fuse_scope())
             .with_id_sources(local_id_sources(&cfg))
-            .with_cluster(crate::testhook::pods_from_file(api.cluster.clone())),
+            .with_cluster(crate::cluster::testpods::pods_from_file(
+                api.cluster.clone(),
+            )),
     );
     let report = lifecycle.reconstruct()?;
     for (outcome, n) in [

@@ -99,7 +99,8 @@ impl Reply {
             other @ (Response::Status { .. }
             | Response::VolumeStats { .. }
             | Response::Expanded { .. }
-            | Response::Gc { .. }) => {
+            | Response::Gc { .. }
+            | Response::Logs { .. }) => {
                 Reply::failure(format!("daemon_error: unexpected answer {other:?}"))
             }
         }

@@ -294,6 +294,74 @@ mod tests {
         assert!(rows[0].detail.contains("kc.yaml"), "{rows:?}");
     }
 
+    /// A fake API server answering SelfSubjectAccessReviews: every verb allowed but
+    /// `delete` and `patch` on events; it counts the reviews it answered.
+    fn fake_api_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                    axum::routing::post(move |body: String| {
+                        let seen = seen.clone();
+                        async move {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                            let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                            let a = &v["spec"]["resourceAttributes"];
+                            let allowed = !(a["verb"] == "delete"
+                                || (a["verb"] == "patch" && a["resource"] == "events"));
+                            v["status"] = serde_json::json!({ "allowed": allowed });
+                            (
+                                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                                v.to_string(),
+                            )
+                        }
+                    }),
+                );
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(l, app).await.unwrap();
+            });
+        });
+        (port, count)
+    }
+
+    #[test]
+    fn rbac_is_asked_of_the_api_server_one_review_per_verb() {
+        let (port, count) = fake_api_server();
+        let mut fx = Fx::new();
+        let kc = fx.path("kubeconfig");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user:\n    token: t0k3n\n"
+            ),
+        )
+        .unwrap();
+        fx.inputs.cfg.kubernetes.kubeconfig = Some(kc);
+        let rows = check(&fx.inputs.cfg, &[]);
+        let r = Fx::row(&rows, "api credentials");
+        assert_eq!(r.status, Status::Ok, "{rows:#?}");
+        assert!(r.detail.contains(&format!("127.0.0.1:{port}")), "{r:?}");
+        let pv = Fx::row(&rows, "rbac persistentvolumes");
+        assert_eq!(pv.status, Status::Fail, "{pv:?}");
+        assert!(pv.detail.starts_with("denied: delete"), "{pv:?}");
+        let ev = Fx::row(&rows, "rbac events");
+        assert_eq!(ev.status, Status::Warn);
+        assert!(ev.fix.contains("grant patch on events"), "{ev:?}");
+        assert_eq!(Fx::row(&rows, "rbac pods/eviction").status, Status::Ok);
+        let verbs: usize = NEEDS.iter().map(|n| n.verbs.len()).sum();
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), verbs);
+    }
+
     #[test]
     fn denied_verbs_are_named_with_the_grant_and_only_pvs_fail() {
         let all = |ok: bool| -> Vec<Vec<(&str, Result<bool, String>)>> {

@@ -1,4 +1,5 @@
-//! The kernel's part: its version and whether statx reports `STATX_ATTR_MOUNT_ROOT` (5.8+,
+//! The kernel's part: its version (5.12+: moor binds pod directories with `open_tree`,
+//! `mount_setattr` and `move_mount`) and whether statx reports `STATX_ATTR_MOUNT_ROOT` (5.8+,
 //! moor's ownership check needs it), the modules each driver needs (loaded, built in, or
 //! loadable from `modules.dep`), and `CAP_SYS_RESOURCE` (ext4's online grow of a filesystem
 //! with reserved blocks needs it). Read from `<proc>`, `<sys>` and `<lib_modules>` only.
@@ -42,6 +43,9 @@ fn release(inputs: &Inputs) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The oldest kernel moor runs on.
+pub const MIN_KERNEL: (u32, u32) = (5, 12);
+
 /// `major.minor` of a release string (`6.1.0-27-amd64` → (6, 1)).
 pub fn version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());
@@ -58,15 +62,15 @@ fn kernel_row(inputs: &Inputs) -> Row {
         .detail("cannot read sys/kernel/osrelease under the proc root")
         .fix("mount /proc");
     };
-    let old = version(&rel).is_none_or(|v| v < (5, 8));
+    let old = version(&rel).is_none_or(|v| v < MIN_KERNEL);
     match (&inputs.statx_mount_root, old) {
         (Ok(()), false) => row.detail(format!("{rel}; statx reports STATX_ATTR_MOUNT_ROOT")),
         (Ok(()), true) => Row { status: Status::Fail, ..row }
-            .detail(format!("{rel}: older than 5.8"))
-            .fix("boot a 5.8 or newer kernel"),
+            .detail(format!("{rel}: older than 5.12 (mount_setattr, open_tree, move_mount)"))
+            .fix("boot a 5.12 or newer kernel"),
         (Err(e), _) => Row { status: Status::Fail, ..row }
             .detail(format!("{rel}; statx: {e}"))
-            .fix("boot a 5.8 or newer kernel: moor decides what it may unmount from statx's mount-root flag"),
+            .fix("boot a 5.12 or newer kernel: moor decides what it may unmount from statx's mount-root flag (5.8+)"),
     }
 }
 
@@ -192,10 +196,12 @@ mod tests {
         let r = kernel_row(&fx.inputs);
         assert_eq!(r.status, Status::Ok, "{r:?}");
         assert!(r.detail.contains("6.1.0-27-amd64"), "{r:?}");
-        fx.write("proc/sys/kernel/osrelease", "5.4.0-150-generic\n");
+        fx.write("proc/sys/kernel/osrelease", "5.10.0-150-generic\n");
         let r = kernel_row(&fx.inputs);
         assert_eq!(r.status, Status::Fail);
-        assert!(r.fix.contains("5.8"), "{r:?}");
+        assert!(r.fix.contains("5.12"), "{r:?}");
+        fx.write("proc/sys/kernel/osrelease", "5.12.1\n");
+        assert_eq!(kernel_row(&fx.inputs).status, Status::Ok);
         fx.write("proc/sys/kernel/osrelease", "6.1.0\n");
         fx.inputs.statx_mount_root = Err("kernel does not report STATX_ATTR_MOUNT_ROOT".into());
         let r = kernel_row(&fx.inputs);

@@ -317,6 +317,13 @@ mod tests {
             r.fix.starts_with("moor install-flexvolume --plugin-dir"),
             "{r:?}"
         );
+        // No plugin dir at all: kubelet's --volume-plugin-dir is named in the fix.
+        let mut fx = fx;
+        fx.inputs.plugin_dir = fx.path("nowhere");
+        let rows = flexvolume(&fx.inputs, &drivers(&["local"]));
+        let r = Fx::row(&rows, "flexvolume plugin dir");
+        assert_eq!(r.status, Status::Fail);
+        assert!(r.fix.contains("--volume-plugin-dir"), "{r:?}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The host services and settings moor relies on: iscsid and multipathd running (the process
 //! table, or systemd's socket activation of iscsid), `/etc/multipath.conf`'s
 //! `find_multipaths` and blacklist, the iSCSI initiator name, and systemd as PID 1 for FUSE
-//! scopes (or the container mode that reaches the host's systemd).
+//! scopes (or the container mode that reaches the host's systemd). In the container mode the
+//! host's `/etc` is read through `<proc>/1/root/etc`: iscsid and multipathd read theirs.
 
 use super::{Inputs, Row, Status};
 use crate::host::Cmd;
@@ -15,6 +16,15 @@ pub fn check(inputs: &Inputs) -> Vec<Row> {
         initiator_name(inputs),
         systemd(inputs),
     ]
+}
+
+/// The `/etc` the host's iscsid and multipathd read.
+fn host_etc(inputs: &Inputs) -> std::path::PathBuf {
+    if inputs.cfg.host_mount_namespace.is_some() {
+        inputs.root.proc.join("1/root/etc")
+    } else {
+        inputs.root.etc.clone()
+    }
 }
 
 /// The `comm` of every process under the proc root.
@@ -154,9 +164,9 @@ pub fn judge_multipath_conf(text: &str) -> Result<String, (Status, String, Strin
 
 fn multipath_conf(inputs: &Inputs) -> Row {
     let row = Row::new("multipath.conf", &["iscsi", "fc"], Status::Ok);
-    let path = inputs.root.etc.join("multipath.conf");
+    let path = host_etc(inputs).join("multipath.conf");
     match inputs.root.read(&path) {
-        None if inputs.root.which("multipath").is_none() => Row {
+        None if !super::tools::present(inputs, "multipath") => Row {
             status: Status::Skip,
             ..row
         }
@@ -179,7 +189,7 @@ fn multipath_conf(inputs: &Inputs) -> Row {
 
 fn initiator_name(inputs: &Inputs) -> Row {
     let row = Row::new("iscsi initiator name", &["iscsi"], Status::Ok);
-    let path = inputs.root.etc.join("iscsi/initiatorname.iscsi");
+    let path = host_etc(inputs).join("iscsi/initiatorname.iscsi");
     let fix = "echo \"InitiatorName=$(iscsi-iname)\" > /etc/iscsi/initiatorname.iscsi, then restart iscsid";
     let Some(text) = inputs.root.read(&path) else {
         return Row {
@@ -325,6 +335,15 @@ mod tests {
         assert_eq!(initiator_name(&fx.inputs).status, Status::Fail);
         fx.write("etc/iscsi/initiatorname.iscsi", "GenerateName=yes\n");
         assert_eq!(initiator_name(&fx.inputs).status, Status::Warn);
+        // In the container mode the host's file is the one iscsid reads.
+        let mut fx = fx;
+        fx.inputs.cfg.host_mount_namespace = Some("/proc/1/ns/mnt".into());
+        assert_eq!(initiator_name(&fx.inputs).status, Status::Fail);
+        fx.write(
+            "proc/1/root/etc/iscsi/initiatorname.iscsi",
+            "InitiatorName=iqn.2004-10.com.ubuntu:01:abc\n",
+        );
+        assert_eq!(initiator_name(&fx.inputs).status, Status::Ok);
     }
 
     #[test]

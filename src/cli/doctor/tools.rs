@@ -3,7 +3,14 @@
 //! and exit 1). A required tool that is missing fails its drivers; an optional one warns.
 //! The list is read from the drivers' code: `attach/iscsiadm.rs`, `attach/rbd.rs`,
 //! `attach/scsi.rs`, `share/*`, `fs/mkfs.rs`, `fs/format.rs`, `local/wipe.rs`.
+//!
+//! In the container mode (`host-mount-namespace` set) the host-bound tools
+//! ([`crate::host::onhost::HOST_TOOLS`], the mount helpers and FUSE clients `mount` runs)
+//! are looked for where moor runs them — on the host, through `<proc>/1/root` — and asked
+//! their version through `nsenter`, as the daemon runs them; the filesystem tools are the
+//! image's own.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Inputs, Row, Status};
@@ -148,8 +155,72 @@ pub fn first_line(stdout: &[u8], stderr: &[u8]) -> Option<String> {
     })
 }
 
+/// The tool runs in the host's mount namespace (container mode only).
+fn on_host(inputs: &Inputs, name: &str) -> Option<PathBuf> {
+    let ns = inputs.cfg.host_mount_namespace.as_ref()?;
+    let host_bound = crate::host::onhost::HOST_TOOLS.contains(&name)
+        || name.starts_with("mount.")
+        || matches!(name, "umount" | "glusterfs" | "ceph-fuse");
+    host_bound.then(|| ns.clone())
+}
+
+/// The tool on the host's PATH as seen through `<proc>/1/root`: (path on the host, path
+/// from here).
+fn which_on_host(inputs: &Inputs, name: &str) -> Option<(PathBuf, PathBuf)> {
+    let host_root = inputs.root.proc.join("1/root");
+    inputs.root.path.iter().find_map(|d| {
+        let on_host = d.join(name);
+        let here = host_root.join(on_host.strip_prefix("/").unwrap_or(&on_host));
+        std::fs::metadata(&here)
+            .is_ok_and(|m| m.is_file())
+            .then_some((on_host, here))
+    })
+}
+
+/// The tool is where moor would run it from (the host's PATH in the container mode).
+pub fn present(inputs: &Inputs, name: &str) -> bool {
+    match on_host(inputs, name) {
+        Some(_) => which_on_host(inputs, name).is_some(),
+        None => inputs.root.which(name).is_some(),
+    }
+}
+
+fn host_row(inputs: &Inputs, tool: &Tool, ns: &Path, row: Row) -> Row {
+    let Some((path, _)) = which_on_host(inputs, tool.name) else {
+        let status = if tool.required {
+            Status::Fail
+        } else {
+            Status::Warn
+        };
+        return Row { status, ..row }
+            .detail(format!(
+                "not found on the host's PATH (through {})",
+                inputs.root.proc.join("1/root").display()
+            ))
+            .fix(format!("apt-get install {} on the host", tool.package));
+    };
+    let mut mount = std::ffi::OsString::from("--mount=");
+    mount.push(ns);
+    let cmd = Cmd::new("nsenter")
+        .arg(mount)
+        .arg("--")
+        .arg(&path)
+        .arg(tool.version_arg)
+        .timeout(Duration::from_secs(5));
+    let version = match inputs.runner.run(&cmd) {
+        Ok(out) => {
+            first_line(&out.stdout, &out.stderr).unwrap_or_else(|| "no version printed".into())
+        }
+        Err(e) => format!("version not read: {e}"),
+    };
+    row.detail(format!("on the host: {}: {version}", path.display()))
+}
+
 fn row(inputs: &Inputs, tool: &Tool) -> Row {
     let row = Row::new(format!("tool {}", tool.name), tool.drivers, Status::Ok);
+    if let Some(ns) = on_host(inputs, tool.name) {
+        return host_row(inputs, tool, &ns, row);
+    }
     let Some(path) = inputs.root.which(tool.name) else {
         let status = if tool.required {
             Status::Fail
@@ -214,6 +285,41 @@ mod tests {
         assert_eq!(r.status, Status::Warn, "optional");
         assert!(
             r.fix.contains("multipath-tools") && r.fix.contains("one"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn in_the_container_mode_host_tools_are_looked_for_on_the_host() {
+        let mut fx = Fx::new();
+        fx.inputs.cfg.host_mount_namespace = Some("/proc/1/ns/mnt".into());
+        // In the image, not on the host: the host's copy is the one moor runs.
+        fx.tool("iscsiadm", "iscsiadm version 2.1.8", false);
+        fx.tool("blkid", "blkid from util-linux 2.38.1", false);
+        let rows = check(&fx.inputs);
+        let r = Fx::row(&rows, "tool iscsiadm");
+        assert_eq!(r.status, Status::Fail, "{r:?}");
+        assert!(
+            r.detail.contains("host's PATH") && r.fix.ends_with("on the host"),
+            "{r:?}"
+        );
+        assert_eq!(
+            Fx::row(&rows, "tool blkid").status,
+            Status::Ok,
+            "filesystem tools are the image's"
+        );
+        let bin = fx.path("bin");
+        let host_copy = fx
+            .path("proc/1/root")
+            .join(bin.strip_prefix("/").unwrap())
+            .join("iscsiadm");
+        std::fs::create_dir_all(host_copy.parent().unwrap()).unwrap();
+        std::fs::write(&host_copy, "#!/bin/sh\n").unwrap();
+        let r = row(&fx.inputs, &TOOLS[2]);
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        assert!(
+            r.detail
+                .starts_with(&format!("on the host: {}", bin.join("iscsiadm").display())),
             "{r:?}"
         );
     }
