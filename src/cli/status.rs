@@ -57,21 +57,19 @@ pub fn run(output: Output) -> Result<i32, StatusError> {
     Ok(0)
 }
 
-/// `moor status -o json` (and the bundle's `status.json`): `None` for another answer.
+/// `moor status -o json` (and the bundle's `status.json`): the answer's fields, every list
+/// present even when empty; `None` for another answer.
 pub fn json(resp: &Response) -> Option<serde_json::Value> {
-    let Response::Status {
-        node,
-        volumes,
-        set_aside,
-        notices,
-        dead_mounts,
-    } = resp
-    else {
+    if !matches!(resp, Response::Status { .. }) {
         return None;
-    };
-    Some(
-        serde_json::json!({ "node": node, "volumes": volumes, "set_aside": set_aside, "dead_mounts": dead_mounts, "notices": notices }),
-    )
+    }
+    let mut v = serde_json::to_value(resp).ok()?;
+    let o = v.as_object_mut()?;
+    o.remove("kind");
+    for list in ["volumes", "set_aside", "dead_mounts", "notices"] {
+        o.entry(list).or_insert_with(|| serde_json::json!([]));
+    }
+    Some(v)
 }
 
 /// Renders the volume table.
@@ -199,6 +197,23 @@ fn short_uid(uid: &str) -> &str {
 mod tests {
     use super::*;
     use crate::api::DeadMount;
+
+    #[test]
+    fn the_json_has_every_list_even_empty_and_no_wire_tag() {
+        let v = json(&Response::Status {
+            node: "n1".into(),
+            volumes: vec![],
+            set_aside: vec![],
+            notices: vec![],
+            dead_mounts: vec![],
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"node": "n1", "volumes": [], "set_aside": [], "dead_mounts": [], "notices": []})
+        );
+        assert!(json(&Response::Done).is_none());
+    }
 
     #[test]
     fn dead_mounts_are_listed_by_pod_name_or_uid() {

@@ -366,7 +366,8 @@ impl Lifecycle {
                 let m = MountId::from(m);
                 let same = |r: &MountId| (r.id, r.unique, r.dev) == (m.id, m.unique, m.dev);
                 let recorded = p.mount_id.iter().chain(&p.layers).any(same);
-                if !recorded && !(bound && stage_dev == Some(m.dev)) {
+                let propagated = bound && stage_dev == Some(m.dev);
+                if !(recorded || propagated) {
                     tracing::warn!(volume = key, target = %p.target.display(), mount_id = m.id, "a mount moor did not make covers the pod dir; not stacked over, moor's layers under it stay recorded");
                     continue;
                 }
