@@ -139,29 +139,63 @@ impl Lab {
 
     /// The bindfs daemon serving this lab's export.
     fn client_pid(&self) -> i32 {
-        let want = self.src.display().to_string();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            for e in std::fs::read_dir("/proc").unwrap().flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                    continue;
-                };
-                let args: Vec<String> = cmd
-                    .split(|b| *b == 0)
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect();
-                if args.first().is_some_and(|a| a.ends_with("bindfs")) && args.contains(&want) {
-                    return pid;
-                }
-            }
-            assert!(Instant::now() < deadline, "no bindfs process serves {want}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        bindfs_serving(&self.src)
     }
 
+    /// Mounts a bindfs of another directory over moor's stage dir, as someone else would:
+    /// returns the directory it serves (holding a file `theirs`) and its daemon's pid.
+    fn foreign_share_over_the_stage(&self) -> (PathBuf, i32) {
+        let theirs = self.root.join("theirs");
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::write(theirs.join("theirs"), b"not moor's").unwrap();
+        let stage = self.stage();
+        common::sh(
+            "bindfs",
+            &[
+                "-o",
+                "nonempty",
+                &theirs.display().to_string(),
+                &stage.display().to_string(),
+            ],
+        );
+        (theirs.clone(), bindfs_serving(&theirs))
+    }
+
+    /// How many mounts stand on `path` (the mount table, which also lists dead ones).
+    fn stacked_on(&self, path: &Path) -> usize {
+        self.mounted_under_root()
+            .iter()
+            .filter(|m| m.as_path() == path)
+            .count()
+    }
+}
+
+/// The bindfs daemon serving `dir`.
+fn bindfs_serving(dir: &Path) -> i32 {
+    let want = dir.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.first().is_some_and(|a| a.ends_with("bindfs")) && args.contains(&want) {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "no bindfs process serves {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Lab {
     fn mounted_under_root(&self) -> Vec<PathBuf> {
         common::mounts_under(&self.root)
     }
@@ -303,6 +337,86 @@ fn hung_client_is_aborted_through_fusectl_then_healed() {
     assert_eq!(std::fs::read(pod.join("data")).unwrap(), b"kept");
     signal(pid, nix::sys::signal::Signal::SIGKILL);
     wait_gone(pid);
+    lab.unmount(&pod);
+    assert_eq!(lab.mounted_under_root(), Vec::<PathBuf>::new());
+}
+
+/// A share someone else mounted over moor's stage dir, frozen: the heal neither aborts its
+/// FUSE connection (one per superblock: aborting it would break their share) nor detaches
+/// anything, and the pods keep their binds of moor's live share under it.
+#[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
+fn a_hung_share_over_moors_stage_is_not_aborted_nor_detached() {
+    let mut lab = Lab::new();
+    let pod = lab.mount("pod-a", false);
+    std::fs::write(pod.join("data"), b"kept").unwrap();
+    let stage = lab.stage();
+    let (_theirs, pid) = lab.foreign_share_over_the_stage();
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    // If moor blocked on their frozen share, this lets the test end (and fail) rather than hang.
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    });
+
+    let started = Instant::now();
+    assert_eq!(lab.rec.heal_shares(), 0, "not moor's share: nothing healed");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the heal pass blocked on a frozen share that is not moor's ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(lab.detected("hung"), 1, "the probe saw the stage dir hang");
+    assert_eq!((lab.heals("healed"), lab.heals("failed")), (0, 1));
+    signal(pid, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(
+        std::fs::read(stage.join("theirs")).unwrap(),
+        b"not moor's",
+        "their FUSE connection was aborted"
+    );
+    assert_eq!(lab.stacked_on(&stage), 2, "moor's stage and theirs on it");
+    assert_eq!(
+        std::fs::read(pod.join("data")).unwrap(),
+        b"kept",
+        "the pod kept its bind of moor's share"
+    );
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid);
+    drop(thaw);
+}
+
+/// A share someone else mounted over moor's stage dir, dead: a dead mount cannot say its
+/// mount id, but the mount table still names its device, so the heal refuses before any
+/// pod bind goes, and their dead mount stays for them to remove.
+#[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
+fn a_dead_share_over_moors_stage_is_left_and_the_pods_keep_their_binds() {
+    let mut lab = Lab::new();
+    let pod = lab.mount("pod-a", false);
+    std::fs::write(pod.join("data"), b"kept").unwrap();
+    let stage = lab.stage();
+    let (_theirs, pid) = lab.foreign_share_over_the_stage();
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid);
+    assert_eq!(
+        probe(&lab.lc, &stage, Duration::from_secs(3)),
+        Probe::Dead(nix::errno::Errno::ENOTCONN)
+    );
+
+    assert_eq!(lab.rec.heal_shares(), 0, "not moor's share: nothing healed");
+    assert_eq!((lab.heals("healed"), lab.heals("failed")), (0, 1));
+    assert_eq!(lab.stacked_on(&stage), 2, "their dead mount is still there");
+    assert_eq!(
+        std::fs::read(pod.join("data")).unwrap(),
+        b"kept",
+        "the pod kept its bind of moor's share"
+    );
+    // Once they remove their mount, moor's share is alive under it: nothing to heal.
+    nix::mount::umount2(&stage, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert_eq!(probe(&lab.lc, &stage, Duration::from_secs(3)), Probe::Alive);
     lab.unmount(&pod);
     assert_eq!(lab.mounted_under_root(), Vec::<PathBuf>::new());
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::{Notice, NoticeReason};
 use crate::daemon::deadmounts::DeadMounts;
 use crate::daemon::executor::Executor;
+use crate::error::Error;
 use crate::host::fusectl;
 use crate::host::probe::{UsageError, fs_usage};
 use crate::journal::record::PublishRecord;
@@ -148,12 +149,10 @@ impl Reconciler {
             {
                 continue;
             }
-            if seen == Probe::Hung {
-                if !rs.remote.fuse {
-                    tracing::warn!(volume = %rs.key, server = %rs.remote.server, "server does not answer; a hard mount resumes when it does, so it is left mounted");
-                    continue;
-                }
-                self.abort_fuse(&rs);
+            // A hung FUSE client is aborted in the heal, under the volume's lock.
+            if seen == Probe::Hung && !rs.remote.fuse {
+                tracing::warn!(volume = %rs.key, server = %rs.remote.server, "server does not answer; a hard mount resumes when it does, so it is left mounted");
+                continue;
             }
             if self.heal_one(&rs) {
                 healed += 1;
@@ -185,7 +184,12 @@ impl Reconciler {
         self.lifecycle.cluster().notify.notify(n);
     }
 
-    fn abort_fuse(&self, rs: &RemoteStage) {
+    /// Aborts the hung FUSE connection of `rs`'s stage. Called under the volume's lock, and
+    /// only when the mount on the stage dir is of the superblock moor recorded: a FUSE
+    /// connection is one per superblock, so the one aborted is the client this heal
+    /// replaces, never a mount someone else put over the stage dir (refused: `not_owned`).
+    fn abort_fuse(&self, rs: &RemoteStage) -> Result<(), Error> {
+        self.lifecycle.check_stage_top(&rs.key)?;
         let host = self.lifecycle.host();
         let minor = host.mounts.snapshot().ok().and_then(|t| {
             t.iter()
@@ -195,7 +199,7 @@ impl Reconciler {
         });
         let Some(minor) = minor else {
             tracing::warn!(volume = %rs.key, "hung FUSE stage is not in the mount table; cannot abort it");
-            return;
+            return Ok(());
         };
         match fusectl::abort(host.mounter.as_ref(), &self.fusectl, minor) {
             Ok(()) => {
@@ -205,6 +209,7 @@ impl Reconciler {
                 tracing::error!(volume = %rs.key, connection = minor, error = %e, "cannot abort the hung FUSE connection")
             }
         }
+        Ok(())
     }
 
     fn heal_one(&mut self, rs: &RemoteStage) -> bool {
@@ -213,9 +218,16 @@ impl Reconciler {
         let stack = self.dead.stack_targets(&lc, &rs.key, dead_dev);
         let attempt = self.exec.try_locked(&rs.key, || {
             // Checked again under the lock: kubelet may have just unstaged or remounted it.
+            // A hung FUSE client is aborted here, under the lock, so the connection aborted is
+            // the one this heal replaces (only FUSE stages come here hung).
             match probe(&lc, &rs.stage_path, PROBE_TIMEOUT) {
                 Probe::Alive => Ok(None),
-                _ => lc.heal_remote(&rs.key, &stack).map(Some),
+                seen => {
+                    if seen == Probe::Hung {
+                        self.abort_fuse(rs)?;
+                    }
+                    lc.heal_remote(&rs.key, &stack).map(Some)
+                }
             }
         });
         let result = match attempt {

@@ -137,6 +137,37 @@ impl Lifecycle {
             .map(|m| m.dev)
     }
 
+    /// Refuses (`not_owned`) when the mount on top of `key`'s stage dir now is of another
+    /// filesystem than the one moor recorded there. The mount table answers for a dead or
+    /// hung mount, which statx cannot: a share someone mounted over moor's stage dir is
+    /// neither detached nor aborted by a heal, however dead it is. A stage dir with nothing
+    /// mounted (the share went), or a record without a device, is not refused here.
+    pub fn check_stage_top(&self, key: &str) -> Result<(), Error> {
+        let Some(rec) = self.state().stages.get(key).cloned() else {
+            return Ok(());
+        };
+        let Some(ours) = rec.mount_id.map(|m| m.dev) else {
+            return Ok(());
+        };
+        let path = self.stage_path(&rec.driver, key);
+        let table = self.host.mounts.snapshot().map_err(|source| Error::Io {
+            what: "read the mount table",
+            path: path.clone(),
+            source,
+        })?;
+        let top = table.iter().rev().find(|m| m.mount_point == path);
+        match top {
+            Some(m) if (m.major, m.minor) != ours => Err(Error::NotOwned {
+                target: path,
+                detail: format!(
+                    "the mount on the stage dir now (device {}:{}, {}) is not the share moor mounted there (device {}:{}); remove the other mount first",
+                    m.major, m.minor, m.fs_type, ours.0, ours.1
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Pods still holding a healed share's dead mount, as the reconciler last found them.
     pub fn dead_mounts(&self) -> Vec<crate::api::DeadMount> {
         self.dead_mounts
@@ -177,6 +208,8 @@ impl Lifecycle {
         if rec.phase != StagePhase::Staged {
             return Ok(Healed::default());
         }
+        // Before any pod bind goes: a refused heal leaves the volume as it was.
+        self.check_stage_top(key)?;
         let stage_path = self.stage_path(&rec.driver, key);
         let (stacked, replaced): (Vec<PublishRecord>, Vec<PublishRecord>) = self
             .publishes_of(key)
