@@ -147,6 +147,11 @@ pub struct Metrics {
     pub published_volumes: Gauge,
     /// Reconstruction outcomes at start-up.
     pub reconstruction: Family<ReconstructionLabels, Counter>,
+    /// How long the last start-up reconstruction took (journal replay against the mount
+    /// table, heals and roll-backs included).
+    pub reconstruction_seconds: Gauge<f64, AtomicU64>,
+    /// When it finished (Unix time): an alert on a slow one looks only at recent starts.
+    pub reconstruction_finished: Gauge<f64, AtomicU64>,
     /// Reconciler passes.
     pub reconcile_runs: Counter,
     /// Pod binds found missing and restored by the reconciler.
@@ -329,6 +334,8 @@ impl Metrics {
             staged_volumes: Gauge::default(),
             published_volumes: Gauge::default(),
             reconstruction: Family::default(),
+            reconstruction_seconds: Gauge::default(),
+            reconstruction_finished: Gauge::default(),
             reconcile_runs: Counter::default(),
             healed_publishes: Counter::default(),
             stale_detected: Family::default(),
@@ -382,6 +389,18 @@ impl Metrics {
             "reconstruction",
             "Start-up reconstruction outcomes",
             m.reconstruction.clone(),
+        );
+        registry.register_with_unit(
+            "reconstruction_duration",
+            "How long the last start-up reconstruction took",
+            Unit::Seconds,
+            m.reconstruction_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "reconstruction_finished_time",
+            "When the last start-up reconstruction finished, Unix time",
+            Unit::Seconds,
+            m.reconstruction_finished.clone(),
         );
         registry.register(
             "reconcile_runs",

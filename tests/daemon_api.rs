@@ -130,6 +130,23 @@ fn metrics_and_health_endpoints() {
     ] {
         assert!(text.contains(want), "missing {want} in:\n{text}");
     }
+    // The last start-up reconstruction: how long it took, and when it ended (this start).
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let took = value("moor_reconstruction_duration_seconds");
+    assert!((0.0..60.0).contains(&took), "reconstruction took {took} s");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let ended = value("moor_reconstruction_finished_time_seconds");
+    assert!(
+        (now - 120.0..=now).contains(&ended),
+        "reconstruction ended at {ended}, now is {now}"
+    );
     d.unmount("pod1", "pv-a").assert_ok();
 }
 

@@ -219,7 +219,16 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 api.cluster.clone(),
             )),
     );
+    let reconstructing = Instant::now();
     let report = lifecycle.reconstruct()?;
+    let took = reconstructing.elapsed();
+    metrics.reconstruction_seconds.set(took.as_secs_f64());
+    metrics.reconstruction_finished.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+    );
     for (outcome, n) in [
         ("kept", report.kept_publishes + report.kept_stages),
         (
@@ -255,7 +264,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             fuse_outlives_moor: placement.fuse_scope().to_string(),
         })
         .set(1);
-    tracing::info!(?report, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");
+    tracing::info!(?report, reconstruction_ms = took.as_secs_f64() * 1e3, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, node = %cfg.node_name, "state reconstructed");
 
     let served = rt.block_on(serve(cfg, lifecycle, metrics, placement, api));
     // An operation past its deadline may still hold a blocking thread (a hung mount): the
