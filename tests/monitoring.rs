@@ -1132,19 +1132,7 @@ fn check_kit(moor: &Catalog) -> Vec<String> {
 /// Every moor and kubelet series name the kit's expressions use.
 fn names_used() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut exprs: Vec<String> = Vec::new();
-    for g in rules()["spec"]["groups"].as_array().unwrap() {
-        for r in g["rules"].as_array().unwrap() {
-            exprs.push(r["expr"].as_str().unwrap().to_owned());
-        }
-    }
-    let d = dashboard();
-    for p in d["panels"].as_array().unwrap() {
-        for t in p["targets"].as_array().into_iter().flatten() {
-            exprs.push(t["expr"].as_str().unwrap().to_owned());
-        }
-    }
-    for e in exprs {
+    for e in exprs() {
         for t in tokenize(&e).unwrap() {
             if let Tok::Ident(s) = t
                 && (s.starts_with("moor_") || s.starts_with("kubelet_"))
@@ -1156,8 +1144,49 @@ fn names_used() -> BTreeSet<String> {
     out
 }
 
+/// Every expression of the rules and the dashboard.
+fn exprs() -> Vec<String> {
+    let mut out = Vec::new();
+    for g in rules()["spec"]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            out.push(r["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for p in dashboard()["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // Tests.
+
+/// A notice reason misspelt in a matcher selects nothing, and the alert never fires: every
+/// `reason` value the kit matches `moor_notices_total` on is one moor counts.
+#[test]
+fn the_notice_reasons_the_kit_matches_are_moors() {
+    let matcher = regex::Regex::new(r#"moor_notices_total\{[^}]*reason=~?"([^"]*)""#).unwrap();
+    let mut seen = 0;
+    for e in exprs() {
+        for c in matcher.captures_iter(&e) {
+            for v in c[1].split('|') {
+                let r: Result<moor::cluster::NoticeReason, _> =
+                    serde_json::from_value(serde_json::Value::String(v.into()));
+                assert!(
+                    r.is_ok_and(|r| r.label() == v),
+                    "{e}: {v:?} is not a notice reason moor counts"
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(
+        seen > 0,
+        "the kit matches no notice reason (else this proves nothing)"
+    );
+}
 
 #[test]
 fn the_kit_names_only_series_and_labels_moor_exports() {

@@ -55,6 +55,9 @@ pub enum NoticeReason {
     RecordSetAside,
     /// A gone pod's volumes were unpublished and its empty directories removed.
     OrphanCleaned,
+    /// A gone pod's volume could not be cleaned (a mount moor did not make on it, a failed
+    /// unmount): retried with backoff, reported once per reason.
+    OrphanNotCleaned,
 }
 
 impl NoticeReason {
@@ -72,6 +75,7 @@ impl NoticeReason {
             NoticeReason::WrongNode => "WrongNode",
             NoticeReason::RecordSetAside => "RecordSetAside",
             NoticeReason::OrphanCleaned => "OrphanCleaned",
+            NoticeReason::OrphanNotCleaned => "OrphanNotCleaned",
         }
     }
 
@@ -89,6 +93,7 @@ impl NoticeReason {
             NoticeReason::WrongNode => "wrong_node",
             NoticeReason::RecordSetAside => "record_set_aside",
             NoticeReason::OrphanCleaned => "orphan_cleaned",
+            NoticeReason::OrphanNotCleaned => "orphan_not_cleaned",
         }
     }
 

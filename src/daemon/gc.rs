@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::api::{GcVolume, Response};
-use crate::cluster::PodState;
+use crate::cluster::{Notice, NoticeReason, PodState};
 use crate::config::GcConfig;
 use crate::error::{Chain, Error};
 use crate::lifecycle::Lifecycle;
@@ -141,7 +141,7 @@ impl Orphans {
                 // Deleted in the API server while kubelet is down, its containers still
                 // run here: unstaging (a logout, an unmap) under them could lose writes.
                 // kubelet stops them when it comes back, then unmounts by itself.
-                let wait = self.back_off(&v, &why);
+                let (wait, _) = self.back_off(&v, &why);
                 tracing::warn!(volume = %v.key, pod_uid = %v.pod_uid, why = %why, retry_in = ?wait, "the API server says the pod is gone but it still runs here; its volume stays");
                 r.action = "wait".into();
                 r.detail = why;
@@ -181,16 +181,19 @@ impl Orphans {
     }
 
     /// Schedules the next attempt at `v` after a failure (`why`); returns the wait.
-    fn back_off(&self, v: &PodVolume, why: &str) -> Duration {
+    /// Schedules the next try of `v` and returns the wait, and whether `why` is new for it
+    /// (its first failure, or another reason than the last one).
+    fn back_off(&self, v: &PodVolume, why: &str) -> (Duration, bool) {
         let mut retry = lock(&self.retry);
         let b = retry.entry(v.target.clone()).or_default();
         b.failures = b.failures.saturating_add(1);
+        let new = b.last != why;
         b.last = why.to_owned();
         let wait = FIRST_RETRY
             .saturating_mul(1 << b.failures.min(6).saturating_sub(1))
             .min(MAX_RETRY);
         b.next = Some(Instant::now() + wait);
-        wait
+        (wait, new)
     }
 
     fn due(&self, v: &PodVolume) -> bool {
@@ -386,9 +389,23 @@ impl Orphans {
             }
             Some(Err(e)) => {
                 let why = format!("{}: {}", e.reason(), Chain(&e));
-                let wait = self.back_off(v, &why);
+                let (wait, new) = self.back_off(v, &why);
                 tracing::warn!(volume = %v.key, driver = %v.driver, pod_uid = %v.pod_uid, target = %v.target.display(),
                     reason = e.reason(), error = %Chain(&e), retry_in = ?wait, "orphaned pod volume not cleaned");
+                // On the node (the pod is gone); once per reason, not on every retry.
+                if new {
+                    let msg = format!(
+                        "volume {} of gone pod {} at {} not cleaned ({why}); retried in {} s",
+                        v.key,
+                        v.pod_uid,
+                        v.target.display(),
+                        wait.as_secs()
+                    );
+                    self.lifecycle.cluster().notify.notify(
+                        Notice::new(NoticeReason::OrphanNotCleaned, msg)
+                            .volume(v.key.clone(), v.driver.clone()),
+                    );
+                }
                 r.action = if e.reason() == "not_owned" {
                     "refused"
                 } else {
@@ -654,6 +671,50 @@ mod tests {
         assert_eq!(n.cleaned(), 3, "p1, and p2 and p3 named");
         // The stage is left for the reconciler's finish_pending.
         assert_eq!(n.lc.pending_transitions().len(), 1);
+    }
+
+    #[test]
+    fn a_volume_not_cleaned_is_reported_once_per_reason_on_the_node() {
+        use crate::host::Errno;
+        let n = Node::new();
+        let o = n.orphans(Duration::ZERO, true);
+        let not_cleaned = || {
+            n.notices
+                .recent()
+                .into_iter()
+                .filter(|r| r.notice.reason == NoticeReason::OrphanNotCleaned)
+                .map(|r| r.notice)
+                .collect::<Vec<_>>()
+        };
+        let again = |o: &Orphans| {
+            for b in lock(&o.retry).values_mut() {
+                b.next = None;
+            }
+        };
+        n.fake.mounts.fail_next("unmount", Errno::EIO);
+        let done = o.pass(&free);
+        assert_eq!(done[0].action, "failed", "{done:?}");
+        let first = not_cleaned();
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(first[0].pod_uids.is_empty(), "on the node: the pod is gone");
+        assert!(
+            first[0].message.contains("p1") && first[0].message.contains("retried in"),
+            "{}",
+            first[0].message
+        );
+        assert_eq!(first[0].driver.as_deref(), Some("local"));
+        // The same failure on the retry: no second notice.
+        again(&o);
+        n.fake.mounts.fail_next("unmount", Errno::EIO);
+        assert_eq!(o.pass(&free)[0].action, "failed");
+        assert_eq!(not_cleaned().len(), 1);
+        // Another reason is news.
+        again(&o);
+        n.fake.mounts.fail_next("unmount", Errno::EBUSY);
+        assert_eq!(o.pass(&free)[0].action, "failed");
+        assert_eq!(not_cleaned().len(), 2);
+        again(&o);
+        assert_eq!(o.pass(&free)[0].action, "cleaned");
     }
 
     #[test]
