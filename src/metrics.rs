@@ -201,6 +201,20 @@ pub struct ClusterMetrics {
     pub api_requests: Family<ApiRequestLabels, Counter>,
 }
 
+impl ClusterMetrics {
+    /// Every `moor_notices_total{reason}` series present from the start, at 0: a series
+    /// born at 1 would hide its first notice from `increase()` (the alerts on notices).
+    pub fn with_every_notice_reason() -> Self {
+        let m = ClusterMetrics::default();
+        for r in crate::api::notice::NoticeReason::ALL {
+            drop(m.notices.get_or_create(&NoticeLabels {
+                reason: r.label().into(),
+            }));
+        }
+        m
+    }
+}
+
 /// Labels of `moor_notices_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NoticeLabels {
@@ -348,7 +362,7 @@ impl Metrics {
             inodes_used: Family::default(),
             records_set_aside: Family::default(),
             placement: Family::default(),
-            cluster: ClusterMetrics::default(),
+            cluster: ClusterMetrics::with_every_notice_reason(),
             dead_mount_pods: Family::default(),
             evictions: Family::default(),
             orphans_cleaned: Family::default(),

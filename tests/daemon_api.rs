@@ -127,6 +127,8 @@ fn metrics_and_health_endpoints() {
         r#"moor_volume_stats_inodes_used{namespace="",persistentvolumeclaim="",persistentvolume="",volume="pv-a",volume_key="#,
         "moor_published_volumes 1",
         r#"moor_placement_info{placement="host",fuse_outlives_moor="#,
+        // Present at 0 before the first one, so increase() over it sees that first one.
+        r#"moor_notices_total{reason="orphan_not_cleaned"} 0"#,
     ] {
         assert!(text.contains(want), "missing {want} in:\n{text}");
     }

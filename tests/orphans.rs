@@ -426,8 +426,9 @@ fn a_gone_pods_csi_publish_is_unpublished_and_its_stage_kept_for_kubelet() {
     assert!(is_mounted(&target));
 
     pods_say(&pods, "pod-c gone\n");
+    // The bind goes first, the target moor made right after it.
     assert!(
-        eventually(30, || !is_mounted(&target)),
+        eventually(30, || !is_mounted(&target) && !target.exists()),
         "the gone pod's CSI bind is still there; log:\n{}",
         d.log_text()
     );
@@ -437,6 +438,10 @@ fn a_gone_pods_csi_publish_is_unpublished_and_its_stage_kept_for_kubelet() {
     assert!(vol_data.exists());
     let stage = d.stage_path(s(&src));
     assert!(is_mounted(&stage), "the CSI stage is kubelet's to end");
+    // The notice follows the cleaning.
+    eventually(10, || {
+        notices(&d).iter().any(|x| x["reason"] == "orphan_cleaned")
+    });
     let n = notices(&d);
     let msg = n
         .iter()

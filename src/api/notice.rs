@@ -61,6 +61,23 @@ pub enum NoticeReason {
 }
 
 impl NoticeReason {
+    /// Every reason (the daemon starts each one's counter at 0, so a rate or `increase` over
+    /// the first notice of a reason sees it).
+    pub const ALL: [NoticeReason; 12] = [
+        NoticeReason::ShareDead,
+        NoticeReason::ShareHealed,
+        NoticeReason::ShareHealFailed,
+        NoticeReason::DeadMountInPod,
+        NoticeReason::PodEvicted,
+        NoticeReason::EvictionRefused,
+        NoticeReason::FormatRefused,
+        NoticeReason::FencingRefused,
+        NoticeReason::WrongNode,
+        NoticeReason::RecordSetAside,
+        NoticeReason::OrphanCleaned,
+        NoticeReason::OrphanNotCleaned,
+    ];
+
     /// The Event `reason` (CamelCase, as kubelet's own).
     pub fn event_reason(self) -> &'static str {
         match self {
@@ -177,4 +194,31 @@ pub struct RecentNotice {
     pub first_seen: u64,
     /// Last seen.
     pub last_seen: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_holds_every_reason_once() {
+        // A new variant fails to compile here until it is placed in ALL.
+        let index = |r: NoticeReason| match r {
+            NoticeReason::ShareDead => 0,
+            NoticeReason::ShareHealed => 1,
+            NoticeReason::ShareHealFailed => 2,
+            NoticeReason::DeadMountInPod => 3,
+            NoticeReason::PodEvicted => 4,
+            NoticeReason::EvictionRefused => 5,
+            NoticeReason::FormatRefused => 6,
+            NoticeReason::FencingRefused => 7,
+            NoticeReason::WrongNode => 8,
+            NoticeReason::RecordSetAside => 9,
+            NoticeReason::OrphanCleaned => 10,
+            NoticeReason::OrphanNotCleaned => 11,
+        };
+        for (i, r) in NoticeReason::ALL.iter().enumerate() {
+            assert_eq!(index(*r), i, "{r:?}");
+        }
+    }
 }

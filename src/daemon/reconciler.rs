@@ -154,7 +154,7 @@ impl Reconciler {
                 tracing::warn!(volume = %rs.key, server = %rs.remote.server, "server does not answer; a hard mount resumes when it does, so it is left mounted");
                 continue;
             }
-            if self.heal_one(&rs) {
+            if self.heal_one(&rs, seen == Probe::Hung) {
                 healed += 1;
             }
         }
@@ -184,23 +184,21 @@ impl Reconciler {
         self.lifecycle.cluster().notify.notify(n);
     }
 
-    /// Aborts the hung FUSE connection of `rs`'s stage. Called under the volume's lock, and
-    /// only when the mount on the stage dir is of the superblock moor recorded: a FUSE
-    /// connection is one per superblock, so the one aborted is the client this heal
-    /// replaces, never a mount someone else put over the stage dir (refused: `not_owned`).
+    /// Aborts the hung FUSE connection of `rs`'s stage, only when the mount on the stage dir
+    /// is of the superblock moor recorded: a FUSE connection is one per superblock, so the
+    /// one aborted is moor's client, never a mount someone else put over the stage dir
+    /// (refused: `not_owned`). The device aborted is the one checked, from one reading of
+    /// the mount table; fusectl names connections of anonymous devices (major 0) only.
     fn abort_fuse(&self, rs: &RemoteStage) -> Result<(), Error> {
-        self.lifecycle.check_stage_top(&rs.key)?;
-        let host = self.lifecycle.host();
-        let minor = host.mounts.snapshot().ok().and_then(|t| {
-            t.iter()
-                .rev()
-                .find(|m| m.mount_point == rs.stage_path)
-                .map(|m| m.minor)
-        });
-        let Some(minor) = minor else {
-            tracing::warn!(volume = %rs.key, "hung FUSE stage is not in the mount table; cannot abort it");
+        let Some((major, minor)) = self.lifecycle.check_stage_top(&rs.key)? else {
+            tracing::warn!(volume = %rs.key, "hung FUSE stage has no recorded device in the mount table; cannot abort it");
             return Ok(());
         };
+        if major != 0 {
+            tracing::warn!(volume = %rs.key, major, minor, "hung stage is not a FUSE connection fusectl names; not aborted");
+            return Ok(());
+        }
+        let host = self.lifecycle.host();
         match fusectl::abort(host.mounter.as_ref(), &self.fusectl, minor) {
             Ok(()) => {
                 tracing::warn!(volume = %rs.key, connection = minor, "hung FUSE connection aborted")
@@ -212,16 +210,16 @@ impl Reconciler {
         Ok(())
     }
 
-    fn heal_one(&mut self, rs: &RemoteStage) -> bool {
+    fn heal_one(&mut self, rs: &RemoteStage, hung: bool) -> bool {
         let lc = self.lifecycle.clone();
         let dead_dev = lc.stage_dev(&rs.key);
         let stack = self.dead.stack_targets(&lc, &rs.key, dead_dev);
         let attempt = self.exec.try_locked(&rs.key, || {
             // Checked again under the lock: kubelet may have just unstaged or remounted it.
-            // A hung FUSE client is aborted here, under the lock, so the connection aborted is
-            // the one this heal replaces (only FUSE stages come here hung).
             match probe(&lc, &rs.stage_path, PROBE_TIMEOUT) {
                 Probe::Alive => Ok(None),
+                // A hard NFS mount that hangs resumes when its server does.
+                Probe::Hung if !rs.remote.fuse => Ok(None),
                 seen => {
                     if seen == Probe::Hung {
                         self.abort_fuse(rs)?;
@@ -231,6 +229,14 @@ impl Reconciler {
             }
         });
         let result = match attempt {
+            // A kubelet call holding the lock may itself be stuck on the hung client: the
+            // abort (of moor's own connection only) is what frees it, so it does not wait.
+            None if hung && rs.remote.fuse => {
+                if let Err(e) = self.abort_fuse(rs) {
+                    tracing::warn!(volume = %rs.key, error = %crate::error::Chain(&e), "hung FUSE connection not aborted");
+                }
+                "busy"
+            }
             None => "busy",
             Some(Ok(None)) => return false,
             Some(Ok(Some(healed))) => {

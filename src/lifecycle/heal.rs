@@ -140,21 +140,25 @@ impl Lifecycle {
     /// Refuses (`not_owned`) when the mount on top of `key`'s stage dir now is of another
     /// filesystem than the one moor recorded there. The mount table answers for a dead or
     /// hung mount, which statx cannot: a share someone mounted over moor's stage dir is
-    /// neither detached nor aborted by a heal, however dead it is. A stage dir with nothing
-    /// mounted (the share went), or a record without a device, is not refused here.
-    pub fn check_stage_top(&self, key: &str) -> Result<(), Error> {
+    /// neither detached nor aborted by a heal, however dead it is. Returns the device of
+    /// the mount checked (`None`: nothing mounted there, a record without a device, or a
+    /// mount table that cannot be read, where the heal goes on as the ownership decision
+    /// alone allows).
+    pub fn check_stage_top(&self, key: &str) -> Result<Option<(u32, u32)>, Error> {
         let Some(rec) = self.state().stages.get(key).cloned() else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(ours) = rec.mount_id.map(|m| m.dev) else {
-            return Ok(());
+            return Ok(None);
         };
         let path = self.stage_path(&rec.driver, key);
-        let table = self.host.mounts.snapshot().map_err(|source| Error::Io {
-            what: "read the mount table",
-            path: path.clone(),
-            source,
-        })?;
+        let table = match self.host.mounts.snapshot() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(volume = key, error = %e, "cannot read the mount table; the stage's top mount is not checked");
+                return Ok(None);
+            }
+        };
         let top = table.iter().rev().find(|m| m.mount_point == path);
         match top {
             Some(m) if (m.major, m.minor) != ours => Err(Error::NotOwned {
@@ -164,7 +168,8 @@ impl Lifecycle {
                     m.major, m.minor, m.fs_type, ours.0, ours.1
                 ),
             }),
-            _ => Ok(()),
+            Some(m) => Ok(Some((m.major, m.minor))),
+            None => Ok(None),
         }
     }
 
@@ -220,6 +225,15 @@ impl Lifecycle {
             self.detach_dead(&p.target, Place::PodDir, key, p.mount_id)?;
         }
         self.detach_dead(&stage_path, Place::Stage, key, rec.mount_id)?;
+        // The detached mount's id is forgotten before the new mount is made: a crash or a
+        // failed record between the two must not leave moor's own new mount looking foreign
+        // to the next heal (with no id, what is on moor's stage dir is moor's).
+        if rec.mount_id.is_some() {
+            let mut cleared = rec.clone();
+            cleared.mount_id = None;
+            self.journal.put_stage(&cleared)?;
+            self.state().stages.insert(key.into(), cleared);
+        }
         self.mount_remote(key, remote, &stage_path)?;
         let mut stage_dev = None;
         if let Some(t) = self.open_target(&stage_path, false)? {
