@@ -149,7 +149,8 @@ impl Reconciler {
             {
                 continue;
             }
-            // A hung FUSE client is aborted in the heal, under the volume's lock.
+            // A hung FUSE client is aborted by heal_one: under the volume's lock, or, when a
+            // call holds the lock, without it (only moor's own connection either way).
             if seen == Probe::Hung && !rs.remote.fuse {
                 tracing::warn!(volume = %rs.key, server = %rs.remote.server, "server does not answer; a hard mount resumes when it does, so it is left mounted");
                 continue;
