@@ -43,6 +43,48 @@ fn volume_mounts(d: &Daemon) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The propagation field of the mount at `dir` in this namespace's table.
+fn propagation_of(dir: &std::path::Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    moor::host::mountinfo::parse(&table)
+        .unwrap()
+        .into_iter()
+        .rfind(|m| m.mount_point == dir)
+        .map(|m| m.optional)
+        .unwrap_or_default()
+}
+
+/// Every test of a run shares one mount namespace and starts with the same set-up: that
+/// set-up must leave a shared kubelet dir another test made on purpose shared, or that
+/// test's daemon (in a namespace of its own) and the test stop seeing each other's mounts.
+#[test]
+#[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
+fn another_tests_set_up_leaves_a_shared_kubelet_dir_shared() {
+    require_privileged_sandbox();
+    let d = Daemon::unstarted(&[]);
+    let dir = d.kubelet_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    sh("mount", &["--bind", s(&dir), s(&dir)]);
+    sh("mount", &["--make-shared", s(&dir)]);
+    assert!(
+        propagation_of(&dir)
+            .iter()
+            .any(|o| o.starts_with("shared:")),
+        "{:?}",
+        propagation_of(&dir)
+    );
+    // What the next test to start does, in this same namespace.
+    require_privileged_sandbox();
+    assert!(
+        propagation_of(&dir)
+            .iter()
+            .any(|o| o.starts_with("shared:")),
+        "the set-up made the kubelet dir private: {:?}",
+        propagation_of(&dir)
+    );
+    sh("umount", &[s(&dir)]);
+}
+
 #[test]
 #[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_new_pod_of_the_daemon_unmounts_what_the_last_one_mounted() {

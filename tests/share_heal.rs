@@ -599,8 +599,8 @@ const UID_N: &str = "11111111-0000-4000-8000-000000000003";
 #[test]
 #[ignore = "tier 2: needs root and a private mount namespace (run-tests)"]
 fn a_heal_reaches_host_to_container_pods_and_reports_the_private_ones() {
-    // A mount namespace of this test's own: every other test's set-up makes the shared test
-    // namespace rprivate again, which would undo the shared kubelet dir this test needs.
+    // A mount namespace of this test's own: its shared kubelet dir, and the stand-in
+    // containers' namespaces that copy it, stay out of the other tests' mount tables.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
     let mut lab = Lab::new();
     common::sh("which", &["unshare"]);

@@ -104,7 +104,11 @@ fn events_land_on_the_pod_the_pv_and_the_node_with_reason_type_and_message() {
         );
         c.notify
             .notify(Notice::new(NoticeReason::ShareHealFailed, "csi heal failed").pv("pv-csi"));
-        until("5 events", || events_of(&api).len() >= 5).await;
+        // The server holds an Event before the client has counted its answer: wait for both.
+        until("5 events sent", || {
+            events_of(&api).len() >= 5 && metrics.events_with("sent") >= 5
+        })
+        .await;
         let evs = events_of(&api);
         let on = |kind: &str, name: &str, reason: &str| {
             evs.iter()
@@ -158,8 +162,12 @@ fn the_same_notice_twenty_times_is_one_event_patched_to_count_twenty() {
         for _ in 0..20 {
             c.notify.notify(n.clone());
         }
+        // The server shows count 20 before the client has counted the last answer: wait
+        // for the client's own tally too.
         until("count 20", || {
             events_of(&api).first().is_some_and(|e| e["count"] == 20)
+                && metrics.events_with("sent") + metrics.events_with("aggregated") >= 20
+                && metrics.requests_with("patch", "events") >= 19
         })
         .await;
         assert_eq!(events_of(&api).len(), 1);

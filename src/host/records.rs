@@ -9,7 +9,11 @@
 //! readable, regular record file of a name moor writes is renamed to `<name>.corrupt` (or
 //! `<name>.<n>.corrupt`, never replacing anything) and reported, and every other entry is
 //! still read. Only `*.tmp` files — moor's own writes that a crash interrupted before their
-//! rename — are removed.
+//! rename — are removed, and only once they are older than [`TEMP_GRACE`]: the daemon, the
+//! command line (`moor local`, `moor bundle`) and a test may read a directory while another
+//! process writes in it, and a reader must never take a write in flight from its writer.
+//! Each write has a temp file of its own (`<stem>.<pid>.<n>.tmp`), so two writers of one
+//! record never write into the same file either.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{Read, Write};
@@ -18,6 +22,18 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// How old a `*.tmp` file must be before a reader takes it for a crashed write and removes
+/// it. A write holds its temp file for one write and one fsync of at most a MiB.
+pub const TEMP_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A temp file name for one write of `name`, used by no other write of this process or any
+/// other live one: `<name>.<pid>.<n>.tmp`.
+pub fn unique_temp_name(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}.{}.{n}.tmp", std::process::id())
+}
 
 /// The largest record moor reads; a real one is a few hundred bytes.
 pub const MAX_RECORD_BYTES: u64 = 1 << 20;
@@ -169,8 +185,19 @@ type Unusable = (&'static str, String);
 /// Reads one entry as a regular file of at most [`MAX_RECORD_BYTES`]: looked at with
 /// `fstatat` before it is opened (a FIFO or a device node is never opened), then opened
 /// non-blocking without following a link and checked again on the descriptor.
+/// What [`read_entry`] says of an entry that went between the listing and the read.
+const GONE: &str = "gone";
+
 fn read_entry(dir: BorrowedFd<'_>, name: &CString) -> Result<Vec<u8>, Unusable> {
-    let unreadable = |e: std::io::Error| ("unreadable", e.to_string());
+    // Removed or replaced by its writer since the listing: nothing to read, nothing to report.
+    let unreadable = |e: std::io::Error| {
+        let reason = if e.kind() == std::io::ErrorKind::NotFound {
+            GONE
+        } else {
+            "unreadable"
+        };
+        (reason, e.to_string())
+    };
     let kind = |mode: libc::mode_t| -> Result<(), Unusable> {
         match mode & libc::S_IFMT {
             libc::S_IFREG => Ok(()),
@@ -265,10 +292,23 @@ pub fn read_records(
         }
         let Ok(c) = c_name(&name) else { continue };
         if bytes.ends_with(b".tmp") {
-            // A write that crashed before its rename: the old record (if any) is intact.
-            if stat_at(dir, &c).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
-                // SAFETY: a valid directory fd and a NUL-terminated name.
-                unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+            // A write in flight, or one that crashed before its rename (the old record, if
+            // any, is intact): only an old one is removed.
+            let st = stat_at(dir, &c);
+            if st
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                continue; // renamed by its writer since the listing
+            }
+            if st
+                .as_ref()
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            {
+                if st.is_ok_and(|st| older_than(&st, TEMP_GRACE)) {
+                    // SAFETY: a valid directory fd and a NUL-terminated name.
+                    unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+                }
             } else {
                 report(
                     &mut out,
@@ -294,11 +334,24 @@ pub fn read_records(
         };
         match read_entry(dir, &c) {
             Ok(b) => out.records.push((stem.to_owned(), b)),
+            Err((GONE, _)) => {}
             Err((reason, detail)) => report(&mut out, &name, reason, detail),
         }
     }
     out.records.sort();
     out
+}
+
+/// Whether the file was last modified more than `age` ago (a clock set back: not old).
+fn older_than(st: &libc::stat, age: std::time::Duration) -> bool {
+    let modified = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            u64::try_from(st.st_mtime).unwrap_or(0),
+            u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+        );
+    std::time::SystemTime::now()
+        .duration_since(modified)
+        .is_ok_and(|d| d > age)
 }
 
 /// The names in `dir`, without `.` and `..`.
@@ -393,7 +446,7 @@ impl Store {
             path: self.record_path(stem),
             source,
         };
-        let tmp = c_name(OsStr::new(&format!("{stem}.tmp"))).map_err(|e| err("create", e))?;
+        let tmp = c_name(OsStr::new(&unique_temp_name(stem))).map_err(|e| err("create", e))?;
         let name = c_name(OsStr::new(&format!("{stem}.json"))).map_err(|e| err("create", e))?;
         let dfd = self.fd.as_raw_fd();
         // SAFETY: `tmp` is NUL-terminated and `dfd` is an open directory owned by `self`.
@@ -401,7 +454,7 @@ impl Store {
             libc::openat(
                 dfd,
                 tmp.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW,
                 0o600 as libc::c_uint,
             )
         };
@@ -423,7 +476,10 @@ impl Store {
         drop(f);
         // SAFETY: both names are NUL-terminated; `dfd` is open.
         if unsafe { libc::renameat(dfd, tmp.as_ptr(), dfd, name.as_ptr()) } != 0 {
-            return Err(err("rename", std::io::Error::last_os_error()));
+            let e = std::io::Error::last_os_error();
+            // SAFETY: `tmp` is NUL-terminated and `dfd` is open.
+            unsafe { libc::unlinkat(dfd, tmp.as_ptr(), 0) };
+            return Err(err("rename", e));
         }
         self.sync().map_err(|e| err("fsync dir", e))
     }
@@ -511,17 +567,84 @@ mod tests {
         assert_eq!(e.path, t.path().join("d/nul\0inside.json"));
     }
 
-    /// A write the process did not finish (its `.tmp` left behind) is dropped on read; the
-    /// record it was replacing is still the old one.
+    fn age(path: &Path, by: std::time::Duration) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - by).unwrap();
+    }
+
+    /// A write the process did not finish (its `.tmp` left behind) is dropped on read once it
+    /// is old; the record it was replacing is still the old one.
     #[test]
     fn an_interrupted_write_leaves_the_old_record() {
         let t = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&t.path().join("d"), 0o700).unwrap();
         store.put("a", b"old").unwrap();
-        std::fs::write(store.path().join("a.tmp"), b"half").unwrap();
+        for tmp in ["a.tmp", "a.4242.0.tmp"] {
+            let tmp = store.path().join(tmp);
+            std::fs::write(&tmp, b"half").unwrap();
+            age(&tmp, TEMP_GRACE + std::time::Duration::from_secs(1));
+            let read = store.read(|s| s == "a");
+            assert_eq!(read.records, vec![("a".to_owned(), b"old".to_vec())]);
+            assert!(read.set_aside.is_empty());
+            assert!(!tmp.exists());
+        }
+    }
+
+    /// A young temp file may be another process's write in flight: a reader leaves it.
+    #[test]
+    fn a_reader_leaves_a_write_in_flight_to_its_writer() {
+        let t = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&t.path().join("d"), 0o700).unwrap();
+        let tmp = store.path().join("a.4242.0.tmp");
+        std::fs::write(&tmp, b"being written").unwrap();
         let read = store.read(|s| s == "a");
-        assert_eq!(read.records, vec![("a".to_owned(), b"old".to_vec())]);
-        assert!(read.set_aside.is_empty());
-        assert!(!store.path().join("a.tmp").exists());
+        assert!(read.records.is_empty() && read.set_aside.is_empty());
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"being written");
+    }
+
+    /// Writers of one record and readers of its directory, at once (as the daemon, `moor
+    /// local wipe` and `moor bundle` can be): every write lands whole, no reader sees a torn
+    /// record or sets one aside, and no temp file is left.
+    #[test]
+    fn writers_and_readers_at_once_never_disturb_each_other() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("d");
+        let (store, _) = Store::open(&dir, 0o700).unwrap();
+        let bodies: Vec<Vec<u8>> = (0..4)
+            .map(|w| vec![b'a' + w; 4096 * (w as usize + 1)])
+            .collect();
+        std::thread::scope(|s| {
+            for body in &bodies {
+                let dir = &dir;
+                s.spawn(move || {
+                    let (w, _) = Store::open(dir, 0o700).unwrap();
+                    for _ in 0..200 {
+                        w.put("a", body).unwrap();
+                    }
+                });
+            }
+            for _ in 0..2 {
+                let dir = &dir;
+                let bodies = &bodies;
+                s.spawn(move || {
+                    let (r, _) = Store::open(dir, 0o700).unwrap();
+                    for _ in 0..200 {
+                        let read = r.read(|s| s == "a");
+                        assert!(read.set_aside.is_empty(), "{:?}", read.set_aside);
+                        for (_, b) in read.records {
+                            assert!(bodies.contains(&b), "a torn record of {} bytes", b.len());
+                        }
+                    }
+                });
+            }
+        });
+        let read = store.read(|s| s == "a");
+        assert_eq!(read.records.len(), 1);
+        assert!(bodies.contains(&read.records[0].1));
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["a.json"]);
     }
 }

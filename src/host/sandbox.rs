@@ -36,6 +36,56 @@ pub fn make_mounts_private() -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// True when a mount of this namespace is a peer of a mount in an ancestor's namespace (the
+/// host's, or one between it and us): a mount made under it would reach that namespace.
+/// Peer group ids are global, so a `shared:N` seen both here and there is one group.
+/// Ancestors whose tables cannot be read are passed over (PID 1's may be unreadable in a
+/// container, as here); when no other namespace's table could be read at all, the answer is
+/// "shared" (the caller then makes every mount private, the safe side).
+pub fn shares_mounts_with_ancestors() -> io::Result<bool> {
+    let ours_ns = std::fs::read_link("/proc/self/ns/mnt")?;
+    let ours = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut seen = vec![ours_ns];
+    let mut tables = Vec::new();
+    let mut pid = std::process::id();
+    for _ in 0..64 {
+        let Some(ppid) = parent_of(pid).filter(|p| *p != 0) else {
+            break;
+        };
+        pid = ppid;
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        if !seen.contains(&ns) {
+            seen.push(ns);
+            tables.push(std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok());
+        }
+    }
+    Ok(shares_groups_with(&ours, &tables))
+}
+
+/// Whether a `shared:N` group of `ours` is in one of the other namespaces' `tables` (`None`:
+/// unreadable, passed over); with none of them readable, whether `ours` shares anything.
+fn shares_groups_with(ours: &str, tables: &[Option<String>]) -> bool {
+    let ours = peer_groups(ours);
+    if ours.is_empty() {
+        return false;
+    }
+    let readable: Vec<_> = tables.iter().flatten().collect();
+    readable.is_empty() || readable.iter().any(|t| !peer_groups(t).is_disjoint(&ours))
+}
+
+/// The `shared:N` peer groups of a mount table (lines that do not parse are skipped: they
+/// cannot be told apart, and the caller only needs the groups it can match).
+fn peer_groups(mountinfo: &str) -> std::collections::HashSet<u64> {
+    mountinfo
+        .lines()
+        .filter_map(|l| crate::host::mountinfo::parse_line(l).ok())
+        .flat_map(|m| m.optional)
+        .filter_map(|o| o.strip_prefix("shared:").and_then(|n| n.parse().ok()))
+        .collect()
+}
+
 /// True when an ancestor process lives in another mount namespace than we do: proof that
 /// someone between it and us ran `unshare -m`. (PID 1's namespace may be unreadable in a
 /// container, so the chain of parents is walked instead.)
@@ -157,6 +207,36 @@ mod tests {
         assert_eq!(parse_ppid("1 (init) S 0 1 1"), Some(0));
         assert_eq!(parse_ppid("garbage"), None);
         assert_eq!(parse_ppid("7 (x)"), None);
+    }
+
+    #[test]
+    fn peer_groups_are_the_shared_fields_of_the_lines_that_parse() {
+        let table = "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
+            30 22 0:40 / /k rw shared:7 master:3 - ext4 /dev/vdb rw\n\
+            31 22 0:41 / /p rw master:9 - tmpfs t rw\n\
+            32 22 0:42 / /q rw - tmpfs t rw\n\
+            not a mountinfo line\n";
+        let g = peer_groups(table);
+        assert_eq!(g, [1, 7].into_iter().collect());
+    }
+
+    #[test]
+    fn a_group_shared_with_an_ancestor_or_unknowable_counts_as_shared() {
+        let ours = "30 22 0:40 / /k rw shared:7 - ext4 /dev/vdb rw\n";
+        let host = |opt: &str| Some(format!("22 1 0:21 / / rw {opt}- ext4 /dev/vda1 rw\n"));
+        assert!(shares_groups_with(ours, &[host("shared:7 ")]));
+        assert!(shares_groups_with(
+            ours,
+            &[None, host("shared:1 "), host("shared:7 ")]
+        ));
+        assert!(!shares_groups_with(ours, &[host("shared:1 "), None]));
+        assert!(!shares_groups_with(ours, &[host("")]));
+        // Nothing readable to compare with: the safe side.
+        assert!(shares_groups_with(ours, &[None]));
+        assert!(shares_groups_with(ours, &[]));
+        // Nothing shared here: nothing can propagate out.
+        let private = "30 22 0:40 / /k rw master:7 - ext4 /dev/vdb rw\n";
+        assert!(!shares_groups_with(private, &[host("shared:7 ")]));
     }
 
     #[test]

@@ -44,9 +44,12 @@ pub fn update_record(path: &Path, items: &[(&str, &[u8])]) -> std::io::Result<()
         out.push(b'\n');
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(".moor-record.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    {
+    // A temp file of this write's own: a second writer never truncates or removes it.
+    let tmp = dir.join(format!(
+        ".{}",
+        crate::host::records::unique_temp_name("moor-record")
+    ));
+    let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -54,8 +57,13 @@ pub fn update_record(path: &Path, items: &[(&str, &[u8])]) -> std::io::Result<()
             .open(&tmp)?;
         f.write_all(&out)?;
         f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)
+    written
 }
 
 #[cfg(test)]

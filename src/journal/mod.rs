@@ -314,6 +314,14 @@ mod tests {
         let j = Journal::open(&t.path().join("s"), &t.path().join("r")).unwrap();
         fs::write(t.path().join("s/stage/bad.json"), "{ not json").unwrap();
         fs::write(t.path().join("s/stage/half.tmp"), "{").unwrap();
+        // A crashed write's temp file, old enough not to be a write in flight.
+        let old = std::time::SystemTime::now() - crate::host::records::TEMP_GRACE * 2;
+        fs::File::options()
+            .write(true)
+            .open(t.path().join("s/stage/half.tmp"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         let l = j.load().unwrap();
         assert_eq!(l.problems.len(), 1);
         assert!(t.path().join("s/stage/bad.json.corrupt").exists());

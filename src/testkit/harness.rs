@@ -34,8 +34,11 @@ impl FlexReply {
     }
 }
 
-/// Panics unless we are root in a mount namespace of our own, with `/` made private so
-/// nothing we mount propagates to the host.
+/// Panics unless we are root in a mount namespace of our own where nothing we mount
+/// propagates to the host. Every mount is made private only when one is still a peer of the
+/// host's (or an ancestor's): all tests of a run share one namespace, and an unconditional
+/// `--make-rprivate /` at each test's start would undo the shared kubelet dir another test
+/// made on purpose, mid-run.
 pub fn require_privileged_sandbox() {
     assert!(
         sandbox::is_root(),
@@ -45,7 +48,9 @@ pub fn require_privileged_sandbox() {
         sandbox::in_private_mount_namespace().expect("read /proc/self/ns/mnt"),
         "host integration tests must run in a mount namespace of their own (unshare -m): run them through ./run-tests"
     );
-    sandbox::make_mounts_private().expect("mount --make-rprivate /");
+    if sandbox::shares_mounts_with_ancestors().expect("read the mount tables") {
+        sandbox::make_mounts_private().expect("mount --make-rprivate /");
+    }
 }
 
 /// The moor binary the tests run: the one cargo built beside the test binary
@@ -697,11 +702,26 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+        // A failed test shows what the daemon said: CI keeps only the test's output.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(DAEMON_LOG_TAIL)..];
+            eprintln!(
+                "---- the daemon's last {} log lines ({}):\n{}",
+                tail.len(),
+                self.log().display(),
+                tail.join("\n")
+            );
+        }
         // Leave nothing mounted under the tree before the tempdir is removed (rmdir-safe).
         self.tree().unmount_all();
         tidy_device_dir();
     }
 }
+
+/// How much of the daemon's log a failed test prints.
+const DAEMON_LOG_TAIL: usize = 80;
 
 /// A volume's options with the keys kubelet adds to every `mount` (pod uid, namespace
 /// `default`, volume name, `rw`) where the test did not set them.
