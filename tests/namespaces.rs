@@ -66,19 +66,16 @@ fn another_tests_set_up_leaves_a_shared_kubelet_dir_shared() {
     std::fs::create_dir_all(&dir).unwrap();
     sh("mount", &["--bind", s(&dir), s(&dir)]);
     sh("mount", &["--make-shared", s(&dir)]);
-    assert!(
+    let shared = || {
         propagation_of(&dir)
             .iter()
-            .any(|o| o.starts_with("shared:")),
-        "{:?}",
-        propagation_of(&dir)
-    );
+            .any(|o| o.starts_with("shared:"))
+    };
+    assert!(shared(), "{:?}", propagation_of(&dir));
     // What the next test to start does, in this same namespace.
     require_privileged_sandbox();
     assert!(
-        propagation_of(&dir)
-            .iter()
-            .any(|o| o.starts_with("shared:")),
+        shared(),
         "the set-up made the kubelet dir private: {:?}",
         propagation_of(&dir)
     );
