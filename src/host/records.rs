@@ -29,10 +29,37 @@ pub const TEMP_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A temp file name for one write of `name`, used by no other write of this process or any
 /// other live one: `<name>.<pid>.<n>.tmp`.
-pub fn unique_temp_name(name: &str) -> String {
+fn unique_temp_name(name: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{name}.{}.{n}.tmp", std::process::id())
+}
+
+/// Replaces the file at `path` with `bytes` (mode 0600): written and fsync'd under a hidden
+/// temp name of this write's own in the same directory, then renamed over `path`, so a
+/// reader sees the old file or the new one and a second writer never truncates or removes
+/// this one's. The temp file goes on any failure.
+pub fn replace_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{}", unique_temp_name(&name)));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The largest record moor reads; a real one is a few hundred bytes.
@@ -182,12 +209,12 @@ fn stat_at(dir: BorrowedFd<'_>, name: &CString) -> std::io::Result<libc::stat> {
 /// Why an entry cannot be read as a record (reason label, detail).
 type Unusable = (&'static str, String);
 
-/// Reads one entry as a regular file of at most [`MAX_RECORD_BYTES`]: looked at with
-/// `fstatat` before it is opened (a FIFO or a device node is never opened), then opened
-/// non-blocking without following a link and checked again on the descriptor.
 /// What [`read_entry`] says of an entry that went between the listing and the read.
 const GONE: &str = "gone";
 
+/// Reads one entry as a regular file of at most [`MAX_RECORD_BYTES`]: looked at with
+/// `fstatat` before it is opened (a FIFO or a device node is never opened), then opened
+/// non-blocking without following a link and checked again on the descriptor.
 fn read_entry(dir: BorrowedFd<'_>, name: &CString) -> Result<Vec<u8>, Unusable> {
     // Removed or replaced by its writer since the listing: nothing to read, nothing to report.
     let unreadable = |e: std::io::Error| {
@@ -294,28 +321,21 @@ pub fn read_records(
         if bytes.ends_with(b".tmp") {
             // A write in flight, or one that crashed before its rename (the old record, if
             // any, is intact): only an old one is removed.
-            let st = stat_at(dir, &c);
-            if st
-                .as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-            {
-                continue; // renamed by its writer since the listing
-            }
-            if st
-                .as_ref()
-                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
-            {
-                if st.is_ok_and(|st| older_than(&st, TEMP_GRACE)) {
-                    // SAFETY: a valid directory fd and a NUL-terminated name.
-                    unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+            match stat_at(dir, &c) {
+                // Renamed by its writer since the listing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    if older_than(&st, TEMP_GRACE) {
+                        // SAFETY: a valid directory fd and a NUL-terminated name.
+                        unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+                    }
                 }
-            } else {
-                report(
+                _ => report(
                     &mut out,
                     &name,
                     "not_regular",
                     "a .tmp entry that is not a file".into(),
-                );
+                ),
             }
             continue;
         }

@@ -43,24 +43,11 @@ pub fn make_mounts_private() -> io::Result<()> {
 /// container, as here); when no other namespace's table could be read at all, the answer is
 /// "shared" (the caller then makes every mount private, the safe side).
 pub fn shares_mounts_with_ancestors() -> io::Result<bool> {
-    let ours_ns = std::fs::read_link("/proc/self/ns/mnt")?;
     let ours = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut seen = vec![ours_ns];
-    let mut tables = Vec::new();
-    let mut pid = std::process::id();
-    for _ in 0..64 {
-        let Some(ppid) = parent_of(pid).filter(|p| *p != 0) else {
-            break;
-        };
-        pid = ppid;
-        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
-            continue;
-        };
-        if !seen.contains(&ns) {
-            seen.push(ns);
-            tables.push(std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok());
-        }
-    }
+    let tables: Vec<Option<String>> = ancestors_in_other_namespaces()?
+        .into_iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok())
+        .collect();
     Ok(shares_groups_with(&ours, &tables))
 }
 
@@ -90,23 +77,28 @@ fn peer_groups(mountinfo: &str) -> std::collections::HashSet<u64> {
 /// someone between it and us ran `unshare -m`. (PID 1's namespace may be unreadable in a
 /// container, so the chain of parents is walked instead.)
 pub fn in_private_mount_namespace() -> io::Result<bool> {
-    let ours = std::fs::read_link("/proc/self/ns/mnt")?;
+    Ok(!ancestors_in_other_namespaces()?.is_empty())
+}
+
+/// Up the chain of parents, the first process seen in each mount namespace other than ours
+/// (an ancestor whose namespace cannot be read is passed over).
+fn ancestors_in_other_namespaces() -> io::Result<Vec<u32>> {
+    let mut seen = vec![std::fs::read_link("/proc/self/ns/mnt")?];
+    let mut found = Vec::new();
     let mut pid = std::process::id();
     for _ in 0..64 {
-        let Some(ppid) = parent_of(pid) else {
-            return Ok(false);
+        let Some(ppid) = parent_of(pid).filter(|p| *p != 0) else {
+            break;
         };
-        if ppid == 0 {
-            return Ok(false);
-        }
-        if let Ok(ns) = std::fs::read_link(format!("/proc/{ppid}/ns/mnt"))
-            && ns != ours
-        {
-            return Ok(true);
-        }
         pid = ppid;
+        if let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+            && !seen.contains(&ns)
+        {
+            seen.push(ns);
+            found.push(pid);
+        }
     }
-    Ok(false)
+    Ok(found)
 }
 
 fn parent_of(pid: u32) -> Option<u32> {

@@ -6,7 +6,6 @@
 //! and a rename, so no reader ever sees a half-written or world-readable secret.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Writes `value` to a sysfs attribute (`scan`, `delete`, `rescan`, `issue_lip`).
@@ -43,27 +42,7 @@ pub fn update_record(path: &Path, items: &[(&str, &[u8])]) -> std::io::Result<()
         out.extend_from_slice(v);
         out.push(b'\n');
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // A temp file of this write's own: a second writer never truncates or removes it.
-    let tmp = dir.join(format!(
-        ".{}",
-        crate::host::records::unique_temp_name("moor-record")
-    ));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&out)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    crate::host::records::replace_private_file(path, &out)
 }
 
 #[cfg(test)]

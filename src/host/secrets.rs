@@ -3,9 +3,8 @@
 //! 0600, written under a temporary name and renamed, so a reader sees all or nothing.
 //! Removal takes plain files only and never follows a link or descends.
 
-use std::fs::{DirBuilder, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The private directory for one volume's credential files.
@@ -36,24 +35,7 @@ pub fn write_secret(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<Pat
     }
     private_dir(dir)?;
     let path = dir.join(name);
-    // A temp file of this write's own: a second writer never truncates or removes it.
-    let tmp = dir.join(format!(".{}", crate::host::records::unique_temp_name(name)));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    crate::host::records::replace_private_file(&path, bytes)?;
     Ok(path)
 }
 
